@@ -1,0 +1,66 @@
+"""On-premises quarantine: objects that could not be exported safely, kept with their reason.
+
+Nothing is lost: the original bytes are kept under ``RIDL_HOME/quarantine/<project>/<release>``
+named by their SHA-256 (never by a source path, which may carry an accession number), with a
+record of the reason and where the object came from. Quarantine never leaves the research office.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ridl import settings
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    sha256: str
+    reason: str
+    source: str
+    location: str
+    study_key: str | None
+    detail: str = ""
+
+
+def quarantine_root(project: str, release: str) -> Path:
+    return settings.quarantine_dir() / project / release
+
+
+def quarantine_file(
+    project: str,
+    release: str,
+    path: Path,
+    reason: str,
+    *,
+    source: str,
+    location: str,
+    study_key: str | None = None,
+    detail: str = "",
+) -> QuarantineRecord:
+    """Copy ``path`` into quarantine with its reason; idempotent for the same bytes and reason."""
+    data = path.read_bytes() if path.exists() else b""
+    digest = hashlib.sha256(data).hexdigest()
+    folder = quarantine_root(project, release)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    blob = folder / f"{digest}.bin"
+    if not blob.exists():
+        tmp = folder / f".{digest}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(blob)
+    record = QuarantineRecord(digest, reason, source, location, study_key, detail)
+    (folder / f"{digest}.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    return record
+
+
+def list_quarantine(project: str, release: str) -> list[QuarantineRecord]:
+    folder = quarantine_root(project, release)
+    if not folder.exists():
+        return []
+    return [
+        QuarantineRecord(**json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))
+    ]

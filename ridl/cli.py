@@ -1,0 +1,391 @@
+"""The ``ridl`` command line: what the research office types.
+
+Errors a person can fix are printed as one line, without a traceback, and never with a value
+taken from a patient's header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ridl import __version__, settings
+from ridl.errors import RidlError
+
+app = typer.Typer(
+    help=(
+        "Build de-identified research imaging libraries from a regional DIR, for REB-approved "
+        "projects. State that may hold PHI stays under RIDL_HOME (default ./.ridl)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+project_app = typer.Typer(help="The REB project registry.", no_args_is_help=True)
+dir_app = typer.Typer(help="DIR sources: synthetic archives and folder indexing.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(dir_app, name="dir")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEMO_PROJECT = "demo"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _date(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} must be a date written YYYY-MM-DD")
+    return None
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"ridl {__version__}")
+        raise typer.Exit()
+
+
+# --- projects ---------------------------------------------------------------------------------
+
+
+@project_app.command("create")
+def project_create(
+    project_id: Annotated[str, typer.Argument(help="Short id, e.g. reb-2026-042.")],
+    reb_number: Annotated[str, typer.Option("--reb-number", help="REB approval number.")],
+    title: Annotated[str, typer.Option(help="Project title.")],
+    pi: Annotated[str, typer.Option("--pi", help="Principal investigator.")],
+    approved: Annotated[str, typer.Option(help="Approval date, YYYY-MM-DD.")],
+    expires: Annotated[str, typer.Option(help="Expiry date of the approval, YYYY-MM-DD.")],
+    date_from: Annotated[str, typer.Option("--from", help="Approved study dates from.")],
+    date_to: Annotated[str, typer.Option("--to", help="Approved study dates to.")],
+    modality: Annotated[list[str], typer.Option(help="Approved modality (repeat).")],
+    site: Annotated[list[str], typer.Option(help="Approved site = Issuer of Patient ID (repeat).")],
+    retain: Annotated[
+        list[str] | None, typer.Option(help="Data element the REB lets the project keep (repeat).")
+    ] = None,
+    recipient: Annotated[
+        list[str] | None, typer.Option(help="Approved recipient of the data (repeat).")
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="De-identification recipe name.")] = "ridl-basic",
+    hn_issuer: Annotated[
+        str, typer.Option(help="Issuer that marks the health number in Other Patient IDs.")
+    ] = "HN",
+) -> None:
+    """Register an REB-approved project and generate its pseudonym secret (never shown)."""
+    from ridl.projects import Project, Scope, create_project
+
+    try:
+        project = Project(
+            id=project_id,
+            reb_number=reb_number,
+            title=title,
+            pi=pi,
+            approved=_date(approved, "--approved") or dt.date.today(),
+            expires=_date(expires, "--expires") or dt.date.today(),
+            scope=Scope(
+                date_from=_date(date_from, "--from") or dt.date.min,
+                date_to=_date(date_to, "--to") or dt.date.max,
+                modalities=tuple(m.upper() for m in modality),
+                sites=tuple(site),
+                retain=tuple(retain or ()),
+            ),
+            recipients=tuple(recipient or ()),
+            recipe=recipe,
+            hn_issuer=hn_issuer,
+        )
+        from deid_recipes import find_recipe
+
+        find_recipe(recipe)
+        path = create_project(project)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"project [bold]{project_id}[/] recorded in {path}; pseudonym secret created")
+
+
+@project_app.command("show")
+def project_show(project_id: Annotated[str, typer.Argument(help="Project id.")]) -> None:
+    """Show a project's approval and scope (never its secret)."""
+    from ridl.projects import load_project
+
+    try:
+        project = load_project(project_id)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    table = Table(show_header=False)
+    for key, value in project.to_toml().items():
+        if isinstance(value, dict):
+            for sub, val in value.items():
+                table.add_row(f"{key}.{sub}", _fmt(val))
+        else:
+            table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List registered projects with their approval status."""
+    from ridl.projects import list_projects
+
+    try:
+        projects = list_projects()
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    table = Table("id", "REB number", "title", "expires", "status")
+    today = dt.date.today()
+    for p in projects:
+        status = "expired" if p.expires < today else "active"
+        table.add_row(p.id, p.reb_number, p.title, p.expires.isoformat(), status)
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+# --- DIR ----------------------------------------------------------------------------------------
+
+
+@dir_app.command("synth")
+def dir_synth(
+    path: Annotated[Path, typer.Argument(help="Folder to write the synthetic DIR into.")],
+    patients: Annotated[int, typer.Option(help="Number of people.")] = 20,
+    sites: Annotated[int, typer.Option(help="Number of sites (Issuers of Patient ID).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
+) -> None:
+    """Write a synthetic DIR (fake patients) for demos and tests."""
+    from ridl.synth import synthesize
+
+    try:
+        report = synthesize(path, patients=patients, sites=sites, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    console.print(
+        f"synthetic DIR in {path}: {report.studies} studies, {len(report.files)} files "
+        f"({len(report.truncated)} truncated, {len(report.not_dicom)} not DICOM)"
+    )
+
+
+@dir_app.command("index")
+def dir_index(
+    source: Annotated[str, typer.Argument(help="Source: folder:PATH or a folder path.")],
+) -> None:
+    """(Re)build the study catalog of a source (headers only, never pixel data)."""
+    import pyarrow.parquet as pq
+
+    from ridl.catalog import catalog_dir_for
+    from ridl.sources.base import open_source
+
+    try:
+        src = open_source(source)
+        catalog = catalog_dir_for(src.url)
+        src.build_catalog(catalog, dt.date.min, dt.date.max)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    n = pq.ParquetFile(catalog / "studies.parquet").metadata.num_rows
+    console.print(f"catalog of {n} studies in {catalog}")
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    settings.configure_prefect_environment()
+    if not verbose:
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+
+
+def launch_run(
+    project: str,
+    release: str,
+    source: str,
+    destination: str | None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: list[str] | None = None,
+    sites: list[str] | None = None,
+    batch_size: int = 200,
+    reindex: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Check the request (before Prefect starts), then run the flow with a progress bar."""
+    from export.store import open_store
+    from ridl.runplan import check_request
+
+    check_request(project, release, date_from, date_to, modalities, sites)
+    _quiet_prefect(verbose)
+    from flows.extract import extract_run
+    from ridl.progress import RunProgress
+
+    store = open_store(destination)
+    console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
+    console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
+    with RunProgress(project, release, store, console):
+        summary: dict[str, Any] = extract_run(
+            project=project,
+            release=release,
+            source=source,
+            destination=store.url,
+            date_from=date_from,
+            date_to=date_to,
+            modalities=modalities,
+            sites=sites,
+            batch_size=batch_size,
+            reindex=reindex,
+        )
+    return summary
+
+
+def print_summary(summary: dict[str, Any], store_url: str) -> None:
+    table = Table(title=f"release {summary['project']}/{summary['release']}", show_header=False)
+    table.add_row("studies selected", str(summary["studies_selected"]))
+    table.add_row("studies exported", str(summary["studies_exported"]))
+    table.add_row("subjects", str(summary["subjects"]))
+    table.add_row("instances exported", str(summary["instances_exported"]))
+    table.add_row("bytes exported", f"{summary['bytes_exported']:,}")
+    for reason, n in summary["excluded"].items():
+        table.add_row(f"excluded: {reason}", str(n))
+    for reason, n in summary["quarantined"].items():
+        table.add_row(f"quarantined: {reason}", str(n))
+    if summary.get("studies_skipped_as_done"):
+        table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
+    console.print(table)
+    root = store_url[5:] if store_url.startswith("file:") else store_url
+    console.print(f"manifest: {root}/{summary['manifest']}")
+    console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
+
+
+@app.command("run")
+def run(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name, e.g. r1 (rerun to resume).")],
+    source: Annotated[str, typer.Option(help="DIR source: folder:PATH.")],
+    dest: Annotated[
+        str | None, typer.Option(help="Object store: file:PATH (default RIDL_HOME/store).")
+    ] = None,
+    date_from: Annotated[
+        str | None, typer.Option("--from", help="Study dates from (default: approved).")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Study dates to (default: approved).")
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option(help="Modality (repeat; default: approved).")
+    ] = None,
+    site: Annotated[list[str] | None, typer.Option(help="Site (repeat; default: approved).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Studies per Prefect task.")] = 200,
+    reindex: Annotated[bool, typer.Option(help="Rebuild the source catalog first.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+) -> None:
+    """Run an approved extraction into a release (rerunning the same release resumes it)."""
+    from export.store import open_store
+
+    try:
+        summary = launch_run(
+            project,
+            release,
+            source,
+            dest,
+            _date(date_from, "--from"),
+            _date(date_to, "--to"),
+            modality,
+            site,
+            batch_size,
+            reindex,
+            verbose,
+        )
+        print_summary(summary, open_store(dest).url)
+    except RidlError as exc:
+        _fail(str(exc))
+
+
+@app.command("demo")
+def demo(
+    patients: Annotated[int, typer.Option(help="People in the synthetic DIR.")] = 20,
+    sites: Annotated[int, typer.Option(help="Sites in the synthetic DIR.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic DIR.")] = 0,
+    release: Annotated[str, typer.Option(help="Release name.")] = "r1",
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+) -> None:
+    """The whole job on embedded defaults: synthetic DIR, demo project, run, release."""
+    from export.store import open_store
+    from ridl.projects import Project, Scope, create_project, project_path
+    from ridl.synth import synthesize
+
+    home = settings.ridl_home()
+    dir_path = home / "demo-dir"
+    try:
+        if not dir_path.exists():
+            report = synthesize(dir_path, patients=patients, sites=sites, seed=seed)
+            console.print(f"synthetic DIR: {report.studies} studies in {dir_path}")
+        if not project_path(DEMO_PROJECT).exists():
+            today = dt.date.today()
+            create_project(
+                Project(
+                    id=DEMO_PROJECT,
+                    reb_number="REB-DEMO-0001",
+                    title="ridl demonstration project",
+                    pi="Demo PI",
+                    approved=today - dt.timedelta(days=1),
+                    expires=today + dt.timedelta(days=365),
+                    scope=Scope(
+                        dt.date(2015, 1, 1),
+                        dt.date(2024, 12, 31),
+                        ("CT", "CR", "US"),
+                        tuple(f"SITE-{chr(ord('A') + i)}" for i in range(sites)),
+                    ),
+                    recipients=("Demo Researcher",),
+                )
+            )
+            console.print(f"project '{DEMO_PROJECT}' created")
+        summary = launch_run(DEMO_PROJECT, release, f"folder:{dir_path}", None, verbose=verbose)
+        print_summary(summary, open_store(None).url)
+    except RidlError as exc:
+        _fail(str(exc))
+
+
+@app.command("summary")
+def show_summary(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name.")],
+    dest: Annotated[str | None, typer.Option(help="Object store (default RIDL_HOME/store).")] = None,
+) -> None:
+    """Print a finished release's summary of counts."""
+    from export.store import open_store
+
+    store = open_store(dest)
+    key = f"{project}/{release}/summary.json"
+    if not store.exists(key):
+        _fail(f"no summary for {project}/{release} in {store.url}; has the run finished?")
+    json.dump(json.loads(store.get_bytes(key)), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

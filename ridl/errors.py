@@ -1,0 +1,29 @@
+"""Errors that ridl reports to a person.
+
+Every error here is meant to be shown as-is at the CLI: its message says what is wrong and what to
+change, and never carries a value read from a patient's header (PHI stays out of messages).
+"""
+
+
+class RidlError(Exception):
+    """Base for errors a user can act on; the CLI prints the message without a traceback."""
+
+
+class ConfigError(RidlError):
+    """A setting, a project file or a command-line option is wrong."""
+
+
+class ProjectNotFound(RidlError):
+    """The named REB project is not in the registry."""
+
+
+class ScopeError(RidlError):
+    """A run asks for something the REB approval does not cover (or the approval has expired)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{message} (change: {field})")
+
+
+class ReleaseError(RidlError):
+    """A release cannot be created, resumed or published as asked."""

@@ -1,0 +1,245 @@
+"""The REB project registry: what the Research Ethics Board approved, and nothing more.
+
+A project is a TOML file under ``RIDL_HOME/projects``. Every run is checked against it before any
+work starts, so an expired approval or a request outside the approved scope never touches the DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ridl import settings
+from ridl.errors import ConfigError, ProjectNotFound, ScopeError
+from ridl.secrets import create_secret
+
+PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+DEFAULT_RECIPE = "ridl-basic"
+DEFAULT_HN_ISSUER = "HN"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The approved scope: which studies may be selected and which data elements may be kept."""
+
+    date_from: dt.date
+    date_to: dt.date
+    modalities: tuple[str, ...]
+    sites: tuple[str, ...]
+    retain: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.date_from > self.date_to:
+            raise ConfigError("scope.date_from is after scope.date_to")
+        if not self.modalities:
+            raise ConfigError("scope.modalities is empty: list the approved modalities")
+        if not self.sites:
+            raise ConfigError("scope.sites is empty: list the approved Issuers of Patient ID")
+
+
+@dataclass(frozen=True)
+class Project:
+    """One REB-approved project, as recorded by the research office."""
+
+    id: str
+    reb_number: str
+    title: str
+    pi: str
+    approved: dt.date
+    expires: dt.date
+    scope: Scope
+    recipients: tuple[str, ...] = ()
+    recipe: str = DEFAULT_RECIPE
+    hn_issuer: str = DEFAULT_HN_ISSUER
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_active(self, today: dt.date | None = None) -> None:
+        """Refuse work on an approval that has expired or has not started."""
+        today = today or dt.date.today()
+        if today > self.expires:
+            raise ScopeError(
+                "expires",
+                f"REB approval {self.reb_number} of project '{self.id}' expired on "
+                f"{self.expires.isoformat()}; renew it with the REB and update the project",
+            )
+        if today < self.approved:
+            raise ScopeError(
+                "approved",
+                f"REB approval {self.reb_number} of project '{self.id}' starts on "
+                f"{self.approved.isoformat()}",
+            )
+
+    def resolve_request(
+        self,
+        date_from: dt.date | None = None,
+        date_to: dt.date | None = None,
+        modalities: Sequence[str] | None = None,
+        sites: Sequence[str] | None = None,
+    ) -> Scope:
+        """The scope of one run: what was asked, checked against what was approved.
+
+        Anything left out defaults to the whole approved scope. Anything outside it is refused,
+        naming the option to change, before any work is done.
+        """
+        approved = self.scope
+        start = date_from or approved.date_from
+        end = date_to or approved.date_to
+        if start < approved.date_from:
+            raise ScopeError(
+                "--from",
+                f"study dates from {start.isoformat()} are outside the approved scope, "
+                f"which starts on {approved.date_from.isoformat()}",
+            )
+        if end > approved.date_to:
+            raise ScopeError(
+                "--to",
+                f"study dates to {end.isoformat()} are outside the approved scope, "
+                f"which ends on {approved.date_to.isoformat()}",
+            )
+        if start > end:
+            raise ScopeError("--from", "the start date is after the end date")
+        mods = tuple(m.upper() for m in (modalities or approved.modalities))
+        outside = sorted(set(mods) - set(approved.modalities))
+        if outside:
+            raise ScopeError(
+                "--modality",
+                f"modalities {', '.join(outside)} are not approved "
+                f"(approved: {', '.join(approved.modalities)})",
+            )
+        chosen_sites = tuple(sites or approved.sites)
+        outside = sorted(set(chosen_sites) - set(approved.sites))
+        if outside:
+            raise ScopeError(
+                "--site",
+                f"sites {', '.join(outside)} are not approved "
+                f"(approved: {', '.join(approved.sites)})",
+            )
+        return Scope(start, end, mods, chosen_sites, approved.retain)
+
+    def to_toml(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "reb_number": self.reb_number,
+            "title": self.title,
+            "pi": self.pi,
+            "approved": self.approved,
+            "expires": self.expires,
+            "recipients": list(self.recipients),
+            "recipe": self.recipe,
+            "hn_issuer": self.hn_issuer,
+            "scope": {
+                "date_from": self.scope.date_from,
+                "date_to": self.scope.date_to,
+                "modalities": list(self.scope.modalities),
+                "sites": list(self.scope.sites),
+                "retain": list(self.scope.retain),
+            },
+        }
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any], source: str = "project file") -> Project:
+        known = {
+            "id",
+            "reb_number",
+            "title",
+            "pi",
+            "approved",
+            "expires",
+            "recipients",
+            "recipe",
+            "hn_issuer",
+            "scope",
+        }
+        try:
+            scope = data["scope"]
+            return cls(
+                id=str(data["id"]),
+                reb_number=str(data["reb_number"]),
+                title=str(data["title"]),
+                pi=str(data["pi"]),
+                approved=_as_date(data["approved"], "approved"),
+                expires=_as_date(data["expires"], "expires"),
+                scope=Scope(
+                    date_from=_as_date(scope["date_from"], "scope.date_from"),
+                    date_to=_as_date(scope["date_to"], "scope.date_to"),
+                    modalities=tuple(str(m).upper() for m in scope["modalities"]),
+                    sites=tuple(str(s) for s in scope["sites"]),
+                    retain=tuple(str(r) for r in scope.get("retain", [])),
+                ),
+                recipients=tuple(str(r) for r in data.get("recipients", [])),
+                recipe=str(data.get("recipe", DEFAULT_RECIPE)),
+                hn_issuer=str(data.get("hn_issuer", DEFAULT_HN_ISSUER)),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{source} is missing the field {exc.args[0]!r}") from None
+
+
+def _as_date(value: object, name: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{name} must be a date written YYYY-MM-DD") from None
+
+
+def project_path(project_id: str) -> Path:
+    return settings.projects_dir() / f"{project_id}.toml"
+
+
+def validate_id(project_id: str) -> None:
+    if not PROJECT_ID.match(project_id):
+        raise ConfigError(
+            "project id must be 2-63 characters of lower-case letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+
+
+def create_project(project: Project, *, overwrite: bool = False) -> Path:
+    """Record a project and generate its pseudonym secret (mode 0600, never shown)."""
+    validate_id(project.id)
+    if project.expires < project.approved:
+        raise ConfigError("expires is before approved")
+    path = project_path(project.id)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"project '{project.id}' already exists; choose another id")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_bytes(tomli_w.dumps(project.to_toml()).encode())
+    tmp.replace(path)
+    create_secret(project.id)
+    return path
+
+
+def load_project(project_id: str) -> Project:
+    validate_id(project_id)
+    path = project_path(project_id)
+    if not path.exists():
+        raise ProjectNotFound(
+            f"no project '{project_id}' in {settings.projects_dir()}; "
+            "create it with `ridl project create` or set RIDL_HOME"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return Project.from_toml(data, source=str(path))
+
+
+def list_projects() -> list[Project]:
+    folder = settings.projects_dir()
+    if not folder.exists():
+        return []
+    return [load_project(p.stem) for p in sorted(folder.glob("*.toml"))]

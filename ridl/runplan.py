@@ -1,0 +1,146 @@
+"""Preparing a run: every check that must pass before any work touches the DIR.
+
+The CLI calls :func:`check_request` before it starts Prefect, so a refused request costs nothing;
+the flow calls :func:`prepare_run` again, so a deployment launched without the CLI is held to
+the same rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from curation.quarantine import quarantine_file
+from export.store import open_store
+from ridl.catalog import (
+    RunRecord,
+    catalog_dir_for,
+    freeze_selection,
+    load_frozen,
+    release_dir,
+    select_studies,
+    study_refs,
+)
+from ridl.errors import ReleaseError
+from ridl.projects import Project, Scope, load_project
+from ridl.secrets import load_secret
+from ridl.sources.base import StudyRef
+from ridl.work import RunContext
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    ctx: RunContext
+    studies: list[StudyRef]
+    resumed: bool
+
+
+def check_request(
+    project_id: str,
+    release: str,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    today: dt.date | None = None,
+) -> tuple[Project, Scope]:
+    """Refuse an expired approval or an out-of-scope request, naming the field to change."""
+    project = load_project(project_id)
+    project.check_active(today)
+    scope = project.resolve_request(date_from, date_to, modalities, sites)
+    release_dir(project_id, release)  # validates the release name
+    load_secret(project_id)  # a missing or unsafe secret fails now, not in a worker
+    from deid_recipes import load_recipe
+
+    load_recipe(project.recipe)  # a broken recipe fails now too
+    return project, scope
+
+
+def prepare_run(
+    project_id: str,
+    release: str,
+    source: str,
+    destination: str,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    reindex: bool = False,
+) -> RunPlan:
+    """Check the request, then index, select and freeze (or load the frozen selection)."""
+    from ridl.sources.base import open_source
+
+    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
+    src = open_source(source)
+    if hasattr(src, "hn_issuer"):
+        src.hn_issuer = project.hn_issuer
+    record = RunRecord(
+        project=project.id,
+        release=release,
+        source=src.url,
+        date_from=scope.date_from.isoformat(),
+        date_to=scope.date_to.isoformat(),
+        modalities=sorted(scope.modalities),
+        sites=sorted(scope.sites),
+        recipe=project.recipe,
+    )
+    ctx = RunContext(
+        project=project.id,
+        release=release,
+        source_url=src.url,
+        store_url=open_store(destination).url,
+        recipe=project.recipe,
+        retain=project.scope.retain,
+        modalities=scope.modalities,
+        hn_issuer=project.hn_issuer,
+    )
+    frozen = load_frozen(project.id, release)
+    if frozen is not None:
+        old, selection = frozen
+        if not old.same_request(record):
+            raise ReleaseError(
+                f"release '{release}' of project '{project.id}' was frozen with other "
+                "parameters (source, dates, modalities, sites or recipe); rerun it with the "
+                "same ones to resume, or choose a new --release"
+            )
+        return RunPlan(ctx, study_refs(selection), resumed=True)
+
+    catalog = catalog_dir_for(src.url)
+    if reindex or not (catalog / "studies.parquet").exists():
+        src.build_catalog(catalog, scope.date_from, scope.date_to)
+    selection = select_studies(catalog, scope)
+    _quarantine_unindexed(ctx, catalog)
+    freeze_selection(record, selection)
+    return RunPlan(ctx, study_refs(selection), resumed=False)
+
+
+def _quarantine_unindexed(ctx: RunContext, catalog: object) -> None:
+    """Files of the source that are not readable DICOM at all belong to no study: keep them."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(str(catalog)) / "unreadable.parquet"
+    if not path.exists():
+        return
+    from ridl.sources.base import open_source
+
+    src = open_source(ctx.source_url)
+    root = getattr(src, "root", None)
+    counts: dict[str, int] = {}
+    for row in pq.read_table(path).to_pylist():
+        if root is not None:
+            quarantine_file(
+                ctx.project,
+                ctx.release,
+                Path(root) / row["path"],
+                row["reason"],
+                source=ctx.source_url,
+                location=row["path"],
+            )
+        counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+    store = open_store(ctx.store_url)
+    part = {"study": None, "objects": [], "excluded": {}, "quarantined": counts}
+    store.put_bytes(f"{ctx.prefix}/parts/_source.json", json.dumps(part, sort_keys=True).encode())

@@ -1,0 +1,70 @@
+"""Where ridl keeps its on-premises state, and the environment Prefect needs to run offline.
+
+Everything that may hold PHI (catalogs, frozen selections, quarantine, pseudonym secrets) lives
+under ``RIDL_HOME`` on the research office's own disk; only de-identified objects go to the
+object store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = ".ridl"
+
+
+def ridl_home() -> Path:
+    """The on-premises state folder: ``$RIDL_HOME`` or ``./.ridl``."""
+    return Path(os.environ.get("RIDL_HOME", DEFAULT_HOME)).resolve()
+
+
+def projects_dir() -> Path:
+    return ridl_home() / "projects"
+
+
+def secrets_dir() -> Path:
+    return ridl_home() / "secrets"
+
+
+def catalogs_dir() -> Path:
+    return ridl_home() / "catalogs"
+
+
+def releases_dir() -> Path:
+    """Per-release on-premises records: the frozen selection and run parameters."""
+    return ridl_home() / "releases"
+
+
+def quarantine_dir() -> Path:
+    return ridl_home() / "quarantine"
+
+
+def work_dir() -> Path:
+    return ridl_home() / "work"
+
+
+def default_store_root() -> Path:
+    """The embedded object store: a local folder, used when no destination is given."""
+    return Path(os.environ.get("RIDL_STORE", str(ridl_home() / "store"))).resolve()
+
+
+def configure_prefect_environment() -> None:
+    """Make Prefect quiet and offline-safe before it is imported.
+
+    The machine a research office runs this on usually has no internet: analytics must be off so
+    nothing tries to phone home, and the ephemeral API needs longer than the default to start on a
+    fresh ``PREFECT_HOME``. Values the user set themselves are left alone.
+    """
+    defaults = {
+        "PREFECT_HOME": str(ridl_home() / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LOG_PRINTS": "false",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_TASKS_REFRESH_CACHE": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,122 @@
+"""A folder of DICOM files as a DIR: the embedded default, and how exports arrive on disk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from ridl.errors import ConfigError
+from ridl.sources.base import StudyRef
+
+HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "StudyDate",
+    "StudyDescription",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+]
+
+INSTANCE_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("study_uid", pa.string()),
+        ("series_uid", pa.string()),
+        ("sop_uid", pa.string()),
+        ("sop_class_uid", pa.string()),
+        ("modality", pa.string()),
+        ("study_date", pa.string()),
+        ("description", pa.string()),
+        ("issuer", pa.string()),
+        ("patient_id", pa.string()),
+        ("health_number", pa.string()),
+        ("size", pa.int64()),
+    ]
+)
+UNREADABLE_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
+
+
+def health_number(ds: object, hn_issuer: str) -> str | None:
+    """The health number from Other Patient IDs Sequence, the item issued by ``hn_issuer``."""
+    for item in getattr(ds, "OtherPatientIDsSequence", None) or []:
+        if str(getattr(item, "IssuerOfPatientID", "")).strip() == hn_issuer:
+            value = str(getattr(item, "PatientID", "")).strip()
+            if value:
+                return value
+    return None
+
+
+class FolderSource:
+    """Reads a folder tree in place; fetching a study needs no copy."""
+
+    def __init__(self, root: Path, hn_issuer: str = "HN") -> None:
+        self.root = root.resolve()
+        self.hn_issuer = hn_issuer
+        self.url = f"folder:{self.root}"
+
+    def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
+        """Index every file's header (never pixel data) into instance and study tables."""
+        if not self.root.is_dir():
+            raise ConfigError(f"DIR folder {self.root} does not exist; check --source")
+        rows: list[dict[str, object]] = []
+        bad: list[dict[str, str]] = []
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(dirpath) / name
+                rel = path.relative_to(self.root).as_posix()
+                try:
+                    ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                    study_uid = str(ds.StudyInstanceUID)
+                    sop_uid = str(ds.SOPInstanceUID)
+                except InvalidDicomError:
+                    bad.append({"path": rel, "reason": "not-dicom"})
+                    continue
+                except Exception:  # header unreadable: truncated, corrupt, missing key UIDs
+                    bad.append({"path": rel, "reason": "unreadable-header"})
+                    continue
+                rows.append(
+                    {
+                        "path": rel,
+                        "study_uid": study_uid,
+                        "series_uid": str(getattr(ds, "SeriesInstanceUID", "")),
+                        "sop_uid": sop_uid,
+                        "sop_class_uid": str(getattr(ds, "SOPClassUID", "")),
+                        "modality": str(getattr(ds, "Modality", "")).upper(),
+                        "study_date": str(getattr(ds, "StudyDate", "")),
+                        "description": str(getattr(ds, "StudyDescription", "")),
+                        "issuer": str(getattr(ds, "IssuerOfPatientID", "")),
+                        "patient_id": str(getattr(ds, "PatientID", "")),
+                        "health_number": health_number(ds, self.hn_issuer),
+                        "size": path.stat().st_size,
+                    }
+                )
+        catalog_dir.mkdir(parents=True, exist_ok=True)
+        instances = pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA)
+        pq.write_table(instances, catalog_dir / "instances.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(bad, schema=UNREADABLE_SCHEMA), catalog_dir / "unreadable.parquet"
+        )
+        from ridl.catalog import write_study_table
+
+        write_study_table(instances, catalog_dir)
+
+    def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
+        paths = [self.root / loc for loc in study.locations]
+        for path in paths:
+            if self.root not in path.resolve().parents:
+                raise ConfigError("a catalog location points outside the DIR folder")
+        return paths
+
+    def release_study(self, study: StudyRef, workdir: Path) -> None:
+        return None

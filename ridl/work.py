@@ -1,0 +1,284 @@
+"""Per-study work: fetch, check, de-identify, upload, and record a manifest part.
+
+These are plain functions so they can be tested without Prefect and run in any worker process.
+A study is done when its manifest part is in the object store; the part is written last, so a
+study interrupted half way is simply redone, and objects are overwritten with identical bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from curation.integrity import Rejected, read_whole
+from curation.quarantine import quarantine_file
+from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
+from export.store import ObjectStore, open_store, sha256_hex
+from ridl import settings
+from ridl.pseudonyms import Pseudonymizer, SubjectKey
+from ridl.secrets import load_secret
+from ridl.sources.base import StudyRef, StudySource, open_source
+
+# IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
+REJECTION_CODES = {"113001", "113037", "113038", "113039"}
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a worker needs to process studies of one release; small and picklable."""
+
+    project: str
+    release: str
+    source_url: str
+    store_url: str
+    recipe: str
+    retain: tuple[str, ...]
+    modalities: tuple[str, ...]
+    hn_issuer: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.project}/{self.release}"
+
+
+@dataclass
+class StudyOutcome:
+    study_key: str
+    skipped: bool = False
+    exported: int = 0
+    bytes: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class BatchCounts:
+    """What a batch task returns: counts only, never image bytes or PHI."""
+
+    studies: int = 0
+    skipped: int = 0
+    exported: int = 0
+    bytes: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: StudyOutcome) -> None:
+        self.studies += 1
+        self.skipped += int(outcome.skipped)
+        self.exported += outcome.exported
+        self.bytes += outcome.bytes
+        self.excluded.update(outcome.excluded)
+        self.quarantined.update(outcome.quarantined)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "studies": self.studies,
+            "skipped": self.skipped,
+            "exported": self.exported,
+            "bytes": self.bytes,
+            "excluded": dict(self.excluded),
+            "quarantined": dict(self.quarantined),
+        }
+
+
+class Worker:
+    """The per-process objects of a run: keys, compiled recipe, store and source."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.keys = Pseudonymizer(load_secret(ctx.project))
+        self.engine = Engine(load_recipe(ctx.recipe), self.keys, retain=ctx.retain)
+        self.store: ObjectStore = open_store(ctx.store_url)
+        self.source: StudySource = open_source(ctx.source_url)
+
+    def study_key(self, study: StudyRef) -> str:
+        return self.keys.uid(study.study_uid)
+
+    def part_key(self, study: StudyRef) -> str:
+        return f"{self.ctx.prefix}/parts/{self.study_key(study)}.json"
+
+    def subject(self, study: StudyRef) -> tuple[SubjectKey, SubjectContext]:
+        key = SubjectKey(study.health_number, study.issuer, study.patient_id)
+        return key, SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
+
+
+@lru_cache(maxsize=4)
+def worker_for(ctx: RunContext) -> Worker:
+    return Worker(ctx)
+
+
+def process_batch(ctx: RunContext, studies: list[StudyRef]) -> BatchCounts:
+    worker = worker_for(ctx)
+    counts = BatchCounts()
+    for study in studies:
+        counts.add(process_study(worker, study))
+    return counts
+
+
+def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
+    ctx = worker.ctx
+    part_key = worker.part_key(study)
+    outcome = StudyOutcome(study_key=worker.study_key(study))
+    if worker.store.exists(part_key):
+        part = json.loads(worker.store.get_bytes(part_key))
+        outcome.skipped = True
+        outcome.exported = len(part["objects"])
+        outcome.bytes = sum(o["size"] for o in part["objects"])
+        outcome.excluded.update(part["excluded"])
+        outcome.quarantined.update(part["quarantined"])
+        return outcome
+
+    workdir = settings.work_dir() / ctx.project / ctx.release / outcome.study_key
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        files = worker.source.fetch_study(study, workdir)
+        rows = _process_files(worker, study, files, outcome)
+    finally:
+        worker.source.release_study(study, workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    part = {
+        "study": outcome.study_key,
+        "objects": rows,
+        "excluded": dict(sorted(outcome.excluded.items())),
+        "quarantined": dict(sorted(outcome.quarantined.items())),
+    }
+    worker.store.put_bytes(part_key, json.dumps(part, sort_keys=True).encode())
+    return outcome
+
+
+def _process_files(
+    worker: Worker, study: StudyRef, files: list[Path], outcome: StudyOutcome
+) -> list[dict[str, Any]]:
+    ctx = worker.ctx
+    _, subject = worker.subject(study)
+    headers: dict[Path, Dataset] = {}
+    for path in files:
+        try:
+            headers[path] = dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            _quarantine(worker, study, path, outcome, "not-dicom")
+        except Exception as exc:
+            _quarantine(worker, study, path, outcome, "unreadable", type(exc).__name__)
+
+    rejected = rejected_instances(headers.values())
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for path, header in headers.items():
+        sop_uid = str(getattr(header, "SOPInstanceUID", ""))
+        if is_rejection_note(header):
+            outcome.excluded["iocm-rejection-note"] += 1
+            continue
+        if sop_uid in rejected:
+            outcome.excluded["iocm-rejected"] += 1
+            continue
+        if sop_uid in seen:
+            outcome.excluded["duplicate-sop-instance"] += 1
+            continue
+        seen.add(sop_uid)
+        modality = str(getattr(header, "Modality", "")).upper()
+        if modality not in ctx.modalities:
+            outcome.excluded["modality-not-approved"] += 1
+            continue
+        if str(getattr(header, "BurnedInAnnotation", "")).upper() == "YES":
+            # Text in the pixels is PHI no header rule sees: hold it for review until the
+            # pixel-cleaning stage has cleaned and checked it.
+            _quarantine(worker, study, path, outcome, "burned-in-annotation")
+            continue
+        try:
+            ds = read_whole(path)
+            worker.engine.apply(ds, subject)
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+        except Rejected as rej:
+            _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
+            continue
+        except DeidError as err:
+            _quarantine(worker, study, path, outcome, f"deid-{err.reason}")
+            continue
+        except Exception as exc:  # never let one object stop the run
+            _quarantine(worker, study, path, outcome, "write-failed", type(exc).__name__)
+            continue
+        data = buffer.getvalue()
+        key = (
+            f"{ctx.prefix}/{subject.research_id}/{ds.StudyInstanceUID}/"
+            f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+        )
+        worker.store.put_bytes(key, data)
+        rows.append(
+            {
+                "key": key,
+                "size": len(data),
+                "sha256": sha256_hex(data),
+                "research_id": subject.research_id,
+                "study_uid": str(ds.StudyInstanceUID),
+                "series_uid": str(ds.SeriesInstanceUID),
+                "sop_uid": str(ds.SOPInstanceUID),
+                "sop_class_uid": str(ds.SOPClassUID),
+                "modality": modality,
+                "study_date": str(getattr(ds, "StudyDate", "")),
+            }
+        )
+        outcome.exported += 1
+        outcome.bytes += len(data)
+    rows.sort(key=lambda r: r["key"])
+    return rows
+
+
+def _quarantine(
+    worker: Worker,
+    study: StudyRef,
+    path: Path,
+    outcome: StudyOutcome,
+    reason: str,
+    detail: str = "",
+) -> None:
+    ctx = worker.ctx
+    quarantine_file(
+        ctx.project,
+        ctx.release,
+        path,
+        reason,
+        source=ctx.source_url,
+        location=str(path),
+        study_key=outcome.study_key,
+        detail=detail,
+    )
+    outcome.quarantined[reason] += 1
+
+
+def is_rejection_note(ds: Dataset) -> bool:
+    if str(getattr(ds, "SOPClassUID", "")) != KOS_SOP_CLASS:
+        return False
+    for code in getattr(ds, "ConceptNameCodeSequence", None) or []:
+        if (
+            str(getattr(code, "CodeValue", "")) in REJECTION_CODES
+            and str(getattr(code, "CodingSchemeDesignator", "")) == "DCM"
+        ):
+            return True
+    return False
+
+
+def rejected_instances(headers: Any) -> set[str]:
+    """SOP Instance UIDs referenced by IOCM rejection notes among ``headers``."""
+    rejected: set[str] = set()
+    for ds in headers:
+        if not is_rejection_note(ds):
+            continue
+        for study in getattr(ds, "CurrentRequestedProcedureEvidenceSequence", None) or []:
+            for series in getattr(study, "ReferencedSeriesSequence", None) or []:
+                for ref in getattr(series, "ReferencedSOPSequence", None) or []:
+                    uid = getattr(ref, "ReferencedSOPInstanceUID", None)
+                    if uid:
+                        rejected.add(str(uid))
+    return rejected
