@@ -61,6 +61,4 @@ def list_quarantine(project: str, release: str) -> list[QuarantineRecord]:
     folder = quarantine_root(project, release)
     if not folder.exists():
         return []
-    return [
-        QuarantineRecord(**json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))
-    ]
+    return [QuarantineRecord(**json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]

@@ -11,13 +11,13 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID_dictionary
+from pydicom.uid import UID, UID_dictionary
 
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
@@ -119,10 +119,9 @@ class Engine:
             else:  # a sequence cannot take a dummy or shifted value: empty it
                 elem.value = Sequence()
             return
-        if elem.VR == "UN" and name != "REMOVE" and not elem.tag.is_private:
+        if elem.VR == "UN" and name == "KEEP":
             # Value representation unknown: its contents cannot be checked, so never keep it.
-            if name == "KEEP":
-                raise DeidError("unknown-vr", str(elem.tag))
+            raise DeidError("unknown-vr", str(elem.tag))
         if name == "KEEP":
             return
         if name == "BLANK":
@@ -208,7 +207,7 @@ class Engine:
         if old is None or "TransferSyntaxUID" not in old:
             raise DeidError("no-transfer-syntax")
         meta.TransferSyntaxUID = old.TransferSyntaxUID
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = f"RIDL_{__version__}"[:16]
         ds.file_meta = meta
 

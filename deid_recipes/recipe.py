@@ -180,8 +180,10 @@ def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
         rules.extend(parse_recipe_file(path))
     sha.update(unmatched.encode())
     for rule in rules:
-        if rule.action == "ADD" and tag_for_keyword(rule.field) is None and not _parse_tag(
-            rule.field
+        if (
+            rule.action == "ADD"
+            and tag_for_keyword(rule.field) is None
+            and not _parse_tag(rule.field)
         ):
             raise ConfigError(f"recipe ADD names an unknown attribute {rule.field!r}")
     return Recipe(

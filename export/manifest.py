@@ -87,7 +87,9 @@ def build_manifest(
         "subjects": int(frame["research_id"].nunique()),
         "instances_exported": len(frame),
         "bytes_exported": int(frame["size"].sum()),
-        "by_modality": {k: int(v) for k, v in frame["modality"].value_counts().sort_index().items()},
+        "by_modality": {
+            k: int(v) for k, v in frame["modality"].value_counts().sort_index().items()
+        },
         "excluded": dict(sorted(excluded.items())),
         "quarantined": dict(sorted(quarantined.items())),
         "manifest": files.manifest_parquet,

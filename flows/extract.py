@@ -1,4 +1,5 @@
-"""The extraction run as a Prefect flow: select -> (retrieve, de-identify, curate, upload) -> release.
+"""The extraction run as a Prefect flow: select, then per study retrieve, de-identify, curate,
+upload; then publish the release.
 
 Study work is batched: one Prefect task handles a batch of studies and returns counts, never
 image bytes, so the flow stays light at millions of studies (Prefect pays per task run).

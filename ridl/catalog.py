@@ -140,16 +140,17 @@ def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | 
 
 def study_refs(selection: pd.DataFrame) -> list[StudyRef]:
     refs = []
-    for row in selection.itertuples(index=False):
-        hn = row.health_number if isinstance(row.health_number, str) and row.health_number else None
+    for row in selection.to_dict("records"):
+        hn = row["health_number"]
+        locations: Any = row["locations"]
         refs.append(
             StudyRef(
-                study_uid=str(row.study_uid),
-                issuer=str(row.issuer),
-                patient_id=str(row.patient_id),
-                health_number=hn,
-                study_date=str(row.study_date),
-                locations=tuple(str(x) for x in row.locations),
+                study_uid=str(row["study_uid"]),
+                issuer=str(row["issuer"]),
+                patient_id=str(row["patient_id"]),
+                health_number=hn if isinstance(hn, str) and hn else None,
+                study_date=str(row["study_date"]),
+                locations=tuple(str(x) for x in locations),
             )
         )
     return refs

@@ -30,7 +30,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 project_app = typer.Typer(help="The REB project registry.", no_args_is_help=True)
-dir_app = typer.Typer(help="DIR sources: synthetic archives and folder indexing.", no_args_is_help=True)
+dir_app = typer.Typer(
+    help="DIR sources: synthetic archives and folder indexing.", no_args_is_help=True
+)
 app.add_typer(project_app, name="project")
 app.add_typer(dir_app, name="dir")
 
@@ -41,7 +43,7 @@ DEMO_PROJECT = "demo"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -298,7 +300,9 @@ def run(
     modality: Annotated[
         list[str] | None, typer.Option(help="Modality (repeat; default: approved).")
     ] = None,
-    site: Annotated[list[str] | None, typer.Option(help="Site (repeat; default: approved).")] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="Site (repeat; default: approved).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Studies per Prefect task.")] = 200,
     reindex: Annotated[bool, typer.Option(help="Rebuild the source catalog first.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
@@ -374,7 +378,9 @@ def demo(
 def show_summary(
     project: Annotated[str, typer.Option(help="REB project id.")],
     release: Annotated[str, typer.Option(help="Release name.")],
-    dest: Annotated[str | None, typer.Option(help="Object store (default RIDL_HOME/store).")] = None,
+    dest: Annotated[
+        str | None, typer.Option(help="Object store (default RIDL_HOME/store).")
+    ] = None,
 ) -> None:
     """Print a finished release's summary of counts."""
     from export.store import open_store

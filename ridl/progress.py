@@ -26,7 +26,12 @@ from ridl.catalog import release_dir
 
 class RunProgress:
     def __init__(
-        self, project: str, release: str, store: ObjectStore, console: Console, interval: float = 0.5
+        self,
+        project: str,
+        release: str,
+        store: ObjectStore,
+        console: Console,
+        interval: float = 0.5,
     ) -> None:
         self.project = project
         self.release = release

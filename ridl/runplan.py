@@ -142,5 +142,5 @@ def _quarantine_unindexed(ctx: RunContext, catalog: object) -> None:
             )
         counts[row["reason"]] = counts.get(row["reason"], 0) + 1
     store = open_store(ctx.store_url)
-    part = {"study": None, "objects": [], "excluded": {}, "quarantined": counts}
+    part: dict[str, object] = {"study": None, "objects": [], "excluded": {}, "quarantined": counts}
     store.put_bytes(f"{ctx.prefix}/parts/_source.json", json.dumps(part, sort_keys=True).encode())

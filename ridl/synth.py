@@ -10,6 +10,7 @@ are truncated or not DICOM at all. Every value is invented.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import random
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -34,10 +35,46 @@ PRIVATE_CREATOR = "RIDL SYNTH PHI"
 FIRST_DATE = dt.date(2015, 1, 1)
 LAST_DATE = dt.date(2024, 12, 31)
 
-GIVEN = ["Alice", "Bruno", "Chloe", "Dmitri", "Esther", "Farid", "Greta", "Hiro", "Ines", "Jonas",
-         "Kwame", "Lena", "Marek", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tala"]
-FAMILY = ["Tremblay", "Gagnon", "Roy", "Cote", "Bouchard", "Gauthier", "Morin", "Lavoie",
-          "Fortin", "Gagne", "Ouellet", "Pelletier", "Belanger", "Levesque", "Bergeron", "Leblanc"]
+GIVEN = [
+    "Alice",
+    "Bruno",
+    "Chloe",
+    "Dmitri",
+    "Esther",
+    "Farid",
+    "Greta",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kwame",
+    "Lena",
+    "Marek",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tala",
+]
+FAMILY = [
+    "Tremblay",
+    "Gagnon",
+    "Roy",
+    "Cote",
+    "Bouchard",
+    "Gauthier",
+    "Morin",
+    "Lavoie",
+    "Fortin",
+    "Gagne",
+    "Ouellet",
+    "Pelletier",
+    "Belanger",
+    "Levesque",
+    "Bergeron",
+    "Leblanc",
+]
 STREETS = ["Rue Sherbrooke", "Boulevard Rene-Levesque", "Avenue du Parc", "Rue Saint-Denis"]
 
 
@@ -93,7 +130,8 @@ class _Uids:
 
     def __call__(self) -> str:
         self.counter += 1
-        return str(generate_uid(prefix=None, entropy_srcs=[f"ridl-synth-{self.seed}-{self.counter}"]))
+        digest = hashlib.sha256(f"ridl-synth-{self.seed}-{self.counter}".encode()).digest()
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
 def synthesize(root: Path, patients: int = 20, sites: int = 3, seed: int = 0) -> SynthReport:
@@ -200,13 +238,13 @@ def _base(reg: Registration, date: dt.date, study_uid: str, accession: str, uids
 
 
 def _finish(ds: Dataset, sop_class: str, sop_uid: str) -> Dataset:
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
+    ds.SOPClassUID = UID(sop_class)
+    ds.SOPInstanceUID = UID(sop_uid)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1420.1"
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1420.1")
     ds.file_meta = meta
     return ds
 
@@ -317,11 +355,16 @@ def _study(
         name.CodingSchemeDesignator = "DCM"
         name.CodeMeaning = "Finding"
         finding.ConceptNameCodeSequence = Sequence([name])
-        finding.TextValue = f"No acute findings. Patient {p.given} {p.family}, HN {p.health_number}."
+        finding.TextValue = (
+            f"No acute findings. Patient {p.given} {p.family}, HN {p.health_number}."
+        )
         sr.ContentSequence = Sequence([finding])
         save(_finish(sr, BASIC_TEXT_SR, uids()), "report.dcm")
         if not report.rejected_series:
-            save(_rejection_note(reg, date, study_uid, accession, series_uid, slices, uids), "kos.dcm")
+            save(
+                _rejection_note(reg, date, study_uid, accession, series_uid, slices, uids),
+                "kos.dcm",
+            )
             report.rejected_series.append(series_uid)
     elif kind == "CR":
         _, ds = series("CR", "CHEST PA", 1)
@@ -400,7 +443,7 @@ def _damage(root: Path, report: SynthReport, uids: _Uids) -> None:
     """One truncated DICOM file and one file that is not DICOM, as real feeds deliver."""
     victim = next(p for p in report.files if p.name.startswith("cr_"))
     ds = dcmread(victim)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uids()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(uids())
     ds.InstanceNumber = 2
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

@@ -1,0 +1,77 @@
+"""Shared fixtures: an isolated RIDL_HOME per test, a synthetic DIR, a registered project."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Prefect keeps its database under PREFECT_HOME; give the test session its own, and never talk to
+# a server configured in the developer's environment.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ridl-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from ridl.projects import Project, Scope, create_project
+from ridl.synth import SynthReport, synthesize
+
+SITES = ("SITE-A", "SITE-B", "SITE-C")
+
+
+def require_program(name: str) -> str:
+    """The path of an external program, or skip (fail under CI=true) with a clear reason."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (Debian package needed; .ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def ridl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "ridl-home"
+    monkeypatch.setenv("RIDL_HOME", str(home))
+    monkeypatch.delenv("RIDL_STORE", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> SynthReport:
+    """One synthetic DIR for the whole session (read-only for tests)."""
+    root = tmp_path_factory.mktemp("dir")
+    return synthesize(root, patients=20, sites=3, seed=7)
+
+
+def make_project(
+    project_id: str = "study-a",
+    *,
+    expires: dt.date | None = None,
+    modalities: tuple[str, ...] = ("CT", "CR", "US"),
+    recipe: str = "ridl-basic",
+) -> Project:
+    today = dt.date.today()
+    project = Project(
+        id=project_id,
+        reb_number="REB-2026-042",
+        title="Test project",
+        pi="Test PI",
+        approved=today - dt.timedelta(days=30),
+        expires=expires or today + dt.timedelta(days=365),
+        scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), modalities, SITES),
+        recipients=("Researcher One",),
+        recipe=recipe,
+    )
+    create_project(project)
+    return project
+
+
+@pytest.fixture
+def project(ridl_home: Path) -> Iterator[Project]:
+    yield make_project()
