@@ -393,5 +393,14 @@ def show_summary(
     sys.stdout.write("\n")
 
 
+# --- releases, access, pull (export/cli.py) ----------------------------------------------------
+
+from export.cli import access_app, pull_command, release_app  # noqa: E402
+
+app.add_typer(release_app, name="release")
+app.add_typer(access_app, name="access")
+app.command("pull")(pull_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
