@@ -120,6 +120,8 @@ class PullReport:
 def url_expiry(url: str) -> dt.datetime | None:
     """When a SigV4 presigned URL stops working (X-Amz-Date + X-Amz-Expires)."""
     query = parse_qs(urlsplit(url).query)
+    if "Expires" in query:  # SigV2 query authentication: an epoch second
+        return dt.datetime.fromtimestamp(int(query["Expires"][0]), dt.UTC)
     if "X-Amz-Date" not in query or "X-Amz-Expires" not in query:
         return None
     signed = dt.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)

@@ -136,6 +136,7 @@ def make_client(settings: S3Settings, credentials: dict[str, str] | None = None)
     config = Config(
         retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        signature_version="s3v4",  # presigned URLs carry X-Amz-Date and X-Amz-Expires
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=max(10, settings.max_concurrency * 2),
