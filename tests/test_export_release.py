@@ -192,3 +192,49 @@ def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
         phi in store.get_bytes(f"{project.id}/r2/retractions.json").decode()
         for phi in report.phi_strings()
     )
+
+
+@pytest.mark.prefect
+def test_ridl_run_to_s3_end_to_end_then_pull(
+    s3_env: MotoServer, small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """`ridl run --dest s3://...`: the flow does not know which store it has."""
+    from typer.testing import CliRunner
+
+    from export.access import grant_access
+    from export.pull import pull
+    from ridl.cli import app
+
+    url = s3_url(s3_env.url)
+    store = make_bucket(url)
+    result = CliRunner().invoke(
+        app,
+        ["run", "--project", project.id, "--release", "r1", "--source",
+         f"folder:{small_dir.root}", "--dest", url],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    prefix = f"{project.id}/r1"
+    assert store.exists(f"{prefix}/manifest.json.sig"), "the flow published the release"
+    frame = read_manifest(store, prefix)
+    assert len(frame) > 0
+    for row in frame.itertuples():
+        assert hashlib.sha256(store.get_bytes(row.key)).hexdigest() == row.sha256
+
+    grant = tmp_path / "grant.json"
+    document = grant_access(url, project.id, "r1", "Researcher One", 1, presign=True)
+    grant.write_text(json.dumps(document))
+    report = pull(grant, tmp_path / "data")
+    assert report.failed == {} and report.fetched == report.files
+    for row in frame.itertuples():
+        local = tmp_path / "data" / row.key[len(prefix) + 1 :]
+        assert local.read_bytes() == store.get_bytes(row.key), "byte-identical after the pull"
+
+    # Rerunning the finished release resumes (nothing to do) and leaves the publication alone.
+    before = store.get_bytes(f"{prefix}/manifest.json")
+    again = CliRunner().invoke(
+        app,
+        ["run", "--project", project.id, "--release", "r1", "--source",
+         f"folder:{small_dir.root}", "--dest", url],
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert store.get_bytes(f"{prefix}/manifest.json") == before
