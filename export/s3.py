@@ -265,6 +265,37 @@ class S3Store:
         )
         return url
 
+    def check(self) -> None:
+        """Fail now, with what to change, when the bucket cannot be used (before any work)."""
+        from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+        where = self.settings.endpoint_url or "AWS"
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise ConfigError(
+                "no S3 credentials: set RIDL_S3_ACCESS_KEY_ID and RIDL_S3_SECRET_ACCESS_KEY "
+                "(or the usual AWS_* variables or profile)"
+            ) from None
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise ConfigError(
+                    f"S3 bucket '{self.bucket}' does not exist at {where}; create it or fix "
+                    "the store URL (change: --dest)"
+                ) from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise ConfigError(
+                    f"S3 refused access to bucket '{self.bucket}' ({code}); check the S3 "
+                    "credentials (RIDL_S3_ACCESS_KEY_ID or AWS_*) and their permissions"
+                ) from None
+            raise
+        except BotoCoreError as exc:
+            raise ConfigError(
+                f"cannot reach the S3 endpoint {where} ({type(exc).__name__}); check "
+                "endpoint_url in the store URL (change: --dest)"
+            ) from None
+
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (test servers, first use of MinIO)."""
         try:

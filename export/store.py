@@ -120,7 +120,9 @@ def open_store(url: str | None) -> ObjectStore:
     if url.startswith("s3://"):
         from export.s3 import S3Store, parse_s3_url
 
-        return S3Store(parse_s3_url(url))
+        store = S3Store(parse_s3_url(url))
+        store.check()  # a wrong bucket, endpoint or credentials fails here, before any work
+        return store
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ConfigError(

@@ -7,7 +7,7 @@ from typing import Any
 
 from export.manifest import build_manifest
 from export.release import publish_release
-from export.s3 import S3Store
+from export.s3 import S3Store, parse_s3_url
 from export.store import ObjectStore, open_store
 from ridl.runplan import prepare_run
 from ridl.work import process_batch
@@ -19,10 +19,9 @@ def s3_url(endpoint: str, bucket: str | None = None, prefix: str = "library") ->
 
 
 def make_bucket(url: str) -> ObjectStore:
-    store = open_store(url)
-    if isinstance(store, S3Store):
-        store.ensure_bucket()
-    return store
+    """Create the store's bucket, then open it the way ridl does."""
+    S3Store(parse_s3_url(url)).ensure_bucket()
+    return open_store(url)
 
 
 def run_and_publish(

@@ -126,6 +126,21 @@ def test_a_published_release_cannot_be_overwritten(
         publish_release(url, project.id, "r1")
     assert store.get_bytes(f"{project.id}/r1/manifest.json") == before
 
+    from typer.testing import CliRunner
+
+    from ridl.cli import app
+
+    cli = CliRunner()
+    refused = cli.invoke(
+        app, ["release", "publish", "--project", project.id, "--release", "r1", "--dest", url]
+    )
+    assert refused.exit_code == 2 and "already published" in refused.output
+    shown = cli.invoke(
+        app, ["release", "show", "--project", project.id, "--release", "r1", "--dest", url]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["counts"]["objects"] == first["objects"]
+
 
 def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
     s3_env: MotoServer, project: Project, tmp_path: Path
@@ -155,7 +170,14 @@ def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
     subjects = sorted({o["research_id"] for o in m1["objects"]})
     withdrawn = next(s for s in subjects if s != rejected_objects[0]["research_id"])
     assert record_withdrawal(project.id, withdrawn)
-    assert not record_withdrawal(project.id, withdrawn)
+    from typer.testing import CliRunner
+
+    from ridl.cli import app
+
+    again = CliRunner().invoke(
+        app, ["release", "withdraw", "--project", project.id, "--research-id", withdrawn]
+    )
+    assert again.exit_code == 0 and "already recorded" in again.output
     assert load_withdrawn(project.id) == {withdrawn}
     with pytest.raises(ReleaseError):
         record_withdrawal(project.id, "MRN000123")
@@ -238,3 +260,17 @@ def test_ridl_run_to_s3_end_to_end_then_pull(
     )  # fmt: skip
     assert again.exit_code == 0, again.output
     assert store.get_bytes(f"{prefix}/manifest.json") == before
+
+
+def test_local_store_release_pulls_with_its_signature_beside_it(
+    small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    from export.pull import pull
+
+    root = tmp_path / "library"
+    result = run_and_publish(project.id, "r1", f"folder:{small_dir.root}", f"file:{root}")
+    report = pull(root / project.id / "r1" / "manifest.json", tmp_path / "data", layout="flat")
+    assert report.failed == {} and report.fetched == result["objects"] + len(
+        json.loads((root / project.id / "r1" / "manifest.json").read_text())["files"]
+    )
+    assert len(list((tmp_path / "data").glob("*.dcm"))) == result["objects"]

@@ -35,9 +35,11 @@ def _store(endpoint: str, bucket: str | None = None, **kwargs: object) -> S3Stor
 def test_open_store_s3_url_round_trips(s3_env: MotoServer) -> None:
     bucket = _bucket()
     url = f"s3://{bucket}/lib/x?endpoint_url={s3_env.url}&region=us-east-1&retry_mode=adaptive"
+    with pytest.raises(ConfigError, match="does not exist .*change: --dest"):
+        open_store(url)
+    S3Store(parse_s3_url(url)).ensure_bucket()
     store = open_store(url)
     assert isinstance(store, S3Store)
-    store.ensure_bucket()
     assert parse_s3_url(store.url) == store.settings, "the URL given to workers reopens it"
     assert store.settings.retry_mode == "adaptive"
     assert store.client.meta.config.retries["mode"] == "adaptive"
@@ -139,3 +141,24 @@ def test_too_many_failures_surface_as_an_error(s3_env: MotoServer, s3_proxy: Fau
     with pytest.raises(ClientError):
         store.put_bytes("x.bin", b"x")
     s3_proxy.reset_counts()
+
+
+def test_run_to_a_missing_bucket_or_dead_endpoint_fails_before_any_work(
+    s3_env: MotoServer, project: object, ridl_home: object
+) -> None:
+    from typer.testing import CliRunner
+
+    from ridl.cli import app
+
+    for dest, message in (
+        (f"s3://{_bucket()}/lib?endpoint_url={s3_env.url}&region=us-east-1", "S3 bucket"),
+        ("s3://b-1234/lib?endpoint_url=http://127.0.0.1:9&region=us-east-1&max_attempts=1",
+         "cannot reach the S3 endpoint"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(
+            app,
+            ["run", "--project", "study-a", "--release", "r1", "--source", "folder:/nonexistent",
+             "--dest", dest],
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
