@@ -397,7 +397,8 @@ def pull(
             "files", total=report.files, completed=report.skipped_verified
         )
         bytes_task = progress.add_task("bytes", total=needed)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
             futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo}
             for future in as_completed(futures):
                 exc = future.exception()
@@ -408,6 +409,11 @@ def pull(
                 elif fatal is None:
                     fatal = exc
                     stop.set()  # an expired grant, an interrupt, a disk error: stop all
+        except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     if fatal is not None:
         raise fatal
     _save_release_files(dest, loaded)

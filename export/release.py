@@ -253,7 +253,8 @@ def publish_release(
     storage = storage_info(store, prefix)
     base = f"s3://{storage['bucket']}/{storage['prefix']}" if storage["type"] == "s3" else prefix
     written[COMMANDS] = "".join(
-        f'cp "{base}/{o["path"]}" "{o["path"]}"\n' for o in objects
+        f"cp {base}/{o['path']} {o['path']}\n"
+        for o in objects  # keys are check_key-safe
     ).encode()
     manifest = {
         "format": FORMAT,

@@ -80,7 +80,8 @@ def test_published_release_holds_signed_manifest_sums_and_description(
 
     commands = store.get_bytes(f"{prefix}/s5cmd-commands.txt").decode().splitlines()
     assert len(commands) == len(frame)
-    assert commands[0].startswith(f'cp "s3://{store.bucket}/library/{prefix}/')
+    first_path = json.loads(manifest_bytes)["objects"][0]["path"]
+    assert commands[0] == f"cp s3://{store.bucket}/library/{prefix}/{first_path} {first_path}"
 
     # SHA256SUMS checks with the real sha256sum against a copy of the release.
     sha256sum = require_program("sha256sum")
