@@ -278,7 +278,7 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
-    root = store_url[5:] if store_url.startswith("file:") else store_url
+    root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
     console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
 

@@ -247,3 +247,17 @@ def test_pull_with_credentials_and_cli_summary(published: dict[str, Any], tmp_pa
     with pytest.raises(SignatureError):
         pull(folder / "manifest.json", tmp_path / "again")
     assert open_store(published["url"]).url == published["url"]
+
+
+def test_pull_retries_server_errors_and_dropped_connections(
+    published: dict[str, Any], tmp_path: Path, s3_proxy: FaultyProxy
+) -> None:
+    from tests.s3server import FaultPlan
+
+    grant = _presigned(published, tmp_path)
+    s3_proxy.reset_counts(FaultPlan(status={1: 503, 5: 500, 6: 502}, drop_before={3, 9}))
+    report = pull(grant, tmp_path / "data", workers=2)
+    assert s3_proxy.faults == 5 and report.failed == {}
+    assert report.fetched == report.files
+    _check_tree(tmp_path / "data", published)
+    s3_proxy.reset_counts()
