@@ -39,14 +39,15 @@ class MotoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_dir = log_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
 
     def start(self, timeout: float = 60.0) -> MotoServer:
         env = dict(os.environ)
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)  # switched on per test via reset-auth
-        log = open(self._log_dir / "moto.log", "wb") if self._log_dir else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self._log_dir / "moto.log", "wb") if self._log_dir else None  # noqa: SIM115
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log,
+            stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             env=env,
         )
@@ -70,6 +71,9 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def reset(self) -> None:
         """Forget every bucket, object and IAM user (moto's own reset endpoint)."""
