@@ -19,7 +19,13 @@ import datetime as dt
 import json
 from typing import Any
 
-from export.release import MANIFEST_JSON, PUBLIC_KEY, SIGNATURE, read_published
+from export.release import (
+    MANIFEST_JSON,
+    PUBLIC_KEY,
+    SIGNATURE,
+    read_published,
+    retracted_paths,
+)
 from export.s3 import S3Store
 from export.store import ObjectStore, open_store
 from ridl import settings
@@ -93,14 +99,22 @@ def presigned_manifest(
     manifest_text = store.get_bytes(f"{prefix}/{MANIFEST_JSON}").decode()
     signature = store.get_bytes(f"{prefix}/{SIGNATURE}").decode().strip()
     public_key = store.get_bytes(f"{prefix}/{PUBLIC_KEY}").decode()
+    project_id, release = prefix.split("/", 1)
+    retracted = retracted_paths(store, project_id, release)
     paths = [o["path"] for o in manifest["objects"]] + sorted(manifest["files"])
-    urls = {path: store.presign_get(f"{prefix}/{path}", expires_in) for path in paths}
+    urls = {
+        path: store.presign_get(f"{prefix}/{path}", expires_in)
+        for path in paths
+        if path not in retracted
+    }
     return {
         "format": PRESIGNED_FORMAT,
         "manifest": manifest_text,
         "signature": signature,
         "public_key": public_key,
         "urls": urls,
+        # Retracted since publication (withdrawn subjects, IOCM rejections): not to be fetched.
+        "retracted": retracted,
     }
 
 

@@ -171,6 +171,7 @@ def pull_command(
                 "files in release": report.files,
                 "fetched and verified": report.fetched,
                 "already there, verified": report.skipped_verified,
+                "retracted since publication (not fetched)": report.retracted,
                 "bytes fetched": f"{report.bytes_fetched:,}",
                 "retried after a checksum mismatch": report.retried,
                 "failed": len(report.failed),

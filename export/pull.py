@@ -12,6 +12,10 @@ with the researcher's own AWS credentials). Before any byte is fetched:
 * files already there with the right SHA-256 are skipped (resume), and the free space is compared
   with what is left to fetch.
 
+A presigned manifest also lists what later releases retracted (withdrawn subjects, IOCM
+rejections); those files are not fetched and the summary counts them. That list is not signed:
+editing it can only hide files, never change what a fetched file holds.
+
 Files are fetched in parallel into a temporary name beside their destination, hashed while they
 arrive, and renamed into place only when size and SHA-256 match. A mismatch is fetched once more,
 then reported as a failure naming the file.
@@ -91,6 +95,7 @@ class LoadedManifest:
     public_key: str
     urls: dict[str, str] | None
     expires_at: dt.datetime | None
+    retracted: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -105,6 +110,7 @@ class PullReport:
     files: int = 0
     fetched: int = 0
     skipped_verified: int = 0
+    retracted: int = 0
     bytes_fetched: int = 0
     retried: int = 0
     failed: dict[str, str] = field(default_factory=dict)
@@ -138,6 +144,7 @@ def load_manifest(
     except (OSError, ValueError) as exc:
         raise PullError(f"cannot read the manifest {path}: {exc}") from None
     urls: dict[str, str] | None = None
+    retracted: dict[str, str] = {}
     if isinstance(document, dict) and str(document.get("format", "")).startswith(
         "ridl-presigned-manifest/"
     ):
@@ -145,6 +152,7 @@ def load_manifest(
         signature = str(document["signature"])
         shipped_key = str(document["public_key"])
         urls = {str(k): str(v) for k, v in document["urls"].items()}
+        retracted = {str(k): str(v) for k, v in document.get("retracted", {}).items()}
     else:
         manifest_bytes = raw
         sig_path = signature_path or path.with_name(path.name + ".sig")
@@ -163,20 +171,24 @@ def load_manifest(
     expires: dt.datetime | None = None
     if urls is not None:
         needed = {o["path"] for o in manifest["objects"]}
-        missing = needed - set(urls)
+        missing = needed - set(urls) - set(retracted)
         if missing:
             raise PullError(f"the presigned manifest lacks URLs for {len(missing)} files")
         expiries = [e for e in (url_expiry(u) for u in urls.values()) if e is not None]
         expires = min(expiries) if expiries else None
-    return LoadedManifest(manifest, manifest_bytes, signature, key, urls, expires)
+    return LoadedManifest(manifest, manifest_bytes, signature, key, urls, expires, retracted)
 
 
-def plan_items(manifest: dict[str, Any], layout: str) -> list[PullItem]:
+def plan_items(
+    manifest: dict[str, Any], layout: str, skip: set[str] | frozenset[str] = frozenset()
+) -> list[PullItem]:
     """Each object's destination under the layout; refuses unsafe or colliding paths."""
     template = LAYOUTS.get(layout, layout)
     items: list[PullItem] = []
     seen: dict[str, str] = {}
     for obj in manifest["objects"]:
+        if obj["path"] in skip:
+            continue
         fields = dict(obj)
         fields["name"] = obj["path"].rsplit("/", 1)[-1]
         try:
@@ -317,7 +329,8 @@ def pull(
             f"the presigned manifest expired at {loaded.expires_at.isoformat()}; ask the "
             "research office for a new grant (`ridl access grant --presign`)"
         )
-    items = plan_items(manifest, layout)
+    items = plan_items(manifest, layout, skip=set(loaded.retracted))
+    report.retracted = len(loaded.retracted)
     dest.mkdir(parents=True, exist_ok=True)
     targets = {item.path: safe_destination(dest, item.target) for item in items}
 

@@ -149,6 +149,19 @@ def read_index(store: ObjectStore, project_id: str) -> list[dict[str, Any]]:
     return entries
 
 
+def retracted_paths(store: ObjectStore, project_id: str, release: str) -> dict[str, str]:
+    """Objects of ``release`` that later releases retracted (path -> reason)."""
+    found: dict[str, str] = {}
+    for entry in read_index(store, project_id):
+        key = f"{project_id}/{entry['release']}/{RETRACTIONS}"
+        if entry["release"] == release or not store.exists(key):
+            continue
+        for item in json.loads(store.get_bytes(key))["retracted"]:
+            if item["release"] == release:
+                found[item["path"]] = item["reason"]
+    return found
+
+
 def _write_manifest_tables(store: ObjectStore, prefix: str, frame: Any) -> None:
     files = release_files(prefix)
     sink = io.BytesIO()

@@ -216,6 +216,20 @@ def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
         for phi in report.phi_strings()
     )
 
+    # A researcher granted r1 now gets r1 without what was retracted, and is told so.
+    from export.access import grant_access
+    from export.pull import pull
+
+    document = grant_access(url, project.id, "r1", "Researcher One", 1, presign=True)
+    assert set(document["retracted"]) == {o["path"] for o in withdrawn_in_r1 + rejected_objects}
+    grant = tmp_path / "grant.json"
+    grant.write_text(json.dumps(document))
+    pulled = pull(grant, tmp_path / "r1")
+    assert pulled.failed == {} and pulled.retracted == len(withdrawn_in_r1 + rejected_objects)
+    assert pulled.fetched == len(kept) + len(m1["files"])
+    for obj in withdrawn_in_r1 + rejected_objects:
+        assert not (tmp_path / "r1" / obj["path"]).exists()
+
 
 @pytest.mark.prefect
 def test_ridl_run_to_s3_end_to_end_then_pull(
