@@ -30,3 +30,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .ridl .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench-export
+bench-export: $(STAMP)
+	$(BIN)/python benchmarks/export.py

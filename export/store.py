@@ -110,16 +110,24 @@ class LocalStore:
 
 
 def open_store(url: str | None) -> ObjectStore:
-    """An object store from a URL-like setting: ``file:PATH`` or a plain folder path."""
+    """An object store from a URL-like setting: ``file:PATH``, a folder path or ``s3://...``."""
     from ridl import settings
 
     if not url:
         return LocalStore(settings.default_store_root())
     if url.startswith("file:"):
         return LocalStore(Path(url[5:]))
+    if url.startswith("s3://"):
+        from export.s3 import S3Store, parse_s3_url
+
+        store = S3Store(parse_s3_url(url))
+        store.check()  # a wrong bucket, endpoint or credentials fails here, before any work
+        return store
     if "://" in url:
         scheme = url.split("://", 1)[0]
-        raise ConfigError(f"object store scheme '{scheme}' is not supported; use file:PATH")
+        raise ConfigError(
+            f"object store scheme '{scheme}' is not supported; use file:PATH or s3://BUCKET/PREFIX"
+        )
     return LocalStore(Path(url))
 
 

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from export.manifest import build_manifest  # noqa: E402
+from export.release import publish_release  # noqa: E402
 from export.store import LocalStore, open_store  # noqa: E402
 from ridl.runplan import prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
@@ -92,6 +93,7 @@ def extract_run(
         totals.excluded.update(counts["excluded"])
         totals.quarantined.update(counts["quarantined"])
     summary = publish_manifest(plan.ctx, len(plan.studies))
+    summary["publication"] = publish_release(plan.ctx.store_url, project, release)
     summary["studies_skipped_as_done"] = totals.skipped
     _artifacts(summary)
     return summary

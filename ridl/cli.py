@@ -278,7 +278,7 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
-    root = store_url[5:] if store_url.startswith("file:") else store_url
+    root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
     console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
 
@@ -391,6 +391,15 @@ def show_summary(
         _fail(f"no summary for {project}/{release} in {store.url}; has the run finished?")
     json.dump(json.loads(store.get_bytes(key)), sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+# --- releases, access, pull (export/cli.py) ----------------------------------------------------
+
+from export.cli import access_app, pull_command, release_app  # noqa: E402
+
+app.add_typer(release_app, name="release")
+app.add_typer(access_app, name="access")
+app.command("pull")(pull_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

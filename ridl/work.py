@@ -60,6 +60,9 @@ class StudyOutcome:
     bytes: int = 0
     excluded: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    # De-identified UIDs of instances IOCM rejected: a later release retracts them if an
+    # earlier release published them before the rejection reached the DIR.
+    iocm_rejected: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,7 @@ def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
         "objects": rows,
         "excluded": dict(sorted(outcome.excluded.items())),
         "quarantined": dict(sorted(outcome.quarantined.items())),
+        "iocm_rejected": sorted(outcome.iocm_rejected),
     }
     worker.store.put_bytes(part_key, json.dumps(part, sort_keys=True).encode())
     return outcome
@@ -181,6 +185,7 @@ def _process_files(
             continue
         if sop_uid in rejected:
             outcome.excluded["iocm-rejected"] += 1
+            outcome.iocm_rejected.append(worker.keys.uid(sop_uid))
             continue
         if sop_uid in seen:
             outcome.excluded["duplicate-sop-instance"] += 1

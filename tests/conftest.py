@@ -19,6 +19,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from ridl.projects import Project, Scope, create_project
 from ridl.synth import SynthReport, synthesize
+from tests.s3server import moto_server, s3_env, s3_proxy  # noqa: F401  (S3 server fixtures)
 
 SITES = ("SITE-A", "SITE-B", "SITE-C")
 

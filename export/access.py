@@ -1,0 +1,184 @@
+"""Access grants: let one approved researcher read one published release, and nothing else.
+
+Two forms, both refused when the REB approval has expired or the researcher is not one of the
+project's approved recipients:
+
+* an IAM policy document for the storage administrator to attach to the researcher's identity:
+  ``s3:ListBucket`` only with an ``s3:prefix`` condition on the release prefix, ``s3:GetObject``
+  only on objects under it, both ending at the grant's expiry (``aws:CurrentTime``);
+* a presigned manifest: the signed release manifest as published, its signature and public key,
+  and a presigned GET URL per file, all expiring at the earlier of N days (7 at most, the longest
+  a SigV4 presigned URL lives) and the end of the REB approval. No AWS credentials are needed.
+
+Every grant is recorded on premises (``RIDL_HOME/grants/<project>.jsonl``) for the auditors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from export.release import (
+    MANIFEST_JSON,
+    PUBLIC_KEY,
+    SIGNATURE,
+    read_published,
+    retracted_paths,
+)
+from export.s3 import S3Store
+from export.store import ObjectStore, open_store
+from ridl import settings
+from ridl.errors import ConfigError, ReleaseError, ScopeError
+from ridl.projects import Project, load_project
+
+MAX_PRESIGN_DAYS = 7
+PRESIGNED_FORMAT = "ridl-presigned-manifest/1"
+
+
+def reb_end(project: Project) -> dt.datetime:
+    """The approval is valid through its expiry date: access ends at the next midnight UTC."""
+    return dt.datetime.combine(project.expires + dt.timedelta(days=1), dt.time(0), dt.UTC)
+
+
+def check_grant(
+    project_id: str, researcher: str, days: int, presign: bool, now: dt.datetime
+) -> tuple[Project, dt.datetime]:
+    """Refuse a grant the REB approval does not allow; return the project and the expiry."""
+    project = load_project(project_id)
+    project.check_active(now.date())
+    if researcher not in project.recipients:
+        approved = ", ".join(project.recipients) or "none recorded"
+        raise ScopeError(
+            "--researcher",
+            f"'{researcher}' is not an approved recipient of project '{project_id}' "
+            f"(approved: {approved}); the REB must approve them first",
+        )
+    if days < 1:
+        raise ScopeError("--days", "a grant lasts at least one day")
+    if presign and days > MAX_PRESIGN_DAYS:
+        raise ScopeError(
+            "--days",
+            f"presigned URLs last {MAX_PRESIGN_DAYS} days at most; grant again when they expire",
+        )
+    return project, min(now + dt.timedelta(days=days), reb_end(project))
+
+
+def iam_policy(store: S3Store, prefix: str, expires: dt.datetime) -> dict[str, Any]:
+    """An identity policy allowing listing and reading of one release prefix only."""
+    release_prefix = store.s3_key(prefix) + "/"
+    until = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ListOnlyThisRelease",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{store.bucket}",
+                "Condition": {
+                    "StringLike": {"s3:prefix": [release_prefix, release_prefix + "*"]},
+                    "DateLessThan": {"aws:CurrentTime": until},
+                },
+            },
+            {
+                "Sid": "ReadOnlyThisRelease",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{store.bucket}/{release_prefix}*",
+                "Condition": {"DateLessThan": {"aws:CurrentTime": until}},
+            },
+        ],
+    }
+
+
+def presigned_manifest(
+    store: S3Store, prefix: str, manifest: dict[str, Any], expires_in: int
+) -> dict[str, Any]:
+    """The signed manifest with a presigned URL for every object and release file."""
+    manifest_text = store.get_bytes(f"{prefix}/{MANIFEST_JSON}").decode()
+    signature = store.get_bytes(f"{prefix}/{SIGNATURE}").decode().strip()
+    public_key = store.get_bytes(f"{prefix}/{PUBLIC_KEY}").decode()
+    project_id, release = prefix.split("/", 1)
+    retracted = retracted_paths(store, project_id, release)
+    paths = [o["path"] for o in manifest["objects"]] + sorted(manifest["files"])
+    urls = {
+        path: store.presign_get(f"{prefix}/{path}", expires_in)
+        for path in paths
+        if path not in retracted
+    }
+    return {
+        "format": PRESIGNED_FORMAT,
+        "manifest": manifest_text,
+        "signature": signature,
+        "public_key": public_key,
+        "urls": urls,
+        # Retracted since publication (withdrawn subjects, IOCM rejections): not to be fetched.
+        "retracted": retracted,
+    }
+
+
+def grant_access(
+    store: ObjectStore | str | None,
+    project_id: str,
+    release: str,
+    researcher: str,
+    days: int,
+    presign: bool = False,
+    now: dt.datetime | None = None,
+    expires_in_seconds: int | None = None,
+) -> dict[str, Any]:
+    """Check the grant, build the policy or the presigned manifest, record it; return it.
+
+    ``expires_in_seconds`` shortens presigned URLs below the computed expiry (never beyond it).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    _, expires = check_grant(project_id, researcher, days, presign, now)
+    store = store if store is not None and not isinstance(store, str) else open_store(store)
+    if not isinstance(store, S3Store):
+        raise ConfigError(
+            f"access grants need an S3 store; {store.url} is not one (change: --dest)"
+        )
+    prefix = f"{project_id}/{release}"
+    manifest = read_published(store, prefix)
+    if manifest is None:
+        raise ReleaseError(
+            f"release {prefix} is not published; run `ridl release publish` first (change: "
+            "--release)"
+        )
+    if presign:
+        seconds = int((expires - now).total_seconds())
+        if expires_in_seconds is not None:
+            seconds = min(seconds, expires_in_seconds)
+        if seconds < 1:
+            raise ScopeError("--days", "the grant would already have expired")
+        expires = now + dt.timedelta(seconds=seconds)
+        document = presigned_manifest(store, prefix, manifest, seconds)
+        document["expires_at"] = expires.isoformat(timespec="seconds")
+    else:
+        document = iam_policy(store, prefix, expires)
+    document_kind = "presigned-manifest" if presign else "iam-policy"
+    _record(project_id, release, researcher, document_kind, now, expires)
+    return document
+
+
+def _record(
+    project_id: str,
+    release: str,
+    researcher: str,
+    kind: str,
+    now: dt.datetime,
+    expires: dt.datetime,
+) -> None:
+    path = settings.ridl_home() / "grants" / f"{project_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "project": project_id,
+        "release": release,
+        "researcher": researcher,
+        "kind": kind,
+        "granted_at": now.isoformat(timespec="seconds"),
+        "expires_at": expires.isoformat(timespec="seconds"),
+    }
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -1,0 +1,186 @@
+"""Commands for releases, access grants and the researcher's pull (registered in ridl.cli)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ridl.errors import RidlError
+
+release_app = typer.Typer(help="Published releases: sign, publish, show.", no_args_is_help=True)
+access_app = typer.Typer(help="Access grants for approved researchers.", no_args_is_help=True)
+
+console = Console()
+err_console = Console(stderr=True)
+
+DestOption = Annotated[
+    str | None,
+    typer.Option(help="Object store: file:PATH or s3://BUCKET/PREFIX?endpoint_url=...&region=..."),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _table(title: str, values: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in values.items():
+        table.add_row(key, str(value))
+    return table
+
+
+@release_app.command("publish")
+def release_publish(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name.")],
+    dest: DestOption = None,
+    license: Annotated[str | None, typer.Option(help="License text for the release.")] = None,
+) -> None:
+    """Sign and publish a finished run's release (the flow does this at its end too)."""
+    from export.release import publish_release
+
+    try:
+        result = publish_release(dest, project, release, license=license)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(_table(f"release {project}/{release}", result))
+
+
+@release_app.command("show")
+def release_show(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name.")],
+    dest: DestOption = None,
+) -> None:
+    """Print a published release's manifest header (without the object list)."""
+    from export.release import show_release
+
+    try:
+        header = show_release(dest, project, release)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    json.dump(header, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+@release_app.command("withdraw")
+def release_withdraw(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    research_id: Annotated[str, typer.Option(help="The subject's research ID (RS-...).")],
+) -> None:
+    """Record that a subject withdrew: the next release retracts their objects everywhere."""
+    from export.release import record_withdrawal
+
+    try:
+        added = record_withdrawal(project, research_id)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    state = "recorded" if added else "was already recorded"
+    console.print(f"withdrawal of {research_id} {state}; it applies at the next publish")
+
+
+@access_app.command("grant")
+def access_grant(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Published release name.")],
+    researcher: Annotated[str, typer.Option(help="Approved recipient, as in the project.")],
+    days: Annotated[int, typer.Option(help="How long the grant lasts (presigned: 7 at most).")],
+    presign: Annotated[
+        bool, typer.Option(help="Write a presigned manifest instead of an IAM policy.")
+    ] = False,
+    dest: DestOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the document here (default: standard output).")
+    ] = None,
+) -> None:
+    """Grant one approved researcher read access to one release (IAM policy or presigned)."""
+    from export.access import grant_access
+
+    try:
+        document = grant_access(dest, project, release, researcher, days, presign=presign)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        if presign:
+            out.chmod(0o600)  # the URLs are bearer tokens until they expire
+        what = "presigned manifest" if presign else "IAM policy"
+        console.print(f"{what} for {researcher} written to {out}")
+
+
+def pull_command(
+    manifest: Annotated[Path, typer.Argument(help="Presigned manifest or manifest.json.")],
+    dest: Annotated[Path, typer.Option(help="Folder to put the release in.")],
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Folder layout: release, dicom, flat, or a template such as "
+            "'{research_id}/{study_uid}/{series_uid}/{sop_uid}.dcm'."
+        ),
+    ] = "release",
+    workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 8,
+    public_key: Annotated[
+        Path | None, typer.Option(help="The research office's public key (PEM).")
+    ] = None,
+    signature: Annotated[
+        Path | None, typer.Option(help="Signature file (default: MANIFEST.sig).")
+    ] = None,
+) -> None:
+    """Fetch a release into DEST: signature checked, every file verified, resumable."""
+    from export.pull import pull
+
+    try:
+        key = public_key.read_text() if public_key else None
+        report = pull(
+            manifest,
+            dest,
+            layout=layout,
+            workers=workers,
+            public_key=key,
+            signature_path=signature,
+            console=err_console,
+        )
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+        return
+    rate = report.bytes_fetched / report.seconds / 1e6 if report.seconds else 0.0
+    console.print(
+        _table(
+            f"pull {report.project}/{report.release}",
+            {
+                "signing key": report.fingerprint,
+                "files in release": report.files,
+                "fetched and verified": report.fetched,
+                "already there, verified": report.skipped_verified,
+                "retracted since publication (not fetched)": report.retracted,
+                "bytes fetched": f"{report.bytes_fetched:,}",
+                "retried after a checksum mismatch": report.retried,
+                "failed": len(report.failed),
+                "time": f"{report.seconds:.1f} s ({rate:.1f} MB/s)",
+                "finished": dt.datetime.now().isoformat(timespec="seconds"),
+            },
+        )
+    )
+    for reason in sorted(report.failed.values()):
+        err_console.print(f"[red]failed:[/] {reason}", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)

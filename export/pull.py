@@ -1,0 +1,442 @@
+"""The researcher's pull client: fetch exactly one release, verified, resumable.
+
+Input is either a presigned manifest (from ``ridl access grant --presign``: no AWS credentials
+needed) or a release's ``manifest.json`` with its ``manifest.json.sig`` (objects are then read
+with the researcher's own AWS credentials). Before any byte is fetched:
+
+* the manifest's Ed25519 signature is checked (public key given with ``--public-key``, or the one
+  shipped with the manifest, whose fingerprint is printed to compare with the release notes);
+* a presigned manifest's expiry is read from its URLs (what S3 enforces), and an expired one is
+  refused with a message that says to ask for a new grant;
+* every destination path is checked to stay inside DEST (no ``..``, no absolute path, no symlink);
+* files already there with the right SHA-256 are skipped (resume), and the free space is compared
+  with what is left to fetch.
+
+A presigned manifest also lists what later releases retracted (withdrawn subjects, IOCM
+rejections); those files are not fetched and the summary counts them. That list is not signed:
+editing it can only hide files, never change what a fetched file holds.
+
+Files are fetched in parallel into a temporary name beside their destination, hashed while they
+arrive, and renamed into place only when size and SHA-256 match. A mismatch is fetched once more,
+then reported as a failure naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import urllib3
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from export.safepath import safe_destination
+from export.signing import fingerprint, verify
+from ridl.errors import RidlError
+
+LAYOUTS = {
+    "release": "{path}",
+    "dicom": "{research_id}/{study_uid}/{series_uid}/{sop_uid}.dcm",
+    "flat": "{sop_uid}.dcm",
+}
+CHUNK = 1024 * 1024
+STATE_DIR = ".ridl-pull"
+
+
+class PullError(RidlError):
+    """A pull cannot start or could not finish; the message says what to do."""
+
+
+class ExpiredGrant(PullError):
+    pass
+
+
+class DiskFull(PullError):
+    pass
+
+
+class ChecksumMismatch(PullError):
+    pass
+
+
+@dataclass(frozen=True)
+class PullItem:
+    path: str  # relative to the release prefix (the key in the manifest)
+    size: int
+    sha256: str
+    target: str  # relative to DEST, from the layout
+
+
+@dataclass
+class LoadedManifest:
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    signature: str
+    public_key: str
+    urls: dict[str, str] | None
+    expires_at: dt.datetime | None
+    retracted: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+
+@dataclass
+class PullReport:
+    project: str
+    release: str
+    fingerprint: str
+    files: int = 0
+    fetched: int = 0
+    skipped_verified: int = 0
+    retracted: int = 0
+    bytes_fetched: int = 0
+    retried: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --- reading and checking the manifest ------------------------------------------------------------
+
+
+def url_expiry(url: str) -> dt.datetime | None:
+    """When a SigV4 presigned URL stops working (X-Amz-Date + X-Amz-Expires)."""
+    query = parse_qs(urlsplit(url).query)
+    if "Expires" in query:  # SigV2 query authentication: an epoch second
+        return dt.datetime.fromtimestamp(int(query["Expires"][0]), dt.UTC)
+    if "X-Amz-Date" not in query or "X-Amz-Expires" not in query:
+        return None
+    signed = dt.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    return signed + dt.timedelta(seconds=int(query["X-Amz-Expires"][0]))
+
+
+def load_manifest(
+    path: Path, public_key: str | None = None, signature_path: Path | None = None
+) -> LoadedManifest:
+    """Read a presigned manifest or a manifest.json (+ .sig), and check its signature."""
+    try:
+        raw = path.read_bytes()
+        document = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise PullError(f"cannot read the manifest {path}: {exc}") from None
+    urls: dict[str, str] | None = None
+    retracted: dict[str, str] = {}
+    if isinstance(document, dict) and str(document.get("format", "")).startswith(
+        "ridl-presigned-manifest/"
+    ):
+        manifest_bytes = str(document["manifest"]).encode()
+        signature = str(document["signature"])
+        shipped_key = str(document["public_key"])
+        urls = {str(k): str(v) for k, v in document["urls"].items()}
+        retracted = {str(k): str(v) for k, v in document.get("retracted", {}).items()}
+    else:
+        manifest_bytes = raw
+        sig_path = signature_path or path.with_name(path.name + ".sig")
+        if not sig_path.exists():
+            raise PullError(
+                f"no signature beside {path} (expected {sig_path.name}); pass --signature"
+            )
+        signature = sig_path.read_text()
+        key_path = path.with_name("release-signing.pub")
+        shipped_key = key_path.read_text() if key_path.exists() else ""
+    key = public_key or shipped_key
+    if not key:
+        raise PullError("no public key: pass --public-key (it is in the release notes)")
+    verify(key, manifest_bytes, signature)  # raises SignatureError when tampered
+    manifest = json.loads(manifest_bytes)
+    expires: dt.datetime | None = None
+    if urls is not None:
+        needed = {o["path"] for o in manifest["objects"]}
+        missing = needed - set(urls) - set(retracted)
+        if missing:
+            raise PullError(f"the presigned manifest lacks URLs for {len(missing)} files")
+        expiries = [e for e in (url_expiry(u) for u in urls.values()) if e is not None]
+        expires = min(expiries) if expiries else None
+    return LoadedManifest(manifest, manifest_bytes, signature, key, urls, expires, retracted)
+
+
+def plan_items(
+    manifest: dict[str, Any], layout: str, skip: set[str] | frozenset[str] = frozenset()
+) -> list[PullItem]:
+    """Each object's destination under the layout; refuses unsafe or colliding paths."""
+    template = LAYOUTS.get(layout, layout)
+    items: list[PullItem] = []
+    seen: dict[str, str] = {}
+    for obj in manifest["objects"]:
+        if obj["path"] in skip:
+            continue
+        fields = dict(obj)
+        fields["name"] = obj["path"].rsplit("/", 1)[-1]
+        try:
+            target = template.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise PullError(
+                f"the layout {template!r} uses an unknown field ({exc}); fields: "
+                + ", ".join(sorted(fields))
+            ) from None
+        if target in seen:
+            raise PullError(
+                f"the layout {template!r} puts two files at the same place; add a field"
+            )
+        seen[target] = obj["path"]
+        items.append(PullItem(obj["path"], int(obj["size"]), obj["sha256"], target))
+    for name, info in sorted(manifest.get("files", {}).items()):
+        if name in seen:
+            raise PullError(f"the layout puts a file where the release file {name} goes")
+        items.append(PullItem(name, int(info["size"]), info["sha256"], name))
+    return items
+
+
+# --- fetching -------------------------------------------------------------------------------
+
+
+class _Fetcher:
+    """Streams one object, from a presigned URL or with AWS credentials."""
+
+    def __init__(self, loaded: LoadedManifest, workers: int) -> None:
+        self.urls = loaded.urls
+        self.storage = loaded.manifest["storage"]
+        self._http: urllib3.PoolManager | None = None
+        self._s3: Any = None
+        if self.urls is not None:
+            retry = urllib3.util.Retry(
+                total=5,
+                backoff_factor=0.2,
+                status_forcelist=(500, 502, 503, 504),
+                allowed_methods=("GET",),
+                raise_on_status=False,
+            )
+            self._http = urllib3.PoolManager(maxsize=workers, retries=retry)
+        elif self.storage["type"] == "s3":
+            from export.s3 import S3Settings, make_client
+
+            settings = S3Settings(
+                bucket=self.storage["bucket"],
+                endpoint_url=self.storage.get("endpoint_url"),
+                region=self.storage.get("region"),
+            )
+            self._s3 = make_client(settings)
+        elif self.storage["type"] != "file":
+            raise PullError(f"cannot fetch from storage of type {self.storage['type']!r}")
+
+    def chunks(self, path: str) -> Iterator[bytes]:
+        if self._http is not None and self.urls is not None:
+            response = self._http.request("GET", self.urls[path], preload_content=False)
+            try:
+                if response.status != 200:
+                    body = response.read(4096).decode(errors="replace")
+                    raise _http_error(response.status, body, path)
+                yield from response.stream(CHUNK)
+            finally:
+                response.release_conn()
+        elif self._s3 is not None:
+            from botocore.exceptions import ClientError
+
+            key = f"{self.storage['prefix']}/{path}"
+            try:
+                response = self._s3.get_object(Bucket=self.storage["bucket"], Key=key)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("AccessDenied", "403"):
+                    raise PullError(
+                        f"access denied to {path}: your credentials do not grant this release "
+                        "(ask the research office for a grant)"
+                    ) from None
+                if code in ("NoSuchKey", "404"):
+                    raise PullError(f"{path} is not in storage (retracted?)") from None
+                raise
+            yield from response["Body"].iter_chunks(CHUNK)
+        else:
+            with open(Path(self.storage["root"]) / path, "rb") as handle:
+                yield from iter(lambda: handle.read(CHUNK), b"")
+
+
+def _http_error(status: int, body: str, path: str) -> PullError:
+    if status == 403 and ("expired" in body.lower()):
+        return ExpiredGrant(
+            "the presigned manifest has expired; ask the research office for a new grant "
+            "(`ridl access grant --presign`)"
+        )
+    if status == 403:
+        return PullError(f"access denied to {path} (HTTP 403): the grant is not valid for it")
+    if status == 404:
+        return PullError(f"{path} is not in storage (HTTP 404; retracted?)")
+    return PullError(f"fetching {path} failed with HTTP {status}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, item: PullItem) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != item.size:
+            return False
+    except OSError:
+        return False
+    return file_sha256(path) == item.sha256
+
+
+def pull(
+    manifest_path: Path,
+    dest: Path,
+    *,
+    layout: str = "release",
+    workers: int = 8,
+    public_key: str | None = None,
+    signature_path: Path | None = None,
+    console: Console | None = None,
+    keep_free: int = 64 * 1024 * 1024,
+    on_file_done: Callable[[str], None] | None = None,
+    now: dt.datetime | None = None,
+) -> PullReport:
+    """Fetch and verify every file of the release into ``dest``; see the module doc."""
+    started = time.monotonic()
+    loaded = load_manifest(manifest_path, public_key, signature_path)
+    manifest = loaded.manifest
+    report = PullReport(manifest["project"], manifest["release"], loaded.fingerprint)
+    now = now or dt.datetime.now(dt.UTC)
+    if loaded.expires_at is not None and loaded.expires_at <= now:
+        raise ExpiredGrant(
+            f"the presigned manifest expired at {loaded.expires_at.isoformat()}; ask the "
+            "research office for a new grant (`ridl access grant --presign`)"
+        )
+    items = plan_items(manifest, layout, skip=set(loaded.retracted))
+    report.retracted = len(loaded.retracted)
+    dest.mkdir(parents=True, exist_ok=True)
+    targets = {item.path: safe_destination(dest, item.target) for item in items}
+
+    todo: list[PullItem] = []
+    for item in items:
+        if _verified(targets[item.path], item):
+            report.skipped_verified += 1
+        else:
+            todo.append(item)
+    report.files = len(items)
+    needed = sum(i.size for i in todo)
+    free = shutil.disk_usage(dest).free
+    if needed + keep_free > free:
+        raise DiskFull(
+            f"not enough space in {dest}: {needed:,} bytes to fetch (+{keep_free:,} kept free) "
+            f"but {free:,} free; free some space or choose another --dest"
+        )
+
+    fetcher = _Fetcher(loaded, workers)
+    lock = threading.Lock()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=console is None,
+    )
+
+    def fetch(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
+        target = targets[item.path]
+        for attempt in (1, 2):
+            tmp = target.with_name(f".{target.name}.part")
+            digest = hashlib.sha256()
+            received = 0
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    for chunk in fetcher.chunks(item.path):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        progress.advance(bytes_task, len(chunk))
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if received == item.size and digest.hexdigest() == item.sha256:
+                os.replace(tmp, target)
+                with lock:
+                    report.fetched += 1
+                    report.bytes_fetched += received
+                progress.advance(files_task)
+                if on_file_done is not None:
+                    on_file_done(item.path)
+                return
+            tmp.unlink(missing_ok=True)
+            progress.advance(bytes_task, -received)
+            if attempt == 1:
+                with lock:
+                    report.retried += 1
+        raise ChecksumMismatch(
+            f"{item.path}: SHA-256 does not match the signed manifest after a retry; the "
+            "stored object is damaged or was replaced: report it to the research office"
+        )
+
+    stop = threading.Event()
+
+    def guarded(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
+        if not stop.is_set():
+            fetch(item, files_task, bytes_task)
+
+    fatal: BaseException | None = None
+    with progress:
+        files_task = progress.add_task(
+            "files", total=report.files, completed=report.skipped_verified
+        )
+        bytes_task = progress.add_task("bytes", total=needed)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo}
+            for future in as_completed(futures):
+                exc = future.exception()
+                if exc is None:
+                    continue
+                if isinstance(exc, PullError) and not isinstance(exc, ExpiredGrant | DiskFull):
+                    report.failed[futures[future].path] = str(exc)
+                elif fatal is None:
+                    fatal = exc
+                    stop.set()  # an expired grant, an interrupt, a disk error: stop all
+        except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if fatal is not None:
+        raise fatal
+    _save_release_files(dest, loaded)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _save_release_files(dest: Path, loaded: LoadedManifest) -> None:
+    """Keep the signed manifest beside the data, so the pull can be checked again later."""
+    folder = safe_destination(dest, f"{STATE_DIR}/manifest.json")
+    folder.write_bytes(loaded.manifest_bytes)
+    safe_destination(dest, f"{STATE_DIR}/manifest.json.sig").write_text(loaded.signature)
+    safe_destination(dest, f"{STATE_DIR}/release-signing.pub").write_text(loaded.public_key)

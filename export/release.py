@@ -1,0 +1,428 @@
+"""Publishing a release: immutable, versioned, signed, and able to retract what must go.
+
+After the flow's manifest step, :func:`publish_release` adds to the release prefix:
+
+* ``manifest.json`` — every object (path relative to the release, size, SHA-256, research ID,
+  UIDs), where the release is stored, and the SHA-256 of every other release file; it is the
+  document researchers verify, signed with Ed25519 in ``manifest.json.sig``;
+* ``SHA256SUMS`` — ``sha256sum -c`` format, paths relative to the release prefix;
+* ``s5cmd-commands.txt`` — one ``cp`` per object, for ``s5cmd run``;
+* ``dataset_description.json`` — Name, License, Authors, EthicsApprovals (the REB number),
+  GeneratedBy (ridl version and recipe hash), HowToAcknowledge;
+* ``release-signing.pub`` and ``RELEASE_NOTES.md`` — the public key and its fingerprint;
+* ``retractions.json`` (every release after the first) — what changed against the previous
+  release and what was retracted from earlier releases: subjects who withdrew, instances that
+  IOCM rejected after they were published. Retracted objects are deleted from storage.
+
+The signature is written last: it is what marks a release as published. Publishing again with
+the same objects returns the existing publication; anything else is refused, because a
+published release never changes (publish a new release instead).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from export.manifest import read_manifest, read_parts, release_files
+from export.signing import fingerprint, load_or_create_signing_key, public_pem, sign
+from export.store import LocalStore, ObjectStore, open_store
+from ridl import __version__, settings
+from ridl.errors import ReleaseError
+from ridl.projects import Project, load_project
+
+FORMAT = "ridl-release/1"
+MANIFEST_JSON = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+PUBLIC_KEY = "release-signing.pub"
+SUMS = "SHA256SUMS"
+COMMANDS = "s5cmd-commands.txt"
+DESCRIPTION = "dataset_description.json"
+NOTES = "RELEASE_NOTES.md"
+RETRACTIONS = "retractions.json"
+INDEX = "releases.json"
+OBJECT_FIELDS = ("research_id", "study_uid", "series_uid", "sop_uid", "modality", "study_date")
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a publish did; counts and names only."""
+
+    project: str
+    release: str
+    objects: int
+    bytes: int
+    fingerprint: str
+    already_published: bool
+    previous_release: str | None
+    retracted: int
+    withdrawn_excluded: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# --- withdrawals (on premises) ---------------------------------------------------------------
+
+
+def withdrawals_path(project_id: str) -> Any:
+    return settings.releases_dir() / project_id / "withdrawn.json"
+
+
+def load_withdrawn(project_id: str) -> set[str]:
+    """Research IDs of subjects who withdrew from the project (recorded by the research office)."""
+    path = withdrawals_path(project_id)
+    if not path.exists():
+        return set()
+    return {entry["research_id"] for entry in json.loads(path.read_text())}
+
+
+def record_withdrawal(project_id: str, research_id: str, today: dt.date | None = None) -> bool:
+    """Record that a subject withdrew; the next release retracts their objects. False if known."""
+    load_project(project_id)
+    if not research_id.startswith("RS-"):
+        raise ReleaseError("give the subject's research ID (RS-...), never a patient identifier")
+    path = withdrawals_path(project_id)
+    entries = json.loads(path.read_text()) if path.exists() else []
+    if any(e["research_id"] == research_id for e in entries):
+        return False
+    entries.append({"research_id": research_id, "recorded": (today or dt.date.today()).isoformat()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries, indent=2))
+    return True
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def storage_info(store: ObjectStore, prefix: str) -> dict[str, Any]:
+    """Where a researcher's client fetches the release from (no credentials, ever)."""
+    from export.s3 import S3Store
+
+    if isinstance(store, S3Store):
+        return {
+            "type": "s3",
+            "bucket": store.bucket,
+            "prefix": store.s3_key(prefix),
+            "endpoint_url": store.settings.endpoint_url,
+            "region": store.settings.region,
+        }
+    if isinstance(store, LocalStore):
+        return {"type": "file", "root": str(store.root / prefix)}
+    return {"type": "other", "url": store.url, "prefix": prefix}
+
+
+def recipe_hash(project: Project) -> str:
+    from deid_recipes import find_recipe
+
+    return "sha256:" + _sha(find_recipe(project.recipe).read_bytes())
+
+
+def read_published(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
+    """A published release's manifest.json, or None when it is not (fully) published."""
+    if not store.exists(f"{prefix}/{SIGNATURE}"):
+        return None
+    data: dict[str, Any] = json.loads(store.get_bytes(f"{prefix}/{MANIFEST_JSON}"))
+    return data
+
+
+def read_index(store: ObjectStore, project_id: str) -> list[dict[str, Any]]:
+    key = f"{project_id}/{INDEX}"
+    if not store.exists(key):
+        return []
+    entries: list[dict[str, Any]] = json.loads(store.get_bytes(key))["releases"]
+    return entries
+
+
+def retracted_paths(store: ObjectStore, project_id: str, release: str) -> dict[str, str]:
+    """Objects of ``release`` that later releases retracted (path -> reason)."""
+    found: dict[str, str] = {}
+    for entry in read_index(store, project_id):
+        key = f"{project_id}/{entry['release']}/{RETRACTIONS}"
+        if entry["release"] == release or not store.exists(key):
+            continue
+        for item in json.loads(store.get_bytes(key))["retracted"]:
+            if item["release"] == release:
+                found[item["path"]] = item["reason"]
+    return found
+
+
+def _write_manifest_tables(store: ObjectStore, prefix: str, frame: Any) -> None:
+    files = release_files(prefix)
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    store.put_bytes(files.manifest_parquet, sink.getvalue())
+    store.put_bytes(files.manifest_csv, frame.to_csv(index=False).encode())
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+def publish_release(
+    store: ObjectStore | str | None,
+    project_id: str,
+    release: str,
+    *,
+    license: str | None = None,
+    how_to_acknowledge: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Sign and publish a release whose manifest the flow has written; see the module doc."""
+    store = store if store is not None and not isinstance(store, str) else open_store(store)
+    project = load_project(project_id)
+    prefix = f"{project_id}/{release}"
+    files = release_files(prefix)
+    if not store.exists(files.manifest_parquet):
+        raise ReleaseError(
+            f"release {prefix} has no manifest in {store.url}; run the extraction first"
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    withdrawn = load_withdrawn(project_id)
+
+    frame = read_manifest(store, prefix)
+    leaving = frame["research_id"].isin(sorted(withdrawn))
+    withdrawn_excluded = int(leaving.sum())
+    objects = [
+        {
+            "path": row["key"][len(prefix) + 1 :],
+            "size": int(row["size"]),
+            "sha256": row["sha256"],
+            **{f: str(row[f]) for f in OBJECT_FIELDS},
+        }
+        for row in frame[~leaving].to_dict("records")
+    ]
+
+    existing = read_published(store, prefix)
+    if existing is not None:
+        kept = [o for o in existing["objects"] if o["research_id"] not in withdrawn]
+        if kept == objects:  # the same release again (a rerun flow), maybe less withdrawals
+            return _publication(existing, already=True)
+        raise ReleaseError(
+            f"release {prefix} is already published and cannot be changed; "
+            "publish the new data as a new release (change: --release)"
+        )
+
+    if withdrawn_excluded:  # a subject withdrew before this release was published
+        for key in frame[leaving]["key"]:
+            store.delete(key)
+        frame = frame[~leaving].reset_index(drop=True)
+        _write_manifest_tables(store, prefix, frame)
+
+    index = [e for e in read_index(store, project_id) if e["release"] != release]
+    previous = index[-1]["release"] if index else None
+    retractions = _retract(store, project_id, release, index, objects, withdrawn, now)
+
+    key = load_or_create_signing_key()
+    pem = public_pem(key)
+    fp = fingerprint(pem)
+    description = {
+        "Name": f"{project.title} — release {release}",
+        "DatasetType": "raw",
+        "License": license or str(project.extra.get("license", "Restricted: REB-approved use")),
+        "Authors": [project.pi],
+        "EthicsApprovals": [project.reb_number],
+        "GeneratedBy": [
+            {
+                "Name": "ridl",
+                "Version": __version__,
+                "Recipe": project.recipe,
+                "RecipeHash": recipe_hash(project),
+            }
+        ],
+        "HowToAcknowledge": how_to_acknowledge
+        or str(
+            project.extra.get(
+                "how_to_acknowledge",
+                f"Cite REB approval {project.reb_number} and the data provider "
+                f"(project '{project.id}', release {release}).",
+            )
+        ),
+    }
+    written: dict[str, bytes] = {DESCRIPTION: _json(description), PUBLIC_KEY: pem.encode()}
+    if retractions is not None:
+        written[RETRACTIONS] = _json(retractions)
+    for name in ("manifest.parquet", "manifest.csv", "summary.json"):
+        written_name = f"{prefix}/{name}"
+        if store.exists(written_name):
+            written[name] = store.get_bytes(written_name)
+    sums = [f"{o['sha256']}  {o['path']}" for o in objects]
+    sums += [f"{_sha(data)}  {name}" for name, data in sorted(written.items())]
+    written[SUMS] = ("\n".join(sums) + "\n").encode()
+    storage = storage_info(store, prefix)
+    base = f"s3://{storage['bucket']}/{storage['prefix']}" if storage["type"] == "s3" else prefix
+    written[COMMANDS] = "".join(
+        f"cp {base}/{o['path']} {o['path']}\n"
+        for o in objects  # keys are check_key-safe
+    ).encode()
+    manifest = {
+        "format": FORMAT,
+        "project": project.id,
+        "release": release,
+        "reb_number": project.reb_number,
+        "published_at": now.isoformat(timespec="seconds"),
+        "previous_release": previous,
+        "generated_by": {"ridl": __version__, "recipe_hash": recipe_hash(project)},
+        "storage": storage,
+        "signing_key": fp,
+        "counts": {
+            "objects": len(objects),
+            "bytes": sum(o["size"] for o in objects),
+            "subjects": len({o["research_id"] for o in objects}),
+            "retracted": len(retractions["retracted"]) if retractions else 0,
+            "withdrawn_excluded": withdrawn_excluded,
+        },
+        "files": {
+            name: {"sha256": _sha(data), "size": len(data)}
+            for name, data in sorted(written.items())
+        },
+        "objects": objects,
+    }
+    manifest_bytes = _json(manifest)
+    written[NOTES] = _notes(manifest, pem).encode()
+    for name, data in written.items():
+        if name not in ("manifest.parquet", "manifest.csv", "summary.json"):
+            store.put_bytes(f"{prefix}/{name}", data)
+    store.put_bytes(f"{prefix}/{MANIFEST_JSON}", manifest_bytes)
+    store.put_bytes(f"{prefix}/{SIGNATURE}", (sign(key, manifest_bytes) + "\n").encode())
+    index.append({"release": release, "published_at": manifest["published_at"], "key": fp})
+    store.put_bytes(f"{project_id}/{INDEX}", _json({"project": project_id, "releases": index}))
+    return _publication(manifest, already=False)
+
+
+def _publication(manifest: dict[str, Any], already: bool) -> dict[str, Any]:
+    counts = manifest["counts"]
+    return Publication(
+        project=manifest["project"],
+        release=manifest["release"],
+        objects=counts["objects"],
+        bytes=counts["bytes"],
+        fingerprint=manifest["signing_key"],
+        already_published=already,
+        previous_release=manifest.get("previous_release"),
+        retracted=counts["retracted"],
+        withdrawn_excluded=counts["withdrawn_excluded"],
+    ).as_dict()
+
+
+def _retract(
+    store: ObjectStore,
+    project_id: str,
+    release: str,
+    index: list[dict[str, Any]],
+    objects: list[dict[str, Any]],
+    withdrawn: set[str],
+    now: dt.datetime,
+) -> dict[str, Any] | None:
+    """Retract withdrawn subjects and IOCM-rejected instances from earlier releases; diff."""
+    if not index:
+        return None
+    prefix = f"{project_id}/{release}"
+    rejected: set[str] = set()
+    for part in read_parts(store, prefix):
+        rejected.update(part.get("iocm_rejected", []))
+    retracted: list[dict[str, Any]] = []
+    previous_objects: list[dict[str, Any]] = []
+    for entry in index:
+        old_prefix = f"{project_id}/{entry['release']}"
+        old = read_published(store, old_prefix)
+        if old is None:
+            continue
+        if entry is index[-1]:
+            previous_objects = old["objects"]
+        for obj in old["objects"]:
+            reason = None
+            if obj["research_id"] in withdrawn:
+                reason = "subject-withdrew"
+            elif obj["sop_uid"] in rejected:
+                reason = "iocm-rejected"
+            if reason is None:
+                continue
+            key = f"{old_prefix}/{obj['path']}"
+            was_there = store.exists(key)
+            if was_there:
+                store.delete(key)
+            retracted.append(
+                {
+                    "release": entry["release"],
+                    "path": obj["path"],
+                    "research_id": obj["research_id"],
+                    "sop_uid": obj["sop_uid"],
+                    "sha256": obj["sha256"],
+                    "reason": reason,
+                    "removed_from_storage": True,
+                    "already_removed": not was_there,
+                }
+            )
+    before = {o["sop_uid"]: o for o in previous_objects}
+    after = {o["sop_uid"]: o for o in objects}
+    changed = sorted(
+        u for u in before.keys() & after.keys() if before[u]["sha256"] != after[u]["sha256"]
+    )
+    return {
+        "project": project_id,
+        "release": release,
+        "previous_release": index[-1]["release"],
+        "generated_at": now.isoformat(timespec="seconds"),
+        "changes": {
+            "added": sorted(after.keys() - before.keys()),
+            "removed": sorted(before.keys() - after.keys()),
+            "changed": changed,
+            "unchanged": len(before.keys() & after.keys()) - len(changed),
+        },
+        "retracted": retracted,
+        "retracted_by_reason": {
+            r: sum(1 for x in retracted if x["reason"] == r)
+            for r in sorted({x["reason"] for x in retracted})
+        },
+    }
+
+
+def _notes(manifest: dict[str, Any], pem: str) -> str:
+    counts = manifest["counts"]
+    lines = [
+        f"# Release {manifest['project']}/{manifest['release']}",
+        "",
+        f"- REB approval: {manifest['reb_number']}",
+        f"- published: {manifest['published_at']}",
+        f"- objects: {counts['objects']} ({counts['bytes']:,} bytes), "
+        f"subjects: {counts['subjects']}",
+        f"- previous release: {manifest['previous_release'] or 'none'}",
+        f"- retracted from earlier releases: {counts['retracted']} (see {RETRACTIONS})",
+        "",
+        "## Checking what you received",
+        "",
+        "`ridl pull` checks the signature of `manifest.json` and the SHA-256 of every file.",
+        "By hand: `sha256sum -c SHA256SUMS` in the release folder.",
+        "",
+        f"Signing key fingerprint: `{manifest['signing_key']}`",
+        "",
+        "```",
+        pem.strip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def show_release(store: ObjectStore | str | None, project_id: str, release: str) -> dict[str, Any]:
+    """The published manifest's header (everything but the object list)."""
+    store = store if store is not None and not isinstance(store, str) else open_store(store)
+    manifest = read_published(store, f"{project_id}/{release}")
+    if manifest is None:
+        raise ReleaseError(f"release {project_id}/{release} is not published in {store.url}")
+    return {k: v for k, v in manifest.items() if k != "objects"}
