@@ -21,6 +21,7 @@ from ridl.projects import Project, Scope, create_project
 from ridl.synth import SynthReport, synthesize
 
 SITES = ("SITE-A", "SITE-B", "SITE-C")
+pytest_plugins = ["tests.orthanc"]  # the session Orthanc DIR fixture
 
 
 def require_program(name: str) -> str:
