@@ -144,7 +144,9 @@ class DicomwebSource:
                     paths.append(path)
             except requests.HTTPError as exc:
                 if exc.response is not None and exc.response.status_code == 404:
-                    log.warning("WADO-RS: a selected study is no longer in the archive")
+                    # Gone since selection (an IOCM deletion), or its UID is held under two
+                    # patients and the server will not choose (Orthanc's DICOMweb plugin).
+                    log.warning("WADO-RS: 404 for a selected study; nothing retrieved for it")
                     return []
                 raise
             except requests.exceptions.ChunkedEncodingError:
