@@ -204,3 +204,23 @@ def test_dimse_selection_drops_opted_out_subjects_before_retrieval(
     assert not (
         (after.studies["issuer"] == reg.issuer) & (after.studies["patient_id"] == reg.patient_id)
     ).any()
+
+
+@pytest.mark.prefect
+def test_ridl_run_over_dicomweb_with_archive_limits(
+    orthanc: Orthanc, project: Project, tmp_path: Path
+) -> None:
+    """The whole run through the CLI and the Prefect flow, with the protection options."""
+    from typer.testing import CliRunner
+
+    from ridl.cli import app
+
+    dest = f"file:{tmp_path}"
+    args = ["run", "--project", project.id, "--release", "r1", "--source", orthanc.dicomweb_url()]
+    args += ["--dest", dest, "--max-associations", "1", "--rate-limit", "0", "--retries", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "excluded: iocm-rejected" in result.output
+    manifest = read_manifest(open_store(dest), f"{project.id}/r1")
+    assert len(manifest) > 20
+    assert not any((settings.work_dir() / project.id).rglob("*.dcm"))

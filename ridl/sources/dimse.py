@@ -253,18 +253,22 @@ class DimseSource:
         )
         self.guard = ArchiveGuard(limits, f"host:{self.host}")
         self.windows_queried = 0
+        self._get_setup: tuple[AE, list[Any]] | None = None
 
     # --- associations -----------------------------------------------------------------------
 
     def _associate(
         self,
-        contexts: list[PresentationContext],
+        contexts: list[PresentationContext] | AE,
         ext_neg: list[Any] | None = None,
         handlers: list[Any] | None = None,
     ) -> Association:
-        ae = AE(ae_title=self.calling_aet)
-        ae.requested_contexts = contexts
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        if isinstance(contexts, AE):
+            ae = contexts
+        else:
+            ae = AE(ae_title=self.calling_aet)
+            ae.requested_contexts = contexts
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         assoc = ae.associate(
             self.host,
             self.port,
@@ -370,13 +374,24 @@ class DimseSource:
         ident.StudyInstanceUID = study_uid
         return ident
 
+    def _get_ae(self) -> tuple[AE, list[Any]]:
+        """The C-GET AE and its role negotiation, built once (120 storage contexts are slow to
+        build per study)."""
+        if self._get_setup is None:
+            storage = [str(c.abstract_syntax) for c in StoragePresentationContexts[:127]]
+            ae = AE(ae_title=self.calling_aet)
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+            for uid in storage:
+                ae.add_requested_context(uid, TRANSFER_SYNTAXES)
+            roles = [build_role(uid, scp_role=True) for uid in storage]
+            self._get_setup = (ae, roles)
+        return self._get_setup
+
     def _c_get(self, study_uid: str, workdir: Path) -> None:
-        storage = [str(c.abstract_syntax) for c in StoragePresentationContexts[:127]]
-        contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
-        contexts += [build_context(uid, TRANSFER_SYNTAXES) for uid in storage]
-        roles = [build_role(uid, scp_role=True) for uid in storage]
+        ae, roles = self._get_ae()
         writer = _StudyWriter(workdir)
-        assoc = self._associate(contexts, roles, [(evt.EVT_C_STORE, writer.write)])
+        assoc = self._associate(ae, roles, [(evt.EVT_C_STORE, writer.write)])
         try:
             responses = assoc.send_c_get(
                 self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
