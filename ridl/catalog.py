@@ -171,10 +171,19 @@ def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) ->
     frame, n_dup = drop_duplicate_studies(frame)
     if n_dup:
         excluded["duplicate-study"] = n_dup
+    if optout is not None:
+        optout.refresh()
     if optout is not None and len(optout) and not frame.empty:
-        out = frame.apply(
-            lambda r: optout.matches(r["health_number"], r["issuer"], r["patient_id"]), axis=1
-        ).astype(bool)
+        out = pd.Series(
+            [
+                optout.contains(hn, issuer, pid)
+                for hn, issuer, pid in zip(
+                    frame["health_number"], frame["issuer"], frame["patient_id"], strict=True
+                )
+            ],
+            index=frame.index,
+            dtype=bool,
+        )
         if out.any():
             excluded["opted-out"] = int(out.sum())
             frame = frame[~out]

@@ -51,15 +51,33 @@ class OptOutEntry:
 class OptOutList:
     """A project's opt-out tokens, with the keys to test a study against them."""
 
-    def __init__(self, keys: Pseudonymizer, entries: list[OptOutEntry]) -> None:
+    def __init__(
+        self, keys: Pseudonymizer, entries: list[OptOutEntry], path: Path | None = None
+    ) -> None:
         self.keys = keys
         self.entries = entries
         self._tokens = {e.token for e in entries}
+        self.path = path
+        self._stamp = _stamp(path)
 
     def __len__(self) -> int:
         return len(self._tokens)
 
+    def refresh(self) -> None:
+        """Re-read the list if it changed on disk (a withdrawal recorded during a run)."""
+        if self.path is None or _stamp(self.path) == self._stamp:
+            return
+        self._stamp = _stamp(self.path)
+        self.entries = _read_entries(self.path)
+        self._tokens = {e.token for e in self.entries}
+
     def matches(self, health_number: object, issuer: object, patient_id: object) -> bool:
+        """Whether the study's subject withdrew, as the list is on disk now."""
+        self.refresh()
+        return self.contains(health_number, issuer, patient_id)
+
+    def contains(self, health_number: object, issuer: object, patient_id: object) -> bool:
+        """Like :meth:`matches` against the list as loaded (for many rows at once)."""
         if not self._tokens:
             return False
         hn = health_number if isinstance(health_number, str) else None
@@ -67,17 +85,28 @@ class OptOutList:
         return any(t in self._tokens for t in tokens)
 
 
-def load_optout(project_id: str) -> OptOutList:
-    """The project's list (empty when nobody has opted out)."""
-    keys = Pseudonymizer(load_secret(project_id))
-    path = optout_path(project_id)
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None or not path.exists():
+        return None
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+def _read_entries(path: Path) -> list[OptOutEntry]:
     entries: list[OptOutEntry] = []
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 token, _, added = line.partition("\t")
                 entries.append(OptOutEntry(token.strip(), added.strip()))
-    return OptOutList(keys, entries)
+    return entries
+
+
+def load_optout(project_id: str) -> OptOutList:
+    """The project's list (empty when nobody has opted out); it follows later changes."""
+    keys = Pseudonymizer(load_secret(project_id))
+    path = optout_path(project_id)
+    return OptOutList(keys, _read_entries(path), path)
 
 
 def add_optout(
