@@ -19,6 +19,7 @@ from export.manifest import build_manifest, read_manifest
 from export.store import open_store
 from ridl import settings
 from ridl.catalog import catalog_dir_for, select
+from ridl.errors import ConfigError
 from ridl.optout import add_optout, load_optout
 from ridl.projects import Project
 from ridl.pseudonyms import Pseudonymizer
@@ -70,7 +71,7 @@ def test_folder_dimse_and_dicomweb_give_the_same_release(
 
     # The working folders of network retrieval are gone when the studies are done.
     work = settings.work_dir() / project.id
-    assert not any(p.is_file() for p in work.rglob("*")) if work.exists() else True
+    assert not work.exists() or not any(p.is_file() for p in work.rglob("*"))
 
 
 def test_dimse_catalog_matches_the_folder_catalog(
@@ -108,10 +109,38 @@ def test_capped_c_find_windows_are_split(
         src = open_source(capped.dimse_url("get"), FAST)
         assert isinstance(src, DimseSource)
         src.build_catalog(tmp_path / "cat", dt.date(2015, 1, 1), dt.date(2024, 12, 31))
+        # More studies in one day than the cap: the day is split by study time...
+        template = next(p for p in synth_dir.files if p.name == "cr_001.dcm")
+        for hour in range(6):
+            capped.upload_bytes(_copy_study(template, "20300101", f"{8 + hour:02d}1500"))
+        src.build_catalog(tmp_path / "day", dt.date(2030, 1, 1), dt.date(2030, 1, 1))
+        # ...down to one minute, where ridl stops and says what to change.
+        for _ in range(6):
+            capped.upload_bytes(_copy_study(template, "20300102", "101500"))
+        with pytest.raises(ConfigError, match="raise its limit"):
+            src.build_catalog(tmp_path / "minute", dt.date(2030, 1, 2), dt.date(2030, 1, 2))
     studies = pq.read_table(tmp_path / "cat" / "studies.parquet").to_pandas()
     assert len(studies) == synth_dir.studies, "every study found despite the cap"
     assert studies["study_uid"].is_unique
     assert src.windows_queried > synth_dir.studies // 5, "the window was split"
+    day = pq.read_table(tmp_path / "day" / "studies.parquet").to_pandas()
+    assert len(day) == 6 and day["study_uid"].is_unique
+
+
+def _copy_study(template: Path, date: str, time: str) -> bytes:
+    """A new study (new UIDs) from a template file, on the given date and time."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(template)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime = date, time
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def test_dicomweb_catalog_pages_and_leaves_the_health_number_to_the_headers(
