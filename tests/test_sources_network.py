@@ -253,3 +253,16 @@ def test_ridl_run_over_dicomweb_with_archive_limits(
     manifest = read_manifest(open_store(dest), f"{project.id}/r1")
     assert len(manifest) > 20
     assert not any((settings.work_dir() / project.id).rglob("*.dcm"))
+
+
+def test_dir_index_over_dimse(synth_dir: SynthReport, orthanc: Orthanc, ridl_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ridl.cli import app
+
+    args = ["dir", "index", orthanc.dimse_url("get"), "--from", "2015-01-01", "--to", "2024-12-31"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"catalog of {synth_dir.studies} studies" in result.output
+    for value in synth_dir.phi_strings():
+        assert value not in result.output

@@ -23,7 +23,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from ridl.catalog import write_study_rows
-from ridl.errors import ConfigError
+from ridl.errors import ConfigError, RidlError
 from ridl.sources.base import SourceAddress, StudyRef
 from ridl.sources.dimse import clear_folder, dicom_date, settle_hn_known, study_row
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
@@ -92,7 +92,8 @@ class DicomwebSource:
                 code = exc.response.status_code if exc.response is not None else 0
                 if code in BUSY or code >= 500:
                     raise ArchiveUnavailable(f"HTTP {code}") from None
-                raise
+                # The URL names a study: keep it out of the message.
+                raise RidlError(f"the archive refused {what} with HTTP {code}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise ArchiveUnavailable(type(exc).__name__) from None
 
