@@ -18,7 +18,7 @@ import pytest
 from export.manifest import build_manifest, read_manifest
 from export.store import open_store
 from ridl import settings
-from ridl.catalog import catalog_dir_for, select
+from ridl.catalog import catalog_dir_for, select, study_refs
 from ridl.errors import ConfigError
 from ridl.optout import add_optout, load_optout
 from ridl.projects import Project
@@ -266,3 +266,39 @@ def test_dir_index_over_dimse(synth_dir: SynthReport, orthanc: Orthanc, ridl_hom
     assert f"catalog of {synth_dir.studies} studies" in result.output
     for value in synth_dir.phi_strings():
         assert value not in result.output
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_archive_down_mid_run_is_retried_when_it_comes_back(
+    synth_dir: SynthReport, tmp_path: Path, ridl_home: Path, kind: str
+) -> None:
+    """The archive goes away between catalog and retrieval (restart, network cut): the fetch
+    backs off, and succeeds once the archive answers again."""
+    from tests.orthanc import dicom_files, require_orthanc
+
+    study = next(p.parent for p in synth_dir.files if p.name == "ct_001.dcm")
+    files = dicom_files(sorted(study.iterdir()))
+    server = Orthanc(require_orthanc(), tmp_path / "flaky")
+    with server:
+        server.upload(files)
+        url = server.dimse_url("get") if kind == "dimse" else server.dicomweb_url()
+        src = open_source(url, ArchiveLimits(rate_limit=0, retries=3, backoff_s=0.01))
+        src.build_catalog(tmp_path / "cat", dt.date(2015, 1, 1), dt.date(2024, 12, 31))
+        ref = study_refs(pq.read_table(tmp_path / "cat" / "studies.parquet").to_pandas())[0]
+        if isinstance(src, DicomwebSource):
+            src.close()  # idle keep-alive connections hold up Orthanc's shutdown
+    restarts: list[float] = []
+
+    def restart(seconds: float) -> None:
+        restarts.append(seconds)
+        server.start()
+
+    src.guard.sleep = restart  # type: ignore[attr-defined]
+    try:
+        got = src.fetch_study(ref, tmp_path / "work")
+    finally:
+        if isinstance(src, DicomwebSource):
+            src.close()
+        server.stop()
+    assert len(restarts) == 1 and src.guard.refusals == 1  # type: ignore[attr-defined]
+    assert len(got) == len(files)

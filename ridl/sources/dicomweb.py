@@ -79,7 +79,16 @@ class DicomwebSource:
     def client(self) -> DICOMwebClient:
         if self._client is None:
             self._client = DICOMwebClient(self.base_url, timeout=self.timeout)
+            # Retries are the guard's job: it backs off within the archive's limits and says
+            # when it gives up; the client's own retries would hide a down archive for ~30 s.
+            self._client.set_http_retry_params(retry=False)
         return self._client
+
+    def close(self) -> None:
+        """Close pooled HTTP connections (a server waits for idle keep-alive ones to end)."""
+        if self._client is not None:
+            self._client._session.close()
+            self._client = None
 
     def _request(self, what: str, call: Any) -> Any:
         """One HTTP request inside the limits; busy or unreachable servers are retried."""
