@@ -113,6 +113,7 @@ class DicomwebSource:
     def _pages(self, date_from: dt.date, date_to: dt.date) -> Iterator[list[dict[str, Any]]]:
         filters = {"StudyDate": f"{dicom_date(date_from)}-{dicom_date(date_to)}"}
         offset = 0
+        previous: list[dict[str, Any]] = []
         while True:
             page: list[dict[str, Any]] = self._request(
                 "QIDO-RS",
@@ -122,6 +123,9 @@ class DicomwebSource:
             )
             if not page:
                 return
+            if page == previous:  # a server that ignores offset would loop forever
+                raise RidlError("the archive's QIDO-RS ignores offset; paging is not possible")
+            previous = page
             yield page
             offset += len(page)
 
