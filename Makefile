@@ -28,6 +28,10 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/deid_throughput.py
 
+.PHONY: bench-selection
+bench-selection: $(STAMP)
+	$(BIN)/python benchmarks/selection.py
+
 clean:
 	rm -rf $(VENV) .ridl .pytest_cache .mypy_cache .ruff_cache
 

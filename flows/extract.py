@@ -23,6 +23,12 @@ from export.release import publish_release  # noqa: E402
 from export.store import LocalStore, open_store  # noqa: E402
 from ridl.runplan import prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
+from ridl.sources.protect import (  # noqa: E402
+    DEFAULT_MAX_ASSOCIATIONS,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RETRIES,
+    ArchiveLimits,
+)
 from ridl.work import BatchCounts, RunContext, process_batch  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 200
@@ -58,9 +64,17 @@ def extract_run(
     sites: list[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     reindex: bool = False,
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+    rate_limit: float = DEFAULT_RATE_LIMIT,
+    allowed_hours: str | None = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> dict[str, Any]:
-    """Run one REB-approved extraction into a release; safe to rerun (it resumes)."""
+    """Run one REB-approved extraction into a release; safe to rerun (it resumes).
+
+    The last four parameters protect a network DIR (see ridl.sources.protect).
+    """
     logger = get_run_logger()
+    limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
     plan = prepare_run(
         project,
         release,
@@ -71,6 +85,7 @@ def extract_run(
         modalities,
         sites,
         reindex=reindex,
+        limits=limits,
     )
     store = open_store(plan.ctx.store_url)
     if isinstance(store, LocalStore):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ridl import settings
 from ridl.errors import ReleaseError
+from ridl.optout import OptOutList
 from ridl.projects import Scope
 from ridl.sources.base import StudyRef
 
@@ -35,46 +36,111 @@ def catalog_dir_for(source_url: str) -> Path:
     return settings.catalogs_dir() / digest
 
 
+STUDY_SCHEMA = pa.schema(
+    [
+        ("study_uid", pa.string()),
+        ("study_date", pa.string()),
+        ("issuer", pa.string()),
+        ("patient_id", pa.string()),
+        ("health_number", pa.string()),
+        ("hn_known", pa.bool_()),
+        ("description", pa.string()),
+        ("modalities", pa.list_(pa.string())),
+        ("n_series", pa.int64()),
+        ("n_instances", pa.int64()),
+        ("locations", pa.list_(pa.string())),
+    ]
+)
+# Small row groups sorted by date: a date-window selection reads only the groups it needs.
+ROW_GROUP_SIZE = 65_536
+WINDOW_FILE = "window.json"
+
+
+def write_study_rows(
+    rows: list[dict[str, Any]] | pa.Table,
+    catalog_dir: Path,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+) -> None:
+    """Write the study table (same columns for every source) and the date window it covers.
+
+    A window of None means "everything the source holds" (a folder is indexed whole).
+    """
+    catalog_dir.mkdir(parents=True, exist_ok=True)
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
+    table = table.select(STUDY_SCHEMA.names).cast(STUDY_SCHEMA)
+    if table.num_rows:
+        table = table.sort_by([("study_date", "ascending"), ("study_uid", "ascending")])
+    tmp = catalog_dir / "studies.parquet.tmp"
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+    tmp.replace(catalog_dir / "studies.parquet")
+    window = {
+        "date_from": date_from.isoformat() if date_from else None,
+        "date_to": date_to.isoformat() if date_to else None,
+    }
+    (catalog_dir / WINDOW_FILE).write_text(json.dumps(window))
+
+
+def catalog_covers(catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> bool:
+    """Whether an existing catalog was built for a window that holds [date_from, date_to]."""
+    if not (catalog_dir / "studies.parquet").exists():
+        return False
+    path = catalog_dir / WINDOW_FILE
+    if not path.exists():
+        return True  # an older catalog of a whole folder
+    window = json.loads(path.read_text())
+    low = window.get("date_from")
+    high = window.get("date_to")
+    return (low is None or dt.date.fromisoformat(low) <= date_from) and (
+        high is None or dt.date.fromisoformat(high) >= date_to
+    )
+
+
 def write_study_table(instances: pa.Table, catalog_dir: Path) -> None:
     """Aggregate an instance table into the study table selection works on."""
     frame = instances.to_pandas()
     if frame.empty:
-        studies = pd.DataFrame(
-            columns=[
-                "study_uid",
-                "study_date",
-                "issuer",
-                "patient_id",
-                "health_number",
-                "description",
-                "modalities",
-                "n_series",
-                "n_instances",
-                "locations",
-            ]
-        )
-    else:
-        grouped = frame.groupby("study_uid", sort=True)
-        studies = grouped.agg(
-            study_date=("study_date", "first"),
-            issuer=("issuer", "first"),
-            patient_id=("patient_id", "first"),
-            health_number=("health_number", "first"),
-            description=("description", "first"),
-            modalities=("modality", lambda s: sorted(set(s))),
-            n_series=("series_uid", "nunique"),
-            n_instances=("sop_uid", "count"),
-            locations=("path", lambda s: sorted(s)),
-        ).reset_index()
-    table = pa.Table.from_pandas(studies, preserve_index=False)
-    pq.write_table(table, catalog_dir / "studies.parquet")
+        write_study_rows([], catalog_dir)
+        return
+    grouped = frame.groupby("study_uid", sort=True)
+    studies = grouped.agg(
+        study_date=("study_date", "first"),
+        issuer=("issuer", "first"),
+        patient_id=("patient_id", "first"),
+        health_number=("health_number", "first"),
+        description=("description", "first"),
+        modalities=("modality", lambda s: sorted(set(s))),
+        n_series=("series_uid", "nunique"),
+        n_instances=("sop_uid", "count"),
+        locations=("path", lambda s: sorted(s)),
+    ).reset_index()
+    studies["hn_known"] = True
+    studies["n_series"] = studies["n_series"].astype("int64")
+    studies["n_instances"] = studies["n_instances"].astype("int64")
+    write_study_rows(pa.Table.from_pandas(studies, preserve_index=False), catalog_dir)
 
 
-def select_studies(catalog_dir: Path, scope: Scope) -> pd.DataFrame:
-    """Studies in scope: date window and sites filtered by pyarrow, modalities by overlap.
+@dataclass
+class Selection:
+    """The chosen studies and what selection removed (counts only, no identifiers)."""
 
-    The date and site filters are pushed down to the Parquet scan, so only matching rows are
-    loaded, however large the catalog is.
+    studies: pd.DataFrame
+    excluded: dict[str, int]
+
+
+def select_studies(
+    catalog_dir: Path, scope: Scope, optout: OptOutList | None = None
+) -> pd.DataFrame:
+    """Studies in scope, without opted-out subjects and duplicate Study Instance UIDs."""
+    return select(catalog_dir, scope, optout).studies
+
+
+def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) -> Selection:
+    """Apply the REB scope, the opt-out list and study de-duplication to the catalog.
+
+    The date and site filters are pushed down to the Parquet scan and the modality overlap is
+    computed batch by batch, so only rows in scope are ever held in memory, however large the
+    catalog (a million studies select in a few hundred MB; see benchmarks/selection.py).
     """
     path = catalog_dir / "studies.parquet"
     if not path.exists():
@@ -85,13 +151,61 @@ def select_studies(catalog_dir: Path, scope: Scope) -> pd.DataFrame:
         & (pc.field("study_date") <= scope.date_to.strftime("%Y%m%d"))
         & pc.field("issuer").isin(list(scope.sites))
     )
-    table = dataset.to_table(filter=expr)
+    wanted = pa.array(sorted(scope.modalities), pa.string())
+    kept: list[pa.Table] = []
+    for batch in dataset.to_batches(filter=expr):
+        if batch.num_rows == 0:
+            continue
+        mods = batch.column("modalities")
+        flat_hit = pc.is_in(pc.list_flatten(mods), value_set=wanted)
+        parents = pc.filter(pc.list_parent_indices(mods), flat_hit)
+        rows = pc.unique(parents)
+        if len(rows):
+            kept.append(pa.Table.from_batches([batch]).take(rows))
+    schema = dataset.schema
+    table = pa.concat_tables(kept) if kept else schema.empty_table()
     frame = table.to_pandas()
-    wanted = set(scope.modalities)
-    if not frame.empty:
-        keep = frame["modalities"].apply(lambda mods: bool(wanted.intersection(mods)))
-        frame = frame[keep]
-    return frame.sort_values("study_uid").reset_index(drop=True)
+    if "hn_known" not in frame.columns:
+        frame["hn_known"] = True
+    excluded: dict[str, int] = {}
+    frame, n_dup = drop_duplicate_studies(frame)
+    if n_dup:
+        excluded["duplicate-study"] = n_dup
+    if optout is not None:
+        optout.refresh()
+    if optout is not None and len(optout) and not frame.empty:
+        out = pd.Series(
+            [
+                optout.contains(hn, issuer, pid)
+                for hn, issuer, pid in zip(
+                    frame["health_number"], frame["issuer"], frame["patient_id"], strict=True
+                )
+            ],
+            index=frame.index,
+            dtype=bool,
+        )
+        if out.any():
+            excluded["opted-out"] = int(out.sum())
+            frame = frame[~out]
+    return Selection(frame.sort_values("study_uid").reset_index(drop=True), excluded)
+
+
+def drop_duplicate_studies(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep one row per Study Instance UID (the same study sent by two feeds).
+
+    The row kept is the most useful one, chosen the same way every time: a known health number
+    first, then the most instances, then issuer and Patient ID order.
+    """
+    if frame.empty or not frame["study_uid"].duplicated().any():
+        return frame, 0
+    ranked = frame.assign(
+        _has_hn=frame["health_number"].fillna("").astype(str).str.len() > 0,
+    ).sort_values(
+        ["study_uid", "_has_hn", "n_instances", "issuer", "patient_id"],
+        ascending=[True, False, False, True, True],
+    )
+    unique = ranked.drop_duplicates("study_uid", keep="first").drop(columns="_has_hn")
+    return unique, len(frame) - len(unique)
 
 
 @dataclass(frozen=True)
@@ -151,6 +265,7 @@ def study_refs(selection: pd.DataFrame) -> list[StudyRef]:
                 health_number=hn if isinstance(hn, str) and hn else None,
                 study_date=str(row["study_date"]),
                 locations=tuple(str(x) for x in locations),
+                hn_known=bool(row.get("hn_known", True)),
             )
         )
     return refs

@@ -20,6 +20,12 @@ from rich.table import Table
 
 from ridl import __version__, settings
 from ridl.errors import RidlError
+from ridl.sources.protect import (
+    DEFAULT_MAX_ASSOCIATIONS,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_RETRIES,
+    ArchiveLimits,
+)
 
 app = typer.Typer(
     help=(
@@ -35,6 +41,11 @@ dir_app = typer.Typer(
 )
 app.add_typer(project_app, name="project")
 app.add_typer(dir_app, name="dir")
+optout_app = typer.Typer(
+    help="Subjects who withdrew from a project (stored only as keyed hashes).",
+    no_args_is_help=True,
+)
+app.add_typer(optout_app, name="optout")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -168,6 +179,72 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# --- opt-out ----------------------------------------------------------------------------------
+
+
+@optout_app.command("add")
+def optout_add(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    hn: Annotated[str | None, typer.Option("--hn", help="Health number of the subject.")] = None,
+    issuer: Annotated[str | None, typer.Option(help="Issuer of Patient ID (site).")] = None,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="Patient ID at that issuer.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with a header and columns hn, or issuer and patient_id (keeps values out "
+            "of shell history)."
+        ),
+    ] = None,
+) -> None:
+    """Record that a subject withdrew; never stores or prints the identifier itself."""
+    import csv
+
+    from ridl.optout import add_optout
+
+    entries: list[dict[str, str]] = []
+    if hn or patient_id:
+        entries.append({"hn": hn or "", "issuer": issuer or "", "patient_id": patient_id or ""})
+    if file is not None:
+        try:
+            with file.open(newline="") as handle:
+                entries.extend(csv.DictReader(handle))
+        except OSError:
+            _fail(f"cannot read --file {file}")
+    if not entries:
+        _fail("give --hn, --issuer with --patient-id, or --file")
+    added = 0
+    try:
+        for row in entries:
+            added += add_optout(
+                project,
+                health_number=(row.get("hn") or "").strip() or None,
+                issuer=(row.get("issuer") or "").strip() or None,
+                patient_id=(row.get("patient_id") or "").strip() or None,
+            )
+    except RidlError as exc:
+        _fail(str(exc))
+    console.print(f"{len(entries)} subject(s) recorded for {project} ({added} new keyed entries)")
+
+
+@optout_app.command("list")
+def optout_list(project: Annotated[str, typer.Option(help="REB project id.")]) -> None:
+    """Show a project's opt-out entries: keyed hashes and dates, never identifiers."""
+    from ridl.optout import load_optout
+
+    try:
+        listing = load_optout(project)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    table = Table("keyed entry", "added", title=f"opt-out list of {project}")
+    for entry in listing.entries:
+        table.add_row(entry.token, entry.added)
+    console.print(table)
+    console.print(f"{len(listing)} entries")
+
+
 # --- DIR ----------------------------------------------------------------------------------------
 
 
@@ -194,7 +271,15 @@ def dir_synth(
 
 @dir_app.command("index")
 def dir_index(
-    source: Annotated[str, typer.Argument(help="Source: folder:PATH or a folder path.")],
+    source: Annotated[
+        str, typer.Argument(help="Source: folder:PATH, dimse://... or dicomweb://...")
+    ],
+    date_from: Annotated[
+        str | None, typer.Option("--from", help="Network sources: study dates from.")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Network sources: study dates to.")
+    ] = None,
 ) -> None:
     """(Re)build the study catalog of a source (headers only, never pixel data)."""
     import pyarrow.parquet as pq
@@ -205,7 +290,11 @@ def dir_index(
     try:
         src = open_source(source)
         catalog = catalog_dir_for(src.url)
-        src.build_catalog(catalog, dt.date.min, dt.date.max)
+        src.build_catalog(
+            catalog,
+            _date(date_from, "--from") or dt.date(1900, 1, 1),
+            _date(date_to, "--to") or dt.date.today(),
+        )
     except RidlError as exc:
         _fail(str(exc))
         return
@@ -235,12 +324,16 @@ def launch_run(
     batch_size: int = 200,
     reindex: bool = False,
     verbose: bool = False,
+    limits: ArchiveLimits | None = None,
 ) -> dict[str, Any]:
     """Check the request (before Prefect starts), then run the flow with a progress bar."""
     from export.store import open_store
     from ridl.runplan import check_request
+    from ridl.sources.base import open_source
 
     check_request(project, release, date_from, date_to, modalities, sites)
+    limits = limits or ArchiveLimits()
+    open_source(source, limits)  # a malformed --source fails here, before Prefect starts
     _quiet_prefect(verbose)
     from flows.extract import extract_run
     from ridl.progress import RunProgress
@@ -260,6 +353,10 @@ def launch_run(
             sites=sites,
             batch_size=batch_size,
             reindex=reindex,
+            max_associations=limits.max_associations,
+            rate_limit=limits.rate_limit,
+            allowed_hours=limits.allowed_hours,
+            retries=limits.retries,
         )
     return summary
 
@@ -287,7 +384,13 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
 def run(
     project: Annotated[str, typer.Option(help="REB project id.")],
     release: Annotated[str, typer.Option(help="Release name, e.g. r1 (rerun to resume).")],
-    source: Annotated[str, typer.Option(help="DIR source: folder:PATH.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            help="DIR source: folder:PATH, dimse://CALLED_AET@host:port?calling=AET"
+            "[&retrieval=get|move&move_aet=AET&move_port=N] or dicomweb[s]://host:port/path."
+        ),
+    ],
     dest: Annotated[
         str | None, typer.Option(help="Object store: file:PATH (default RIDL_HOME/store).")
     ] = None,
@@ -306,11 +409,36 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Studies per Prefect task.")] = 200,
     reindex: Annotated[bool, typer.Option(help="Rebuild the source catalog first.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+    max_associations: Annotated[
+        int,
+        typer.Option(
+            help="Archive protection: most associations/requests open at once (all processes)."
+        ),
+    ] = DEFAULT_MAX_ASSOCIATIONS,
+    rate_limit: Annotated[
+        float,
+        typer.Option(help="Archive protection: most requests per second per process (0: none)."),
+    ] = DEFAULT_RATE_LIMIT,
+    allowed_hours: Annotated[
+        str | None,
+        typer.Option(
+            help="Archive protection: only work in this local time window, e.g. 19:00-07:00 "
+            "(waits outside it; default: any time)."
+        ),
+    ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="Archive protection: retries, with backoff, when the archive refuses or drops "
+            "an association."
+        ),
+    ] = DEFAULT_RETRIES,
 ) -> None:
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
 
     try:
+        limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
         summary = launch_run(
             project,
             release,
@@ -323,6 +451,7 @@ def run(
             batch_size,
             reindex,
             verbose,
+            limits,
         )
         print_summary(summary, open_store(dest).url)
     except RidlError as exc:

@@ -16,17 +16,20 @@ from curation.quarantine import quarantine_file
 from export.store import open_store
 from ridl.catalog import (
     RunRecord,
+    catalog_covers,
     catalog_dir_for,
     freeze_selection,
     load_frozen,
     release_dir,
-    select_studies,
+    select,
     study_refs,
 )
 from ridl.errors import ReleaseError
+from ridl.optout import load_optout
 from ridl.projects import Project, Scope, load_project
 from ridl.secrets import load_secret
 from ridl.sources.base import StudyRef
+from ridl.sources.protect import ArchiveLimits
 from ridl.work import RunContext
 
 
@@ -68,12 +71,14 @@ def prepare_run(
     modalities: Sequence[str] | None = None,
     sites: Sequence[str] | None = None,
     reindex: bool = False,
+    limits: ArchiveLimits | None = None,
 ) -> RunPlan:
     """Check the request, then index, select and freeze (or load the frozen selection)."""
     from ridl.sources.base import open_source
 
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
-    src = open_source(source)
+    limits = limits or ArchiveLimits()
+    src = open_source(source, limits)
     if hasattr(src, "hn_issuer"):
         src.hn_issuer = project.hn_issuer
     record = RunRecord(
@@ -95,6 +100,7 @@ def prepare_run(
         retain=project.scope.retain,
         modalities=scope.modalities,
         hn_issuer=project.hn_issuer,
+        limits=limits,
     )
     frozen = load_frozen(project.id, release)
     if frozen is not None:
@@ -108,22 +114,37 @@ def prepare_run(
         return RunPlan(ctx, study_refs(selection), resumed=True)
 
     catalog = catalog_dir_for(src.url)
-    if reindex or not (catalog / "studies.parquet").exists():
+    if reindex or not catalog_covers(catalog, scope.date_from, scope.date_to):
         src.build_catalog(catalog, scope.date_from, scope.date_to)
-    selection = select_studies(catalog, scope)
-    _quarantine_unindexed(ctx, catalog)
-    freeze_selection(record, selection)
-    return RunPlan(ctx, study_refs(selection), resumed=False)
+    chosen = select(catalog, scope, load_optout(project.id))
+    _quarantine_unindexed(ctx, catalog, chosen.excluded)
+    freeze_selection(record, chosen.studies)
+    return RunPlan(ctx, study_refs(chosen.studies), resumed=False)
 
 
-def _quarantine_unindexed(ctx: RunContext, catalog: object) -> None:
-    """Files of the source that are not readable DICOM at all belong to no study: keep them."""
+def _quarantine_unindexed(
+    ctx: RunContext, catalog: object, excluded: dict[str, int] | None = None
+) -> None:
+    """Files of the source that are not readable DICOM at all belong to no study: keep them.
+
+    The same source-level part records what selection removed (duplicates, opt-outs), as counts.
+    """
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
     path = Path(str(catalog)) / "unreadable.parquet"
     if not path.exists():
+        if excluded:
+            only: dict[str, object] = {
+                "study": None,
+                "objects": [],
+                "excluded": excluded,
+                "quarantined": {},
+            }
+            store = open_store(ctx.store_url)
+            data = json.dumps(only, sort_keys=True).encode()
+            store.put_bytes(f"{ctx.prefix}/parts/_source.json", data)
         return
     from ridl.sources.base import open_source
 
@@ -142,5 +163,10 @@ def _quarantine_unindexed(ctx: RunContext, catalog: object) -> None:
             )
         counts[row["reason"]] = counts.get(row["reason"], 0) + 1
     store = open_store(ctx.store_url)
-    part: dict[str, object] = {"study": None, "objects": [], "excluded": {}, "quarantined": counts}
+    part: dict[str, object] = {
+        "study": None,
+        "objects": [],
+        "excluded": excluded or {},
+        "quarantined": counts,
+    }
     store.put_bytes(f"{ctx.prefix}/parts/_source.json", json.dumps(part, sort_keys=True).encode())

@@ -25,9 +25,11 @@ from curation.quarantine import quarantine_file
 from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
+from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.secrets import load_secret
-from ridl.sources.base import StudyRef, StudySource, open_source
+from ridl.sources.base import StudyRef, StudySource, open_source, subject_from_headers
+from ridl.sources.protect import ArchiveLimits
 
 # IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
 REJECTION_CODES = {"113001", "113037", "113038", "113039"}
@@ -46,6 +48,7 @@ class RunContext:
     retain: tuple[str, ...]
     modalities: tuple[str, ...]
     hn_issuer: str
+    limits: ArchiveLimits = ArchiveLimits()
 
     @property
     def prefix(self) -> str:
@@ -103,7 +106,10 @@ class Worker:
         self.keys = Pseudonymizer(load_secret(ctx.project))
         self.engine = Engine(load_recipe(ctx.recipe), self.keys, retain=ctx.retain)
         self.store: ObjectStore = open_store(ctx.store_url)
-        self.source: StudySource = open_source(ctx.source_url)
+        self.source: StudySource = open_source(ctx.source_url, ctx.limits)
+        if hasattr(self.source, "hn_issuer"):
+            self.source.hn_issuer = ctx.hn_issuer
+        self.optout = load_optout(ctx.project)
 
     def study_key(self, study: StudyRef) -> str:
         return self.keys.uid(study.study_uid)
@@ -165,7 +171,6 @@ def _process_files(
     worker: Worker, study: StudyRef, files: list[Path], outcome: StudyOutcome
 ) -> list[dict[str, Any]]:
     ctx = worker.ctx
-    _, subject = worker.subject(study)
     headers: dict[Path, Dataset] = {}
     for path in files:
         try:
@@ -175,6 +180,12 @@ def _process_files(
         except Exception as exc:
             _quarantine(worker, study, path, outcome, "unreadable", type(exc).__name__)
 
+    if not study.hn_known:  # the catalog could not see the health number: read it here
+        study = subject_from_headers(study, headers.values(), ctx.hn_issuer)
+    if worker.optout.matches(study.health_number, study.issuer, study.patient_id):
+        outcome.excluded["opted-out"] += len(headers)  # withdrew after selection was frozen
+        return []
+    _, subject = worker.subject(study)
     rejected = rejected_instances(headers.values())
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []

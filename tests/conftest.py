@@ -22,6 +22,7 @@ from ridl.synth import SynthReport, synthesize
 from tests.s3server import moto_server, s3_env, s3_proxy  # noqa: F401  (S3 server fixtures)
 
 SITES = ("SITE-A", "SITE-B", "SITE-C")
+pytest_plugins = ["tests.orthanc"]  # the session Orthanc DIR fixture
 
 
 def require_program(name: str) -> str:

@@ -1,0 +1,174 @@
+"""A DIR reached over DICOMweb: QIDO-RS to catalog (date range, paged), WADO-RS to retrieve.
+
+Setting: ``dicomweb://host:port/path`` (HTTP) or ``dicomwebs://host:port/path`` (HTTPS), with
+options ``page`` (QIDO-RS page size, default 500) and ``timeout`` (seconds, default 60).
+
+QIDO-RS servers rarely return sequences (Orthanc does not return Other Patient IDs Sequence), so
+the catalog marks the health number as unknown when it is absent, and the per-study work reads the
+subject key from the retrieved headers instead (see :func:`ridl.work.resolve_subject`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from ridl.catalog import write_study_rows
+from ridl.errors import ConfigError, RidlError
+from ridl.sources.base import SourceAddress, StudyRef
+from ridl.sources.dimse import clear_folder, dicom_date, settle_hn_known, study_row
+from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
+
+log = logging.getLogger(__name__)
+
+OPTIONS = {"page", "timeout"}
+STUDY_FIELDS = [
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyDescription",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+]
+BUSY = {429, 502, 503, 504}
+
+
+class DicomwebSource:
+    """QIDO-RS study search and WADO-RS study retrieval, inside the archive's limits."""
+
+    def __init__(
+        self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = "HN"
+    ) -> None:
+        opts = dict(address.options)
+        unknown = set(opts) - OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown --source option(s) {sorted(unknown)} for dicomweb://; known: "
+                f"{sorted(OPTIONS)}"
+            )
+        try:
+            self.page = int(opts.get("page", "500"))
+            self.timeout = float(opts.get("timeout", "60"))
+        except ValueError:
+            raise ConfigError("--source options page and timeout are numbers") from None
+        if self.page < 1:
+            raise ConfigError("--source option page must be at least 1")
+        http = "https" if address.scheme == "dicomwebs" else "http"
+        path = address.path.rstrip("/")
+        self.base_url = f"{http}://{address.host}:{address.port}{path}"
+        query = f"?{urlencode(sorted(opts.items()))}" if opts else ""
+        self.url = f"{address.scheme}://{address.host}:{address.port}{path}{query}"
+        self.hn_issuer = hn_issuer
+        self.guard = ArchiveGuard(limits, f"host:{address.host}")
+        self._client: DICOMwebClient | None = None
+        self.requests_made = 0
+
+    @property
+    def client(self) -> DICOMwebClient:
+        if self._client is None:
+            self._client = DICOMwebClient(self.base_url, timeout=self.timeout)
+            # Retries are the guard's job: it backs off within the archive's limits and says
+            # when it gives up; the client's own retries would hide a down archive for ~30 s.
+            self._client.set_http_retry_params(retry=False)
+        return self._client
+
+    def close(self) -> None:
+        """Close pooled HTTP connections (a server waits for idle keep-alive ones to end)."""
+        if self._client is not None:
+            self._client._session.close()
+            self._client = None
+
+    def _request(self, what: str, call: Any) -> Any:
+        """One HTTP request inside the limits; busy or unreachable servers are retried."""
+
+        def attempt() -> Any:
+            self.requests_made += 1
+            try:
+                return call()
+            except requests.HTTPError as exc:
+                code = exc.response.status_code if exc.response is not None else 0
+                if code in BUSY or code >= 500:
+                    raise ArchiveUnavailable(f"HTTP {code}") from None
+                # The URL names a study: keep it out of the message.
+                raise RidlError(f"the archive refused {what} with HTTP {code}") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise ArchiveUnavailable(type(exc).__name__) from None
+
+        return self.guard.call(attempt, what)
+
+    # --- catalog ----------------------------------------------------------------------------
+
+    def _pages(self, date_from: dt.date, date_to: dt.date) -> Iterator[list[dict[str, Any]]]:
+        filters = {"StudyDate": f"{dicom_date(date_from)}-{dicom_date(date_to)}"}
+        offset = 0
+        previous: list[dict[str, Any]] = []
+        while True:
+            page: list[dict[str, Any]] = self._request(
+                "QIDO-RS",
+                lambda o=offset: self.client.search_for_studies(
+                    search_filters=filters, fields=STUDY_FIELDS, limit=self.page, offset=o
+                ),
+            )
+            if not page:
+                return
+            if page == previous:  # a server that ignores offset would loop forever
+                raise RidlError("the archive's QIDO-RS ignores offset; paging is not possible")
+            previous = page
+            yield page
+            offset += len(page)
+
+    def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
+        """Page through QIDO-RS answers for the window and write the study table."""
+        rows: list[dict[str, Any]] = []
+        seen: set[tuple[str, str, str]] = set()
+        for page in self._pages(date_from, date_to):
+            for item in page:
+                row = study_row(Dataset.from_json(item), self.hn_issuer)
+                key = (row["study_uid"], row["issuer"], row["patient_id"])
+                if key not in seen:  # a page boundary shifted by a concurrent store
+                    seen.add(key)
+                    rows.append(row)
+        log.info("QIDO-RS: %d studies", len(rows))
+        write_study_rows(settle_hn_known(rows), catalog_dir, date_from, date_to)
+
+    # --- retrieval --------------------------------------------------------------------------
+
+    def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
+        """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance)."""
+
+        def retrieve() -> list[Path]:
+            clear_folder(workdir)
+            paths = []
+            try:
+                for n, ds in enumerate(self.client.iter_study(study.study_uid), start=1):
+                    path = workdir / f"{n:06d}.dcm"
+                    ds.save_as(path, enforce_file_format=True)
+                    paths.append(path)
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    # Gone since selection (an IOCM deletion), or its UID is held under two
+                    # patients and the server will not choose (Orthanc's DICOMweb plugin).
+                    log.warning("WADO-RS: 404 for a selected study; nothing retrieved for it")
+                    return []
+                raise
+            except requests.exceptions.ChunkedEncodingError:
+                raise ArchiveUnavailable("WADO-RS transfer cut off") from None
+            return paths
+
+        result: list[Path] = self._request("WADO-RS", retrieve)
+        return result
+
+    def release_study(self, study: StudyRef, workdir: Path) -> None:
+        shutil.rmtree(workdir, ignore_errors=True)

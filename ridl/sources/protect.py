@@ -1,0 +1,181 @@
+"""Protecting the clinical archive from a research extraction.
+
+A DIR serves patient care first. Every request ridl makes to it goes through an
+:class:`ArchiveGuard`, which holds it to four limits:
+
+- a cap on concurrent associations / HTTP requests, shared by every process on this machine
+  (slot files locked with ``flock`` under ``RIDL_HOME/locks``), so more workers never means more
+  load on the archive than the cap;
+- an optional rate limit (requests per second, per process);
+- an optional allowed time window (``19:00-07:00``): outside it, requests wait until it opens;
+- retries with exponential backoff when the archive refuses or drops an association, or answers
+  "busy" over HTTP, before the error is reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TypeVar
+
+from ridl import settings
+from ridl.errors import ConfigError, RidlError
+
+T = TypeVar("T")
+
+DEFAULT_MAX_ASSOCIATIONS = 2
+DEFAULT_RATE_LIMIT = 10.0
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF_S = 2.0
+MAX_BACKOFF_S = 300.0
+
+
+class ArchiveUnavailable(RidlError):
+    """The archive refused, dropped or timed out a request: worth retrying later."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How hard ridl may press on the archive; small and hashable so it travels to workers."""
+
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    rate_limit: float = DEFAULT_RATE_LIMIT  # requests per second per process; 0 = no limit
+    allowed_hours: str | None = None  # "HH:MM-HH:MM", local time; None = any time
+    retries: int = DEFAULT_RETRIES
+    backoff_s: float = DEFAULT_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if self.max_associations < 1:
+            raise ConfigError("--max-associations must be at least 1")
+        if self.rate_limit < 0:
+            raise ConfigError("--rate-limit must be 0 (no limit) or a positive number")
+        if self.retries < 0:
+            raise ConfigError("--retries must be 0 or more")
+        if self.backoff_s < 0:
+            raise ConfigError("--backoff must be 0 or more seconds")
+        if self.allowed_hours is not None:
+            parse_window(self.allowed_hours)
+
+
+def parse_window(text: str) -> tuple[dt.time, dt.time]:
+    """``"19:00-07:00"`` -> (19:00, 07:00); a window may wrap past midnight."""
+    try:
+        start, end = (dt.time.fromisoformat(part.strip()) for part in text.split("-", 1))
+    except ValueError:
+        raise ConfigError(
+            f"--allowed-hours '{text}' is not a window like 19:00-07:00 (HH:MM-HH:MM)"
+        ) from None
+    if start == end:
+        raise ConfigError("--allowed-hours start and end are the same; leave it unset instead")
+    return start, end
+
+
+def seconds_until_allowed(window: str | None, now: dt.datetime) -> float:
+    """0 when ``now`` is inside the window, else the seconds until it opens."""
+    if window is None:
+        return 0.0
+    start, end = parse_window(window)
+    t = now.time()
+    inside = start <= t < end if start < end else (t >= start or t < end)
+    if inside:
+        return 0.0
+    opens = dt.datetime.combine(now.date(), start, tzinfo=now.tzinfo)
+    if opens <= now:
+        opens += dt.timedelta(days=1)
+    return (opens - now).total_seconds()
+
+
+class ArchiveGuard:
+    """Applies :class:`ArchiveLimits` to every request made to one archive."""
+
+    def __init__(
+        self,
+        limits: ArchiveLimits,
+        archive: str,
+        *,
+        clock: Callable[[], dt.datetime] = dt.datetime.now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.sleep = sleep
+        digest = hashlib.sha256(archive.encode()).hexdigest()[:16]
+        self.lock_dir = settings.ridl_home() / "locks" / digest
+        self._rate_lock = threading.Lock()
+        self._next_at = 0.0
+        self.attempts = 0
+        self.refusals = 0
+
+    def wait_for_window(self) -> None:
+        """Sleep (in steps of at most ten minutes) until the allowed window is open."""
+        while True:
+            wait = seconds_until_allowed(self.limits.allowed_hours, self.clock())
+            if wait <= 0:
+                return
+            self.sleep(min(wait, 600.0))
+
+    def _throttle(self) -> None:
+        if self.limits.rate_limit <= 0:
+            return
+        interval = 1.0 / self.limits.rate_limit
+        with self._rate_lock:
+            now = time.monotonic()
+            start = max(now, self._next_at)
+            self._next_at = start + interval
+        if start > now:
+            self.sleep(start - now)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of ``max_associations`` slots shared by all processes on this machine."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        handle: IO[bytes] | None = None
+        delay = 0.01
+        while handle is None:
+            for i in range(self.limits.max_associations):
+                candidate = open(self.lock_dir / f"slot-{i}.lock", "ab")  # noqa: SIM115
+                try:
+                    fcntl.flock(candidate.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    candidate.close()
+                    continue
+                handle = candidate
+                break
+            else:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def call(self, request: Callable[[], T], what: str) -> T:
+        """Run ``request`` inside the limits, retrying on :class:`ArchiveUnavailable`.
+
+        ``what`` names the request in the error message (never a patient value).
+        """
+        failures = 0
+        while True:
+            self.wait_for_window()
+            with self.slot():
+                self._throttle()
+                self.attempts += 1
+                try:
+                    return request()
+                except ArchiveUnavailable as exc:
+                    self.refusals += 1
+                    failures += 1
+                    if failures > self.limits.retries:
+                        raise ArchiveUnavailable(
+                            f"{what}: the archive refused or dropped {failures} attempts in a "
+                            f"row ({exc}); try later, or lower --max-associations/--rate-limit"
+                        ) from exc
+            # Back off outside the slot, so other workers are not held up by this one.
+            self.sleep(min(self.limits.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))

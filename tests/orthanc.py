@@ -1,0 +1,232 @@
+"""A real Orthanc (Debian package) as the DIR, for tests and benchmarks.
+
+:class:`Orthanc` writes a configuration (free loopback HTTP and DICOM ports, its own storage
+folder, the AEs ridl uses, the DICOMweb plugin), starts ``/usr/sbin/Orthanc``, waits until its REST
+API answers, loads DICOM files over REST and stops it after. The ``orthanc`` fixture is
+session-scoped: one server holds the synthetic DIR for every test that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ORTHANC_AET = "ORTHANC"
+RIDL_AET = "RIDL"
+PLUGIN_CANDIDATES = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so",
+)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dicomweb_plugin() -> str | None:
+    """The DICOMweb plugin of package orthanc-dicomweb, wherever this Debian put it."""
+    for path in PLUGIN_CANDIDATES:
+        if Path(path).exists():
+            return path
+    try:
+        listing = subprocess.run(
+            ["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return None
+    for line in listing.splitlines():
+        if line.endswith(".so") and "DicomWeb" in line:
+            return line
+    return None
+
+
+class Orthanc:
+    """One Orthanc process with its own configuration and storage under ``folder``."""
+
+    def __init__(
+        self,
+        program: str,
+        folder: Path,
+        *,
+        limit_find_results: int = 0,
+        extra_modalities: dict[str, Any] | None = None,
+        nagle: bool = False,
+    ) -> None:
+        self.program = program
+        self.folder = folder
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.move_port = free_port()  # where ridl's own storage SCP listens for C-MOVE
+        self.limit_find_results = limit_find_results
+        self.extra_modalities = extra_modalities or {}
+        # DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on unless TCP_NODELAY=1: then
+        # every C-STORE of a C-GET/C-MOVE waits ~40 ms for a delayed ACK (10x slower).
+        self.nagle = nagle
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def dimse_url(self, retrieval: str = "get", calling: str = RIDL_AET, **extra: Any) -> str:
+        query = f"calling={calling}&retrieval={retrieval}"
+        if retrieval == "move":
+            query += f"&move_aet={RIDL_AET}&move_port={self.move_port}"
+        for key, value in extra.items():
+            query += f"&{key}={value}"
+        return f"dimse://{ORTHANC_AET}@127.0.0.1:{self.dicom_port}?{query}"
+
+    def dicomweb_url(self) -> str:
+        return f"dicomweb://127.0.0.1:{self.http_port}/dicom-web"
+
+    def config(self) -> dict[str, Any]:
+        plugin = dicomweb_plugin()
+        modalities: dict[str, Any] = {
+            "ridl": {"AET": RIDL_AET, "Host": "127.0.0.1", "Port": self.move_port},
+        }
+        modalities.update(self.extra_modalities)
+        cfg: dict[str, Any] = {
+            "Name": "ridl-test-dir",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "storage"),
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": ORTHANC_AET,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": True,
+            # Only known AEs may associate: an unknown calling AE is refused, as a DIR does.
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
+            "DicomModalities": modalities,
+            "StorageAccessOnFind": "Always",
+            "LimitFindResults": self.limit_find_results,
+            "LimitFindInstances": 0,
+            "StorageCompression": False,
+            "OverwriteInstances": False,
+            "ConcurrentJobs": 2,
+            "HttpThreadsCount": 8,
+            "DicomThreadsCount": 4,
+            "Plugins": [plugin] if plugin else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
+        }
+        return cfg
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "orthanc.json"
+        config.write_text(json.dumps(self.config(), indent=2))
+        log = (self.folder / "orthanc.log").open("wb")
+        self.process = subprocess.Popen(
+            [self.program, f"--logdir={self.folder}", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TCP_NODELAY": "0" if self.nagle else "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited at start; see {self.folder}/orthanc.log")
+            try:
+                if requests.get(f"{self.url}/system", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("Orthanc did not answer /system in time")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def upload(self, paths: Iterable[Path]) -> tuple[int, int]:
+        """POST each file to /instances; returns (stored, refused). Non-DICOM is refused."""
+        stored = refused = 0
+        with requests.Session() as http:
+            for path in paths:
+                reply = http.post(f"{self.url}/instances", data=path.read_bytes(), timeout=30)
+                if reply.ok:
+                    stored += 1
+                else:
+                    refused += 1
+        return stored, refused
+
+    def upload_bytes(self, data: bytes) -> dict[str, Any]:
+        reply = requests.post(f"{self.url}/instances", data=data, timeout=30)
+        reply.raise_for_status()
+        result: dict[str, Any] = reply.json()
+        return result
+
+    def delete(self, resource: str) -> None:
+        requests.delete(f"{self.url}{resource}", timeout=30).raise_for_status()
+
+    def add_modality(self, name: str, aet: str, port: int) -> None:
+        body = {"AET": aet, "Host": "127.0.0.1", "Port": port}
+        requests.put(f"{self.url}/modalities/{name}", json=body, timeout=10).raise_for_status()
+
+    def remove_modality(self, name: str) -> None:
+        requests.delete(f"{self.url}/modalities/{name}", timeout=10)
+
+    def __enter__(self) -> Orthanc:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def require_orthanc() -> str:
+    """Orthanc's program path, or skip (fail under CI=true) when it or its plugin is missing."""
+    from tests.conftest import require_program
+
+    program = shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None
+    )
+    if program is None:
+        program = require_program("Orthanc")
+    if dicomweb_plugin() is None:
+        reason = "the Orthanc DICOMweb plugin is not installed (Debian package orthanc-dicomweb)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return program
+
+
+def dicom_files(paths: Iterable[Path]) -> list[Path]:
+    """The files Orthanc can store: everything but the synthetic DIR's non-DICOM note."""
+    return [p for p in paths if p.read_bytes()[128:132] == b"DICM"]
+
+
+@pytest.fixture(scope="session")
+def orthanc(synth_dir, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:  # type: ignore[no-untyped-def]
+    """The session's synthetic DIR, loaded into a running Orthanc."""
+    program = require_orthanc()
+    server = Orthanc(program, tmp_path_factory.mktemp("orthanc"))
+    with server:
+        server.upload(dicom_files(synth_dir.files))
+        yield server
