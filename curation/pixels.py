@@ -112,9 +112,9 @@ def frames_for_ocr(ds: Dataset, arr: np.ndarray | None = None, max_frames: int =
 def _pick(count: int, most: int) -> list[int]:
     if count <= most:
         return list(range(count))
-    return sorted({0, count // 2, count - 1} | {round(i * (count - 1) / (most - 1)) for i in range(most)})[
-        :most
-    ]
+    return sorted(
+        {0, count // 2, count - 1} | {round(i * (count - 1) / (most - 1)) for i in range(most)}
+    )[:most]
 
 
 def to_uint8(frame: np.ndarray, inverted: bool = False) -> np.ndarray:

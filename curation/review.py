@@ -207,9 +207,11 @@ def write_sheet(project: str, release: str) -> Path:
     """Write ``index.html``: one card per at-risk object, quarantined first."""
     folder = _private_dir(review_dir(project, release))
     records = list_records(project, release) + held_by_checks(project, release)
-    decided = read_decisions(decisions_path(project, release)) if decisions_path(
-        project, release
-    ).exists() else {}
+    decided = (
+        read_decisions(decisions_path(project, release))
+        if decisions_path(project, release).exists()
+        else {}
+    )
     records.sort(key=lambda r: (r.status != "quarantined", r.study_key, r.object))
     cards = []
     for r in records:
@@ -224,8 +226,9 @@ def write_sheet(project: str, release: str) -> Path:
             f"<code>{esc(r.object)}</code><br>study {esc(r.study_key[:24])}</p></div>"
         )
     pending = sum(1 for r in records if r.status == "quarantined" and r.object not in decided)
+    title = f"ridl review {html.escape(project)}/{html.escape(release)}"
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>ridl review {html.escape(project)}/{html.escape(release)}</title>
+<html><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1em; }}
 .card {{ display: inline-block; vertical-align: top; width: 340px; margin: 6px; padding: 6px;

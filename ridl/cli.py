@@ -35,6 +35,10 @@ dir_app = typer.Typer(
 )
 app.add_typer(project_app, name="project")
 app.add_typer(dir_app, name="dir")
+from curation.cli import labels_app, review_app  # noqa: E402
+
+app.add_typer(review_app, name="review")
+app.add_typer(labels_app, name="labels")
 
 console = Console()
 err_console = Console(stderr=True)
