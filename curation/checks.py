@@ -171,9 +171,9 @@ def check(
     return wrap
 
 
-@lru_cache(maxsize=1)
 def available_checks() -> dict[str, Any]:
-    """Every check registered through the entry-point group, by name (loaded lazily)."""
+    """Every check registered through the entry-point group, by name (read from the installed
+    distributions at each call, so a package installed since is seen)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
