@@ -80,6 +80,15 @@ class Triage:
             for group, items in (DeidRecipe(path).deid.get("filter") or {}).items():
                 merged.setdefault(group, []).extend(items)
         self.recipe.deid["filter"] = merged
+        # Only LABELs whose coordinates are read from the header are changed by deid.
+        self._from_items = {
+            group: {
+                i
+                for i, item in enumerate(items)
+                if any("from:" in str(c[1]) for c in item.get("coordinates", []))
+            }
+            for group, items in merged.items()
+        }
         if not self.recipe.get_filters():
             raise ConfigError("the curation filters define no %filter section")
 
@@ -91,7 +100,13 @@ class Triage:
         # leak into the next object's answer.
         recipe = copy.copy(self.recipe)
         recipe.deid = dict(self.recipe.deid)
-        recipe.deid["filter"] = copy.deepcopy(self.recipe.deid["filter"])
+        recipe.deid["filter"] = {
+            group: [
+                copy.deepcopy(item) if i in self._from_items[group] else item
+                for i, item in enumerate(items)
+            ]
+            for group, items in self.recipe.deid["filter"].items()
+        }
         answer = has_burned_pixels(header, force=True, deid=recipe)
         results: list[dict[str, Any]] = list(answer.get("results", []))
         groups = tuple(sorted({str(r["group"]) for r in results}))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ridl.errors import ConfigError
 
+DET_SHORT_SIDE = 320
 _lock = threading.Lock()
 _engine: Any = None
 
@@ -54,7 +55,12 @@ def engine() -> Any:
                     "or set curation.ocr = false in the project file"
                 ) from None
             gpu = os.environ.get("RIDL_OCR_GPU") == "1"
-            kwargs = {"det_use_cuda": True, "rec_use_cuda": True} if gpu else {}
+            # Small images are scaled up to 320 px on their short side rather than
+            # RapidOCR's default 736: burned-in text is drawn large relative to small frames, and the
+            # detector's cost grows with the area it scans.
+            kwargs: dict[str, Any] = {"det_limit_side_len": DET_SHORT_SIDE}
+            if gpu:
+                kwargs.update(det_use_cuda=True, rec_use_cuda=True)
             _engine = RapidOCR(**kwargs)
     return _engine
 
