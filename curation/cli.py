@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ridl.errors import RidlError
@@ -27,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -137,7 +138,7 @@ def labels_import(
         _fail(str(exc))
         return
     for line, problem in report.errors:
-        err_console.print(f"{file.name} line {line}: {problem}", highlight=False)
+        err_console.print(escape(f"{file.name} line {line}: {problem}"), highlight=False)
     console.print(
         f"{proj}/{rel}: {report.stored} label rows stored, {report.unlabeled} rows not labeled, "
         f"{len(report.errors)} rows rejected"
@@ -167,7 +168,7 @@ def labels_hooks(
     failed = False
     for name, report in reports.items():
         for line, problem in report.errors:
-            err_console.print(f"hook {name} row {line}: {problem}", highlight=False)
+            err_console.print(escape(f"hook {name} row {line}: {problem}"), highlight=False)
         failed |= bool(report.errors)
         console.print(f"hook {name}: {report.stored} rows stored, {len(report.errors)} rejected")
     if failed:

@@ -56,8 +56,8 @@ def engine() -> Any:
                 ) from None
             gpu = os.environ.get("RIDL_OCR_GPU") == "1"
             # Small images are scaled up to 320 px on their short side rather than
-            # RapidOCR's default 736: burned-in text is drawn large relative to small frames, and the
-            # detector's cost grows with the area it scans.
+            # RapidOCR's default 736: burned-in text is drawn large relative to small
+            # frames, and the detector's cost grows with the area it scans.
             kwargs: dict[str, Any] = {"det_limit_side_len": DET_SHORT_SIDE}
             if gpu:
                 kwargs.update(det_use_cuda=True, rec_use_cuda=True)

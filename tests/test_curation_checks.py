@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, MPEG4HP41
+from pydicom.uid import MPEG4HP41, UID
 
 from curation.checks import (
     DEFAULT_CHECKS,
