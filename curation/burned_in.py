@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 
 from ridl.errors import ConfigError
 
@@ -107,6 +107,8 @@ class Triage:
             ]
             for group, items in self.recipe.deid["filter"].items()
         }
+        if not isinstance(header, FileDataset):  # deid reads anything else as a path
+            header = FileDataset("", header, file_meta=getattr(header, "file_meta", None))
         answer = has_burned_pixels(header, force=True, deid=recipe)
         results: list[dict[str, Any]] = list(answer.get("results", []))
         groups = tuple(sorted({str(r["group"]) for r in results}))
