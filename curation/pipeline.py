@@ -44,6 +44,14 @@ class CurationStats:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def check_settings(section: Mapping[str, Any] | None) -> Policy:
+    """Fail before any work on a project's curation settings: names, values, filter files."""
+    policy = Policy.from_project(section)
+    load_checks(policy.checks)
+    Triage(policy.filters)
+    return policy
+
+
 class Curator:
     """Per-worker curation state: loaded checks, compiled filters, the decisions file."""
 

@@ -167,3 +167,15 @@ def test_policy_rejects_unknown_values() -> None:
     with pytest.raises(ConfigError, match="curation.non_image"):
         Policy.from_project({"non_image": "maybe"})
     assert Policy.from_project({"checks": ["integrity"]}).checks == ("integrity",)
+
+
+def test_unknown_check_in_a_project_fails_before_any_work(project) -> None:  # type: ignore[no-untyped-def]
+    from ridl.runplan import check_request
+    from tests.curation_data import set_section
+
+    set_section(project.id, "curation", {"checks": ["integrity", "no-such-check"]})
+    with pytest.raises(ConfigError, match="no-such-check"):
+        check_request(project.id, "r1")
+    set_section(project.id, "curation", {"filters": ["/nonexistent/site.dicom"]})
+    with pytest.raises(ConfigError, match="curation.filters"):
+        check_request(project.id, "r1")
