@@ -27,6 +27,7 @@ from ridl.errors import ConfigError
 
 RIDL_FILTER = Path(__file__).parent / "filters" / "ridl-triage.dicom"
 RISK_GROUPS = ("graylist", "blacklist")
+CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,46 @@ class Triage:
             }
             for group, items in merged.items()
         }
+        # Every field a filter reads (criteria and "from:" coordinates): the cache key.
+        fields: set[str] = set()
+        for items in merged.values():
+            for item in items:
+                for group in item.get("filters", []):
+                    fields.update(str(f) for f in group.get("field", []))
+                for _, coordinate in item.get("coordinates", []):
+                    if str(coordinate).startswith("from:"):
+                        fields.add(str(coordinate)[5:])
+        self._fields = tuple(sorted(fields))
+        self._cache: dict[tuple[str, ...], TriageResult] = {}
         if not self.recipe.get_filters():
             raise ConfigError("the curation filters define no %filter section")
 
     def __call__(self, header: Dataset) -> TriageResult:
+        """deid's answer for ``header``; headers alike in every field a filter reads share it.
+
+        The slices of a series usually agree on every such field, so deid evaluates its filters
+        about once per series instead of once per object.
+        """
+        key = self._key(header)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._evaluate(header)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+    def _key(self, header: Dataset) -> tuple[str, ...]:
+        values = []
+        for name in self._fields:
+            try:
+                elem = header.get(int(name, 0) if name.startswith("0x") else name)
+            except (ValueError, KeyError):
+                elem = None
+            values.append("\x00" if elem is None else str(elem))
+        return tuple(values)
+
+    def _evaluate(self, header: Dataset) -> TriageResult:
         from deid.dicom.pixels.detect import has_burned_pixels
 
         # deid writes the coordinates it reads from a header ("from:Field") back into the
