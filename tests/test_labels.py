@@ -81,6 +81,13 @@ def test_worklists_carry_deidentified_columns_and_do_not_overlap(  # type: ignor
     again = pd.read_csv(c, dtype=str)
     assert code == 0 and set(bob["research_study_id"]) <= set(again["research_study_id"])
     assert not set(alice["research_study_id"]) & set(again["research_study_id"])
+    # A spreadsheet comes back the same way: bad rows by their line in the sheet.
+    bob.loc[0, "finding"] = "abnormal"
+    bob.loc[1, "finding"] = "unsure"
+    bob.to_excel(b, index=False)
+    result = CliRunner().invoke(app, ["labels", "import", str(b), "--dest", store.url])
+    assert "bob.xlsx line 3: finding: 'unsure'" in " ".join(result.output.split())
+    assert list(read_labels(store, project, "r1")["assignee"]) == ["bob"]
 
 
 def test_import_reports_each_bad_row_by_line_and_stores_the_good(  # type: ignore[no-untyped-def]
