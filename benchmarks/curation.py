@@ -223,6 +223,7 @@ def main() -> None:
         f"{'image':26} {'size':>14} {'frames':>6} {'triage ms':>10} {'clean ms':>9} "
         f"{'OCR ms':>8} {'OCR/triage':>10} {'boxes left':>10}"
     )
+    print("(medians; triage is memoized per distinct header, as in a run)")
     for r in costs:
         print(
             f"{r['image']:26} {r['size']:>14} {r['frames_read']:>6} {r['triage_ms']:>10} "
