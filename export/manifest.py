@@ -6,6 +6,7 @@ resumed run and an uninterrupted one write the same manifest byte for byte.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter
@@ -95,6 +96,16 @@ def build_manifest(
         "manifest": files.manifest_parquet,
         "manifest_csv": files.manifest_csv,
     }
+    labels_key = f"{prefix}/labels.parquet"
+    if store.exists(labels_key):
+        # Labels from worklists and hooks (curation.labels) travel with the release.
+        data = store.get_bytes(labels_key)
+        summary["labels"] = {
+            "key": labels_key,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "rows": pq.read_metadata(io.BytesIO(data)).num_rows,
+        }
     store.put_bytes(files.summary, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 

@@ -46,6 +46,10 @@ optout_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(optout_app, name="optout")
+from curation.cli import labels_app, review_app  # noqa: E402
+
+app.add_typer(review_app, name="review")
+app.add_typer(labels_app, name="labels")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -58,6 +58,9 @@ def check_request(
     from deid_recipes import load_recipe
 
     load_recipe(project.recipe)  # a broken recipe fails now too
+    from curation.pipeline import check_settings
+
+    check_settings(project.extra.get("curation"))  # unknown checks, bad filter files
     return project, scope
 
 

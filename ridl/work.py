@@ -20,12 +20,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from curation.integrity import Rejected, read_whole
+from curation.integrity import Rejected
+from curation.pipeline import Curator
 from curation.quarantine import quarantine_file
 from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
 from ridl.optout import load_optout
+from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.secrets import load_secret
 from ridl.sources.base import StudyRef, StudySource, open_source, subject_from_headers
@@ -66,6 +68,7 @@ class StudyOutcome:
     # De-identified UIDs of instances IOCM rejected: a later release retracts them if an
     # earlier release published them before the rejection reached the DIR.
     iocm_rejected: list[str] = field(default_factory=list)
+    review: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Worker:
         if hasattr(self.source, "hn_issuer"):
             self.source.hn_issuer = ctx.hn_issuer
         self.optout = load_optout(ctx.project)
+        curation = load_project(ctx.project).extra.get("curation")
+        self.curator = Curator.for_project(ctx.project, ctx.release, curation)
 
     def study_key(self, study: StudyRef) -> str:
         return self.keys.uid(study.study_uid)
@@ -139,8 +144,9 @@ def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
     ctx = worker.ctx
     part_key = worker.part_key(study)
     outcome = StudyOutcome(study_key=worker.study_key(study))
-    if worker.store.exists(part_key):
-        part = json.loads(worker.store.get_bytes(part_key))
+    part = json.loads(worker.store.get_bytes(part_key)) if worker.store.exists(part_key) else None
+    # A study that waits on review is redone once a reviewer has decided about its objects.
+    if part is not None and not worker.curator.decisions.decided_any(part.get("review", [])):
         outcome.skipped = True
         outcome.exported = len(part["objects"])
         outcome.bytes = sum(o["size"] for o in part["objects"])
@@ -159,6 +165,7 @@ def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
     part = {
         "study": outcome.study_key,
         "objects": rows,
+        "review": sorted(outcome.review),
         "excluded": dict(sorted(outcome.excluded.items())),
         "quarantined": dict(sorted(outcome.quarantined.items())),
         "iocm_rejected": sorted(outcome.iocm_rejected),
@@ -187,8 +194,7 @@ def _process_files(
         return []
     _, subject = worker.subject(study)
     rejected = rejected_instances(headers.values())
-    seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
+    eligible: dict[Path, Dataset] = {}
     for path, header in headers.items():
         sop_uid = str(getattr(header, "SOPInstanceUID", ""))
         if is_rejection_note(header):
@@ -198,21 +204,26 @@ def _process_files(
             outcome.excluded["iocm-rejected"] += 1
             outcome.iocm_rejected.append(worker.keys.uid(sop_uid))
             continue
-        if sop_uid in seen:
-            outcome.excluded["duplicate-sop-instance"] += 1
-            continue
-        seen.add(sop_uid)
-        modality = str(getattr(header, "Modality", "")).upper()
-        if modality not in ctx.modalities:
+        if str(getattr(header, "Modality", "")).upper() not in ctx.modalities:
             outcome.excluded["modality-not-approved"] += 1
             continue
-        if str(getattr(header, "BurnedInAnnotation", "")).upper() == "YES":
-            # Text in the pixels is PHI no header rule sees: hold it for review until the
-            # pixel-cleaning stage has cleaned and checked it.
-            _quarantine(worker, study, path, outcome, "burned-in-annotation")
+        eligible[path] = header
+    # Curation: checks -> header triage -> known-region cleaning -> text detection.
+    view = worker.curator.study(list(eligible.values()))
+    rows: list[dict[str, Any]] = []
+    for path, header in eligible.items():
+        modality = str(getattr(header, "Modality", "")).upper()
+        curated = worker.curator.curate(path, header, view, outcome.study_key)
+        if curated.review_id and curated.action == "quarantine":
+            outcome.review.add(curated.review_id)
+        if curated.action == "exclude":
+            outcome.excluded[curated.reason] += 1
+            continue
+        if curated.action == "quarantine" or curated.dataset is None:
+            _quarantine(worker, study, path, outcome, curated.reason, curated.detail)
             continue
         try:
-            ds = read_whole(path)
+            ds = curated.dataset
             worker.engine.apply(ds, subject)
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
@@ -243,6 +254,7 @@ def _process_files(
                 "sop_class_uid": str(ds.SOPClassUID),
                 "modality": modality,
                 "study_date": str(getattr(ds, "StudyDate", "")),
+                "study_description": str(getattr(ds, "StudyDescription", "")),
             }
         )
         outcome.exported += 1

@@ -1,0 +1,438 @@
+"""Quality checks as plug-ins: each looks at one object and says pass, exclude or quarantine.
+
+A check is any object with a ``name``, a ``needs_pixels`` flag and a ``__call__(obj) -> Verdict``.
+Checks are found through the entry-point group ``ridl.curation_checks`` (ridl's own are registered
+in its ``pyproject.toml``), so a site adds its own by installing a package that declares one,
+without editing ridl. A project lists the checks it runs in its TOML (``[curation] checks``);
+when it lists none, :data:`DEFAULT_CHECKS` run.
+
+Checks see the header only. One that sets ``needs_pixels`` may call ``obj.whole()``, which reads
+the whole object once (pixel bytes included, never decoded) and shares it with the later steps.
+Reasons are short codes: they are counted and logged, so they never carry a header value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from curation.integrity import Rejected, read_whole
+from ridl.errors import ConfigError
+
+ENTRY_POINT_GROUP = "ridl.curation_checks"
+Action = Literal["pass", "exclude", "quarantine"]
+
+DEFAULT_CHECKS: tuple[str, ...] = (
+    "integrity",
+    "no-pixel-data",
+    "decodable",
+    "localizer",
+    "dose-report",
+    "non-image",
+    "duplicate-sop-instance",
+    "series-consistency",
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code."""
+
+    action: Action
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.action == "pass"
+
+
+PASS = Verdict("pass")
+
+
+def exclude(reason: str, detail: str = "") -> Verdict:
+    return Verdict("exclude", reason, detail)
+
+
+def quarantine(reason: str, detail: str = "") -> Verdict:
+    return Verdict("quarantine", reason, detail)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The project's curation choices (``[curation]`` in its TOML)."""
+
+    checks: tuple[str, ...] = DEFAULT_CHECKS
+    non_image: Literal["exclude", "quarantine", "keep"] = "exclude"
+    screen_captures: Literal["exclude", "quarantine", "keep"] = "exclude"
+    localizers: Literal["exclude", "quarantine", "keep"] = "exclude"
+    series_inconsistency: Literal["exclude", "quarantine", "keep"] = "quarantine"
+    ocr: bool = True
+    ocr_min_score: float = 0.6
+    ocr_min_chars: int = 2
+    filters: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_project(cls, section: Mapping[str, Any] | None) -> Policy:
+        """Read ``[curation]``; a wrong value fails before any work, naming the setting."""
+        data = dict(section or {})
+        kwargs: dict[str, Any] = {}
+        if "checks" in data:
+            kwargs["checks"] = tuple(str(c) for c in data.pop("checks"))
+        for key in ("non_image", "screen_captures", "localizers", "series_inconsistency"):
+            if key in data:
+                value = str(data.pop(key))
+                if value not in ("exclude", "quarantine", "keep"):
+                    raise ConfigError(
+                        f"curation.{key} must be 'exclude', 'quarantine' or 'keep' (got {value!r})"
+                    )
+                kwargs[key] = value
+        if "ocr" in data:
+            kwargs["ocr"] = bool(data.pop("ocr"))
+        if "ocr_min_score" in data:
+            kwargs["ocr_min_score"] = float(data.pop("ocr_min_score"))
+        if "ocr_min_chars" in data:
+            kwargs["ocr_min_chars"] = int(data.pop("ocr_min_chars"))
+        if "filters" in data:
+            kwargs["filters"] = tuple(str(f) for f in data.pop("filters"))
+        return cls(extra=data, **kwargs)
+
+
+@dataclass
+class StudyView:
+    """What a check may know about the rest of the study: every header that reached the checks."""
+
+    headers: list[Dataset]
+    seen_sops: set[str] = field(default_factory=set)
+    _series: dict[str, dict[str, Any]] | None = None
+
+    def series_report(self, series_uid: str) -> dict[str, Any]:
+        if self._series is None:
+            self._series = _series_reports(self.headers)
+        return self._series.get(series_uid, {})
+
+
+@dataclass
+class CheckObject:
+    """One object as the checks see it."""
+
+    path: Path
+    header: Dataset
+    study: StudyView
+    policy: Policy
+    needs_decoding: bool = False
+    _whole: Dataset | None = None
+
+    def whole(self) -> Dataset:
+        """The whole object, read once (raises :class:`Rejected` when it is not whole)."""
+        if self._whole is None:
+            self._whole = read_whole(self.path)
+        return self._whole
+
+
+@runtime_checkable
+class Check(Protocol):
+    name: str
+    needs_pixels: bool
+
+    def __call__(self, obj: CheckObject) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class FunctionCheck:
+    """Wrap a plain function as a check (what the ``check`` decorator returns)."""
+
+    name: str
+    func: Callable[[CheckObject], Verdict]
+    needs_pixels: bool = False
+
+    def __call__(self, obj: CheckObject) -> Verdict:
+        return self.func(obj)
+
+
+def check(
+    name: str, *, needs_pixels: bool = False
+) -> Callable[[Callable[[CheckObject], Verdict]], FunctionCheck]:
+    """Declare a check; register the result under ``ridl.curation_checks`` to make it usable."""
+
+    def wrap(func: Callable[[CheckObject], Verdict]) -> FunctionCheck:
+        return FunctionCheck(name, func, needs_pixels)
+
+    return wrap
+
+
+def available_checks() -> dict[str, Any]:
+    """Every check registered through the entry-point group, by name (read from the installed
+    distributions at each call, so a package installed since is seen)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_checks(names: Iterable[str]) -> list[Check]:
+    """The checks a project lists, in its order; an unknown name fails before any work."""
+    registry = available_checks()
+    loaded: list[Check] = []
+    for name in names:
+        if name not in registry:
+            known = ", ".join(sorted(registry)) or "none"
+            raise ConfigError(
+                f"curation check {name!r} is not installed (known: {known}); "
+                "fix curation.checks in the project file or install the package that provides it"
+            )
+        obj = registry[name].load()
+        if isinstance(obj, type):
+            obj = obj()
+        if not isinstance(obj, Check):
+            raise ConfigError(f"entry point {name!r} of {ENTRY_POINT_GROUP} is not a check")
+        loaded.append(obj)
+    return loaded
+
+
+def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
+    """The first verdict that is not ``pass`` wins; a check that crashes quarantines the object."""
+    for chk in checks:
+        try:
+            verdict = chk(obj)
+        except Rejected as rej:
+            return quarantine(rej.reason, rej.detail)
+        except Exception as exc:  # a site's check must not stop the run
+            return quarantine(f"check-failed-{chk.name}", type(exc).__name__)
+        if not verdict.passed:
+            return verdict
+    return PASS
+
+
+# --- built-in checks --------------------------------------------------------------------------
+
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+PR_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
+KO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+DOSE_SR_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.75",  # Acquisition Context SR
+    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
+}
+NON_IMAGE_MODALITIES = {"SR", "PR", "KO"}
+LOCALIZER_WORDS = re.compile(r"\b(LOCALI[SZ]ER|SCOUT|TOPOGRAM|SCANOGRAM|SURVIEW|PILOT)\b", re.I)
+DOSE_WORDS = re.compile(r"\b(DOSE|EXPOSURE) (REPORT|INFO|SUMMARY)\b|\bDOSE\b", re.I)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(value, str):
+        try:
+            return "\\".join(str(v) for v in value)
+        except TypeError:
+            return str(value)
+    return str(value)
+
+
+def _image_types(ds: Dataset) -> set[str]:
+    return {part.strip().upper() for part in _text(ds, "ImageType").split("\\") if part.strip()}
+
+
+def is_image_sop_class(uid: str) -> bool:
+    """Storage SOP classes whose name says they hold an image (pydicom's UID dictionary)."""
+    name = UID(uid).name if uid else ""
+    return "Image Storage" in name
+
+
+@check("integrity", needs_pixels=True)
+def integrity_check(obj: CheckObject) -> Verdict:
+    """Unreadable, truncated or non-DICOM objects go to quarantine (curation.integrity)."""
+    obj.whole()
+    return PASS
+
+
+@check("no-pixel-data", needs_pixels=True)
+def no_pixel_data_check(obj: CheckObject) -> Verdict:
+    """An image SOP class without pixel data is broken: nothing to show a researcher."""
+    sop_class = str(obj.header.get("SOPClassUID", ""))
+    if is_image_sop_class(sop_class) and "PixelData" not in obj.whole():
+        return quarantine("image-without-pixel-data")
+    return PASS
+
+
+@check("decodable")
+def decodable_check(obj: CheckObject) -> Verdict:
+    """When pixels must be read (cleaning, OCR), the transfer syntax must have a decoder.
+
+    Decoders are pydicom's own plus pylibjpeg-openjpeg and python-gdcm (no GPL decoders).
+    """
+    if not obj.needs_decoding or "PixelData" not in obj.header and not obj.header.get("Rows"):
+        return PASS
+    meta = getattr(obj.header, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not ts:
+        return quarantine("undecodable-transfer-syntax", "none")
+    if not transfer_syntax_decodable(ts):
+        return quarantine("undecodable-transfer-syntax", UID(ts).name)
+    return PASS
+
+
+@lru_cache(maxsize=64)
+def transfer_syntax_decodable(ts: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    uid = UID(ts)
+    if not uid.is_encapsulated:
+        return uid.is_transfer_syntax
+    try:
+        return bool(get_decoder(uid).is_available)
+    except NotImplementedError:
+        return False
+
+
+@check("localizer")
+def localizer_check(obj: CheckObject) -> Verdict:
+    """Localizers and scouts are planning images, not research data (policy: localizers)."""
+    if obj.policy.localizers == "keep":
+        return PASS
+    types = _image_types(obj.header)
+    if "LOCALIZER" in types or "SCOUT" in types or "TOPOGRAM" in types:
+        return _by_policy(obj.policy.localizers, "localizer")
+    if LOCALIZER_WORDS.search(_text(obj.header, "SeriesDescription")):
+        return _by_policy(obj.policy.localizers, "localizer")
+    return PASS
+
+
+@check("dose-report")
+def dose_report_check(obj: CheckObject) -> Verdict:
+    """Dose reports and screen captures are pictures of text (policy: screen_captures)."""
+    ds = obj.header
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in DOSE_SR_CLASSES:
+        return exclude("dose-report")
+    if obj.policy.screen_captures == "keep":
+        return PASS
+    types = _image_types(ds)
+    screen = "SCREEN SAVE" in types or ("SCREEN" in types and "SAVE" in types)
+    is_sc = sop_class.startswith(SC_PREFIX)
+    if (is_sc or screen) and DOSE_WORDS.search(_text(ds, "SeriesDescription")):
+        return _by_policy(obj.policy.screen_captures, "dose-report")
+    if screen or (is_sc and str(ds.get("ConversionType", "")).upper() == "WSD"):
+        return _by_policy(obj.policy.screen_captures, "screen-capture")
+    return PASS
+
+
+@check("non-image")
+def non_image_check(obj: CheckObject) -> Verdict:
+    """Structured reports, presentation states and key objects, by policy (non_image)."""
+    ds = obj.header
+    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    if (
+        sop_class.startswith(SR_PREFIX)
+        or sop_class.startswith(PR_PREFIX)
+        or sop_class == KO_SOP_CLASS
+        or modality in NON_IMAGE_MODALITIES
+    ):
+        return _by_policy(obj.policy.non_image, f"non-image-{modality.lower() or 'object'}")
+    return PASS
+
+
+@check("duplicate-sop-instance")
+def duplicate_check(obj: CheckObject) -> Verdict:
+    """A second object with the same SOP Instance UID in a study is a duplicate: keep the first."""
+    uid = str(obj.header.get("SOPInstanceUID", ""))
+    if uid in obj.study.seen_sops:
+        return exclude("duplicate-sop-instance")
+    obj.study.seen_sops.add(uid)
+    return PASS
+
+
+@check("series-consistency")
+def series_consistency_check(obj: CheckObject) -> Verdict:
+    """Rows, columns and orientation agree within a series; slices are evenly spaced, no gaps."""
+    if obj.policy.series_inconsistency == "keep":
+        return PASS
+    series = str(obj.header.get("SeriesInstanceUID", ""))
+    report = obj.study.series_report(series)
+    sop = str(obj.header.get("SOPInstanceUID", ""))
+    problem = report.get("outliers", {}).get(sop) or report.get("series_problem")
+    if problem:
+        return _by_policy(obj.policy.series_inconsistency, problem)
+    return PASS
+
+
+def _by_policy(action: str, reason: str) -> Verdict:
+    if action == "quarantine":
+        return quarantine(reason)
+    if action == "exclude":
+        return exclude(reason)
+    return PASS
+
+
+def _geometry(ds: Dataset) -> tuple[Any, ...]:
+    orientation = ds.get("ImageOrientationPatient")
+    rounded = tuple(round(float(v), 3) for v in orientation) if orientation else None
+    return (ds.get("Rows"), ds.get("Columns"), rounded)
+
+
+def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
+    """Per series: which objects disagree with the majority, and series-wide problems."""
+    by_series: dict[str, list[Dataset]] = {}
+    for ds in headers:
+        if not ds.get("Rows") or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            continue
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+    reports: dict[str, dict[str, Any]] = {}
+    for uid, members in by_series.items():
+        report: dict[str, Any] = {"outliers": {}}
+        if len(members) > 1:
+            shapes = Counter((m.get("Rows"), m.get("Columns")) for m in members)
+            common_shape = shapes.most_common(1)[0][0]
+            orients = Counter(_geometry(m)[2] for m in members)
+            common_orient = orients.most_common(1)[0][0]
+            for m in members:
+                sop = str(m.get("SOPInstanceUID", ""))
+                if (m.get("Rows"), m.get("Columns")) != common_shape:
+                    report["outliers"][sop] = "series-inconsistent-size"
+                elif _geometry(m)[2] != common_orient:
+                    report["outliers"][sop] = "series-inconsistent-orientation"
+            report["series_problem"] = _gaps_or_spacing(members)
+        reports[uid] = report
+    return reports
+
+
+def _gaps_or_spacing(members: list[Dataset]) -> str | None:
+    numbers = sorted(int(m.InstanceNumber) for m in members if m.get("InstanceNumber") is not None)
+    if len(numbers) == len(members) and numbers:
+        if len(set(numbers)) != len(numbers):
+            return "series-duplicate-instance-number"
+        if numbers[-1] - numbers[0] + 1 != len(numbers):
+            return "series-instance-gap"
+    positions = []
+    for m in members:
+        pos, ori = m.get("ImagePositionPatient"), m.get("ImageOrientationPatient")
+        if not pos or not ori or len(ori) != 6:
+            return None
+        row, col = [float(v) for v in ori[:3]], [float(v) for v in ori[3:]]
+        normal = (
+            row[1] * col[2] - row[2] * col[1],
+            row[2] * col[0] - row[0] * col[2],
+            row[0] * col[1] - row[1] * col[0],
+        )
+        positions.append(sum(float(p) * n for p, n in zip(pos, normal, strict=True)))
+    if len(positions) < 3:
+        return None
+    positions.sort()
+    steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+    typical = sorted(steps)[len(steps) // 2]
+    if typical <= 0 or any(abs(s - typical) > max(0.01, 0.1 * typical) for s in steps):
+        return "series-irregular-spacing"
+    return None

@@ -1,0 +1,175 @@
+"""``ridl review ...`` and ``ridl labels ...``: the curation commands (mounted by ridl.cli).
+
+Nothing here prints a header value or detected text: review output names objects by the SHA-256
+of their bytes and studies by their de-identified keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ridl.errors import RidlError
+
+review_app = typer.Typer(
+    help="Review sheets of quarantined and at-risk objects (on premises).", no_args_is_help=True
+)
+labels_app = typer.Typer(
+    help="Labeling lists: export worklists, import labels, run labeling hooks.",
+    no_args_is_help=True,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+ProjectOpt = Annotated[str, typer.Option(help="REB project id.")]
+ReleaseOpt = Annotated[str, typer.Option(help="Release name.")]
+DestOpt = Annotated[
+    str | None, typer.Option(help="Object store of the release (default RIDL_HOME/store).")
+]
+
+
+@review_app.command("sheet")
+def review_sheet(project: ProjectOpt, release: ReleaseOpt) -> None:
+    """Write the HTML review sheet of a release (stays under RIDL_HOME)."""
+    from curation.review import list_records, write_sheet
+
+    path = write_sheet(project, release)
+    console.print(f"review sheet of {len(list_records(project, release))} at-risk objects: {path}")
+
+
+@review_app.command("list")
+def review_list(project: ProjectOpt, release: ReleaseOpt) -> None:
+    """List quarantined and at-risk objects with their reason and decision."""
+    from curation.review import decisions_path, held_by_checks, list_records, read_decisions
+
+    path = decisions_path(project, release)
+    try:
+        decided = read_decisions(path) if path.exists() else {}
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    table = Table("object", "status", "reason", "text boxes", "decision")
+    for r in list_records(project, release) + held_by_checks(project, release):
+        table.add_row(
+            r.object[:16], r.status, r.reason, str(len(r.boxes)), decided.get(r.object, "")
+        )
+    console.print(table)
+
+
+@review_app.command("decide")
+def review_decide(
+    project: ProjectOpt,
+    release: ReleaseOpt,
+    object_id: Annotated[str, typer.Argument(help="Object (SHA-256 shown on the sheet).")],
+    decision: Annotated[str, typer.Argument(help="approve or reject.")],
+    reviewer: Annotated[str, typer.Option(help="Who decides.")],
+    note: Annotated[str, typer.Option(help="Why (no patient information).")] = "",
+) -> None:
+    """Record a decision; the next run of the release honours it."""
+    from curation.review import decide
+
+    try:
+        decide(project, release, object_id, decision.lower(), reviewer, note)
+    except RidlError as exc:
+        _fail(str(exc))
+    console.print(f"{decision} recorded; rerun the release to apply it")
+
+
+@labels_app.command("export")
+def labels_export(
+    project: ProjectOpt,
+    release: ReleaseOpt,
+    assignee: Annotated[str, typer.Option(help="Who will label this list.")],
+    count: Annotated[int | None, typer.Option(help="At most this many studies.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or xlsx.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Output file.")] = None,
+    overlap: Annotated[
+        bool, typer.Option(help="Allow studies already given to someone else.")
+    ] = False,
+    dest: DestOpt = None,
+) -> None:
+    """Write a worklist of studies not yet given to anyone (one column per label field)."""
+    from curation.labels import export_worklist
+    from export.store import open_store
+
+    target = out or Path(f"worklist-{project}-{release}-{assignee}.{fmt}")
+    try:
+        path, n = export_worklist(
+            open_store(dest),
+            project,
+            release,
+            assignee,
+            target,
+            count=count,
+            fmt=fmt,
+            overlap=overlap,
+        )
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"worklist of {n} studies for {assignee}: {path}")
+
+
+@labels_app.command("import")
+def labels_import(
+    file: Annotated[Path, typer.Argument(help="A returned worklist (csv or xlsx).")],
+    project: Annotated[str | None, typer.Option(help="Project (default: from the file).")] = None,
+    release: Annotated[str | None, typer.Option(help="Release (default: from the file).")] = None,
+    dest: DestOpt = None,
+) -> None:
+    """Validate every row; store the good ones with the release; report bad rows by line."""
+    from curation.labels import import_labels
+    from export.store import open_store
+
+    try:
+        proj, rel, report = import_labels(open_store(dest), file, project=project, release=release)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    for line, problem in report.errors:
+        err_console.print(escape(f"{file.name} line {line}: {problem}"), highlight=False)
+    console.print(
+        f"{proj}/{rel}: {report.stored} label rows stored, {report.unlabeled} rows not labeled, "
+        f"{len(report.errors)} rows rejected"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@labels_app.command("hooks")
+def labels_hooks(
+    project: ProjectOpt,
+    release: ReleaseOpt,
+    hook: Annotated[
+        list[str] | None, typer.Option(help="Hook to run (repeat; default all).")
+    ] = None,
+    dest: DestOpt = None,
+) -> None:
+    """Run labeling hooks (entry points ridl.labeling_hooks) and store their valid rows."""
+    from curation.hooks import run_hooks
+    from export.store import open_store
+
+    try:
+        reports = run_hooks(open_store(dest), project, release, hook)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    failed = False
+    for name, report in reports.items():
+        for line, problem in report.errors:
+            err_console.print(escape(f"hook {name} row {line}: {problem}"), highlight=False)
+        failed |= bool(report.errors)
+        console.print(f"hook {name}: {report.stored} rows stored, {len(report.errors)} rejected")
+    if failed:
+        raise typer.Exit(1)

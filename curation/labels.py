@@ -1,0 +1,360 @@
+"""Labeling lists: worklists exported to radiologists, and the labels they hand back.
+
+A project defines its label schema in its TOML::
+
+    [labels]
+    viewer = "https://ohif.example.org/viewer?StudyInstanceUIDs={study_uid}"
+    [[labels.fields]]
+    name = "finding"
+    type = "choice"            # text | int | float | bool | choice
+    values = ["normal", "abnormal"]
+    required = true
+
+A worklist row carries only de-identified values (research IDs, the de-identified Study Instance
+UID, shifted dates), so a list can be mailed to a resident. Imported rows are validated one by one;
+good rows are stored with the release as ``labels.parquet`` in the object store (with assignee,
+source and time) and the next manifest lists that file.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from export.manifest import read_parts
+from export.store import ObjectStore
+from ridl import settings
+from ridl.errors import ConfigError, ReleaseError
+
+FIELD_TYPES = ("text", "int", "float", "bool", "choice")
+BASE_COLUMNS = [
+    "project",
+    "release",
+    "assignee",
+    "research_study_id",
+    "research_id",
+    "modality",
+    "description",
+    "study_date",
+    "viewer_link",
+]
+STORED_META = ["research_study_id", "study_uid", "assignee", "source", "labeled_at"]
+TRUE_WORDS = {"1", "true", "yes", "y"}
+FALSE_WORDS = {"0", "false", "no", "n"}
+
+
+@dataclass(frozen=True)
+class LabelField:
+    name: str
+    type: str = "text"
+    values: tuple[str, ...] = ()
+    required: bool = False
+
+    def parse(self, raw: Any) -> Any:
+        """The typed value, or raise ValueError with a message that names the field."""
+        text = "" if raw is None else str(raw).strip()
+        if self.type == "text":
+            return text
+        if self.type == "int":
+            try:
+                return int(float(text)) if float(text).is_integer() else int(text)
+            except ValueError:
+                raise ValueError(f"{self.name}: {text!r} is not a whole number") from None
+        if self.type == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{self.name}: {text!r} is not a number") from None
+        if self.type == "bool":
+            if text.lower() in TRUE_WORDS:
+                return True
+            if text.lower() in FALSE_WORDS:
+                return False
+            raise ValueError(f"{self.name}: {text!r} is not yes/no")
+        if text not in self.values:
+            raise ValueError(f"{self.name}: {text!r} is not one of {', '.join(self.values)}")
+        return text
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    fields: tuple[LabelField, ...]
+    viewer: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @classmethod
+    def from_project(cls, section: Mapping[str, Any] | None) -> LabelSchema:
+        if not section or not section.get("fields"):
+            raise ConfigError(
+                "the project has no label schema: add [[labels.fields]] (name, type, values, "
+                "required) to its TOML"
+            )
+        fields = []
+        for i, raw in enumerate(section["fields"]):
+            name = str(raw.get("name", "")).strip()
+            kind = str(raw.get("type", "text"))
+            if not name or name in BASE_COLUMNS or name in STORED_META:
+                raise ConfigError(f"labels.fields[{i}].name is missing or reserved")
+            if kind not in FIELD_TYPES:
+                raise ConfigError(f"labels.fields[{i}].type must be one of {FIELD_TYPES}")
+            values = tuple(str(v) for v in raw.get("values", []))
+            if kind == "choice" and not values:
+                raise ConfigError(f"labels.fields[{i}] is a choice without values")
+            fields.append(LabelField(name, kind, values, bool(raw.get("required", False))))
+        return cls(tuple(fields), str(section.get("viewer", "")))
+
+
+def schema_for(project: str) -> LabelSchema:
+    from ridl.projects import load_project
+
+    return LabelSchema.from_project(load_project(project).extra.get("labels"))
+
+
+def research_study_id(research_id: str, study_uid: str) -> str:
+    """A short, stable study ID for people: the subject's research ID and a digest of the UID."""
+    return f"{research_id}-{hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()}"
+
+
+def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
+    """The curated studies of a release, one row each, from its manifest parts."""
+    rows: dict[str, dict[str, Any]] = {}
+    for part in read_parts(store, f"{project}/{release}"):
+        for obj in part.get("objects", []):
+            uid = obj["study_uid"]
+            row = rows.setdefault(
+                uid,
+                {
+                    "research_study_id": research_study_id(obj["research_id"], uid),
+                    "research_id": obj["research_id"],
+                    "study_uid": uid,
+                    "modalities": set(),
+                    "description": obj.get("study_description", ""),
+                    "study_date": obj.get("study_date", ""),
+                    "keys": [],
+                },
+            )
+            row["modalities"].add(obj["modality"])
+            row["keys"].append(obj["key"])
+    if not rows:
+        raise ReleaseError(
+            f"release {project}/{release} has no exported studies in {store.url}; run it first"
+        )
+    frame = pd.DataFrame(list(rows.values()))
+    frame["modality"] = frame["modalities"].apply(lambda m: "/".join(sorted(m)))
+    return frame.drop(columns=["modalities"]).sort_values("research_study_id", ignore_index=True)
+
+
+def _labels_dir(project: str, release: str) -> Path:
+    folder = settings.ridl_home() / "labels" / project / release
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _assignments(project: str, release: str) -> pd.DataFrame:
+    path = _labels_dir(project, release) / "assignments.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["research_study_id", "assignee", "assigned_at"])
+    return pd.read_csv(path, dtype=str)
+
+
+def export_worklist(
+    store: ObjectStore,
+    project: str,
+    release: str,
+    assignee: str,
+    out: Path,
+    *,
+    count: int | None = None,
+    fmt: str = "csv",
+    overlap: bool = False,
+) -> tuple[Path, int]:
+    """Write a worklist of studies nobody has been given yet (or, with overlap, not this person)."""
+    if fmt not in ("csv", "xlsx"):
+        raise ConfigError("--format must be csv or xlsx")
+    if not assignee.strip():
+        raise ConfigError("--assignee must name the person who labels")
+    schema = schema_for(project)
+    studies = release_studies(store, project, release)
+    taken = _assignments(project, release)
+    if overlap:
+        busy = set(taken.loc[taken["assignee"] == assignee, "research_study_id"])
+    else:
+        busy = set(taken["research_study_id"])
+    todo = studies[~studies["research_study_id"].isin(busy)]
+    if count is not None:
+        todo = todo.head(count)
+    sheet = pd.DataFrame(
+        {
+            "project": project,
+            "release": release,
+            "assignee": assignee,
+            "research_study_id": todo["research_study_id"],
+            "research_id": todo["research_id"],
+            "modality": todo["modality"],
+            "description": todo["description"],
+            "study_date": todo["study_date"],
+            "viewer_link": [
+                schema.viewer.format(study_uid=u, research_id=r) if schema.viewer else ""
+                for u, r in zip(todo["study_uid"], todo["research_id"], strict=True)
+            ],
+        }
+    )
+    for name in schema.names:
+        sheet[name] = ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        sheet.to_csv(out, index=False)
+    else:
+        sheet.to_excel(out, index=False, engine="openpyxl")
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    new = pd.DataFrame(
+        {"research_study_id": sheet["research_study_id"], "assignee": assignee, "assigned_at": now}
+    )
+    pd.concat([taken, new], ignore_index=True).to_csv(
+        _labels_dir(project, release) / "assignments.csv", index=False
+    )
+    return out, len(sheet)
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    unlabeled: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def read_worklist(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        raise ConfigError(f"no file {path}")
+    if path.suffix.lower() == ".xlsx":
+        frame = pd.read_excel(path, dtype=str, engine="openpyxl").fillna("")
+        return [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    with path.open(newline="") as handle:
+        return [{k: (v or "") for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def import_labels(
+    store: ObjectStore,
+    path: Path,
+    *,
+    project: str | None = None,
+    release: str | None = None,
+) -> tuple[str, str, ImportReport]:
+    """Validate every row of a returned worklist; store the good ones; report the bad by line."""
+    rows = read_worklist(path)
+    project = project or _one(rows, "project", path)
+    release = release or _one(rows, "release", path)
+    numbered = [(i + 2, row) for i, row in enumerate(rows)]  # line 1 is the header
+    report = store_label_rows(store, project, release, numbered, source="import")
+    return project, release, report
+
+
+def _one(rows: list[dict[str, str]], column: str, path: Path) -> str:
+    values = {r.get(column, "").strip() for r in rows} - {""}
+    if len(values) != 1:
+        raise ConfigError(f"{path}: column {column!r} must hold one value (use --{column})")
+    return values.pop()
+
+
+def labels_key(project: str, release: str) -> str:
+    return f"{project}/{release}/labels.parquet"
+
+
+def read_labels(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
+    key = labels_key(project, release)
+    if not store.exists(key):
+        return pd.DataFrame(columns=STORED_META)
+    return pq.read_table(io.BytesIO(store.get_bytes(key))).to_pandas()
+
+
+def store_label_rows(
+    store: ObjectStore,
+    project: str,
+    release: str,
+    rows: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    source: str,
+    default_assignee: str = "",
+) -> ImportReport:
+    """Validate ``(line, row)`` pairs against the schema and the release; append the good ones."""
+    schema = schema_for(project)
+    studies = release_studies(store, project, release)
+    by_id = dict(zip(studies["research_study_id"], studies["study_uid"], strict=True))
+    existing = read_labels(store, project, release)
+    done = set(zip(existing["assignee"], existing["research_study_id"], strict=True))
+    report = ImportReport()
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    good: list[dict[str, Any]] = []
+    for line, row in rows:
+        values = {name: row.get(name) for name in schema.names}
+        if all(v is None or str(v).strip() == "" for v in values.values()):
+            report.unlabeled += 1
+            continue
+        study = str(row.get("research_study_id", "")).strip()
+        assignee = str(row.get("assignee", "") or default_assignee).strip()
+        problems = []
+        if study not in by_id:
+            problems.append(f"unknown study {study!r} in release {release}")
+        if not assignee:
+            problems.append("assignee is empty")
+        typed: dict[str, Any] = {}
+        for fld in schema.fields:
+            raw = values[fld.name]
+            if raw is None or str(raw).strip() == "":
+                if fld.required:
+                    problems.append(f"{fld.name}: required field is empty")
+                typed[fld.name] = None
+                continue
+            try:
+                typed[fld.name] = fld.parse(raw)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if not problems and (assignee, study) in done:
+            problems.append(f"study {study} is already labeled by {assignee}")
+        if problems:
+            report.errors.append((line, "; ".join(problems)))
+            continue
+        done.add((assignee, study))
+        good.append(
+            {
+                "research_study_id": study,
+                "study_uid": by_id[study],
+                "assignee": assignee,
+                "source": source,
+                "labeled_at": now,
+                **{k: (None if v is None else str(v)) for k, v in typed.items()},
+            }
+        )
+    if good:
+        frame = pd.concat([existing, pd.DataFrame(good)], ignore_index=True)
+        columns = STORED_META + [n for n in schema.names]
+        frame = frame.reindex(columns=columns)
+        table = pa.Table.from_pandas(frame.astype("string"), preserve_index=False)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        store.put_bytes(labels_key(project, release), sink.getvalue())
+    report.stored = len(good)
+    return report
+
+
+def label_rows_from(items: Iterable[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
+    """Number rows that come from code (hooks): their 'line' is their position, from 1."""
+    return [(i + 1, row) for i, row in enumerate(items)]

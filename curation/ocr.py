@@ -1,0 +1,97 @@
+"""Text detection in pixels, with a model that ships inside an installed package.
+
+``rapidocr-onnxruntime`` carries its ONNX detection and recognition models in its wheel, so
+nothing is downloaded at run time (a research office's machine usually has no internet). It runs
+on the CPU through onnxruntime; where ``onnxruntime-gpu`` is installed, ``RIDL_OCR_GPU=1`` lets
+it use the GPU.
+
+Only boxes, scores and the number of characters are kept: the text read from a patient's image is
+PHI and never leaves this module (not logged, not stored, not shown).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ridl.errors import ConfigError
+
+DET_SHORT_SIDE = 320
+_lock = threading.Lock()
+_engine: Any = None
+
+
+@dataclass(frozen=True)
+class TextBox:
+    """One detected line of text: its bounding box on the frame, confidence and length."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float
+    chars: int
+    frame: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def engine() -> Any:
+    """The shared detector (loaded once per process; the models are in the installed wheel)."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            try:
+                from rapidocr_onnxruntime import RapidOCR
+            except ImportError:
+                raise ConfigError(
+                    "text detection needs rapidocr-onnxruntime; install ridl's dependencies "
+                    "or set curation.ocr = false in the project file"
+                ) from None
+            gpu = os.environ.get("RIDL_OCR_GPU") == "1"
+            # Small images are scaled up to 320 px on their short side rather than
+            # RapidOCR's default 736: burned-in text is drawn large relative to small
+            # frames, and the detector's cost grows with the area it scans.
+            kwargs: dict[str, Any] = {"det_limit_side_len": DET_SHORT_SIDE}
+            if gpu:
+                kwargs.update(det_use_cuda=True, rec_use_cuda=True)
+            _engine = RapidOCR(**kwargs)
+    return _engine
+
+
+def detect_text(
+    frames: Iterable[np.ndarray], *, min_score: float = 0.6, min_chars: int = 2
+) -> list[TextBox]:
+    """Lines of text found in ``frames`` with at least ``min_chars`` characters read.
+
+    Single characters (laterality markers such as L and R) are not PHI and are left out.
+    """
+    ocr = engine()
+    found: list[TextBox] = []
+    for index, frame in enumerate(frames):
+        image = frame if frame.ndim == 3 else np.ascontiguousarray(frame)
+        result, _ = ocr(image)
+        for box, text, score in result or []:
+            chars = len(str(text).strip())
+            if float(score) < min_score or chars < min_chars:
+                continue
+            xs = [float(p[0]) for p in box]
+            ys = [float(p[1]) for p in box]
+            found.append(
+                TextBox(
+                    int(min(xs)),
+                    int(min(ys)),
+                    int(max(xs)),
+                    int(max(ys)),
+                    round(float(score), 3),
+                    chars,
+                    index,
+                )
+            )
+    return found

@@ -1,0 +1,156 @@
+"""The curation of one object: checks, header triage, known-region cleaning, text detection.
+
+``ridl.work`` calls :meth:`Curator.curate` for every object that survives IOCM and the scope; the
+answer says whether to export the (possibly cleaned) dataset, exclude the object or quarantine it,
+with a short reason. Review decisions of the release are honoured here: an approved object is
+exported even when text was detected, a rejected one is excluded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+
+from curation.burned_in import Triage, TriageResult
+from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
+from curation.integrity import Rejected
+from curation.review import Decisions, ReviewRecord, record_object
+
+Outcome = Literal["export", "exclude", "quarantine"]
+
+
+@dataclass
+class Curated:
+    action: Outcome
+    reason: str = ""
+    detail: str = ""
+    dataset: Dataset | None = None
+    review_id: str | None = None
+    at_risk: bool = False
+    ocr_ran: bool = False
+
+
+@dataclass
+class CurationStats:
+    objects: int = 0
+    at_risk: int = 0
+    cleaned: int = 0
+    ocr: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def check_settings(section: Mapping[str, Any] | None) -> Policy:
+    """Fail before any work on a project's curation settings: names, values, filter files."""
+    policy = Policy.from_project(section)
+    load_checks(policy.checks)
+    Triage(policy.filters)
+    return policy
+
+
+class Curator:
+    """Per-worker curation state: loaded checks, compiled filters, the decisions file."""
+
+    def __init__(self, project: str, release: str, policy: Policy) -> None:
+        self.project = project
+        self.release = release
+        self.policy = policy
+        self.checks = load_checks(policy.checks)
+        self.triage = Triage(policy.filters)
+        self.decisions = Decisions(project, release)
+        self.stats = CurationStats()
+
+    @classmethod
+    def for_project(cls, project: str, release: str, section: Mapping[str, Any] | None) -> Curator:
+        return cls(project, release, Policy.from_project(section))
+
+    def study(self, headers: list[Dataset]) -> StudyView:
+        return StudyView(list(headers))
+
+    def curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
+        self.stats.objects += 1
+        triage = self.triage(header)
+        needs_decoding = triage.at_risk and (self.policy.ocr or triage.has_regions)
+        obj = CheckObject(path, header, study, self.policy, needs_decoding=needs_decoding)
+        verdict = run_checks(self.checks, obj)
+        if verdict.action == "quarantine" and path.exists():
+            # A reviewer may release an object a check held back (an odd series, say).
+            review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+            if self.decisions.get(review_id) != "approve":
+                return Curated("quarantine", verdict.reason, verdict.detail, review_id=review_id)
+        elif verdict.action != "pass":
+            return Curated(verdict.action, verdict.reason, verdict.detail)
+        try:
+            ds = obj.whole()
+        except Rejected as rej:
+            return Curated("quarantine", rej.reason, rej.detail)
+        if not triage.at_risk:
+            return Curated("export", dataset=ds)
+        self.stats.at_risk += 1
+        return self._burned_in(path, ds, triage, study_key)
+
+    def _burned_in(self, path: Path, ds: Dataset, triage: TriageResult, study_key: str) -> Curated:
+        from curation.pixels import CleaningError, clean_regions, frames_for_ocr
+
+        review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+        decision = self.decisions.get(review_id)
+        if decision == "reject":
+            return Curated("exclude", "review-rejected", review_id=review_id, at_risk=True)
+        modality = str(ds.get("Modality", ""))
+        record = ReviewRecord(
+            review_id, study_key, "exported", "", modality, [triage.reason], triage.has_regions
+        )
+        pixels = None
+        try:
+            if triage.has_regions:
+                pixels = clean_regions(ds, triage.coordinates)
+                self.stats.cleaned += 1
+            frames = frames_for_ocr(ds, pixels) if self.policy.ocr or pixels is not None else []
+        except CleaningError as err:
+            if decision == "approve":
+                return Curated("export", dataset=ds, review_id=review_id, at_risk=True)
+            record.status, record.reason = "quarantined", err.reason
+            record_object(self.project, self.release, record)
+            return Curated("quarantine", err.reason, err.detail, review_id=review_id, at_risk=True)
+        except Exception as exc:  # a decoder crash must not stop the run
+            record.status, record.reason = "quarantined", "pixel-decode-failed"
+            record_object(self.project, self.release, record)
+            return Curated(
+                "quarantine", "pixel-decode-failed", type(exc).__name__, review_id=review_id
+            )
+        if not self.policy.ocr:
+            if triage.has_regions or decision == "approve":
+                if triage.has_regions:
+                    ds.BurnedInAnnotation = "NO"
+                record.reason = "known-regions-blanked" if triage.has_regions else "approved"
+                record_object(self.project, self.release, record, frames[0] if frames else None)
+                return Curated("export", dataset=ds, review_id=review_id, at_risk=True)
+            record.status, record.reason = "quarantined", "burned-in-unverified"
+            record_object(self.project, self.release, record)
+            return Curated("quarantine", "burned-in-unverified", review_id=review_id, at_risk=True)
+        from curation.ocr import detect_text
+
+        self.stats.ocr += 1
+        boxes = detect_text(
+            frames, min_score=self.policy.ocr_min_score, min_chars=self.policy.ocr_min_chars
+        )
+        record.boxes = [b.as_dict() for b in boxes]
+        if boxes and decision != "approve":
+            record.status, record.reason = "quarantined", "burned-in-text"
+            record_object(self.project, self.release, record, frames[0] if frames else None)
+            return Curated(
+                "quarantine", "burned-in-text", review_id=review_id, at_risk=True, ocr_ran=True
+            )
+        if boxes:
+            record.reason = "approved-with-text"
+        else:
+            record.reason = "no-text-found"
+            if triage.has_regions:
+                # Only now is the header's claim true: regions blanked and nothing left to read.
+                ds.BurnedInAnnotation = "NO"
+        record_object(self.project, self.release, record, frames[0] if frames else None)
+        return Curated("export", dataset=ds, review_id=review_id, at_risk=True, ocr_ran=True)

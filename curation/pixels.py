@@ -1,0 +1,127 @@
+"""Blank known text regions in every frame, keeping the transfer syntax where it can.
+
+The regions come from header triage (``coordinates``, ``ctpcoordinates``, ``keepcoordinates``,
+``keepcoordinates from:SequenceOfUltrasoundRegions``) and are applied by deid's own mask code
+(``deid.dicom.pixels.clean.clean_pixel_data``), so a recipe blanks here exactly what it blanks in
+deid. Writing back: native pixel data keeps its transfer syntax; RLE Lossless and JPEG 2000
+Lossless are re-encoded in the same syntax; anything else (lossy JPEG, JPEG-LS without an
+encoder) is re-encoded losslessly as JPEG 2000 Lossless, or RLE Lossless when that fails. The SOP
+Instance UID is left for de-identification to map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
+
+from curation.burned_in import quiet_deid
+
+# Encapsulated syntaxes pydicom can write back as they were (with the encoders installed).
+REENCODABLE = (RLELossless, JPEG2000Lossless)
+
+
+class CleaningError(Exception):
+    """The pixels could not be decoded, cleaned or written back; reason is a short code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason)
+
+
+def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.ndarray:
+    """Blank ``coordinates`` (deid's ``[mask, coordinate]`` pairs) in ``ds``; return the pixels.
+
+    ``ds`` is changed in place: new pixel data, same transfer syntax where possible, and
+    ``BurnedInAnnotation`` left as it is (the caller sets NO only once text detection agrees).
+    """
+    from deid.dicom.pixels.clean import clean_pixel_data
+
+    quiet_deid()
+    results = {"results": [{"coordinates": [[int(m), _copy(v)] for m, v in coordinates]}]}
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    try:
+        cleaned = clean_pixel_data(ds, results)
+    except Exception as exc:
+        raise CleaningError("pixel-decode-failed", type(exc).__name__) from None
+    if cleaned is None:
+        raise CleaningError("pixel-shape-unsupported")
+    try:
+        original_dtype = ds.pixel_array.dtype
+        cleaned = np.ascontiguousarray(cleaned.astype(original_dtype, copy=False))
+        write_pixels(ds, cleaned, ts, photometric)
+    except CleaningError:
+        raise
+    except Exception as exc:
+        raise CleaningError("pixel-write-failed", type(exc).__name__) from None
+    return cleaned
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> None:
+    """Put ``arr`` back into ``ds`` in ``ts`` if it can be written, losslessly otherwise."""
+    # pydicom hands decoded YCbCr JPEG pixels back as RGB; say so in the header.
+    new_photometric = photometric
+    if ts.is_encapsulated and photometric.startswith("YBR"):
+        new_photometric = "RGB"
+    if ts.is_encapsulated and ds.get("SamplesPerPixel", 1) == 3:
+        ds.PlanarConfiguration = 0
+    ds.set_pixel_data(
+        arr,
+        photometric_interpretation=new_photometric,
+        bits_stored=int(ds.BitsStored),
+        generate_instance_uid=False,
+    )
+    if not ts.is_encapsulated:
+        if ts != ExplicitVRBigEndian:
+            ds.file_meta.TransferSyntaxUID = ts
+        return
+    targets = [ts] if ts in REENCODABLE else []
+    targets += [t for t in (JPEG2000Lossless, RLELossless) if t not in targets]
+    for target in targets:
+        try:
+            ds.compress(target, generate_instance_uid=False)
+            return
+        except Exception:  # try the next lossless syntax, else stay native (also lossless)
+            continue
+
+
+def frames_for_ocr(ds: Dataset, arr: np.ndarray | None = None, max_frames: int = 3) -> list[Any]:
+    """Up to ``max_frames`` frames (first, middle, last) as 8-bit images for text detection."""
+    pixels = arr if arr is not None else ds.pixel_array
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    multi = pixels.ndim == 4 or (pixels.ndim == 3 and samples == 1)
+    frames = [pixels[i] for i in _pick(len(pixels), max_frames)] if multi else [pixels]
+    inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    return [to_uint8(f, inverted) for f in frames]
+
+
+def _pick(count: int, most: int) -> list[int]:
+    if count <= most:
+        return list(range(count))
+    return sorted(
+        {0, count // 2, count - 1} | {round(i * (count - 1) / (most - 1)) for i in range(most)}
+    )[:most]
+
+
+def to_uint8(frame: np.ndarray, inverted: bool = False) -> np.ndarray:
+    """Stretch a frame to 0..255 (per frame: burned-in text is drawn at the extremes)."""
+    data = frame.astype(np.float32)
+    low, high = float(data.min()), float(data.max())
+    scaled = (data - low) * (255.0 / (high - low)) if high > low else np.zeros_like(data)
+    if inverted:
+        scaled = 255.0 - scaled
+    return scaled.astype(np.uint8)
