@@ -263,3 +263,33 @@ def recipe_digest(names: str | list[str]) -> str:
     from deid_recipes import load_recipe
 
     return str(load_recipe(names).digest)
+
+
+def run_fields(ctx: Any, batch_size: int, studies: int) -> dict[str, Any]:
+    """What ``run.started`` records: parameters, recipe hash and counts (no PHI)."""
+    return {
+        "project": ctx.project,
+        "release": ctx.release,
+        "source": ctx.source_url,
+        "store": ctx.store_url,
+        "recipe": ctx.recipe,
+        "recipe_sha256": recipe_digest(ctx.recipe),
+        "retain": list(ctx.retain),
+        "modalities": list(ctx.modalities),
+        "batch_size": batch_size,
+        "studies_selected": studies,
+    }
+
+
+def run_end_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``run.ended`` records: the release's counts (no PHI)."""
+    return {
+        "project": summary["project"],
+        "release": summary["release"],
+        "status": "published" if summary.get("verification", {}).get("passed") else "unpublished",
+        "studies_exported": summary["studies_exported"],
+        "instances_exported": summary["instances_exported"],
+        "subjects": summary["subjects"],
+        "excluded": summary["excluded"],
+        "quarantined": summary["quarantined"],
+    }
