@@ -22,8 +22,9 @@ R4  name components and private-tag values that are common words (``COMMON_WORDS
     when they are found in a person-name (PN) attribute;
 R5  a date of birth blocks when found in an object of the same research subject, or in a
     non-date attribute; the same date in a date attribute of another subject is a coincidence;
-R6  private-tag values that are UIDs, or equal to a public non-identifying attribute of the
-    same header (a manufacturer, a modality), are not searched; private creators are not either;
+R6  private-tag, institution and station values that are UIDs, or equal to a public
+    non-identifying attribute of the same header, are not searched, nor any term equal to a
+    manufacturer, model or software version of any selected header; private creators are not;
 R7  matching ignores ASCII case;
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
@@ -95,6 +96,7 @@ PHONE_KEYWORDS = {
     "ReferringPhysicianTelephoneNumbers",
     "PersonTelephoneNumbers",
 }
+EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
 PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
 # Tags whose bytes are image samples, not text (R10).
 BULK_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009, 0x54001010}
@@ -226,6 +228,7 @@ class IdentifierDictionary:
         self.retained = set(retained)
         self.terms: dict[str, Term] = {}
         self.encodings: set[str] = {"latin_1", "utf_8"}
+        self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
 
     def __len__(self) -> int:
@@ -251,20 +254,20 @@ class IdentifierDictionary:
         for charset in _charsets(ds):
             self.encodings.add(charset)
         public_values: set[str] = set()
-        private: list[str] = []
+        private: list[tuple[str, str]] = []
         self._collect(ds, research_id, public_values, private, depth=0)
-        for value in private:
+        for kind, value in private:
             if value.lower() in public_values or _UIDLIKE.match(value):
                 continue  # R6
             if _long_enough(value):
-                self.add(value, "private-tag", name_only=_is_common(value))
+                self.add(value, kind, name_only=_is_common(value))
 
     def _collect(
         self,
         ds: Dataset,
         research_id: str | None,
         public_values: set[str],
-        private: list[str],
+        private: list[tuple[str, str]],
         depth: int,
     ) -> None:
         if depth > 64:
@@ -282,7 +285,7 @@ class IdentifierDictionary:
             if tag.is_private:
                 if 0x0010 <= tag.element <= 0x00FF:
                     continue  # private creator (R6)
-                private.extend(_norm(v) for v in _text_values(elem.value))
+                private.extend(("private-tag", _norm(v)) for v in _text_values(elem.value))
                 continue
             keyword = elem.keyword
             if keyword in self.retained:
@@ -308,12 +311,12 @@ class IdentifierDictionary:
                 for v in values:
                     for term in phone_terms(v):
                         self.add(term, "telephone")
-            elif keyword in PLACE_KEYWORDS:
-                for v in values:
-                    if _long_enough(_norm(v)):
-                        self.add(v, "institution-or-station", name_only=_is_common(v))
+            elif keyword in PLACE_KEYWORDS:  # checked against public values like private ones
+                private.extend(("institution-or-station", _norm(v)) for v in values)
             else:
                 public_values.update(_norm(v).lower() for v in values)
+                if keyword in EQUIPMENT_KEYWORDS:
+                    self.equipment.update(_norm(v).lower() for v in values)
 
     def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
         """The automaton over every term in every encoding, keyed by ASCII-lowered bytes."""
@@ -323,6 +326,12 @@ class IdentifierDictionary:
             return cached
         auto = ahocorasick.Automaton()
         for value, term in self.terms.items():
+            low = value.lower()
+            if low in self.equipment or (
+                term.kinds <= {"institution-or-station", "private-tag"}
+                and any(low in e for e in self.equipment)
+            ):
+                continue  # R6
             for enc in encs:
                 try:
                     raw = value.encode(enc)
