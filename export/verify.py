@@ -50,7 +50,7 @@ from typing import Any
 import ahocorasick
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
@@ -98,6 +98,10 @@ PHONE_KEYWORDS = {
 }
 EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
 PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
+INTERESTING_KEYWORDS = (
+    ID_KEYWORDS | BIRTH_KEYWORDS | ADDRESS_KEYWORDS | PHONE_KEYWORDS | PLACE_KEYWORDS
+)
+TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UT"}
 # Tags whose bytes are image samples, not text (R10).
 BULK_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009, 0x54001010}
 DATE_VRS = {"DA", "DT"}
@@ -207,6 +211,18 @@ def birth_terms(value: str) -> Iterator[str]:
     yield from (text, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}")
 
 
+def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
+    """A public text value, cheaply: ASCII raw bytes are split without pydicom's conversion."""
+    if vr not in TEXT_VRS:
+        return []
+    value = raw.value
+    if isinstance(value, bytes):
+        if not value.isascii():
+            return []
+        return [t for t in (_norm(v) for v in value.decode("ascii").split("\\")) if t]
+    return [_norm(v) for v in _text_values(value) if _norm(v)]
+
+
 def _text_values(value: Any) -> list[str]:
     if value is None:
         return []
@@ -229,6 +245,8 @@ class IdentifierDictionary:
         self.terms: dict[str, Term] = {}
         self.encodings: set[str] = {"latin_1", "utf_8"}
         self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
+        self._seen: set[tuple[int, bytes, str | None, str]] = set()
+        self._charset_key = ""
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
 
     def __len__(self) -> int:
@@ -272,26 +290,63 @@ class IdentifierDictionary:
     ) -> None:
         if depth > 64:
             return
+        if depth == 0:
+            self._charset_key = str(ds.get("SpecificCharacterSet", ""))
+        charset_key = self._charset_key
         for tag in list(ds.keys()):
             tag = Tag(tag)
+            # Values stay raw (unconverted) unless they may hold an identifier: converting every
+            # element is what would make the dictionary cost as much as de-identifying.
+            try:
+                raw = ds.get_item(tag)
+            except Exception:
+                continue
+            if raw is None:
+                continue
+            vr = _vr_of(raw, tag)
+            keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
+            undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
+            if vr == "SQ" or (undefined and tag not in BULK_TAGS):
+                try:
+                    value = ds[tag].value
+                except Exception:
+                    continue
+                if isinstance(value, PydicomSequence | list):
+                    for item in value:
+                        if isinstance(item, Dataset):
+                            self._collect(item, research_id, public_values, private, depth + 1)
+                continue
+            if tag in BULK_TAGS:
+                continue
+            wanted = (
+                tag.is_private
+                or vr == "PN"
+                or keyword in INTERESTING_KEYWORDS
+                or keyword in EQUIPMENT_KEYWORDS
+            )
+            if not wanted:
+                public_values.update(v.lower() for v in _raw_texts(raw, vr))
+                continue
+            if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+                continue  # private creator (R6)
+            if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+                # The objects of a series repeat most values: convert each distinct one once.
+                owner = research_id if keyword in BIRTH_KEYWORDS else None
+                signature = (int(tag), raw.value, owner, charset_key)
+                if signature in self._seen and not tag.is_private:
+                    continue
+                self._seen.add(signature)
             try:
                 elem = ds[tag]
             except Exception:  # an unparseable value holds nothing we can search for
                 continue
-            if elem.VR == "SQ":
-                for item in elem.value or []:
-                    self._collect(item, research_id, public_values, private, depth + 1)
-                continue
             if tag.is_private:
-                if 0x0010 <= tag.element <= 0x00FF:
-                    continue  # private creator (R6)
                 private.extend(("private-tag", _norm(v)) for v in _text_values(elem.value))
                 continue
-            keyword = elem.keyword
             if keyword in self.retained:
                 continue  # R9
             values = _text_values(elem.value)
-            if elem.VR == "PN":
+            if vr == "PN" or elem.VR == "PN":
                 for v in values:
                     for term, name_only in name_terms(v):
                         self.add(term, "name", name_only=name_only)
@@ -558,17 +613,16 @@ class Verifier:
                 found.add((path, kind))
                 result.hits.append(Hit(key, path, kind))
 
-        for label, buf, spans in segments:
-            bulk = [s for s in spans if s.start >= 0 and s.path in _BULK_NAMES]
+        for label, buf, bulk, spans_of in segments:
             candidates: list[tuple[int, int, list[Term]]] = []
             for start, end, terms in scan(_hay(buf), auto, text=False):
-                if any(b.start <= start and end <= b.end for b in bulk):
+                if any(b0 <= start and end <= b1 for b0, b1 in bulk):
                     continue  # R10
                 candidates.append((start, end, terms))
             if not candidates:
                 continue
             located: set[int] = set()
-            for span in spans:
+            for span in spans_of():
                 if span.path in _BULK_NAMES or not span.hay:
                     continue
                 for _s, _e, terms in scan(span.hay, auto):
@@ -598,22 +652,43 @@ class Verifier:
                         hit("PixelData (OCR text)", sorted(term.kinds)[0])
         return result
 
-    def _segments(self, data: bytes, ds: Dataset) -> list[tuple[str, bytes, list[_Span]]]:
-        meta_spans = [
-            _Span(s.start, s.end, "file_meta." + s.path, s.vr, s.hay)
-            for s in element_spans(ds.file_meta)
-        ]
-        encodings = sorted({"latin_1", "utf_8", *_charsets(ds)})
-        body_spans = list(element_spans(ds, encodings=encodings))
+    def _segments(
+        self, data: bytes, ds: Dataset
+    ) -> list[tuple[str, bytes, list[tuple[int, int]], Callable[[], list[_Span]]]]:
+        """(label, bytes, bulk ranges, attribute spans on demand) for the file, or for its meta
+        and its inflated dataset when the transfer syntax is deflated."""
+        bulk: list[tuple[int, int]] = []
+        for tag in BULK_TAGS:
+            try:
+                raw = ds.get_item(tag)
+            except Exception:
+                continue
+            if isinstance(raw, RawDataElement) and raw.value is not None:
+                bulk.append((raw.value_tell, raw.value_tell + len(raw.value)))
+
+        def meta_spans() -> list[_Span]:
+            return [
+                _Span(s.start, s.end, "file_meta." + s.path, s.vr, s.hay)
+                for s in element_spans(ds.file_meta)
+            ]
+
+        def body_spans() -> list[_Span]:
+            encodings = sorted({"latin_1", "utf_8", *_charsets(ds)})
+            return list(element_spans(ds, encodings=encodings))
+
         ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
         if ts == "1.2.840.10008.1.2.1.99":  # deflated: the dataset is searched inflated
-            meta_end = max((s.end for s in meta_spans), default=132)
+            group_length = int(getattr(ds.file_meta, "FileMetaInformationGroupLength", 0) or 0)
+            meta_end = 132 + 12 + group_length
             try:
                 body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
             except zlib.error:
                 body = data[meta_end:]
-            return [("file", data[:meta_end], meta_spans), ("inflated dataset", body, body_spans)]
-        return [("file", data, meta_spans + body_spans)]
+            return [
+                ("file", data[:meta_end], [], meta_spans),
+                ("inflated dataset", body, bulk, body_spans),
+            ]
+        return [("file", data, bulk, lambda: meta_spans() + body_spans())]
 
 
 _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData"}

@@ -44,7 +44,13 @@ def publish_manifest(ctx: RunContext, selected: int) -> dict[str, Any]:
 @task(name="verify-release", cache_policy=NO_CACHE, persist_result=False)
 def verify_release_task(ctx: RunContext) -> dict[str, Any]:
     """The PHI gate: raises VerificationFailed (release left unpublished) on any hit."""
-    report = gate_release(ctx.project, ctx.release, ctx.store_url)
+    try:
+        report = gate_release(ctx.project, ctx.release, ctx.store_url)
+    except Exception as exc:
+        audit.record(
+            "run.ended", project=ctx.project, release=ctx.release, status=type(exc).__name__
+        )
+        raise
     return {"passed": report.passed, "objects": report.objects_checked, "ocr": report.ocr}
 
 

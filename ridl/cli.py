@@ -275,6 +275,10 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(f"excluded: {reason}", str(n))
     for reason, n in summary["quarantined"].items():
         table.add_row(f"quarantined: {reason}", str(n))
+    if summary.get("verification"):
+        table.add_row(
+            "verification", "passed: published" if summary["verification"]["passed"] else "failed"
+        )
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
@@ -397,6 +401,21 @@ def show_summary(
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+
+
+@project_app.command("change-secret")
+def project_change_secret(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+) -> None:
+    """Replace a project's pseudonym secret (refused once a release is published)."""
+    from ridl.secrets import change_secret
+
+    try:
+        change_secret(project_id)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"pseudonym secret of project [bold]{project_id}[/] replaced (never shown)")
 
 
 @audit_app.command("verify")
