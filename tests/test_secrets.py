@@ -77,3 +77,43 @@ def test_secret_change_after_publishing_is_refused_and_never_shown(
         assert secret.encode() not in path.read_bytes(), path.name
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
+
+
+@pytest.fixture
+def secrets_manager(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """moto's server over HTTP on a free loopback port, as AWS Secrets Manager."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ca-central-1")
+    monkeypatch.setenv("RIDL_SECRETS_PROVIDER", "aws")
+    monkeypatch.setenv("RIDL_SECRETS_PREFIX", "ridl-test/")
+    yield port
+    server.stop()
+
+
+def test_aws_secrets_manager_provider(secrets_manager, ridl_home: Path) -> None:  # type: ignore[no-untyped-def]
+    import boto3
+
+    from tests.conftest import make_project
+
+    project = make_project("aws-project")
+    assert not secrets.secret_path(project.id).exists(), "no file when a manager is used"
+    client = boto3.client("secretsmanager")
+    stored = client.get_secret_value(SecretId="ridl-test/aws-project")["SecretString"]
+    assert secrets.load_secret(project.id) == stored.encode()
+    secrets.create_secret(project.id)  # never replaces an existing secret
+    assert secrets.load_secret(project.id) == stored.encode()
+    secrets.change_secret(project.id)
+    assert secrets.load_secret(project.id) != stored.encode()
+    with pytest.raises(ConfigError, match="no pseudonym secret"):
+        secrets.load_secret("absent-project")
