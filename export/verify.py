@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -725,6 +726,16 @@ def _ocr_texts(ocr: Callable[[Dataset], Any], ds: Dataset) -> list[str]:
     return [str(x) for x in found]
 
 
+def _load_at_risk() -> Callable[[Dataset], bool] | None:
+    """``curation.ocr.at_risk`` when the OCR module defines which objects to read."""
+    try:
+        module = importlib.import_module("curation.ocr")
+    except ImportError:
+        return None
+    func = getattr(module, "at_risk", None)
+    return func if callable(func) else None
+
+
 def load_ocr() -> Callable[[Dataset], Any] | None:
     """The OCR function of ``curation.ocr`` if it is there (``ocr_text``, ``read_text``,
     ``find_text`` or ``detect_text``: Dataset -> text), else None with a logged note."""
@@ -836,7 +847,7 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
         research_id = keys.research_id(
             SubjectKey(study.health_number, study.issuer, study.patient_id)
         )
-        workdir = settings.work_dir() / project / release / "verify"
+        workdir = settings.work_dir() / project / release / f"verify-{studies}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             files = source.fetch_study(study, workdir)
@@ -849,6 +860,7 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
                 headers += 1
         finally:
             source.release_study(study, workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
         studies += 1
     return dictionary, studies, headers
 
@@ -887,7 +899,9 @@ def verify_release(
         ocr_func = ocr
     from ridl.pseudonyms import Pseudonymizer  # noqa: F401 - secret checked above
 
-    verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr_func)
+    verifier = Verifier(
+        dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=_load_at_risk()
+    )
     hits: list[Hit] = []
     objects = nbytes = ocr_objects = 0
     for key in release_objects(store, f"{project}/{release}"):

@@ -302,3 +302,24 @@ def test_non_dicom_release_files_are_searched_too() -> None:
     assert [(h.key, h.path) for h in hits] == [("p/r/manifest.csv", "(file contents)")]
     data = json.dumps({"a": "clean"}).encode()
     assert v.check_bytes("p/r/summary.json", data).hits == []
+
+
+def test_ocr_is_plugged_from_curation_when_present(monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import sys
+    import types
+
+    from export.verify import load_ocr
+
+    monkeypatch.delitem(sys.modules, "curation.ocr", raising=False)
+    with caplog.at_level(logging.INFO, logger="export.verify"):
+        if load_ocr() is None:
+            assert "pixel text not searched" in caplog.text
+    module = types.ModuleType("curation.ocr")
+
+    def ocr_text(ds: Dataset) -> str:
+        return "text"
+
+    module.ocr_text = ocr_text  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "curation.ocr", module)
+    assert load_ocr() is ocr_text
