@@ -4,8 +4,9 @@ Builds a synthetic DIR, de-identifies it into a release (the per-study work, wit
 then verifies that release, several rounds each, side by side in one process. Prints a table
 and writes JSON to ``benchmarks/results/verify.json``.
 
-    python benchmarks/verify.py            # 40 patients, 3 rounds
-    python benchmarks/verify.py --quick    # 12 patients, 1 round
+    python benchmarks/verify.py              # 40 patients, 3 rounds, 512x512 CT and CR
+    python benchmarks/verify.py --quick      # 12 patients, 1 round, 128x128
+    python benchmarks/verify.py --rows 64    # the synthetic DIR's own tiny images
 """
 
 from __future__ import annotations
@@ -26,14 +27,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def _resize_images(files: list[Path], rows: int) -> None:
+    """Give the synthetic CT and CR images a realistic size (random 16-bit pixels)."""
+    import numpy as np
+    from pydicom import dcmread
+
+    rng = np.random.default_rng(0)
+    for path in files:
+        try:
+            ds = dcmread(path)
+        except Exception:
+            continue  # the damaged files stay damaged
+        if "PixelData" not in ds or ds.get("Modality") not in ("CT", "CR"):
+            continue
+        if ds.get("BitsAllocated") != 16 or ds.get("SamplesPerPixel") != 1:
+            continue
+        if len(ds.PixelData) < int(ds.Rows) * int(ds.Columns) * 2:
+            continue  # the truncated object must stay truncated
+        ds.Rows = ds.Columns = rows
+        ds.PixelData = rng.integers(0, 2000, size=(rows, rows), dtype=np.int16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="12 patients, 1 round")
+    parser.add_argument("--rows", type=int, default=512, help="CT/CR image size (rows=columns)")
+    parser.add_argument("--quick", action="store_true", help="12 patients, 1 round, 128 rows")
     args = parser.parse_args()
     if args.quick:
-        args.patients, args.rounds = 12, 1
+        args.patients, args.rounds, args.rows = 12, 1, 128
 
     home = Path(tempfile.mkdtemp(prefix="ridl-bench-verify-"))
     os.environ["RIDL_HOME"] = str(home)
@@ -46,6 +70,8 @@ def main() -> None:
     from ridl.work import process_batch, worker_for
 
     synth = synthesize(home / "dir", patients=args.patients, sites=3, seed=1)
+    if args.rows != 64:
+        _resize_images(synth.files, args.rows)
     today = dt.date.today()
     create_project(
         Project(
@@ -103,6 +129,7 @@ def main() -> None:
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "patients": args.patients,
+        "rows": args.rows,
         "rounds": args.rounds,
         "objects": objects,
         "bytes": nbytes,

@@ -67,6 +67,7 @@ MIN_TERM = 4
 MIN_NAME = 3
 MIN_DIGITS = 6
 REPORT_NAME = "verification.json"
+UNVERIFIABLE = "unverifiable-object"
 
 ID_KEYWORDS = {
     "PatientID",
@@ -118,7 +119,8 @@ _COMMON = """
     patient pelvis phantom physician pope portable price primary prone radiology reed report
     rice rich right rose routine rue saint sagittal scout screen secondary series sharp short
     small snow soft south spine spiral spring stone street strong study summer supine test
-    tissue unknown upright ward west white will winter wood young
+    tissue unknown upright ward west white will winter wood young name first last middle
+    given family here anonymized
 """
 COMMON_WORDS = frozenset(_COMMON.split())
 
@@ -569,15 +571,22 @@ class Verifier:
         self.at_risk = at_risk or default_at_risk
 
     def check_bytes(self, key: str, data: bytes) -> ObjectResult:
+        """Search one object. An object stored as DICOM that cannot be parsed cannot be shown
+        to be clean: its bytes are still searched, and it is reported as unverifiable."""
         is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
         if not is_dicom:
-            return self._check_file(key, data)
+            result = self._check_file(key, data)
+            if key.endswith(".dcm"):
+                result.hits.append(Hit(key, "(not a DICOM file)", UNVERIFIABLE))
+            return result
         try:
             ds = dcmread(io.BytesIO(data), force=True)
             ds.file_meta  # noqa: B018 - read the meta now
+            return self._check_dicom(key, data, ds)
         except Exception:
-            return self._check_file(key, data)
-        return self._check_dicom(key, data, ds)
+            result = self._check_file(key, data)
+            result.hits.append(Hit(key, "(object could not be parsed)", UNVERIFIABLE))
+            return result
 
     def _check_file(self, key: str, data: bytes) -> ObjectResult:
         """A non-DICOM object (manifest, summary): its bytes as text; Parquet via its table."""
@@ -616,10 +625,11 @@ class Verifier:
 
         for label, buf, bulk, spans_of in segments:
             candidates: list[tuple[int, int, list[Term]]] = []
-            for start, end, terms in scan(_hay(buf), auto, text=False):
-                if any(b0 <= start and end <= b1 for b0, b1 in bulk):
-                    continue  # R10
-                candidates.append((start, end, terms))
+            for offset, piece in _outside(buf, bulk):  # R10: image bytes are not scanned
+                for start, end, terms in scan(_hay(piece), auto, text=False):
+                    start, end = start + offset, end + offset
+                    if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
+                        candidates.append((start, end, terms))
             if not candidates:
                 continue
             located: set[int] = set()
@@ -690,6 +700,19 @@ class Verifier:
                 ("inflated dataset", body, bulk, body_spans),
             ]
         return [("file", data, bulk, lambda: meta_spans() + body_spans())]
+
+
+def _outside(buf: bytes, bulk: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
+    """The parts of ``buf`` outside the bulk ranges, with their offsets. A few bytes of overlap
+    are kept on each side so a term that runs up to a range's edge is still seen whole."""
+    edge = 16
+    pos = 0
+    for b0, b1 in sorted(bulk):
+        if b1 - b0 <= 2 * edge or b0 < pos:
+            continue
+        yield pos, buf[pos : b0 + edge]
+        pos = b1 - edge
+    yield pos, buf[pos:]
 
 
 _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData"}

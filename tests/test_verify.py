@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -323,3 +325,32 @@ def test_ocr_is_plugged_from_curation_when_present(monkeypatch: pytest.MonkeyPat
     module.ocr_text = ocr_text  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "curation.ocr", module)
     assert load_ocr() is ocr_text
+
+
+def test_deflated_objects_are_searched_inflated() -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("image_dfl.dcm"))  # type: ignore[arg-type]
+    ds.ImageComments = "for Tremblay"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    data = buffer.getvalue()
+    assert b"Tremblay" not in data, "the dataset is compressed"
+    v = _verifier(_source(PatientName="Tremblay^Alice"))
+    assert _hits(v, data) == [("ImageComments", "name")]
+
+
+@given(st.binary(max_size=600), st.integers(0, 2000))
+@settings(max_examples=150, deadline=None)
+def test_the_gate_never_crashes_on_hostile_objects(noise: bytes, cut: int) -> None:
+    from pydicom.data import get_testdata_file
+
+    v = _verifier(_source(PatientName="Tremblay^Alice", PatientID="MRN123456"))
+    seed = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+    for data in (seed[:cut] + noise, seed[:132] + noise, noise):
+        result = v.check_bytes("k.dcm", data)  # must return, whatever the bytes
+        if data[128:132] != b"DICM":
+            assert ("(not a DICOM file)", "unverifiable-object") in _hits(v, data)
+        assert all(h.key == "k.dcm" for h in result.hits)
+    planted = seed[:400] + b" tremblay " + noise  # cut inside the header, a name after it
+    assert v.check_bytes("k.dcm", planted).hits, "a name in damaged bytes is still found"
