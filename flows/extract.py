@@ -21,6 +21,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from export.manifest import build_manifest  # noqa: E402
 from export.release import publish_release  # noqa: E402
 from export.store import LocalStore, open_store  # noqa: E402
+from export.verify import gate_release  # noqa: E402
+from ridl import audit  # noqa: E402
 from ridl.runplan import prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
 from ridl.sources.protect import (  # noqa: E402
@@ -44,6 +46,19 @@ def process_studies(ctx: RunContext, studies: list[StudyRef]) -> dict[str, Any]:
 def publish_manifest(ctx: RunContext, selected: int) -> dict[str, Any]:
     store = open_store(ctx.store_url)
     return build_manifest(store, ctx.prefix, selected, ctx.project, ctx.release)
+
+
+@task(name="verify-release", cache_policy=NO_CACHE, persist_result=False)
+def verify_release_task(ctx: RunContext) -> dict[str, Any]:
+    """The PHI gate: raises VerificationFailed (release left unpublished) on any hit."""
+    try:
+        report = gate_release(ctx.project, ctx.release, ctx.store_url)
+    except Exception as exc:
+        audit.record(
+            "run.ended", project=ctx.project, release=ctx.release, status=type(exc).__name__
+        )
+        raise
+    return {"passed": report.passed, "objects": report.objects_checked, "ocr": report.ocr}
 
 
 def batches(items: list[StudyRef], size: int) -> list[list[StudyRef]]:
@@ -87,6 +102,7 @@ def extract_run(
         reindex=reindex,
         limits=limits,
     )
+    audit.record("run.started", **audit.run_fields(plan.ctx, batch_size, len(plan.studies)))
     store = open_store(plan.ctx.store_url)
     if isinstance(store, LocalStore):
         store.clean_partial_writes(plan.ctx.prefix)
@@ -108,8 +124,10 @@ def extract_run(
         totals.excluded.update(counts["excluded"])
         totals.quarantined.update(counts["quarantined"])
     summary = publish_manifest(plan.ctx, len(plan.studies))
+    summary["verification"] = verify_release_task(plan.ctx)  # no publishing without a clean pass
     summary["publication"] = publish_release(plan.ctx.store_url, project, release)
     summary["studies_skipped_as_done"] = totals.skipped
+    audit.record("run.ended", **audit.run_end_fields(summary))
     _artifacts(summary)
     return summary
 

@@ -240,6 +240,20 @@ def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
     pq.write_table(table, tmp)
     (folder / "run.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
     tmp.replace(folder / "selection.parquet")
+    from ridl import audit
+
+    digest = hashlib.sha256((folder / "selection.parquet").read_bytes()).hexdigest()
+    audit.record(
+        "selection.frozen",
+        project=record.project,
+        release=record.release,
+        studies=len(selection),
+        selection_sha256=digest,
+        date_from=record.date_from,
+        date_to=record.date_to,
+        modalities=record.modalities,
+        sites=record.sites,
+    )
     return folder / "selection.parquet"
 
 

@@ -376,6 +376,10 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(f"excluded: {reason}", str(n))
     for reason, n in summary["quarantined"].items():
         table.add_row(f"quarantined: {reason}", str(n))
+    if summary.get("verification"):
+        table.add_row(
+            "verification", "passed: published" if summary["verification"]["passed"] else "failed"
+        )
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
@@ -533,6 +537,81 @@ from export.cli import access_app, pull_command, release_app  # noqa: E402
 app.add_typer(release_app, name="release")
 app.add_typer(access_app, name="access")
 app.command("pull")(pull_command)
+# --- trust: verification gate and audit log ------------------------------------------------
+
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@project_app.command("change-secret")
+def project_change_secret(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+) -> None:
+    """Replace a project's pseudonym secret (refused once a release is published)."""
+    from ridl.secrets import change_secret
+
+    try:
+        change_secret(project_id)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"pseudonym secret of project [bold]{project_id}[/] replaced (never shown)")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain: any edited, removed or reordered entry is reported."""
+    from ridl.audit import log_path, verify_log
+
+    count, problems = verify_log()
+    if problems:
+        for problem in problems:
+            err_console.print(f"[bold red]broken:[/] {problem}", highlight=False)
+        err_console.print(f"{log_path()}: {count} entries, {len(problems)} problems")
+        raise typer.Exit(1)
+    console.print(f"{log_path()}: {count} entries, chain intact")
+
+
+@audit_app.command("show")
+def audit_show(
+    last: Annotated[int, typer.Option(help="Show the last N entries (0 = all).")] = 20,
+    event: Annotated[str | None, typer.Option(help="Only entries of this event.")] = None,
+) -> None:
+    """Show audit entries (research IDs, counts and keys only; never PHI)."""
+    from ridl.audit import read_entries
+
+    entries = [e for e in read_entries() if event is None or e.get("event") == event]
+    if last > 0:
+        entries = entries[-last:]
+    table = Table("seq", "time", "event", "who", "fields")
+    for e in entries:
+        fields = json.dumps(e.get("fields", {}), sort_keys=True)
+        table.add_row(
+            str(e.get("seq")), str(e.get("time")), str(e.get("event")), str(e.get("who")), fields
+        )
+    console.print(table)
+
+
+@app.command("verify")
+def verify(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name.")],
+    dest: Annotated[
+        str | None, typer.Option(help="Object store (default RIDL_HOME/store).")
+    ] = None,
+) -> None:
+    """Search every exported byte of a release for identifiers from its source headers."""
+    from export.store import open_store
+    from export.verify import verify_release
+
+    try:
+        report = verify_release(project, release, open_store(dest).url)
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(report.render())
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

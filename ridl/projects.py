@@ -213,13 +213,26 @@ def create_project(project: Project, *, overwrite: bool = False) -> Path:
     if project.expires < project.approved:
         raise ConfigError("expires is before approved")
     path = project_path(project.id)
-    if path.exists() and not overwrite:
+    existed = path.exists()
+    if existed and not overwrite:
         raise ConfigError(f"project '{project.id}' already exists; choose another id")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_bytes(tomli_w.dumps(project.to_toml()).encode())
     tmp.replace(path)
     create_secret(project.id)
+    from ridl import audit
+
+    audit.record(
+        "project.changed" if existed else "project.created",
+        project=project.id,
+        reb_number=project.reb_number,
+        expires=project.expires.isoformat(),
+        modalities=list(project.scope.modalities),
+        sites=list(project.scope.sites),
+        retain=list(project.scope.retain),
+        recipe=project.recipe,
+    )
     return path
 
 

@@ -1,21 +1,38 @@
 """Per-project pseudonym secrets.
 
 The secret keys every research ID, UID and date shift of a project. It never leaves the research
-office: it is never printed, logged, exported, or put in a manifest. Losing it breaks linkage
-between releases of the project, so it is created once and never silently replaced.
+office: it is never printed, logged, exported, or put in a manifest or an error message. Losing it
+breaks linkage between releases of the project, so it is created once and never silently replaced:
+once a release of the project is published, changing it is refused, and a secret that differs from
+the one a published release was made with is refused when it is loaded.
+
+Where the secret comes from, first match wins:
+
+1. ``RIDL_SECRET_<ID>`` (upper case, '-' as '_'): for deployments that inject secrets as
+   environment variables;
+2. the provider named by ``RIDL_SECRETS_PROVIDER``: ``file`` (default: a mode-0600 file under
+   ``RIDL_HOME/secrets``) or ``aws`` (AWS Secrets Manager through boto3, secret id
+   ``$RIDL_SECRETS_PREFIX<ID>``, default prefix ``ridl/``). Other providers implement
+   :class:`SecretProvider` and are registered in :data:`PROVIDERS`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from ridl import settings
 from ridl.errors import ConfigError
 
 ENV_PREFIX = "RIDL_SECRET_"
+PROVIDER_ENV = "RIDL_SECRETS_PROVIDER"
+MIN_LENGTH = 32
 
 
 def secret_path(project_id: str) -> Path:
@@ -26,39 +43,179 @@ def _env_name(project_id: str) -> str:
     return ENV_PREFIX + project_id.upper().replace("-", "_")
 
 
+class SecretProvider(Protocol):
+    """Where secrets live when they are not in the environment."""
+
+    name: str
+
+    def get(self, project_id: str) -> bytes | None:
+        """The project's secret, or None when there is none."""
+        ...
+
+    def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
+        """Store a secret; returns False when one exists and ``replace`` is False."""
+        ...
+
+
+class FileProvider:
+    """0600 files under ``RIDL_HOME/secrets`` (a 0700 folder)."""
+
+    name = "file"
+
+    def get(self, project_id: str) -> bytes | None:
+        path = secret_path(project_id)
+        if not path.exists():
+            return None
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"the secret file of project '{project_id}' is readable by others "
+                f"(mode {oct(mode)}); run: chmod 600 {path}"
+            )
+        return path.read_text().strip().encode()
+
+    def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
+        path = secret_path(project_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        if replace:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(value)
+            tmp.replace(path)
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(value)
+        return True
+
+
+class AwsSecretsManagerProvider:
+    """AWS Secrets Manager (boto3): secret id ``$RIDL_SECRETS_PREFIX<project id>``.
+
+    Credentials and region come from boto3's usual chain (instance role, environment, profile).
+    """
+
+    name = "aws"
+
+    def __init__(self) -> None:
+        try:
+            import boto3
+        except ImportError:
+            raise ConfigError(
+                f"{PROVIDER_ENV}=aws needs boto3: pip install boto3, or use the file provider"
+            ) from None
+        self.prefix = os.environ.get("RIDL_SECRETS_PREFIX", "ridl/")
+        self.client = boto3.client("secretsmanager")
+
+    def get(self, project_id: str) -> bytes | None:
+        try:
+            answer = self.client.get_secret_value(SecretId=self.prefix + project_id)
+        except self.client.exceptions.ResourceNotFoundException:
+            return None
+        except Exception as exc:  # never echo the service's message: it may quote the request
+            raise ConfigError(
+                f"the secrets manager did not return the secret of project '{project_id}' "
+                f"({type(exc).__name__})"
+            ) from None
+        return str(answer["SecretString"]).strip().encode()
+
+    def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
+        name = self.prefix + project_id
+        if self.get(project_id) is not None:
+            if not replace:
+                return False
+            self.client.put_secret_value(SecretId=name, SecretString=value.decode())
+            return True
+        self.client.create_secret(Name=name, SecretString=value.decode())
+        return True
+
+
+PROVIDERS: dict[str, Callable[[], SecretProvider]] = {
+    "file": FileProvider,
+    "aws": AwsSecretsManagerProvider,
+}
+
+
+def provider() -> SecretProvider:
+    name = os.environ.get(PROVIDER_ENV, "file") or "file"
+    factory = PROVIDERS.get(name)
+    if factory is None:
+        raise ConfigError(
+            f"{PROVIDER_ENV}={name!r} is not a known secrets provider "
+            f"(known: {', '.join(sorted(PROVIDERS))})"
+        )
+    return factory()
+
+
 def create_secret(project_id: str) -> None:
-    """Create the project's secret file with mode 0600 unless a secret already exists."""
+    """Create the project's secret unless one already exists (never replaces one)."""
     if os.environ.get(_env_name(project_id)):
         return
-    path = secret_path(project_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
+    provider().put(project_id, secrets.token_hex(32).encode(), replace=False)
 
 
-def load_secret(project_id: str) -> bytes:
-    """The project's secret, from ``RIDL_SECRET_<ID>`` or its 0600 file."""
+def secret_fingerprint(secret: bytes) -> str:
+    """A short keyed digest that tells two secrets apart without revealing either."""
+    return hmac.new(secret, b"ridl secret fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+def load_secret(project_id: str, *, check_published: bool = True) -> bytes:
+    """The project's secret, from ``RIDL_SECRET_<ID>`` or the provider.
+
+    With ``check_published`` (the default), a secret that is not the one a published release of
+    the project was made with is refused: using it would silently break linkage.
+    """
     from_env = os.environ.get(_env_name(project_id))
-    if from_env:
-        return from_env.encode()
-    path = secret_path(project_id)
-    if not path.exists():
+    value = from_env.encode() if from_env else provider().get(project_id)
+    if value is None:
         raise ConfigError(
             f"project '{project_id}' has no pseudonym secret; set {_env_name(project_id)} "
             "or restore its key file from the research office's backup"
         )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
+    if len(value) < MIN_LENGTH:
+        raise ConfigError(f"the secret of project '{project_id}' is too short")
+    if check_published:
+        _check_matches_published(project_id, value)
+    return value
+
+
+def _check_matches_published(project_id: str, value: bytes) -> None:
+    from export.published import published_releases
+
+    fingerprint = secret_fingerprint(value)
+    for release, marker in published_releases(project_id).items():
+        expected = marker.get("secret_fingerprint")
+        if expected and not hmac.compare_digest(str(expected), fingerprint):
+            raise ConfigError(
+                f"the pseudonym secret of project '{project_id}' is not the one release "
+                f"'{release}' was published with; restore the original secret (changing it "
+                "after publishing would break linkage between releases)"
+            )
+
+
+def change_secret(project_id: str, new_value: bytes | None = None) -> None:
+    """Replace a project's secret: refused once any release of the project is published."""
+    from export.published import published_releases
+    from ridl import audit
+
+    published = sorted(published_releases(project_id))
+    if published:
         raise ConfigError(
-            f"the secret file of project '{project_id}' is readable by others "
-            f"(mode {oct(mode)}); run: chmod 600 {path}"
+            f"project '{project_id}' has published release(s) {', '.join(published)}; its "
+            "pseudonym secret cannot change (research IDs would no longer link across releases)"
         )
-    value = path.read_text().strip()
-    if len(value) < 32:
-        raise ConfigError(f"the secret file of project '{project_id}' is too short")
-    return value.encode()
+    if os.environ.get(_env_name(project_id)):
+        raise ConfigError(
+            f"the secret of project '{project_id}' comes from {_env_name(project_id)}; "
+            "change it where that variable is set"
+        )
+    value = new_value if new_value is not None else secrets.token_hex(32).encode()
+    if len(value) < MIN_LENGTH:
+        raise ConfigError(f"a pseudonym secret must be at least {MIN_LENGTH} characters")
+    provider().put(project_id, value, replace=True)
+    audit.record("project.secret-changed", project=project_id)

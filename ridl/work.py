@@ -237,6 +237,9 @@ def _process_files(
             _quarantine(worker, study, path, outcome, "write-failed", type(exc).__name__)
             continue
         data = buffer.getvalue()
+        if not all(getattr(ds, k, None) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
+            _quarantine(worker, study, path, outcome, "missing-uid")  # found by fuzzing
+            continue
         key = (
             f"{ctx.prefix}/{subject.research_id}/{ds.StudyInstanceUID}/"
             f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"

@@ -1,0 +1,356 @@
+"""The verification gate: planted identifiers block publishing and the report names where."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from export.manifest import build_manifest
+from export.published import release_is_published
+from export.store import LocalStore
+from export.verify import (
+    IdentifierDictionary,
+    VerificationFailed,
+    Verifier,
+    gate_release,
+    verify_release,
+)
+from ridl import audit
+from ridl.runplan import prepare_run
+from ridl.work import process_batch
+from tests.conftest import SITES
+
+
+def _build(project_id: str, synth_dir, store_root: Path) -> tuple[LocalStore, str]:  # type: ignore[no-untyped-def]
+    plan = prepare_run(project_id, "r1", f"folder:{synth_dir.root}", f"file:{store_root}")
+    process_batch(plan.ctx, plan.studies)
+    store = LocalStore(store_root)
+    build_manifest(store, plan.ctx.prefix, len(plan.studies), project_id, "r1")
+    return store, plan.ctx.prefix
+
+
+def _first_ct(store: LocalStore, prefix: str) -> tuple[str, Dataset]:
+    for info in store.list(prefix + "/"):
+        if info.key.endswith(".dcm"):
+            ds = dcmread(io.BytesIO(store.get_bytes(info.key)))
+            if ds.Modality == "CT" and "PixelData" in ds:
+                return info.key, ds
+    raise AssertionError("no CT object exported")
+
+
+def _put(store: LocalStore, key: str, ds: Dataset) -> None:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    store.put_bytes(key, buffer.getvalue())
+
+
+def _phi(synth_dir) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    reg = synth_dir.registrations[0]
+    return reg.patient_id, reg.person.family, reg.person.health_number or "0123456789"
+
+
+def _assert_no_values(report_text: str, synth_dir) -> None:  # type: ignore[no-untyped-def]
+    for value in synth_dir.phi_strings():
+        assert value not in report_text
+
+
+def test_a_clean_release_passes_and_is_published(synth_dir, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    report = gate_release(project.id, "r1", store.url, ocr=False)
+    assert report.passed, report.render()
+    assert report.objects_checked > 100 and report.dictionary_terms > 100
+    assert {"name", "identifier", "birth-date", "private-tag"} <= set(report.dictionary_kinds)
+    assert release_is_published(project.id, "r1")
+    assert store.exists(f"{prefix}/published.json")
+    events = [e["event"] for e in audit.read_entries()]
+    assert "verification.result" in events and "release.published" in events
+
+
+@pytest.mark.parametrize("where", ["private-tag", "nested-sequence", "file-meta"])
+def test_a_planted_identifier_blocks_publishing_and_names_where(
+    where: str,
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    key, ds = _first_ct(store, prefix)
+    patient_id, family, hn = _phi(synth_dir)
+    if where == "private-tag":
+        block = ds.private_block(0x0099, "SNEAKY VENDOR", create=True)
+        block.add_new(0x01, "LO", f"ref {patient_id}")
+        expected = "(0099,1001)"
+    elif where == "nested-sequence":
+        inner = Dataset()
+        inner.CodeMeaning = f"seen by {family}"
+        outer = Dataset()
+        outer.ConceptNameCodeSequence = Sequence([inner])
+        ds.ContentSequence = Sequence([Dataset(), outer])
+        expected = "ContentSequence[1].ConceptNameCodeSequence[0].CodeMeaning"
+    else:
+        ds.file_meta.SourceApplicationEntityTitle = hn[:16]
+        expected = "file_meta.SourceApplicationEntityTitle"
+    _put(store, key, ds)
+    with pytest.raises(VerificationFailed) as failed:
+        gate_release(project.id, "r1", store.url, ocr=False)
+    report = failed.value.report
+    assert not report.passed
+    assert [(h.key, h.path) for h in report.hits] == [(key, expected)], report.render()
+    assert not release_is_published(project.id, "r1")
+    assert not store.exists(f"{prefix}/summary.json"), "the manifest is withdrawn"
+    assert not store.exists(f"{prefix}/manifest.parquet")
+    text = (
+        report.render()
+        + str(failed.value)
+        + (
+            tmp_path / "ridl-home" / "releases" / project.id / "r1" / "verification.json"
+        ).read_text()
+    )
+    _assert_no_values(text, synth_dir)
+    last = list(audit.read_entries())[-1]
+    assert last["event"] == "verification.result" and last["fields"]["passed"] is False
+
+
+def test_a_descriptor_the_project_retains_leaks_a_name_and_is_blocked(
+    synth_dir,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import datetime as dt
+
+    from ridl.projects import Project, Scope, create_project
+
+    today = dt.date.today()
+    project = Project(
+        id="keeps-descriptions",
+        reb_number="REB-1",
+        title="t",
+        pi="p",
+        approved=today - dt.timedelta(days=1),
+        expires=today + dt.timedelta(days=10),
+        scope=Scope(
+            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("StudyDescription",)
+        ),
+    )
+    create_project(project)
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    report = verify_release(project.id, "r1", store.url, ocr=False)
+    assert not report.passed
+    paths = {h.path for h in report.hits}
+    assert paths == {"StudyDescription"}, report.render()
+    assert {h.kind for h in report.hits} == {"name"}
+    _assert_no_values(report.render(), synth_dir)
+
+
+def test_ocr_text_of_at_risk_objects_is_searched(synth_dir, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    key, ds = _first_ct(store, prefix)
+    ds.Modality = "US"  # ultrasound pixels often carry text: an at-risk object
+    _put(store, key, ds)
+    _, family, _ = _phi(synth_dir)
+    seen: list[str] = []
+
+    def fake_ocr(ds: Dataset) -> list[str]:
+        seen.append(str(ds.Modality))
+        return [f"DR {family.upper()} 2019"]
+
+    report = verify_release(project.id, "r1", store.url, ocr=fake_ocr)
+    assert seen == ["US"], "only at-risk objects are read"
+    assert report.ocr_objects == 1
+    assert not report.passed
+    assert [(h.key, h.path) for h in report.hits] == [(key, "PixelData (OCR text)")]
+
+
+# --- the tuning rules, one by one ---------------------------------------------------------------
+
+
+def _verifier(*headers: Dataset, retained: tuple[str, ...] = ()) -> Verifier:
+    dictionary = IdentifierDictionary(retained=retained)
+    for i, ds in enumerate(headers):
+        dictionary.add_header(ds, research_id=f"RS-{i}")
+    return Verifier(dictionary, ocr=None)
+
+
+def _output(**attrs: object) -> bytes:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "RS-0"
+    for name, value in attrs.items():
+        setattr(ds, name, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _source(**attrs: object) -> Dataset:
+    ds = Dataset()
+    for name, value in attrs.items():
+        setattr(ds, name, value)
+    return ds
+
+
+def _hits(verifier: Verifier, data: bytes) -> list[tuple[str, str]]:
+    return [(h.path, h.kind) for h in verifier.check_bytes("k.dcm", data).hits]
+
+
+def test_rule_short_terms_and_short_numbers_are_not_searched() -> None:
+    v = _verifier(_source(PatientName="Wu^Li", PatientID="12345", AccessionNumber="A1"))
+    assert _hits(v, _output(StudyDescription="Wu Li 12345 A1")) == []
+    v = _verifier(_source(PatientID="123456"))
+    assert _hits(v, _output(StudyDescription="ref 123456")) == [("StudyDescription", "identifier")]
+
+
+def test_rule_whole_words_only() -> None:
+    v = _verifier(_source(PatientName="Roy^Alice", PatientID="987654"))
+    assert _hits(v, _output(StudyDescription="Royal alice-like 19876543")) == [
+        ("StudyDescription", "name")
+    ]  # "alice" is a whole word between '-' and ' '; "Roy" inside "Royal" is not
+    assert _hits(v, _output(StudyDescription="Royal 19876543")) == []
+
+
+def test_rule_common_words_block_only_in_person_name_fields() -> None:
+    v = _verifier(_source(PatientName="White^Rose"))
+    assert _hits(v, _output(StudyDescription="WHITE matter, rose")) == []
+    assert _hits(v, _output(OperatorsName="White^Rose")) == [("OperatorsName", "name")]
+
+
+def test_rule_birth_dates_of_another_subject_in_date_fields_are_coincidence() -> None:
+    v = _verifier(_source(PatientBirthDate="20150312"))  # owner RS-0
+    other = _output(StudyDate="20150312")
+    other_ds = dcmread(io.BytesIO(other))
+    other_ds.PatientID = "RS-9"
+    buffer = io.BytesIO()
+    other_ds.save_as(buffer)
+    assert _hits(v, buffer.getvalue()) == []
+    assert _hits(v, other) == [("StudyDate", "birth-date")]  # same subject: blocks
+    assert _hits(v, _output(ImageComments="born 2015-03-12")) == [("ImageComments", "birth-date")]
+
+
+def test_rule_private_values_that_are_uids_or_public_values_are_not_searched() -> None:
+    src = _source(Manufacturer="ACME Imaging")
+    block = src.private_block(0x0011, "ACME", create=True)
+    block.add_new(0x01, "LO", "ACME Imaging")
+    block.add_new(0x02, "UI", "1.2.3.4.5.6.7")
+    block.add_new(0x03, "LO", "Project Zebra-7")
+    v = _verifier(src)
+    out = _output(Manufacturer="ACME Imaging", ImageComments="1.2.3.4.5.6.7")
+    assert _hits(v, out) == []
+    assert _hits(v, _output(ImageComments="Project Zebra-7")) == [("ImageComments", "private-tag")]
+
+
+def test_rule_case_is_ignored_and_every_declared_encoding_is_searched() -> None:
+    v = _verifier(_source(SpecificCharacterSet="ISO_IR 192", PatientName="Hélène^Côté"))
+    assert _hits(v, _output(StudyDescription="for HéLèNE")) == [("StudyDescription", "name")]
+    latin = _output(SpecificCharacterSet="ISO_IR 100", StudyDescription="Côté")
+    assert b"C\xf4t\xe9" in latin
+    assert _hits(v, latin) == [("StudyDescription", "name")]
+
+
+def test_rule_lone_city_names_in_addresses_are_not_searched() -> None:
+    v = _verifier(_source(PatientAddress="1234 Rue Sherbrooke, Montreal"))
+    assert _hits(v, _output(InstitutionName="Hopital de Montreal")) == []
+    assert _hits(v, _output(ImageComments="lives 1234 rue sherbrooke")) == [
+        ("ImageComments", "address")
+    ]
+
+
+def test_rule_retained_attributes_are_not_searched() -> None:
+    v = _verifier(_source(InstitutionName="Hopital SITE-A"), retained=("InstitutionName",))
+    assert _hits(v, _output(InstitutionName="Hopital SITE-A")) == []
+    v = _verifier(_source(InstitutionName="Hopital SITE-A"))
+    assert _hits(v, _output(InstitutionName="Hopital SITE-A")) == [
+        ("InstitutionName", "institution-or-station")
+    ]
+
+
+def test_rule_pixel_bytes_are_not_text() -> None:
+    import numpy as np
+
+    v = _verifier(_source(PatientName="Tremblay^Alice"))
+    pixels = np.frombuffer(b" tremblay " * 10, dtype=np.uint8).reshape(10, 10)
+    out = _output(
+        Rows=10,
+        Columns=10,
+        SamplesPerPixel=1,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelRepresentation=0,
+        PhotometricInterpretation="MONOCHROME2",
+        PixelData=pixels.tobytes(),
+    )
+    assert b"tremblay" in out
+    assert _hits(v, out) == []
+
+
+def test_non_dicom_release_files_are_searched_too() -> None:
+    v = _verifier(_source(PatientID="MRN123456"))
+    hits = v.check_bytes("p/r/manifest.csv", b"key,research_id\nx,MRN123456\n").hits
+    assert [(h.key, h.path) for h in hits] == [("p/r/manifest.csv", "(file contents)")]
+    data = json.dumps({"a": "clean"}).encode()
+    assert v.check_bytes("p/r/summary.json", data).hits == []
+
+
+def test_ocr_is_plugged_from_curation_when_present(monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import sys
+    import types
+
+    from export.verify import load_ocr
+
+    monkeypatch.delitem(sys.modules, "curation.ocr", raising=False)
+    with caplog.at_level(logging.INFO, logger="export.verify"):
+        if load_ocr() is None:
+            assert "pixel text not searched" in caplog.text
+    module = types.ModuleType("curation.ocr")
+
+    def ocr_text(ds: Dataset) -> str:
+        return "text"
+
+    module.ocr_text = ocr_text  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "curation.ocr", module)
+    assert load_ocr() is ocr_text
+
+
+def test_deflated_objects_are_searched_inflated() -> None:
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("image_dfl.dcm"))  # type: ignore[arg-type]
+    ds.ImageComments = "for Tremblay"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    data = buffer.getvalue()
+    assert b"Tremblay" not in data, "the dataset is compressed"
+    v = _verifier(_source(PatientName="Tremblay^Alice"))
+    assert _hits(v, data) == [("ImageComments", "name")]
+
+
+@given(st.binary(max_size=600), st.integers(0, 2000))
+@settings(max_examples=150, deadline=None)
+def test_the_gate_never_crashes_on_hostile_objects(noise: bytes, cut: int) -> None:
+    from pydicom.data import get_testdata_file
+
+    v = _verifier(_source(PatientName="Tremblay^Alice", PatientID="MRN123456"))
+    seed = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+    for data in (seed[:cut] + noise, seed[:132] + noise, noise):
+        result = v.check_bytes("k.dcm", data)  # must return, whatever the bytes
+        if data[128:132] != b"DICM":
+            assert ("(not a DICOM file)", "unverifiable-object") in _hits(v, data)
+        assert all(h.key == "k.dcm" for h in result.hits)
+    planted = seed[:400] + b" tremblay " + noise  # cut inside the header, a name after it
+    assert v.check_bytes("k.dcm", planted).hits, "a name in damaged bytes is still found"

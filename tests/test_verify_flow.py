@@ -1,0 +1,113 @@
+"""The gate inside the Prefect flow: a leak ends the run unpublished with a clear report; a clean
+run is published and audited; the secret appears in no output of either."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ridl import audit
+from ridl.cli import app
+from ridl.projects import Project, Scope, create_project
+from tests.conftest import SITES
+
+pytestmark = pytest.mark.prefect
+runner = CliRunner()
+SECRET = "s3cr3t-" + "9f2c" * 12
+
+
+def _project(project_id: str, retain: tuple[str, ...] = ()) -> None:
+    today = dt.date.today()
+    create_project(
+        Project(
+            id=project_id,
+            reb_number="REB-9",
+            title="t",
+            pi="p",
+            approved=today - dt.timedelta(days=1),
+            expires=today + dt.timedelta(days=30),
+            scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, retain),
+        )
+    )
+
+
+def test_gate_in_the_flow_blocks_a_leak_and_publishes_a_clean_release(
+    synth_dir,
+    ridl_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("RIDL_SECRET_LEAKY", SECRET)
+    monkeypatch.setenv("RIDL_SECRET_CLEAN", SECRET)
+    caplog.set_level(logging.DEBUG)
+    # A project whose approved scope keeps StudyDescription, which the synthetic DIR fills with
+    # the patient's family name: the run must end unpublished, naming where.
+    _project("leaky", retain=("StudyDescription",))
+    store = tmp_path / "store"
+    source = f"folder:{synth_dir.root}"
+    leaky = runner.invoke(
+        app, ["run", "--project", "leaky", "--release", "r1", "--source", source,
+              "--dest", f"file:{store}"],
+    )  # fmt: skip
+    assert leaky.exit_code != 0
+    assert "NOT published" in leaky.output and "verification.json" in leaky.output
+    assert not (store / "leaky/r1/summary.json").exists()
+    assert not (store / "leaky/r1/published.json").exists()
+    report = json.loads((ridl_home / "releases/leaky/r1/verification.json").read_text())
+    assert report["passed"] is False
+    assert {h["path"] for h in report["hits"]} == {"StudyDescription"}
+
+    _project("clean")
+    clean = runner.invoke(
+        app, ["run", "--project", "clean", "--release", "r1", "--source", source,
+              "--dest", f"file:{store}"],
+    )  # fmt: skip
+    assert clean.exit_code == 0, clean.output
+    assert "passed: published" in clean.output
+    assert (store / "clean/r1/published.json").exists()
+
+    verify_again = runner.invoke(
+        app, ["verify", "--project", "clean", "--release", "r1", "--dest", f"file:{store}"]
+    )
+    assert verify_again.exit_code == 0 and "PASSED" in verify_again.output
+
+    events = [(e["event"], e["fields"].get("project")) for e in audit.read_entries()]
+    for expected in [
+        ("project.created", "leaky"),
+        ("selection.frozen", "leaky"),
+        ("run.started", "leaky"),
+        ("verification.result", "leaky"),
+        ("run.started", "clean"),
+        ("verification.result", "clean"),
+        ("release.published", "clean"),
+        ("run.ended", "clean"),
+    ]:
+        assert expected in events, expected
+    assert ("release.published", "leaky") not in events
+    ended = [e["fields"] for e in audit.read_entries() if e["event"] == "run.ended"]
+    assert [(f["project"], f["status"]) for f in ended] == [
+        ("leaky", "VerificationFailed"),
+        ("clean", "published"),
+    ]
+    started = next(e for e in audit.read_entries() if e["event"] == "run.started")
+    assert len(started["fields"]["recipe_sha256"]) == 64 and started["who"]
+    count, problems = audit.verify_log()
+    assert count >= 10 and problems == []
+
+    # The secret is in no file written, no output printed and no log record.
+    for path in list(ridl_home.rglob("*")) + list(store.rglob("*")):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path.name
+    assert SECRET not in leaky.output + clean.output + verify_again.output
+    assert SECRET not in caplog.text
+    # Nor does PHI reach the audit log or the report.
+    audit_text = audit.log_path().read_text()
+    report_text = (ridl_home / "releases/leaky/r1/verification.json").read_text()
+    for value in synth_dir.phi_strings():
+        assert value not in audit_text and value not in report_text
