@@ -157,7 +157,7 @@ class Engine:
         state = _State(subject)
         if self.recipe.uses_clean:
             state.identifying = _identifying_tokens(ds)
-        self._walk(ds, state, 0, clean=False)
+        self._walk(ds, state, 0, mode="")
         for tag, expr in self._adds:
             vr = dictionary_VR(tag)
             value = self._value(expr, vr, None, state)
@@ -209,7 +209,14 @@ class Engine:
 
     # ---- walking ----
 
-    def _walk(self, ds: Dataset, state: _State, depth: int, clean: bool) -> None:
+    def _walk(self, ds: Dataset, state: _State, depth: int, mode: str) -> None:
+        """De-identify one dataset level.
+
+        ``mode`` is "" at the top and in kept / UID-remapped sequences, "clean" inside a
+        sequence a func:clean rule names (Clean Structured Content, Clean Graphics) and
+        "dummy" inside a sequence the basic profile replaces with a dummy (D): the structure
+        stays (a Type 1 sequence stays valid) and every free text in it becomes a dummy.
+        """
         if depth > MAX_DEPTH:
             raise DeidError("sequence-too-deep", f"more than {MAX_DEPTH} levels")
         elements = _elements(ds)
@@ -227,31 +234,31 @@ class Engine:
             raw = elements[tag]
             name, value, vr = self._decide(tag, raw.VR)
             if name == "UNMATCHED":
-                if clean:
-                    name, value = _clean_default(vr)
+                if mode:
+                    name, value = _mode_default(vr, mode)
                 elif not self.secure:
                     name = "KEEP"
                 elif vr == "UI":
                     name, value = "REPLACE", "func:uid"
                 else:
                     name = "REMOVE"
-            elif clean and name == "KEEP" and vr in FREE_TEXT_VRS:
-                name, value = "REPLACE", "func:clean"  # inside cleaned content, text is cleaned
+            elif mode and name == "KEEP" and vr in FREE_TEXT_VRS:
+                name, value = "REPLACE", f"func:{mode}"  # text inside cleaned / dummied content
             if name == "REMOVE":
                 del elements[tag]
                 continue
             if name == "KEEP":
                 if vr == "SQ":
-                    self._walk_items(ds, tag, state, depth, clean=clean)
+                    self._walk_items(ds, tag, state, depth, mode)
                 elif vr == "UN" and tag != PIXEL_DATA:
                     # Value representation unknown: its contents cannot be checked.
                     raise DeidError("unknown-vr", str(Tag(tag)))
                 continue
-            self._change(ds, tag, name, value, vr, state, depth)
+            self._change(ds, tag, name, value, vr, state, depth, mode)
         if private:
             self._private(ds, private, state, depth)
 
-    def _walk_items(self, ds: Dataset, tag: int, state: _State, depth: int, clean: bool) -> None:
+    def _walk_items(self, ds: Dataset, tag: int, state: _State, depth: int, mode: str) -> None:
         raw = _elements(ds)[tag]
         if (
             isinstance(raw, RawDataElement)
@@ -273,7 +280,7 @@ class Engine:
         except Exception as exc:  # a sequence pydicom cannot parse
             raise DeidError("unparseable-sequence", type(exc).__name__) from None
         for item in items:
-            self._walk(item, state, depth + 1, clean)
+            self._walk(item, state, depth + 1, mode)
 
     def _change(
         self,
@@ -284,14 +291,17 @@ class Engine:
         vr: str,
         state: _State,
         depth: int,
+        mode: str = "",
     ) -> None:
         elements = _elements(ds)
         if vr == "SQ":
             if name == "REPLACE" and expr == "func:uid":
                 # X/Z/U* reference sequences: keep them, remap UIDs and de-identify the items.
-                self._walk_items(ds, tag, state, depth, clean=False)
+                self._walk_items(ds, tag, state, depth, mode)
             elif name == "REPLACE" and expr == "func:clean":
-                self._walk_items(ds, tag, state, depth, clean=True)
+                self._walk_items(ds, tag, state, depth, "clean")
+            elif name == "REPLACE" and expr == "func:dummy":
+                self._walk_items(ds, tag, state, depth, "dummy")
             elif name in ("BLANK", "REPLACE"):
                 elements[tag] = DataElement(tag, "SQ", Sequence())
             else:  # JITTER of a sequence: nothing to shift, nothing known safe
@@ -350,7 +360,7 @@ class Engine:
             if tag not in keep:
                 del elements[tag]
             elif elements[tag].VR == "SQ":
-                self._walk_items(ds, tag, state, depth, clean=False)
+                self._walk_items(ds, tag, state, depth, "")
 
     # ---- values ----
 
@@ -554,10 +564,12 @@ def _elements(ds: Dataset) -> MutableMapping[int, Any]:
     return cast("MutableMapping[int, Any]", ds._dict)
 
 
-def _clean_default(vr: str) -> tuple[str, str | None]:
-    """Inside a sequence being cleaned, what an element no rule names becomes."""
-    if vr == "SQ" or vr in FREE_TEXT_VRS:
-        return "REPLACE", "func:clean"
+def _mode_default(vr: str, mode: str) -> tuple[str, str | None]:
+    """Inside a sequence being cleaned or dummied, what an element no rule names becomes."""
+    if vr == "SQ":
+        return "KEEP", None  # walked in the same mode
+    if vr in FREE_TEXT_VRS or (mode == "dummy" and vr in ("DA", "DT", "TM")):
+        return "REPLACE", f"func:{mode}"
     if vr == "UI":
         return "REPLACE", "func:uid"
     if vr == "UN":

@@ -393,5 +393,32 @@ def show_summary(
     sys.stdout.write("\n")
 
 
+@app.command("deid")
+def deid_folder(
+    src: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them.")],
+    dst: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
+    project: Annotated[str, typer.Option(help="REB project whose recipe and keys to use.")],
+) -> None:
+    """De-identify a folder with a project's recipe and keys, outside any run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from deid_recipes.batch import deidentify_folder, iter_files
+
+    if not src.exists():
+        _fail(f"{src} does not exist: give a DICOM file or folder")
+    total = sum(1 for _ in iter_files(src))
+    try:
+        with Progress(
+            TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
+        ) as bar:
+            task = bar.add_task("deid", total=total)
+            summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    json.dump(summary.as_dict(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -180,7 +180,10 @@ def test_clean_structured_content_cleans_nested_text() -> None:
     item.ConceptNameCodeSequence[0].CodeMeaning = "Finding for Josee"
     ds.ContentSequence = Sequence([item])
     basic = engine().apply(copy.deepcopy(ds), SUBJECT)
-    assert len(basic.ContentSequence) == 0  # D on a sequence: emptied
+    # D on a sequence: the structure stays (Type 1 in SR), every text in it is a dummy.
+    assert basic.ContentSequence[0].TextValue == "ANON"
+    assert basic.ContentSequence[0].ConceptNameCodeSequence[0].CodeMeaning == "ANON"
+    assert basic.ContentSequence[0].ValueType == "TEXT"
     cleaned = engine("clean-structured-content").apply(ds, SUBJECT)
     content = cleaned.ContentSequence[0]
     assert content.TextValue == "Patient has a nodule"
@@ -196,7 +199,8 @@ def test_clean_graphics_keeps_annotation_text_minus_identifiers() -> None:
     layer.GraphicLayer = "LAYER1"
     layer.TextObjectSequence = Sequence([text])
     ds.GraphicAnnotationSequence = Sequence([layer])
-    assert len(engine().apply(copy.deepcopy(ds), SUBJECT).GraphicAnnotationSequence) == 0
+    dummied = engine().apply(copy.deepcopy(ds), SUBJECT).GraphicAnnotationSequence[0]
+    assert dummied.TextObjectSequence[0].UnformattedTextValue == "ANON"
     graphics = engine("clean-graphics").apply(copy.deepcopy(ds), SUBJECT)
     layer_out = graphics.GraphicAnnotationSequence[0]
     assert layer_out.GraphicLayer == "LAYER1"  # the annotation is kept...
