@@ -65,6 +65,9 @@ BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW"}
 TEXT_VRS = {"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
 FREE_TEXT_VRS = {"LO", "LT", "SH", "ST", "UC", "UT", "PN"}
 PIXEL_DATA = 0x7FE00010
+# Code Value, Coding Scheme Designator / Version, Long Code Value, URN Code Value: the
+# identity of a coded concept, kept as is even inside cleaned or dummied content.
+CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120})
 ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
 SPECIFIC_CHARACTER_SET = 0x00080005
 DEID_METHOD = 0x00120063
@@ -242,7 +245,7 @@ class Engine:
                     name, value = "REPLACE", "func:uid"
                 else:
                     name = "REMOVE"
-            elif mode and name == "KEEP" and vr in FREE_TEXT_VRS:
+            elif mode and name == "KEEP" and vr in FREE_TEXT_VRS and tag not in CODE_TAGS:
                 name, value = "REPLACE", f"func:{mode}"  # text inside cleaned / dummied content
             if name == "REMOVE":
                 del elements[tag]
