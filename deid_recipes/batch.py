@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from curation.integrity import Rejected, check_pixel_data
 from curation.quarantine import quarantine_file
 from deid_recipes.engine import DeidError, Engine, SubjectContext
+from deid_recipes.fastpath import deidentify_file
 from deid_recipes.recipe import load_recipe
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
@@ -78,6 +79,23 @@ class FolderDeidentifier:
             raise DeidError("unparseable-element", type(exc).__name__) from None
         return SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
 
+    def deidentify_to(self, path: Path, dst: Path) -> tuple[str, int]:
+        """De-identify one object into ``dst``; (research ID, bytes written).
+
+        The fast path (header de-identified, pixel data copied by the kernel) serves the common
+        layout; anything else goes through the whole-object path. Raises Rejected / DeidError.
+        """
+        done = deidentify_file(self.engine, self.subject, path, lambda ds, s: target(dst, ds, s))
+        if done is not None:
+            _, subject, size = done
+            return subject.research_id, size
+        ds, data, subject = self.deidentify_bytes(path)
+        out = target(dst, ds, subject)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+        return subject.research_id, len(data)
+
     def deidentify_bytes(self, path: Path) -> tuple[Dataset, bytes, SubjectContext]:
         """Read, check, de-identify and encode one object; raise Rejected or DeidError."""
         try:
@@ -94,6 +112,13 @@ class FolderDeidentifier:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         return ds, buffer.getvalue(), subject
+
+
+def target(dst: Path, ds: Dataset, subject: SubjectContext) -> Path:
+    """``dst/<research id>/<study>/<series>/<sop>.dcm``, folders created."""
+    folder = dst / subject.research_id / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{ds.SOPInstanceUID}.dcm"
 
 
 def iter_files(src: Path) -> Iterator[Path]:
@@ -119,7 +144,7 @@ def deidentify_folder(
         summary.files += 1
         summary.bytes_in += path.stat().st_size
         try:
-            ds, data, subject = worker.deidentify_bytes(path)
+            research_id, size = worker.deidentify_to(path, dst)
         except Rejected as rej:
             _quarantine(project_id, path, rej.reason, rej.detail, summary)
         except DeidError as err:
@@ -127,15 +152,8 @@ def deidentify_folder(
         except Exception as exc:  # never let one object stop the batch
             _quarantine(project_id, path, "write-failed", type(exc).__name__, summary)
         else:
-            research_id = subject.research_id
-            out = dst / research_id / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / f"{ds.SOPInstanceUID}.dcm"
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
             summary.exported += 1
-            summary.bytes_out += len(data)
+            summary.bytes_out += size
             summary.subjects.add(research_id)
         if on_file is not None:
             on_file()

@@ -42,6 +42,7 @@ from ridl import __version__
 from ridl.pseudonyms import Pseudonymizer
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1420.1"
+IMPLEMENTATION_VERSION = f"RIDL_{__version__}"[:16]
 MAX_DEPTH = 32
 DUMMY_BY_VR: dict[str, Any] = {
     "PN": "ANONYMOUS",
@@ -145,6 +146,7 @@ class Engine:
                 raise DeidError("unknown-retained-attribute", keyword)
             self.retain.add(tag)
         self.secure = recipe.unmatched == "REMOVE"
+        self.uses_clean = recipe.uses_clean
         self._plan: dict[tuple[int, str | None], tuple[str, str | None, str]] = {}
         self.method = _method_values(recipe)
         self._codes = recipe.codes
@@ -158,7 +160,7 @@ class Engine:
         if meta is None or "TransferSyntaxUID" not in meta:
             raise DeidError("no-transfer-syntax")
         state = _State(subject)
-        if self.recipe.uses_clean:
+        if self.uses_clean:
             state.identifying = _identifying_tokens(ds)
         self._walk(ds, state, 0, mode="")
         for tag, expr in self._adds:
@@ -206,6 +208,8 @@ class Engine:
             name, value = action.name, action.value
         if tag == ORIGINAL_ATTRIBUTES_SEQUENCE:
             name, value = "REMOVE", None
+        if tag == PIXEL_DATA and name == "UNMATCHED":
+            name = "KEEP"  # pixel bytes go through untouched unless a recipe names them
         decision = (name, value, vr)
         self._plan[key] = decision
         return decision
@@ -441,7 +445,7 @@ class Engine:
             raise DeidError("no-sop-instance") from None
         meta.TransferSyntaxUID = old.TransferSyntaxUID
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = f"RIDL_{__version__}"[:16]
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
 
 
