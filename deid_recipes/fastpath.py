@@ -45,7 +45,7 @@ from deid_recipes.engine import (
     _State,
 )
 
-CHUNK = 64 * 1024
+CHUNK = 16 * 1024
 MAX_HEADER = 16 * 1024 * 1024
 PIXEL_DATA = 0x7FE00010
 ITEM, SEQ_END = 0xFFFEE000, 0xFFFEE0DD
@@ -539,11 +539,15 @@ def deidentify_file(
                 result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))
         result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
         target = write_to(result, subject)
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as out_file:
-            out_file.write(head)
-            out_file.flush()
+        tmp = str(target) + ".tmp"
+        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(head)
+            while view:
+                view = view[os.write(out_fd, view) :]
             count = size - header.pixel_offset
-            _copy_range(fp.fileno(), out_file.fileno(), header.pixel_offset, count)
-        tmp.replace(target)
+            _copy_range(fp.fileno(), out_fd, header.pixel_offset, count)
+        finally:
+            os.close(out_fd)
+        os.replace(tmp, target)
         return result, subject, len(head) + size - header.pixel_offset
