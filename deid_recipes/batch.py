@@ -68,7 +68,13 @@ class FolderDeidentifier:
         )
 
     def subject(self, ds: Dataset) -> SubjectContext:
-        """Research ID and date shift from HN (Other Patient IDs) or the patient couplet."""
+        """Research ID and date shift from HN (Other Patient IDs) or the patient couplet.
+
+        Called on the original header before any change, so it also holds back an object whose
+        pixels carry burned-in text (no header rule sees it) for review, as a run does.
+        """
+        if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
+            raise Rejected("burned-in-annotation")
         try:
             key = SubjectKey(
                 health_number(ds, self.project.hn_issuer),

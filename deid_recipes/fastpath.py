@@ -296,8 +296,9 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
         count -= done
 
 
-# Elements the subject key is computed from (read before anything changes).
-SUBJECT_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002})
+# Elements the subject key is computed from (read before anything changes), and Burned In
+# Annotation, which callers check before exporting anything.
+SUBJECT_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002, 0x00280301})
 SPECIFIC_CHARACTER_SET = 0x00080005
 # With func:clean, the values clean_text removes tokens of are read up front as well.
 IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(

@@ -88,6 +88,14 @@ def project_create(
         list[str] | None, typer.Option(help="Approved recipient of the data (repeat).")
     ] = None,
     recipe: Annotated[str, typer.Option(help="De-identification recipe name.")] = "ridl-basic",
+    deid_option: Annotated[
+        list[str] | None,
+        typer.Option(help="PS3.15 option the project uses (repeat; recipe ps3.15-basic)."),
+    ] = None,
+    allow_deid_option: Annotated[
+        list[str] | None,
+        typer.Option(help="PS3.15 option the REB approved for this project (repeat)."),
+    ] = None,
     hn_issuer: Annotated[
         str, typer.Option(help="Issuer that marks the health number in Other Patient IDs.")
     ] = "HN",
@@ -109,14 +117,17 @@ def project_create(
                 modalities=tuple(m.upper() for m in modality),
                 sites=tuple(site),
                 retain=tuple(retain or ()),
+                deid_options=tuple(allow_deid_option or ()),
             ),
             recipients=tuple(recipient or ()),
             recipe=recipe,
             hn_issuer=hn_issuer,
+            deid_options=tuple(deid_option or ()),
         )
         from deid_recipes import find_recipe
 
         find_recipe(recipe)
+        project.check_deid()
         path = create_project(project)
     except RidlError as exc:
         _fail(str(exc))

@@ -58,8 +58,25 @@ def test_deid_command_writes_deidentified_tree_and_summary(synth_dir, tmp_path: 
             linked.setdefault(reg.person.health_number, set()).add(reg.issuer)
     assert any(len(sites) > 1 for sites in linked.values())
     assert summary["subjects"] < len(synth_dir.registrations)
+    assert summary["quarantined"].get("burned-in-annotation", 0) >= 1  # held for review
     for reason in summary["quarantined"]:
         assert re.fullmatch(r"[a-z0-9-]+", reason)
+
+
+def test_project_create_records_options_and_refuses_unapproved_ones() -> None:
+    base = [
+        "project", "create", "opt-cli", "--reb-number", "R-1", "--title", "T", "--pi", "P",
+        "--approved", "2026-01-01", "--expires", "2030-01-01", "--from", "2016-01-01",
+        "--to", "2024-12-31", "--modality", "CT", "--site", "SITE-A",
+        "--recipe", "ps3.15-basic", "--deid-option", "retain-uids",
+    ]  # fmt: skip
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2 and "deid_options" in refused.output
+    accepted = CliRunner().invoke(app, [*base, "--allow-deid-option", "retain-uids"])
+    assert accepted.exit_code == 0, accepted.output
+    data = tomllib.loads(project_path("opt-cli").read_text())
+    assert data["deid_options"] == ["retain-uids"]
+    assert data["scope"]["deid_options"] == ["retain-uids"]
 
 
 def test_deid_command_refuses_an_option_outside_the_scope(synth_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
