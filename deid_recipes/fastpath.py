@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
-from curation.integrity import Rejected, expected_native_length
+from curation.integrity import Rejected
 from deid_recipes.engine import (
     BINARY_VRS,
     DUMMY_BY_VR,
@@ -90,6 +91,7 @@ class Header:
     syntax: str
     pixel_offset: int  # start of the (7FE0,0010) element
     pixel_end: int  # end of the pixel data element (the file size: it is last)
+    elements: list[tuple[int, int, int, str]]  # top-level (tag, begin, end, VR) before it
 
 
 def _u16(data: bytes, pos: int) -> int:
@@ -142,47 +144,45 @@ def _skip_undefined(data: bytes, pos: int) -> int:
             raise _Truncated
 
 
-def _scan(data: bytes, start: int) -> int | None:
-    """Offset of the pixel data element, or None when the dataset ends without one."""
-    pos = start
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise _Truncated
-        tag = _tag(data, pos)
-        if tag == PIXEL_DATA:
-            return pos
-        vr = data[pos + 4 : pos + 6]
-        if vr in LONG_VRS:
-            if pos + 12 > len(data):
-                raise _Truncated
-            length = _u32(data, pos + 8)
-            pos += 12
-        else:
-            length = _u16(data, pos + 6)
-            pos += 8
-        pos = _skip_undefined(data, pos) if length == UNDEFINED else pos + length
-    if pos > len(data):
-        raise _Truncated
-    return None
+_HEAD = struct.Struct("<HH2sH")
+_LEN = struct.Struct("<I")
+_LONG = frozenset(LONG_VRS)
+Element = tuple[int, int, int, str]
 
 
-def _split(data: bytes, start: int, stop: int) -> list[tuple[int, int, int, str]]:
-    """Top-level elements of ``data[start:stop]``: (tag, begin, end, VR)."""
-    out: list[tuple[int, int, int, str]] = []
+def _walk_top(data: bytes, start: int, stop: int) -> tuple[list[Element], int | None]:
+    """Top-level elements of ``data[start:stop]`` (tag, begin, end, VR), stopping at the pixel
+    data element, whose offset is returned too (None when the data ends without one).
+    Raises _Truncated when an element runs past the bytes read so far."""
+    out: list[Element] = []
     pos = start
+    unpack, length_at = _HEAD.unpack_from, _LEN.unpack_from
+    limit = len(data)
     while pos < stop:
-        tag = _tag(data, pos)
-        vr = data[pos + 4 : pos + 6]
-        if vr in LONG_VRS:
-            length = _u32(data, pos + 8)
+        if pos + 8 > limit:
+            raise _Truncated
+        group, element, vr, length = unpack(data, pos)
+        tag = (group << 16) | element
+        if tag == PIXEL_DATA:
+            return out, pos
+        if vr in _LONG:
+            if pos + 12 > limit:
+                raise _Truncated
+            length = length_at(data, pos + 8)[0]
             value_at = pos + 12
         else:
-            length = _u16(data, pos + 6)
             value_at = pos + 8
         end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        if end > limit:
+            raise _Truncated
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
         pos = end
-    return out
+    return out, None
+
+
+def _split(data: bytes, start: int, stop: int) -> list[Element]:
+    """Top-level elements of encoded bytes that hold no pixel data."""
+    return _walk_top(data, start, stop)[0]
 
 
 def _meta_end(data: bytes) -> tuple[int, str] | None:
@@ -216,7 +216,7 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
         return None
     while True:
         try:
-            pixel = _scan(data, start)
+            elements, pixel = _walk_top(data, start, len(data))
             break
         except _Truncated:
             if len(data) >= size or len(data) >= MAX_HEADER:
@@ -247,25 +247,30 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
     if end != size:
         return None  # elements after the pixel data: let the whole-object path see them
     if not UID(syntax).is_encapsulated:
-        _check_native_length(data, start, pixel, length)
-    return Header(data, start, syntax, pixel, end)
+        _check_native_length(data, elements, length)
+    return Header(data, start, syntax, pixel, end, elements)
 
 
-IMAGE_TAGS = (0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
+SAMPLES, FRAMES, ROWS, COLUMNS, BITS = 0x00280002, 0x00280008, 0x00280010, 0x00280011, 0x00280100
 
 
-def _check_native_length(data: bytes, start: int, pixel: int, length: int) -> None:
+def _check_native_length(data: bytes, elements: list[Element], length: int) -> None:
     """Quarantine native pixel data shorter than Rows x Columns x samples x frames says."""
-    wanted = [data[b:e] for tag, b, e, _ in _split(data, start, pixel) if tag in IMAGE_TAGS]
-    if not wanted:
+    values: dict[int, bytes] = {}
+    for tag, begin, end, vr in elements:
+        if tag in (SAMPLES, FRAMES, ROWS, COLUMNS, BITS):
+            values[tag] = data[begin + (12 if vr.encode() in _LONG else 8) : end]
+    if ROWS not in values:
         return
     try:
-        ds = read_dataset(io.BytesIO(b"".join(wanted)), False, True)
-        if "Rows" not in ds:
-            return
-        expected = expected_native_length(ds)
-    except Exception as exc:
+        rows, columns = (int.from_bytes(values[t][:2], "little") for t in (ROWS, COLUMNS))
+        bits = int.from_bytes(values[BITS][:2], "little")
+        samples = int.from_bytes(values.get(SAMPLES, b"\x01\x00")[:2], "little")
+        frames_text = values.get(FRAMES, b"1").decode("ascii").strip(" \x00") or "1"
+        frames = int(float(frames_text))
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise Rejected("unreadable", type(exc).__name__) from None
+    expected = (rows * columns * samples * frames * bits + 7) // 8
     if length < expected:
         raise Rejected("truncated", "pixel data shorter than the image")
 
@@ -485,7 +490,7 @@ def deidentify_file(
         if header is None:
             return None
         data = header.raw
-        elements = _split(data, header.start, header.pixel_offset)
+        elements = header.elements
         wanted = IDENTIFYING_TAGS if engine.uses_clean else SUBJECT_TAGS
         keyed = [data[b:e] for t, b, e, _ in elements if t in wanted]
         charset = [data[b:e] for t, b, e, _ in elements if t == SPECIFIC_CHARACTER_SET]
