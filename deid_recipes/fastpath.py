@@ -38,6 +38,7 @@ from deid_recipes.engine import (
     IDENTIFYING_KEYWORDS,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
+    MAX_DEPTH,
     DeidError,
     Engine,
     SubjectContext,
@@ -178,6 +179,31 @@ def _walk_top(data: bytes, start: int, stop: int) -> tuple[list[Element], int | 
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
         pos = end
     return out, None
+
+
+def _item_elements(data: bytes, pos: int) -> tuple[list[Element], int]:
+    """Elements of an undefined-length item starting at ``pos``, and the end of its delimiter."""
+    out: list[Element] = []
+    limit = len(data)
+    while True:
+        if pos + 8 > limit:
+            raise _Truncated
+        group, element, vr, length = _HEAD.unpack_from(data, pos)
+        tag = (group << 16) | element
+        if tag == 0xFFFEE00D:
+            return out, pos + 8
+        if vr in _LONG:
+            if pos + 12 > limit:
+                raise _Truncated
+            length = _LEN.unpack_from(data, pos + 8)[0]
+            value_at = pos + 12
+        else:
+            value_at = pos + 8
+        end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        if end > limit:
+            raise _Truncated
+        out.append((tag, pos, end, vr.decode("ascii", "replace")))
+        pos = end
 
 
 def _split(data: bytes, start: int, stop: int) -> list[Element]:
@@ -360,9 +386,9 @@ class ByteEngine:
         return {tag: part for tag, part in _encode(probe).items()}
 
     def element(
-        self, tag: int, vr: str, raw: bytes, value_at: int, subject: SubjectContext
+        self, tag: int, vr: str, raw: bytes, value_at: int, subject: SubjectContext, depth: int = 0
     ) -> bytes | None:
-        """The output bytes of one top-level public element (None: dropped)."""
+        """The output bytes of one public element (None: dropped)."""
         engine = self.engine
         name, expr, dict_vr = engine._decide(tag, vr)
         if name == "UNMATCHED":
@@ -374,8 +400,19 @@ class ByteEngine:
                 return None
         if name == "REMOVE":
             return None
-        if dict_vr in ("SQ", "UN") or vr in ("SQ", "UN"):
+        if dict_vr == "UN" or vr == "UN":
             raise _HandOff
+        if dict_vr == "SQ" or vr == "SQ":
+            if vr != "SQ":
+                raise _HandOff
+            if name == "BLANK":
+                return encode_element(tag, "SQ", b"")
+            if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
+                # Kept and X/Z/U* reference sequences: keep, de-identify every item.
+                return encode_element(tag, "SQ", self._sequence(raw[value_at:], subject, depth))
+            if name == "JITTER":
+                return None
+            raise _HandOff  # dummy or clean content: the engine's dataset path
         if name == "KEEP":
             return raw
         value = raw[value_at:]
@@ -394,6 +431,58 @@ class ByteEngine:
             if expr == "func:dummy":
                 return self._dummy(tag, vr)
         raise _HandOff
+
+    def _sequence(self, value: bytes, subject: SubjectContext, depth: int) -> bytes:
+        """A sequence value re-encoded with every item's elements de-identified."""
+        if depth >= MAX_DEPTH:
+            raise _HandOff
+        items: list[bytes] = []
+        pos, size = 0, len(value)
+        while pos < size:
+            if pos + 8 > size:
+                raise DeidError("unparseable-sequence", "item header cut short")
+            tag, length = _tag(value, pos), _u32(value, pos + 4)
+            if tag == SEQ_END:
+                if pos + 8 != size:
+                    raise DeidError("unparseable-sequence", "bytes after the delimiter")
+                break
+            if tag != ITEM:
+                raise DeidError("unparseable-sequence", "expected an item tag")
+            pos += 8
+            try:
+                if length == UNDEFINED:
+                    elements, pos = _item_elements(value, pos)
+                else:
+                    if pos + length > size:
+                        raise DeidError("unparseable-sequence", "item longer than its sequence")
+                    elements, pixel = _walk_top(value, pos, pos + length)
+                    if pixel is not None:
+                        raise _HandOff  # an icon image inside: the dataset path
+                    if elements and elements[-1][2] != pos + length:
+                        raise DeidError("unparseable-sequence", "elements overrun the item")
+                    pos += length
+            except _Truncated:
+                raise DeidError("unparseable-sequence", "element cut short") from None
+            parts: list[bytes] = []
+            for tag_, begin, end, vr in elements:
+                group = tag_ >> 16
+                if group == 0xFFFE:
+                    raise DeidError("unparseable-sequence", "delimiter inside an item")
+                if not tag_ & 0xFFFF:
+                    continue
+                if group & 1:
+                    if self.engine.recipe.safe_private:
+                        raise _HandOff
+                    continue
+                if tag_ == SPECIFIC_CHARACTER_SET:
+                    raise _HandOff
+                at = begin + (12 if vr.encode() in _LONG else 8)
+                out = self.element(tag_, vr, value[begin:end], at - begin, subject, depth + 1)
+                if out is not None:
+                    parts.append(out)
+            content = b"".join(parts)
+            items.append(b"\xfe\xff\x00\xe0" + len(content).to_bytes(4, "little") + content)
+        return b"".join(items)
 
     def _uids(self, value: bytes) -> bytes:
         text = value.decode("ascii", "replace").rstrip("\x00 ")

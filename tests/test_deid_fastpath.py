@@ -59,3 +59,41 @@ def test_fast_path_equals_dataset_path(spec: str, synth_dir, tmp_path: Path) -> 
         assert fast.PixelData == dcmread(path).PixelData
         taken += 1
     assert taken >= 5
+
+
+def _nested_file(tmp_path: Path, name: str = "nested.dcm") -> Path:
+    from .test_deid_profiles import _with_private
+
+    ds = _with_private("Philips PET Private Group", 0x00, "1.5")
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = bytes(range(8))
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("spec", RECIPES)
+def test_fast_path_walks_nested_references_like_the_engine(spec: str, tmp_path: Path) -> None:
+    engine = Engine(load_recipe(spec), Pseudonymizer(b"n" * 64))
+    path = _nested_file(tmp_path)
+    target = tmp_path / "out.dcm"
+    assert deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: target) is not None
+    fast, slow = dcmread(target), _slow(engine, path)
+    assert _fields(fast) == _fields(slow)
+    assert "CurrentRequestedProcedureEvidenceSequence" in fast
+
+
+def test_fast_path_refuses_a_broken_sequence(tmp_path: Path) -> None:
+    from deid_recipes import DeidError
+
+    path = _nested_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(bytes.fromhex("08004011"))  # Referenced Image Sequence
+    item = data.find(b"\xfe\xff\x00\xe0", at)
+    data[item + 4 : item + 8] = (7).to_bytes(4, "little")  # the item now cuts an element
+    path.write_bytes(bytes(data))
+    engine = Engine(load_recipe("ridl-safe-public+ps3.15-basic"), Pseudonymizer(b"n" * 64))
+    with pytest.raises(DeidError, match="unparseable-sequence"):
+        deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
