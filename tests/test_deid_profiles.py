@@ -347,3 +347,16 @@ def test_synthetic_ct_with_ps315_profile_leaks_nothing(synth_dir) -> None:  # ty
     for value in [*phi, uid]:
         assert value.encode() not in data
     assert len(done.PixelData) == 64 * 64 * 2
+
+
+def test_text_that_cannot_be_decoded_is_refused_when_it_must_be_cleaned(tmp_path: Path) -> None:
+    from pydicom.dataelem import DataElement
+
+    ds = sample()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    ds.add(DataElement(0x00081030, "LO", b"CT \xff\xfe chest"))  # Study Description
+    path = tmp_path / "bad-text.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DeidError, match="undecodable-text"):
+        engine("clean-descriptors").apply(dcmread(path), SUBJECT)
+    assert "StudyDescription" not in engine().apply(dcmread(path), SUBJECT)  # X: no decoding
