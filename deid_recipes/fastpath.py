@@ -3,14 +3,17 @@
 Why: pixel data is most of the bytes of an image and the profile never changes them, yet reading
 them into Python and writing them back is what makes a pydicom round trip run at about 0.3x of a
 file copy. For the common layout (explicit VR little endian, pixel data the last element of the
-dataset) this module reads only the header bytes, hands them to the engine as a small dataset,
-writes the de-identified header, then appends the pixel data element by ``os.copy_file_range``
+dataset) this module reads only the header bytes and applies the engine's per-tag plan to them
+as bytes (:class:`ByteEngine`: copy, drop, blank, dummy, UID remap, research ID, date shift, and
+kept / UID-remapped sequences item by item); only what needs more (dummied or cleaned content,
+safe private blocks, nested character sets) goes to :class:`Engine` as a small dataset. It then
+writes the de-identified header and appends the pixel data element by ``os.copy_file_range``
 (``os.sendfile`` where that is missing) straight from the source file, so those bytes never pass
 through Python.
 
 Anything else (implicit VR, big endian, deflate, elements after the pixel data, a header larger
 than ``MAX_HEADER``) returns ``None`` from :func:`read_header`, and the caller uses the ordinary
-whole-object path; both give the same output.
+whole-object path; both give the same output (``tests/test_deid_fastpath.py`` checks it).
 """
 
 from __future__ import annotations
