@@ -548,15 +548,23 @@ def _value(part: bytes) -> bytes:
     return part[12:] if vr in LONG_VRS else part[8:]
 
 
-_BYTE_ENGINES: dict[int, ByteEngine] = {}
+_BYTE_ENGINES: dict[int, ByteEngine | None] = {}
 
 
-def byte_engine(engine: Engine) -> ByteEngine:
-    """One ByteEngine per Engine (its constant elements are computed once)."""
-    found = _BYTE_ENGINES.get(id(engine))
-    if found is None or found.engine is not engine:
-        found = _BYTE_ENGINES[id(engine)] = ByteEngine(engine)
-    return found
+def byte_engine(engine: Engine) -> ByteEngine | None:
+    """One ByteEngine per Engine (its constant elements are computed once); None when the
+    recipe ADDs computed values, which only the dataset path gives."""
+    key = id(engine)
+    if key in _BYTE_ENGINES:
+        found = _BYTE_ENGINES[key]
+        if found is None or found.engine is engine:
+            return found
+    try:
+        made: ByteEngine | None = ByteEngine(engine)
+    except ValueError:
+        made = None
+    _BYTE_ENGINES[key] = made
+    return made
 
 
 def deidentify_file(
@@ -574,8 +582,9 @@ def deidentify_file(
     IDs; ``write_to(dataset, subject)`` names the target file. Returns a dataset with the new
     Study / Series / SOP Instance UIDs, the subject and the bytes written.
     """
-    if engine._decide(PIXEL_DATA, None)[0] != "KEEP":
-        return None  # the recipe changes pixel data: not a verbatim copy
+    fast = byte_engine(engine)
+    if fast is None or engine._decide(PIXEL_DATA, None)[0] != "KEEP":
+        return None  # computed ADDs or changed pixel data: the dataset path
     with open(src, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         header = read_header(fp, size)
@@ -593,7 +602,6 @@ def deidentify_file(
         if charset:
             _check_charset(tiny)
         subject = subject_for(tiny)
-        fast = byte_engine(engine)
         parts: dict[int, bytes] = {}
         handed: list[bytes] = []
         for tag, begin, end, vr in elements:

@@ -97,3 +97,12 @@ def test_fast_path_refuses_a_broken_sequence(tmp_path: Path) -> None:
     with pytest.raises(DeidError, match="unparseable-sequence"):
         deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_recipe_with_a_computed_add_takes_the_dataset_path(tmp_path: Path) -> None:
+    site = tmp_path / "site-add.dicom"
+    site.write_text("FORMAT dicom\n\n%header\n\nADD ClinicalTrialSubjectID func:research_id\n")
+    engine = Engine(load_recipe(["ridl-basic", str(site)]), Pseudonymizer(b"n" * 64))
+    path = _nested_file(tmp_path)
+    assert deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: tmp_path / "o") is None
+    assert _slow(engine, path).ClinicalTrialSubjectID == SUBJECT.research_id
