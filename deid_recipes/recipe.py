@@ -4,6 +4,22 @@ The recipe text is parsed by the ``deid`` package itself, so a recipe that works
 ``deid.dicom.replace_identifiers`` means the same thing here. Compiling resolves each rule's field
 expression against the data dictionary once per tag, so applying a plan costs one dict lookup per
 element instead of matching every rule against every element.
+
+Layers. A recipe is one file or several files layered in order (a profile, then its options,
+then a site's own file). The meaning is:
+
+* within one file, when several rules match an element, deid's precedence decides
+  (KEEP > ADD > REPLACE > JITTER > REMOVE > BLANK), ties going to the first rule, exactly as
+  ``deid.dicom.replace_identifiers`` does with that file alone;
+* across files, a later file overrides every earlier one for the attributes it names: the
+  engine asks the last layer first and takes the first layer that has a rule matching the
+  element. So ``ps3.15-retain-long-modified-dates`` turns the dates the basic profile dummies
+  into JITTER, and ``ps3.15-clean-descriptors`` turns its REMOVE / dummy into ``func:clean``;
+* one exception keeps the option tables honest: a JITTER rule on an attribute whose VR is not
+  DA, DT or TM (e.g. Timezone Offset From UTC) cannot shift anything, so it defers to the
+  earlier layers' action for that attribute;
+* ADD rules of a later layer replace earlier ADDs of the same attribute;
+* an element no layer matches gets ``unmatched``: REMOVE (ridl's secure default) or KEEP (deid's).
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ class Rule:
     action: str
     field: str
     value: str | None
+    layer: int = 0
 
     def matches(self, tag: BaseTag, keyword: str) -> bool:
         expr = self.field
@@ -72,39 +89,97 @@ def _parse_tag(expr: str) -> BaseTag | None:
     return None
 
 
+# The layer file stems that stand for a PS3.15 profile or option, with their CID 7050 code
+# (DCM scheme) and code meaning, for the De-identification Method Code Sequence.
+PS315_CODES: dict[str, tuple[str, str]] = {
+    "ps3.15-basic": ("113100", "Basic Application Confidentiality Profile"),
+    "ps3.15-clean-graphics": ("113103", "Clean Graphics Option"),
+    "ps3.15-clean-structured-content": ("113104", "Clean Structured Content Option"),
+    "ps3.15-clean-descriptors": ("113105", "Clean Descriptors Option"),
+    "ps3.15-retain-long-modified-dates": (
+        "113107",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+    ),
+    "ps3.15-retain-patient-chars": ("113108", "Retain Patient Characteristics Option"),
+    "ps3.15-retain-device-id": ("113109", "Retain Device Identity Option"),
+    "ps3.15-retain-uids": ("113110", "Retain UIDs Option"),
+    "ps3.15-retain-safe-private": ("113111", "Retain Safe Private Option"),
+    "ps3.15-retain-institution-id": ("113112", "Retain Institution Identity Option"),
+}
+SAFE_PRIVATE_LAYER = "ps3.15-retain-safe-private"
+SAFE_PRIVATE_TABLE = "ps3.15-safe-private.toml"
+TEMPORAL_VRS = frozenset({"DA", "DT", "TM"})
+
+
 @dataclass
 class Recipe:
-    """A compiled recipe: ordered rules, ADD targets, and a per-tag cache of resolved actions."""
+    """A compiled recipe: layered rules, ADD targets, and a per-tag cache of resolved actions."""
 
     name: str
     sources: tuple[Path, ...]
     rules: list[Rule]
     digest: str
     unmatched: str = "REMOVE"
+    safe_private: frozenset[tuple[str, int, int]] = frozenset()
     _cache: dict[int, Action | None] = field(default_factory=dict, repr=False)
 
     @property
-    def adds(self) -> list[Rule]:
-        return [r for r in self.rules if r.action == "ADD"]
+    def layer_names(self) -> list[str]:
+        return [p.stem for p in self.sources]
 
-    def action_for(self, tag: BaseTag) -> Action | None:
-        """The action for a public element, or None when no rule matches it."""
+    @property
+    def codes(self) -> list[tuple[str, str]]:
+        """CID 7050 codes of the PS3.15 profile and options among the layers, in order."""
+        return [PS315_CODES[n] for n in self.layer_names if n in PS315_CODES]
+
+    @property
+    def uses_clean(self) -> bool:
+        return any(r.value == "func:clean" for r in self.rules)
+
+    @property
+    def adds(self) -> list[Rule]:
+        """ADD rules, one per attribute: the last layer's ADD of an attribute wins."""
+        chosen: dict[str, Rule] = {}
+        for rule in self.rules:
+            if rule.action != "ADD":
+                continue
+            key = str(_resolve_field(rule.field))
+            previous = chosen.get(key)
+            if previous is None or previous.layer < rule.layer:
+                chosen[key] = rule
+        return list(chosen.values())
+
+    def action_for(self, tag: BaseTag, vr: str = "") -> Action | None:
+        """The action for a public element, or None when no layer has a rule matching it."""
         try:
             return self._cache[tag]
         except KeyError:
             pass
         keyword = keyword_for_tag(tag) if tag in _KNOWN else ""
-        best: Rule | None = None
+        per_layer: dict[int, Rule] = {}
         for rule in self.rules:
-            if rule.action == "ADD":
+            if rule.action == "ADD" or not rule.matches(tag, keyword):
                 continue
-            if rule.matches(tag, keyword) and (
-                best is None or PRIORITY[rule.action] > PRIORITY[best.action]
-            ):
-                best = rule
-        result = Action(best.action, best.value) if best else None
+            best = per_layer.get(rule.layer)
+            if best is None or PRIORITY[rule.action] > PRIORITY[best.action]:
+                per_layer[rule.layer] = rule
+        result: Action | None = None
+        for layer in sorted(per_layer, reverse=True):
+            rule = per_layer[layer]
+            if rule.action == "JITTER" and vr and vr not in TEMPORAL_VRS:
+                continue  # nothing to shift: the earlier layers decide
+            result = Action(rule.action, rule.value)
+            break
         self._cache[tag] = result
         return result
+
+
+def _resolve_field(expr: str) -> int | str:
+    tag = tag_for_keyword(expr)
+    if tag is not None:
+        return int(tag)
+    parsed = _parse_tag(expr)
+    return int(parsed) if parsed is not None else expr
 
 
 class _KnownTags:
@@ -163,21 +238,48 @@ def parse_recipe_file(path: Path) -> list[Rule]:
     return rules
 
 
-def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
-    """Load and compile one recipe, or several layered in order (later files add rules).
+def load_safe_private(path: Path) -> frozenset[tuple[str, int, int]]:
+    """(private creator, group, element byte) triples of PS3.15 Table E.3.10-1."""
+    import tomllib
 
-    ``unmatched`` is what happens to a public element no rule mentions: REMOVE is ridl's secure
-    default (only what a recipe keeps or transforms survives); KEEP matches the deid package.
+    data = tomllib.loads(path.read_text())
+    out = set()
+    for entry in data.get("attribute", []):
+        out.add(
+            (
+                str(entry["private_creator"]).strip(),
+                int(str(entry["group"]), 16),
+                int(str(entry["element"]), 16),
+            )
+        )
+    return frozenset(out)
+
+
+def split_layers(names: str | list[str]) -> list[str]:
+    """``"a+b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (a run context carries the joined form)."""
+    if isinstance(names, str):
+        return [n for n in names.split("+") if n]
+    return list(names)
+
+
+def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
+    """Load and compile one recipe, or several layered in order (see the module docstring).
+
+    ``names`` is a recipe name, a ``+``-joined list of names, or a list. ``unmatched`` is what
+    happens to a public element no rule mentions: REMOVE is ridl's secure default (only what a
+    recipe keeps or transforms survives); KEEP matches the deid package.
     """
     if unmatched not in ("REMOVE", "KEEP"):
         raise ConfigError("unmatched must be REMOVE or KEEP")
-    layers = [names] if isinstance(names, str) else list(names)
+    layers = split_layers(names)
+    if not layers:
+        raise ConfigError("no recipe named: give at least one recipe")
     paths = tuple(find_recipe(n) for n in layers)
     rules: list[Rule] = []
     sha = hashlib.sha256()
-    for path in paths:
+    for index, path in enumerate(paths):
         sha.update(path.read_bytes())
-        rules.extend(parse_recipe_file(path))
+        rules.extend(Rule(r.action, r.field, r.value, layer=index) for r in parse_recipe_file(path))
     sha.update(unmatched.encode())
     for rule in rules:
         if (
@@ -186,10 +288,19 @@ def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
             and not _parse_tag(rule.field)
         ):
             raise ConfigError(f"recipe ADD names an unknown attribute {rule.field!r}")
+    safe: frozenset[tuple[str, int, int]] = frozenset()
+    for path in paths:
+        if path.stem == SAFE_PRIVATE_LAYER:
+            table = path.parent / SAFE_PRIVATE_TABLE
+            if not table.exists():
+                table = RECIPES_DIR / SAFE_PRIVATE_TABLE
+            sha.update(table.read_bytes())
+            safe = load_safe_private(table)
     return Recipe(
         name="+".join(layers),
         sources=paths,
         rules=rules,
         digest=sha.hexdigest(),
         unmatched=unmatched,
+        safe_private=safe,
     )

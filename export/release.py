@@ -128,9 +128,10 @@ def storage_info(store: ObjectStore, prefix: str) -> dict[str, Any]:
 
 
 def recipe_hash(project: Project) -> str:
-    from deid_recipes import find_recipe
+    """The digest of the compiled recipe (every layer), the same one the audit log records."""
+    from ridl.audit import recipe_digest
 
-    return "sha256:" + _sha(find_recipe(project.recipe).read_bytes())
+    return "sha256:" + recipe_digest(project.recipe_spec())
 
 
 def read_published(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
@@ -240,7 +241,7 @@ def publish_release(
             {
                 "Name": "ridl",
                 "Version": __version__,
-                "Recipe": project.recipe,
+                "Recipe": project.recipe_spec(),
                 "RecipeHash": recipe_hash(project),
             }
         ],

@@ -103,6 +103,14 @@ def project_create(
         list[str] | None, typer.Option(help="Approved recipient of the data (repeat).")
     ] = None,
     recipe: Annotated[str, typer.Option(help="De-identification recipe name.")] = "ridl-basic",
+    deid_option: Annotated[
+        list[str] | None,
+        typer.Option(help="PS3.15 option the project uses (repeat; recipe ps3.15-basic)."),
+    ] = None,
+    allow_deid_option: Annotated[
+        list[str] | None,
+        typer.Option(help="PS3.15 option the REB approved for this project (repeat)."),
+    ] = None,
     hn_issuer: Annotated[
         str, typer.Option(help="Issuer that marks the health number in Other Patient IDs.")
     ] = "HN",
@@ -124,14 +132,17 @@ def project_create(
                 modalities=tuple(m.upper() for m in modality),
                 sites=tuple(site),
                 retain=tuple(retain or ()),
+                deid_options=tuple(allow_deid_option or ()),
             ),
             recipients=tuple(recipient or ()),
             recipe=recipe,
             hn_issuer=hn_issuer,
+            deid_options=tuple(deid_option or ()),
         )
         from deid_recipes import find_recipe
 
         find_recipe(recipe)
+        project.check_deid()
         path = create_project(project)
     except RidlError as exc:
         _fail(str(exc))
@@ -612,6 +623,33 @@ def verify(
     console.print(report.render())
     if not report.passed:
         raise typer.Exit(1)
+
+
+@app.command("deid")
+def deid_folder(
+    src: Annotated[Path, typer.Argument(help="A DICOM file or a folder of them.")],
+    dst: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
+    project: Annotated[str, typer.Option(help="REB project whose recipe and keys to use.")],
+) -> None:
+    """De-identify a folder with a project's recipe and keys, outside any run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from deid_recipes.batch import deidentify_folder, iter_files
+
+    if not src.exists():
+        _fail(f"{src} does not exist: give a DICOM file or folder")
+    total = sum(1 for _ in iter_files(src))
+    try:
+        with Progress(
+            TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
+        ) as bar:
+            task = bar.add_task("deid", total=total)
+            summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    json.dump(summary.as_dict(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

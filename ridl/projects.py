@@ -23,6 +23,20 @@ from ridl.secrets import create_secret
 PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 DEFAULT_RECIPE = "ridl-basic"
 DEFAULT_HN_ISSUER = "HN"
+PS315_PROFILE = "ps3.15-basic"
+SAFE_PUBLIC_LAYER = "ridl-safe-public"
+# PS3.15 Annex E options a project may choose (each is a recipe layer ps3.15-<option>).
+DEID_OPTIONS = (
+    "retain-long-modified-dates",
+    "retain-patient-chars",
+    "retain-device-id",
+    "retain-institution-id",
+    "retain-uids",
+    "retain-safe-private",
+    "clean-descriptors",
+    "clean-structured-content",
+    "clean-graphics",
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,7 @@ class Scope:
     modalities: tuple[str, ...]
     sites: tuple[str, ...]
     retain: tuple[str, ...] = ()
+    deid_options: tuple[str, ...] = ()  # the PS3.15 options the REB allows this project
 
     def __post_init__(self) -> None:
         if self.date_from > self.date_to:
@@ -58,7 +73,51 @@ class Project:
     recipients: tuple[str, ...] = ()
     recipe: str = DEFAULT_RECIPE
     hn_issuer: str = DEFAULT_HN_ISSUER
+    deid_options: tuple[str, ...] = ()  # PS3.15 options chosen (layered on ps3.15-basic)
+    site_recipes: tuple[str, ...] = ()  # a site's own recipe files, layered last
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_deid(self) -> None:
+        """Refuse a de-identification option the approved scope does not allow, before work.
+
+        Options only exist for the PS3.15 profile; every chosen option must be a known one and
+        be listed in ``scope.deid_options``.
+        """
+        if self.deid_options and self.recipe != PS315_PROFILE:
+            raise ScopeError(
+                "deid_options",
+                f"options apply to the '{PS315_PROFILE}' profile only; project '{self.id}' "
+                f"uses '{self.recipe}': set recipe = \"{PS315_PROFILE}\" or remove deid_options",
+            )
+        for option in self.deid_options:
+            if option not in DEID_OPTIONS:
+                raise ScopeError(
+                    "deid_options",
+                    f"unknown de-identification option '{option}' "
+                    f"(known: {', '.join(DEID_OPTIONS)})",
+                )
+            if option not in self.scope.deid_options:
+                raise ScopeError(
+                    "deid_options",
+                    f"de-identification option '{option}' is not allowed by the approved scope "
+                    f"of project '{self.id}' (allowed: "
+                    f"{', '.join(self.scope.deid_options) or 'none'}); remove it from "
+                    "deid_options or have the REB approve it in scope.deid_options",
+                )
+
+    def recipe_layers(self) -> list[str]:
+        """The recipe files, bottom first: safe-public list, profile, options, site files."""
+        if self.recipe == PS315_PROFILE:
+            layers = [SAFE_PUBLIC_LAYER, PS315_PROFILE]
+            layers += [f"ps3.15-{o}" for o in DEID_OPTIONS if o in self.deid_options]
+        else:
+            layers = [self.recipe]
+        return layers + list(self.site_recipes)
+
+    def recipe_spec(self) -> str:
+        """The layers joined with ``+``, as a run context and ``load_recipe`` take them."""
+        self.check_deid()
+        return "+".join(self.recipe_layers())
 
     def check_active(self, today: dt.date | None = None) -> None:
         """Refuse work on an approval that has expired or has not started."""
@@ -121,7 +180,7 @@ class Project:
                 f"sites {', '.join(outside)} are not approved "
                 f"(approved: {', '.join(approved.sites)})",
             )
-        return Scope(start, end, mods, chosen_sites, approved.retain)
+        return Scope(start, end, mods, chosen_sites, approved.retain, approved.deid_options)
 
     def to_toml(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -134,12 +193,15 @@ class Project:
             "recipients": list(self.recipients),
             "recipe": self.recipe,
             "hn_issuer": self.hn_issuer,
+            "deid_options": list(self.deid_options),
+            "site_recipes": list(self.site_recipes),
             "scope": {
                 "date_from": self.scope.date_from,
                 "date_to": self.scope.date_to,
                 "modalities": list(self.scope.modalities),
                 "sites": list(self.scope.sites),
                 "retain": list(self.scope.retain),
+                "deid_options": list(self.scope.deid_options),
             },
         }
         data.update(self.extra)
@@ -157,6 +219,8 @@ class Project:
             "recipients",
             "recipe",
             "hn_issuer",
+            "deid_options",
+            "site_recipes",
             "scope",
         }
         try:
@@ -174,10 +238,13 @@ class Project:
                     modalities=tuple(str(m).upper() for m in scope["modalities"]),
                     sites=tuple(str(s) for s in scope["sites"]),
                     retain=tuple(str(r) for r in scope.get("retain", [])),
+                    deid_options=tuple(str(o) for o in scope.get("deid_options", [])),
                 ),
                 recipients=tuple(str(r) for r in data.get("recipients", [])),
                 recipe=str(data.get("recipe", DEFAULT_RECIPE)),
                 hn_issuer=str(data.get("hn_issuer", DEFAULT_HN_ISSUER)),
+                deid_options=tuple(str(o) for o in data.get("deid_options", [])),
+                site_recipes=tuple(str(r) for r in data.get("site_recipes", [])),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except KeyError as exc:

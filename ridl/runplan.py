@@ -57,7 +57,7 @@ def check_request(
     load_secret(project_id)  # a missing or unsafe secret fails now, not in a worker
     from deid_recipes import load_recipe
 
-    load_recipe(project.recipe)  # a broken recipe fails now too
+    load_recipe(project.recipe_spec())  # a disallowed option or broken recipe fails now
     from curation.pipeline import check_settings
 
     check_settings(project.extra.get("curation"))  # unknown checks, bad filter files
@@ -92,14 +92,14 @@ def prepare_run(
         date_to=scope.date_to.isoformat(),
         modalities=sorted(scope.modalities),
         sites=sorted(scope.sites),
-        recipe=project.recipe,
+        recipe=project.recipe_spec(),
     )
     ctx = RunContext(
         project=project.id,
         release=release,
         source_url=src.url,
         store_url=open_store(destination).url,
-        recipe=project.recipe,
+        recipe=project.recipe_spec(),
         retain=project.scope.retain,
         modalities=scope.modalities,
         hn_issuer=project.hn_issuer,
