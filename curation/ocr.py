@@ -65,6 +65,19 @@ def engine() -> Any:
     return _engine
 
 
+def _read_lines(
+    frames: Iterable[np.ndarray], min_score: float, min_chars: int
+) -> Iterable[tuple[int, Any, str, float]]:
+    """(frame index, box, text, score) of every line read well enough to count."""
+    ocr = engine()
+    for index, frame in enumerate(frames):
+        image = frame if frame.ndim == 3 else np.ascontiguousarray(frame)
+        result, _ = ocr(image)
+        for box, text, score in result or []:
+            if float(score) >= min_score and len(str(text).strip()) >= min_chars:
+                yield index, box, str(text).strip(), float(score)
+
+
 def detect_text(
     frames: Iterable[np.ndarray], *, min_score: float = 0.6, min_chars: int = 2
 ) -> list[TextBox]:
@@ -72,26 +85,26 @@ def detect_text(
 
     Single characters (laterality markers such as L and R) are not PHI and are left out.
     """
-    ocr = engine()
     found: list[TextBox] = []
-    for index, frame in enumerate(frames):
-        image = frame if frame.ndim == 3 else np.ascontiguousarray(frame)
-        result, _ = ocr(image)
-        for box, text, score in result or []:
-            chars = len(str(text).strip())
-            if float(score) < min_score or chars < min_chars:
-                continue
-            xs = [float(p[0]) for p in box]
-            ys = [float(p[1]) for p in box]
-            found.append(
-                TextBox(
-                    int(min(xs)),
-                    int(min(ys)),
-                    int(max(xs)),
-                    int(max(ys)),
-                    round(float(score), 3),
-                    chars,
-                    index,
-                )
+    for index, box, text, score in _read_lines(frames, min_score, min_chars):
+        xs = [float(p[0]) for p in box]
+        ys = [float(p[1]) for p in box]
+        found.append(
+            TextBox(
+                int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)),
+                round(score, 3), len(text), index,
             )
+        )  # fmt: skip
     return found
+
+
+def ocr_text(ds: Any, *, min_score: float = 0.5, min_chars: int = 2) -> list[str]:
+    """The text read in a dataset's pixels, for the PHI verification gate only.
+
+    The gate searches it in memory for identifiers and reports where, never what: callers must
+    not log, store or show the strings this returns.
+    """
+    from curation.pixels import frames_for_ocr
+
+    frames = frames_for_ocr(ds)
+    return [text for _, _, text, _ in _read_lines(frames, min_score, min_chars)]

@@ -121,7 +121,12 @@ _COMMON = """
     small snow soft south spine spiral spring stone street strong study summer supine test
     tissue unknown upright ward west white will winter wood young name first last middle
     given family here anonymized
+    text burned annotation truncated duplicate instance rejected note approved failed check
+    pixel decode missing header consistency orientation size gap spacing localizer capture
+    known regions blanked review quarantined excluded
 """
+# The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
+# a patient named "Text" must not block every release whose parts say "burned-in-text".
 COMMON_WORDS = frozenset(_COMMON.split())
 
 _DIGITS = re.compile(r"^[\d\s\-./()+]+$")
