@@ -386,9 +386,14 @@ def _geometry(ds: Dataset) -> tuple[Any, ...]:
 def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
     """Per series: which objects disagree with the majority, and series-wide problems."""
     by_series: dict[str, list[Dataset]] = {}
+    sops: set[str] = set()
     for ds in headers:
         if not ds.get("Rows") or int(ds.get("NumberOfFrames", 1) or 1) > 1:
             continue
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if sop in sops:
+            continue  # a second feed's copy of the same instance is a duplicate, not a gap
+        sops.add(sop)
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
     reports: dict[str, dict[str, Any]] = {}
     for uid, members in by_series.items():

@@ -147,6 +147,11 @@ def test_series_consistency(tmp_path: Path) -> None:
     tilted = [ct_slice("1.2.14", n) for n in range(1, 6)]
     tilted[4].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
     assert verdicts(tilted)[4].reason == "series-inconsistent-orientation"
+    # A second feed's copy of an instance (same SOP Instance UID) is the duplicate check's
+    # business, not a duplicated instance number that would hold the whole series back.
+    resent = [ct_slice("1.2.15", n) for n in range(1, 4)]
+    resent.append(resent[1].copy())
+    assert all(v.passed for v in verdicts(resent))
 
 
 def test_a_crashing_check_quarantines_instead_of_stopping(tmp_path: Path) -> None:
