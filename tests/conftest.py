@@ -57,6 +57,7 @@ def make_project(
     expires: dt.date | None = None,
     modalities: tuple[str, ...] = ("CT", "CR", "US"),
     recipe: str = "ridl-basic",
+    curation: dict[str, object] | None = None,
 ) -> Project:
     today = dt.date.today()
     project = Project(
@@ -69,6 +70,7 @@ def make_project(
         scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), modalities, SITES),
         recipients=("Researcher One",),
         recipe=recipe,
+        extra={"curation": curation} if curation is not None else {},
     )
     create_project(project)
     return project

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,32 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_fixed_port() -> int:
+    """A free port below the kernel's ephemeral range, for a listener that starts late.
+
+    A port taken with :func:`free_port` can be handed to some outgoing connection's local end
+    before the listener binds it (the ephemeral range serves both); a port below that range, as
+    a site would configure for its C-MOVE receiver, cannot.
+    """
+    low, _ = _ephemeral_range()
+    for port in random.Random().sample(range(20000, max(20001, low)), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def dicomweb_plugin() -> str | None:
@@ -69,7 +96,7 @@ class Orthanc:
         self.folder = folder
         self.http_port = free_port()
         self.dicom_port = free_port()
-        self.move_port = free_port()  # where ridl's own storage SCP listens for C-MOVE
+        self.move_port = free_fixed_port()  # where ridl's own storage SCP listens for C-MOVE
         self.limit_find_results = limit_find_results
         self.extra_modalities = extra_modalities or {}
         # DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on unless TCP_NODELAY=1: then

@@ -283,7 +283,11 @@ class DimseSource:
                 f"association rejected (does the archive know calling AE '{self.calling_aet}' "
                 f"and called AE '{self.called_aet}'?)"
             )
-        raise ArchiveUnavailable("association aborted or not answered")
+        # Some archives drop an unknown AE's request instead of rejecting it: name both anyway.
+        raise ArchiveUnavailable(
+            f"association aborted or not answered (calling AE '{self.calling_aet}', "
+            f"called AE '{self.called_aet}')"
+        )
 
     # --- catalog ----------------------------------------------------------------------------
 
