@@ -177,12 +177,13 @@ def dir_synth(
     patients: Annotated[int, typer.Option(help="Number of people.")] = 20,
     sites: Annotated[int, typer.Option(help="Number of sites (Issuers of Patient ID).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
+    ct_slices: Annotated[int, typer.Option(help="Slices per CT series (scale tests).")] = 4,
 ) -> None:
     """Write a synthetic DIR (fake patients) for demos and tests."""
     from ridl.synth import synthesize
 
     try:
-        report = synthesize(path, patients=patients, sites=sites, seed=seed)
+        report = synthesize(path, patients=patients, sites=sites, seed=seed, ct_slices=ct_slices)
     except ValueError as exc:
         _fail(str(exc))
         return
