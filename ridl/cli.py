@@ -236,11 +236,26 @@ def launch_run(
     batch_size: int = 200,
     reindex: bool = False,
     verbose: bool = False,
+    scale: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Check the request (before Prefect starts), then run the flow with a progress bar."""
     from export.store import open_store
+    from flows.params import validate_params
     from ridl.runplan import check_request
 
+    scale = {k: v for k, v in (scale or {}).items() if v is not None}
+    validate_params(
+        project=project,
+        release=release,
+        source=source,
+        destination=destination,
+        date_from=date_from,
+        date_to=date_to,
+        modalities=modalities,
+        sites=sites,
+        batch_size=batch_size,
+        **scale,
+    )
     check_request(project, release, date_from, date_to, modalities, sites)
     _quiet_prefect(verbose)
     from flows.extract import extract_run
@@ -261,6 +276,7 @@ def launch_run(
             sites=sites,
             batch_size=batch_size,
             reindex=reindex,
+            **scale,
         )
     return summary
 
@@ -281,6 +297,8 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     console.print(table)
     root = store_url[5:] if store_url.startswith("file:") else store_url
     console.print(f"manifest: {root}/{summary['manifest']}")
+    if summary.get("report"):
+        console.print(f"report:   {root}/{summary['report']}")
     console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
 
 
@@ -307,6 +325,22 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Studies per Prefect task.")] = 200,
     reindex: Annotated[bool, typer.Option(help="Rebuild the source catalog first.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own logs.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: every core).")
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RIDL_DASK_ADDRESS",
+            help="Run on this Dask cluster (tcp://host:8786); needs a Prefect server, see README.",
+        ),
+    ] = None,
+    retrieval_limit: Annotated[
+        int, typer.Option(help="Studies retrieved from the DIR at once, across all workers.")
+    ] = 4,
+    max_batches_per_flow: Annotated[
+        int, typer.Option(help="Tasks per flow run; larger selections split into child runs.")
+    ] = 2000,
 ) -> None:
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
@@ -324,6 +358,12 @@ def run(
             batch_size,
             reindex,
             verbose,
+            scale={
+                "workers": workers,
+                "cluster": cluster,
+                "retrieval_limit": retrieval_limit,
+                "max_batches_per_flow": max_batches_per_flow,
+            },
         )
         print_summary(summary, open_store(dest).url)
     except RidlError as exc:
