@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -37,9 +38,15 @@ from pydantic import BaseModel  # noqa: E402
 from export.manifest import build_manifest  # noqa: E402
 from export.store import LocalStore, open_store  # noqa: E402
 from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params  # noqa: E402
-from flows.runners import make_task_runner, run_batch  # noqa: E402
+from flows.runners import (  # noqa: E402
+    api_shared_with_workers,
+    configured_api_url,
+    make_task_runner,
+    run_batch,
+)  # noqa: E402
 from flows.transient import retry_if_transient  # noqa: E402
 from ridl import settings  # noqa: E402
+from ridl.errors import ConfigError  # noqa: E402
 from ridl.runplan import RunPlan, prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
 from ridl.work import RunContext  # noqa: E402
@@ -284,10 +291,15 @@ def extract_run(
         retries=retries,
         reindex=reindex,
     )
+    address = params.resolved_cluster()
+    if address and not (configured_api_url() or os.environ.get("PREFECT_API_URL")):
+        raise ConfigError(
+            "a Dask cluster needs a Prefect server its workers can reach: set PREFECT_API_URL "
+            "(see README, 'Running on a Dask cluster')"
+        )
     plan = select_stage(params)
     params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
     cleaned = clean_stage(plan.ctx)
-    address = params.resolved_cluster()
     logger.info(
         "release %s/%s: %d studies selected (%s) on %s",
         project,
@@ -298,12 +310,13 @@ def extract_run(
     )
     slices = plan_slices(plan.studies, params.batch_size, params.max_batches_per_flow)
     totals = Totals()
-    for part in slices:
-        runner = make_task_runner(params.resolved_workers(), params.retrieval_limit, address)
-        child = extract_slice.with_options(
-            name=f"ridl-extract-slice-{part.label}", task_runner=runner
-        )
-        totals.add(child(params, part))
+    with api_shared_with_workers():
+        for part in slices:
+            runner = make_task_runner(params.resolved_workers(), params.retrieval_limit, address)
+            child = extract_slice.with_options(
+                name=f"ridl-extract-slice-{part.label}", task_runner=runner
+            )
+            totals.add(child(params, part))
     summary = publish_manifest(plan.ctx, len(plan.studies))
     summary["studies_skipped_as_done"] = totals.skipped
     summary["flow_runs"] = len(slices)

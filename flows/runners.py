@@ -84,6 +84,39 @@ def make_task_runner(workers: int, retrieval_limit: int, cluster: str | None) ->
     )
 
 
+def configured_api_url() -> str | None:
+    """The Prefect server configured for this process, or None under the ephemeral API."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+@contextlib.contextmanager
+def api_shared_with_workers() -> Iterator[None]:
+    """Point local worker processes at this run's Prefect API while the block runs.
+
+    Under the ephemeral API each pool process would otherwise start a temporary server of its
+    own (seconds each, and task runs recorded in another database). The URL is set only for the
+    block and removed after it, since the ephemeral server stops with the flow.
+    """
+    if os.environ.get("PREFECT_API_URL") or configured_api_url():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    if not url.startswith("http"):
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 @contextlib.contextmanager
 def _hold(acquire: Callable[[], Any], release: Callable[[], Any]) -> Iterator[None]:
     acquire()
