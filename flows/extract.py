@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -40,13 +39,12 @@ from export.store import LocalStore, open_store  # noqa: E402
 from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params  # noqa: E402
 from flows.runners import (  # noqa: E402
     api_shared_with_workers,
-    configured_api_url,
     make_task_runner,
+    require_server_for_cluster,
     run_batch,
 )  # noqa: E402
 from flows.transient import retry_if_transient  # noqa: E402
 from ridl import settings  # noqa: E402
-from ridl.errors import ConfigError  # noqa: E402
 from ridl.runplan import RunPlan, prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
 from ridl.work import RunContext  # noqa: E402
@@ -292,11 +290,7 @@ def extract_run(
         reindex=reindex,
     )
     address = params.resolved_cluster()
-    if address and not (configured_api_url() or os.environ.get("PREFECT_API_URL")):
-        raise ConfigError(
-            "a Dask cluster needs a Prefect server its workers can reach: set PREFECT_API_URL "
-            "(see README, 'Running on a Dask cluster')"
-        )
+    require_server_for_cluster(address)
     plan = select_stage(params)
     params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
     cleaned = clean_stage(plan.ctx)

@@ -26,6 +26,7 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from ridl import settings, work
+from ridl.errors import ConfigError
 from ridl.sources.base import StudyRef
 from ridl.work import BatchCounts, RunContext, process_study, worker_for
 
@@ -90,6 +91,15 @@ def configured_api_url() -> str | None:
 
     url = get_current_settings().api.url
     return str(url) if url else None
+
+
+def require_server_for_cluster(address: str | None) -> None:
+    """Dask workers report to the Prefect API themselves: refuse a cluster without a server."""
+    if address and not (os.environ.get("PREFECT_API_URL") or configured_api_url()):
+        raise ConfigError(
+            "a Dask cluster needs a Prefect server its workers can reach: set PREFECT_API_URL "
+            "(see README, 'Running on a Dask cluster')"
+        )
 
 
 @contextlib.contextmanager

@@ -244,7 +244,7 @@ def launch_run(
     from ridl.runplan import check_request
 
     scale = {k: v for k, v in (scale or {}).items() if v is not None}
-    validate_params(
+    params = validate_params(
         project=project,
         release=release,
         source=source,
@@ -258,6 +258,9 @@ def launch_run(
     )
     check_request(project, release, date_from, date_to, modalities, sites)
     _quiet_prefect(verbose)
+    from flows.runners import require_server_for_cluster
+
+    require_server_for_cluster(params.resolved_cluster())
     from flows.extract import extract_run
     from ridl.progress import RunProgress
 

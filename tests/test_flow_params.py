@@ -63,6 +63,9 @@ def test_cli_refuses_bad_scale_options_before_any_work(project) -> None:  # type
     result = runner.invoke(app, [*common, "--cluster", "not-an-address"])
     assert result.exit_code == 2 and "parameter 'cluster'" in result.output
     assert "Traceback" not in result.output
+    # A cluster without a Prefect server its workers can reach is refused before any work.
+    result = runner.invoke(app, [*common, "--cluster", "tcp://127.0.0.1:8786"])
+    assert result.exit_code == 2 and "PREFECT_API_URL" in result.output
 
 
 def _study(uid: str, date: str) -> StudyRef:
