@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The synthetic archives have ~170 studies (size comes from CT slices), so small batches give
+# every worker several tasks; at a site, 200 studies per task is the default.
+BATCH_SIZE = 8
 sys.path.insert(0, str(ROOT))
 
 
@@ -57,7 +60,9 @@ def plain_run(project: str, release: str, source: str, store: str, workers: int)
     t0 = time.perf_counter()
     plan = prepare_run(project, release, source, store)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_batch, plan.ctx, b, 4) for b in batches(plan.studies, 200)]
+        futures = [
+            pool.submit(run_batch, plan.ctx, b, 4) for b in batches(plan.studies, BATCH_SIZE)
+        ]
         for f in futures:
             f.result()
     st = open_store(plan.ctx.store_url)
@@ -73,7 +78,12 @@ def prefect_run(
 
     t0 = time.perf_counter()
     summary = extract_run(
-        project=project, release=release, source=source, destination=store, workers=workers
+        project=project,
+        release=release,
+        source=source,
+        destination=store,
+        workers=workers,
+        batch_size=BATCH_SIZE,
     )
     wall = time.perf_counter() - t0
     log = json.loads((Path(store[5:]) / summary["run_log"]).read_text())
@@ -167,6 +177,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "quick": args.quick,
+        "batch_size": BATCH_SIZE,
         "rows": rows,
         "ratios": ratios,
     }
