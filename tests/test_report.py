@@ -77,3 +77,28 @@ def test_throughput_ticks_are_times_not_identifiers() -> None:
         runs,
     )
     assert re.search(r"instances/s per worker.*?<td>20\.0</td>", page)
+
+
+def test_progress_counts_studies_and_instances_from_parts(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from ridl.progress import PartTally, selection_totals
+
+    store = LocalStore(tmp_path / "store")
+    plan = prepare_run(project.id, "r1", f"folder:{synth_dir.root}", store.url)
+    totals = selection_totals(project.id, "r1")
+    assert totals is not None and totals[0] == len(plan.studies)
+    tally = PartTally(store, plan.ctx.prefix)
+    tally.refresh()
+    assert (tally.studies, tally.instances) == (0, 0)
+    counts = run_batch(plan.ctx, plan.studies[:5], retrieval_limit=1)
+    tally.refresh()
+    assert tally.studies == 5 and tally.instances == counts["instances"]
+    tally.refresh()  # each part is read once
+    assert tally.studies == 5
+    run_batch(plan.ctx, plan.studies[5:], retrieval_limit=1)
+    tally.refresh()
+    assert tally.studies == totals[0]
+    assert tally.instances <= totals[1]
