@@ -295,6 +295,8 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(f"excluded: {reason}", str(n))
     for reason, n in summary["quarantined"].items():
         table.add_row(f"quarantined: {reason}", str(n))
+    if summary.get("flow_runs", 0) > 1:
+        table.add_row("child flow runs", str(summary["flow_runs"]))
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
