@@ -1,13 +1,29 @@
-"""The extraction run as a Prefect flow: select, then per study retrieve, de-identify, curate,
+"""The extraction run as Prefect flows: select, then per study retrieve, de-identify, curate,
 upload; then publish the release.
 
-Study work is batched: one Prefect task handles a batch of studies and returns counts, never
-image bytes, so the flow stays light at millions of studies (Prefect pays per task run).
+Stages, each a plain function or task below so it reads (and merges) one step at a time:
+
+1. ``select_stage``   check the request, index, select and freeze the studies (once per release);
+2. ``clean_stage``    remove what a killed run left: half-written objects, working folders;
+3. ``plan_slices``    split a very large selection into several child flow runs (one per year of
+                      study dates, chunked further if a year is still too big);
+4. ``extract_slice``  a child flow: batches of studies as Prefect tasks on the run's task runner
+                      (every local core, or a Dask cluster); a task returns counts, never bytes;
+5. ``publish``        manifest, summary, run log and the release report; then the PHI
+                      verification gate over every byte under the release, and only if it
+                      passes, signing and publishing; Prefect artifacts and the audit log.
+
+Prefect costs about 10 ms and 45 KB of flow memory per task run, so a task handles hundreds of
+studies, and a flow run holds at most ``max_batches_per_flow`` of them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
+import time
+from collections import Counter
 from typing import Any
 
 from flows import configure_prefect_environment
@@ -17,29 +33,52 @@ configure_prefect_environment()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 from export.manifest import build_manifest  # noqa: E402
 from export.release import publish_release  # noqa: E402
 from export.store import LocalStore, open_store  # noqa: E402
 from export.verify import gate_release  # noqa: E402
-from ridl import audit  # noqa: E402
-from ridl.runplan import prepare_run  # noqa: E402
+from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params  # noqa: E402
+from flows.runners import (  # noqa: E402
+    api_shared_with_workers,
+    make_task_runner,
+    require_server_for_cluster,
+    run_batch,
+)  # noqa: E402
+from flows.transient import retry_if_transient  # noqa: E402
+from ridl import audit, settings  # noqa: E402
+from ridl.runplan import RunPlan, prepare_run  # noqa: E402
 from ridl.sources.base import StudyRef  # noqa: E402
 from ridl.sources.protect import (  # noqa: E402
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
     DEFAULT_RETRIES,
-    ArchiveLimits,
 )
-from ridl.work import BatchCounts, RunContext, process_batch  # noqa: E402
+from ridl.work import RunContext  # noqa: E402
 
-DEFAULT_BATCH_SIZE = 200
+__all__ = ["DEFAULT_BATCH_SIZE", "extract_run", "extract_slice", "plan_slices", "batches"]
 
 
-@task(name="process-studies", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def process_studies(ctx: RunContext, studies: list[StudyRef]) -> dict[str, Any]:
-    """De-identify and upload one batch of studies; returns counts only."""
-    return process_batch(ctx, studies).as_dict()
+# --- tasks --------------------------------------------------------------------------------------
+
+
+@task(
+    name="process-studies",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    tags=["ridl-batch"],
+)
+def process_studies(
+    ctx: RunContext, studies: list[StudyRef], retrieval_limit: int
+) -> dict[str, Any]:
+    """De-identify and upload one batch of studies; returns counts and part locations only."""
+    return run_batch(ctx, studies, retrieval_limit)
 
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
@@ -61,10 +100,178 @@ def verify_release_task(ctx: RunContext) -> dict[str, Any]:
     return {"passed": report.passed, "objects": report.objects_checked, "ocr": report.ocr}
 
 
+@task(name="release-report", cache_policy=NO_CACHE, persist_result=False)
+def publish_report(ctx: RunContext, studies: list[StudyRef]) -> str:
+    """The HTML report; original study years are mapped here, on premises, then only counted."""
+    from export.report import write_report
+    from ridl.work import worker_for
+
+    worker = worker_for(ctx)
+    years = {worker.study_key(s): s.study_date[:4] or "unknown" for s in studies}
+    return write_report(open_store(ctx.store_url), ctx.prefix, years)
+
+
+# --- plain stage functions ----------------------------------------------------------------------
+
+
+class Slice(BaseModel):
+    """One child flow run's share of the selection: a year of study dates, or a chunk of it."""
+
+    label: str
+    year: str | None = None
+    start: int = 0
+    stop: int | None = None
+
+    def pick(self, studies: list[StudyRef]) -> list[StudyRef]:
+        chosen = studies if self.year is None else [s for s in studies if _year(s) == self.year]
+        return chosen[self.start : self.stop]
+
+
+def _year(study: StudyRef) -> str:
+    return study.study_date[:4] or "unknown"
+
+
 def batches(items: list[StudyRef], size: int) -> list[list[StudyRef]]:
     if size < 1:
         raise ValueError("batch_size must be at least 1")
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def plan_slices(studies: list[StudyRef], batch_size: int, max_batches_per_flow: int) -> list[Slice]:
+    """One slice if the run fits one flow; else one per year, chunked to fit."""
+    per_flow = batch_size * max_batches_per_flow
+    if len(studies) <= per_flow:
+        return [Slice(label="all")]
+    by_year = Counter(_year(s) for s in studies)
+    slices: list[Slice] = []
+    for year in sorted(by_year):
+        n = by_year[year]
+        chunks = range(0, n, per_flow)
+        for i, start in enumerate(chunks):
+            label = year if len(chunks) == 1 else f"{year}-{i + 1}"
+            slices.append(Slice(label=label, year=year, start=start, stop=start + per_flow))
+    return slices
+
+
+def select_stage(params: ExtractParams) -> RunPlan:
+    """Check the request against the REB approval, then select and freeze (or resume)."""
+    return prepare_run(
+        params.project,
+        params.release,
+        params.source,
+        params.destination or "",
+        params.date_from,
+        params.date_to,
+        params.modalities,
+        params.sites,
+        reindex=params.reindex,
+        limits=params.archive_limits(),
+    )
+
+
+def clean_stage(ctx: RunContext) -> dict[str, int]:
+    """Remove what a killed run left behind on this machine; objects themselves are atomic."""
+    removed = {"partial_objects": 0, "work_folders": 0}
+    store = open_store(ctx.store_url)
+    if isinstance(store, LocalStore):
+        removed["partial_objects"] = store.clean_partial_writes(ctx.prefix)
+    work = settings.work_dir() / ctx.project / ctx.release
+    if work.exists():
+        removed["work_folders"] = sum(1 for _ in work.iterdir())
+        shutil.rmtree(work, ignore_errors=True)
+    return removed
+
+
+class Totals:
+    """Counts of a run, added up from batch results as they arrive (never kept per batch)."""
+
+    def __init__(self) -> None:
+        self.studies = 0
+        self.skipped = 0
+        self.exported = 0
+        self.instances = 0
+        self.bytes = 0
+        self.work_seconds = 0.0
+        self.peak_rss_mib = 0.0
+        self.excluded: Counter[str] = Counter()
+        self.quarantined: Counter[str] = Counter()
+        self.timeline: list[dict[str, float]] = []
+
+    def add(self, counts: dict[str, Any]) -> None:
+        self.studies += counts["studies"]
+        self.skipped += counts["skipped"]
+        self.exported += counts["exported"]
+        self.instances += counts.get("instances", 0)
+        self.bytes += counts["bytes"]
+        self.work_seconds += counts.get("work_seconds", 0.0)
+        self.peak_rss_mib = max(self.peak_rss_mib, counts.get("peak_rss_mib", 0.0))
+        self.excluded.update(counts["excluded"])
+        self.quarantined.update(counts["quarantined"])
+        self.timeline.extend(counts.get("timeline", []))
+        if "finished_at" in counts:
+            self.timeline.append(
+                {
+                    "finished_at": counts["finished_at"],
+                    "studies": counts["studies"] - counts["skipped"],
+                    "instances": counts.get("fresh_instances", 0),
+                    "skipped": counts["skipped"],
+                }
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "studies": self.studies,
+            "skipped": self.skipped,
+            "exported": self.exported,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "work_seconds": self.work_seconds,
+            "peak_rss_mib": self.peak_rss_mib,
+            "excluded": dict(self.excluded),
+            "quarantined": dict(self.quarantined),
+            "timeline": self.timeline,
+        }
+
+
+def write_run_log(ctx: RunContext, started: float, totals: Totals, slices: int) -> str:
+    """Keep this run's throughput with the release (counts and times only) for the report."""
+    store = open_store(ctx.store_url)
+    stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{ctx.prefix}/runs/{stamp}.json"
+    record = {
+        "started_at": started,
+        "finished_at": time.time(),
+        "slices": slices,
+        "studies": totals.studies,
+        "studies_skipped_as_done": totals.skipped,
+        "instances": totals.instances,
+        "work_seconds": totals.work_seconds,
+        "peak_rss_mib": totals.peak_rss_mib,
+        "batches": sorted(totals.timeline, key=lambda r: r["finished_at"]),
+    }
+    store.put_bytes(key, json.dumps(record, sort_keys=True).encode())
+    return key
+
+
+# --- flows --------------------------------------------------------------------------------------
+
+
+@flow(name="ridl-extract-slice", log_prints=False, persist_result=False)
+def extract_slice(params: ExtractParams, part: Slice) -> dict[str, Any]:
+    """A child flow run: one slice of the frozen selection, in batched tasks."""
+    logger = get_run_logger()
+    plan = select_stage(params)  # the frozen selection: same studies in every child
+    studies = part.pick(plan.studies)
+    submit = process_studies.with_options(retries=params.task_retries)
+    futures = [
+        submit.submit(plan.ctx, batch, params.retrieval_limit)
+        for batch in batches(studies, params.batch_size)
+    ]
+    totals = Totals()
+    while futures:  # add up and let go of each result: no per-batch results are kept
+        totals.add(futures.pop(0).result())
+    logger.info("slice %s: %d studies, %d instances", part.label, totals.studies, totals.instances)
+    return totals.as_dict()
 
 
 @flow(name="ridl-extract", log_prints=False, persist_result=False)
@@ -78,6 +285,11 @@ def extract_run(
     modalities: list[str] | None = None,
     sites: list[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    cluster: str | None = None,
+    retrieval_limit: int = 4,
+    max_batches_per_flow: int = 2000,
+    task_retries: int = 3,
     reindex: bool = False,
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
     rate_limit: float = DEFAULT_RATE_LIMIT,
@@ -89,65 +301,93 @@ def extract_run(
     The last four parameters protect a network DIR (see ridl.sources.protect).
     """
     logger = get_run_logger()
-    limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
-    plan = prepare_run(
-        project,
-        release,
-        source,
-        destination or "",
-        date_from,
-        date_to,
-        modalities,
-        sites,
+    started = time.time()
+    params = validate_params(
+        project=project,
+        release=release,
+        source=source,
+        destination=destination,
+        date_from=date_from,
+        date_to=date_to,
+        modalities=modalities,
+        sites=sites,
+        batch_size=batch_size,
+        workers=workers,
+        cluster=cluster,
+        retrieval_limit=retrieval_limit,
+        max_batches_per_flow=max_batches_per_flow,
+        task_retries=task_retries,
         reindex=reindex,
-        limits=limits,
+        max_associations=max_associations,
+        rate_limit=rate_limit,
+        allowed_hours=allowed_hours,
+        retries=retries,
     )
+    address = params.resolved_cluster()
+    require_server_for_cluster(address)
+    plan = select_stage(params)
+    params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
     audit.record("run.started", **audit.run_fields(plan.ctx, batch_size, len(plan.studies)))
-    store = open_store(plan.ctx.store_url)
-    if isinstance(store, LocalStore):
-        store.clean_partial_writes(plan.ctx.prefix)
+    cleaned = clean_stage(plan.ctx)
     logger.info(
-        "release %s/%s: %d studies selected (%s)",
+        "release %s/%s: %d studies selected (%s) on %s",
         project,
         release,
         len(plan.studies),
         "resumed" if plan.resumed else "new",
+        f"Dask cluster {address}" if address else f"{params.resolved_workers()} local processes",
     )
-    futures = [process_studies.submit(plan.ctx, b) for b in batches(plan.studies, batch_size)]
-    totals = BatchCounts()
-    for future in futures:
-        counts = future.result()
-        totals.studies += counts["studies"]
-        totals.skipped += counts["skipped"]
-        totals.exported += counts["exported"]
-        totals.bytes += counts["bytes"]
-        totals.excluded.update(counts["excluded"])
-        totals.quarantined.update(counts["quarantined"])
+    slices = plan_slices(plan.studies, params.batch_size, params.max_batches_per_flow)
+    totals = Totals()
+    with api_shared_with_workers():
+        for part in slices:
+            runner = make_task_runner(params.resolved_workers(), params.retrieval_limit, address)
+            child = extract_slice.with_options(
+                name=f"ridl-extract-slice-{part.label}", task_runner=runner
+            )
+            totals.add(child(params, part))
     summary = publish_manifest(plan.ctx, len(plan.studies))
+    summary["studies_skipped_as_done"] = totals.skipped
+    summary["flow_runs"] = len(slices)
+    summary["cleaned"] = cleaned
+    summary["run_log"] = write_run_log(plan.ctx, started, totals, len(slices))
+    summary["report"] = publish_report(plan.ctx, plan.studies)
     summary["verification"] = verify_release_task(plan.ctx)  # no publishing without a clean pass
     summary["publication"] = publish_release(plan.ctx.store_url, project, release)
-    summary["studies_skipped_as_done"] = totals.skipped
     audit.record("run.ended", **audit.run_end_fields(summary))
-    _artifacts(summary)
+    _artifacts(summary, totals)
     return summary
 
 
-def _artifacts(summary: dict[str, Any]) -> None:
-    """Counts for the research office in the Prefect UI; research IDs and counts only."""
-    rows = [{"stage": "selected", "reason": "", "count": summary["studies_selected"]}]
-    rows.append({"stage": "exported", "reason": "", "count": summary["instances_exported"]})
+def _artifacts(summary: dict[str, Any], totals: Totals) -> None:
+    """Counts for the research office in the Prefect UI; counts only, no identifiers."""
+    rows = [
+        {"stage": "selected", "reason": "studies", "count": summary["studies_selected"]},
+        {"stage": "done earlier", "reason": "studies", "count": summary["studies_skipped_as_done"]},
+        {"stage": "exported", "reason": "studies", "count": summary["studies_exported"]},
+        {"stage": "exported", "reason": "instances", "count": summary["instances_exported"]},
+    ]
     for reason, n in summary["excluded"].items():
         rows.append({"stage": "excluded", "reason": reason, "count": n})
     for reason, n in summary["quarantined"].items():
         rows.append({"stage": "quarantined", "reason": reason, "count": n})
     create_table_artifact(key="ridl-counts", table=rows, description="Counts by stage and reason")
+    rate = totals.instances / totals.work_seconds if totals.work_seconds else 0.0
     create_markdown_artifact(
         key="ridl-summary",
         markdown=(
             f"# Release {summary['project']}/{summary['release']}\n\n"
-            f"- studies selected: {summary['studies_selected']}\n"
-            f"- instances exported: {summary['instances_exported']}\n"
-            f"- subjects: {summary['subjects']}\n"
-            f"- manifest: `{summary['manifest']}`\n"
+            f"| | |\n|---|---|\n"
+            f"| studies selected | {summary['studies_selected']} |\n"
+            f"| studies exported | {summary['studies_exported']} |\n"
+            f"| studies done by an earlier run | {summary['studies_skipped_as_done']} |\n"
+            f"| subjects | {summary['subjects']} |\n"
+            f"| instances exported | {summary['instances_exported']} |\n"
+            f"| excluded | {sum(summary['excluded'].values())} |\n"
+            f"| quarantined | {sum(summary['quarantined'].values())} |\n"
+            f"| child flow runs | {summary['flow_runs']} |\n"
+            f"| instances/s per worker | {rate:.1f} |\n"
+            f"| peak worker memory | {totals.peak_rss_mib:.0f} MiB |\n\n"
+            f"Manifest: `{summary['manifest']}`; report: `{summary['report']}`.\n"
         ),
     )

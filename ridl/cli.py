@@ -269,12 +269,13 @@ def dir_synth(
     patients: Annotated[int, typer.Option(help="Number of people.")] = 20,
     sites: Annotated[int, typer.Option(help="Number of sites (Issuers of Patient ID).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
+    ct_slices: Annotated[int, typer.Option(help="Slices per CT series (scale tests).")] = 4,
 ) -> None:
     """Write a synthetic DIR (fake patients) for demos and tests."""
     from ridl.synth import synthesize
 
     try:
-        report = synthesize(path, patients=patients, sites=sites, seed=seed)
+        report = synthesize(path, patients=patients, sites=sites, seed=seed, ct_slices=ct_slices)
     except ValueError as exc:
         _fail(str(exc))
         return
@@ -340,16 +341,34 @@ def launch_run(
     reindex: bool = False,
     verbose: bool = False,
     limits: ArchiveLimits | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Check the request (before Prefect starts), then run the flow with a progress bar."""
     from export.store import open_store
+    from flows.params import validate_params
     from ridl.runplan import check_request
     from ridl.sources.base import open_source
 
+    scale = {k: v for k, v in (scale or {}).items() if v is not None}
+    params = validate_params(
+        project=project,
+        release=release,
+        source=source,
+        destination=destination,
+        date_from=date_from,
+        date_to=date_to,
+        modalities=modalities,
+        sites=sites,
+        batch_size=batch_size,
+        **scale,
+    )
     check_request(project, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
     open_source(source, limits)  # a malformed --source fails here, before Prefect starts
     _quiet_prefect(verbose)
+    from flows.runners import require_server_for_cluster
+
+    require_server_for_cluster(params.resolved_cluster())
     from flows.extract import extract_run
     from ridl.progress import RunProgress
 
@@ -372,6 +391,7 @@ def launch_run(
             rate_limit=limits.rate_limit,
             allowed_hours=limits.allowed_hours,
             retries=limits.retries,
+            **scale,
         )
     return summary
 
@@ -391,11 +411,15 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(
             "verification", "passed: published" if summary["verification"]["passed"] else "failed"
         )
+    if summary.get("flow_runs", 0) > 1:
+        table.add_row("child flow runs", str(summary["flow_runs"]))
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
     root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
+    if summary.get("report"):
+        console.print(f"report:   {root}/{summary['report']}")
     console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
 
 
@@ -452,6 +476,22 @@ def run(
             "an association."
         ),
     ] = DEFAULT_RETRIES,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: every core).")
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RIDL_DASK_ADDRESS",
+            help="Run on this Dask cluster (tcp://host:8786); needs a Prefect server, see README.",
+        ),
+    ] = None,
+    retrieval_limit: Annotated[
+        int, typer.Option(help="Studies retrieved from the DIR at once, across all workers.")
+    ] = 4,
+    max_batches_per_flow: Annotated[
+        int, typer.Option(help="Tasks per flow run; larger selections split into child runs.")
+    ] = 2000,
 ) -> None:
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
@@ -471,6 +511,12 @@ def run(
             reindex,
             verbose,
             limits,
+            scale={
+                "workers": workers,
+                "cluster": cluster,
+                "retrieval_limit": retrieval_limit,
+                "max_batches_per_flow": max_batches_per_flow,
+            },
         )
         print_summary(summary, open_store(dest).url)
     except RidlError as exc:

@@ -27,3 +27,11 @@ class ScopeError(RidlError):
 
 class ReleaseError(RidlError):
     """A release cannot be created, resumed or published as asked."""
+
+
+class TransientError(Exception):
+    """A failure that may pass if tried again later (DIR busy, network cut, store throttling).
+
+    Sources and stores raise it (or a subclass) for conditions worth a retry with backoff; the
+    flow retries batches only for these and for network errors (see ``flows.transient``).
+    """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,23 @@ class OptOutList:
     """A project's opt-out tokens, with the keys to test a study against them."""
 
     def __init__(
-        self, keys: Pseudonymizer, entries: list[OptOutEntry], path: Path | None = None
+        self,
+        keys: Pseudonymizer,
+        entries: list[OptOutEntry],
+        path: Path | None = None,
+        snapshot: Iterable[str] = (),
     ) -> None:
         self.keys = keys
         self.entries = entries
-        self._tokens = {e.token for e in entries}
+        # Tokens handed over with the run (a worker with no shared disk sees no list file).
+        self._snapshot = frozenset(snapshot)
+        self._tokens = self._snapshot | {e.token for e in entries}
         self.path = path
         self._stamp = _stamp(path)
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        return frozenset(self._tokens)
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -69,7 +80,7 @@ class OptOutList:
             return
         self._stamp = _stamp(self.path)
         self.entries = _read_entries(self.path)
-        self._tokens = {e.token for e in self.entries}
+        self._tokens = self._snapshot | {e.token for e in self.entries}
 
     def matches(self, health_number: object, issuer: object, patient_id: object) -> bool:
         """Whether the study's subject withdrew, as the list is on disk now."""
@@ -102,11 +113,15 @@ def _read_entries(path: Path) -> list[OptOutEntry]:
     return entries
 
 
-def load_optout(project_id: str) -> OptOutList:
-    """The project's list (empty when nobody has opted out); it follows later changes."""
+def load_optout(project_id: str, snapshot: Iterable[str] = ()) -> OptOutList:
+    """The project's list (empty when nobody has opted out); it follows later changes.
+
+    ``snapshot`` is the list as the run started, carried by the run context to workers that
+    have no access to the research office's disk; what is on this machine's disk is added.
+    """
     keys = Pseudonymizer(load_secret(project_id))
     path = optout_path(project_id)
-    return OptOutList(keys, _read_entries(path), path)
+    return OptOutList(keys, _read_entries(path), path, snapshot)
 
 
 def add_optout(

@@ -1,11 +1,14 @@
 """A progress bar for a run, fed by what the run has already written.
 
-It watches the frozen selection (how many studies) and the manifest parts in the object store
-(how many are done), so it works whatever runs the studies: threads, processes or a cluster.
+It watches the frozen selection (how many studies and instances) and the manifest parts in the
+object store (which studies are done), so it works whatever runs the studies: local processes or
+a Dask cluster on other machines. Each part is read once; the rate and the time left come from
+what this run has done, not from studies an earlier run finished.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from types import TracebackType
 
@@ -15,6 +18,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -24,7 +28,48 @@ from export.store import ObjectStore
 from ridl.catalog import release_dir
 
 
+class PartTally:
+    """Studies and instances done so far, from the parts in the store; reads each part once."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.seen: set[str] = set()
+        self.studies = 0
+        self.instances = 0
+
+    def refresh(self) -> None:
+        for info in self.store.list(f"{self.prefix}/parts/"):
+            if info.key in self.seen or not info.key.endswith(".json"):
+                continue
+            self.seen.add(info.key)
+            if info.key.endswith("/_source.json"):
+                continue  # files of the source that belong to no study
+            try:
+                part = json.loads(self.store.get_bytes(info.key))
+            except (OSError, ValueError):
+                self.seen.discard(info.key)  # being replaced: read it next time
+                continue
+            self.studies += 1
+            self.instances += (
+                len(part["objects"])
+                + sum(part["excluded"].values())
+                + sum(part["quarantined"].values())
+            )
+
+
+def selection_totals(project: str, release: str) -> tuple[int, int] | None:
+    """(studies, instances) of the frozen selection, once the run has frozen it."""
+    path = release_dir(project, release) / "selection.parquet"
+    if not path.exists():
+        return None
+    table = pq.read_table(path, columns=["n_instances"])
+    return table.num_rows, int(sum(v or 0 for v in table.column("n_instances").to_pylist()))
+
+
 class RunProgress:
+    """Two bars (studies, instances) with rate and time left, refreshed from a thread."""
+
     def __init__(
         self,
         project: str,
@@ -35,44 +80,55 @@ class RunProgress:
     ) -> None:
         self.project = project
         self.release = release
-        self.store = store
+        self.tally = PartTally(store, f"{project}/{release}")
         self.interval = interval
         self._stop = threading.Event()
+        self._baseline: tuple[int, int] | None = None
         self._progress = Progress(
-            TextColumn("[bold]studies"),
+            TextColumn("[bold]{task.description:<9}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[rate]:>9}"),
             TimeElapsedColumn(),
             TextColumn("left"),
             TimeRemainingColumn(),
             console=console,
             transient=False,
         )
+        self._studies = self._progress.add_task("studies", total=None, rate="")
+        self._instances = self._progress.add_task("instances", total=None, rate="")
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _total(self) -> int | None:
-        path = release_dir(self.project, self.release) / "selection.parquet"
-        if not path.exists():
-            return None
-        return int(pq.ParquetFile(path).metadata.num_rows)
-
-    def _done(self) -> int:
-        prefix = f"{self.project}/{self.release}/parts/"
-        return sum(1 for info in self.store.list(prefix) if not info.key.endswith("_source.json"))
-
     def _run(self) -> None:
-        task = self._progress.add_task("run", total=None, rate="")
         while not self._stop.wait(self.interval):
-            self._tick(task)
-        self._tick(task)
+            self._tick()
+        self._tick()
 
-    def _tick(self, task: object) -> None:
-        total = self._total()
-        done = self._done()
-        t = self._progress.tasks[0]
-        rate = f"{t.speed:.1f}/s" if t.speed else ""
-        self._progress.update(task, total=total, completed=done, rate=rate)  # type: ignore[arg-type]
+    def _tick(self) -> None:
+        totals = selection_totals(self.project, self.release)
+        if totals is None:
+            return
+        self.tally.refresh()
+        if self._baseline is None:
+            # What earlier runs finished: shown as done, but not counted in this run's rate.
+            self._baseline = (self.tally.studies, self.tally.instances)
+            self._progress.update(self._studies, total=totals[0], completed=self.tally.studies)
+            self._progress.update(
+                self._instances, total=max(totals[1], 1), completed=self.tally.instances
+            )
+            self._progress.reset(self._studies, total=totals[0], completed=self.tally.studies)
+            self._progress.reset(
+                self._instances, total=max(totals[1], 1), completed=self.tally.instances
+            )
+        for task_id, done, total in (
+            (self._studies, self.tally.studies, totals[0]),
+            (self._instances, self.tally.instances, max(totals[1], self.tally.instances, 1)),
+        ):
+            self._progress.update(task_id, total=total, completed=done, rate=self._rate(task_id))
+
+    def _rate(self, task_id: TaskID) -> str:
+        speed = self._progress.tasks[task_id].speed
+        return f"{speed:.1f}/s" if speed else ""
 
     def __enter__(self) -> RunProgress:
         self._progress.start()

@@ -104,6 +104,8 @@ def prepare_run(
         modalities=scope.modalities,
         hn_issuer=project.hn_issuer,
         limits=limits,
+        optout_tokens=tuple(sorted(load_optout(project.id).tokens)),
+        curation=json.dumps(project.extra.get("curation") or {}, sort_keys=True, default=str),
     )
     frozen = load_frozen(project.id, release)
     if frozen is not None:

@@ -134,8 +134,16 @@ class _Uids:
         return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
-def synthesize(root: Path, patients: int = 20, sites: int = 3, seed: int = 0) -> SynthReport:
-    """Write a synthetic DIR under ``root`` and say what is in it."""
+def synthesize(
+    root: Path, patients: int = 20, sites: int = 3, seed: int = 0, ct_slices: int = 4
+) -> SynthReport:
+    """Write a synthetic DIR under ``root`` and say what is in it.
+
+    ``ct_slices`` sets the slices per CT series: raise it to make an archive of many instances
+    (benchmarks) without more people.
+    """
+    if ct_slices < 1:
+        raise ValueError("ct_slices must be at least 1")
     if patients < 2:
         raise ValueError("patients must be at least 2 (two sites share a Patient ID)")
     if sites < 2:
@@ -168,7 +176,7 @@ def synthesize(root: Path, patients: int = 20, sites: int = 3, seed: int = 0) ->
         for _ in range(rng.randint(1, 3)):
             kind = kinds[study_no % len(kinds)]
             date = FIRST_DATE + dt.timedelta(days=rng.randrange((LAST_DATE - FIRST_DATE).days))
-            files = _study(root, reg, kind, date, study_no, rng, nrng, uids, report)
+            files = _study(root, reg, kind, date, study_no, rng, nrng, uids, report, ct_slices)
             report.files.extend(files)
             report.studies += 1
             study_no += 1
@@ -283,6 +291,7 @@ def _study(
     nrng: np.random.Generator,
     uids: _Uids,
     report: SynthReport,
+    ct_slices: int = 4,
 ) -> list[Path]:
     study_uid = uids()
     accession = f"ACC{rng.randrange(10**7):07d}"
@@ -308,7 +317,7 @@ def _study(
     if kind == "CT":
         series_uid, template = series("CT", "AXIAL 5mm", 1)
         slices: list[tuple[str, str]] = []
-        for n in range(1, 5):
+        for n in range(1, ct_slices + 1):
             ds = _base(reg, date, study_uid, accession, uids)
             ds.update(template)
             ds.Modality = "CT"

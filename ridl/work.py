@@ -7,10 +7,12 @@ study interrupted half way is simply redone, and objects are overwritten with id
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +29,6 @@ from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
 from ridl.optout import load_optout
-from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.secrets import load_secret
 from ridl.sources.base import StudyRef, StudySource, open_source, subject_from_headers
@@ -36,6 +37,17 @@ from ridl.sources.protect import ArchiveLimits
 # IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
 REJECTION_CODES = {"113001", "113037", "113038", "113039"}
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+# Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
+# never sees more than N retrievals at once whatever the number of CPU workers; the flow's worker
+# setup installs the real limit (flows.runners), the default is no limit.
+_retrieval_slot: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+
+
+def set_retrieval_slot(factory: Callable[[], contextlib.AbstractContextManager[object]]) -> None:
+    """Install the context manager factory that guards each study's retrieval."""
+    global _retrieval_slot
+    _retrieval_slot = factory
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,10 @@ class RunContext:
     modalities: tuple[str, ...]
     hn_issuer: str
     limits: ArchiveLimits = ArchiveLimits()
+    # Carried to the workers, which may have no access to the research office's disk:
+    # the opt-out list as keyed tokens (no PHI) and the project's [curation] settings as JSON.
+    optout_tokens: tuple[str, ...] = ()
+    curation: str = ""
 
     @property
     def prefix(self) -> str:
@@ -112,8 +128,8 @@ class Worker:
         self.source: StudySource = open_source(ctx.source_url, ctx.limits)
         if hasattr(self.source, "hn_issuer"):
             self.source.hn_issuer = ctx.hn_issuer
-        self.optout = load_optout(ctx.project)
-        curation = load_project(ctx.project).extra.get("curation")
+        self.optout = load_optout(ctx.project, ctx.optout_tokens)
+        curation = json.loads(ctx.curation) if ctx.curation else None
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
 
     def study_key(self, study: StudyRef) -> str:
@@ -157,13 +173,17 @@ def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
     workdir = settings.work_dir() / ctx.project / ctx.release / outcome.study_key
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        files = worker.source.fetch_study(study, workdir)
+        with _retrieval_slot():
+            files = worker.source.fetch_study(study, workdir)
         rows = _process_files(worker, study, files, outcome)
     finally:
         worker.source.release_study(study, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
     part = {
         "study": outcome.study_key,
+        # A keyed token of the site (Issuer of Patient ID): lets a release count subjects by
+        # number of sites (the health-number linkage) without naming any site.
+        "site": worker.keys.token("site", study.issuer),
         "objects": rows,
         "review": sorted(outcome.review),
         "excluded": dict(sorted(outcome.excluded.items())),

@@ -117,3 +117,21 @@ def test_duplicate_studies_keep_the_row_with_the_health_number(ridl_home: Path) 
     chosen = select(ridl_home / "cat", scope)
     assert sorted(chosen.studies["study_uid"]) == ["1.2.3", "1.2.4", "1.2.5"]
     assert chosen.excluded == {"duplicate-study": 1}, "SITE-C's copy was out of scope already"
+
+
+def test_a_worker_without_the_list_file_uses_the_runs_snapshot(ridl_home: Path) -> None:
+    """Dask workers have their own disk: the run context carries the tokens (keyed, no PHI)."""
+    from ridl.optout import add_optout
+
+    project = make_project("snap")
+    add_optout(project.id, health_number="9990001112")
+    tokens = load_optout(project.id).tokens
+    empty_dir = ridl_home / "empty-dir"
+    empty_dir.mkdir()
+    plan = prepare_run(project.id, "r1", f"folder:{empty_dir}", f"file:{ridl_home / 's'}")
+    assert plan.ctx.optout_tokens == tuple(sorted(tokens)) and tokens
+    optout_path(project.id).unlink()  # as on a worker machine: no list file there
+    assert not load_optout(project.id).matches("9990001112", "SITE-A", "MRN1")
+    on_worker = load_optout(project.id, snapshot=tokens)
+    assert on_worker.matches("9990001112", "SITE-A", "MRN1")
+    assert not on_worker.matches("1112223334", "SITE-A", "MRN1")

@@ -1,0 +1,182 @@
+"""Where batches run: every local core, or an existing Dask cluster, chosen by one setting.
+
+De-identification is CPU-bound Python, so batches run in processes, never threads: locally in
+Prefect's ``ProcessPoolTaskRunner`` (one process per core), or on a Dask cluster through
+prefect-dask's ``DaskTaskRunner`` (workers started with one thread each). Either way a worker
+reads from the DIR and writes to the object store itself: no shared disk, and a task returns
+counts, never image bytes.
+
+Retrieval from the DIR is limited separately from CPU work: ``retrieval_limit`` studies are
+fetched at once across the whole run (slots of file locks shared by the local pool, which a killed
+process lets go of by dying; a ``distributed.Semaphore`` held by the Dask scheduler), however many
+CPU workers there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+
+from ridl import settings, work
+from ridl.errors import ConfigError
+from ridl.sources.base import StudyRef
+from ridl.work import BatchCounts, RunContext, process_study, worker_for
+
+RETRIEVAL_SEMAPHORE = "ridl-dir-retrieval"
+
+# Set in each local pool process by its initializer: the run-wide retrieval slots.
+_local_slots: FileSlots | None = None
+
+
+class FileSlots:
+    """A semaphore across the processes of one machine: ``n`` lock files, one held per slot.
+
+    Picklable (it is only a folder and a number), and a process killed while holding a slot
+    releases it with its file descriptors, so a SIGKILL never leaks a slot.
+    """
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.folder = folder
+        self.n = n
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        delay = 0.002
+        while True:
+            for i in range(self.n):
+                fd = os.open(self.folder / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield
+                finally:
+                    os.close(fd)  # closing releases the lock
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _init_local_worker(slots: FileSlots) -> None:
+    global _local_slots
+    _local_slots = slots
+
+
+def make_task_runner(workers: int, retrieval_limit: int, cluster: str | None) -> TaskRunner[Any]:
+    """The task runner of a run: a Dask cluster when an address is given, else a process pool."""
+    if cluster:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=cluster)
+    slots = FileSlots(settings.work_dir() / "locks" / f"retrieval-{os.getpid()}", retrieval_limit)
+    return ProcessPoolTaskRunner(
+        max_workers=workers, initializer=_init_local_worker, initargs=(slots,)
+    )
+
+
+def configured_api_url() -> str | None:
+    """The Prefect server configured for this process, or None under the ephemeral API."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def require_server_for_cluster(address: str | None) -> None:
+    """Dask workers report to the Prefect API themselves: refuse a cluster without a server."""
+    if address and not (os.environ.get("PREFECT_API_URL") or configured_api_url()):
+        raise ConfigError(
+            "a Dask cluster needs a Prefect server its workers can reach: set PREFECT_API_URL "
+            "(see README, 'Running on a Dask cluster')"
+        )
+
+
+@contextlib.contextmanager
+def api_shared_with_workers() -> Iterator[None]:
+    """Point local worker processes at this run's Prefect API while the block runs.
+
+    Under the ephemeral API each pool process would otherwise start a temporary server of its
+    own (seconds each, and task runs recorded in another database). The URL is set only for the
+    block and removed after it, since the ephemeral server stops with the flow.
+    """
+    if os.environ.get("PREFECT_API_URL") or configured_api_url():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    if not url.startswith("http"):
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def _hold(acquire: Callable[[], Any], release: Callable[[], Any]) -> Iterator[None]:
+    acquire()
+    try:
+        yield
+    finally:
+        release()
+
+
+def _retrieval_slot_factory(
+    ctx: RunContext, retrieval_limit: int
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A context manager factory holding one DIR retrieval slot, for this worker's kind."""
+    if _local_slots is not None:
+        return _local_slots.slot
+    try:
+        from distributed import Semaphore, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return contextlib.nullcontext
+    name = f"{RETRIEVAL_SEMAPHORE}-{ctx.project}-{ctx.release}"
+    dask_sem = Semaphore(max_leases=retrieval_limit, name=name)
+    return lambda: _hold(dask_sem.acquire, dask_sem.release)
+
+
+def run_batch(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) -> dict[str, Any]:
+    """Process one batch in this worker process; counts, timing and peak memory, no bytes."""
+    work.set_retrieval_slot(_retrieval_slot_factory(ctx, retrieval_limit))
+    started = time.time()
+    t0 = time.perf_counter()
+    worker = worker_for(ctx)
+    batch = BatchCounts()
+    fresh = 0
+    for study in studies:
+        outcome = process_study(worker, study)
+        batch.add(outcome)
+        if not outcome.skipped:
+            fresh += _instances(outcome.exported, outcome.excluded, outcome.quarantined)
+    counts = batch.as_dict()
+    counts["work_seconds"] = time.perf_counter() - t0
+    counts["started_at"] = started
+    counts["finished_at"] = time.time()
+    counts["instances"] = _instances(batch.exported, batch.excluded, batch.quarantined)
+    counts["fresh_instances"] = fresh
+    counts["parts"] = [worker.part_key(study) for study in studies]
+    # ru_maxrss is in KiB on Linux: the high-water mark of this worker process.
+    counts["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return counts
+
+
+def _instances(exported: int, excluded: Mapping[str, int], quarantined: Mapping[str, int]) -> int:
+    return exported + sum(excluded.values()) + sum(quarantined.values())
