@@ -4,6 +4,7 @@ objects go through reading and de-identification, and object keys refuse escapes
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -97,6 +98,7 @@ def _run_folder(folder: Path, tmp_path: Path) -> tuple[RunContext, Counter[str],
         retain=(),
         modalities=ALL_MODALITIES,
         hn_issuer="HN",
+        curation=json.dumps(HOSTILE_CURATION),
     )
     counts = process_batch(ctx, studies)
     outcome: Counter[str] = Counter()
