@@ -449,7 +449,8 @@ class Engine:
         ds.file_meta = meta
 
 
-_LONG_VRS = {
+# VRs whose explicit-VR element header has a 4-byte length (PS3.5 7.1.2).
+LONG_VRS = {
     b"OB",
     b"OD",
     b"OF",
@@ -531,7 +532,7 @@ def _check_elements(
             pos += 8
         else:
             vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > end:
                     raise ValueError("element header cut short")
                 length = _u32(data, pos + 8)

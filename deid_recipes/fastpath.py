@@ -41,6 +41,7 @@ from deid_recipes.engine import (
     IDENTIFYING_KEYWORDS,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
+    LONG_VRS,
     MAX_DEPTH,
     DeidError,
     Engine,
@@ -55,21 +56,6 @@ MAX_HEADER = 16 * 1024 * 1024
 PIXEL_DATA = 0x7FE00010
 ITEM, SEQ_END = 0xFFFEE000, 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
-LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
 # Dataset encodings the fast path reads: explicit VR little endian, native or encapsulated.
 NOT_FAST = {
     "1.2.840.10008.1.2",  # implicit VR little endian

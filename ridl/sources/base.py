@@ -58,6 +58,18 @@ class SourceAddress:
     path: str
     options: dict[str, str]
 
+    def checked_options(self, known: set[str]) -> dict[str, str]:
+        """The options, or a ConfigError naming the unknown ones and the known ones."""
+        from ridl.errors import ConfigError
+
+        unknown = set(self.options) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown --source option(s) {sorted(unknown)} for {self.scheme}://; known: "
+                f"{sorted(known)}"
+            )
+        return dict(self.options)
+
 
 def parse_source_url(url: str) -> SourceAddress:
     """Split ``folder:PATH``, ``dimse://AET@host:port?k=v`` or ``dicomweb[s]://host:port/path``.

@@ -51,13 +51,7 @@ class DicomwebSource:
     def __init__(
         self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = "HN"
     ) -> None:
-        opts = dict(address.options)
-        unknown = set(opts) - OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"unknown --source option(s) {sorted(unknown)} for dicomweb://; known: "
-                f"{sorted(OPTIONS)}"
-            )
+        opts = address.checked_options(OPTIONS)
         try:
             self.page = int(opts.get("page", "500"))
             self.timeout = float(opts.get("timeout", "60"))

@@ -215,13 +215,7 @@ class DimseSource:
     def __init__(
         self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = "HN"
     ) -> None:
-        opts = dict(address.options)
-        unknown = set(opts) - OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"unknown --source option(s) {sorted(unknown)} for dimse://; known: "
-                f"{sorted(OPTIONS)}"
-            )
+        opts = address.checked_options(OPTIONS)
         if not address.user:
             raise ConfigError("--source must name the archive's AE: dimse://CALLED_AET@host:port")
         self.called_aet = address.user
