@@ -33,6 +33,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+from pydicom.valuerep import VR as _VR
 
 from curation.integrity import Rejected
 from deid_recipes.engine import (
@@ -324,7 +325,6 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(
     int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS
 )
-PREAMBLE = b"\x00" * 128 + b"DICM"
 NUMERIC_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "UV": 8, "SV": 8}
 TEXT_PAD = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
 TEXT_PAD |= {"UR", "UT"}
@@ -339,6 +339,16 @@ def encode_element(tag: int, vr: str, value: bytes) -> bytes:
     if vr.encode() in LONG_VRS:
         return head + vr.encode() + b"\x00\x00" + len(value).to_bytes(4, "little") + value
     return head + vr.encode() + len(value).to_bytes(2, "little") + value
+
+
+# Value representations the fast path encodes itself. An element read as UN takes its dictionary
+# VR once pydicom reads its value, and bytes that name no VR are for pydicom to refuse; either
+# way only the dataset path knows the bytes it would write, so the fast path hands off.
+_KNOWN_VRS = frozenset(v.value for v in _VR if " " not in v.value and v.value != "UN")
+_ITEM = b"\xfe\xff\x00\xe0"
+_UNDEFINED = b"\xff\xff\xff\xff"
+_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 class _HandOff(Exception):
@@ -398,7 +408,11 @@ class ByteEngine:
                 return encode_element(tag, "SQ", b"")
             if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
                 # Kept and X/Z/U* reference sequences: keep, de-identify every item.
-                return encode_element(tag, "SQ", self._sequence(raw[value_at:], subject, depth))
+                content = self._sequence(raw[value_at:], subject, depth)
+                if _u32(raw, value_at - 4) != UNDEFINED:
+                    return encode_element(tag, "SQ", content)
+                # Written as it was read (pydicom keeps the undefined length on the dataset path).
+                return raw[:4] + b"SQ\x00\x00" + _UNDEFINED + content + _SEQ_DELIMITER
             if name == "JITTER":
                 return None
             raise _HandOff  # dummy or clean content: the engine's dataset path
@@ -438,6 +452,7 @@ class ByteEngine:
             if tag != ITEM:
                 raise DeidError("unparseable-sequence", "expected an item tag")
             pos += 8
+            undefined_item = length == UNDEFINED
             try:
                 if length == UNDEFINED:
                     elements, pos = _item_elements(value, pos)
@@ -454,6 +469,8 @@ class ByteEngine:
                 raise DeidError("unparseable-sequence", "element cut short") from None
             parts: list[bytes] = []
             for tag_, begin, end, vr in elements:
+                if vr not in _KNOWN_VRS:
+                    raise _HandOff  # see _KNOWN_VRS
                 group = tag_ >> 16
                 if group == 0xFFFE:
                     raise DeidError("unparseable-sequence", "delimiter inside an item")
@@ -470,7 +487,10 @@ class ByteEngine:
                 if out is not None:
                     parts.append(out)
             content = b"".join(parts)
-            items.append(b"\xfe\xff\x00\xe0" + len(content).to_bytes(4, "little") + content)
+            if undefined_item:
+                items.append(_ITEM + _UNDEFINED + content + _ITEM_DELIMITER)
+            else:
+                items.append(_ITEM + len(content).to_bytes(4, "little") + content)
         return b"".join(items)
 
     def _uids(self, value: bytes) -> bytes:
@@ -580,6 +600,8 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
         return None
     data = header.raw
     elements = header.elements
+    if any(vr not in _KNOWN_VRS for _, _, _, vr in elements):
+        return None  # UN or no VR at all: see _KNOWN_VRS
     wanted = IDENTIFYING_TAGS if engine.uses_clean else SUBJECT_TAGS
     keyed = [data[b:e] for t, b, e, _ in elements if t in wanted]
     charset = [data[b:e] for t, b, e, _ in elements if t == SPECIFIC_CHARACTER_SET]
@@ -626,13 +648,16 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     except KeyError:
         raise DeidError("no-sop-instance") from None
     meta = _meta(sop_class, sop_instance, header.syntax)
-    head = b"".join([PREAMBLE, meta, *(parts[t] for t in sorted(parts))])
+    # The source's preamble is kept, as pydicom keeps it on the dataset path.
+    head = b"".join([data[:128], b"DICM", meta, *(parts[t] for t in sorted(parts))])
     try:
         result = read_dataset(
             io.BytesIO(b"".join(parts[t] for t in RESULT_TAGS if t in parts)), False, True
         )
-    except Exception as exc:
-        raise Rejected("unreadable", type(exc).__name__) from None
+        for _ in result:  # decode each value now, not later in the caller
+            pass
+    except Exception:
+        return None  # values pydicom cannot read: the dataset path decides what they become
     for tag in (0x0020000D, 0x0020000E):
         if tag in parts:
             result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))

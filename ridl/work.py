@@ -38,6 +38,8 @@ from ridl.sources.protect import ArchiveLimits
 # IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
 REJECTION_CODES = {"113001", "113037", "113038", "113039"}
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+# What the run itself reads from every header (IOCM, scope, object keys).
+HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
 
 # Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
 # never sees more than N retrievals at once whatever the number of CPU workers; the flow's worker
@@ -208,7 +210,10 @@ def _process_files(
     headers: dict[Path, Dataset] = {}
     for path in files:
         try:
-            headers[path] = dcmread(path, stop_before_pixels=True)
+            header = dcmread(path, stop_before_pixels=True)
+            for keyword in HEADER_KEYWORDS:  # values are decoded lazily: fail here, not later
+                header.get(keyword)
+            headers[path] = header
         except InvalidDicomError:
             _quarantine(worker, study, path, outcome, "not-dicom")
         except Exception as exc:
