@@ -12,8 +12,9 @@ writes the de-identified header and appends the pixel data element by ``os.copy_
 through Python.
 
 Anything else (implicit VR, big endian, deflate, elements after the pixel data, a header larger
-than ``MAX_HEADER``) returns ``None`` from :func:`read_header`, and the caller uses the ordinary
-whole-object path; both give the same output (``tests/test_deid_fastpath.py`` checks it).
+than ``MAX_HEADER``, elements read as UN or naming no VR) returns ``None``, and the caller uses
+the ordinary whole-object path; both give the same bytes (``tests/test_deid_fastpath.py`` and,
+for runs, ``tests/test_run_fastpath.py`` check it).
 """
 
 from __future__ import annotations

@@ -210,10 +210,10 @@ def _process_files(
     headers: dict[Path, Dataset] = {}
     for path in files:
         try:
-            header = dcmread(path, stop_before_pixels=True)
+            read = dcmread(path, stop_before_pixels=True)
             for keyword in HEADER_KEYWORDS:  # values are decoded lazily: fail here, not later
-                header.get(keyword)
-            headers[path] = header
+                read.get(keyword)
+            headers[path] = read
         except InvalidDicomError:
             _quarantine(worker, study, path, outcome, "not-dicom")
         except Exception as exc:
