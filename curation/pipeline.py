@@ -33,6 +33,10 @@ class Curated:
     review_id: str | None = None
     at_risk: bool = False
     ocr_ran: bool = False
+    # True when curation changed the object (regions blanked, Burned In Annotation set): only
+    # then must the run de-identify ``dataset`` itself; otherwise the file as stored is what
+    # to export, and the run may take the byte-level fast path (deid_recipes.fastpath).
+    pixels_changed: bool = False
 
 
 @dataclass
@@ -112,7 +116,10 @@ class Curator:
             frames = frames_for_ocr(ds, pixels) if self.policy.ocr or pixels is not None else []
         except CleaningError as err:
             if decision == "approve":
-                return Curated("export", dataset=ds, review_id=review_id, at_risk=True)
+                # Cleaning failed part way: the dataset may hold half-blanked pixels.
+                return Curated(
+                    "export", dataset=ds, review_id=review_id, at_risk=True, pixels_changed=True
+                )
             record.status, record.reason = "quarantined", err.reason
             record_object(self.project, self.release, record)
             return Curated("quarantine", err.reason, err.detail, review_id=review_id, at_risk=True)
@@ -128,7 +135,13 @@ class Curator:
                     ds.BurnedInAnnotation = "NO"
                 record.reason = "known-regions-blanked" if triage.has_regions else "approved"
                 record_object(self.project, self.release, record, frames[0] if frames else None)
-                return Curated("export", dataset=ds, review_id=review_id, at_risk=True)
+                return Curated(
+                    "export",
+                    dataset=ds,
+                    review_id=review_id,
+                    at_risk=True,
+                    pixels_changed=triage.has_regions,
+                )
             record.status, record.reason = "quarantined", "burned-in-unverified"
             record_object(self.project, self.release, record)
             return Curated("quarantine", "burned-in-unverified", review_id=review_id, at_risk=True)
@@ -153,4 +166,11 @@ class Curator:
                 # Only now is the header's claim true: regions blanked and nothing left to read.
                 ds.BurnedInAnnotation = "NO"
         record_object(self.project, self.release, record, frames[0] if frames else None)
-        return Curated("export", dataset=ds, review_id=review_id, at_risk=True, ocr_ran=True)
+        return Curated(
+            "export",
+            dataset=ds,
+            review_id=review_id,
+            at_risk=True,
+            ocr_ran=True,
+            pixels_changed=triage.has_regions,
+        )

@@ -12,8 +12,9 @@ writes the de-identified header and appends the pixel data element by ``os.copy_
 through Python.
 
 Anything else (implicit VR, big endian, deflate, elements after the pixel data, a header larger
-than ``MAX_HEADER``) returns ``None`` from :func:`read_header`, and the caller uses the ordinary
-whole-object path; both give the same output (``tests/test_deid_fastpath.py`` checks it).
+than ``MAX_HEADER``, elements read as UN or naming no VR) returns ``None``, and the caller uses
+the ordinary whole-object path; both give the same bytes (``tests/test_deid_fastpath.py`` and,
+for runs, ``tests/test_run_fastpath.py`` check it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+from pydicom.valuerep import VR as _VR
 
 from curation.integrity import Rejected
 from deid_recipes.engine import (
@@ -324,7 +326,6 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(
     int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS
 )
-PREAMBLE = b"\x00" * 128 + b"DICM"
 NUMERIC_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "UV": 8, "SV": 8}
 TEXT_PAD = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
 TEXT_PAD |= {"UR", "UT"}
@@ -339,6 +340,16 @@ def encode_element(tag: int, vr: str, value: bytes) -> bytes:
     if vr.encode() in LONG_VRS:
         return head + vr.encode() + b"\x00\x00" + len(value).to_bytes(4, "little") + value
     return head + vr.encode() + len(value).to_bytes(2, "little") + value
+
+
+# Value representations the fast path encodes itself. An element read as UN takes its dictionary
+# VR once pydicom reads its value, and bytes that name no VR are for pydicom to refuse; either
+# way only the dataset path knows the bytes it would write, so the fast path hands off.
+_KNOWN_VRS = frozenset(v.value for v in _VR if " " not in v.value and v.value != "UN")
+_ITEM = b"\xfe\xff\x00\xe0"
+_UNDEFINED = b"\xff\xff\xff\xff"
+_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 class _HandOff(Exception):
@@ -398,7 +409,11 @@ class ByteEngine:
                 return encode_element(tag, "SQ", b"")
             if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
                 # Kept and X/Z/U* reference sequences: keep, de-identify every item.
-                return encode_element(tag, "SQ", self._sequence(raw[value_at:], subject, depth))
+                content = self._sequence(raw[value_at:], subject, depth)
+                if _u32(raw, value_at - 4) != UNDEFINED:
+                    return encode_element(tag, "SQ", content)
+                # Written as it was read (pydicom keeps the undefined length on the dataset path).
+                return raw[:4] + b"SQ\x00\x00" + _UNDEFINED + content + _SEQ_DELIMITER
             if name == "JITTER":
                 return None
             raise _HandOff  # dummy or clean content: the engine's dataset path
@@ -438,6 +453,7 @@ class ByteEngine:
             if tag != ITEM:
                 raise DeidError("unparseable-sequence", "expected an item tag")
             pos += 8
+            undefined_item = length == UNDEFINED
             try:
                 if length == UNDEFINED:
                     elements, pos = _item_elements(value, pos)
@@ -454,6 +470,8 @@ class ByteEngine:
                 raise DeidError("unparseable-sequence", "element cut short") from None
             parts: list[bytes] = []
             for tag_, begin, end, vr in elements:
+                if vr not in _KNOWN_VRS:
+                    raise _HandOff  # see _KNOWN_VRS
                 group = tag_ >> 16
                 if group == 0xFFFE:
                     raise DeidError("unparseable-sequence", "delimiter inside an item")
@@ -470,7 +488,10 @@ class ByteEngine:
                 if out is not None:
                     parts.append(out)
             content = b"".join(parts)
-            items.append(b"\xfe\xff\x00\xe0" + len(content).to_bytes(4, "little") + content)
+            if undefined_item:
+                items.append(_ITEM + _UNDEFINED + content + _ITEM_DELIMITER)
+            else:
+                items.append(_ITEM + len(content).to_bytes(4, "little") + content)
         return b"".join(items)
 
     def _uids(self, value: bytes) -> bytes:
@@ -553,6 +574,98 @@ def byte_engine(engine: Engine) -> ByteEngine | None:
     return made
 
 
+@dataclass
+class _Done:
+    """A de-identified header ready to write: the pixel data follows it from the source."""
+
+    result: Dataset
+    subject: SubjectContext
+    head: bytes
+    pixel_offset: int
+    size: int
+
+
+# What callers read back from the written header without parsing it: the UIDs that name the
+# object, and the attributes a run's manifest row records (with the character set they need).
+RESULT_TAGS = (0x00080005, 0x00080016, 0x00080020, 0x00081030)
+
+
+def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) -> _Done | None:
+    """The de-identified header of an open file, or None when it needs the whole-object path."""
+    fast = byte_engine(engine)
+    if fast is None or engine._decide(PIXEL_DATA, None)[0] != "KEEP":
+        return None  # computed ADDs or changed pixel data: the dataset path
+    size = os.fstat(fp.fileno()).st_size
+    header = read_header(fp, size)
+    if header is None:
+        return None
+    data = header.raw
+    elements = header.elements
+    if any(vr not in _KNOWN_VRS for _, _, _, vr in elements):
+        return None  # UN or no VR at all: see _KNOWN_VRS
+    wanted = IDENTIFYING_TAGS if engine.uses_clean else SUBJECT_TAGS
+    keyed = [data[b:e] for t, b, e, _ in elements if t in wanted]
+    charset = [data[b:e] for t, b, e, _ in elements if t == SPECIFIC_CHARACTER_SET]
+    try:
+        tiny = read_dataset(io.BytesIO(b"".join(charset + keyed)), False, True)
+    except Exception as exc:
+        raise Rejected("unreadable", type(exc).__name__) from None
+    if charset:
+        _check_charset(tiny)
+    subject = subject_for(tiny)
+    parts: dict[int, bytes] = {}
+    handed: list[bytes] = []
+    for tag, begin, end, vr in elements:
+        group = tag >> 16
+        if group == 0x0002 or group == 0xFFFE or not tag & 0xFFFF:
+            continue
+        raw = data[begin:end]
+        if group & 1:
+            if engine.recipe.safe_private:
+                handed.append(raw)
+            continue
+        try:
+            out = fast.element(tag, vr, raw, 12 if vr.encode() in LONG_VRS else 8, subject)
+        except _HandOff:
+            handed.append(raw)
+            continue
+        if out is not None:
+            parts[tag] = out
+    if handed:
+        try:
+            small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
+        except Exception as exc:
+            raise Rejected("unreadable", type(exc).__name__) from None
+        state = _State(subject)
+        if engine.uses_clean:
+            state.identifying = _identifying_tokens(tiny)
+        engine._walk(small, state, 0, "")
+        parts.update(_encode(small))
+    parts.update(fast._constant)
+    if not engine._codes:
+        parts.pop(0x00120064, None)
+    try:
+        sop_class, sop_instance = _value(parts[0x00080016]), _value(parts[0x00080018])
+    except KeyError:
+        raise DeidError("no-sop-instance") from None
+    meta = _meta(sop_class, sop_instance, header.syntax)
+    # The source's preamble is kept, as pydicom keeps it on the dataset path.
+    head = b"".join([data[:128], b"DICM", meta, *(parts[t] for t in sorted(parts))])
+    try:
+        result = read_dataset(
+            io.BytesIO(b"".join(parts[t] for t in RESULT_TAGS if t in parts)), False, True
+        )
+        for _ in result:  # decode each value now, not later in the caller
+            pass
+    except Exception:
+        return None  # values pydicom cannot read: the dataset path decides what they become
+    for tag in (0x0020000D, 0x0020000E):
+        if tag in parts:
+            result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))
+    result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
+    return _Done(result, subject, head, header.pixel_offset, size)
+
+
 def deidentify_file(
     engine: Engine,
     subject_for: SubjectFor,
@@ -566,80 +679,42 @@ def deidentify_file(
     tag order with the constant elements and File Meta, and the pixel data is appended by the
     kernel. ``subject_for(header)`` gives the subject from Patient ID, Issuer and Other Patient
     IDs; ``write_to(dataset, subject)`` names the target file. Returns a dataset with the new
-    Study / Series / SOP Instance UIDs, the subject and the bytes written.
+    Study / Series / SOP Instance UIDs (and SOP Class, Study Date and Description), the subject
+    and the bytes written.
     """
-    fast = byte_engine(engine)
-    if fast is None or engine._decide(PIXEL_DATA, None)[0] != "KEEP":
-        return None  # computed ADDs or changed pixel data: the dataset path
     with open(src, "rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        header = read_header(fp, size)
-        if header is None:
+        done = _deidentify_header(engine, subject_for, fp)
+        if done is None:
             return None
-        data = header.raw
-        elements = header.elements
-        wanted = IDENTIFYING_TAGS if engine.uses_clean else SUBJECT_TAGS
-        keyed = [data[b:e] for t, b, e, _ in elements if t in wanted]
-        charset = [data[b:e] for t, b, e, _ in elements if t == SPECIFIC_CHARACTER_SET]
-        try:
-            tiny = read_dataset(io.BytesIO(b"".join(charset + keyed)), False, True)
-        except Exception as exc:
-            raise Rejected("unreadable", type(exc).__name__) from None
-        if charset:
-            _check_charset(tiny)
-        subject = subject_for(tiny)
-        parts: dict[int, bytes] = {}
-        handed: list[bytes] = []
-        for tag, begin, end, vr in elements:
-            group = tag >> 16
-            if group == 0x0002 or group == 0xFFFE or not tag & 0xFFFF:
-                continue
-            raw = data[begin:end]
-            if group & 1:
-                if engine.recipe.safe_private:
-                    handed.append(raw)
-                continue
-            try:
-                out = fast.element(tag, vr, raw, 12 if vr.encode() in LONG_VRS else 8, subject)
-            except _HandOff:
-                handed.append(raw)
-                continue
-            if out is not None:
-                parts[tag] = out
-        if handed:
-            try:
-                small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
-            except Exception as exc:
-                raise Rejected("unreadable", type(exc).__name__) from None
-            state = _State(subject)
-            if engine.uses_clean:
-                state.identifying = _identifying_tokens(tiny)
-            engine._walk(small, state, 0, "")
-            parts.update(_encode(small))
-        parts.update(fast._constant)
-        if not engine._codes:
-            parts.pop(0x00120064, None)
-        try:
-            sop_class, sop_instance = _value(parts[0x00080016]), _value(parts[0x00080018])
-        except KeyError:
-            raise DeidError("no-sop-instance") from None
-        meta = _meta(sop_class, sop_instance, header.syntax)
-        head = b"".join([PREAMBLE, meta, *(parts[t] for t in sorted(parts))])
-        result = Dataset()
-        for tag in (0x0020000D, 0x0020000E):
-            if tag in parts:
-                result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))
-        result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
-        target = write_to(result, subject)
+        target = write_to(done.result, done.subject)
         tmp = str(target) + ".tmp"
         out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(head)
+            view = memoryview(done.head)
             while view:
                 view = view[os.write(out_fd, view) :]
-            count = size - header.pixel_offset
-            _copy_range(fp.fileno(), out_fd, header.pixel_offset, count)
+            count = done.size - done.pixel_offset
+            _copy_range(fp.fileno(), out_fd, done.pixel_offset, count)
         finally:
             os.close(out_fd)
         os.replace(tmp, target)
-        return result, subject, len(head) + size - header.pixel_offset
+        return done.result, done.subject, len(done.head) + done.size - done.pixel_offset
+
+
+def deidentify_to_bytes(
+    engine: Engine, subject_for: SubjectFor, src: Path
+) -> tuple[Dataset, SubjectContext, bytes] | None:
+    """The fast path for a caller that needs the object's bytes (an extraction run hashes them
+    and hands them to its object store): the de-identified header followed by the pixel data
+    element read once with ``os.pread``, never parsed. None, Rejected and DeidError mean what
+    they mean for :func:`deidentify_file`; the bytes are those it would write.
+    """
+    with open(src, "rb") as fp:
+        done = _deidentify_header(engine, subject_for, fp)
+        if done is None:
+            return None
+        count = done.size - done.pixel_offset
+        pixels = os.pread(fp.fileno(), count, done.pixel_offset)
+        if len(pixels) != count:
+            raise Rejected("truncated", "pixel data changed while read")
+        return done.result, done.subject, done.head + pixels

@@ -135,12 +135,18 @@ class _Uids:
 
 
 def synthesize(
-    root: Path, patients: int = 20, sites: int = 3, seed: int = 0, ct_slices: int = 4
+    root: Path,
+    patients: int = 20,
+    sites: int = 3,
+    seed: int = 0,
+    ct_slices: int = 4,
+    ct_size: int = 64,
 ) -> SynthReport:
     """Write a synthetic DIR under ``root`` and say what is in it.
 
     ``ct_slices`` sets the slices per CT series: raise it to make an archive of many instances
-    (benchmarks) without more people.
+    (benchmarks) without more people; ``ct_size`` sets their rows and columns (512 for slices
+    of a real CT's size).
     """
     if ct_slices < 1:
         raise ValueError("ct_slices must be at least 1")
@@ -176,7 +182,9 @@ def synthesize(
         for _ in range(rng.randint(1, 3)):
             kind = kinds[study_no % len(kinds)]
             date = FIRST_DATE + dt.timedelta(days=rng.randrange((LAST_DATE - FIRST_DATE).days))
-            files = _study(root, reg, kind, date, study_no, rng, nrng, uids, report, ct_slices)
+            files = _study(
+                root, reg, kind, date, study_no, rng, nrng, uids, report, ct_slices, ct_size
+            )
             report.files.extend(files)
             report.studies += 1
             study_no += 1
@@ -292,6 +300,7 @@ def _study(
     uids: _Uids,
     report: SynthReport,
     ct_slices: int = 4,
+    ct_size: int = 64,
 ) -> list[Path]:
     study_uid = uids()
     accession = f"ACC{rng.randrange(10**7):07d}"
@@ -330,7 +339,7 @@ def _study(
             ds.RescaleIntercept = -1024
             ds.RescaleSlope = 1
             ds.ImageComments = f"Scanned by tech; pt {reg.patient_id}"
-            _image(ds, nrng.integers(0, 2000, size=(64, 64), dtype=np.int16))
+            _image(ds, nrng.integers(0, 2000, size=(ct_size, ct_size), dtype=np.int16))
             sop = uids()
             save(_finish(ds, CT_IMAGE, sop), f"ct_{n:03d}.dcm")
             slices.append((CT_IMAGE, sop))

@@ -23,9 +23,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from curation.integrity import Rejected
-from curation.pipeline import Curator
+from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
 from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
+from deid_recipes.fastpath import deidentify_to_bytes
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
 from ridl.optout import load_optout
@@ -37,6 +38,8 @@ from ridl.sources.protect import ArchiveLimits
 # IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
 REJECTION_CODES = {"113001", "113037", "113038", "113039"}
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+# What the run itself reads from every header (IOCM, scope, object keys).
+HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
 
 # Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
 # never sees more than N retrievals at once whatever the number of CPU workers; the flow's worker
@@ -67,6 +70,12 @@ class RunContext:
     # the opt-out list as keyed tokens (no PHI) and the project's [curation] settings as JSON.
     optout_tokens: tuple[str, ...] = ()
     curation: str = ""
+    # De-identify objects whose pixels curation left alone by the byte-level fast path
+    # (deid_recipes.fastpath: header bytes re-encoded, pixel data copied unparsed); objects it
+    # hands back (other encodings, elements after the pixel data) and objects curation changed
+    # take the dataset path. Both give the same bytes; False sends every object through the
+    # dataset path (for comparison: tests/test_run_fastpath.py, benchmarks/run_throughput.py).
+    fast_path: bool = True
 
     @property
     def prefix(self) -> str:
@@ -201,7 +210,10 @@ def _process_files(
     headers: dict[Path, Dataset] = {}
     for path in files:
         try:
-            headers[path] = dcmread(path, stop_before_pixels=True)
+            read = dcmread(path, stop_before_pixels=True)
+            for keyword in HEADER_KEYWORDS:  # values are decoded lazily: fail here, not later
+                read.get(keyword)
+            headers[path] = read
         except InvalidDicomError:
             _quarantine(worker, study, path, outcome, "not-dicom")
         except Exception as exc:
@@ -243,10 +255,7 @@ def _process_files(
             _quarantine(worker, study, path, outcome, curated.reason, curated.detail)
             continue
         try:
-            ds = curated.dataset
-            worker.engine.apply(ds, subject)
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
+            ds, data = _deidentify(worker, path, curated, subject)
         except Rejected as rej:
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
             continue
@@ -256,7 +265,6 @@ def _process_files(
         except Exception as exc:  # never let one object stop the run
             _quarantine(worker, study, path, outcome, "write-failed", type(exc).__name__)
             continue
-        data = buffer.getvalue()
         if not all(getattr(ds, k, None) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
             _quarantine(worker, study, path, outcome, "missing-uid")  # found by fuzzing
             continue
@@ -284,6 +292,27 @@ def _process_files(
         outcome.bytes += len(data)
     rows.sort(key=lambda r: r["key"])
     return rows
+
+
+def _deidentify(
+    worker: Worker, path: Path, curated: Curated, subject: SubjectContext
+) -> tuple[Dataset, bytes]:
+    """The de-identified object: a dataset naming it and its bytes. Raises Rejected / DeidError.
+
+    An object curation did not change goes by the fast path when the run allows it; the fast
+    path answers None for what it does not take, and then the dataset curation read is
+    de-identified whole, exactly as with the fast path switched off.
+    """
+    if worker.ctx.fast_path and not curated.pixels_changed:
+        done = deidentify_to_bytes(worker.engine, lambda _header: subject, path)
+        if done is not None:
+            return done[0], done[2]
+    ds = curated.dataset
+    assert ds is not None  # the caller quarantines an export without a dataset
+    worker.engine.apply(ds, subject)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return ds, buffer.getvalue()
 
 
 def _quarantine(

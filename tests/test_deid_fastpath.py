@@ -32,6 +32,14 @@ def _slow(engine: Engine, path: Path) -> Dataset:
     return dcmread(buffer)
 
 
+def _slow_bytes(engine: Engine, path: Path) -> bytes:
+    ds = dcmread(path)
+    engine.apply(ds, SUBJECT)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _fields(ds: Dataset) -> dict[str, object]:
     out: dict[str, object] = {}
     for elem in ds.iterall():
@@ -54,6 +62,7 @@ def test_fast_path_equals_dataset_path(spec: str, synth_dir, tmp_path: Path) -> 
         fast = dcmread(target)
         slow = _slow(engine, path)
         assert _fields(fast) == _fields(slow), path.name
+        assert target.read_bytes() == _slow_bytes(engine, path), path.name
         assert fast.file_meta.MediaStorageSOPInstanceUID == slow.SOPInstanceUID
         assert fast.file_meta == slow.file_meta
         assert fast.PixelData == dcmread(path).PixelData
@@ -81,6 +90,7 @@ def test_fast_path_walks_nested_references_like_the_engine(spec: str, tmp_path: 
     assert deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: target) is not None
     fast, slow = dcmread(target), _slow(engine, path)
     assert _fields(fast) == _fields(slow)
+    assert target.read_bytes() == _slow_bytes(engine, path)
     assert "CurrentRequestedProcedureEvidenceSequence" in fast
 
 
