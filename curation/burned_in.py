@@ -168,6 +168,11 @@ def quiet_deid() -> None:
 
     Importing ``deid.dicom.pixels.clean`` raises deid's verbosity, so this runs after it too.
     """
+    # deid's pixel module imports a pydicom module that pydicom 3 logs as deprecated: keep that
+    # notice (about a third-party import, nothing a user can act on) off the run's console.
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)
     try:
         import deid.dicom.pixels.clean  # noqa: F401
         from deid.logger import bot
@@ -175,3 +180,5 @@ def quiet_deid() -> None:
         bot.level = -3  # deid's ERROR
     except Exception:  # pragma: no cover - older deid
         logging.getLogger("deid").setLevel(logging.ERROR)
+    finally:
+        pydicom_log.setLevel(level)

@@ -44,9 +44,9 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     ``ds`` is changed in place: new pixel data, same transfer syntax where possible, and
     ``BurnedInAnnotation`` left as it is (the caller sets NO only once text detection agrees).
     """
+    quiet_deid()
     from deid.dicom.pixels.clean import clean_pixel_data
 
-    quiet_deid()
     results = {"results": [{"coordinates": [[int(m), _copy(v)] for m, v in coordinates]}]}
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     photometric = str(ds.get("PhotometricInterpretation", ""))
