@@ -19,7 +19,7 @@ import fcntl
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from ridl import settings, work
 from ridl.errors import ConfigError
 from ridl.sources.base import StudyRef
-from ridl.work import BatchCounts, RunContext, process_study, worker_for
+from ridl.work import RunContext, process_batch, worker_for
 
 RETRIEVAL_SEMAPHORE = "ridl-dir-retrieval"
 
@@ -158,25 +158,11 @@ def run_batch(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) ->
     work.set_retrieval_slot(_retrieval_slot_factory(ctx, retrieval_limit))
     started = time.time()
     t0 = time.perf_counter()
-    worker = worker_for(ctx)
-    batch = BatchCounts()
-    fresh = 0
-    for study in studies:
-        outcome = process_study(worker, study)
-        batch.add(outcome)
-        if not outcome.skipped:
-            fresh += _instances(outcome.exported, outcome.excluded, outcome.quarantined)
-    counts = batch.as_dict()
+    counts = process_batch(ctx, studies).as_dict()
     counts["work_seconds"] = time.perf_counter() - t0
     counts["started_at"] = started
     counts["finished_at"] = time.time()
-    counts["instances"] = _instances(batch.exported, batch.excluded, batch.quarantined)
-    counts["fresh_instances"] = fresh
-    counts["parts"] = [worker.part_key(study) for study in studies]
+    counts["parts"] = [worker_for(ctx).part_key(study) for study in studies]
     # ru_maxrss is in KiB on Linux: the high-water mark of this worker process.
     counts["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return counts
-
-
-def _instances(exported: int, excluded: Mapping[str, int], quarantined: Mapping[str, int]) -> int:
-    return exported + sum(excluded.values()) + sum(quarantined.values())

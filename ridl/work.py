@@ -106,14 +106,21 @@ class BatchCounts:
     bytes: int = 0
     excluded: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    # Objects met (exported, excluded or quarantined); "fresh" ones only in studies this batch
+    # did itself, not in studies an earlier run had finished.
+    instances: int = 0
+    fresh_instances: int = 0
 
     def add(self, outcome: StudyOutcome) -> None:
+        met = outcome.exported + sum(outcome.excluded.values()) + sum(outcome.quarantined.values())
         self.studies += 1
         self.skipped += int(outcome.skipped)
         self.exported += outcome.exported
         self.bytes += outcome.bytes
         self.excluded.update(outcome.excluded)
         self.quarantined.update(outcome.quarantined)
+        self.instances += met
+        self.fresh_instances += 0 if outcome.skipped else met
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +130,8 @@ class BatchCounts:
             "bytes": self.bytes,
             "excluded": dict(self.excluded),
             "quarantined": dict(self.quarantined),
+            "instances": self.instances,
+            "fresh_instances": self.fresh_instances,
         }
 
 
