@@ -55,7 +55,7 @@ def plain_run(project: str, release: str, source: str, store: str, workers: int)
     from export.store import open_store
     from flows.extract import batches
     from flows.runners import run_batch
-    from ridl.runplan import prepare_run
+    from flows.runplan import prepare_run
 
     t0 = time.perf_counter()
     plan = prepare_run(project, release, source, store)
@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 and 500 instances")
     args = parser.parse_args()
     large, small = (2000, 500) if args.quick else (20000, 5000)
+    from ridl.settings import configure_prefect_environment
+
+    configure_prefect_environment()  # this script is an entry point, as the CLI is
 
     work = Path(tempfile.mkdtemp(prefix="ridl-e2e-"))
     os.environ["RIDL_HOME"] = str(work / "home")

@@ -51,17 +51,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ridl-run-tp-"))
     os.environ["RIDL_HOME"] = str(work / "home")
-    import ridl.work
-    from curation.integrity import Rejected, read_whole
+    import flows.work
+    from curation.integrity import read_whole
+    from flows.runplan import prepare_run
+    from flows.work import process_batch
+    from ridl.errors import ObjectRejected
     from ridl.projects import Project, Scope, create_project
-    from ridl.runplan import prepare_run
     from ridl.synth import synthesize
-    from ridl.work import process_batch
 
     # Time the de-identification step (de-identify + encode) on its own as well, the one step
     # the two paths do differently; the wrapper calls the real function.
     step = {"s": 0.0}
-    real_step = ridl.work._deidentify
+    real_step = flows.work._deidentify
 
     def timed_step(*a: Any) -> Any:
         t0 = time.perf_counter()
@@ -70,7 +71,7 @@ def main() -> None:
         finally:
             step["s"] += time.perf_counter() - t0
 
-    ridl.work._deidentify = timed_step  # type: ignore[assignment]
+    flows.work._deidentify = timed_step  # type: ignore[assignment]
 
     today = dt.date.today()
     create_project(
@@ -117,7 +118,7 @@ def main() -> None:
     for _ in range(rounds):
         t0 = time.perf_counter()
         for path in good:
-            with contextlib.suppress(Rejected):
+            with contextlib.suppress(ObjectRejected):
                 read_whole(path)
         whole = min(whole, time.perf_counter() - t0)
 

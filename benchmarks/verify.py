@@ -61,13 +61,13 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="ridl-bench-verify-"))
     os.environ["RIDL_HOME"] = str(home)
+    from export.local import LocalStore
     from export.manifest import build_manifest
-    from export.store import LocalStore
-    from export.verify import build_dictionary, verify_release
+    from flows.gate import build_dictionary, verify_release
+    from flows.runplan import prepare_run
+    from flows.work import process_batch, worker_for
     from ridl.projects import Project, Scope, create_project
-    from ridl.runplan import prepare_run
     from ridl.synth import synthesize
-    from ridl.work import process_batch, worker_for
 
     synth = synthesize(home / "dir", patients=args.patients, sites=3, seed=1)
     if args.rows != 64:

@@ -25,8 +25,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from curation.integrity import Rejected, read_whole
-from ridl.errors import ConfigError
+from curation.integrity import read_whole
+from ridl.errors import ConfigError, ObjectRejected
 
 ENTRY_POINT_GROUP = "ridl.curation_checks"
 Action = Literal["pass", "exclude", "quarantine"]
@@ -134,7 +134,7 @@ class CheckObject:
     _whole: Dataset | None = None
 
     def whole(self) -> Dataset:
-        """The whole object, read once (raises :class:`Rejected` when it is not whole)."""
+        """The whole object, read once (raises :class:`ObjectRejected` when it is not whole)."""
         if self._whole is None:
             self._whole = read_whole(self.path)
         return self._whole
@@ -202,7 +202,7 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
     for chk in checks:
         try:
             verdict = chk(obj)
-        except Rejected as rej:
+        except ObjectRejected as rej:
             return quarantine(rej.reason, rej.detail)
         except Exception as exc:  # a site's check must not stop the run
             return quarantine(f"check-failed-{chk.name}", type(exc).__name__)

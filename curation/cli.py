@@ -1,4 +1,4 @@
-"""``ridl review ...`` and ``ridl labels ...``: the curation commands (mounted by ridl.cli).
+"""``ridl review ...`` and ``ridl labels ...``: the curation commands (mounted by flows.cli).
 
 Nothing here prints a header value or detected text: review output names objects by the SHA-256
 of their bytes and studies by their de-identified keys.

@@ -12,28 +12,25 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-
-class Rejected(Exception):
-    """The object must be quarantined; ``reason`` is a short code safe to log and count."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(reason)
+from ridl.errors import ObjectRejected
 
 
 def read_whole(path: Path) -> Dataset:
-    """Read a whole object (pixel bytes included, never decoded) or raise :class:`Rejected`."""
+    """Read a whole object (pixel bytes included, never decoded).
+
+    Raises:
+        ObjectRejected: ``not-dicom``, ``unreadable`` or ``truncated``.
+    """
     try:
         ds = dcmread(path)
     except InvalidDicomError:
-        raise Rejected("not-dicom") from None
+        raise ObjectRejected("not-dicom") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Rejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected("unreadable", type(exc).__name__) from None
     except Exception as exc:  # pydicom raises many kinds on corrupt input
-        raise Rejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected("unreadable", type(exc).__name__) from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-        raise Rejected("unreadable", "no transfer syntax")
+        raise ObjectRejected("unreadable", "no transfer syntax")
     check_pixel_data(ds)
     return ds
 
@@ -46,16 +43,16 @@ def expected_native_length(ds: Dataset) -> int:
 
 
 def check_pixel_data(ds: Dataset) -> None:
-    """Raise ``Rejected('truncated')`` when pixel data is shorter than the header says."""
+    """Raise ``ObjectRejected('truncated')`` when pixel data is shorter than the header says."""
     if "PixelData" not in ds:
         return
     try:
         elem = ds["PixelData"]
         value = elem.value
     except Exception as exc:
-        raise Rejected("truncated", type(exc).__name__) from None
+        raise ObjectRejected("truncated", type(exc).__name__) from None
     if value is None:
-        raise Rejected("truncated", "empty pixel data")
+        raise ObjectRejected("truncated", "empty pixel data")
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         # Encapsulated: every item must be whole; a cut item fails to parse.
         _check_fragments(bytes(value))
@@ -63,9 +60,9 @@ def check_pixel_data(ds: Dataset) -> None:
     try:
         expected = expected_native_length(ds)
     except (AttributeError, TypeError, ValueError):
-        raise Rejected("unreadable", "incomplete image pixel description") from None
+        raise ObjectRejected("unreadable", "incomplete image pixel description") from None
     if len(value) < expected:
-        raise Rejected("truncated", "pixel data shorter than rows x columns x frames")
+        raise ObjectRejected("truncated", "pixel data shorter than rows x columns x frames")
 
 
 def _check_fragments(value: bytes) -> None:
@@ -75,4 +72,4 @@ def _check_fragments(value: bytes) -> None:
         for _ in generate_fragments(value):
             pass
     except Exception:
-        raise Rejected("truncated", "encapsulated pixel data is cut short") from None
+        raise ObjectRejected("truncated", "encapsulated pixel data is cut short") from None

@@ -1,6 +1,6 @@
 """The curation of one object: checks, header triage, known-region cleaning, text detection.
 
-``ridl.work`` calls :meth:`Curator.curate` for every object that survives IOCM and the scope; the
+``flows.work`` calls :meth:`Curator.curate` for every object that survives IOCM and the scope; the
 answer says whether to export the (possibly cleaned) dataset, exclude the object or quarantine it,
 with a short reason. Review decisions of the release are honoured here: an approved object is
 exported even when text was detected, a rejected one is excluded.
@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 
 from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
-from curation.integrity import Rejected
 from curation.review import Decisions, ReviewRecord, record_object
+from ridl.errors import ObjectRejected
 
 Outcome = Literal["export", "exclude", "quarantine"]
 
@@ -90,7 +90,7 @@ class Curator:
             return Curated(verdict.action, verdict.reason, verdict.detail)
         try:
             ds = obj.whole()
-        except Rejected as rej:
+        except ObjectRejected as rej:
             return Curated("quarantine", rej.reason, rej.detail)
         if not triage.at_risk:
             return Curated("export", dataset=ds)

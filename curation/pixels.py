@@ -24,18 +24,14 @@ from pydicom.uid import (
 )
 
 from curation.burned_in import quiet_deid
+from ridl.errors import ObjectRejected
 
 # Encapsulated syntaxes pydicom can write back as they were (with the encoders installed).
 REENCODABLE = (RLELossless, JPEG2000Lossless)
 
 
-class CleaningError(Exception):
+class CleaningError(ObjectRejected):
     """The pixels could not be decoded, cleaned or written back; reason is a short code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(reason)
 
 
 def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.ndarray:

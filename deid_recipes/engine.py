@@ -39,6 +39,7 @@ from pydicom.uid import UID, UID_dictionary
 
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
+from ridl.errors import ObjectRejected
 from ridl.pseudonyms import Pseudonymizer
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1420.1"
@@ -109,12 +110,14 @@ _TOKEN_SPLIT = re.compile(r"([^0-9A-Za-z\u00c0-\uffff]+)")
 _DIGITS = re.compile(r"\d")
 
 
-class DeidError(Exception):
-    """The object cannot be de-identified with certainty; the message names the reason only."""
+class DeidError(ObjectRejected):
+    """The object cannot be de-identified with certainty; quarantined as ``deid-<reason>``.
+
+    The message names the reason (and a detail such as a tag or an exception type), never a value.
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(reason if reason.startswith("deid-") else f"deid-{reason}", detail)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import VR as _VR
 
-from curation.integrity import Rejected
 from deid_recipes.engine import (
     BINARY_VRS,
     DUMMY_BY_VR,
@@ -52,6 +51,7 @@ from deid_recipes.engine import (
     _identifying_tokens,
     _State,
 )
+from ridl.errors import ObjectRejected
 
 CHUNK = 16 * 1024
 MAX_HEADER = 16 * 1024 * 1024
@@ -251,16 +251,16 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
     else:
         head = data[pixel : pixel + 12]
     if len(head) < 12:
-        raise Rejected("truncated", "pixel data header")
+        raise ObjectRejected("truncated", "pixel data header")
     length = _u32(head, 8)
     if length == UNDEFINED:
         end = _encapsulated_end(fp, pixel + 12, size)
         if end is None:
-            raise Rejected("truncated", "encapsulated pixel data")
+            raise ObjectRejected("truncated", "encapsulated pixel data")
     else:
         end = pixel + 12 + length
         if end > size:
-            raise Rejected("truncated", "pixel data shorter than its length")
+            raise ObjectRejected("truncated", "pixel data shorter than its length")
     if end != size:
         return None  # elements after the pixel data: let the whole-object path see them
     if not UID(syntax).is_encapsulated:
@@ -286,10 +286,10 @@ def _check_native_length(data: bytes, elements: list[Element], length: int) -> N
         frames_text = values.get(FRAMES, b"1").decode("ascii").strip(" \x00") or "1"
         frames = int(float(frames_text))
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise Rejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected("unreadable", type(exc).__name__) from None
     expected = (rows * columns * samples * frames * bits + 7) // 8
     if length < expected:
-        raise Rejected("truncated", "pixel data shorter than the image")
+        raise ObjectRejected("truncated", "pixel data shorter than the image")
 
 
 def _encapsulated_end(fp: BinaryIO, pos: int, size: int) -> int | None:
@@ -609,7 +609,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     try:
         tiny = read_dataset(io.BytesIO(b"".join(charset + keyed)), False, True)
     except Exception as exc:
-        raise Rejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected("unreadable", type(exc).__name__) from None
     if charset:
         _check_charset(tiny)
     subject = subject_for(tiny)
@@ -635,7 +635,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
         try:
             small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
         except Exception as exc:
-            raise Rejected("unreadable", type(exc).__name__) from None
+            raise ObjectRejected("unreadable", type(exc).__name__) from None
         state = _State(subject)
         if engine.uses_clean:
             state.identifying = _identifying_tokens(tiny)
@@ -706,7 +706,7 @@ def deidentify_to_bytes(
 ) -> tuple[Dataset, SubjectContext, bytes] | None:
     """The fast path for a caller that needs the object's bytes (an extraction run hashes them
     and hands them to its object store): the de-identified header followed by the pixel data
-    element read once with ``os.pread``, never parsed. None, Rejected and DeidError mean what
+    element read once with ``os.pread``, never parsed. None, ObjectRejected and DeidError mean what
     they mean for :func:`deidentify_file`; the bytes are those it would write.
     """
     with open(src, "rb") as fp:
@@ -716,5 +716,5 @@ def deidentify_to_bytes(
         count = done.size - done.pixel_offset
         pixels = os.pread(fp.fileno(), count, done.pixel_offset)
         if len(pixels) != count:
-            raise Rejected("truncated", "pixel data changed while read")
+            raise ObjectRejected("truncated", "pixel data changed while read")
         return done.result, done.subject, done.head + pixels

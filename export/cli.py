@@ -1,4 +1,5 @@
-"""Commands for releases, access grants and the researcher's pull (registered in ridl.cli)."""
+"""Commands for releases, access grants and the researcher's pull (registered in flows.cli;
+``release publish``, which needs the recipe's digest, is defined there)."""
 
 from __future__ import annotations
 
@@ -31,29 +32,11 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _table(title: str, values: dict[str, Any]) -> Table:
+def kv_table(title: str, values: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False)
     for key, value in values.items():
         table.add_row(key, str(value))
     return table
-
-
-@release_app.command("publish")
-def release_publish(
-    project: Annotated[str, typer.Option(help="REB project id.")],
-    release: Annotated[str, typer.Option(help="Release name.")],
-    dest: DestOption = None,
-    license: Annotated[str | None, typer.Option(help="License text for the release.")] = None,
-) -> None:
-    """Sign and publish a finished run's release (the flow does this at its end too)."""
-    from export.release import publish_release
-
-    try:
-        result = publish_release(dest, project, release, license=license)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
-    console.print(_table(f"release {project}/{release}", result))
 
 
 @release_app.command("show")
@@ -80,9 +63,11 @@ def release_withdraw(
     research_id: Annotated[str, typer.Option(help="The subject's research ID (RS-...).")],
 ) -> None:
     """Record that a subject withdrew: the next release retracts their objects everywhere."""
-    from export.release import record_withdrawal
+    from ridl.projects import load_project
+    from ridl.releases import record_withdrawal
 
     try:
+        load_project(project)
         added = record_withdrawal(project, research_id)
     except RidlError as exc:
         _fail(str(exc))
@@ -164,7 +149,7 @@ def pull_command(
         return
     rate = report.bytes_fetched / report.seconds / 1e6 if report.seconds else 0.0
     console.print(
-        _table(
+        kv_table(
             f"pull {report.project}/{report.release}",
             {
                 "signing key": report.fingerprint,

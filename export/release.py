@@ -31,12 +31,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from export.local import LocalStore
 from export.manifest import read_manifest, read_parts, release_files
 from export.signing import fingerprint, load_or_create_signing_key, public_pem, sign
-from export.store import LocalStore, ObjectStore, open_store
-from ridl import __version__, settings
+from export.store import ObjectStore, open_store
+from ridl import __version__
 from ridl.errors import ReleaseError
-from ridl.projects import Project, load_project
+from ridl.projects import load_project
+from ridl.releases import load_withdrawn
 
 FORMAT = "ridl-release/1"
 MANIFEST_JSON = "manifest.json"
@@ -69,36 +71,6 @@ class Publication:
         return dict(self.__dict__)
 
 
-# --- withdrawals (on premises) ---------------------------------------------------------------
-
-
-def withdrawals_path(project_id: str) -> Any:
-    return settings.releases_dir() / project_id / "withdrawn.json"
-
-
-def load_withdrawn(project_id: str) -> set[str]:
-    """Research IDs of subjects who withdrew from the project (recorded by the research office)."""
-    path = withdrawals_path(project_id)
-    if not path.exists():
-        return set()
-    return {entry["research_id"] for entry in json.loads(path.read_text())}
-
-
-def record_withdrawal(project_id: str, research_id: str, today: dt.date | None = None) -> bool:
-    """Record that a subject withdrew; the next release retracts their objects. False if known."""
-    load_project(project_id)
-    if not research_id.startswith("RS-"):
-        raise ReleaseError("give the subject's research ID (RS-...), never a patient identifier")
-    path = withdrawals_path(project_id)
-    entries = json.loads(path.read_text()) if path.exists() else []
-    if any(e["research_id"] == research_id for e in entries):
-        return False
-    entries.append({"research_id": research_id, "recorded": (today or dt.date.today()).isoformat()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2))
-    return True
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -125,13 +97,6 @@ def storage_info(store: ObjectStore, prefix: str) -> dict[str, Any]:
     if isinstance(store, LocalStore):
         return {"type": "file", "root": str(store.root / prefix)}
     return {"type": "other", "url": store.url, "prefix": prefix}
-
-
-def recipe_hash(project: Project) -> str:
-    """The digest of the compiled recipe (every layer), the same one the audit log records."""
-    from ridl.audit import recipe_digest
-
-    return "sha256:" + recipe_digest(project.recipe_spec())
 
 
 def read_published(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
@@ -179,11 +144,22 @@ def publish_release(
     project_id: str,
     release: str,
     *,
+    recipe_sha256: str,
     license: str | None = None,
     how_to_acknowledge: str | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Sign and publish a release whose manifest the flow has written; see the module doc."""
+    """Sign and publish a release whose manifest the flow has written; see the module doc.
+
+    ``recipe_sha256`` is the hex digest of the compiled recipe the release was made with
+    (``deid_recipes.Recipe.digest``); it goes into ``dataset_description.json`` and the manifest.
+    Returns the :class:`Publication` as a dict (counts and names only).
+
+    Raises:
+        ReleaseError: the release has no manifest yet, or is already published with other
+            objects (a published release never changes).
+        ProjectNotFound: the project is not in the registry.
+    """
     store = store if store is not None and not isinstance(store, str) else open_store(store)
     project = load_project(project_id)
     prefix = f"{project_id}/{release}"
@@ -242,7 +218,7 @@ def publish_release(
                 "Name": "ridl",
                 "Version": __version__,
                 "Recipe": project.recipe_spec(),
-                "RecipeHash": recipe_hash(project),
+                "RecipeHash": "sha256:" + recipe_sha256,
             }
         ],
         "HowToAcknowledge": how_to_acknowledge
@@ -277,7 +253,7 @@ def publish_release(
         "reb_number": project.reb_number,
         "published_at": now.isoformat(timespec="seconds"),
         "previous_release": previous,
-        "generated_by": {"ridl": __version__, "recipe_hash": recipe_hash(project)},
+        "generated_by": {"ridl": __version__, "recipe_hash": "sha256:" + recipe_sha256},
         "storage": storage,
         "signing_key": fp,
         "counts": {

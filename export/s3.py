@@ -163,6 +163,18 @@ class S3Store:
         )
         self.stats = UploadStats()
 
+    @classmethod
+    def from_url(cls, url: str) -> S3Store:
+        """The store of ``s3://BUCKET/PREFIX?endpoint_url=...``, checked now.
+
+        Raises:
+            ConfigError: the URL is malformed, or the bucket, endpoint or credentials do not
+                answer (a wrong setting fails here, before any work).
+        """
+        store = cls(parse_s3_url(url))
+        store.check()
+        return store
+
     def s3_key(self, key: str) -> str:
         check_key(key)
         return f"{self.base}/{key}" if self.base else key

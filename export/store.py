@@ -1,21 +1,21 @@
 """Object stores: where de-identified objects and release files go.
 
-The flow only sees :class:`ObjectStore`; a local folder (the embedded default) and S3 are two
-implementations of it. Writes are atomic, so a reader (or a resumed run) never sees half an
+The flow only sees :class:`ObjectStore`; a local folder (the embedded default,
+:mod:`export.local`) and S3 (:mod:`export.s3`) are two implementations of it, chosen by the URL's
+scheme through :data:`STORES`. Writes are atomic, so a reader (or a resumed run) never sees half an
 object, and the presence of a study's manifest part is what marks the study as done.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import importlib
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
+from ridl import settings
 from ridl.errors import ConfigError
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=+\-][A-Za-z0-9._=+\-/]*$")
@@ -56,80 +56,60 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
-class LocalStore:
-    """A folder used as an object store: keys are relative paths under ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.url = f"file:{self.root}"
-
-    def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-
-    def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
-        if not base.exists():
-            return
-        for dirpath, _dirs, files in os.walk(base):
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue  # temporary files of writes in progress
-                path = Path(dirpath) / name
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
-
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-        if path.exists():
-            path.unlink()
-
-    def clean_partial_writes(self, prefix: str) -> int:
-        """Remove temporary files left by a killed writer; returns how many were removed."""
-        base = self.root / prefix
-        removed = 0
-        if base.exists():
-            for tmp in base.rglob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-        return removed
+# Back-ends by URL scheme, as "module:Class", imported on first use so this interface module
+# imports none of them (boto3 stays unloaded until an s3:// store is opened). Each class has
+# ``from_url(url) -> ObjectStore``. Pattern: fsspec's ``known_implementations``.
+STORES: dict[str, tuple[str, str]] = {
+    "file": ("export.local:LocalStore", "part of ridl"),
+    "s3": ("export.s3:S3Store", "pip install boto3"),
+}
 
 
-def open_store(url: str | None) -> ObjectStore:
-    """An object store from a URL-like setting: ``file:PATH``, a folder path or ``s3://...``."""
-    from ridl import settings
+def store_class(scheme: str) -> type:
+    """The back-end class registered for ``scheme``, imported now.
 
-    if not url:
-        return LocalStore(settings.default_store_root())
-    if url.startswith("file:"):
-        return LocalStore(Path(url[5:]))
-    if url.startswith("s3://"):
-        from export.s3 import S3Store, parse_s3_url
-
-        store = S3Store(parse_s3_url(url))
-        store.check()  # a wrong bucket, endpoint or credentials fails here, before any work
-        return store
-    if "://" in url:
-        scheme = url.split("://", 1)[0]
+    Raises:
+        ConfigError: no back-end has that scheme, or its module cannot be imported (the
+            message gives the install hint).
+    """
+    entry = STORES.get(scheme)
+    if entry is None:
         raise ConfigError(
             f"object store scheme '{scheme}' is not supported; use file:PATH or s3://BUCKET/PREFIX"
         )
-    return LocalStore(Path(url))
+    target, hint = entry
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"object store scheme '{scheme}' needs a module that is missing ({exc.name}): {hint}"
+        ) from None
+    cls: type = getattr(module, class_name)
+    return cls
+
+
+def open_store(url: str | None) -> ObjectStore:
+    """An object store from a URL-like setting: ``file:PATH``, a folder path or ``s3://...``.
+
+    No setting means the embedded default (``RIDL_HOME``'s local store folder). A store that can
+    be checked (an S3 bucket, its endpoint and credentials) is checked here, before any work.
+
+    Raises:
+        ConfigError: unknown scheme, malformed URL, or a store that does not answer as set.
+    """
+    if not url:
+        url = "file:" + str(settings.default_store_root())
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+    elif url.startswith("file:"):
+        scheme = "file"
+    else:
+        url, scheme = "file:" + url, "file"
+    store: ObjectStore = store_class(scheme).from_url(url)  # type: ignore[attr-defined]
+    return store
 
 
 def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (64 lowercase characters), as manifests record it."""
     return hashlib.sha256(data).hexdigest()

@@ -1,5 +1,6 @@
-"""Prefect flows of ridl. Importing this package configures Prefect for offline use first."""
+"""The top floor of ridl: the ``ridl`` CLI, per-study work, run planning, the PHI gate's
+orchestration, ``ridl deid``, progress, and the Prefect flows that compose them.
 
-from ridl.settings import configure_prefect_environment
-
-configure_prefect_environment()
+Importing this package does nothing: an entry point (the CLI, a test session, a script) calls
+``ridl.settings.configure_prefect_environment()`` before it imports Prefect.
+"""

@@ -26,37 +26,34 @@ import time
 from collections import Counter
 from typing import Any
 
-from flows import configure_prefect_environment
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
 
-configure_prefect_environment()
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-
-from export.manifest import build_manifest  # noqa: E402
-from export.release import publish_release  # noqa: E402
-from export.store import LocalStore, open_store  # noqa: E402
-from export.verify import gate_release  # noqa: E402
-from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params  # noqa: E402
-from flows.runners import (  # noqa: E402
+from export.local import LocalStore
+from export.manifest import build_manifest
+from export.release import publish_release
+from export.store import open_store
+from flows.gate import gate_release
+from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params
+from flows.runners import (
     api_shared_with_workers,
     make_task_runner,
     require_server_for_cluster,
     run_batch,
-)  # noqa: E402
-from flows.transient import retry_if_transient  # noqa: E402
-from ridl import audit, settings  # noqa: E402
-from ridl.runplan import RunPlan, prepare_run  # noqa: E402
-from ridl.sources.base import StudyRef  # noqa: E402
-from ridl.sources.protect import (  # noqa: E402
+)
+from flows.runplan import RunPlan, prepare_run, recipe_sha256, run_fields
+from flows.transient import retry_if_transient
+from flows.work import RunContext
+from ridl import audit, settings
+from ridl.catalog import StudyRef
+from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
     DEFAULT_RETRIES,
 )
-from ridl.work import RunContext  # noqa: E402
 
 __all__ = ["DEFAULT_BATCH_SIZE", "extract_run", "extract_slice", "plan_slices", "batches"]
 
@@ -104,7 +101,7 @@ def verify_release_task(ctx: RunContext) -> dict[str, Any]:
 def publish_report(ctx: RunContext, studies: list[StudyRef]) -> str:
     """The HTML report; original study years are mapped here, on premises, then only counted."""
     from export.report import write_report
-    from ridl.work import worker_for
+    from flows.work import worker_for
 
     worker = worker_for(ctx)
     years = {worker.study_key(s): s.study_date[:4] or "unknown" for s in studies}
@@ -327,7 +324,7 @@ def extract_run(
     require_server_for_cluster(address)
     plan = select_stage(params)
     params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
-    audit.record("run.started", **audit.run_fields(plan.ctx, batch_size, len(plan.studies)))
+    audit.record("run.started", **run_fields(plan.ctx, batch_size, len(plan.studies)))
     cleaned = clean_stage(plan.ctx)
     logger.info(
         "release %s/%s: %d studies selected (%s) on %s",
@@ -353,7 +350,9 @@ def extract_run(
     summary["run_log"] = write_run_log(plan.ctx, started, totals, len(slices))
     summary["report"] = publish_report(plan.ctx, plan.studies)
     summary["verification"] = verify_release_task(plan.ctx)  # no publishing without a clean pass
-    summary["publication"] = publish_release(plan.ctx.store_url, project, release)
+    summary["publication"] = publish_release(
+        plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
+    )
     audit.record("run.ended", **audit.run_end_fields(summary))
     _artifacts(summary, totals)
     return summary

@@ -25,10 +25,10 @@ from typing import Any
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from ridl import settings, work
+from flows.work import RunContext, process_batch, worker_for
+from ridl import settings
+from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
-from ridl.sources.base import StudyRef
-from ridl.work import RunContext, process_batch, worker_for
 
 RETRIEVAL_SEMAPHORE = "ridl-dir-retrieval"
 
@@ -155,10 +155,10 @@ def _retrieval_slot_factory(
 
 def run_batch(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) -> dict[str, Any]:
     """Process one batch in this worker process; counts, timing and peak memory, no bytes."""
-    work.set_retrieval_slot(_retrieval_slot_factory(ctx, retrieval_limit))
+    slot = _retrieval_slot_factory(ctx, retrieval_limit)
     started = time.time()
     t0 = time.perf_counter()
-    counts = process_batch(ctx, studies).as_dict()
+    counts = process_batch(ctx, studies, slot).as_dict()
     counts["work_seconds"] = time.perf_counter() - t0
     counts["started_at"] = started
     counts["finished_at"] = time.time()

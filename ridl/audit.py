@@ -258,29 +258,6 @@ def verify_log(path: Path | None = None) -> tuple[int, list[Problem]]:
     return count, problems
 
 
-def recipe_digest(names: str | list[str]) -> str:
-    """SHA-256 of the compiled recipe a run uses, so an auditor can tell recipes apart."""
-    from deid_recipes import load_recipe
-
-    return str(load_recipe(names).digest)
-
-
-def run_fields(ctx: Any, batch_size: int, studies: int) -> dict[str, Any]:
-    """What ``run.started`` records: parameters, recipe hash and counts (no PHI)."""
-    return {
-        "project": ctx.project,
-        "release": ctx.release,
-        "source": ctx.source_url,
-        "store": ctx.store_url,
-        "recipe": ctx.recipe,
-        "recipe_sha256": recipe_digest(ctx.recipe),
-        "retain": list(ctx.retain),
-        "modalities": list(ctx.modalities),
-        "batch_size": batch_size,
-        "studies_selected": studies,
-    }
-
-
 def run_end_fields(summary: dict[str, Any]) -> dict[str, Any]:
     """What ``run.ended`` records: the release's counts (no PHI)."""
     return {

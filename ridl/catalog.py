@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,22 @@ from ridl import settings
 from ridl.errors import ReleaseError
 from ridl.optout import OptOutList
 from ridl.projects import Scope
-from ridl.sources.base import StudyRef
 
-RELEASE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+@dataclass(frozen=True)
+class StudyRef:
+    """One selected study, as the per-study work needs it (on-premises only: holds PHI)."""
+
+    study_uid: str
+    issuer: str
+    patient_id: str
+    health_number: str | None
+    study_date: str
+    locations: tuple[str, ...] = field(default_factory=tuple)
+    # False when the catalog could not see Other Patient IDs Sequence (QIDO-RS, or an archive
+    # whose C-FIND leaves it out): the per-study work then reads the subject key from the
+    # retrieved headers, so research IDs and date shifts match the other sources.
+    hn_known: bool = True
 
 
 def catalog_dir_for(source_url: str) -> Path:
@@ -208,64 +221,6 @@ def drop_duplicate_studies(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return unique, len(frame) - len(unique)
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """The parameters a release was frozen with; a resumed run must ask for the same."""
-
-    project: str
-    release: str
-    source: str
-    date_from: str
-    date_to: str
-    modalities: list[str]
-    sites: list[str]
-    recipe: str
-
-    def same_request(self, other: RunRecord) -> bool:
-        return asdict(self) == asdict(other)
-
-
-def release_dir(project: str, release: str) -> Path:
-    if not release or not set(release) <= RELEASE_NAME_CHARS or release.startswith("."):
-        raise ReleaseError("release names use letters, digits, '.', '_' and '-' only")
-    return settings.releases_dir() / project / release
-
-
-def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
-    """Write the selection and its parameters for the release, once."""
-    folder = release_dir(record.project, record.release)
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(selection, preserve_index=False)
-    tmp = folder / "selection.parquet.tmp"
-    pq.write_table(table, tmp)
-    (folder / "run.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
-    tmp.replace(folder / "selection.parquet")
-    from ridl import audit
-
-    digest = hashlib.sha256((folder / "selection.parquet").read_bytes()).hexdigest()
-    audit.record(
-        "selection.frozen",
-        project=record.project,
-        release=record.release,
-        studies=len(selection),
-        selection_sha256=digest,
-        date_from=record.date_from,
-        date_to=record.date_to,
-        modalities=record.modalities,
-        sites=record.sites,
-    )
-    return folder / "selection.parquet"
-
-
-def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | None:
-    folder = release_dir(project, release)
-    sel = folder / "selection.parquet"
-    if not sel.exists():
-        return None
-    record = RunRecord(**json.loads((folder / "run.json").read_text()))
-    return record, pq.read_table(sel).to_pandas()
-
-
 def study_refs(selection: pd.DataFrame) -> list[StudyRef]:
     refs = []
     for row in selection.to_dict("records"):
@@ -283,11 +238,3 @@ def study_refs(selection: pd.DataFrame) -> list[StudyRef]:
             )
         )
     return refs
-
-
-def date_str(value: dt.date) -> str:
-    return value.isoformat()
-
-
-def as_jsonable(record: RunRecord) -> dict[str, Any]:
-    return asdict(record)

@@ -35,3 +35,18 @@ class TransientError(Exception):
     Sources and stores raise it (or a subclass) for conditions worth a retry with backoff; the
     flow retries batches only for these and for network errors (see ``flows.transient``).
     """
+
+
+class ObjectRejected(Exception):
+    """One object cannot be handled: it is quarantined (or excluded) with ``reason``, and the run
+    goes on. Every stage that refuses an object raises this (or a subclass), so a worker catches
+    one type.
+
+    ``reason`` is a short code safe to log and count (never a value read from the object);
+    ``detail`` says a little more (an exception type, which check), also without PHI.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -20,9 +20,11 @@ from ridl import settings
 from ridl.errors import ConfigError, ProjectNotFound, ScopeError
 from ridl.secrets import create_secret
 
+# The Issuer of Patient ID of the health number's item, unless a project says otherwise.
+DEFAULT_HN_ISSUER = "HN"
+
 PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 DEFAULT_RECIPE = "ridl-basic"
-DEFAULT_HN_ISSUER = "HN"
 PS315_PROFILE = "ps3.15-basic"
 SAFE_PUBLIC_LAYER = "ridl-safe-public"
 # PS3.15 Annex E options a project may choose (each is a recipe layer ps3.15-<option>).

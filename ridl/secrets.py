@@ -185,7 +185,7 @@ def load_secret(project_id: str, *, check_published: bool = True) -> bytes:
 
 
 def _check_matches_published(project_id: str, value: bytes) -> None:
-    from export.published import published_releases
+    from ridl.releases import published_releases
 
     fingerprint = secret_fingerprint(value)
     for release, marker in published_releases(project_id).items():
@@ -200,8 +200,8 @@ def _check_matches_published(project_id: str, value: bytes) -> None:
 
 def change_secret(project_id: str, new_value: bytes | None = None) -> None:
     """Replace a project's secret: refused once any release of the project is published."""
-    from export.published import published_releases
     from ridl import audit
+    from ridl.releases import published_releases
 
     published = sorted(published_releases(project_id))
     if published:

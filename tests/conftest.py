@@ -18,8 +18,11 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from ridl.projects import Project, Scope, create_project
+from ridl.settings import configure_prefect_environment
 from ridl.synth import SynthReport, synthesize
 from tests.s3server import moto_server, s3_env, s3_proxy  # noqa: F401  (S3 server fixtures)
+
+configure_prefect_environment()  # the test session is an entry point, as the CLI is
 
 SITES = ("SITE-A", "SITE-B", "SITE-C")
 pytest_plugins = ["tests.orthanc"]  # the session Orthanc DIR fixture

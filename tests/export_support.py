@@ -9,8 +9,8 @@ from export.manifest import build_manifest
 from export.release import publish_release
 from export.s3 import S3Store, parse_s3_url
 from export.store import ObjectStore, open_store
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from flows.runplan import prepare_run, recipe_sha256
+from flows.work import process_batch
 
 
 def s3_url(endpoint: str, bucket: str | None = None, prefix: str = "library") -> str:
@@ -32,4 +32,4 @@ def run_and_publish(
     process_batch(plan.ctx, plan.studies)
     store = open_store(store_url)
     build_manifest(store, plan.ctx.prefix, len(plan.studies), project, release)
-    return publish_release(store, project, release)
+    return publish_release(store, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows.cli import app
 from ridl import audit
-from ridl.cli import app
 
 runner = CliRunner()
 

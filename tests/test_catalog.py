@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from flows.runplan import prepare_run
 from ridl.catalog import catalog_dir_for, select_studies
 from ridl.errors import ReleaseError
 from ridl.projects import Scope
-from ridl.runplan import prepare_run
 from ridl.sources.folder import FolderSource
 
 

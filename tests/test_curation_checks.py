@@ -175,7 +175,7 @@ def test_policy_rejects_unknown_values() -> None:
 
 
 def test_unknown_check_in_a_project_fails_before_any_work(project) -> None:  # type: ignore[no-untyped-def]
-    from ridl.runplan import check_request
+    from flows.runplan import check_request
     from tests.curation_data import set_section
 
     set_section(project.id, "curation", {"checks": ["integrity", "no-such-check"]})

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from curation.quarantine import list_quarantine
 from curation.review import list_records, read_decisions, review_dir
-from export.store import LocalStore
-from ridl.cli import app
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from export.local import LocalStore
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from tests.curation_data import set_section
 
 

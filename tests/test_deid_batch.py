@@ -12,7 +12,7 @@ import tomli_w
 from pydicom import dcmread
 from typer.testing import CliRunner
 
-from ridl.cli import app
+from flows.cli import app
 from ridl.projects import project_path
 
 from .conftest import make_project, require_program

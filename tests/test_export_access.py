@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from export.access import MAX_PRESIGN_DAYS, grant_access, reb_end
 from export.pull import pull
 from export.s3 import S3Store
-from ridl.cli import app
+from flows.cli import app
 from ridl.errors import ReleaseError, ScopeError
 from ridl.synth import SynthReport, synthesize
 from tests.conftest import make_project

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from export.manifest import read_manifest
-from export.release import load_withdrawn, publish_release, record_withdrawal, show_release
+from export.release import publish_release, show_release
 from export.s3 import S3Store
 from export.signing import SignatureError, signing_key_path, verify
+from flows.runplan import recipe_sha256
 from ridl.errors import ReleaseError
 from ridl.projects import Project
+from ridl.releases import load_withdrawn, record_withdrawal
 from ridl.synth import SynthReport, synthesize
 from tests.conftest import require_program
 from tests.export_support import make_bucket, run_and_publish, s3_url
@@ -114,7 +116,9 @@ def test_a_published_release_cannot_be_overwritten(
     store = make_bucket(url)
     first = run_and_publish(project.id, "r1", f"folder:{small_dir.root}", url)
     before = store.get_bytes(f"{project.id}/r1/manifest.json")
-    again = publish_release(url, project.id, "r1")
+    again = publish_release(
+        url, project.id, "r1", recipe_sha256=recipe_sha256(project.recipe_spec())
+    )
     assert again["already_published"] and again["objects"] == first["objects"]
     assert store.get_bytes(f"{project.id}/r1/manifest.json") == before
 
@@ -124,12 +128,12 @@ def test_a_published_release_cannot_be_overwritten(
     frame = read_manifest(store, f"{project.id}/r1")
     _write_manifest_tables(store, f"{project.id}/r1", frame.iloc[1:])
     with pytest.raises(ReleaseError, match="already published"):
-        publish_release(url, project.id, "r1")
+        publish_release(url, project.id, "r1", recipe_sha256=recipe_sha256(project.recipe_spec()))
     assert store.get_bytes(f"{project.id}/r1/manifest.json") == before
 
     from typer.testing import CliRunner
 
-    from ridl.cli import app
+    from flows.cli import app
 
     cli = CliRunner()
     refused = cli.invoke(
@@ -173,7 +177,7 @@ def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
     assert record_withdrawal(project.id, withdrawn)
     from typer.testing import CliRunner
 
-    from ridl.cli import app
+    from flows.cli import app
 
     again = CliRunner().invoke(
         app, ["release", "withdraw", "--project", project.id, "--research-id", withdrawn]
@@ -240,7 +244,7 @@ def test_ridl_run_to_s3_end_to_end_then_pull(
 
     from export.access import grant_access
     from export.pull import pull
-    from ridl.cli import app
+    from flows.cli import app
 
     url = s3_url(s3_env.url)
     store = make_bucket(url)

@@ -148,7 +148,7 @@ def test_run_to_a_missing_bucket_or_dead_endpoint_fails_before_any_work(
 ) -> None:
     from typer.testing import CliRunner
 
-    from ridl.cli import app
+    from flows.cli import app
 
     for dest, message in (
         (f"s3://{_bucket()}/lib?endpoint_url={s3_env.url}&region=us-east-1", "S3 bucket"),

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from export.store import LocalStore
-from ridl.cli import app
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from export.local import LocalStore
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
 
 pytestmark = pytest.mark.prefect
 runner = CliRunner()

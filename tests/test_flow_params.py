@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.params import validate_params
 from flows.runners import FileSlots
 from flows.transient import is_transient
-from ridl.cli import app
+from ridl.catalog import StudyRef
 from ridl.errors import ConfigError, TransientError
-from ridl.sources.base import StudyRef
 
 BASE = {"project": "p", "release": "r1", "source": "folder:/x"}
 

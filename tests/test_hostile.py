@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file, get_testdata_files
 
-from export.store import LocalStore, check_key
-from ridl.catalog import catalog_dir_for, study_refs
-from ridl.sources.base import StudyRef
+from export.local import LocalStore
+from export.store import check_key
+from flows.work import RunContext, Worker, process_batch, process_study
+from ridl.catalog import StudyRef, catalog_dir_for, study_refs
 from ridl.sources.folder import FolderSource
-from ridl.work import RunContext, Worker, process_batch, process_study
 from tests.conftest import make_project
 
 ALL_MODALITIES = tuple(
@@ -145,7 +145,7 @@ def test_every_shipped_test_file_is_exported_or_quarantined(tmp_path: Path) -> N
         assert not any(elem.tag.is_private for elem in ds.iterall())
         names.add(str(ds.get("PatientName", "")))
     # The gate finds no source identifier in any exported byte.
-    from export.verify import IdentifierDictionary, Verifier
+    from flows.gate import IdentifierDictionary, Verifier
 
     dictionary = IdentifierDictionary()
     for path in folder.iterdir():

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.labels import labels_key, read_labels
+from export.local import LocalStore
 from export.manifest import build_manifest
-from export.store import LocalStore
-from ridl.cli import app
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from tests.curation_data import set_section
 
 SCHEMA = {

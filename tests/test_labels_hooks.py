@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from curation.checks import Policy, load_checks
 from curation.labels import read_labels
 from curation.pipeline import Curator
-from export.store import LocalStore
-from ridl.cli import app
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from export.local import LocalStore
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from tests.curation_data import header, set_section
 
 HOOK_CODE = '''

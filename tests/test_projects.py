@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ridl.cli import app
+from flows.cli import app
+from flows.runplan import check_request
 from ridl.errors import ScopeError
 from ridl.projects import load_project
-from ridl.runplan import check_request
 from ridl.secrets import load_secret, secret_path
 from tests.conftest import make_project
 

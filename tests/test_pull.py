@@ -17,7 +17,7 @@ from export.s3 import S3Store
 from export.safepath import UnsafePath
 from export.signing import SignatureError, load_or_create_signing_key, sign
 from export.store import open_store
-from ridl.cli import app
+from flows.cli import app
 from ridl.projects import Project
 from ridl.synth import SynthReport, synthesize
 from tests.export_support import make_bucket, run_and_publish, s3_url

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from export.local import LocalStore
 from export.manifest import build_manifest, read_manifest, read_parts
 from export.report import render_report, subjects_by_site_count, write_report
-from export.store import LocalStore
 from flows.extract import Totals, write_run_log
 from flows.runners import run_batch
-from ridl.runplan import prepare_run
-from ridl.work import worker_for
+from flows.runplan import prepare_run
+from flows.work import worker_for
 
 
 def test_report_renders_plots_from_a_release_and_names_nobody(
@@ -84,7 +84,7 @@ def test_progress_counts_studies_and_instances_from_parts(
     project,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    from ridl.progress import PartTally, selection_totals
+    from flows.progress import PartTally, selection_totals
 
     store = LocalStore(tmp_path / "store")
     plan = prepare_run(project.id, "r1", f"folder:{synth_dir.root}", store.url)

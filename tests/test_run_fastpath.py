@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-import ridl.work
-from export.store import LocalStore
-from ridl.runplan import prepare_run
+import flows.work
+from export.local import LocalStore
+from flows.runplan import prepare_run
+from flows.work import BatchCounts, process_batch
 from ridl.synth import SynthReport
-from ridl.work import BatchCounts, process_batch
 from tests.conftest import make_project
 
 RECIPES = [
@@ -39,14 +39,14 @@ def test_fast_path_run_exports_the_dataset_paths_bytes(
     project = make_project("fast-run", recipe=recipe)
     plan = prepare_run(project.id, "r1", f"folder:{synth_dir.root}", f"file:{tmp_path / 'plan'}")
     served: list[str] = []
-    real = ridl.work.deidentify_to_bytes
+    real = flows.work.deidentify_to_bytes
 
     def counting(*args: Any) -> Any:
         done = real(*args)
         served.append("fast" if done is not None else "handed-off")
         return done
 
-    monkeypatch.setattr(ridl.work, "deidentify_to_bytes", counting)
+    monkeypatch.setattr(flows.work, "deidentify_to_bytes", counting)
     results: dict[bool, tuple[BatchCounts, dict[str, bytes]]] = {}
     for fast in (False, True):
         root = tmp_path / ("on" if fast else "off")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from export.local import LocalStore
 from export.manifest import build_manifest
-from export.store import LocalStore
-from export.verify import gate_release
+from flows.gate import gate_release
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from ridl import secrets
 from ridl.errors import ConfigError
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
 
 
 def test_secret_file_is_0600_in_a_0700_folder(project) -> None:  # type: ignore[no-untyped-def]

@@ -17,20 +17,20 @@ import pytest
 
 from export.manifest import build_manifest, read_manifest
 from export.store import open_store
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from ridl import settings
 from ridl.catalog import catalog_dir_for, select, study_refs
 from ridl.errors import ConfigError
 from ridl.optout import add_optout, load_optout
 from ridl.projects import Project
 from ridl.pseudonyms import Pseudonymizer
-from ridl.runplan import prepare_run
 from ridl.secrets import load_secret
 from ridl.sources.base import open_source
 from ridl.sources.dicomweb import DicomwebSource
 from ridl.sources.dimse import DimseSource
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import SynthReport
-from ridl.work import process_batch
 from tests.orthanc import Orthanc
 
 # No rate limit and short backoff in tests; the concurrency cap stays at its default.
@@ -249,7 +249,7 @@ def test_ridl_run_over_dicomweb_with_archive_limits(
     """The whole run through the CLI and the Prefect flow, with the protection options."""
     from typer.testing import CliRunner
 
-    from ridl.cli import app
+    from flows.cli import app
 
     dest = f"file:{tmp_path}"
     args = ["run", "--project", project.id, "--release", "r1", "--source", orthanc.dicomweb_url()]
@@ -265,7 +265,7 @@ def test_ridl_run_over_dicomweb_with_archive_limits(
 def test_dir_index_over_dimse(synth_dir: SynthReport, orthanc: Orthanc, ridl_home: Path) -> None:
     from typer.testing import CliRunner
 
-    from ridl.cli import app
+    from flows.cli import app
 
     args = ["dir", "index", orthanc.dimse_url("get"), "--from", "2015-01-01", "--to", "2024-12-31"]
     result = CliRunner().invoke(app, args)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from ridl.catalog import catalog_dir_for, drop_duplicate_studies, select, write_study_rows
-from ridl.cli import app
 from ridl.optout import load_optout, optout_path
 from ridl.projects import Project
-from ridl.runplan import prepare_run
 from ridl.sources.folder import FolderSource
 from ridl.synth import SynthReport
-from ridl.work import process_batch
 from tests.conftest import make_project
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ridl.cli import app
+from flows.cli import app
 from ridl.errors import ConfigError
 from ridl.sources.base import open_source, parse_source_url
 from ridl.sources.dicomweb import DicomwebSource

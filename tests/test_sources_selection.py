@@ -16,14 +16,14 @@ from pydicom.uid import generate_uid
 
 from export.manifest import build_manifest, read_manifest
 from export.store import open_store
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from ridl.catalog import catalog_dir_for
 from ridl.projects import Project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
-from ridl.runplan import prepare_run
 from ridl.secrets import load_secret
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import KEY_OBJECT_SELECTION, SynthReport
-from ridl.work import process_batch
 from tests.orthanc import Orthanc, require_orthanc
 
 FAST = ArchiveLimits(rate_limit=0, backoff_s=0.01)

@@ -13,19 +13,19 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from export.local import LocalStore
 from export.manifest import build_manifest
-from export.published import release_is_published
-from export.store import LocalStore
-from export.verify import (
+from flows.gate import (
     IdentifierDictionary,
     VerificationFailed,
     Verifier,
     gate_release,
     verify_release,
 )
+from flows.runplan import prepare_run
+from flows.work import process_batch
 from ridl import audit
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from ridl.releases import release_is_published
 from tests.conftest import SITES
 
 
@@ -326,10 +326,10 @@ def test_ocr_is_plugged_from_curation_when_present(monkeypatch: pytest.MonkeyPat
     import sys
     import types
 
-    from export.verify import load_ocr
+    from flows.gate import load_ocr
 
     monkeypatch.delitem(sys.modules, "curation.ocr", raising=False)
-    with caplog.at_level(logging.INFO, logger="export.verify"):
+    with caplog.at_level(logging.INFO, logger="flows.gate"):
         if load_ocr() is None:
             assert "pixel text not searched" in caplog.text
     module = types.ModuleType("curation.ocr")

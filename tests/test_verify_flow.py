@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows.cli import app
 from ridl import audit
-from ridl.cli import app
 from ridl.projects import Project, Scope, create_project
 from tests.conftest import SITES
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from curation.quarantine import list_quarantine
-from export.store import LocalStore
-from ridl.runplan import prepare_run
-from ridl.work import process_batch
+from export.local import LocalStore
+from flows.runplan import prepare_run
+from flows.work import process_batch
 
 
 def test_truncated_and_non_dicom_files_are_quarantined_and_the_run_goes_on(

@@ -7,32 +7,26 @@ builds a study catalog for a date window and fetches a selected study into a wor
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from ridl.catalog import StudyRef
+from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.sources.protect import ArchiveLimits
 
 
-@dataclass(frozen=True)
-class StudyRef:
-    """One selected study, as the per-study work needs it (on-premises only: holds PHI)."""
-
-    study_uid: str
-    issuer: str
-    patient_id: str
-    health_number: str | None
-    study_date: str
-    locations: tuple[str, ...] = field(default_factory=tuple)
-    # False when the catalog could not see Other Patient IDs Sequence (QIDO-RS, or an archive
-    # whose C-FIND leaves it out): the per-study work then reads the subject key from the
-    # retrieved headers, so research IDs and date shifts match the other sources.
-    hn_known: bool = True
-
-
 class StudySource(Protocol):
+    """What the flow needs of a DIR: a study catalog for a date window, then one study at a time.
+
+    ``url`` is the setting that reopens the same source in a worker; ``hn_issuer`` is the Issuer
+    of Patient ID (0010,0021) of the Other Patient IDs Sequence (0010,1002) item that holds the
+    health number (the project's ``hn_issuer``).
+    """
+
     url: str
+    hn_issuer: str
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
         """Write ``studies.parquet`` (and whatever else the source needs) under catalog_dir."""
@@ -86,7 +80,7 @@ def parse_source_url(url: str) -> SourceAddress:
         return SourceAddress("folder", "", "", 0, url, {})
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in {"dimse", "dicomweb", "dicomwebs"}:
+    if scheme not in SOURCES or scheme == "folder":
         raise ConfigError(
             f"--source scheme '{scheme}' is not supported; use folder:PATH, "
             "dimse://CALLED_AET@host:port?calling=AET or dicomweb://host:port/path"
@@ -108,46 +102,56 @@ def parse_source_url(url: str) -> SourceAddress:
     )
 
 
-def open_source(url: str, limits: ArchiveLimits | None = None) -> StudySource:
-    """A source from its URL-like setting; network sources honour the archive ``limits``."""
-    from ridl.sources.folder import FolderSource
-
-    address = parse_source_url(url)
-    if address.scheme == "folder":
-        return FolderSource(Path(address.path))
-    if address.scheme == "dimse":
-        from ridl.sources.dimse import DimseSource
-
-        return DimseSource(address, limits or ArchiveLimits())
-    from ridl.sources.dicomweb import DicomwebSource
-
-    return DicomwebSource(address, limits or ArchiveLimits())
+# Back-ends by scheme, as "module:Class", imported on first use so this interface module imports
+# none of them (pynetdicom and dicomweb-client stay unloaded until such a source is opened). Each
+# class has ``from_address(address, limits, hn_issuer) -> StudySource``. Pattern: fsspec's
+# ``known_implementations``; ``ridl.secrets.PROVIDERS``.
+SOURCES: dict[str, tuple[str, str]] = {
+    "folder": ("ridl.sources.folder:FolderSource", "part of ridl"),
+    "dimse": ("ridl.sources.dimse:DimseSource", "pip install pynetdicom"),
+    "dicomweb": ("ridl.sources.dicomweb:DicomwebSource", "pip install dicomweb-client"),
+    "dicomwebs": ("ridl.sources.dicomweb:DicomwebSource", "pip install dicomweb-client"),
+}
 
 
-def subject_from_headers(study: StudyRef, headers: Iterable[Any], hn_issuer: str) -> StudyRef:
-    """The study with its subject key read from retrieved headers.
+def source_class(scheme: str) -> type:
+    """The source class registered for ``scheme``, imported now.
 
-    Used when the catalog could not see Other Patient IDs Sequence: the header of the study's
-    own patient couplet is preferred (a study sent by two feeds may carry two couplets).
+    Raises:
+        ConfigError: no source has that scheme, or its module cannot be imported (the message
+            gives the install hint).
     """
-    from dataclasses import replace
+    from ridl.errors import ConfigError
 
-    from ridl.sources.folder import health_number
+    entry = SOURCES.get(scheme)
+    if entry is None:
+        raise ConfigError(f"--source scheme '{scheme}' is not supported")
+    target, hint = entry
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"--source scheme '{scheme}' needs a module that is missing ({exc.name}): {hint}"
+        ) from None
+    cls: type = getattr(module, class_name)
+    return cls
 
-    chosen = None
-    for ds in headers:
-        issuer = str(getattr(ds, "IssuerOfPatientID", "") or "")
-        patient_id = str(getattr(ds, "PatientID", "") or "")
-        if chosen is None or (issuer, patient_id) == (study.issuer, study.patient_id):
-            chosen = ds
-            if (issuer, patient_id) == (study.issuer, study.patient_id):
-                break
-    if chosen is None:
-        return study
-    return replace(
-        study,
-        issuer=str(getattr(chosen, "IssuerOfPatientID", "") or "") or study.issuer,
-        patient_id=str(getattr(chosen, "PatientID", "") or "") or study.patient_id,
-        health_number=health_number(chosen, hn_issuer),
-        hn_known=True,
+
+def open_source(
+    url: str, limits: ArchiveLimits | None = None, hn_issuer: str = DEFAULT_HN_ISSUER
+) -> StudySource:
+    """A source from its URL-like setting (``folder:PATH``, ``dimse://...``, ``dicomweb://...``).
+
+    Network sources honour the archive ``limits``; every source reads the health number from the
+    Other Patient IDs Sequence item issued by ``hn_issuer`` (the project's setting).
+
+    Raises:
+        ConfigError: unknown scheme, malformed address or unknown option (naming ``--source``).
+    """
+    address = parse_source_url(url)
+    cls = source_class(address.scheme)
+    source: StudySource = cls.from_address(  # type: ignore[attr-defined]
+        address, limits or ArchiveLimits(), hn_issuer
     )
+    return source

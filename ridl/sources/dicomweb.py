@@ -5,7 +5,7 @@ options ``page`` (QIDO-RS page size, default 500) and ``timeout`` (seconds, defa
 
 QIDO-RS servers rarely return sequences (Orthanc does not return Other Patient IDs Sequence), so
 the catalog marks the health number as unknown when it is absent, and the per-study work reads the
-subject key from the retrieved headers instead (see :func:`ridl.work.resolve_subject`).
+subject key from the retrieved headers instead (see :func:`flows.work.resolve_subject`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from ridl.catalog import write_study_rows
+from ridl.catalog import StudyRef, write_study_rows
 from ridl.errors import ConfigError, RidlError
-from ridl.sources.base import SourceAddress, StudyRef
+from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.sources.base import SourceAddress
 from ridl.sources.dimse import clear_folder, dicom_date, settle_hn_known, study_row
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
 
@@ -49,7 +50,7 @@ class DicomwebSource:
     """QIDO-RS study search and WADO-RS study retrieval, inside the archive's limits."""
 
     def __init__(
-        self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = "HN"
+        self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = DEFAULT_HN_ISSUER
     ) -> None:
         opts = address.checked_options(OPTIONS)
         try:
@@ -68,6 +69,17 @@ class DicomwebSource:
         self.guard = ArchiveGuard(limits, f"host:{address.host}")
         self._client: DICOMwebClient | None = None
         self.requests_made = 0
+
+    @classmethod
+    def from_address(
+        cls, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str
+    ) -> DicomwebSource:
+        """The source of a parsed ``--source`` setting, inside the archive ``limits``.
+
+        Raises:
+            ConfigError: an unknown option or a malformed value (naming ``--source``).
+        """
+        return cls(address, limits, hn_issuer)
 
     @property
     def client(self) -> DICOMwebClient:

@@ -50,9 +50,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from ridl.catalog import write_study_rows
+from ridl.catalog import StudyRef, write_study_rows
 from ridl.errors import ConfigError, RidlError
-from ridl.sources.base import SourceAddress, StudyRef
+from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.sources.base import SourceAddress
+from ridl.sources.hn import health_number
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
 
 log = logging.getLogger(__name__)
@@ -85,15 +87,6 @@ def dicom_date(value: dt.date) -> str:
     return f"{value.year:04d}{value.month:02d}{value.day:02d}"
 
 
-def health_number_of(ds: Dataset, hn_issuer: str) -> str | None:
-    for item in getattr(ds, "OtherPatientIDsSequence", None) or []:
-        if str(getattr(item, "IssuerOfPatientID", "")).strip() == hn_issuer:
-            value = str(getattr(item, "PatientID", "")).strip()
-            if value:
-                return value
-    return None
-
-
 def study_row(ident: Dataset, hn_issuer: str) -> dict[str, Any]:
     """One catalog row from a study-level C-FIND (or QIDO-RS) answer."""
     mods = getattr(ident, "ModalitiesInStudy", None)
@@ -103,7 +96,7 @@ def study_row(ident: Dataset, hn_issuer: str) -> dict[str, Any]:
         "study_date": str(getattr(ident, "StudyDate", "")),
         "issuer": str(getattr(ident, "IssuerOfPatientID", "") or ""),
         "patient_id": str(getattr(ident, "PatientID", "") or ""),
-        "health_number": health_number_of(ident, hn_issuer),
+        "health_number": health_number(ident, hn_issuer),
         "hn_known": "OtherPatientIDsSequence" in ident,
         "description": str(getattr(ident, "StudyDescription", "") or ""),
         "modalities": sorted({str(m).upper() for m in modalities if str(m)}),
@@ -213,7 +206,7 @@ class DimseSource:
     """Study-level C-FIND by date window; C-GET or C-MOVE of a study into its working folder."""
 
     def __init__(
-        self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = "HN"
+        self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = DEFAULT_HN_ISSUER
     ) -> None:
         opts = address.checked_options(OPTIONS)
         if not address.user:
@@ -250,6 +243,17 @@ class DimseSource:
         self._get_setup: tuple[AE, list[Any]] | None = None
 
     # --- associations -----------------------------------------------------------------------
+
+    @classmethod
+    def from_address(
+        cls, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str
+    ) -> DimseSource:
+        """The source of a parsed ``--source`` setting, inside the archive ``limits``.
+
+        Raises:
+            ConfigError: an unknown option or a malformed value (naming ``--source``).
+        """
+        return cls(address, limits, hn_issuer)
 
     def _associate(
         self,

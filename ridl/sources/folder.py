@@ -11,8 +11,12 @@ import pyarrow.parquet as pq
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
-from ridl.sources.base import StudyRef
+from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.sources.base import SourceAddress
+from ridl.sources.hn import health_number
+from ridl.sources.protect import ArchiveLimits
 
 HEADER_TAGS = [
     "StudyInstanceUID",
@@ -46,23 +50,20 @@ INSTANCE_SCHEMA = pa.schema(
 UNREADABLE_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
 
-def health_number(ds: object, hn_issuer: str) -> str | None:
-    """The health number from Other Patient IDs Sequence, the item issued by ``hn_issuer``."""
-    for item in getattr(ds, "OtherPatientIDsSequence", None) or []:
-        if str(getattr(item, "IssuerOfPatientID", "")).strip() == hn_issuer:
-            value = str(getattr(item, "PatientID", "")).strip()
-            if value:
-                return value
-    return None
-
-
 class FolderSource:
     """Reads a folder tree in place; fetching a study needs no copy."""
 
-    def __init__(self, root: Path, hn_issuer: str = "HN") -> None:
+    def __init__(self, root: Path, hn_issuer: str = DEFAULT_HN_ISSUER) -> None:
         self.root = root.resolve()
         self.hn_issuer = hn_issuer
         self.url = f"folder:{self.root}"
+
+    @classmethod
+    def from_address(
+        cls, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str
+    ) -> FolderSource:
+        """The source of ``folder:PATH`` (read in place: no archive limits apply)."""
+        return cls(Path(address.path), hn_issuer)
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
         """Index every file's header (never pixel data) into instance and study tables."""

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from export.store import ObjectStore
-from ridl.catalog import release_dir
+from ridl.releases import release_dir
 
 
 class PartTally:

@@ -22,35 +22,29 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from curation.integrity import Rejected
+from curation.iocm import is_rejection_note, rejected_instances
 from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
-from deid_recipes import DeidError, Engine, SubjectContext, load_recipe
+from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.fastpath import deidentify_to_bytes
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
+from ridl.catalog import StudyRef
+from ridl.errors import ObjectRejected
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.secrets import load_secret
-from ridl.sources.base import StudyRef, StudySource, open_source, subject_from_headers
+from ridl.sources.base import StudySource, open_source
+from ridl.sources.hn import subject_from_headers
 from ridl.sources.protect import ArchiveLimits
 
-# IHE IOCM rejection note titles (Key Object Selection document title, DCM scheme).
-REJECTION_CODES = {"113001", "113037", "113038", "113039"}
-KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 # What the run itself reads from every header (IOCM, scope, object keys).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
 
 # Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
-# never sees more than N retrievals at once whatever the number of CPU workers; the flow's worker
-# setup installs the real limit (flows.runners), the default is no limit.
-_retrieval_slot: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
-
-
-def set_retrieval_slot(factory: Callable[[], contextlib.AbstractContextManager[object]]) -> None:
-    """Install the context manager factory that guards each study's retrieval."""
-    global _retrieval_slot
-    _retrieval_slot = factory
+# never sees more than N retrievals at once whatever the number of CPU workers: the caller passes
+# the factory of that slot (flows.runners builds it for the worker's kind); none means no limit.
+RetrievalSlot = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -143,9 +137,7 @@ class Worker:
         self.keys = Pseudonymizer(load_secret(ctx.project))
         self.engine = Engine(load_recipe(ctx.recipe), self.keys, retain=ctx.retain)
         self.store: ObjectStore = open_store(ctx.store_url)
-        self.source: StudySource = open_source(ctx.source_url, ctx.limits)
-        if hasattr(self.source, "hn_issuer"):
-            self.source.hn_issuer = ctx.hn_issuer
+        self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
         self.optout = load_optout(ctx.project, ctx.optout_tokens)
         curation = json.loads(ctx.curation) if ctx.curation else None
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
@@ -166,15 +158,35 @@ def worker_for(ctx: RunContext) -> Worker:
     return Worker(ctx)
 
 
-def process_batch(ctx: RunContext, studies: list[StudyRef]) -> BatchCounts:
+def process_batch(
+    ctx: RunContext,
+    studies: list[StudyRef],
+    retrieval_slot: RetrievalSlot = contextlib.nullcontext,
+) -> BatchCounts:
+    """Work every study of a batch in this process; counts only (no bytes, no PHI).
+
+    ``retrieval_slot`` guards each study's retrieval from the DIR (the run's retrieval limit).
+    Objects that cannot be handled are quarantined and counted; they never fail the batch.
+
+    Raises:
+        TransientError: the DIR or the store failed in a way worth retrying the batch for.
+        ConfigError: the run context is wrong (secret, recipe, store or source setting).
+    """
     worker = worker_for(ctx)
     counts = BatchCounts()
     for study in studies:
-        counts.add(process_study(worker, study))
+        counts.add(process_study(worker, study, retrieval_slot))
     return counts
 
 
-def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
+def process_study(
+    worker: Worker, study: StudyRef, retrieval_slot: RetrievalSlot = contextlib.nullcontext
+) -> StudyOutcome:
+    """Retrieve, curate, de-identify and store one study, then write its manifest part last.
+
+    A study whose part is already in the store is skipped (counted from its part), unless a
+    reviewer has since decided about one of its held objects.
+    """
     ctx = worker.ctx
     part_key = worker.part_key(study)
     outcome = StudyOutcome(study_key=worker.study_key(study))
@@ -191,7 +203,7 @@ def process_study(worker: Worker, study: StudyRef) -> StudyOutcome:
     workdir = settings.work_dir() / ctx.project / ctx.release / outcome.study_key
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        with _retrieval_slot():
+        with retrieval_slot():
             files = worker.source.fetch_study(study, workdir)
         rows = _process_files(worker, study, files, outcome)
     finally:
@@ -265,11 +277,8 @@ def _process_files(
             continue
         try:
             ds, data = _deidentify(worker, path, curated, subject)
-        except Rejected as rej:
+        except ObjectRejected as rej:
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
-            continue
-        except DeidError as err:
-            _quarantine(worker, study, path, outcome, f"deid-{err.reason}")
             continue
         except Exception as exc:  # never let one object stop the run
             _quarantine(worker, study, path, outcome, "write-failed", type(exc).__name__)
@@ -306,7 +315,7 @@ def _process_files(
 def _deidentify(
     worker: Worker, path: Path, curated: Curated, subject: SubjectContext
 ) -> tuple[Dataset, bytes]:
-    """The de-identified object: a dataset naming it and its bytes. Raises Rejected / DeidError.
+    """The de-identified object: a dataset naming it and its bytes.
 
     An object curation did not change goes by the fast path when the run allows it; the fast
     path answers None for what it does not take, and then the dataset curation read is
@@ -344,30 +353,3 @@ def _quarantine(
         detail=detail,
     )
     outcome.quarantined[reason] += 1
-
-
-def is_rejection_note(ds: Dataset) -> bool:
-    if str(getattr(ds, "SOPClassUID", "")) != KOS_SOP_CLASS:
-        return False
-    for code in getattr(ds, "ConceptNameCodeSequence", None) or []:
-        if (
-            str(getattr(code, "CodeValue", "")) in REJECTION_CODES
-            and str(getattr(code, "CodingSchemeDesignator", "")) == "DCM"
-        ):
-            return True
-    return False
-
-
-def rejected_instances(headers: Any) -> set[str]:
-    """SOP Instance UIDs referenced by IOCM rejection notes among ``headers``."""
-    rejected: set[str] = set()
-    for ds in headers:
-        if not is_rejection_note(ds):
-            continue
-        for study in getattr(ds, "CurrentRequestedProcedureEvidenceSequence", None) or []:
-            for series in getattr(study, "ReferencedSeriesSequence", None) or []:
-                for ref in getattr(series, "ReferencedSOPSequence", None) or []:
-                    uid = getattr(ref, "ReferencedSOPInstanceUID", None)
-                    if uid:
-                        rejected.add(str(uid))
-    return rejected

@@ -346,7 +346,7 @@ def launch_run(
     """Check the request (before Prefect starts), then run the flow with a progress bar."""
     from export.store import open_store
     from flows.params import validate_params
-    from ridl.runplan import check_request
+    from flows.runplan import check_request
     from ridl.sources.base import open_source
 
     scale = {k: v for k, v in (scale or {}).items() if v is not None}
@@ -370,7 +370,7 @@ def launch_run(
 
     require_server_for_cluster(params.resolved_cluster())
     from flows.extract import extract_run
-    from ridl.progress import RunProgress
+    from flows.progress import RunProgress
 
     store = open_store(destination)
     console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
@@ -589,9 +589,36 @@ def show_summary(
 
 # --- releases, access, pull (export/cli.py) ----------------------------------------------------
 
+from export.cli import DestOption as ReleaseDestOption  # noqa: E402
 from export.cli import access_app, pull_command, release_app  # noqa: E402
+from export.cli import kv_table as release_table  # noqa: E402
 
 app.add_typer(release_app, name="release")
+
+
+@release_app.command("publish")
+def release_publish(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    release: Annotated[str, typer.Option(help="Release name.")],
+    dest: ReleaseDestOption = None,
+    license: Annotated[str | None, typer.Option(help="License text for the release.")] = None,
+) -> None:
+    """Sign and publish a finished run's release (the flow does this at its end too)."""
+    from export.release import publish_release
+    from flows.runplan import recipe_sha256
+    from ridl.projects import load_project
+
+    try:
+        spec = load_project(project).recipe_spec()
+        result = publish_release(
+            dest, project, release, recipe_sha256=recipe_sha256(spec), license=license
+        )
+    except RidlError as exc:
+        _fail(str(exc))
+        return
+    console.print(release_table(f"release {project}/{release}", result))
+
+
 app.add_typer(access_app, name="access")
 app.command("pull")(pull_command)
 # --- trust: verification gate and audit log ------------------------------------------------
@@ -659,7 +686,7 @@ def verify(
 ) -> None:
     """Search every exported byte of a release for identifiers from its source headers."""
     from export.store import open_store
-    from export.verify import verify_release
+    from flows.gate import verify_release
 
     try:
         report = verify_release(project, release, open_store(dest).url)
@@ -680,7 +707,7 @@ def deid_folder(
     """De-identify a folder with a project's recipe and keys, outside any run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from deid_recipes.batch import deidentify_folder, iter_files
+    from flows.deid import deidentify_folder, iter_files
 
     if not src.exists():
         _fail(f"{src} does not exist: give a DICOM file or folder")

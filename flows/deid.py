@@ -20,15 +20,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from curation.integrity import Rejected, check_pixel_data
+from curation.integrity import check_pixel_data
 from curation.quarantine import quarantine_file
 from deid_recipes.engine import DeidError, Engine, SubjectContext
 from deid_recipes.fastpath import deidentify_file
 from deid_recipes.recipe import load_recipe
+from ridl.errors import ObjectRejected
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.secrets import load_secret
-from ridl.sources.folder import health_number
+from ridl.sources.hn import health_number
 
 ADHOC_RELEASE = "adhoc"
 
@@ -74,7 +75,7 @@ class FolderDeidentifier:
         pixels carry burned-in text (no header rule sees it) for review, as a run does.
         """
         if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
-            raise Rejected("burned-in-annotation")
+            raise ObjectRejected("burned-in-annotation")
         try:
             key = SubjectKey(
                 health_number(ds, self.project.hn_issuer),
@@ -89,7 +90,7 @@ class FolderDeidentifier:
         """De-identify one object into ``dst``; (research ID, bytes written).
 
         The fast path (header de-identified, pixel data copied by the kernel) serves the common
-        layout; anything else goes through the whole-object path. Raises Rejected / DeidError.
+        layout; anything else goes through the whole-object path. Raises ObjectRejected / DeidError.
         """
         done = deidentify_file(self.engine, self.subject, path, lambda ds, s: target(dst, ds, s))
         if done is not None:
@@ -103,15 +104,15 @@ class FolderDeidentifier:
         return subject.research_id, len(data)
 
     def deidentify_bytes(self, path: Path) -> tuple[Dataset, bytes, SubjectContext]:
-        """Read, check, de-identify and encode one object; raise Rejected or DeidError."""
+        """Read, check, de-identify and encode one object; raise ObjectRejected or DeidError."""
         try:
             ds = dcmread(path)
         except InvalidDicomError:
-            raise Rejected("not-dicom") from None
+            raise ObjectRejected("not-dicom") from None
         except Exception as exc:  # pydicom raises many kinds on corrupt input
-            raise Rejected("unreadable", type(exc).__name__) from None
+            raise ObjectRejected("unreadable", type(exc).__name__) from None
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-            raise Rejected("unreadable", "no transfer syntax")
+            raise ObjectRejected("unreadable", "no transfer syntax")
         check_pixel_data(ds)
         subject = self.subject(ds)
         self.engine.apply(ds, subject)
@@ -151,10 +152,8 @@ def deidentify_folder(
         summary.bytes_in += path.stat().st_size
         try:
             research_id, size = worker.deidentify_to(path, dst)
-        except Rejected as rej:
+        except ObjectRejected as rej:
             _quarantine(project_id, path, rej.reason, rej.detail, summary)
-        except DeidError as err:
-            _quarantine(project_id, path, f"deid-{err.reason}", "", summary)
         except Exception as exc:  # never let one object stop the batch
             _quarantine(project_id, path, "write-failed", type(exc).__name__, summary)
         else:

@@ -11,26 +11,18 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from curation.quarantine import quarantine_file
 from export.store import open_store
-from ridl.catalog import (
-    RunRecord,
-    catalog_covers,
-    catalog_dir_for,
-    freeze_selection,
-    load_frozen,
-    release_dir,
-    select,
-    study_refs,
-)
+from flows.work import RunContext
+from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
 from ridl.errors import ReleaseError
 from ridl.optout import load_optout
 from ridl.projects import Project, Scope, load_project
+from ridl.releases import RunRecord, freeze_selection, load_frozen, release_dir
 from ridl.secrets import load_secret
-from ridl.sources.base import StudyRef
 from ridl.sources.protect import ArchiveLimits
-from ridl.work import RunContext
 
 
 @dataclass(frozen=True)
@@ -38,6 +30,33 @@ class RunPlan:
     ctx: RunContext
     studies: list[StudyRef]
     resumed: bool
+
+
+def recipe_sha256(spec: str | list[str]) -> str:
+    """Hex SHA-256 of the compiled recipe (every layer), so an auditor can tell recipes apart.
+
+    Raises:
+        ConfigError: the recipe or one of its options is unknown.
+    """
+    from deid_recipes import load_recipe
+
+    return str(load_recipe(spec).digest)
+
+
+def run_fields(ctx: RunContext, batch_size: int, studies: int) -> dict[str, Any]:
+    """What the audit entry ``run.started`` records: parameters, recipe hash, counts (no PHI)."""
+    return {
+        "project": ctx.project,
+        "release": ctx.release,
+        "source": ctx.source_url,
+        "store": ctx.store_url,
+        "recipe": ctx.recipe,
+        "recipe_sha256": recipe_sha256(ctx.recipe),
+        "retain": list(ctx.retain),
+        "modalities": list(ctx.modalities),
+        "batch_size": batch_size,
+        "studies_selected": studies,
+    }
 
 
 def check_request(
@@ -81,9 +100,7 @@ def prepare_run(
 
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
-    src = open_source(source, limits)
-    if hasattr(src, "hn_issuer"):
-        src.hn_issuer = project.hn_issuer
+    src = open_source(source, limits, project.hn_issuer)
     record = RunRecord(
         project=project.id,
         release=release,

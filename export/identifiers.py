@@ -1,0 +1,416 @@
+"""The identifier dictionary: which values of a study's source headers are searched for, and how.
+
+A release must not hold an identifier of its sources. The identifying values of the source
+headers (every name component, patient IDs and health numbers, dates of birth, accession and
+procedure numbers, addresses, telephone numbers, institution, department and station names, and
+the text values of private tags) go into an :class:`IdentifierDictionary`, which compiles them
+into an Aho-Corasick automaton per set of character sets, so one pass over an object finds all of
+them at once. :mod:`export.phi_scan` runs the search and locates each hit.
+
+The tuning rules (documented in the README and tested one by one) keep common words and short
+numbers from blocking a release without reason:
+
+R1  terms shorter than 4 characters are not searched alone (name components: 3);
+R2  terms made only of digits (and separators) need at least 6 digits;
+R3  a term matches only as a whole word: the characters on both sides are not letters or digits;
+R4  name components and private-tag values that are common words (``COMMON_WORDS``) block only
+    when they are found in a person-name (PN) attribute;
+R5  a date of birth blocks when found in an object of the same research subject, or in a
+    non-date attribute; the same date in a date attribute of another subject is a coincidence;
+R6  private-tag, institution and station values that are UIDs, or equal to a public
+    non-identifying attribute of the same header, are not searched, nor any term equal to a
+    manufacturer, model or software version of any selected header; private creators are not;
+R7  matching ignores ASCII case;
+R8  address parts are searched when they hold a digit or several words (a lone city name is not);
+R9  values of attributes that the project's approved scope retains are not searched;
+R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
+    are ignored (the OCR step reads the text in pixels).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ahocorasick
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as PydicomSequence
+from pydicom.tag import BaseTag, Tag
+
+MIN_TERM = 4
+MIN_NAME = 3
+MIN_DIGITS = 6
+
+ID_KEYWORDS = {
+    "PatientID",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "MedicalRecordLocator",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "AdmissionID",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberProcedure",
+    "FillerOrderNumberProcedure",
+    "StudyID",
+    "PatientInsurancePlanCodeSequence",
+}
+BIRTH_KEYWORDS = {"PatientBirthDate"}
+ADDRESS_KEYWORDS = {
+    "PatientAddress",
+    "InstitutionAddress",
+    "ReferringPhysicianAddress",
+    "CountryOfResidence",
+    "RegionOfResidence",
+}
+PHONE_KEYWORDS = {
+    "PatientTelephoneNumbers",
+    "ReferringPhysicianTelephoneNumbers",
+    "PersonTelephoneNumbers",
+}
+EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
+PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
+INTERESTING_KEYWORDS = (
+    ID_KEYWORDS | BIRTH_KEYWORDS | ADDRESS_KEYWORDS | PHONE_KEYWORDS | PLACE_KEYWORDS
+)
+TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UT"}
+# Tags whose bytes are image samples, not text (R10).
+BULK_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009, 0x54001010}
+DATE_VRS = {"DA", "DT"}
+
+_COMMON = """
+    abdomen adult anonymous april august avenue axial baker bay bell berry bill bird black
+    blood body bond bone both boulevard brain breast brown bush cash center centre chest child
+    church clinic cole contrast cook coronal cross dale day dean derived doctor dose east
+    emergency faith female field fish ford foot fox frank frontal general gold grace gray green
+    grey hall hand head health heart helical hill hope hospital house hunt image imaging ivory
+    jack james joy june king knee knight lane lateral law left little liver long love lung main
+    male march mark may medical miller moss neck none normal north original other page park
+    patient pelvis phantom physician pope portable price primary prone radiology reed report
+    rice rich right rose routine rue saint sagittal scout screen secondary series sharp short
+    small snow soft south spine spiral spring stone street strong study summer supine test
+    tissue unknown upright ward west white will winter wood young name first last middle
+    given family here anonymized
+    text burned annotation truncated duplicate instance rejected note approved failed check
+    pixel decode missing header consistency orientation size gap spacing localizer capture
+    known regions blanked review quarantined excluded
+"""
+# The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
+# a patient named "Text" must not block every release whose parts say "burned-in-text".
+COMMON_WORDS = frozenset(_COMMON.split())
+
+_DIGITS = re.compile(r"^[\d\s\-./()+]+$")
+_UIDLIKE = re.compile(r"^[\d.]+$")
+
+
+# --- the dictionary ------------------------------------------------------------------------------
+
+
+@dataclass
+class Term:
+    """One searched value's rules (never its value in anything that leaves this module)."""
+
+    kinds: set[str] = field(default_factory=set)
+    name_only: bool = True
+    owners: set[str] = field(default_factory=set)  # research IDs of a birth date (R5)
+    anyone: bool = False  # a contribution that is not a birth date blocks for every subject
+
+    def merge(self, kind: str, name_only: bool, owner: str | None) -> None:
+        self.kinds.add(kind)
+        self.name_only = self.name_only and name_only
+        if kind == "birth-date" and owner is not None:
+            self.owners.add(owner)
+        else:
+            self.anyone = True
+
+    @property
+    def scoped(self) -> bool:
+        return not self.anyone
+
+
+def _norm(value: str) -> str:
+    return " ".join(value.replace("\x00", " ").split()).strip()
+
+
+def _is_common(value: str) -> bool:
+    words = re.split(r"[\s^,\-]+", value.lower())
+    words = [w for w in words if w]
+    return bool(words) and all(w in COMMON_WORDS for w in words)
+
+
+def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
+    if _DIGITS.match(value):
+        return sum(c.isdigit() for c in value) >= MIN_DIGITS
+    return len(value) >= minimum
+
+
+def name_terms(value: str) -> Iterator[tuple[str, bool]]:
+    """(term, name_only) for a person name: the whole value and every component (R1, R4)."""
+    whole = _norm(value)
+    if not whole:
+        return
+    if _long_enough(whole.replace("^", " ").strip(), MIN_TERM):
+        yield whole.rstrip("^"), _is_common(whole)
+    for group in whole.split("="):
+        for component in group.split("^"):
+            component = _norm(component)
+            for part in {component, *component.split(" ")}:
+                part = part.strip(" ,.")
+                if len(part) >= MIN_NAME and not _DIGITS.match(part):
+                    yield part, _is_common(part)
+
+
+def address_terms(value: str) -> Iterator[str]:
+    """The whole address and its parts with a digit or several words (R8)."""
+    whole = _norm(value)
+    if _long_enough(whole):
+        yield whole
+    for part in re.split(r"[\^,\n\r;]+", value):
+        part = _norm(part)
+        if _long_enough(part) and (any(c.isdigit() for c in part) or " " in part):
+            yield part
+
+
+def phone_terms(value: str) -> Iterator[str]:
+    for number in re.split(r"[\\^]", value):
+        number = _norm(number)
+        if _long_enough(number):
+            yield number
+        digits = "".join(c for c in number if c.isdigit())
+        if len(digits) >= 7:
+            yield digits
+
+
+def birth_terms(value: str) -> Iterator[str]:
+    text = _norm(value)
+    if len(text) != 8 or not text.isdigit():
+        return
+    y, m, d = text[:4], text[4:6], text[6:]
+    yield from (text, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}")
+
+
+def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
+    """A public text value, cheaply: ASCII raw bytes are split without pydicom's conversion."""
+    if vr not in TEXT_VRS:
+        return []
+    value = raw.value
+    if isinstance(value, bytes):
+        if not value.isascii():
+            return []
+        return [t for t in (_norm(v) for v in value.decode("ascii").split("\\")) if t]
+    return [_norm(v) for v in text_values(value) if _norm(v)]
+
+
+def text_values(value: Any) -> list[str]:
+    """The text values of an element value (multi-valued, PN, bytes), as strings."""
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        text = value.rstrip(b"\x00 ").decode("latin-1")
+        return [text] if text and text.isprintable() else []
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value if v is not None and str(v)]
+    return [str(value)] if str(value) else []
+
+
+def vr_of(elem: DataElement | RawDataElement, tag: BaseTag) -> str:
+    """The VR of an element: its own, else the dictionary's; private or unknown tags are UN."""
+    vr = getattr(elem, "VR", None)
+    if vr:
+        return str(vr)
+    if tag.is_private:
+        return "UN"
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+class IdentifierDictionary:
+    """The identifying values of the selected studies, compiled into one automaton per encoding set.
+
+    Terms are kept with their rules only; the report refers to a term by its kind.
+    """
+
+    def __init__(self, retained: Iterable[str] = ()) -> None:
+        self.retained = set(retained)
+        self.terms: dict[str, Term] = {}
+        self.encodings: set[str] = {"latin_1", "utf_8"}
+        self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
+        self._seen: set[tuple[int, bytes, str | None, str]] = set()
+        self._charset_key = ""
+        self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for term in self.terms.values():
+            for kind in term.kinds:
+                counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def add(self, value: str, kind: str, name_only: bool = False, owner: str | None = None) -> None:
+        value = _norm(value)
+        if not value:
+            return
+        term = self.terms.setdefault(value, Term())
+        term.merge(kind, name_only, owner)
+        self._automata.clear()
+
+    def add_header(self, ds: Dataset, research_id: str | None = None) -> None:
+        """Collect the identifying values of one source header, at every depth."""
+        for charset in declared_charsets(ds):
+            self.encodings.add(charset)
+        public_values: set[str] = set()
+        private: list[tuple[str, str]] = []
+        self._collect(ds, research_id, public_values, private, depth=0)
+        for kind, value in private:
+            if value.lower() in public_values or _UIDLIKE.match(value):
+                continue  # R6
+            if _long_enough(value):
+                self.add(value, kind, name_only=_is_common(value))
+
+    def _collect(
+        self,
+        ds: Dataset,
+        research_id: str | None,
+        public_values: set[str],
+        private: list[tuple[str, str]],
+        depth: int,
+    ) -> None:
+        if depth > 64:
+            return
+        if depth == 0:
+            self._charset_key = str(ds.get("SpecificCharacterSet", ""))
+        charset_key = self._charset_key
+        for tag in list(ds.keys()):
+            tag = Tag(tag)
+            # Values stay raw (unconverted) unless they may hold an identifier: converting every
+            # element is what would make the dictionary cost as much as de-identifying.
+            try:
+                raw = ds.get_item(tag)
+            except Exception:
+                continue
+            if raw is None:
+                continue
+            vr = vr_of(raw, tag)
+            keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
+            undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
+            if vr == "SQ" or (undefined and tag not in BULK_TAGS):
+                try:
+                    value = ds[tag].value
+                except Exception:
+                    continue
+                if isinstance(value, PydicomSequence | list):
+                    for item in value:
+                        if isinstance(item, Dataset):
+                            self._collect(item, research_id, public_values, private, depth + 1)
+                continue
+            if tag in BULK_TAGS:
+                continue
+            wanted = (
+                tag.is_private
+                or vr == "PN"
+                or keyword in INTERESTING_KEYWORDS
+                or keyword in EQUIPMENT_KEYWORDS
+            )
+            if not wanted:
+                public_values.update(v.lower() for v in _raw_texts(raw, vr))
+                continue
+            if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+                continue  # private creator (R6)
+            if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+                # The objects of a series repeat most values: convert each distinct one once.
+                owner = research_id if keyword in BIRTH_KEYWORDS else None
+                signature = (int(tag), raw.value, owner, charset_key)
+                if signature in self._seen and not tag.is_private:
+                    continue
+                self._seen.add(signature)
+            try:
+                elem = ds[tag]
+            except Exception:  # an unparseable value holds nothing we can search for
+                continue
+            if tag.is_private:
+                private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
+                continue
+            if keyword in self.retained:
+                continue  # R9
+            values = text_values(elem.value)
+            if vr == "PN" or elem.VR == "PN":
+                for v in values:
+                    for term, name_only in name_terms(v):
+                        self.add(term, "name", name_only=name_only)
+            elif keyword in ID_KEYWORDS:
+                for v in values:
+                    if _long_enough(_norm(v)):
+                        self.add(v, "identifier")
+            elif keyword in BIRTH_KEYWORDS:
+                for v in values:
+                    for term in birth_terms(v):
+                        self.add(term, "birth-date", owner=research_id)
+            elif keyword in ADDRESS_KEYWORDS:
+                for v in values:
+                    for term in address_terms(v):
+                        self.add(term, "address")
+            elif keyword in PHONE_KEYWORDS:
+                for v in values:
+                    for term in phone_terms(v):
+                        self.add(term, "telephone")
+            elif keyword in PLACE_KEYWORDS:  # checked against public values like private ones
+                private.extend(("institution-or-station", _norm(v)) for v in values)
+            else:
+                public_values.update(_norm(v).lower() for v in values)
+                if keyword in EQUIPMENT_KEYWORDS:
+                    self.equipment.update(_norm(v).lower() for v in values)
+
+    def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
+        """The automaton over every term in every encoding, keyed by ASCII-lowered bytes."""
+        encs = frozenset(self.encodings | set(encodings))
+        cached = self._automata.get(encs)
+        if cached is not None:
+            return cached
+        auto = ahocorasick.Automaton()
+        for value, term in self.terms.items():
+            low = value.lower()
+            if low in self.equipment or (
+                term.kinds <= {"institution-or-station", "private-tag"}
+                and any(low in e for e in self.equipment)
+            ):
+                continue  # R6
+            for enc in encs:
+                try:
+                    raw = value.encode(enc)
+                except (UnicodeEncodeError, LookupError):
+                    continue
+                key = raw.lower().decode("latin-1")
+                old = auto.get(key, None)
+                if old is None:
+                    auto.add_word(key, (len(key), [term]))
+                elif term not in old[1]:
+                    old[1].append(term)
+        if len(auto) == 0:
+            auto.add_word("\x00\x00never\x00\x00", (9, []))
+        auto.make_automaton()
+        self._automata[encs] = auto
+        return auto
+
+
+def declared_charsets(ds: Dataset) -> list[str]:
+    """The Python codecs of the object's Specific Character Set (0008,0005); [] when unknown."""
+    try:
+        value = ds.get("SpecificCharacterSet")
+        raw = value.value if value is not None else None
+        if isinstance(raw, bytes):
+            raw = raw.decode("ascii", "replace")
+        return [e for e in convert_encodings(raw) if e]
+    except Exception:
+        return []

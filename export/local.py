@@ -1,0 +1,72 @@
+"""A local folder used as an object store: the embedded default (``file:PATH``).
+
+Keys are relative paths under the root; every write goes to a temporary name in the same folder,
+is fsynced, then renamed into place, so a reader never sees half an object.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from export.store import ObjectInfo, check_key
+
+
+class LocalStore:
+    """A folder used as an object store: keys are relative paths under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = f"file:{self.root}"
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStore:
+        """The store of ``file:PATH`` (a relative path is taken from the current folder)."""
+        return cls(Path(url[len("file:") :] if url.startswith("file:") else url))
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.exists():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue  # temporary files of writes in progress
+                path = Path(dirpath) / name
+                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.exists():
+            path.unlink()
+
+    def clean_partial_writes(self, prefix: str) -> int:
+        """Remove temporary files left by a killed writer; returns how many were removed."""
+        base = self.root / prefix
+        removed = 0
+        if base.exists():
+            for tmp in base.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,67 @@
+"""What the PHI gate reports: the verification report and the error that blocks a release."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from export.phi_scan import Hit
+from ridl.errors import ReleaseError
+
+
+@dataclass
+class VerificationReport:
+    """What the gate found; names keys, paths and kinds, never a value."""
+
+    project: str
+    release: str
+    store: str
+    passed: bool
+    objects_checked: int
+    bytes_checked: int
+    dictionary_terms: int
+    dictionary_kinds: dict[str, int]
+    studies_read: int
+    headers_read: int
+    ocr: str
+    ocr_objects: int
+    hits: list[Hit]
+    seconds_dictionary: float
+    seconds_search: float
+    checked_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hits"] = [asdict(h) for h in self.hits]
+        return data
+
+    def render(self) -> str:
+        status = "PASSED" if self.passed else "BLOCKED"
+        lines = [
+            f"verification of {self.project}/{self.release}: {status}",
+            f"  objects checked: {self.objects_checked} ({self.bytes_checked:,} bytes)",
+            f"  dictionary: {self.dictionary_terms} terms from {self.headers_read} source headers "
+            f"of {self.studies_read} studies {self.dictionary_kinds}",
+            f"  OCR: {self.ocr} ({self.ocr_objects} objects read)",
+            f"  time: dictionary {self.seconds_dictionary:.2f}s, search {self.seconds_search:.2f}s",
+        ]
+        if self.hits:
+            lines.append(f"  {len(self.hits)} identifier(s) found; publishing is blocked:")
+            lines.extend(f"    {hit}" for hit in self.hits[:200])
+            if len(self.hits) > 200:
+                lines.append(f"    ... and {len(self.hits) - 200} more (see the report file)")
+        return "\n".join(lines)
+
+
+class VerificationFailed(ReleaseError):
+    """Identifiers were found in a release: it stays unpublished."""
+
+    def __init__(self, report: VerificationReport, report_path: Path) -> None:
+        self.report = report
+        objects = len({h.key for h in report.hits})
+        super().__init__(
+            f"release {report.project}/{report.release} is NOT published: verification found "
+            f"{len(report.hits)} identifier(s) in {objects} object(s); the report names each "
+            f"object and attribute: {report_path}"
+        )

@@ -1,0 +1,217 @@
+"""A release's on-premises state, in one place: its folder, frozen selection, run record,
+verification report, published marker, and the project's withdrawals.
+
+Everything here lives under ``RIDL_HOME/releases/<project>/`` and may hold PHI (the frozen
+selection carries the patient couplet), so it never leaves the research office::
+
+    <project>/withdrawn.json               research IDs of subjects who withdrew, with dates
+    <project>/<release>/run.json           the parameters the release was frozen with (RunRecord)
+    <project>/<release>/selection.parquet  the studies chosen, frozen once
+    <project>/<release>/verification.json  the PHI gate's report (keys and attribute paths only)
+    <project>/<release>/published.json     written once the release passed the gate and was
+                                           published, with a fingerprint of the project secret
+
+The object store has its own copy of the published marker, written by whoever publishes (the
+gate in ``flows.gate``); this module only knows the research office's disk, so it imports no
+object store and no other floor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ridl import audit, settings
+from ridl.errors import ReleaseError
+
+RELEASE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MARKER = "published.json"
+REPORT_NAME = "verification.json"
+WITHDRAWALS = "withdrawn.json"
+
+
+# --- the release folder ------------------------------------------------------------------------
+
+
+def release_dir(project: str, release: str) -> Path:
+    """The release's on-premises folder (not created).
+
+    Raises:
+        ReleaseError: the release name holds characters other than letters, digits, '.', '_'
+            and '-', or starts with '.'.
+    """
+    if not release or not set(release) <= RELEASE_NAME_CHARS or release.startswith("."):
+        raise ReleaseError("release names use letters, digits, '.', '_' and '-' only")
+    return settings.releases_dir() / project / release
+
+
+# --- the frozen selection and its run record ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The parameters a release was frozen with; a resumed run must ask for the same.
+
+    Dates are ISO ``YYYY-MM-DD``; modalities and sites sorted; ``recipe`` is the project's recipe
+    specification (``ps3.15-basic+clean-descriptors``...).
+    """
+
+    project: str
+    release: str
+    source: str
+    date_from: str
+    date_to: str
+    modalities: list[str]
+    sites: list[str]
+    recipe: str
+
+    def same_request(self, other: RunRecord) -> bool:
+        """True when ``other`` asks for exactly what this record was frozen with."""
+        return asdict(self) == asdict(other)
+
+
+def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
+    """Write the selection (one row per study, catalog columns) and its parameters, once.
+
+    Returns the path of ``selection.parquet``; the freeze is audited with the file's SHA-256.
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    folder = release_dir(record.project, record.release)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(selection, preserve_index=False)
+    tmp = folder / "selection.parquet.tmp"
+    pq.write_table(table, tmp)
+    (folder / "run.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    tmp.replace(folder / "selection.parquet")
+    digest = hashlib.sha256((folder / "selection.parquet").read_bytes()).hexdigest()
+    audit.record(
+        "selection.frozen",
+        project=record.project,
+        release=record.release,
+        studies=len(selection),
+        selection_sha256=digest,
+        date_from=record.date_from,
+        date_to=record.date_to,
+        modalities=record.modalities,
+        sites=record.sites,
+    )
+    return folder / "selection.parquet"
+
+
+def selection_path(project: str, release: str) -> Path:
+    """Where the frozen selection of a release is (or will be)."""
+    return release_dir(project, release) / "selection.parquet"
+
+
+def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | None:
+    """The release's run record and frozen selection, or None when it was never frozen.
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    folder = release_dir(project, release)
+    sel = folder / "selection.parquet"
+    if not sel.exists():
+        return None
+    record = RunRecord(**json.loads((folder / "run.json").read_text()))
+    return record, pq.read_table(sel).to_pandas()
+
+
+# --- the verification report ------------------------------------------------------------------
+
+
+def report_path(project: str, release: str) -> Path:
+    """Where the PHI gate writes its report for the release (on premises)."""
+    return release_dir(project, release) / REPORT_NAME
+
+
+# --- published markers --------------------------------------------------------------------------
+
+
+def _marker_path(project: str, release: str) -> Path:
+    return release_dir(project, release) / MARKER
+
+
+def mark_published(
+    project: str, release: str, store_url: str, secret_fingerprint: str, record: dict[str, Any]
+) -> None:
+    """Write the on-premises published marker and audit the publication.
+
+    ``record`` is what the store's marker holds (counts and keys, no PHI); the on-premises copy
+    adds the store URL and ``secret_fingerprint`` (see ``ridl.secrets.secret_fingerprint``), which
+    :func:`published_releases` gives back so the secret can never change under a published
+    release.
+    """
+    on_prem = dict(record, store=store_url, secret_fingerprint=secret_fingerprint)
+    path = _marker_path(project, release)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(on_prem, indent=2, sort_keys=True))
+    details = {k: v for k, v in record.items() if k not in {"project", "release", "published_at"}}
+    audit.record("release.published", project=project, release=release, store=store_url, **details)
+
+
+def release_is_published(project: str, release: str) -> bool:
+    """True when the on-premises published marker of the release exists."""
+    return _marker_path(project, release).exists()
+
+
+def published_releases(project: str) -> dict[str, dict[str, Any]]:
+    """The project's published releases, from the on-premises markers: {release: marker}."""
+    folder = settings.releases_dir() / project
+    found: dict[str, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return found
+    for marker in sorted(folder.glob(f"*/{MARKER}")):
+        try:
+            found[marker.parent.name] = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            found[marker.parent.name] = {}
+    return found
+
+
+# --- withdrawals -------------------------------------------------------------------------------
+
+
+def withdrawals_path(project: str) -> Path:
+    """The project's list of withdrawn subjects (research IDs and dates)."""
+    return settings.releases_dir() / project / WITHDRAWALS
+
+
+def load_withdrawn(project: str) -> set[str]:
+    """Research IDs (``RS-...``) of subjects who withdrew from the project."""
+    path = withdrawals_path(project)
+    if not path.exists():
+        return set()
+    return {entry["research_id"] for entry in json.loads(path.read_text())}
+
+
+def record_withdrawal(project: str, research_id: str, today: dt.date | None = None) -> bool:
+    """Record that a subject withdrew; the next release retracts their objects.
+
+    Returns False when the subject was already recorded. The caller checks that the project
+    exists (this floor does not read the project registry).
+
+    Raises:
+        ReleaseError: ``research_id`` is not a research ID (``RS-...``): a patient identifier
+            must never be written here.
+    """
+    if not research_id.startswith("RS-"):
+        raise ReleaseError("give the subject's research ID (RS-...), never a patient identifier")
+    path = withdrawals_path(project)
+    entries = json.loads(path.read_text()) if path.exists() else []
+    if any(e["research_id"] == research_id for e in entries):
+        return False
+    entries.append({"research_id": research_id, "recorded": (today or dt.date.today()).isoformat()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries, indent=2))
+    return True

@@ -1,0 +1,56 @@
+"""The health number and the subject key, read from headers: one reader for every source.
+
+There is no master patient index: the provincial health number (HN), carried in an item of Other
+Patient IDs Sequence (0010,1002) whose Issuer of Patient ID (0010,0021) is the project's
+``hn_issuer``, is the key that links a subject's studies across sites (PS3.3 C.7.1.1). Without it
+the subject key is the couplet (Issuer of Patient ID, Patient ID). The folder source's index,
+the DIMSE and QIDO-RS catalogs, the per-study work and ``ridl deid`` all read it here, so a
+subject gets the same research ID whatever the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from ridl.catalog import StudyRef
+
+
+def health_number(ds: Any, hn_issuer: str) -> str | None:
+    """The health number of a header (a pydicom Dataset or any object with the same attributes).
+
+    Returns the Patient ID of the first Other Patient IDs Sequence item whose Issuer of Patient ID
+    is ``hn_issuer`` (surrounding spaces removed), or None when no such item has a value.
+    """
+    for item in getattr(ds, "OtherPatientIDsSequence", None) or []:
+        if str(getattr(item, "IssuerOfPatientID", "")).strip() == hn_issuer:
+            value = str(getattr(item, "PatientID", "")).strip()
+            if value:
+                return value
+    return None
+
+
+def subject_from_headers(study: StudyRef, headers: Iterable[Any], hn_issuer: str) -> StudyRef:
+    """The study with its subject key read from retrieved headers.
+
+    Used when the catalog could not see Other Patient IDs Sequence: the header of the study's
+    own patient couplet is preferred (a study sent by two feeds may carry two couplets).
+    """
+    chosen = None
+    for ds in headers:
+        issuer = str(getattr(ds, "IssuerOfPatientID", "") or "")
+        patient_id = str(getattr(ds, "PatientID", "") or "")
+        if chosen is None or (issuer, patient_id) == (study.issuer, study.patient_id):
+            chosen = ds
+            if (issuer, patient_id) == (study.issuer, study.patient_id):
+                break
+    if chosen is None:
+        return study
+    return replace(
+        study,
+        issuer=str(getattr(chosen, "IssuerOfPatientID", "") or "") or study.issuer,
+        patient_id=str(getattr(chosen, "PatientID", "") or "") or study.patient_id,
+        health_number=health_number(chosen, hn_issuer),
+        hn_known=True,
+    )
