@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.release import (
     MANIFEST_JSON,
@@ -26,11 +26,13 @@ from export.release import (
     read_published,
     retracted_paths,
 )
-from export.s3 import S3Store
 from export.store import ObjectStore, open_store
 from ridl import settings
 from ridl.errors import ConfigError, ReleaseError, ScopeError
 from ridl.projects import Project, load_project
+
+if TYPE_CHECKING:  # boto3 loads only when an S3 store is opened
+    from export.s3 import S3Store
 
 MAX_PRESIGN_DAYS = 7
 PRESIGNED_FORMAT = "ridl-presigned-manifest/1"
@@ -135,6 +137,8 @@ def grant_access(
     now = now or dt.datetime.now(dt.UTC)
     _, expires = check_grant(project_id, researcher, days, presign, now)
     store = store if store is not None and not isinstance(store, str) else open_store(store)
+    from export.s3 import S3Store
+
     if not isinstance(store, S3Store):
         raise ConfigError(
             f"access grants need an S3 store; {store.url} is not one (change: --dest)"

@@ -20,16 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-# Text stays text in the SVG: smaller, searchable, readable by screen readers.
-plt.rcParams["svg.fonttype"] = "none"
-import pandas as pd  # noqa: E402
-
-from export.manifest import read_manifest, read_parts, release_files  # noqa: E402
-from export.store import ObjectStore  # noqa: E402
+from export.manifest import read_manifest, read_parts, release_files
+from export.store import ObjectStore
 
 REPORT_NAME = "report.html"
 
@@ -40,15 +35,22 @@ def report_key(prefix: str) -> str:
 
 def _svg(fig: Any) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
+    # Text stays text in the SVG: smaller, searchable, readable by screen readers. Figures are
+    # drawn without pyplot, so importing this module sets no backend and no global rcParams.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight")
     text = buffer.getvalue()
     return text[text.index("<svg") :]
 
 
+def _subplots(figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
 def _bar_by(frame: pd.DataFrame, value: str, title: str, ylabel: str) -> str:
     """Stacked bars: rows are years, columns modalities."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _subplots((7, 3.2))
     if frame.empty:
         ax.text(0.5, 0.5, "nothing exported", ha="center", va="center")
     else:
@@ -61,7 +63,7 @@ def _bar_by(frame: pd.DataFrame, value: str, title: str, ylabel: str) -> str:
 
 
 def _barh(counts: Mapping[str, int], title: str, color: str) -> str:
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * max(len(counts), 1)))
+    fig, ax = _subplots((7, 0.5 + 0.35 * max(len(counts), 1)))
     if counts:
         names = sorted(counts, key=lambda k: counts[k])
         ax.barh(names, [counts[n] for n in names], color=color)
@@ -76,7 +78,7 @@ def _barh(counts: Mapping[str, int], title: str, color: str) -> str:
 
 
 def _sites_plot(distribution: Mapping[int, int]) -> str:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots((5, 3))
     keys = sorted(distribution)
     ax.bar([str(k) for k in keys], [distribution[k] for k in keys], color="#4c72b0")
     ax.set_title("subjects by number of sites")
@@ -86,7 +88,7 @@ def _sites_plot(distribution: Mapping[int, int]) -> str:
 
 
 def _throughput_plot(runs: list[dict[str, Any]]) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = _subplots((7, 3.2))
     drawn = False
     for i, run in enumerate(runs):
         start = run["started_at"]
