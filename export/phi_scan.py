@@ -188,9 +188,9 @@ class ObjectResult:
 class Verifier:
     """Checks objects against one dictionary; holds no PHI beyond the dictionary itself.
 
-    ``owners_of`` gives an object's research subject (default: its Patient ID) for R5; ``ocr`` returns the text in an object's
-    pixels (a string or a list of strings; None: no OCR); ``at_risk`` picks the objects OCR
-    reads (default :func:`default_at_risk`).
+    ``owners_of`` gives an object's research subject (default: its Patient ID) for R5; ``ocr``
+    returns the text in an object's pixels (a string or a list of strings; None: no OCR);
+    ``at_risk`` picks the objects OCR reads (default :func:`default_at_risk`).
     """
 
     def __init__(
