@@ -10,6 +10,11 @@ filter files the project lists (``[curation] filters``). deid evaluates them
 - a match in a ``graylist`` or ``blacklist`` group puts the object at risk: it is cleaned where
   regions are known and then read by the text detector;
 - a match in a ``whitelist`` group alone, or no match, leaves it as it is.
+
+Curation floor (``curation/``): :mod:`curation.pipeline` triages each header here, then
+:mod:`curation.pixels` blanks the regions and :mod:`curation.ocr` reads what is left. The
+filters follow Burned In Annotation (0028,0301) and Image Type (0008,0008) of PS3.3 C.7.6.1,
+and the ultrasound regions of PS3.3 C.8.5.5 (Sequence of Ultrasound Regions).
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ CACHE_SIZE = 4096
 
 @dataclass(frozen=True)
 class TriageResult:
-    """deid's answer for one header, read as ridl needs it."""
+    """deid's answer for one header, read as ridl needs it.
+
+    ``groups`` are the filter groups that matched (sorted); ``labels`` the group of each match,
+    in order; ``results`` deid's raw answer. Coordinates are pixel rectangles
+    ``xmin,ymin,xmax,ymax`` (or lists of them) as deid gives them.
+    """
 
     at_risk: bool
     groups: tuple[str, ...] = ()
@@ -44,6 +54,7 @@ class TriageResult:
 
     @property
     def has_regions(self) -> bool:
+        """True when a matched graylist or blacklist filter gives regions to blank or keep."""
         return bool(self.coordinates)
 
     @property
@@ -57,7 +68,16 @@ class TriageResult:
 
 
 class Triage:
-    """Compiled filters: built once per worker, applied to every header."""
+    """Compiled filters: built once per worker, applied to every header.
+
+    ``extra_filters`` are paths of the project's deid filter files, layered after deid's
+    defaults and ridl's triage filter (``deid_defaults=False`` leaves deid's out). Answers are
+    cached per distinct value of the fields the filters read (up to 4,096).
+
+    Raises:
+        ConfigError: a filter file does not exist, or the filters define no ``%filter``
+            section.
+    """
 
     def __init__(self, extra_filters: Sequence[str] = (), *, deid_defaults: bool = True) -> None:
         from deid.config import DeidRecipe

@@ -9,6 +9,10 @@ when it lists none, :data:`DEFAULT_CHECKS` run.
 Checks see the header only. One that sets ``needs_pixels`` may call ``obj.whole()``, which reads
 the whole object once (pixel bytes included, never decoded) and shares it with the later steps.
 Reasons are short codes: they are counted and logged, so they never carry a header value.
+
+Curation floor (``curation/``): :mod:`curation.pipeline` runs the checks; the built-in ones
+below are registered in ``pyproject.toml``. SOP classes are those of PS3.4 Annex B (Storage
+Service Class, Table B.5-1).
 """
 
 from __future__ import annotations
@@ -45,7 +49,11 @@ DEFAULT_CHECKS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Verdict:
-    """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code."""
+    """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code.
+
+    ``reason`` is a code safe to count and log; ``detail`` says a little more (never a header
+    value).
+    """
 
     action: Action
     reason: str = ""
@@ -53,6 +61,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
+        """True when the action is ``pass``."""
         return self.action == "pass"
 
 
@@ -60,16 +69,25 @@ PASS = Verdict("pass")
 
 
 def exclude(reason: str, detail: str = "") -> Verdict:
+    """An ``exclude`` verdict: the object is left out of the release and counted by reason."""
     return Verdict("exclude", reason, detail)
 
 
 def quarantine(reason: str, detail: str = "") -> Verdict:
+    """A ``quarantine`` verdict: the object is kept on premises for review, counted by reason."""
     return Verdict("quarantine", reason, detail)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """The project's curation choices (``[curation]`` in its TOML)."""
+    """The project's curation choices (``[curation]`` in its TOML).
+
+    ``checks`` are entry-point names, run in order; the four policies say what happens to
+    non-image objects, screen captures, localizers and inconsistent series (``exclude``,
+    ``quarantine`` or ``keep``); ``ocr_min_score`` (0-1) and ``ocr_min_chars`` (characters) tune
+    the burned-in text detector; ``filters`` are extra triage filter files; ``extra`` keeps the
+    other keys of the section.
+    """
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
     non_image: Literal["exclude", "quarantine", "keep"] = "exclude"
@@ -84,7 +102,14 @@ class Policy:
 
     @classmethod
     def from_project(cls, section: Mapping[str, Any] | None) -> Policy:
-        """Read ``[curation]``; a wrong value fails before any work, naming the setting."""
+        """Read ``[curation]``; a wrong value fails before any work, naming the setting.
+
+        ``section`` is the parsed TOML table (None: all defaults).
+
+        Raises:
+            ConfigError: a policy value other than ``exclude``, ``quarantine`` or ``keep``.
+            ValueError: ``ocr_min_score`` or ``ocr_min_chars`` is not a number.
+        """
         data = dict(section or {})
         kwargs: dict[str, Any] = {}
         if "checks" in data:
@@ -110,13 +135,21 @@ class Policy:
 
 @dataclass
 class StudyView:
-    """What a check may know about the rest of the study: every header that reached the checks."""
+    """What a check may know about the rest of the study: every header that reached the checks.
+
+    ``seen_sops`` holds the SOP Instance UIDs already passed by the duplicate check.
+    """
 
     headers: list[Dataset]
     seen_sops: set[str] = field(default_factory=set)
     _series: dict[str, dict[str, Any]] | None = None
 
     def series_report(self, series_uid: str) -> dict[str, Any]:
+        """The consistency report of one series, computed once for the study.
+
+        {``outliers``: {SOP Instance UID: reason}, ``series_problem``: reason or None}; an
+        empty dict for a series of multi-frame or non-image objects only.
+        """
         if self._series is None:
             self._series = _series_reports(self.headers)
         return self._series.get(series_uid, {})
@@ -124,7 +157,11 @@ class StudyView:
 
 @dataclass
 class CheckObject:
-    """One object as the checks see it."""
+    """One object as the checks see it.
+
+    ``header`` is read without pixel data; ``needs_decoding`` is True when a later step (pixel
+    cleaning, OCR) will decode its pixels.
+    """
 
     path: Path
     header: Dataset
@@ -142,6 +179,11 @@ class CheckObject:
 
 @runtime_checkable
 class Check(Protocol):
+    """A curation check: a ``name`` (its entry-point name), whether it reads pixel bytes, and
+    a call that gives a :class:`Verdict` for one object. It may raise ``ObjectRejected``
+    (quarantined with its reason); any other exception quarantines with
+    ``check-failed-<name>``."""
+
     name: str
     needs_pixels: bool
 
@@ -163,7 +205,10 @@ class FunctionCheck:
 def check(
     name: str, *, needs_pixels: bool = False
 ) -> Callable[[Callable[[CheckObject], Verdict]], FunctionCheck]:
-    """Declare a check; register the result under ``ridl.curation_checks`` to make it usable."""
+    """Declare a check; register the result under ``ridl.curation_checks`` to make it usable.
+
+    A decorator: the function (``CheckObject -> Verdict``) becomes a :class:`FunctionCheck`.
+    """
 
     def wrap(func: Callable[[CheckObject], Verdict]) -> FunctionCheck:
         return FunctionCheck(name, func, needs_pixels)
@@ -173,12 +218,21 @@ def check(
 
 def available_checks() -> dict[str, Any]:
     """Every check registered through the entry-point group, by name (read from the installed
-    distributions at each call, so a package installed since is seen)."""
+    distributions at each call, so a package installed since is seen).
+
+    {name: entry point}; nothing is imported here.
+    """
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def load_checks(names: Iterable[str]) -> list[Check]:
-    """The checks a project lists, in its order; an unknown name fails before any work."""
+    """The checks a project lists, in its order; an unknown name fails before any work.
+
+    Classes are instantiated with no arguments.
+
+    Raises:
+        ConfigError: a name is not installed, or its entry point is not a check.
+    """
     registry = available_checks()
     loaded: list[Check] = []
     for name in names:
@@ -198,7 +252,12 @@ def load_checks(names: Iterable[str]) -> list[Check]:
 
 
 def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
-    """The first verdict that is not ``pass`` wins; a check that crashes quarantines the object."""
+    """The first verdict that is not ``pass`` wins; a check that crashes quarantines the object.
+
+    An ``ObjectRejected`` raised by a check becomes a quarantine with its reason and detail;
+    any other exception the reason ``check-failed-<name>`` (detail: the exception type). Never
+    raises for a check's failure.
+    """
     for chk in checks:
         try:
             verdict = chk(obj)
@@ -246,21 +305,34 @@ def _image_types(ds: Dataset) -> set[str]:
 
 
 def is_image_sop_class(uid: str) -> bool:
-    """Storage SOP classes whose name says they hold an image (pydicom's UID dictionary)."""
+    """Storage SOP classes whose name says they hold an image (pydicom's UID dictionary).
+
+    True when the UID's name (PS3.6 Annex A) contains "Image Storage"; False for an empty or
+    unknown UID.
+    """
     name = UID(uid).name if uid else ""
     return "Image Storage" in name
 
 
 @check("integrity", needs_pixels=True)
 def integrity_check(obj: CheckObject) -> Verdict:
-    """Unreadable, truncated or non-DICOM objects go to quarantine (curation.integrity)."""
+    """Unreadable, truncated or non-DICOM objects go to quarantine (curation.integrity).
+
+    Raises:
+        ObjectRejected: ``not-dicom``, ``unreadable`` or ``truncated`` (see
+            :func:`curation.integrity.read_whole`); :func:`run_checks` turns it into a verdict.
+    """
     obj.whole()
     return PASS
 
 
 @check("no-pixel-data", needs_pixels=True)
 def no_pixel_data_check(obj: CheckObject) -> Verdict:
-    """An image SOP class without pixel data is broken: nothing to show a researcher."""
+    """An image SOP class without pixel data is broken: nothing to show a researcher.
+
+    Raises:
+        ObjectRejected: the object is not whole (see :func:`curation.integrity.read_whole`).
+    """
     sop_class = str(obj.header.get("SOPClassUID", ""))
     if is_image_sop_class(sop_class) and "PixelData" not in obj.whole():
         return quarantine("image-without-pixel-data")
@@ -272,6 +344,8 @@ def decodable_check(obj: CheckObject) -> Verdict:
     """When pixels must be read (cleaning, OCR), the transfer syntax must have a decoder.
 
     Decoders are pydicom's own plus pylibjpeg-openjpeg and python-gdcm (no GPL decoders).
+    Only objects with ``needs_decoding`` and pixels are checked; transfer syntaxes per PS3.5
+    Section 10 and Annex A.
     """
     if not obj.needs_decoding or "PixelData" not in obj.header and not obj.header.get("Rows"):
         return PASS
@@ -286,6 +360,11 @@ def decodable_check(obj: CheckObject) -> Verdict:
 
 @lru_cache(maxsize=64)
 def transfer_syntax_decodable(ts: str) -> bool:
+    """Whether pixel data in transfer syntax ``ts`` (a UID) can be decoded here.
+
+    Native syntaxes always can; an encapsulated one (PS3.5 A.4) when pydicom has an available
+    decoder for it. Cached per UID.
+    """
     from pydicom.pixels import get_decoder
 
     uid = UID(ts)
@@ -299,7 +378,12 @@ def transfer_syntax_decodable(ts: str) -> bool:
 
 @check("localizer")
 def localizer_check(obj: CheckObject) -> Verdict:
-    """Localizers and scouts are planning images, not research data (policy: localizers)."""
+    """Localizers and scouts are planning images, not research data (policy: localizers).
+
+    Recognised by Image Type (0008,0008, PS3.3 C.7.6.1.1.2) values LOCALIZER, SCOUT or
+    TOPOGRAM, or by words in Series Description (localizer, scout, topogram, scanogram,
+    surview, pilot).
+    """
     if obj.policy.localizers == "keep":
         return PASS
     types = _image_types(obj.header)
@@ -312,7 +396,13 @@ def localizer_check(obj: CheckObject) -> Verdict:
 
 @check("dose-report")
 def dose_report_check(obj: CheckObject) -> Verdict:
-    """Dose reports and screen captures are pictures of text (policy: screen_captures)."""
+    """Dose reports and screen captures are pictures of text (policy: screen_captures).
+
+    Radiation dose SR SOP classes (:data:`DOSE_SR_CLASSES`) are always excluded. Screen
+    captures are Image Type SCREEN SAVE, or Secondary Capture (PS3.3 A.8) with Conversion Type
+    (0008,0064) WSD (workstation, PS3.3 C.8.6.1); those whose Series Description speaks of a
+    dose are reported as ``dose-report``.
+    """
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class in DOSE_SR_CLASSES:
@@ -331,7 +421,11 @@ def dose_report_check(obj: CheckObject) -> Verdict:
 
 @check("non-image")
 def non_image_check(obj: CheckObject) -> Verdict:
-    """Structured reports, presentation states and key objects, by policy (non_image)."""
+    """Structured reports, presentation states and key objects, by policy (non_image).
+
+    SR, Presentation State and Key Object Selection SOP classes, or modality SR, PR or KO; the
+    reason is ``non-image-<modality>``.
+    """
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", "")).upper()
@@ -347,7 +441,10 @@ def non_image_check(obj: CheckObject) -> Verdict:
 
 @check("duplicate-sop-instance")
 def duplicate_check(obj: CheckObject) -> Verdict:
-    """A second object with the same SOP Instance UID in a study is a duplicate: keep the first."""
+    """A second object with the same SOP Instance UID in a study is a duplicate: keep the first.
+
+    Records the UID in the study's ``seen_sops``.
+    """
     uid = str(obj.header.get("SOPInstanceUID", ""))
     if uid in obj.study.seen_sops:
         return exclude("duplicate-sop-instance")
@@ -357,7 +454,13 @@ def duplicate_check(obj: CheckObject) -> Verdict:
 
 @check("series-consistency")
 def series_consistency_check(obj: CheckObject) -> Verdict:
-    """Rows, columns and orientation agree within a series; slices are evenly spaced, no gaps."""
+    """Rows, columns and orientation agree within a series; slices are evenly spaced, no gaps.
+
+    Single-frame images only. An object whose size or Image Orientation (Patient) differs from
+    the series' majority is an outlier; a series with repeated or missing Instance Numbers, or
+    slice positions along the normal (Image Position (Patient), PS3.3 C.7.6.2) whose steps
+    differ from the median by more than 10% (0.01 mm at least), has a series-wide problem.
+    """
     if obj.policy.series_inconsistency == "keep":
         return PASS
     series = str(obj.header.get("SeriesInstanceUID", ""))

@@ -9,6 +9,8 @@ and is called as ``hook(studies, schema)`` with the release's :class:`CuratedStu
 project's :class:`~curation.labels.LabelSchema`; it returns label rows (mappings with
 ``research_study_id`` and label fields, optionally ``assignee``). Its rows pass the same validation
 as imported worklists and are stored with ``source = "hook:<name>"``.
+
+Curation floor (``curation/``): built on :mod:`curation.labels`; ``ridl labels hooks`` runs it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ ENTRY_POINT_GROUP = "ridl.labeling_hooks"
 
 @dataclass(frozen=True)
 class CuratedStudy:
-    """One exported study as a hook sees it: de-identified values and its object keys."""
+    """One exported study as a hook sees it: de-identified values and its object keys.
+
+    ``study_date`` is shifted (``YYYYMMDD``); ``modality`` joins the study's modalities with
+    ``/``; ``keys`` are object keys in the store at ``store_url``.
+    """
 
     research_study_id: str
     research_id: str
@@ -47,10 +53,17 @@ class CuratedStudy:
 
 
 def available_hooks() -> dict[str, Any]:
+    """Every installed hook of ``ridl.labeling_hooks``: {name: entry point} (not loaded)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def curated_studies(store: ObjectStore, project: str, release: str) -> list[CuratedStudy]:
+    """The release's exported studies as hooks see them (see
+    :func:`curation.labels.release_studies`).
+
+    Raises:
+        ReleaseError: the release has no exported studies in the store.
+    """
     frame = release_studies(store, project, release)
     return [
         CuratedStudy(
@@ -70,7 +83,16 @@ def curated_studies(store: ObjectStore, project: str, release: str) -> list[Cura
 def run_hooks(
     store: ObjectStore, project: str, release: str, names: Iterable[str] | None = None
 ) -> dict[str, ImportReport]:
-    """Run the named hooks (all installed ones by default) and store their valid rows."""
+    """Run the named hooks (all installed ones by default) and store their valid rows.
+
+    Returns {hook name: :class:`~curation.labels.ImportReport`}; line numbers are positions
+    in the hook's answer, from 1.
+
+    Raises:
+        ConfigError: a named hook is not installed, or the project or its schema is invalid.
+        ProjectNotFound: no such project.
+        ReleaseError: the release has no exported studies in the store.
+    """
     registry = available_hooks()
     wanted = list(names) if names else sorted(registry)
     missing = [n for n in wanted if n not in registry]

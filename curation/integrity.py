@@ -2,6 +2,9 @@
 
 pydicom reads a file whose pixel data was cut short without complaint, so the length of native
 pixel data and the framing of encapsulated pixel data are checked here explicitly.
+
+Curation floor (``curation/``): the ``integrity`` and ``no-pixel-data`` checks and
+:meth:`curation.checks.CheckObject.whole` read objects through :func:`read_whole`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def read_whole(path: Path) -> Dataset:
 
 
 def expected_native_length(ds: Dataset) -> int:
+    """Bytes native (uncompressed) pixel data must hold: rows x columns x samples per pixel x
+    frames x bits allocated, rounded up to whole bytes (PS3.5 8.1.1, PS3.3 C.7.6.3).
+
+    Raises:
+        AttributeError: a required Image Pixel attribute is missing.
+    """
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     bits = int(ds.BitsAllocated)
     count = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * frames
@@ -43,7 +52,15 @@ def expected_native_length(ds: Dataset) -> int:
 
 
 def check_pixel_data(ds: Dataset) -> None:
-    """Raise ``ObjectRejected('truncated')`` when pixel data is shorter than the header says."""
+    """Raise ``ObjectRejected('truncated')`` when pixel data is shorter than the header says.
+
+    Encapsulated pixel data (PS3.5 A.4) must parse into whole fragments; native pixel data must
+    be at least :func:`expected_native_length` bytes. No pixel data: nothing to check.
+
+    Raises:
+        ObjectRejected: ``truncated`` (short, empty or unreadable pixel data, a cut fragment),
+            or ``unreadable`` (the Image Pixel description is incomplete).
+    """
     if "PixelData" not in ds:
         return
     try:

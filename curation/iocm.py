@@ -7,6 +7,9 @@ Reasons, 113037 Rejected for Patient Safety Reasons, 113038 Incorrect Modality W
 113039 Data Retention Policy Expired. The per-study work drops the notes and every instance their
 Current Requested Procedure Evidence Sequence references; a later release retracts such
 instances if an earlier release published them.
+
+Curation floor (``curation/``): plain functions of headers; the per-study work (``flows.work``)
+applies them before de-identification.
 """
 
 from __future__ import annotations

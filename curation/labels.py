@@ -14,6 +14,10 @@ A worklist row carries only de-identified values (research IDs, the de-identifie
 UID, shifted dates), so a list can be mailed to a resident. Imported rows are validated one by one;
 good rows are stored with the release as ``labels.parquet`` in the object store (with assignee,
 source and time) and the next manifest lists that file.
+
+Curation floor (``curation/``): it reads the release's manifest parts (:mod:`export.manifest`)
+and writes to the object store (:mod:`export.store`), the only export modules curation uses.
+Assignments (who was given which study) stay on premises under ``RIDL_HOME/labels``.
 """
 
 from __future__ import annotations
@@ -56,13 +60,22 @@ FALSE_WORDS = {"0", "false", "no", "n"}
 
 @dataclass(frozen=True)
 class LabelField:
+    """One label field of the schema: its name, type (text, int, float, bool, choice), the
+    allowed values of a choice, and whether a labeled row must fill it."""
+
     name: str
     type: str = "text"
     values: tuple[str, ...] = ()
     required: bool = False
 
     def parse(self, raw: Any) -> Any:
-        """The typed value, or raise ValueError with a message that names the field."""
+        """The typed value, or raise ValueError with a message that names the field.
+
+        Text is stripped; bool accepts 1/true/yes/y and 0/false/no/n (any case).
+
+        Raises:
+            ValueError: the text is not of the field's type or not one of its values.
+        """
         text = "" if raw is None else str(raw).strip()
         if self.type == "text":
             return text
@@ -89,15 +102,25 @@ class LabelField:
 
 @dataclass(frozen=True)
 class LabelSchema:
+    """A project's label fields (``[[labels.fields]]``) and its viewer link template
+    (``viewer``, with ``{study_uid}`` and ``{research_id}``; "" for none)."""
+
     fields: tuple[LabelField, ...]
     viewer: str = ""
 
     @property
     def names(self) -> list[str]:
+        """The field names, in schema order."""
         return [f.name for f in self.fields]
 
     @classmethod
     def from_project(cls, section: Mapping[str, Any] | None) -> LabelSchema:
+        """The schema of a project's ``[labels]`` TOML table.
+
+        Raises:
+            ConfigError: no fields, a field name missing or reserved (a worklist or stored
+                column), an unknown type, or a choice without values.
+        """
         if not section or not section.get("fields"):
             raise ConfigError(
                 "the project has no label schema: add [[labels.fields]] (name, type, values, "
@@ -119,18 +142,36 @@ class LabelSchema:
 
 
 def schema_for(project: str) -> LabelSchema:
+    """The label schema of a project, from its file.
+
+    Raises:
+        ConfigError: the project file or its ``[labels]`` table is invalid.
+        ProjectNotFound: no such project.
+    """
     from ridl.projects import load_project
 
     return LabelSchema.from_project(load_project(project).extra.get("labels"))
 
 
 def research_study_id(research_id: str, study_uid: str) -> str:
-    """A short, stable study ID for people: the subject's research ID and a digest of the UID."""
+    """A short, stable study ID for people: the subject's research ID and a digest of the UID.
+
+    ``<research_id>-`` and 8 upper-case hex digits of the SHA-256 of the (de-identified) Study
+    Instance UID.
+    """
     return f"{research_id}-{hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()}"
 
 
 def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
-    """The curated studies of a release, one row each, from its manifest parts."""
+    """The curated studies of a release, one row each, from its manifest parts.
+
+    Columns: ``research_study_id``, ``research_id``, ``study_uid`` (de-identified),
+    ``description``, ``study_date`` (shifted), ``keys`` (list of object keys) and ``modality``
+    (modalities joined with ``/``); sorted by ``research_study_id``.
+
+    Raises:
+        ReleaseError: the release has no exported studies in the store.
+    """
     rows: dict[str, dict[str, Any]] = {}
     for part in read_parts(store, f"{project}/{release}"):
         for obj in part.get("objects", []):
@@ -183,7 +224,17 @@ def export_worklist(
     fmt: str = "csv",
     overlap: bool = False,
 ) -> tuple[Path, int]:
-    """Write a worklist of studies nobody has been given yet (or, with overlap, not this person)."""
+    """Write a worklist of studies nobody has been given yet (or, with overlap, not this person).
+
+    ``count`` caps the number of rows; ``fmt`` is ``csv`` or ``xlsx``. The sheet has the base
+    columns and one empty column per label field; the assignment is recorded on premises.
+    Returns ``out`` and the number of studies written.
+
+    Raises:
+        ConfigError: another format, an empty assignee, or an invalid project or schema.
+        ProjectNotFound: no such project.
+        ReleaseError: the release has no exported studies in the store.
+    """
     if fmt not in ("csv", "xlsx"):
         raise ConfigError("--format must be csv or xlsx")
     if not assignee.strip():
@@ -236,12 +287,20 @@ def export_worklist(
 
 @dataclass
 class ImportReport:
+    """What an import stored: rows stored, rows left unlabeled (skipped), and
+    ``errors`` as (line number, problems) pairs, without the rows' values beyond IDs."""
+
     stored: int = 0
     unlabeled: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
 def read_worklist(path: Path) -> list[dict[str, str]]:
+    """The rows of a returned worklist (``.xlsx``, else CSV) as {column: text} dicts.
+
+    Raises:
+        ConfigError: the file does not exist.
+    """
     if not path.exists():
         raise ConfigError(f"no file {path}")
     if path.suffix.lower() == ".xlsx":
@@ -258,7 +317,17 @@ def import_labels(
     project: str | None = None,
     release: str | None = None,
 ) -> tuple[str, str, ImportReport]:
-    """Validate every row of a returned worklist; store the good ones; report the bad by line."""
+    """Validate every row of a returned worklist; store the good ones; report the bad by line.
+
+    ``project`` and ``release`` default to the file's own (single-valued) columns. Returns
+    (project, release, :class:`ImportReport`); line numbers count the header as line 1.
+
+    Raises:
+        ConfigError: the file does not exist, its project or release column does not hold
+            exactly one value (and none was given), or the project or schema is invalid.
+        ProjectNotFound: no such project.
+        ReleaseError: the release has no exported studies in the store.
+    """
     rows = read_worklist(path)
     project = project or _one(rows, "project", path)
     release = release or _one(rows, "release", path)
@@ -275,10 +344,16 @@ def _one(rows: list[dict[str, str]], column: str, path: Path) -> str:
 
 
 def labels_key(project: str, release: str) -> str:
+    """The store key of a release's labels: ``<project>/<release>/labels.parquet``."""
     return f"{project}/{release}/labels.parquet"
 
 
 def read_labels(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
+    """The release's stored labels, one row per (assignee, study); empty when there are none.
+
+    Columns: ``research_study_id``, ``study_uid``, ``assignee``, ``source``, ``labeled_at``
+    (ISO 8601 UTC) and one per label field (as strings).
+    """
     key = labels_key(project, release)
     if not store.exists(key):
         return pd.DataFrame(columns=STORED_META)
@@ -294,7 +369,18 @@ def store_label_rows(
     source: str,
     default_assignee: str = "",
 ) -> ImportReport:
-    """Validate ``(line, row)`` pairs against the schema and the release; append the good ones."""
+    """Validate ``(line, row)`` pairs against the schema and the release; append the good ones.
+
+    A row with every label field empty is counted as unlabeled; a row is refused for an unknown
+    study, an empty assignee (after ``default_assignee``), a bad or missing required value, or
+    a study the assignee has already labeled. ``source`` is recorded with each row (``import``,
+    ``hook:<name>``).
+
+    Raises:
+        ConfigError: the project file or schema is invalid.
+        ProjectNotFound: no such project.
+        ReleaseError: the release has no exported studies in the store.
+    """
     schema = schema_for(project)
     studies = release_studies(store, project, release)
     by_id = dict(zip(studies["research_study_id"], studies["study_uid"], strict=True))

@@ -7,6 +7,9 @@ it use the GPU.
 
 Only boxes, scores and the number of characters are kept: the text read from a patient's image is
 PHI and never leaves this module (not logged, not stored, not shown).
+
+Curation floor (``curation/``): :mod:`curation.pipeline` calls :func:`detect_text`; the PHI gate
+(``flows.gate``) finds :func:`ocr_text` here and passes it to :class:`export.phi_scan.Verifier`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ _engine: Any = None
 
 @dataclass(frozen=True)
 class TextBox:
-    """One detected line of text: its bounding box on the frame, confidence and length."""
+    """One detected line of text: its bounding box on the frame, confidence and length.
+
+    Coordinates are pixels of the frame (``x0, y0`` top left, ``x1, y1`` bottom right);
+    ``score`` is the recognizer's confidence (0-1, 3 decimals); ``chars`` the number of
+    characters read; ``frame`` the index among the frames given.
+    """
 
     x0: int
     y0: int
@@ -39,11 +47,19 @@ class TextBox:
     frame: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The box as a JSON-ready dict (as review records keep it)."""
         return asdict(self)
 
 
 def engine() -> Any:
-    """The shared detector (loaded once per process; the models are in the installed wheel)."""
+    """The shared detector (loaded once per process; the models are in the installed wheel).
+
+    Images are scaled to 320 px on their short side for detection; ``RIDL_OCR_GPU=1`` asks for
+    CUDA.
+
+    Raises:
+        ConfigError: rapidocr-onnxruntime is not installed.
+    """
     global _engine
     with _lock:
         if _engine is None:
@@ -84,6 +100,11 @@ def detect_text(
     """Lines of text found in ``frames`` with at least ``min_chars`` characters read.
 
     Single characters (laterality markers such as L and R) are not PHI and are left out.
+    ``frames`` are 8-bit images (H x W or H x W x 3, see
+    :func:`curation.pixels.frames_for_ocr`); ``min_score`` is the confidence (0-1) a line needs.
+
+    Raises:
+        ConfigError: the OCR engine is not installed (see :func:`engine`).
     """
     found: list[TextBox] = []
     for index, box, text, score in _read_lines(frames, min_score, min_chars):
@@ -102,7 +123,11 @@ def ocr_text(ds: Any, *, min_score: float = 0.5, min_chars: int = 2) -> list[str
     """The text read in a dataset's pixels, for the PHI verification gate only.
 
     The gate searches it in memory for identifiers and reports where, never what: callers must
-    not log, store or show the strings this returns.
+    not log, store or show the strings this returns. ``ds`` is a whole dataset (pixels
+    decoded here, up to 3 frames); returns one string per line read.
+
+    Raises:
+        ConfigError: the OCR engine is not installed (see :func:`engine`).
     """
     from curation.pixels import frames_for_ocr
 

@@ -4,6 +4,9 @@
 answer says whether to export the (possibly cleaned) dataset, exclude the object or quarantine it,
 with a short reason. Review decisions of the release are honoured here: an approved object is
 exported even when text was detected, a rejected one is excluded.
+
+Curation floor (``curation/``): this module composes the others (checks, burned-in triage,
+pixel cleaning, OCR, review records) into the one call ``flows`` makes per object.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ Outcome = Literal["export", "exclude", "quarantine"]
 
 @dataclass
 class Curated:
+    """The curation of one object: ``export`` (``dataset`` is the whole, possibly cleaned,
+    object), ``exclude`` or ``quarantine`` with a reason code and detail (no PHI).
+
+    ``review_id`` is the SHA-256 of the source object when a reviewer may decide on it;
+    ``at_risk`` and ``ocr_ran`` say what the burned-in text steps did.
+    """
+
     action: Outcome
     reason: str = ""
     detail: str = ""
@@ -41,6 +51,8 @@ class Curated:
 
 @dataclass
 class CurationStats:
+    """Per-worker counts: objects curated, at risk of burned-in text, cleaned, read by OCR."""
+
     objects: int = 0
     at_risk: int = 0
     cleaned: int = 0
@@ -49,7 +61,15 @@ class CurationStats:
 
 
 def check_settings(section: Mapping[str, Any] | None) -> Policy:
-    """Fail before any work on a project's curation settings: names, values, filter files."""
+    """Fail before any work on a project's curation settings: names, values, filter files.
+
+    ``section`` is the project's ``[curation]`` table (None: defaults). Returns the policy.
+
+    Raises:
+        ConfigError: a bad policy value, a check that is not installed, a missing filter file
+            or filters without a ``%filter`` section.
+        ValueError: ``ocr_min_score`` or ``ocr_min_chars`` is not a number.
+    """
     policy = Policy.from_project(section)
     load_checks(policy.checks)
     Triage(policy.filters)
@@ -57,7 +77,12 @@ def check_settings(section: Mapping[str, Any] | None) -> Policy:
 
 
 class Curator:
-    """Per-worker curation state: loaded checks, compiled filters, the decisions file."""
+    """Per-worker curation state: loaded checks, compiled filters, the decisions file.
+
+    Raises:
+        ConfigError: a check is not installed or a filter file is wrong (see
+            :func:`check_settings`).
+    """
 
     def __init__(self, project: str, release: str, policy: Policy) -> None:
         self.project = project
@@ -70,12 +95,33 @@ class Curator:
 
     @classmethod
     def for_project(cls, project: str, release: str, section: Mapping[str, Any] | None) -> Curator:
+        """A curator for the project's ``[curation]`` table (None: defaults).
+
+        Raises:
+            ConfigError: the settings are wrong (see :func:`check_settings`).
+            ValueError: ``ocr_min_score`` or ``ocr_min_chars`` is not a number.
+        """
         return cls(project, release, Policy.from_project(section))
 
     def study(self, headers: list[Dataset]) -> StudyView:
+        """The view the checks get of a study: the headers (no pixels) of its objects."""
         return StudyView(list(headers))
 
     def curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
+        """Curate the object at ``path`` (``header``: read without pixels).
+
+        Checks run first (a quarantine a reviewer approved goes on); an object not at risk of
+        burned-in text is exported as read; one at risk has known regions blanked and, when the
+        policy says so, is read by OCR: text found quarantines it (``burned-in-text``) unless a
+        reviewer approved it, a reviewer's rejection excludes it. A review record is written for
+        each at-risk object. ``study_key`` names the study in review records.
+
+        Rejections are returned as verdicts, not raised (an ``ObjectRejected`` from reading the
+        object becomes a quarantine).
+
+        Raises:
+            ConfigError: the review decisions file has a bad line.
+        """
         self.stats.objects += 1
         triage = self.triage(header)
         needs_decoding = triage.at_risk and (self.policy.ocr or triage.has_regions)

@@ -7,6 +7,9 @@ deid. Writing back: native pixel data keeps its transfer syntax; RLE Lossless an
 Lossless are re-encoded in the same syntax; anything else (lossy JPEG, JPEG-LS without an
 encoder) is re-encoded losslessly as JPEG 2000 Lossless, or RLE Lossless when that fails. The SOP
 Instance UID is left for de-identification to map.
+
+Curation floor (``curation/``): :mod:`curation.pipeline` calls it for objects whose triage gave
+regions; transfer syntaxes per PS3.5 Section 10 and Annex A.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
 
     ``ds`` is changed in place: new pixel data, same transfer syntax where possible, and
     ``BurnedInAnnotation`` left as it is (the caller sets NO only once text detection agrees).
+    Returns the cleaned pixel array (frames x rows x columns [x samples], original dtype).
+
+    Raises:
+        CleaningError: ``pixel-decode-failed`` (deid could not read the pixels),
+            ``pixel-shape-unsupported`` or ``pixel-write-failed``.
     """
     quiet_deid()
     from deid.dicom.pixels.clean import clean_pixel_data
@@ -68,7 +76,17 @@ def _copy(value: Any) -> Any:
 
 
 def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> None:
-    """Put ``arr`` back into ``ds`` in ``ts`` if it can be written, losslessly otherwise."""
+    """Put ``arr`` back into ``ds`` in ``ts`` if it can be written, losslessly otherwise.
+
+    ``ts`` is the original transfer syntax; ``photometric`` its Photometric Interpretation
+    (YBR becomes RGB, as pydicom decodes it). Native syntaxes are kept (Explicit VR Big Endian,
+    retired, becomes Explicit VR Little Endian); encapsulated ones are re-encoded as RLE
+    Lossless or JPEG 2000 Lossless (PS3.5 A.4), or left native when no encoder works.
+
+    Raises:
+        Exception: whatever pydicom raises when the array does not fit the header;
+            :func:`clean_regions` turns it into ``CleaningError('pixel-write-failed')``.
+    """
     # pydicom hands decoded YCbCr JPEG pixels back as RGB; say so in the header.
     new_photometric = photometric
     if ts.is_encapsulated and photometric.startswith("YBR"):
@@ -96,7 +114,11 @@ def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> Non
 
 
 def frames_for_ocr(ds: Dataset, arr: np.ndarray | None = None, max_frames: int = 3) -> list[Any]:
-    """Up to ``max_frames`` frames (first, middle, last) as 8-bit images for text detection."""
+    """Up to ``max_frames`` frames (first, middle, last) as 8-bit images for text detection.
+
+    ``arr`` is pixels already decoded (else ``ds.pixel_array`` is decoded); a list of uint8
+    arrays (H x W or H x W x 3), MONOCHROME1 inverted so text is as displayed.
+    """
     pixels = arr if arr is not None else ds.pixel_array
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     multi = pixels.ndim == 4 or (pixels.ndim == 3 and samples == 1)
@@ -114,7 +136,10 @@ def _pick(count: int, most: int) -> list[int]:
 
 
 def to_uint8(frame: np.ndarray, inverted: bool = False) -> np.ndarray:
-    """Stretch a frame to 0..255 (per frame: burned-in text is drawn at the extremes)."""
+    """Stretch a frame to 0..255 (per frame: burned-in text is drawn at the extremes).
+
+    A uint8 array of the frame's shape; a flat frame becomes all zeros (255 when inverted).
+    """
     data = frame.astype(np.float32)
     low, high = float(data.min()), float(data.max())
     scaled = (data - low) * (255.0 / (high - low)) if high > low else np.zeros_like(data)

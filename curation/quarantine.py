@@ -3,6 +3,9 @@
 Nothing is lost: the original bytes are kept under ``RIDL_HOME/quarantine/<project>/<release>``
 named by their SHA-256 (never by a source path, which may carry an accession number), with a
 record of the reason and where the object came from. Quarantine never leaves the research office.
+
+Curation floor (``curation/``): the per-study work and ``ridl deid`` (``flows``) quarantine
+through :func:`quarantine_file`; :mod:`curation.review` lists what is there.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from ridl import settings
 
 @dataclass(frozen=True)
 class QuarantineRecord:
+    """Why one object is in quarantine: its bytes' hex SHA-256 (its file name), the reason
+    code, the source URL (or ``deid``), its location there (a path: may hold PHI, stays on
+    premises), its study key when known, and a detail without PHI."""
+
     sha256: str
     reason: str
     source: str
@@ -27,6 +34,7 @@ class QuarantineRecord:
 
 
 def quarantine_root(project: str, release: str) -> Path:
+    """The release's quarantine folder, ``RIDL_HOME/quarantine/<project>/<release>`` (not made)."""
     return settings.quarantine_dir() / project / release
 
 
@@ -41,7 +49,11 @@ def quarantine_file(
     study_key: str | None = None,
     detail: str = "",
 ) -> QuarantineRecord:
-    """Copy ``path`` into quarantine with its reason; idempotent for the same bytes and reason."""
+    """Copy ``path`` into quarantine with its reason; idempotent for the same bytes and reason.
+
+    The bytes go to ``<sha256>.bin`` (written once; a missing file is kept as empty bytes) and
+    the record to ``<sha256>.json`` (rewritten) in a 0700 folder. Returns the record.
+    """
     data = path.read_bytes() if path.exists() else b""
     digest = hashlib.sha256(data).hexdigest()
     folder = quarantine_root(project, release)
@@ -58,6 +70,7 @@ def quarantine_file(
 
 
 def list_quarantine(project: str, release: str) -> list[QuarantineRecord]:
+    """The release's quarantine records, sorted by SHA-256 (empty when there is none)."""
     folder = quarantine_root(project, release)
     if not folder.exists():
         return []

@@ -8,6 +8,9 @@ decide``), and the next run of the same release honours the decisions.
 
 The thumbnails show burned-in text, which is PHI: the folder is created 0700 and nothing here is
 ever uploaded, printed or logged; the detected text itself is never kept, only its boxes.
+
+Curation floor (``curation/``): :mod:`curation.pipeline` writes records and reads decisions;
+``ridl review`` (:mod:`curation.cli`) builds the sheet and records decisions.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ THUMB_SIZE = 320
 
 
 def review_dir(project: str, release: str) -> Path:
+    """The release's review folder, ``RIDL_HOME/review/<project>/<release>`` (not created)."""
     return settings.ridl_home() / "review" / project / release
 
 
@@ -47,7 +51,12 @@ def _private_dir(path: Path) -> Path:
 
 @dataclass
 class ReviewRecord:
-    """What the reviewer needs to decide about one object; no header value, no detected text."""
+    """What the reviewer needs to decide about one object; no header value, no detected text.
+
+    ``object`` is the SHA-256 of the source object; ``reason`` a reason code; ``triage`` the
+    codes of the filters that put it at risk; ``boxes`` :meth:`curation.ocr.TextBox.as_dict`
+    rows; ``thumbnail`` a path relative to the review folder; ``recorded_at`` ISO 8601 UTC.
+    """
 
     object: str
     study_key: str
@@ -67,7 +76,11 @@ def record_object(
     record: ReviewRecord,
     frame: np.ndarray | None = None,
 ) -> ReviewRecord:
-    """Write the record and its thumbnail (boxes drawn) for the sheet."""
+    """Write the record and its thumbnail (boxes drawn) for the sheet.
+
+    ``frame`` is an 8-bit frame (see :func:`curation.pixels.frames_for_ocr`), or None for no
+    thumbnail. The record is updated (``thumbnail``, ``recorded_at``) and returned.
+    """
     folder = _private_dir(review_dir(project, release))
     thumbs = _private_dir(folder / "thumbs")
     if frame is not None:
@@ -83,6 +96,8 @@ def record_object(
 
 
 def thumbnail_png(frame: np.ndarray, boxes: Iterable[dict[str, Any]]) -> bytes:
+    """PNG bytes of an 8-bit frame, scaled to at most 320 px on its long side, with the boxes
+    of frame 0 drawn in red."""
     image = Image.fromarray(frame).convert("RGB")
     scale = min(1.0, THUMB_SIZE / max(image.size))
     draw = ImageDraw.Draw(image)
@@ -103,6 +118,7 @@ def thumbnail_png(frame: np.ndarray, boxes: Iterable[dict[str, Any]]) -> bytes:
 
 
 def list_records(project: str, release: str) -> list[ReviewRecord]:
+    """The release's review records, sorted by object (empty when there are none)."""
     folder = review_dir(project, release) / "objects"
     if not folder.exists():
         return []
@@ -125,6 +141,7 @@ def held_by_checks(project: str, release: str) -> list[ReviewRecord]:
 
 
 def decisions_path(project: str, release: str) -> Path:
+    """The release's ``decisions.csv`` in its review folder."""
     return review_dir(project, release) / "decisions.csv"
 
 
@@ -148,16 +165,32 @@ class Decisions:
             self._stamp = stamp
 
     def get(self, object_id: str) -> str | None:
+        """``approve``, ``reject`` or None (undecided) for an object's SHA-256.
+
+        Raises:
+            ConfigError: the file has a bad decision (see :func:`read_decisions`).
+        """
         self._refresh()
         return self._data.get(object_id)
 
     def decided_any(self, object_ids: Iterable[str]) -> bool:
+        """Whether any of the objects has a decision.
+
+        Raises:
+            ConfigError: the file has a bad decision (see :func:`read_decisions`).
+        """
         self._refresh()
         return any(o in self._data for o in object_ids)
 
 
 def read_decisions(path: Path) -> dict[str, str]:
-    """``object -> approve|reject``; the last line for an object wins. Bad lines fail loudly."""
+    """``object -> approve|reject``; the last line for an object wins. Bad lines fail loudly.
+
+    Lines without an object are skipped; line numbers in messages count the header as 1.
+
+    Raises:
+        ConfigError: a line's decision is neither approve nor reject.
+    """
     decisions: dict[str, str] = {}
     with path.open(newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
@@ -176,7 +209,14 @@ def read_decisions(path: Path) -> dict[str, str]:
 def decide(
     project: str, release: str, object_id: str, decision: str, reviewer: str, note: str = ""
 ) -> None:
-    """Append one decision to the release's decisions file."""
+    """Append one decision to the release's decisions file.
+
+    ``object_id`` is the SHA-256 named on the sheet; the time is recorded in ISO 8601 UTC.
+
+    Raises:
+        ConfigError: the decision is neither approve nor reject, or no object of the release
+            has that ID.
+    """
     if decision not in DECISIONS:
         raise ConfigError("decision must be approve or reject")
     known = {r.object for r in list_records(project, release) + held_by_checks(project, release)}
@@ -204,7 +244,13 @@ def decide(
 
 
 def write_sheet(project: str, release: str) -> Path:
-    """Write ``index.html``: one card per at-risk object, quarantined first."""
+    """Write ``index.html``: one card per at-risk object, quarantined first.
+
+    Returns the page's path in the review folder (on premises only: thumbnails may show PHI).
+
+    Raises:
+        ConfigError: the decisions file has a bad decision.
+    """
     folder = _private_dir(review_dir(project, release))
     records = list_records(project, release) + held_by_checks(project, release)
     decided = (

@@ -11,6 +11,9 @@ project's approved recipients:
   a SigV4 presigned URL lives) and the end of the REB approval. No AWS credentials are needed.
 
 Every grant is recorded on premises (``RIDL_HOME/grants/<project>.jsonl``) for the auditors.
+
+Engines floor (``export/``): it reads the published release through :mod:`export.release` and
+needs an S3 store (:mod:`export.s3`); ``ridl release grant`` (``export.cli``) calls it.
 """
 
 from __future__ import annotations
@@ -39,14 +42,27 @@ PRESIGNED_FORMAT = "ridl-presigned-manifest/1"
 
 
 def reb_end(project: Project) -> dt.datetime:
-    """The approval is valid through its expiry date: access ends at the next midnight UTC."""
+    """The approval is valid through its expiry date: access ends at the next midnight UTC.
+
+    A timezone-aware UTC datetime: 00:00 on the day after ``project.expires``.
+    """
     return dt.datetime.combine(project.expires + dt.timedelta(days=1), dt.time(0), dt.UTC)
 
 
 def check_grant(
     project_id: str, researcher: str, days: int, presign: bool, now: dt.datetime
 ) -> tuple[Project, dt.datetime]:
-    """Refuse a grant the REB approval does not allow; return the project and the expiry."""
+    """Refuse a grant the REB approval does not allow; return the project and the expiry.
+
+    ``days`` is the grant's length in days from ``now`` (timezone-aware); the expiry is the
+    earlier of that and :func:`reb_end`.
+
+    Raises:
+        ConfigError: the project id or file is invalid.
+        ProjectNotFound: no such project.
+        ScopeError: the approval has expired or not started, the researcher is not an approved
+            recipient (``--researcher``), ``days`` < 1, or > 7 for presigned URLs (``--days``).
+    """
     project = load_project(project_id)
     project.check_active(now.date())
     if researcher not in project.recipients:
@@ -67,7 +83,11 @@ def check_grant(
 
 
 def iam_policy(store: S3Store, prefix: str, expires: dt.datetime) -> dict[str, Any]:
-    """An identity policy allowing listing and reading of one release prefix only."""
+    """An identity policy allowing listing and reading of one release prefix only.
+
+    An IAM policy document (dict, ``Version`` 2012-10-17) whose statements end at ``expires``
+    (UTC, to the second); ``prefix`` is ``<project>/<release>`` in the store.
+    """
     release_prefix = store.s3_key(prefix) + "/"
     until = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -97,7 +117,16 @@ def iam_policy(store: S3Store, prefix: str, expires: dt.datetime) -> dict[str, A
 def presigned_manifest(
     store: S3Store, prefix: str, manifest: dict[str, Any], expires_in: int
 ) -> dict[str, Any]:
-    """The signed manifest with a presigned URL for every object and release file."""
+    """The signed manifest with a presigned URL for every object and release file.
+
+    ``prefix`` is ``<project>/<release>``; ``manifest`` the parsed ``manifest.json``;
+    ``expires_in`` the URLs' lifetime in seconds. Returns {format, manifest (the text as
+    signed), signature, public_key, urls: {path: URL}, retracted: {path: reason}}; retracted
+    objects get no URL.
+
+    Raises:
+        FileNotFoundError: the manifest, its signature or public key is missing from the store.
+    """
     manifest_text = store.get_bytes(f"{prefix}/{MANIFEST_JSON}").decode()
     signature = store.get_bytes(f"{prefix}/{SIGNATURE}").decode().strip()
     public_key = store.get_bytes(f"{prefix}/{PUBLIC_KEY}").decode()
@@ -133,6 +162,17 @@ def grant_access(
     """Check the grant, build the policy or the presigned manifest, record it; return it.
 
     ``expires_in_seconds`` shortens presigned URLs below the computed expiry (never beyond it).
+    ``store`` is an open store, its URL, or None for the default store; ``days`` and ``now``
+    are as for :func:`check_grant`. Returns the IAM policy (:func:`iam_policy`) or the presigned
+    manifest (:func:`presigned_manifest`, with ``expires_at`` in ISO 8601).
+
+    Raises:
+        ConfigError: the project id or file is invalid, the store is not S3, or the store
+            cannot be opened (see :func:`export.store.open_store`).
+        ProjectNotFound: no such project.
+        ScopeError: the grant is not allowed (see :func:`check_grant`), or presigned URLs would
+            already have expired.
+        ReleaseError: the release is not published in the store.
     """
     now = now or dt.datetime.now(dt.UTC)
     _, expires = check_grant(project_id, researcher, days, presign, now)

@@ -25,6 +25,10 @@ R8  address parts are searched when they hold a digit or several words (a lone c
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
     are ignored (the OCR step reads the text in pixels).
+
+Engines floor (``export/``): one of the three parts of the PHI gate, with :mod:`export.phi_scan`
+(the byte scan) and :mod:`export.verification` (the report); ``flows.gate`` builds the dictionary
+from the source headers and runs the scan.
 """
 
 from __future__ import annotations
@@ -115,7 +119,12 @@ _UIDLIKE = re.compile(r"^[\d.]+$")
 
 @dataclass
 class Term:
-    """One searched value's rules (never its value in anything that leaves this module)."""
+    """One searched value's rules (never its value in anything that leaves this module).
+
+    ``kinds`` are where the value came from (``name``, ``identifier``, ``birth-date``,
+    ``address``, ``telephone``, ``private-tag``, ``institution-or-station``); ``name_only``: it
+    blocks only in a PN attribute (R4); ``owners``: research IDs whose birth date it is (R5).
+    """
 
     kinds: set[str] = field(default_factory=set)
     name_only: bool = True
@@ -123,6 +132,8 @@ class Term:
     anyone: bool = False  # a contribution that is not a birth date blocks for every subject
 
     def merge(self, kind: str, name_only: bool, owner: str | None) -> None:
+        """Add one more source of the same value: it is name-only only if every source is, and
+        it blocks for everyone as soon as a source is not a birth date with an owner."""
         self.kinds.add(kind)
         self.name_only = self.name_only and name_only
         if kind == "birth-date" and owner is not None:
@@ -132,6 +143,7 @@ class Term:
 
     @property
     def scoped(self) -> bool:
+        """True when the value is only a birth date of known subjects (R5 applies)."""
         return not self.anyone
 
 
@@ -152,7 +164,12 @@ def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
 
 
 def name_terms(value: str) -> Iterator[tuple[str, bool]]:
-    """(term, name_only) for a person name: the whole value and every component (R1, R4)."""
+    """(term, name_only) for a person name: the whole value and every component (R1, R4).
+
+    ``value`` is a PN value (component groups split by ``=``, components by ``^``, PS3.5
+    6.2.1); each component and each of its words of 3 characters or more (not digits only) is
+    a term; ``name_only`` is True when the term is made of common words only.
+    """
     whole = _norm(value)
     if not whole:
         return
@@ -168,7 +185,11 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
 
 
 def address_terms(value: str) -> Iterator[str]:
-    """The whole address and its parts with a digit or several words (R8)."""
+    """The whole address and its parts with a digit or several words (R8).
+
+    Parts are split at ``^``, ``,``, ``;`` and line breaks; each term has 4 characters or more
+    (6 digits for numbers, R1, R2).
+    """
     whole = _norm(value)
     if _long_enough(whole):
         yield whole
@@ -179,6 +200,8 @@ def address_terms(value: str) -> Iterator[str]:
 
 
 def phone_terms(value: str) -> Iterator[str]:
+    """Each telephone number of a value (split at ``\\`` and ``^``), as written and, when it
+    has 7 digits or more, as its digits alone (R2)."""
     for number in re.split(r"[\\^]", value):
         number = _norm(number)
         if _long_enough(number):
@@ -189,6 +212,8 @@ def phone_terms(value: str) -> Iterator[str]:
 
 
 def birth_terms(value: str) -> Iterator[str]:
+    """A DA date of birth (``YYYYMMDD``) as written, and as ``YYYY-MM-DD``, ``YYYY/MM/DD``,
+    ``DD/MM/YYYY`` and ``MM/DD/YYYY``; nothing for a value that is not 8 digits."""
     text = _norm(value)
     if len(text) != 8 or not text.isdigit():
         return
@@ -209,7 +234,11 @@ def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
 
 
 def text_values(value: Any) -> list[str]:
-    """The text values of an element value (multi-valued, PN, bytes), as strings."""
+    """The text values of an element value (multi-valued, PN, bytes), as strings.
+
+    A list of non-empty strings; bytes are decoded as Latin-1 (trailing NUL and space padding
+    removed) and kept only when printable; None gives [].
+    """
     if value is None:
         return []
     if isinstance(value, bytes):
@@ -221,7 +250,10 @@ def text_values(value: Any) -> list[str]:
 
 
 def vr_of(elem: DataElement | RawDataElement, tag: BaseTag) -> str:
-    """The VR of an element: its own, else the dictionary's; private or unknown tags are UN."""
+    """The VR of an element: its own, else the dictionary's; private or unknown tags are UN.
+
+    A two-letter VR code (PS3.5 6.2), as a string.
+    """
     vr = getattr(elem, "VR", None)
     if vr:
         return str(vr)
@@ -237,6 +269,8 @@ class IdentifierDictionary:
     """The identifying values of the selected studies, compiled into one automaton per encoding set.
 
     Terms are kept with their rules only; the report refers to a term by its kind.
+    ``retained`` are keywords of attributes the approved scope retains (not searched, R9).
+    ``terms`` is {normalized value: :class:`Term`}; ``len()`` is the number of terms.
     """
 
     def __init__(self, retained: Iterable[str] = ()) -> None:
@@ -252,6 +286,7 @@ class IdentifierDictionary:
         return len(self.terms)
 
     def kinds(self) -> dict[str, int]:
+        """{kind: number of terms of that kind}, sorted by kind (a term may count under two)."""
         counts: dict[str, int] = {}
         for term in self.terms.values():
             for kind in term.kinds:
@@ -259,6 +294,10 @@ class IdentifierDictionary:
         return dict(sorted(counts.items()))
 
     def add(self, value: str, kind: str, name_only: bool = False, owner: str | None = None) -> None:
+        """Add one term (whitespace normalized; empty values are ignored) of ``kind``.
+
+        ``owner`` is the research ID of a birth date (R5). The compiled automata are dropped.
+        """
         value = _norm(value)
         if not value:
             return
@@ -267,7 +306,12 @@ class IdentifierDictionary:
         self._automata.clear()
 
     def add_header(self, ds: Dataset, research_id: str | None = None) -> None:
-        """Collect the identifying values of one source header, at every depth."""
+        """Collect the identifying values of one source header, at every depth.
+
+        ``ds`` is a source (not de-identified) header, sequences followed up to 64 levels;
+        ``research_id`` is its subject's, to scope its birth date (R5). The rules R1-R9 of the
+        module docstring decide what is added.
+        """
         for charset in declared_charsets(ds):
             self.encodings.add(charset)
         public_values: set[str] = set()
@@ -373,7 +417,13 @@ class IdentifierDictionary:
                     self.equipment.update(_norm(v).lower() for v in values)
 
     def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
-        """The automaton over every term in every encoding, keyed by ASCII-lowered bytes."""
+        """The automaton over every term in every encoding, keyed by ASCII-lowered bytes.
+
+        ``encodings`` are Python codec names added to the dictionary's own (Latin-1, UTF-8 and
+        those declared by the headers). Each key is the term's encoded bytes, ASCII-lowered
+        and read as Latin-1 text; each value is (key length in bytes, list of :class:`Term`).
+        Cached per set of encodings until a term is added.
+        """
         encs = frozenset(self.encodings | set(encodings))
         cached = self._automata.get(encs)
         if cached is not None:
@@ -405,7 +455,10 @@ class IdentifierDictionary:
 
 
 def declared_charsets(ds: Dataset) -> list[str]:
-    """The Python codecs of the object's Specific Character Set (0008,0005); [] when unknown."""
+    """The Python codecs of the object's Specific Character Set (0008,0005); [] when unknown.
+
+    Defined terms per PS3.3 C.12.1.1.2, mapped to codecs by pydicom.
+    """
     try:
         value = ds.get("SpecificCharacterSet")
         raw = value.value if value is not None else None

@@ -2,6 +2,10 @@
 
 Keys are relative paths under the root; every write goes to a temporary name in the same folder,
 is fsynced, then renamed into place, so a reader never sees half an object.
+
+The ``file`` back-end of :data:`export.store.STORES` (engines floor); it needs nothing beyond the
+standard library. Every method that takes a key raises ValueError for an unsafe one
+(:func:`export.store.check_key`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class LocalStore:
         return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` to a dot-named temporary file, fsync it, rename it to ``key``."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -40,12 +45,21 @@ class LocalStore:
         os.replace(tmp, path)
 
     def get_bytes(self, key: str) -> bytes:
+        """The file's bytes.
+
+        Raises:
+            FileNotFoundError: no object has that key.
+        """
         return self._path(key).read_bytes()
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` is a file under the root."""
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Files under the folder ``prefix`` ("" for all), sizes in bytes; temporary files of
+        writes in progress (dot-named) are left out. Sorted by name within each folder.
+        """
         base = self.root / prefix.rstrip("/") if prefix else self.root
         if not base.exists():
             return
@@ -57,6 +71,7 @@ class LocalStore:
                 yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
 
     def delete(self, key: str) -> None:
+        """Remove the file under ``key``, if there is one."""
         path = self._path(key)
         if path.exists():
             path.unlink()

@@ -7,6 +7,11 @@ is located by walking the parsed object to the attribute whose value holds it, s
 (``RequestAttributesSequence[0].RequestedProcedureDescription``, ``(0029,1010)``,
 ``file_meta.…``), never the value. Text an OCR function finds in the pixels of at-risk objects is
 searched too. Rules R3, R4, R5, R7 and R10 of :mod:`export.identifiers` apply here.
+
+Engines floor (``export/``): the search half of the PHI gate; the dictionary comes from
+:mod:`export.identifiers` and the report types from :mod:`export.verification`. The OCR function
+and the at-risk rule are passed in (``flows.gate`` passes curation's OCR), so this module imports
+no OCR engine and holds no module state.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ def scan(
 ) -> Iterator[tuple[int, int, list[Term]]]:
     """Whole-word matches (R3) in a lowered latin-1 haystack: (start, end, terms).
 
+    ``hay`` is bytes ASCII-lowered and read as Latin-1 text (one character per byte, so offsets
+    are byte offsets; ``end`` is exclusive); ``auto`` is
+    :meth:`export.identifiers.IdentifierDictionary.automaton`.
+
     ``text=True`` for a value's own text, where non-ASCII neighbours are letters; ``text=False``
     for a whole object's bytes, where a value's neighbours are binary tags and lengths, so only
     ASCII letters and digits count as word characters (a lenient pre-filter).
@@ -77,7 +86,12 @@ def _hay(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Hit:
-    """Where an identifier was found: object key, attribute path and the kind of identifier."""
+    """Where an identifier was found: object key, attribute path and the kind of identifier.
+
+    ``path`` is an attribute path (``Seq[0].Keyword``, ``(gggg,eeee)`` for private elements,
+    ``file_meta.…``), or a description in parentheses for bytes outside any attribute; ``kind``
+    is a term kind (:class:`export.identifiers.Term`) or ``unverifiable-object``.
+    """
 
     key: str
     path: str
@@ -121,7 +135,13 @@ def _value_hay(raw: DataElement | RawDataElement, encodings: list[str]) -> str:
 def element_spans(
     ds: Dataset, prefix: str = "", depth: int = 0, encodings: list[str] | None = None
 ) -> Iterator[_Span]:
-    """Every leaf value of the parsed object with its attribute path and VR, sequences walked."""
+    """Every leaf value of the parsed object with its attribute path and VR, sequences walked.
+
+    Yields spans with the value's byte offsets in the file (top level only; -1 inside
+    sequences), its path under ``prefix``, its VR and its text in each of ``encodings``
+    (Python codec names; Latin-1 and UTF-8 by default), lowered. Sequences deeper than 64
+    levels are not walked.
+    """
     if depth > 64:
         return
     encodings = encodings or ["latin_1", "utf_8"]
@@ -159,12 +179,19 @@ def element_spans(
 
 @dataclass
 class ObjectResult:
+    """What one object's check found: its hits, and whether its pixels were read by OCR."""
+
     hits: list[Hit] = field(default_factory=list)
     ocr_checked: bool = False
 
 
 class Verifier:
-    """Checks objects against one dictionary; holds no PHI beyond the dictionary itself."""
+    """Checks objects against one dictionary; holds no PHI beyond the dictionary itself.
+
+    ``owners_of`` gives an object's research subject (default: its Patient ID) for R5; ``ocr``
+    returns the text in an object's pixels (a string or a list of strings; None: no OCR);
+    ``at_risk`` picks the objects OCR reads (default :func:`default_at_risk`).
+    """
 
     def __init__(
         self,
@@ -180,7 +207,14 @@ class Verifier:
 
     def check_bytes(self, key: str, data: bytes) -> ObjectResult:
         """Search one object. An object stored as DICOM that cannot be parsed cannot be shown
-        to be clean: its bytes are still searched, and it is reported as unverifiable."""
+        to be clean: its bytes are still searched, and it is reported as unverifiable.
+
+        ``key`` is the object's store key; ``data`` its bytes. A DICOM file (``DICM`` after the
+        128-byte preamble, PS3.10 7.1) is searched segment by segment (file meta, and the
+        inflated dataset of Deflated Explicit VR Little Endian, PS3.5 A.5); other objects
+        (manifests, summaries, Parquet read as CSV) as text. Never raises for a bad object: it
+        becomes an ``unverifiable-object`` hit.
+        """
         is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
         if not is_dicom:
             result = self._check_file(key, data)
@@ -336,7 +370,12 @@ def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:
 
 def default_at_risk(ds: Dataset) -> bool:
     """Objects whose pixels may carry text: ultrasound, secondary capture, screens, and any that
-    say so."""
+    say so.
+
+    True for Burned In Annotation (0028,0301) ``YES`` (General Image Module, PS3.3 C.7.6.1),
+    modalities US, SC, OT, XA, ES, DOC, and Secondary Capture SOP classes
+    (``1.2.840.10008.5.1.4.1.1.7*``, PS3.4 B.5).
+    """
     if str(getattr(ds, "BurnedInAnnotation", "")).upper() == "YES":
         return True
     if str(getattr(ds, "Modality", "")).upper() in {"US", "SC", "OT", "XA", "ES", "DOC"}:

@@ -19,6 +19,11 @@ editing it can only hide files, never change what a fetched file holds.
 Files are fetched in parallel into a temporary name beside their destination, hashed while they
 arrive, and renamed into place only when size and SHA-256 match. A mismatch is fetched once more,
 then reported as a failure naming the file.
+
+Engines floor (``export/``): the one module of ridl a researcher runs (``ridl pull``); it reads
+storage itself (presigned URLs with urllib3, or S3 with the client of :mod:`export.s3`) and
+checks with :mod:`export.signing` and :mod:`export.safepath`. Layouts name the destination of
+each object from its manifest row (:data:`LAYOUTS`).
 """
 
 from __future__ import annotations
@@ -68,19 +73,22 @@ class PullError(RidlError):
 
 
 class ExpiredGrant(PullError):
-    pass
+    """The presigned manifest's URLs have expired (or S3 says so): ask for a new grant."""
 
 
 class DiskFull(PullError):
-    pass
+    """DEST has less free space than what is left to fetch plus the margin kept free."""
 
 
 class ChecksumMismatch(PullError):
-    pass
+    """A file's size or SHA-256 did not match the signed manifest, twice."""
 
 
 @dataclass(frozen=True)
 class PullItem:
+    """One file to fetch: its key in the release, its size in bytes, its hex SHA-256 (from the
+    signed manifest) and where it goes under DEST."""
+
     path: str  # relative to the release prefix (the key in the manifest)
     size: int
     sha256: str
@@ -89,6 +97,14 @@ class PullItem:
 
 @dataclass
 class LoadedManifest:
+    """A manifest whose signature was checked, with what is needed to fetch its files.
+
+    ``manifest`` is the parsed ``manifest.json`` and ``manifest_bytes`` the bytes that were
+    signed; ``signature`` is base64; ``public_key`` PEM; ``urls`` {path: presigned URL} (None
+    when objects are read with the researcher's own credentials); ``expires_at`` the earliest
+    URL expiry (UTC) or None; ``retracted`` {path: reason} of files not to fetch.
+    """
+
     manifest: dict[str, Any]
     manifest_bytes: bytes
     signature: str
@@ -99,11 +115,20 @@ class LoadedManifest:
 
     @property
     def fingerprint(self) -> str:
+        """The public key's fingerprint (``ed25519:`` + 32 hex), to compare with the notes.
+
+        Raises:
+            SignatureError: the public key is not an Ed25519 PEM key.
+        """
         return fingerprint(self.public_key)
 
 
 @dataclass
 class PullReport:
+    """What a pull did: files in the plan, fetched, skipped (already there and verified),
+    retracted (not fetched), bytes fetched, retries, ``failed`` {path: message} and the
+    wall-clock duration in seconds."""
+
     project: str
     release: str
     fingerprint: str
@@ -117,6 +142,7 @@ class PullReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The report's fields as a plain dict (JSON-ready)."""
         return dict(self.__dict__)
 
 
@@ -124,7 +150,11 @@ class PullReport:
 
 
 def url_expiry(url: str) -> dt.datetime | None:
-    """When a SigV4 presigned URL stops working (X-Amz-Date + X-Amz-Expires)."""
+    """When a SigV4 presigned URL stops working (X-Amz-Date + X-Amz-Expires).
+
+    A UTC datetime; a SigV2 URL's ``Expires`` (epoch seconds) is read too; None when the URL
+    carries no expiry.
+    """
     query = parse_qs(urlsplit(url).query)
     if "Expires" in query:  # SigV2 query authentication: an epoch second
         return dt.datetime.fromtimestamp(int(query["Expires"][0]), dt.UTC)
@@ -137,7 +167,18 @@ def url_expiry(url: str) -> dt.datetime | None:
 def load_manifest(
     path: Path, public_key: str | None = None, signature_path: Path | None = None
 ) -> LoadedManifest:
-    """Read a presigned manifest or a manifest.json (+ .sig), and check its signature."""
+    """Read a presigned manifest or a manifest.json (+ .sig), and check its signature.
+
+    ``public_key`` (PEM) overrides the key shipped with the manifest (the presigned
+    document's, or ``release-signing.pub`` beside ``manifest.json``); ``signature_path``
+    defaults to ``<manifest>.sig``.
+
+    Raises:
+        PullError: the file cannot be read or is not JSON, the signature file is missing, no
+            public key is at hand, or a presigned manifest lacks URLs for some objects.
+        SignatureError: the manifest does not match its signature, or the key is not an
+            Ed25519 PEM key.
+    """
     try:
         raw = path.read_bytes()
         document = json.loads(raw)
@@ -182,7 +223,17 @@ def load_manifest(
 def plan_items(
     manifest: dict[str, Any], layout: str, skip: set[str] | frozenset[str] = frozenset()
 ) -> list[PullItem]:
-    """Each object's destination under the layout; refuses unsafe or colliding paths."""
+    """Each object's destination under the layout; refuses unsafe or colliding paths.
+
+    ``layout`` is a name of :data:`LAYOUTS` or a template over the manifest row's fields (and
+    ``name``, the last part of its path); ``skip`` holds paths not to fetch (retracted). The
+    release files (``manifest["files"]``) follow the objects, at their own names. Paths are
+    checked for safety when fetched (:func:`export.safepath.safe_destination`).
+
+    Raises:
+        PullError: the template names an unknown field, or two files would land at the same
+            place.
+    """
     template = LAYOUTS.get(layout, layout)
     items: list[PullItem] = []
     seen: dict[str, str] = {}
@@ -289,6 +340,7 @@ def _http_error(status: int, body: str, path: str) -> PullError:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
@@ -318,7 +370,22 @@ def pull(
     on_file_done: Callable[[str], None] | None = None,
     now: dt.datetime | None = None,
 ) -> PullReport:
-    """Fetch and verify every file of the release into ``dest``; see the module doc."""
+    """Fetch and verify every file of the release into ``dest``; see the module doc.
+
+    ``layout`` as for :func:`plan_items`; ``workers`` parallel downloads; ``keep_free`` bytes
+    that must stay free on ``dest``'s disk (64 MiB); ``console`` shows progress (None: quiet);
+    ``on_file_done`` is called with each fetched path; ``now`` (UTC) is for tests. A file that
+    fails (HTTP refusal, checksum twice wrong) is recorded in the report's ``failed`` and the
+    others go on; the signed manifest, its signature and key are kept under ``dest/.ridl-pull``.
+
+    Raises:
+        PullError: the manifest cannot be loaded or planned (see :func:`load_manifest`,
+            :func:`plan_items`), or the storage type is unknown.
+        SignatureError: the manifest does not match its signature.
+        ExpiredGrant: the presigned manifest has expired (checked before, and during, fetching).
+        DiskFull: less space is free than what is left to fetch plus ``keep_free``.
+        UnsafePath: a destination path would leave ``dest``.
+    """
     started = time.monotonic()
     loaded = load_manifest(manifest_path, public_key, signature_path)
     manifest = loaded.manifest

@@ -7,6 +7,11 @@ subjects by the number of sites their studies came from, which shows the health-
 at work (sites are compared through keyed tokens in the manifest parts, never by name); and the
 throughput of each run. Plots are drawn with matplotlib and embedded as inline SVG, so the page is
 one self-contained file.
+
+Engines floor (``export/``): it reads what the release already holds in the object store (the
+summary, the manifest and its parts via :mod:`export.manifest`, the run logs under ``runs/``)
+and writes ``report.html`` next to them; the flow that builds a release calls
+:func:`write_report`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ REPORT_NAME = "report.html"
 
 
 def report_key(prefix: str) -> str:
+    """The report's key: ``<prefix>/report.html`` (``prefix`` is ``<project>/<release>``)."""
     return f"{prefix}/{REPORT_NAME}"
 
 
@@ -114,6 +120,12 @@ def _throughput_plot(runs: list[dict[str, Any]]) -> str:
 
 
 def read_runs(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
+    """The release's run logs (``<prefix>/runs/*.json``), oldest first.
+
+    Each is a dict with ``started_at`` (epoch seconds), ``work_seconds``, ``peak_rss_mib`` and
+    ``batches`` (each with ``instances`` and ``finished_at``, epoch seconds), as the flow writes
+    them.
+    """
     runs = []
     for info in store.list(f"{prefix}/runs/"):
         if info.key.endswith(".json"):
@@ -122,7 +134,12 @@ def read_runs(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
 
 
 def subjects_by_site_count(manifest: pd.DataFrame, parts: list[dict[str, Any]]) -> dict[int, int]:
-    """How many subjects have studies from 1, 2, ... sites (keyed site tokens, never names)."""
+    """How many subjects have studies from 1, 2, ... sites (keyed site tokens, never names).
+
+    ``manifest`` has one row per object (``research_id``, ``study_uid``...); ``parts`` are the
+    manifest parts (``study`` and its keyed ``site`` token). Returns {number of sites: number
+    of subjects}, sorted by number of sites; studies without a site token are not counted.
+    """
     site_of = {p["study"]: p["site"] for p in parts if p.get("study") and p.get("site")}
     sites: dict[str, set[str]] = defaultdict(set)
     for research_id, study_uid in manifest[["research_id", "study_uid"]].drop_duplicates().values:
@@ -139,7 +156,14 @@ def render_report(
     runs: list[dict[str, Any]],
     study_years: Mapping[str, str] | None = None,
 ) -> str:
-    """The report as one HTML page (counts and inline SVG plots only)."""
+    """The report as one HTML page (counts and inline SVG plots only).
+
+    ``summary`` is the release summary (counts; ``excluded`` and ``quarantined`` as
+    {reason: instances}, ``bytes_exported`` in bytes); ``manifest`` one row per object;
+    ``parts`` the manifest parts; ``runs`` as :func:`read_runs` gives them; ``study_years``
+    {study UID: original year}, computed on premises, else the exported (shifted) dates' years
+    are used. Throughput is instances per second of workers' own time; memory in MiB.
+    """
     frame = manifest.copy()
     if study_years:
         frame["year"] = frame["study_uid"].map(study_years).fillna("unknown")
@@ -221,7 +245,14 @@ def render_report(
 def write_report(
     store: ObjectStore, prefix: str, study_years: Mapping[str, str] | None = None
 ) -> str:
-    """Render the report from the release's files in ``store`` and keep it there."""
+    """Render the report from the release's files in ``store`` and keep it there.
+
+    ``prefix`` is ``<project>/<release>``; ``study_years`` as for :func:`render_report`.
+    Returns the key the page was written to (:func:`report_key`).
+
+    Raises:
+        FileNotFoundError: the release summary is not in the store yet.
+    """
     summary = json.loads(store.get_bytes(release_files(prefix).summary))
     manifest = read_manifest(store, prefix)
     page = render_report(

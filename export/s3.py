@@ -15,6 +15,11 @@ Works with AWS S3, MinIO and any S3-compatible server. What it adds over a plain
 Credentials never appear in the store URL (it is logged and passed to workers): they come from
 ``RIDL_S3_ACCESS_KEY_ID`` / ``RIDL_S3_SECRET_ACCESS_KEY`` / ``RIDL_S3_SESSION_TOKEN`` when set,
 else from boto3's usual chain (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, instance roles...).
+
+The ``s3`` back-end of :data:`export.store.STORES` (engines floor), imported only when an ``s3://``
+store is opened, so boto3 stays unloaded otherwise. Every method that takes a key raises
+ValueError for an unsafe one (:func:`export.store.check_key`); S3 errors other than "not found"
+pass through as botocore's ``ClientError`` after botocore's own retries.
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ SHA256_META = "sha256"
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where the store is and how to talk to it; everything here is safe to log."""
+    """Where the store is and how to talk to it; everything here is safe to log.
+
+    ``prefix`` is the key prefix inside the bucket (no slashes at its ends); ``max_attempts`` is
+    botocore's total attempts per request; ``multipart_threshold`` and ``chunk_size`` are in
+    bytes (16 MiB, 8 MiB); ``max_concurrency`` is parallel parts per multipart upload.
+    """
 
     bucket: str
     prefix: str = ""
@@ -58,6 +68,10 @@ class S3Settings:
     max_concurrency: int = 8
 
     def url(self) -> str:
+        """The ``s3://`` URL that :func:`parse_s3_url` reads back to these settings.
+
+        Only non-default options appear; it never carries credentials.
+        """
         query: dict[str, str] = {}
         if self.endpoint_url:
             query["endpoint_url"] = self.endpoint_url
@@ -75,7 +89,13 @@ def parse_s3_url(url: str) -> S3Settings:
     """``s3://bucket/prefix?endpoint_url=...&region=...&retry_mode=...&max_attempts=...``.
 
     Missing values fall back to ``RIDL_S3_ENDPOINT_URL`` and ``RIDL_S3_REGION`` (or
-    ``AWS_ENDPOINT_URL_S3`` / ``AWS_DEFAULT_REGION``, which boto3 reads itself).
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_DEFAULT_REGION``, which boto3 reads itself), and the retry
+    options to ``RIDL_S3_RETRY_MODE`` and ``RIDL_S3_MAX_ATTEMPTS``.
+
+    Raises:
+        ConfigError: not an ``s3://BUCKET`` URL, an unknown option, credentials in the URL, a
+            retry mode other than standard/adaptive/legacy, or max_attempts not a whole number.
+        ValueError: the prefix is not a safe key (see :func:`export.store.check_key`).
     """
     parts = urlsplit(url)
     if parts.scheme != "s3" or not parts.netloc:
@@ -110,12 +130,18 @@ def parse_s3_url(url: str) -> S3Settings:
 
 
 def sha256_b64(hex_digest: str) -> str:
-    """The base64 form of a SHA-256 that S3's ``ChecksumSHA256`` fields use."""
+    """The base64 form of a SHA-256 that S3's ``ChecksumSHA256`` fields use.
+
+    ``hex_digest`` is 64 hex characters; the result is 44 base64 characters.
+    """
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 @dataclass
 class UploadStats:
+    """What a store sent: objects uploaded and skipped (same SHA-256 already there), bytes sent,
+    multipart uploads, and the keys skipped."""
+
     uploaded: int = 0
     skipped: int = 0
     bytes_sent: int = 0
@@ -124,7 +150,12 @@ class UploadStats:
 
 
 def make_client(settings: S3Settings, credentials: dict[str, str] | None = None) -> Any:
-    """A boto3 S3 client with retries and path-style addressing for custom endpoints."""
+    """A boto3 S3 client with retries and path-style addressing for custom endpoints.
+
+    ``credentials`` are boto3 session keyword arguments (``aws_access_key_id``...); without them
+    ``RIDL_S3_*`` variables, then boto3's chain, are used. Timeouts: 10 s to connect, 60 s to
+    read. Signature version 4, so presigned URLs carry an expiry.
+    """
     creds = dict(credentials or {})
     if not creds and os.environ.get("RIDL_S3_ACCESS_KEY_ID"):
         creds = {
@@ -148,7 +179,11 @@ def make_client(settings: S3Settings, credentials: dict[str, str] | None = None)
 
 
 class S3Store:
-    """An S3 bucket (and optional prefix) used as an object store."""
+    """An S3 bucket (and optional prefix) used as an object store.
+
+    ``stats`` tallies this instance's uploads (:class:`UploadStats`). Building one does not
+    contact the server; :meth:`from_url` checks the bucket.
+    """
 
     def __init__(self, settings: S3Settings, credentials: dict[str, str] | None = None) -> None:
         self.settings = settings
@@ -176,6 +211,7 @@ class S3Store:
         return store
 
     def s3_key(self, key: str) -> str:
+        """The bucket key of a store key: the store's prefix, ``/``, and the key."""
         check_key(key)
         return f"{self.base}/{key}" if self.base else key
 
@@ -185,9 +221,16 @@ class S3Store:
     # --- the ObjectStore protocol ---------------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """Upload ``data`` with its SHA-256, unless the same bytes are there (see
+        :meth:`put_stream`)."""
         self.put_stream(key, io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
 
     def get_bytes(self, key: str) -> bytes:
+        """The object's bytes, read whole.
+
+        Raises:
+            FileNotFoundError: no object has that key.
+        """
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.s3_key(key))
         except ClientError as exc:
@@ -198,9 +241,15 @@ class S3Store:
         return data
 
     def exists(self, key: str) -> bool:
+        """Whether an object has exactly this key (one HEAD request)."""
         return self.head(key) is not None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix`` (sizes in bytes), paged 1,000 at a time.
+
+        A prefix ending in ``/`` (or empty) lists that folder; one without lists every key
+        that begins with it, as S3 does. Keys come back relative to the store's prefix.
+        """
         full = self.s3_key(prefix.rstrip("/")) if prefix else self.base
         if full and (prefix.endswith("/") or not prefix):
             full += "/"
@@ -210,11 +259,14 @@ class S3Store:
                 yield ObjectInfo(self._rel(item["Key"]), int(item["Size"]))
 
     def delete(self, key: str) -> None:
+        """Delete the object (S3 answers success whether or not it existed)."""
         self.client.delete_object(Bucket=self.bucket, Key=self.s3_key(key))
 
     # --- beyond the protocol ----------------------------------------------------------------
 
     def head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD answer (boto3's dict: ``ContentLength``, ``Metadata``...), or None
+        when there is no such object."""
         try:
             result: dict[str, Any] = self.client.head_object(
                 Bucket=self.bucket, Key=self.s3_key(key)
@@ -226,7 +278,8 @@ class S3Store:
         return result
 
     def stored_sha256(self, key: str) -> str | None:
-        """The SHA-256 recorded with an object, or None when it is absent."""
+        """The hex SHA-256 recorded with an object; None when there is no object, "" when
+        the object has no recorded digest."""
         head = self.head(key)
         if head is None:
             return None
@@ -234,7 +287,12 @@ class S3Store:
         return str(value) if value else ""
 
     def put_stream(self, key: str, stream: Any, size: int, sha256_hex: str) -> bool:
-        """Upload unless the same bytes are already there; True when bytes were sent."""
+        """Upload unless the same bytes are already there; True when bytes were sent.
+
+        ``stream`` is a binary file-like object of ``size`` bytes whose SHA-256 is
+        ``sha256_hex``; below ``multipart_threshold`` it is sent in one PUT with
+        ``ChecksumSHA256``, else multipart with a SHA-256 per part. :attr:`stats` is updated.
+        """
         s3_key = self.s3_key(key)
         if self.stored_sha256(key) == sha256_hex:
             self.stats.skipped += 1
@@ -264,12 +322,20 @@ class S3Store:
         return True
 
     def put_file(self, key: str, path: Path, sha256_hex: str | None = None) -> bool:
-        """Upload a file from disk (large files stream through the transfer manager)."""
+        """Upload a file from disk (large files stream through the transfer manager).
+
+        ``sha256_hex`` is computed from the file when not given; True when bytes were sent.
+        """
         digest = sha256_hex or file_sha256(path)
         with open(path, "rb") as handle:
             return self.put_stream(key, handle, path.stat().st_size, digest)
 
     def presign_get(self, key: str, expires_in: int) -> str:
+        """A presigned GET URL for the object, valid for ``expires_in`` seconds (SigV4).
+
+        Computed locally: no request is made, and the object need not exist. Whoever holds the
+        URL can read the object until it expires.
+        """
         url: str = self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.s3_key(key)},
@@ -278,7 +344,12 @@ class S3Store:
         return url
 
     def check(self) -> None:
-        """Fail now, with what to change, when the bucket cannot be used (before any work)."""
+        """Fail now, with what to change, when the bucket cannot be used (before any work).
+
+        Raises:
+            ConfigError: no credentials, no such bucket, access refused, or the endpoint
+                cannot be reached.
+        """
         from botocore.exceptions import BotoCoreError, NoCredentialsError
 
         where = self.settings.endpoint_url or "AWS"
@@ -320,6 +391,7 @@ class S3Store:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1024 * 1024), b""):

@@ -4,6 +4,8 @@ A manifest is data from elsewhere: a path in it (or one built from its UIDs by a
 try to climb out with ``..``, be absolute, or go through a symlink someone placed in the
 destination. Every path is checked with :func:`export.store.check_key`, built component by
 component, and refused if any component already there is a symlink or not a folder.
+
+Engines floor (``export/``): used by :mod:`export.pull` when a researcher downloads a release.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ class UnsafePath(RidlError):
 
 
 def safe_destination(root: Path, relative: str, create_parents: bool = True) -> Path:
-    """``root/relative``, refusing traversal, absolute paths and symlinks on the way."""
+    """``root/relative``, refusing traversal, absolute paths and symlinks on the way.
+
+    ``relative`` is a ``/``-separated key; the folders on the way are created when
+    ``create_parents``, one at a time, each checked as it is made. Returns the target path
+    (not created).
+
+    Raises:
+        UnsafePath: the key is unsafe, a component on the way is a symlink or not a folder, the
+            target is a symlink, or the path resolves outside ``root``.
+        FileNotFoundError: ``root`` does not exist.
+    """
     try:
         check_key(relative)
     except ValueError:

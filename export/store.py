@@ -4,6 +4,12 @@ The flow only sees :class:`ObjectStore`; a local folder (the embedded default,
 :mod:`export.local`) and S3 (:mod:`export.s3`) are two implementations of it, chosen by the URL's
 scheme through :data:`STORES`. Writes are atomic, so a reader (or a resumed run) never sees half an
 object, and the presence of a study's manifest part is what marks the study as done.
+
+This module is the interface half of the store room (engines floor, ``export/``): the
+:class:`ObjectStore` protocol, key checking, and the :data:`STORES` table from URL scheme to
+``"module:Class"``, imported on first use by :func:`open_store`, so this module imports no
+back-end (boto3 stays unloaded until an ``s3://`` store is opened). It is one of the two export
+modules curation may use (with :mod:`export.manifest`).
 """
 
 from __future__ import annotations
@@ -23,12 +29,21 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=+\-][A-Za-z0-9._=+\-/]*$")
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """One stored object as a listing gives it: its key (relative to the store), size in bytes."""
+
     key: str
     size: int
 
 
 def check_key(key: str) -> str:
-    """Refuse keys that could escape a prefix: absolute paths, '..', backslashes, empty parts."""
+    """Refuse keys that could escape a prefix: absolute paths, '..', backslashes, empty parts.
+
+    A key is ``/``-separated parts of letters, digits and ``._=+-``; it is returned unchanged.
+
+    Raises:
+        ValueError: the key is unsafe (not a RidlError: a bad key is a programming error or a
+            hostile manifest, and callers that read manifests turn it into their own error).
+    """
     parts = key.split("/")
     if (
         not key
@@ -41,19 +56,41 @@ def check_key(key: str) -> str:
 
 
 class ObjectStore(Protocol):
-    """What ridl needs of object storage, whichever backend holds it."""
+    """What ridl needs of object storage, whichever backend holds it.
+
+    ``url`` reopens the same store in a worker (it never carries credentials). Keys are checked
+    with :func:`check_key` by every method that takes one, so each raises ValueError for an
+    unsafe key.
+    """
 
     url: str
 
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically, replacing what was there."""
+        ...
 
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str) -> bytes:
+        """The bytes stored under ``key``.
 
-    def exists(self, key: str) -> bool: ...
+        Raises:
+            FileNotFoundError: no object has that key.
+        """
+        ...
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def exists(self, key: str) -> bool:
+        """Whether an object has exactly this key."""
+        ...
 
-    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under the folder-like ``prefix`` ("" for all), keys relative to the store.
+
+        Sizes are in bytes; the order is the back-end's.
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; nothing happens when there is none."""
+        ...
 
 
 # Back-ends by URL scheme, as "module:Class", imported on first use so this interface module
@@ -96,7 +133,9 @@ def open_store(url: str | None) -> ObjectStore:
     be checked (an S3 bucket, its endpoint and credentials) is checked here, before any work.
 
     Raises:
-        ConfigError: unknown scheme, malformed URL, or a store that does not answer as set.
+        ConfigError: unknown scheme, malformed URL, or a store that does not answer as set,
+            or the back-end's module is not installed (with the install hint).
+        ValueError: an S3 prefix that is not a safe key (see :func:`check_key`).
     """
     if not url:
         url = "file:" + str(settings.default_store_root())

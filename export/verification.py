@@ -1,4 +1,10 @@
-"""What the PHI gate reports: the verification report and the error that blocks a release."""
+"""What the PHI gate reports: the verification report and the error that blocks a release.
+
+Engines floor (``export/``): the report types of the PHI gate, kept apart from the dictionary
+(:mod:`export.identifiers`) and the byte scan (:mod:`export.phi_scan`) so that whoever reads or
+writes a report (``flows.gate``, the release commands) needs neither. The report is written on
+premises (``ridl.releases.report_path``); it names keys, attribute paths and kinds, never values.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,13 @@ from ridl.errors import ReleaseError
 
 @dataclass
 class VerificationReport:
-    """What the gate found; names keys, paths and kinds, never a value."""
+    """What the gate found; names keys, paths and kinds, never a value.
+
+    ``store`` is the store URL; ``bytes_checked`` in bytes; ``dictionary_kinds`` {kind: terms};
+    ``studies_read`` / ``headers_read`` count the source studies and headers the dictionary was
+    built from; ``ocr`` says whether OCR was used; ``seconds_*`` are wall-clock
+    seconds; ``checked_at`` is an ISO 8601 UTC time.
+    """
 
     project: str
     release: str
@@ -32,11 +44,13 @@ class VerificationReport:
     checked_at: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, each hit as {key, path, kind}."""
         data = asdict(self)
         data["hits"] = [asdict(h) for h in self.hits]
         return data
 
     def render(self) -> str:
+        """The report as lines of text for the console (the first 200 hits listed)."""
         status = "PASSED" if self.passed else "BLOCKED"
         lines = [
             f"verification of {self.project}/{self.release}: {status}",
@@ -55,7 +69,11 @@ class VerificationReport:
 
 
 class VerificationFailed(ReleaseError):
-    """Identifiers were found in a release: it stays unpublished."""
+    """Identifiers were found in a release: it stays unpublished.
+
+    ``report`` is kept on the exception; the message gives the number of hits and objects and
+    the path of the report file, never a value.
+    """
 
     def __init__(self, report: VerificationReport, report_path: Path) -> None:
         self.report = report

@@ -1,4 +1,12 @@
-"""ridl: build de-identified research imaging libraries from a regional DIR."""
+"""ridl: build de-identified research imaging libraries from a regional DIR.
+
+This package is the ground floor of the four (``ridl`` < ``export`` | ``deid_recipes`` <
+``curation`` < ``flows``; checked by ``make lint``): errors and the ObjectRejected base
+(:mod:`ridl.errors`), settings, projects, secrets, pseudonyms, the opt-out list, the study catalog
+(:mod:`ridl.catalog`), a release's on-premises state (:mod:`ridl.releases`), the audit log, the
+synthetic DIR, and the DIR sources (:mod:`ridl.sources`). It imports no other package of the
+project; the ``ridl`` command itself lives on the top floor, in ``flows.cli``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -10,6 +10,9 @@ sequence number and hash, so cutting entries off the end is detected too.
 Entries carry research IDs, counts, project ids, release names and object keys, never PHI:
 :func:`record` refuses values that are not plain JSON scalars, lists or objects, and callers pass
 only what they would show a privacy officer.
+
+Ground floor (``ridl/``): every floor records its events here; the module imports only
+:mod:`ridl.settings`.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ EVENTS = (
 
 
 def audit_dir() -> Path:
+    """The audit folder (``RIDL_HOME/audit``): the log and its head file."""
     return settings.ridl_home() / "audit"
 
 
 def log_path() -> Path:
+    """The audit log file, ``RIDL_HOME/audit/audit.jsonl`` (one JSON entry a line)."""
     return audit_dir() / LOG_NAME
 
 
@@ -112,6 +117,14 @@ def record(event: str, **fields: Any) -> dict[str, Any]:
 
     Safe from several processes at once (an exclusive lock is held while the previous entry is
     read and the new one appended). Fields must be plain JSON values and never PHI.
+
+    Returns the entry dict: ``seq``, ``time`` (UTC ISO 8601, microseconds), ``event``, ``who``,
+    ``ridl`` (version), ``fields``, ``prev`` and ``hash`` (SHA-256 hex digests).
+
+    Raises:
+        ValueError: ``event`` is empty or not a string.
+        TypeError: a field is not a plain JSON value (None, bool, number, string, list, or a
+            dict with string keys).
     """
     if not event or not isinstance(event, str):
         raise ValueError("an audit event needs a name")
@@ -170,7 +183,10 @@ class Problem:
 
 
 def read_entries(path: Path | None = None) -> Iterator[dict[str, Any]]:
-    """The log's entries in order (unverified; use :func:`verify_log` to check them)."""
+    """The log's entries in order, one dict each (unverified; :func:`verify_log` checks them).
+
+    ``path`` defaults to :func:`log_path`; a missing log yields nothing.
+    """
     path = path or log_path()
     if not path.exists():
         return
@@ -182,7 +198,9 @@ def read_entries(path: Path | None = None) -> Iterator[dict[str, Any]]:
 
 
 def verify_log(path: Path | None = None) -> tuple[int, list[Problem]]:
-    """Check the whole chain; returns (entries read, problems found). No problems = intact.
+    """Check the whole chain; returns (entries read, list of :class:`Problem`). None = intact.
+
+    ``path`` defaults to :func:`log_path`.
 
     An edited entry fails its own hash (or, if its hash was recomputed, the next entry's link);
     a removed entry breaks the link and the sequence; a reordered entry breaks both too; entries
@@ -259,7 +277,13 @@ def verify_log(path: Path | None = None) -> tuple[int, list[Problem]]:
 
 
 def run_end_fields(summary: dict[str, Any]) -> dict[str, Any]:
-    """What ``run.ended`` records: the release's counts (no PHI)."""
+    """What ``run.ended`` records: the release's counts (no PHI).
+
+    ``summary`` is the release summary dict (``project``, ``release``, ``studies_exported``,
+    ``instances_exported``, ``subjects``, ``excluded`` and ``quarantined`` ({reason: count}),
+    ``verification``); the result is a flat dict of those, plus ``status`` ("published" when the
+    verification passed, else "unpublished").
+    """
     return {
         "project": summary["project"],
         "release": summary["release"],

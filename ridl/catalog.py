@@ -1,9 +1,13 @@
-"""The study catalog and the frozen selection of a release.
+"""The study catalog, selection from it, and :class:`StudyRef`, the study the per-study work gets.
 
 The catalog is what the DIR holds, at study level, as Parquet (on-premises: it carries the patient
-couplet). Selecting applies the REB scope to it; freezing writes the chosen studies to the
-release's own record, so the release can be rebuilt and audited, and a resumed run works on
-exactly the same studies however the DIR has changed since.
+couplet). Selecting applies the REB scope, the opt-out list and de-duplication to it. Freezing the
+selection into the release's own record (so a resumed run works on exactly the same studies
+however the DIR has changed since) belongs to :mod:`ridl.releases`.
+
+Ground floor (``ridl/``): the sources (``ridl.sources``) write catalogs through
+:func:`write_study_rows` / :func:`write_study_table`; ``flows`` selects and hands
+:class:`StudyRef` rows to the per-study work.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from ridl.projects import Scope
 
 @dataclass(frozen=True)
 class StudyRef:
-    """One selected study, as the per-study work needs it (on-premises only: holds PHI)."""
+    """One selected study, as the per-study work needs it (on-premises only: holds PHI).
+
+    ``study_date`` is DICOM ``YYYYMMDD``; ``issuer`` is the Issuer of Patient ID (0010,0021);
+    ``locations`` are source-specific (file paths for a folder source, empty for network ones).
+    """
 
     study_uid: str
     issuer: str
@@ -44,7 +52,10 @@ class StudyRef:
 
 
 def catalog_dir_for(source_url: str) -> Path:
-    """Each source gets its own catalog folder, named by a hash of its URL."""
+    """Each source gets its own catalog folder, named by a hash of its URL (not created).
+
+    The name is the first 16 hex digits of the URL's SHA-256, under ``RIDL_HOME/catalogs``.
+    """
     digest = hashlib.sha256(source_url.encode()).hexdigest()[:16]
     return settings.catalogs_dir() / digest
 
@@ -77,7 +88,10 @@ def write_study_rows(
 ) -> None:
     """Write the study table (same columns for every source) and the date window it covers.
 
-    A window of None means "everything the source holds" (a folder is indexed whole).
+    ``rows`` is a list of dicts or an Arrow table with the columns of :data:`STUDY_SCHEMA` (one
+    row per study); it is sorted by study date and written to ``studies.parquet`` in
+    ``catalog_dir`` (created), with the window in ``window.json``. A window of None means
+    "everything the source holds" (a folder is indexed whole).
     """
     catalog_dir.mkdir(parents=True, exist_ok=True)
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
@@ -95,7 +109,11 @@ def write_study_rows(
 
 
 def catalog_covers(catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> bool:
-    """Whether an existing catalog was built for a window that holds [date_from, date_to]."""
+    """Whether an existing catalog was built for a window that holds [date_from, date_to].
+
+    False when ``catalog_dir`` holds no ``studies.parquet``; True for a catalog without a recorded
+    window (an older catalog of a whole folder). Both dates are inclusive.
+    """
     if not (catalog_dir / "studies.parquet").exists():
         return False
     path = catalog_dir / WINDOW_FILE
@@ -110,7 +128,13 @@ def catalog_covers(catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> b
 
 
 def write_study_table(instances: pa.Table, catalog_dir: Path) -> None:
-    """Aggregate an instance table into the study table selection works on."""
+    """Aggregate an instance table into the study table selection works on.
+
+    ``instances`` has one row per instance with ``study_uid``, ``series_uid``, ``sop_uid``,
+    ``study_date``, ``issuer``, ``patient_id``, ``health_number``, ``description``, ``modality``
+    and ``path``; the result (one row per study, see :func:`write_study_rows`) goes to
+    ``catalog_dir``.
+    """
     frame = instances.to_pandas()
     if frame.empty:
         write_study_rows([], catalog_dir)
@@ -135,7 +159,11 @@ def write_study_table(instances: pa.Table, catalog_dir: Path) -> None:
 
 @dataclass
 class Selection:
-    """The chosen studies and what selection removed (counts only, no identifiers)."""
+    """The chosen studies and what selection removed (counts only, no identifiers).
+
+    ``studies`` has one row per study (catalog columns, sorted by Study Instance UID);
+    ``excluded`` is {reason: number of studies} (``duplicate-study``, ``opted-out``).
+    """
 
     studies: pd.DataFrame
     excluded: dict[str, int]
@@ -144,7 +172,13 @@ class Selection:
 def select_studies(
     catalog_dir: Path, scope: Scope, optout: OptOutList | None = None
 ) -> pd.DataFrame:
-    """Studies in scope, without opted-out subjects and duplicate Study Instance UIDs."""
+    """Studies in scope, without opted-out subjects and duplicate Study Instance UIDs.
+
+    The frame of :func:`select` (one row per study), without its exclusion counts.
+
+    Raises:
+        ReleaseError: ``catalog_dir`` holds no study catalog (the source was never indexed).
+    """
     return select(catalog_dir, scope, optout).studies
 
 
@@ -154,6 +188,12 @@ def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) ->
     The date and site filters are pushed down to the Parquet scan and the modality overlap is
     computed batch by batch, so only rows in scope are ever held in memory, however large the
     catalog (a million studies select in a few hundred MB; see benchmarks/selection.py).
+
+    Scope dates are inclusive and compared with the catalog's DICOM ``YYYYMMDD`` dates; sites
+    are Issuers of Patient ID; a study is kept when any of its modalities is in scope.
+
+    Raises:
+        ReleaseError: ``catalog_dir`` holds no study catalog (the source was never indexed).
     """
     path = catalog_dir / "studies.parquet"
     if not path.exists():
@@ -208,6 +248,8 @@ def drop_duplicate_studies(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
     The row kept is the most useful one, chosen the same way every time: a known health number
     first, then the most instances, then issuer and Patient ID order.
+
+    Returns the frame without duplicates and the number of rows dropped.
     """
     if frame.empty or not frame["study_uid"].duplicated().any():
         return frame, 0
@@ -222,6 +264,11 @@ def drop_duplicate_studies(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def study_refs(selection: pd.DataFrame) -> list[StudyRef]:
+    """One :class:`StudyRef` per row of a selection frame (catalog columns), in row order.
+
+    An empty or missing health number becomes None; ``hn_known`` defaults to True for catalogs
+    written before the column existed.
+    """
     refs = []
     for row in selection.to_dict("records"):
         hn = row["health_number"]

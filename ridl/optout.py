@@ -6,6 +6,9 @@ An entry is the project's keyed token (HMAC with the project secret, see
 token of one project cannot be matched against another project's list, and checking a study costs
 two HMACs. Selection drops matching studies; the per-study work checks again with the identity
 read from the retrieved headers, so a withdrawal recorded while a run is going is still honoured.
+
+Ground floor (``ridl/``): :mod:`ridl.catalog` filters selections with it; ``flows`` carries a
+snapshot of the tokens to workers in the run context.
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ TOKEN_LENGTH = 32
 
 
 def optout_path(project_id: str) -> Path:
+    """The project's list, ``RIDL_HOME/projects/<project>.optout.tsv`` (token, tab, date added)."""
     return settings.projects_dir() / f"{project_id}.optout.tsv"
 
 
 def subject_tokens(
     keys: Pseudonymizer, health_number: str | None, issuer: str | None, patient_id: str | None
 ) -> list[str]:
-    """Tokens a study's subject can match: its health number and its patient couplet."""
+    """Tokens a study's subject can match: its health number and its patient couplet.
+
+    A list of 0 to 2 tokens (32 characters of base32 each): one for a non-blank health number,
+    one for a non-blank Patient ID with its Issuer of Patient ID.
+    """
     tokens = []
     if health_number and str(health_number).strip():
         hn_key = SubjectKey(str(health_number), "", "").canonical()
@@ -45,12 +53,18 @@ def subject_tokens(
 
 @dataclass(frozen=True)
 class OptOutEntry:
+    """One line of the list: a keyed token and the ISO date (``YYYY-MM-DD``) it was added."""
+
     token: str
     added: str
 
 
 class OptOutList:
-    """A project's opt-out tokens, with the keys to test a study against them."""
+    """A project's opt-out tokens, with the keys to test a study against them.
+
+    ``path`` is the list file to follow (None: a fixed list); ``snapshot`` is tokens carried
+    with the run, always kept whatever the file says. ``len()`` is the number of tokens.
+    """
 
     def __init__(
         self,
@@ -69,6 +83,7 @@ class OptOutList:
 
     @property
     def tokens(self) -> frozenset[str]:
+        """Every token in force: the snapshot's and the list's as last read."""
         return frozenset(self._tokens)
 
     def __len__(self) -> int:
@@ -118,6 +133,9 @@ def load_optout(project_id: str, snapshot: Iterable[str] = ()) -> OptOutList:
 
     ``snapshot`` is the list as the run started, carried by the run context to workers that
     have no access to the research office's disk; what is on this machine's disk is added.
+
+    Raises:
+        ConfigError: the project has no usable secret (see :func:`ridl.secrets.load_secret`).
     """
     keys = Pseudonymizer(load_secret(project_id))
     path = optout_path(project_id)
@@ -132,7 +150,17 @@ def add_optout(
     patient_id: str | None = None,
     today: dt.date | None = None,
 ) -> int:
-    """Record a withdrawal; returns how many new tokens were written (0: already listed)."""
+    """Record a withdrawal; returns how many new tokens were written (0: already listed).
+
+    Give ``health_number``, or ``issuer`` with ``patient_id``, or all three; the list file is
+    rewritten atomically with mode 0600. ``today`` (the date recorded) defaults to the local date.
+
+    Raises:
+        ProjectNotFound: no such project.
+        ConfigError: neither a health number nor a Patient ID was given, a Patient ID came
+            without its issuer, the project id or file is invalid, or the project has no usable
+            secret (see :func:`ridl.secrets.load_secret`).
+    """
     from ridl.projects import load_project
 
     load_project(project_id)  # the project must exist

@@ -2,6 +2,9 @@
 
 A project is a TOML file under ``RIDL_HOME/projects``. Every run is checked against it before any
 work starts, so an expired approval or a request outside the approved scope never touches the DIR.
+
+Ground floor (``ridl/``): the project names its de-identification recipe layers by name only
+(``deid_recipes`` loads them); creating a project creates its secret (:mod:`ridl.secrets`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,16 @@ DEID_OPTIONS = (
 
 @dataclass(frozen=True)
 class Scope:
-    """The approved scope: which studies may be selected and which data elements may be kept."""
+    """The approved scope: which studies may be selected and which data elements may be kept.
+
+    Dates are inclusive; ``modalities`` are DICOM Modality (0008,0060) codes; ``sites`` are
+    Issuers of Patient ID (0010,0021); ``retain`` names data elements the REB lets the project
+    keep; ``deid_options`` are the PS3.15 Annex E options (Table E.1-1's option columns) the REB
+    allows.
+
+    Raises:
+        ConfigError: ``date_from`` is after ``date_to``, or modalities or sites are empty.
+    """
 
     date_from: dt.date
     date_to: dt.date
@@ -63,7 +75,13 @@ class Scope:
 
 @dataclass(frozen=True)
 class Project:
-    """One REB-approved project, as recorded by the research office."""
+    """One REB-approved project, as recorded by the research office.
+
+    ``approved`` and ``expires`` bound the approval (inclusive); ``recipe`` is a recipe name
+    (``ridl-basic``, or ``ps3.15-basic`` with ``deid_options`` layered on it); ``hn_issuer`` is
+    the Issuer of Patient ID under which a health number is carried in Other Patient IDs
+    Sequence (0010,1002); ``extra`` keeps unknown TOML keys so a rewrite does not lose them.
+    """
 
     id: str
     reb_number: str
@@ -84,6 +102,10 @@ class Project:
 
         Options only exist for the PS3.15 profile; every chosen option must be a known one and
         be listed in ``scope.deid_options``.
+
+        Raises:
+            ScopeError: options with a recipe other than ``ps3.15-basic``, an unknown option, or
+                one the approved scope does not list (field ``deid_options``).
         """
         if self.deid_options and self.recipe != PS315_PROFILE:
             raise ScopeError(
@@ -108,7 +130,11 @@ class Project:
                 )
 
     def recipe_layers(self) -> list[str]:
-        """The recipe files, bottom first: safe-public list, profile, options, site files."""
+        """The recipe files, bottom first: safe-public list, profile, options, site files.
+
+        A list of recipe names; options follow the order of :data:`DEID_OPTIONS`, each as the
+        layer ``ps3.15-<option>``.
+        """
         if self.recipe == PS315_PROFILE:
             layers = [SAFE_PUBLIC_LAYER, PS315_PROFILE]
             layers += [f"ps3.15-{o}" for o in DEID_OPTIONS if o in self.deid_options]
@@ -117,12 +143,24 @@ class Project:
         return layers + list(self.site_recipes)
 
     def recipe_spec(self) -> str:
-        """The layers joined with ``+``, as a run context and ``load_recipe`` take them."""
+        """The layers joined with ``+``, as a run context and ``load_recipe`` take them.
+
+        Raises:
+            ScopeError: a chosen de-identification option is not allowed (see
+                :meth:`check_deid`).
+        """
         self.check_deid()
         return "+".join(self.recipe_layers())
 
     def check_active(self, today: dt.date | None = None) -> None:
-        """Refuse work on an approval that has expired or has not started."""
+        """Refuse work on an approval that has expired or has not started.
+
+        ``today`` defaults to the local date; both bounds are inclusive.
+
+        Raises:
+            ScopeError: ``today`` is after ``expires`` (field ``expires``) or before
+                ``approved`` (field ``approved``).
+        """
         today = today or dt.date.today()
         if today > self.expires:
             raise ScopeError(
@@ -147,7 +185,12 @@ class Project:
         """The scope of one run: what was asked, checked against what was approved.
 
         Anything left out defaults to the whole approved scope. Anything outside it is refused,
-        naming the option to change, before any work is done.
+        naming the option to change, before any work is done. Modalities are upper-cased.
+
+        Raises:
+            ScopeError: dates outside the approved window or in the wrong order (field
+                ``--from`` / ``--to``), a modality (``--modality``) or site (``--site``) that is
+                not approved.
         """
         approved = self.scope
         start = date_from or approved.date_from
@@ -185,6 +228,7 @@ class Project:
         return Scope(start, end, mods, chosen_sites, approved.retain, approved.deid_options)
 
     def to_toml(self) -> dict[str, Any]:
+        """The project as a TOML-ready dict (dates as ``datetime.date``, tuples as lists)."""
         data: dict[str, Any] = {
             "id": self.id,
             "reb_number": self.reb_number,
@@ -211,6 +255,14 @@ class Project:
 
     @classmethod
     def from_toml(cls, data: dict[str, Any], source: str = "project file") -> Project:
+        """Build a project from a parsed TOML dict; ``source`` names the file in messages.
+
+        Dates may be TOML dates or ISO ``YYYY-MM-DD`` strings; unknown keys go to ``extra``.
+
+        Raises:
+            ConfigError: a required field is missing, a date is not ``YYYY-MM-DD``, or the
+                scope is invalid (see :class:`Scope`).
+        """
         known = {
             "id",
             "reb_number",
@@ -265,10 +317,16 @@ def _as_date(value: object, name: str) -> dt.date:
 
 
 def project_path(project_id: str) -> Path:
+    """The project's file, ``RIDL_HOME/projects/<project>.toml`` (the id is not checked)."""
     return settings.projects_dir() / f"{project_id}.toml"
 
 
 def validate_id(project_id: str) -> None:
+    """Check a project id: 2-63 characters of lower-case letters, digits and '-'.
+
+    Raises:
+        ConfigError: the id does not match :data:`PROJECT_ID`.
+    """
     if not PROJECT_ID.match(project_id):
         raise ConfigError(
             "project id must be 2-63 characters of lower-case letters, digits and '-', "
@@ -277,7 +335,15 @@ def validate_id(project_id: str) -> None:
 
 
 def create_project(project: Project, *, overwrite: bool = False) -> Path:
-    """Record a project and generate its pseudonym secret (mode 0600, never shown)."""
+    """Record a project and generate its pseudonym secret (mode 0600, never shown).
+
+    Returns the path of the project file; the creation (or change) is audited.
+
+    Raises:
+        ConfigError: the id is invalid, ``expires`` is before ``approved``, the project exists
+            and ``overwrite`` is False, or the secrets provider failed (see
+            :func:`ridl.secrets.create_secret`).
+    """
     validate_id(project.id)
     if project.expires < project.approved:
         raise ConfigError("expires is before approved")
@@ -306,6 +372,12 @@ def create_project(project: Project, *, overwrite: bool = False) -> Path:
 
 
 def load_project(project_id: str) -> Project:
+    """The project recorded under ``project_id``.
+
+    Raises:
+        ConfigError: the id is invalid, or the file is not valid TOML or not a valid project.
+        ProjectNotFound: no project file has that id.
+    """
     validate_id(project_id)
     path = project_path(project_id)
     if not path.exists():
@@ -321,6 +393,11 @@ def load_project(project_id: str) -> Project:
 
 
 def list_projects() -> list[Project]:
+    """Every project of the registry, sorted by id (empty when there is no registry).
+
+    Raises:
+        ConfigError: a project file is invalid (see :func:`load_project`).
+    """
     folder = settings.projects_dir()
     if not folder.exists():
         return []

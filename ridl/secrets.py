@@ -14,6 +14,9 @@ Where the secret comes from, first match wins:
    ``RIDL_HOME/secrets``) or ``aws`` (AWS Secrets Manager through boto3, secret id
    ``$RIDL_SECRETS_PREFIX<ID>``, default prefix ``ridl/``). Other providers implement
    :class:`SecretProvider` and are registered in :data:`PROVIDERS`.
+
+Ground floor (``ridl/``): boto3 is imported only when the ``aws`` provider is built, and the
+published-release check reads :mod:`ridl.releases` (same floor).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MIN_LENGTH = 32
 
 
 def secret_path(project_id: str) -> Path:
+    """The file provider's key file of a project, ``RIDL_HOME/secrets/<project>.key``."""
     return settings.secrets_dir() / f"{project_id}.key"
 
 
@@ -49,7 +53,11 @@ class SecretProvider(Protocol):
     name: str
 
     def get(self, project_id: str) -> bytes | None:
-        """The project's secret, or None when there is none."""
+        """The project's secret, or None when there is none.
+
+        Raises:
+            ConfigError: the secret exists but cannot be read safely or at all.
+        """
         ...
 
     def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
@@ -63,6 +71,11 @@ class FileProvider:
     name = "file"
 
     def get(self, project_id: str) -> bytes | None:
+        """The project's secret (whitespace stripped), or None when it has no key file.
+
+        Raises:
+            ConfigError: the key file is readable by group or others (mode not 0600).
+        """
         path = secret_path(project_id)
         if not path.exists():
             return None
@@ -75,6 +88,10 @@ class FileProvider:
         return path.read_text().strip().encode()
 
     def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
+        """Write the key file (mode 0600, folder 0700); False when one exists and not ``replace``.
+
+        A replacement is written to a temporary file and renamed over the old one.
+        """
         path = secret_path(project_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
@@ -103,6 +120,11 @@ class AwsSecretsManagerProvider:
     name = "aws"
 
     def __init__(self) -> None:
+        """Build the boto3 client.
+
+        Raises:
+            ConfigError: boto3 is not installed.
+        """
         try:
             import boto3
         except ImportError:
@@ -113,6 +135,11 @@ class AwsSecretsManagerProvider:
         self.client = boto3.client("secretsmanager")
 
     def get(self, project_id: str) -> bytes | None:
+        """The project's ``SecretString`` (stripped) as bytes, or None when there is none.
+
+        Raises:
+            ConfigError: the service refused or failed (only the exception type is reported).
+        """
         try:
             answer = self.client.get_secret_value(SecretId=self.prefix + project_id)
         except self.client.exceptions.ResourceNotFoundException:
@@ -125,6 +152,11 @@ class AwsSecretsManagerProvider:
         return str(answer["SecretString"]).strip().encode()
 
     def put(self, project_id: str, value: bytes, *, replace: bool) -> bool:
+        """Create the secret, or replace its value when ``replace``; False when it exists.
+
+        Raises:
+            ConfigError: reading the current secret failed (see :meth:`get`).
+        """
         name = self.prefix + project_id
         if self.get(project_id) is not None:
             if not replace:
@@ -142,6 +174,12 @@ PROVIDERS: dict[str, Callable[[], SecretProvider]] = {
 
 
 def provider() -> SecretProvider:
+    """The provider named by ``RIDL_SECRETS_PROVIDER`` (default ``file``), built now.
+
+    Raises:
+        ConfigError: the name is not in :data:`PROVIDERS`, or the provider cannot be built
+            (``aws`` without boto3).
+    """
     name = os.environ.get(PROVIDER_ENV, "file") or "file"
     factory = PROVIDERS.get(name)
     if factory is None:
@@ -153,14 +191,24 @@ def provider() -> SecretProvider:
 
 
 def create_secret(project_id: str) -> None:
-    """Create the project's secret unless one already exists (never replaces one)."""
+    """Create the project's secret unless one already exists (never replaces one).
+
+    The secret is 64 hex characters (32 random bytes); nothing is written when
+    ``RIDL_SECRET_<ID>`` is set.
+
+    Raises:
+        ConfigError: the provider cannot be built or reached (see :func:`provider`).
+    """
     if os.environ.get(_env_name(project_id)):
         return
     provider().put(project_id, secrets.token_hex(32).encode(), replace=False)
 
 
 def secret_fingerprint(secret: bytes) -> str:
-    """A short keyed digest that tells two secrets apart without revealing either."""
+    """A short keyed digest that tells two secrets apart without revealing either.
+
+    16 hex characters (the first 64 bits of an HMAC-SHA-256 keyed with the secret).
+    """
     return hmac.new(secret, b"ridl secret fingerprint v1", hashlib.sha256).hexdigest()[:16]
 
 
@@ -169,6 +217,13 @@ def load_secret(project_id: str, *, check_published: bool = True) -> bytes:
 
     With ``check_published`` (the default), a secret that is not the one a published release of
     the project was made with is refused: using it would silently break linkage.
+
+    Returns the secret's bytes (at least 32).
+
+    Raises:
+        ConfigError: the project has no secret, it is shorter than 32 bytes, it differs from the
+            one a published release was made with, or the provider failed (see
+            :func:`provider`, :meth:`FileProvider.get`).
     """
     from_env = os.environ.get(_env_name(project_id))
     value = from_env.encode() if from_env else provider().get(project_id)
@@ -199,7 +254,14 @@ def _check_matches_published(project_id: str, value: bytes) -> None:
 
 
 def change_secret(project_id: str, new_value: bytes | None = None) -> None:
-    """Replace a project's secret: refused once any release of the project is published."""
+    """Replace a project's secret: refused once any release of the project is published.
+
+    ``new_value`` defaults to 64 fresh hex characters; the change is audited (without the value).
+
+    Raises:
+        ConfigError: a release of the project is published, the secret comes from
+            ``RIDL_SECRET_<ID>``, ``new_value`` is shorter than 32 bytes, or the provider failed.
+    """
     from ridl import audit
     from ridl.releases import published_releases
 

@@ -1,5 +1,8 @@
 """Where ridl keeps its on-premises state, and the environment Prefect needs to run offline.
 
+Ground floor (``ridl/``): every other floor asks this module for its folders; it imports nothing
+of the project. The folders are not created here; the module that writes into one creates it.
+
 Everything that may hold PHI (catalogs, frozen selections, quarantine, pseudonym secrets) lives
 under ``RIDL_HOME`` on the research office's own disk; only de-identified objects go to the
 object store.
@@ -19,27 +22,38 @@ def ridl_home() -> Path:
 
 
 def projects_dir() -> Path:
+    """The project registry (``RIDL_HOME/projects``).
+
+    Holds ``<project>.toml`` per REB project and its opt-out list ``<project>.optout.tsv``.
+    """
     return ridl_home() / "projects"
 
 
 def secrets_dir() -> Path:
+    """The file provider's pseudonym secrets (``RIDL_HOME/secrets``), ``<project>.key`` each."""
     return ridl_home() / "secrets"
 
 
 def catalogs_dir() -> Path:
+    """Study catalogs (``RIDL_HOME/catalogs``), one folder per source named by a hash of its URL.
+
+    They hold PHI (patient IDs, health numbers) and never leave the research office.
+    """
     return ridl_home() / "catalogs"
 
 
 def releases_dir() -> Path:
-    """Per-release on-premises records: the frozen selection and run parameters."""
+    """Per-release on-premises state (``RIDL_HOME/releases``); see :mod:`ridl.releases`."""
     return ridl_home() / "releases"
 
 
 def quarantine_dir() -> Path:
+    """Objects a stage refused (``RIDL_HOME/quarantine``), under ``<project>/<release>/``; PHI."""
     return ridl_home() / "quarantine"
 
 
 def work_dir() -> Path:
+    """Scratch space (``RIDL_HOME/work``): a folder per study in process, removed after it."""
     return ridl_home() / "work"
 
 

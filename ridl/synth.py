@@ -5,6 +5,9 @@ own Issuer of Patient ID, one Patient ID reused by two sites for different peopl
 at several sites and linked only by a health number in Other Patient IDs Sequence, PHI in private
 tags, free-text descriptors, nested sequences and pixels, an IOCM rejection note, and files that
 are truncated or not DICOM at all. Every value is invented.
+
+Ground floor (``ridl/``): it writes plain files with pydicom and imports nothing of the project,
+so the demo (``make demo``) and the tests can build an archive before any other floor exists.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ STREETS = ["Rue Sherbrooke", "Boulevard Rene-Levesque", "Avenue du Parc", "Rue S
 
 @dataclass
 class Person:
+    """One invented person: names, sex (``M``/``F``), birth date, optional health number."""
+
     given: str
     family: str
     sex: str
@@ -100,7 +105,12 @@ class Registration:
 
 @dataclass
 class SynthReport:
-    """What was generated, for tests that need to know where the PHI is."""
+    """What was generated, for tests that need to know where the PHI is.
+
+    ``files`` are the paths of every file written (DICOM or not); ``truncated`` and
+    ``not_dicom`` the damaged ones; ``rejected_series`` the Series Instance UIDs an IOCM
+    rejection note rejects; ``studies`` counts studies.
+    """
 
     root: Path
     files: list[Path] = field(default_factory=list)
@@ -111,7 +121,10 @@ class SynthReport:
     registrations: list[Registration] = field(default_factory=list)
 
     def phi_strings(self) -> set[str]:
-        """Names, Patient IDs and health numbers that must never appear in an export."""
+        """Names, Patient IDs and health numbers that must never appear in an export.
+
+        A set of strings, including each ``FAMILY^GIVEN`` Person Name as DICOM writes it.
+        """
         values: set[str] = set()
         for reg in self.registrations:
             values.update({reg.patient_id, reg.person.given, reg.person.family})
@@ -146,7 +159,12 @@ def synthesize(
 
     ``ct_slices`` sets the slices per CT series: raise it to make an archive of many instances
     (benchmarks) without more people; ``ct_size`` sets their rows and columns (512 for slices
-    of a real CT's size).
+    of a real CT's size). ``patients`` people are registered at ``sites`` issuers
+    ``SITE-A``, ``SITE-B``... (some at two, linked by health number), with 1 to 3 studies per
+    registration.
+
+    Raises:
+        ValueError: ``ct_slices`` < 1, ``patients`` < 2 or ``sites`` < 2.
     """
     if ct_slices < 1:
         raise ValueError("ct_slices must be at least 1")

@@ -2,6 +2,14 @@
 
 A folder of files, a DIMSE archive and a DICOMweb server all look the same to the flow: each
 builds a study catalog for a date window and fetches a selected study into a working folder.
+
+This module is the interface half of the sources room (ground floor, ``ridl/sources/``): the
+:class:`StudySource` protocol, the parsed ``--source`` setting (:class:`SourceAddress`) and the
+:data:`SOURCES` table from scheme to ``"module:Class"``, imported on first use by
+:func:`open_source`, so this module imports no back-end (pynetdicom and dicomweb-client stay
+unloaded until such a source is opened). The back-ends are ``folder``, ``dimse`` and
+``dicomweb``; all read the health number through :mod:`ridl.sources.hn` and press on a network
+archive only through :mod:`ridl.sources.protect`.
 """
 
 from __future__ import annotations
@@ -29,11 +37,30 @@ class StudySource(Protocol):
     hn_issuer: str
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
-        """Write ``studies.parquet`` (and whatever else the source needs) under catalog_dir."""
+        """Write ``studies.parquet`` (and whatever else the source needs) under catalog_dir.
+
+        The window is inclusive (local study dates); the table has one row per study, in the
+        columns of :data:`ridl.catalog.STUDY_SCHEMA`.
+
+        Raises:
+            ConfigError: the source cannot be read as configured (missing folder, port taken).
+            ArchiveUnavailable: a network archive kept refusing after the retries allowed.
+            RidlError: a network archive refused a query outright.
+        """
         ...
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
-        """Make the study's files readable locally and return their paths."""
+        """Make the study's files readable locally and return their paths.
+
+        A list of paths of DICOM Part 10 files (in ``workdir``, or in place for a folder); an
+        empty list when the study is gone from the archive.
+
+        Raises:
+            ConfigError: the source is misconfigured for retrieval (a location outside the
+                folder, an unknown C-MOVE destination).
+            ArchiveUnavailable: a network archive kept refusing after the retries allowed.
+            RidlError: a network archive refused the retrieval outright.
+        """
         ...
 
     def release_study(self, study: StudyRef, workdir: Path) -> None:
@@ -43,7 +70,11 @@ class StudySource(Protocol):
 
 @dataclass(frozen=True)
 class SourceAddress:
-    """A parsed source setting: scheme, host part, path and options (never credentials)."""
+    """A parsed source setting: scheme, host part, path and options (never credentials).
+
+    ``user`` is the called AE title of a DIMSE archive (empty otherwise); ``port`` is 0 for a
+    folder; ``options`` are the ``?key=value`` query pairs.
+    """
 
     scheme: str
     user: str
@@ -53,7 +84,11 @@ class SourceAddress:
     options: dict[str, str]
 
     def checked_options(self, known: set[str]) -> dict[str, str]:
-        """The options, or a ConfigError naming the unknown ones and the known ones."""
+        """The options as a new dict, once all are among ``known``.
+
+        Raises:
+            ConfigError: an option is not in ``known`` (the message names both sets).
+        """
         from ridl.errors import ConfigError
 
         unknown = set(self.options) - known
@@ -68,7 +103,12 @@ class SourceAddress:
 def parse_source_url(url: str) -> SourceAddress:
     """Split ``folder:PATH``, ``dimse://AET@host:port?k=v`` or ``dicomweb[s]://host:port/path``.
 
-    Unknown schemes and malformed addresses fail with a message naming ``--source``.
+    Unknown schemes and malformed addresses fail with a message naming ``--source``. A setting
+    without ``://`` is a folder path.
+
+    Raises:
+        ConfigError: an unknown scheme, a password in the URL, a missing host or port, a port
+            that is not a number, or options not written ``?key=value&...``.
     """
     from urllib.parse import parse_qsl, urlsplit
 
@@ -147,7 +187,8 @@ def open_source(
     Other Patient IDs Sequence item issued by ``hn_issuer`` (the project's setting).
 
     Raises:
-        ConfigError: unknown scheme, malformed address or unknown option (naming ``--source``).
+        ConfigError: unknown scheme, malformed address or unknown option (naming ``--source``),
+            or the back-end's module is not installed (with the install hint).
     """
     address = parse_source_url(url)
     cls = source_class(address.scheme)

@@ -5,7 +5,12 @@ options ``page`` (QIDO-RS page size, default 500) and ``timeout`` (seconds, defa
 
 QIDO-RS servers rarely return sequences (Orthanc does not return Other Patient IDs Sequence), so
 the catalog marks the health number as unknown when it is absent, and the per-study work reads the
-subject key from the retrieved headers instead (see :func:`flows.work.resolve_subject`).
+subject key from the retrieved headers instead (see
+:func:`ridl.sources.hn.subject_from_headers`).
+
+The ``dicomweb`` and ``dicomwebs`` back-ends of :data:`ridl.sources.base.SOURCES`, imported only
+when such a source is opened (it imports dicomweb-client). The services are those of PS3.18:
+QIDO-RS Search for Studies (with ``limit``/``offset`` paging) and WADO-RS Retrieve Study.
 """
 
 from __future__ import annotations
@@ -47,7 +52,15 @@ BUSY = {429, 502, 503, 504}
 
 
 class DicomwebSource:
-    """QIDO-RS study search and WADO-RS study retrieval, inside the archive's limits."""
+    """QIDO-RS study search and WADO-RS study retrieval, inside the archive's limits.
+
+    Built from a parsed ``dicomweb[s]://host:port/path?page=N&timeout=S`` setting: ``page`` is
+    the QIDO-RS page size (studies, default 500), ``timeout`` the HTTP timeout (seconds, default
+    60). ``requests_made`` counts HTTP attempts, retries included.
+
+    Raises:
+        ConfigError: an unknown option, or ``page``/``timeout`` not numbers, or ``page`` < 1.
+    """
 
     def __init__(
         self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = DEFAULT_HN_ISSUER
@@ -83,6 +96,7 @@ class DicomwebSource:
 
     @property
     def client(self) -> DICOMwebClient:
+        """The DICOMweb client, built on first use, with its own HTTP retries off."""
         if self._client is None:
             self._client = DICOMwebClient(self.base_url, timeout=self.timeout)
             # Retries are the guard's job: it backs off within the archive's limits and says
@@ -136,7 +150,16 @@ class DicomwebSource:
             offset += len(page)
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
-        """Page through QIDO-RS answers for the window and write the study table."""
+        """Page through QIDO-RS answers for the window and write the study table.
+
+        The window is inclusive (a StudyDate range); rows repeated across pages are kept once.
+
+        Raises:
+            ArchiveUnavailable: the server stayed busy (HTTP 429, 5xx) or unreachable past the
+                retries of the archive limits.
+            RidlError: the server refused the search (another HTTP error), or ignores
+                ``offset`` so paging cannot work.
+        """
         rows: list[dict[str, Any]] = []
         seen: set[tuple[str, str, str]] = set()
         for page in self._pages(date_from, date_to):
@@ -152,7 +175,16 @@ class DicomwebSource:
     # --- retrieval --------------------------------------------------------------------------
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
-        """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance)."""
+        """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance).
+
+        Returns the paths (``NNNNNN.dcm``, in the order received); an empty list when the server
+        answers 404 (the study is gone, or its UID is held under two patients).
+
+        Raises:
+            ArchiveUnavailable: the server stayed busy or unreachable, or cut the transfer
+                off, past the retries of the archive limits.
+            RidlError: the server refused the retrieval (an HTTP error other than 404 or busy).
+        """
 
         def retrieve() -> list[Path]:
             clear_folder(workdir)
@@ -177,4 +209,5 @@ class DicomwebSource:
         return result
 
     def release_study(self, study: StudyRef, workdir: Path) -> None:
+        """Remove the study's working folder and what was retrieved into it."""
         shutil.rmtree(workdir, ignore_errors=True)

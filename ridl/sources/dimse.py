@@ -12,6 +12,12 @@ Setting: ``dimse://CALLED_AET@host:port?calling=RIDL`` with options
 - ``timeout``: seconds to wait on the network (default 60).
 
 Every association goes through the source's :class:`~ridl.sources.protect.ArchiveGuard`.
+
+The ``dimse`` back-end of :data:`ridl.sources.base.SOURCES`, imported only when such a source is
+opened (it imports pynetdicom). The services are those of PS3.4 Annex C, Study Root
+Query/Retrieve Information Model (C.6.2): C-FIND (C.4.1), C-MOVE (C.4.2) and C-GET (C.4.3),
+with their status codes. :func:`study_row` and :func:`settle_hn_known` also serve the
+``dicomweb`` back-end, whose QIDO-RS answers carry the same attributes.
 """
 
 from __future__ import annotations
@@ -80,15 +86,21 @@ MINUTES_PER_DAY = 24 * 60
 
 
 def hhmm(minute: int) -> str:
+    """A minute of the day (0-1439) as ``HHMM``, for a C-FIND Study Time range."""
     return f"{minute // 60:02d}{minute % 60:02d}"
 
 
 def dicom_date(value: dt.date) -> str:
+    """A date as DICOM's DA value ``YYYYMMDD`` (PS3.5 6.2), for query ranges."""
     return f"{value.year:04d}{value.month:02d}{value.day:02d}"
 
 
 def study_row(ident: Dataset, hn_issuer: str) -> dict[str, Any]:
-    """One catalog row from a study-level C-FIND (or QIDO-RS) answer."""
+    """One catalog row from a study-level C-FIND (or QIDO-RS) answer.
+
+    A dict with the columns of :data:`ridl.catalog.STUDY_SCHEMA`; ``hn_known`` is whether the
+    answer carried Other Patient IDs Sequence (0010,1002); ``locations`` is empty.
+    """
     mods = getattr(ident, "ModalitiesInStudy", None)
     modalities = [] if mods is None else ([mods] if isinstance(mods, str) else list(mods))
     return {
@@ -109,7 +121,10 @@ def study_row(ident: Dataset, hn_issuer: str) -> dict[str, Any]:
 def settle_hn_known(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """An archive that returned Other Patient IDs Sequence for any study supports it, so a study
     without it has no health number; one that never did may just leave it out (then the per-study
-    work reads the headers)."""
+    work reads the headers).
+
+    Sets ``hn_known`` on every row (list of :func:`study_row` dicts) in place and returns it.
+    """
     if any(row["hn_known"] for row in rows):
         for row in rows:
             row["hn_known"] = True
@@ -117,7 +132,12 @@ def settle_hn_known(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def study_query(date_range: str, time_range: str | None = None) -> Dataset:
-    """A study-level C-FIND identifier: what selection needs, including the patient couplet."""
+    """A study-level C-FIND identifier: what selection needs, including the patient couplet.
+
+    ``date_range`` is a DA range (``YYYYMMDD`` or ``YYYYMMDD-YYYYMMDD``), ``time_range`` a TM
+    range (``HHMMSS-HHMMSS``) or None for the whole day; the other keys are empty, i.e. asked
+    to be returned (universal matching, PS3.4 C.2.2.2.3).
+    """
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
     q.StudyInstanceUID = ""
@@ -134,7 +154,10 @@ def study_query(date_range: str, time_range: str | None = None) -> Dataset:
 
 
 def clear_folder(folder: Path) -> None:
-    """Empty a study's working folder before a (re)try, so a dropped transfer leaves nothing."""
+    """Empty a study's working folder before a (re)try, so a dropped transfer leaves nothing.
+
+    The folder is removed and made again (with its parents).
+    """
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,7 +177,15 @@ class _StudyWriter:
 
 
 class MoveReceiver:
-    """ridl's own storage SCP for C-MOVE; routes each instance to its study's working folder."""
+    """ridl's own storage SCP for C-MOVE; routes each instance to its study's working folder.
+
+    It listens on ``bind``:``port`` under AE title ``aet`` (all storage SOP classes of
+    PS3.4 Annex B, the transfer syntaxes of :data:`TRANSFER_SYNTAXES`); an instance of a study
+    nobody expects is refused with status 0xC000.
+
+    Raises:
+        ConfigError: the port cannot be listened on (taken, or not allowed).
+    """
 
     def __init__(self, aet: str, bind: str, port: int) -> None:
         self.routes: dict[str, _StudyWriter] = {}
@@ -181,10 +212,12 @@ class MoveReceiver:
         return writer.write(event)
 
     def expect(self, study_uid: str, folder: Path) -> None:
+        """Route the instances of ``study_uid`` that arrive from now on into ``folder``."""
         with self.lock:
             self.routes[study_uid] = _StudyWriter(folder)
 
     def done(self, study_uid: str) -> None:
+        """Stop routing ``study_uid`` (later instances of it are refused)."""
         with self.lock:
             self.routes.pop(study_uid, None)
 
@@ -194,7 +227,11 @@ _RECEIVERS_LOCK = threading.Lock()
 
 
 def move_receiver(aet: str, bind: str, port: int) -> MoveReceiver:
-    """One storage SCP per (AE, address) per process, started on first use."""
+    """One storage SCP per (AE, address) per process, started on first use.
+
+    Raises:
+        ConfigError: the port cannot be listened on (see :class:`MoveReceiver`).
+    """
     with _RECEIVERS_LOCK:
         key = (aet, bind, port)
         if key not in _RECEIVERS:
@@ -203,7 +240,16 @@ def move_receiver(aet: str, bind: str, port: int) -> MoveReceiver:
 
 
 class DimseSource:
-    """Study-level C-FIND by date window; C-GET or C-MOVE of a study into its working folder."""
+    """Study-level C-FIND by date window; C-GET or C-MOVE of a study into its working folder.
+
+    Built from a parsed ``dimse://CALLED_AET@host:port?...`` setting (options in the module
+    docstring); ``timeout`` is in seconds; ``url`` is the setting rebuilt with sorted options.
+
+    Raises:
+        ConfigError: an unknown option, no called AE, ``retrieval`` other than get/move, a
+            non-numeric ``move_port``/``find_limit``/``timeout``, move without ``move_port``, or
+            an AE title not 1 to 16 characters (PS3.5 6.2, AE value representation).
+    """
 
     def __init__(
         self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = DEFAULT_HN_ISSUER
@@ -320,7 +366,19 @@ class DimseSource:
         return self.guard.call(request, "C-FIND")
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
-        """C-FIND every study of the window, splitting windows the archive caps."""
+        """C-FIND every study of the window, splitting windows the archive caps.
+
+        A capped window is split in halves by days, then (within one day) by minutes of Study
+        Time; the study table (one row per C-FIND answer) goes to ``catalog_dir`` with the
+        window, which is inclusive.
+
+        Raises:
+            ConfigError: more studies than the archive's cap share one minute of one day.
+            ArchiveUnavailable: associations kept being rejected, aborted or cut off, past the
+                retries of the archive limits.
+            RidlError: the archive failed C-FIND with a status other than pending, success or
+                cancel (PS3.4 C.4.1.1.4).
+        """
         rows: list[dict[str, Any]] = []
         # (first day, last day, first minute, last minute): minutes split only a single day.
         pending: list[tuple[dt.date, dt.date, int, int]] = [
@@ -354,7 +412,20 @@ class DimseSource:
     # --- retrieval --------------------------------------------------------------------------
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
-        """Retrieve the study's instances, as sent by the archive, into ``workdir``."""
+        """Retrieve the study's instances, as sent by the archive, into ``workdir``.
+
+        Returns the paths of the files received (``NNNNNN.dcm``, sorted); a warning status
+        (0xB000, some sub-operations failed) is logged and what arrived is returned.
+
+        Raises:
+            ConfigError: the C-MOVE receiver's port cannot be listened on, or the archive does
+                not know the move destination AE (status 0xA801).
+            ArchiveUnavailable: associations kept failing, or the retrieval failed with an
+                out-of-resources (0xA7xx), cancel (0xFE00) or unable-to-process (0xCxxx)
+                status, past the retries of the archive limits.
+            RidlError: the archive refused the retrieval with any other status (PS3.4 C.4.2.1.5
+                for C-MOVE, C.4.3.1.4 for C-GET).
+        """
         what = "C-GET" if self.retrieval == "get" else "C-MOVE"
 
         def request() -> list[Path]:
@@ -368,6 +439,7 @@ class DimseSource:
         return self.guard.call(request, what)
 
     def release_study(self, study: StudyRef, workdir: Path) -> None:
+        """Remove the study's working folder and what was retrieved into it."""
         shutil.rmtree(workdir, ignore_errors=True)
 
     def _retrieve_identifier(self, study_uid: str) -> Dataset:

@@ -1,4 +1,8 @@
-"""A folder of DICOM files as a DIR: the embedded default, and how exports arrive on disk."""
+"""A folder of DICOM files as a DIR: the embedded default, and how exports arrive on disk.
+
+The ``folder`` back-end of :data:`ridl.sources.base.SOURCES` (setting ``folder:PATH``, or a plain
+path). It reads headers only, in place, and needs no archive limits: nothing is copied.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,10 @@ UNREADABLE_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
 
 
 class FolderSource:
-    """Reads a folder tree in place; fetching a study needs no copy."""
+    """Reads a folder tree in place; fetching a study needs no copy.
+
+    ``url`` is ``folder:<absolute root>``; ``hn_issuer`` names the health number's issuer.
+    """
 
     def __init__(self, root: Path, hn_issuer: str = DEFAULT_HN_ISSUER) -> None:
         self.root = root.resolve()
@@ -66,7 +73,16 @@ class FolderSource:
         return cls(Path(address.path), hn_issuer)
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
-        """Index every file's header (never pixel data) into instance and study tables."""
+        """Index every file's header (never pixel data) into instance and study tables.
+
+        Writes ``instances.parquet`` (one row per readable file, :data:`INSTANCE_SCHEMA`, sizes
+        in bytes, paths relative to the root), ``unreadable.parquet`` (path and reason:
+        ``not-dicom`` or ``unreadable-header``) and the study table. The whole folder is indexed
+        whatever the dates: the catalog's window is "everything", so it covers any window.
+
+        Raises:
+            ConfigError: the root folder does not exist.
+        """
         if not self.root.is_dir():
             raise ConfigError(f"DIR folder {self.root} does not exist; check --source")
         rows: list[dict[str, object]] = []
@@ -113,6 +129,11 @@ class FolderSource:
         write_study_table(instances, catalog_dir)
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
+        """The study's files in place: the root joined with each catalog location (no copy).
+
+        Raises:
+            ConfigError: a location resolves outside the root folder.
+        """
         paths = [self.root / loc for loc in study.locations]
         for path in paths:
             if self.root not in path.resolve().parents:
@@ -120,4 +141,5 @@ class FolderSource:
         return paths
 
     def release_study(self, study: StudyRef, workdir: Path) -> None:
+        """Nothing to clean up: the files were read in place."""
         return None

@@ -6,6 +6,9 @@ Patient IDs Sequence (0010,1002) whose Issuer of Patient ID (0010,0021) is the p
 the subject key is the couplet (Issuer of Patient ID, Patient ID). The folder source's index,
 the DIMSE and QIDO-RS catalogs, the per-study work and ``ridl deid`` all read it here, so a
 subject gets the same research ID whatever the source.
+
+Ground floor (``ridl/sources/``): it reads attributes only (no pydicom import), so any object
+with pydicom's attribute names (a Dataset, a C-FIND or QIDO-RS identifier) will do.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ def subject_from_headers(study: StudyRef, headers: Iterable[Any], hn_issuer: str
 
     Used when the catalog could not see Other Patient IDs Sequence: the header of the study's
     own patient couplet is preferred (a study sent by two feeds may carry two couplets).
+    ``headers`` are the study's instance headers (pydicom Datasets or alike); the study comes
+    back unchanged when there are none, else with ``hn_known`` True and the couplet and health
+    number of the chosen header.
     """
     chosen = None
     for ds in headers:

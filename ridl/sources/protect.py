@@ -10,6 +10,9 @@ A DIR serves patient care first. Every request ridl makes to it goes through an
 - an optional allowed time window (``19:00-07:00``): outside it, requests wait until it opens;
 - retries with exponential backoff when the archive refuses or drops an association, or answers
   "busy" over HTTP, before the error is reported.
+
+Ground floor (``ridl/sources/``): the network back-ends (``dimse``, ``dicomweb``) wrap every
+request in a guard; :class:`ArchiveLimits` comes from the command line through ``flows``.
 """
 
 from __future__ import annotations
@@ -37,12 +40,26 @@ MAX_BACKOFF_S = 300.0
 
 
 class ArchiveUnavailable(RidlError):
-    """The archive refused, dropped or timed out a request: worth retrying later."""
+    """The archive refused, dropped or timed out a request: worth retrying later.
+
+    Raised by a request inside :meth:`ArchiveGuard.call` to ask for a retry; raised out of it
+    (with the attempt count) once the retries are spent.
+    """
 
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """How hard ridl may press on the archive; small and hashable so it travels to workers."""
+    """How hard ridl may press on the archive; small and hashable so it travels to workers.
+
+    ``max_associations``: concurrent associations / HTTP requests on this machine;
+    ``rate_limit``: requests per second per process (0: none); ``allowed_hours``: a local-time
+    window ``HH:MM-HH:MM`` (None: any time); ``retries``: further attempts after a refusal;
+    ``backoff_s``: first back-off in seconds, doubled per failure up to 300 s.
+
+    Raises:
+        ConfigError: a value out of range (naming its command-line option), or a malformed
+            window (see :func:`parse_window`).
+    """
 
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     rate_limit: float = DEFAULT_RATE_LIMIT  # requests per second per process; 0 = no limit
@@ -64,7 +81,13 @@ class ArchiveLimits:
 
 
 def parse_window(text: str) -> tuple[dt.time, dt.time]:
-    """``"19:00-07:00"`` -> (19:00, 07:00); a window may wrap past midnight."""
+    """``"19:00-07:00"`` -> (19:00, 07:00); a window may wrap past midnight.
+
+    Returns (start, end) as ``datetime.time``; the end is exclusive.
+
+    Raises:
+        ConfigError: the text is not ``HH:MM-HH:MM``, or start and end are the same.
+    """
     try:
         start, end = (dt.time.fromisoformat(part.strip()) for part in text.split("-", 1))
     except ValueError:
@@ -77,7 +100,13 @@ def parse_window(text: str) -> tuple[dt.time, dt.time]:
 
 
 def seconds_until_allowed(window: str | None, now: dt.datetime) -> float:
-    """0 when ``now`` is inside the window, else the seconds until it opens."""
+    """0 when ``now`` is inside the window, else the seconds until it opens.
+
+    ``window`` is ``HH:MM-HH:MM`` or None (always open); the result is in seconds (float).
+
+    Raises:
+        ConfigError: the window is malformed (see :func:`parse_window`).
+    """
     if window is None:
         return 0.0
     start, end = parse_window(window)
@@ -92,7 +121,12 @@ def seconds_until_allowed(window: str | None, now: dt.datetime) -> float:
 
 
 class ArchiveGuard:
-    """Applies :class:`ArchiveLimits` to every request made to one archive."""
+    """Applies :class:`ArchiveLimits` to every request made to one archive.
+
+    ``archive`` names the archive (``host:<name>``); its hash names the slot-file folder
+    ``RIDL_HOME/locks/<hash>`` that every process on this machine shares. ``clock`` and ``sleep``
+    (seconds) are there for tests. ``attempts`` and ``refusals`` count requests and refusals.
+    """
 
     def __init__(
         self,
@@ -113,7 +147,11 @@ class ArchiveGuard:
         self.refusals = 0
 
     def wait_for_window(self) -> None:
-        """Sleep (in steps of at most ten minutes) until the allowed window is open."""
+        """Sleep (in steps of at most ten minutes) until the allowed window is open.
+
+        Raises:
+            ConfigError: the window is malformed (see :func:`parse_window`).
+        """
         while True:
             wait = seconds_until_allowed(self.limits.allowed_hours, self.clock())
             if wait <= 0:
@@ -133,7 +171,10 @@ class ArchiveGuard:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one of ``max_associations`` slots shared by all processes on this machine."""
+        """Hold one of ``max_associations`` slots shared by all processes on this machine.
+
+        A context manager; it polls (10 to 250 ms apart) until a slot file can be locked.
+        """
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         handle: IO[bytes] | None = None
         delay = 0.01
@@ -159,7 +200,15 @@ class ArchiveGuard:
     def call(self, request: Callable[[], T], what: str) -> T:
         """Run ``request`` inside the limits, retrying on :class:`ArchiveUnavailable`.
 
-        ``what`` names the request in the error message (never a patient value).
+        ``what`` names the request in the error message (never a patient value). Returns what
+        ``request`` returns. Between failures it sleeps ``backoff_s * 2**(n-1)`` seconds (at
+        most 300), outside the slot.
+
+        Raises:
+            ArchiveUnavailable: ``request`` raised it more than ``retries`` times in a row.
+            ConfigError: the allowed window is malformed.
+
+        Anything else ``request`` raises passes through at once, without a retry.
         """
         failures = 0
         while True:
