@@ -9,6 +9,8 @@ when it lists none, :data:`DEFAULT_CHECKS` run.
 Checks see the header only. One that sets ``needs_pixels`` may call ``obj.whole()``, which reads
 the whole object once (pixel bytes included, never decoded) and shares it with the later steps.
 Reasons are short codes: they are counted and logged, so they never carry a header value.
+ridl's own checks use :class:`ridl.reasons.Reason` members; a site's check may return its own
+code (a plain string), which is counted and recorded as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydicom.uid import UID
 
 from curation.integrity import read_whole
 from ridl.errors import ConfigError, ObjectRejected
+from ridl.reasons import Reason, check_failed
 
 ENTRY_POINT_GROUP = "ridl.curation_checks"
 Action = Literal["pass", "exclude", "quarantine"]
@@ -45,7 +48,11 @@ DEFAULT_CHECKS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Verdict:
-    """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code."""
+    """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code.
+
+    ``reason`` is a :class:`~ridl.reasons.Reason` for ridl's checks, any short string for a
+    site's own (entry-point plug-ins are not limited to ridl's codes).
+    """
 
     action: Action
     reason: str = ""
@@ -205,7 +212,7 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
         except ObjectRejected as rej:
             return quarantine(rej.reason, rej.detail)
         except Exception as exc:  # a site's check must not stop the run
-            return quarantine(f"check-failed-{chk.name}", type(exc).__name__)
+            return quarantine(check_failed(chk.name), type(exc).__name__)
         if not verdict.passed:
             return verdict
     return PASS
@@ -225,6 +232,12 @@ DOSE_SR_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
 }
 NON_IMAGE_MODALITIES = {"SR", "PR", "KO"}
+# The reason names the Modality only when it is one of these: a code never carries header text.
+NON_IMAGE_REASONS = {
+    "SR": Reason.NON_IMAGE_SR,
+    "PR": Reason.NON_IMAGE_PR,
+    "KO": Reason.NON_IMAGE_KO,
+}
 LOCALIZER_WORDS = re.compile(r"\b(LOCALI[SZ]ER|SCOUT|TOPOGRAM|SCANOGRAM|SURVIEW|PILOT)\b", re.I)
 DOSE_WORDS = re.compile(r"\b(DOSE|EXPOSURE) (REPORT|INFO|SUMMARY)\b|\bDOSE\b", re.I)
 
@@ -263,7 +276,7 @@ def no_pixel_data_check(obj: CheckObject) -> Verdict:
     """An image SOP class without pixel data is broken: nothing to show a researcher."""
     sop_class = str(obj.header.get("SOPClassUID", ""))
     if is_image_sop_class(sop_class) and "PixelData" not in obj.whole():
-        return quarantine("image-without-pixel-data")
+        return quarantine(Reason.IMAGE_WITHOUT_PIXEL_DATA)
     return PASS
 
 
@@ -278,9 +291,9 @@ def decodable_check(obj: CheckObject) -> Verdict:
     meta = getattr(obj.header, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not ts:
-        return quarantine("undecodable-transfer-syntax", "none")
+        return quarantine(Reason.UNDECODABLE_TRANSFER_SYNTAX, "none")
     if not transfer_syntax_decodable(ts):
-        return quarantine("undecodable-transfer-syntax", UID(ts).name)
+        return quarantine(Reason.UNDECODABLE_TRANSFER_SYNTAX, UID(ts).name)
     return PASS
 
 
@@ -304,9 +317,9 @@ def localizer_check(obj: CheckObject) -> Verdict:
         return PASS
     types = _image_types(obj.header)
     if "LOCALIZER" in types or "SCOUT" in types or "TOPOGRAM" in types:
-        return _by_policy(obj.policy.localizers, "localizer")
+        return _by_policy(obj.policy.localizers, Reason.LOCALIZER)
     if LOCALIZER_WORDS.search(_text(obj.header, "SeriesDescription")):
-        return _by_policy(obj.policy.localizers, "localizer")
+        return _by_policy(obj.policy.localizers, Reason.LOCALIZER)
     return PASS
 
 
@@ -316,22 +329,27 @@ def dose_report_check(obj: CheckObject) -> Verdict:
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class in DOSE_SR_CLASSES:
-        return exclude("dose-report")
+        return exclude(Reason.DOSE_REPORT)
     if obj.policy.screen_captures == "keep":
         return PASS
     types = _image_types(ds)
     screen = "SCREEN SAVE" in types or ("SCREEN" in types and "SAVE" in types)
     is_sc = sop_class.startswith(SC_PREFIX)
     if (is_sc or screen) and DOSE_WORDS.search(_text(ds, "SeriesDescription")):
-        return _by_policy(obj.policy.screen_captures, "dose-report")
+        return _by_policy(obj.policy.screen_captures, Reason.DOSE_REPORT)
     if screen or (is_sc and str(ds.get("ConversionType", "")).upper() == "WSD"):
-        return _by_policy(obj.policy.screen_captures, "screen-capture")
+        return _by_policy(obj.policy.screen_captures, Reason.SCREEN_CAPTURE)
     return PASS
 
 
 @check("non-image")
 def non_image_check(obj: CheckObject) -> Verdict:
-    """Structured reports, presentation states and key objects, by policy (non_image)."""
+    """Structured reports, presentation states and key objects, by policy (non_image).
+
+    The reason is ``non-image-sr``, ``-pr`` or ``-ko`` by Modality, and ``non-image-object`` for
+    an SR, PR or KO SOP class with any other Modality (their series modules require SR, PR or
+    KO: PS3.3 C.17.1, C.11.9, C.17.6.1).
+    """
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", "")).upper()
@@ -341,7 +359,9 @@ def non_image_check(obj: CheckObject) -> Verdict:
         or sop_class == KO_SOP_CLASS
         or modality in NON_IMAGE_MODALITIES
     ):
-        return _by_policy(obj.policy.non_image, f"non-image-{modality.lower() or 'object'}")
+        return _by_policy(
+            obj.policy.non_image, NON_IMAGE_REASONS.get(modality, Reason.NON_IMAGE_OBJECT)
+        )
     return PASS
 
 
@@ -350,7 +370,7 @@ def duplicate_check(obj: CheckObject) -> Verdict:
     """A second object with the same SOP Instance UID in a study is a duplicate: keep the first."""
     uid = str(obj.header.get("SOPInstanceUID", ""))
     if uid in obj.study.seen_sops:
-        return exclude("duplicate-sop-instance")
+        return exclude(Reason.DUPLICATE_SOP_INSTANCE)
     obj.study.seen_sops.add(uid)
     return PASS
 
@@ -406,9 +426,9 @@ def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
             for m in members:
                 sop = str(m.get("SOPInstanceUID", ""))
                 if (m.get("Rows"), m.get("Columns")) != common_shape:
-                    report["outliers"][sop] = "series-inconsistent-size"
+                    report["outliers"][sop] = Reason.SERIES_INCONSISTENT_SIZE
                 elif _geometry(m)[2] != common_orient:
-                    report["outliers"][sop] = "series-inconsistent-orientation"
+                    report["outliers"][sop] = Reason.SERIES_INCONSISTENT_ORIENTATION
             report["series_problem"] = _gaps_or_spacing(members)
         reports[uid] = report
     return reports
@@ -418,9 +438,9 @@ def _gaps_or_spacing(members: list[Dataset]) -> str | None:
     numbers = sorted(int(m.InstanceNumber) for m in members if m.get("InstanceNumber") is not None)
     if len(numbers) == len(members) and numbers:
         if len(set(numbers)) != len(numbers):
-            return "series-duplicate-instance-number"
+            return Reason.SERIES_DUPLICATE_INSTANCE_NUMBER
         if numbers[-1] - numbers[0] + 1 != len(numbers):
-            return "series-instance-gap"
+            return Reason.SERIES_INSTANCE_GAP
     positions = []
     for m in members:
         pos, ori = m.get("ImagePositionPatient"), m.get("ImageOrientationPatient")
@@ -439,5 +459,5 @@ def _gaps_or_spacing(members: list[Dataset]) -> str | None:
     steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
     typical = sorted(steps)[len(steps) // 2]
     if typical <= 0 or any(abs(s - typical) > max(0.01, 0.1 * typical) for s in steps):
-        return "series-irregular-spacing"
+        return Reason.SERIES_IRREGULAR_SPACING
     return None
