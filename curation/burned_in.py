@@ -29,6 +29,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileDataset
 
 from ridl.errors import ConfigError
+from ridl.reasons import Reason
 
 RIDL_FILTER = Path(__file__).parent / "filters" / "ridl-triage.dicom"
 RISK_GROUPS = ("graylist", "blacklist")
@@ -61,9 +62,9 @@ class TriageResult:
     def reason(self) -> str:
         """A short code for counts: which kind of list put the object at risk."""
         if "blacklist" in self.groups:
-            return "burned-in-risk-blacklist"
+            return Reason.BURNED_IN_RISK_BLACKLIST
         if "graylist" in self.groups:
-            return "burned-in-risk-graylist"
+            return Reason.BURNED_IN_RISK_GRAYLIST
         return ""
 
 

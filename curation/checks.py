@@ -9,10 +9,8 @@ when it lists none, :data:`DEFAULT_CHECKS` run.
 Checks see the header only. One that sets ``needs_pixels`` may call ``obj.whole()``, which reads
 the whole object once (pixel bytes included, never decoded) and shares it with the later steps.
 Reasons are short codes: they are counted and logged, so they never carry a header value.
-
-Curation floor (``curation/``): :mod:`curation.pipeline` runs the checks; the built-in ones
-below are registered in ``pyproject.toml``. SOP classes are those of PS3.4 Annex B (Storage
-Service Class, Table B.5-1).
+ridl's own checks use :class:`ridl.reasons.Reason` members; a site's check may return its own
+code (a plain string), which is counted and recorded as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from pydicom.uid import UID
 
 from curation.integrity import read_whole
 from ridl.errors import ConfigError, ObjectRejected
+from ridl.reasons import Reason, check_failed
 
 ENTRY_POINT_GROUP = "ridl.curation_checks"
 Action = Literal["pass", "exclude", "quarantine"]
@@ -51,8 +50,8 @@ DEFAULT_CHECKS: tuple[str, ...] = (
 class Verdict:
     """A check's answer: ``pass``, or ``exclude`` / ``quarantine`` with a short reason code.
 
-    ``reason`` is a code safe to count and log; ``detail`` says a little more (never a header
-    value).
+    ``reason`` is a :class:`~ridl.reasons.Reason` for ridl's checks, any short string for a
+    site's own (entry-point plug-ins are not limited to ridl's codes).
     """
 
     action: Action
@@ -264,7 +263,7 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
         except ObjectRejected as rej:
             return quarantine(rej.reason, rej.detail)
         except Exception as exc:  # a site's check must not stop the run
-            return quarantine(f"check-failed-{chk.name}", type(exc).__name__)
+            return quarantine(check_failed(chk.name), type(exc).__name__)
         if not verdict.passed:
             return verdict
     return PASS
@@ -284,6 +283,12 @@ DOSE_SR_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
 }
 NON_IMAGE_MODALITIES = {"SR", "PR", "KO"}
+# The reason names the Modality only when it is one of these: a code never carries header text.
+NON_IMAGE_REASONS = {
+    "SR": Reason.NON_IMAGE_SR,
+    "PR": Reason.NON_IMAGE_PR,
+    "KO": Reason.NON_IMAGE_KO,
+}
 LOCALIZER_WORDS = re.compile(r"\b(LOCALI[SZ]ER|SCOUT|TOPOGRAM|SCANOGRAM|SURVIEW|PILOT)\b", re.I)
 DOSE_WORDS = re.compile(r"\b(DOSE|EXPOSURE) (REPORT|INFO|SUMMARY)\b|\bDOSE\b", re.I)
 
@@ -335,7 +340,7 @@ def no_pixel_data_check(obj: CheckObject) -> Verdict:
     """
     sop_class = str(obj.header.get("SOPClassUID", ""))
     if is_image_sop_class(sop_class) and "PixelData" not in obj.whole():
-        return quarantine("image-without-pixel-data")
+        return quarantine(Reason.IMAGE_WITHOUT_PIXEL_DATA)
     return PASS
 
 
@@ -352,9 +357,9 @@ def decodable_check(obj: CheckObject) -> Verdict:
     meta = getattr(obj.header, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not ts:
-        return quarantine("undecodable-transfer-syntax", "none")
+        return quarantine(Reason.UNDECODABLE_TRANSFER_SYNTAX, "none")
     if not transfer_syntax_decodable(ts):
-        return quarantine("undecodable-transfer-syntax", UID(ts).name)
+        return quarantine(Reason.UNDECODABLE_TRANSFER_SYNTAX, UID(ts).name)
     return PASS
 
 
@@ -388,9 +393,9 @@ def localizer_check(obj: CheckObject) -> Verdict:
         return PASS
     types = _image_types(obj.header)
     if "LOCALIZER" in types or "SCOUT" in types or "TOPOGRAM" in types:
-        return _by_policy(obj.policy.localizers, "localizer")
+        return _by_policy(obj.policy.localizers, Reason.LOCALIZER)
     if LOCALIZER_WORDS.search(_text(obj.header, "SeriesDescription")):
-        return _by_policy(obj.policy.localizers, "localizer")
+        return _by_policy(obj.policy.localizers, Reason.LOCALIZER)
     return PASS
 
 
@@ -406,16 +411,16 @@ def dose_report_check(obj: CheckObject) -> Verdict:
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class in DOSE_SR_CLASSES:
-        return exclude("dose-report")
+        return exclude(Reason.DOSE_REPORT)
     if obj.policy.screen_captures == "keep":
         return PASS
     types = _image_types(ds)
     screen = "SCREEN SAVE" in types or ("SCREEN" in types and "SAVE" in types)
     is_sc = sop_class.startswith(SC_PREFIX)
     if (is_sc or screen) and DOSE_WORDS.search(_text(ds, "SeriesDescription")):
-        return _by_policy(obj.policy.screen_captures, "dose-report")
+        return _by_policy(obj.policy.screen_captures, Reason.DOSE_REPORT)
     if screen or (is_sc and str(ds.get("ConversionType", "")).upper() == "WSD"):
-        return _by_policy(obj.policy.screen_captures, "screen-capture")
+        return _by_policy(obj.policy.screen_captures, Reason.SCREEN_CAPTURE)
     return PASS
 
 
@@ -423,8 +428,9 @@ def dose_report_check(obj: CheckObject) -> Verdict:
 def non_image_check(obj: CheckObject) -> Verdict:
     """Structured reports, presentation states and key objects, by policy (non_image).
 
-    SR, Presentation State and Key Object Selection SOP classes, or modality SR, PR or KO; the
-    reason is ``non-image-<modality>``.
+    The reason is ``non-image-sr``, ``-pr`` or ``-ko`` by Modality, and ``non-image-object`` for
+    an SR, PR or KO SOP class with any other Modality (their series modules require SR, PR or
+    KO: PS3.3 C.17.1, C.11.9, C.17.6.1).
     """
     ds = obj.header
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -435,7 +441,9 @@ def non_image_check(obj: CheckObject) -> Verdict:
         or sop_class == KO_SOP_CLASS
         or modality in NON_IMAGE_MODALITIES
     ):
-        return _by_policy(obj.policy.non_image, f"non-image-{modality.lower() or 'object'}")
+        return _by_policy(
+            obj.policy.non_image, NON_IMAGE_REASONS.get(modality, Reason.NON_IMAGE_OBJECT)
+        )
     return PASS
 
 
@@ -447,7 +455,7 @@ def duplicate_check(obj: CheckObject) -> Verdict:
     """
     uid = str(obj.header.get("SOPInstanceUID", ""))
     if uid in obj.study.seen_sops:
-        return exclude("duplicate-sop-instance")
+        return exclude(Reason.DUPLICATE_SOP_INSTANCE)
     obj.study.seen_sops.add(uid)
     return PASS
 
@@ -509,9 +517,9 @@ def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
             for m in members:
                 sop = str(m.get("SOPInstanceUID", ""))
                 if (m.get("Rows"), m.get("Columns")) != common_shape:
-                    report["outliers"][sop] = "series-inconsistent-size"
+                    report["outliers"][sop] = Reason.SERIES_INCONSISTENT_SIZE
                 elif _geometry(m)[2] != common_orient:
-                    report["outliers"][sop] = "series-inconsistent-orientation"
+                    report["outliers"][sop] = Reason.SERIES_INCONSISTENT_ORIENTATION
             report["series_problem"] = _gaps_or_spacing(members)
         reports[uid] = report
     return reports
@@ -521,9 +529,9 @@ def _gaps_or_spacing(members: list[Dataset]) -> str | None:
     numbers = sorted(int(m.InstanceNumber) for m in members if m.get("InstanceNumber") is not None)
     if len(numbers) == len(members) and numbers:
         if len(set(numbers)) != len(numbers):
-            return "series-duplicate-instance-number"
+            return Reason.SERIES_DUPLICATE_INSTANCE_NUMBER
         if numbers[-1] - numbers[0] + 1 != len(numbers):
-            return "series-instance-gap"
+            return Reason.SERIES_INSTANCE_GAP
     positions = []
     for m in members:
         pos, ori = m.get("ImagePositionPatient"), m.get("ImageOrientationPatient")
@@ -542,5 +550,5 @@ def _gaps_or_spacing(members: list[Dataset]) -> str | None:
     steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
     typical = sorted(steps)[len(steps) // 2]
     if typical <= 0 or any(abs(s - typical) > max(0.01, 0.1 * typical) for s in steps):
-        return "series-irregular-spacing"
+        return Reason.SERIES_IRREGULAR_SPACING
     return None

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ridl.errors import ObjectRejected
+from ridl.reasons import Reason
 
 
 def read_whole(path: Path) -> Dataset:
@@ -27,13 +28,13 @@ def read_whole(path: Path) -> Dataset:
     try:
         ds = dcmread(path)
     except InvalidDicomError:
-        raise ObjectRejected("not-dicom") from None
+        raise ObjectRejected(Reason.NOT_DICOM) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ObjectRejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     except Exception as exc:  # pydicom raises many kinds on corrupt input
-        raise ObjectRejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-        raise ObjectRejected("unreadable", "no transfer syntax")
+        raise ObjectRejected(Reason.UNREADABLE, "no transfer syntax")
     check_pixel_data(ds)
     return ds
 
@@ -67,9 +68,9 @@ def check_pixel_data(ds: Dataset) -> None:
         elem = ds["PixelData"]
         value = elem.value
     except Exception as exc:
-        raise ObjectRejected("truncated", type(exc).__name__) from None
+        raise ObjectRejected(Reason.TRUNCATED, type(exc).__name__) from None
     if value is None:
-        raise ObjectRejected("truncated", "empty pixel data")
+        raise ObjectRejected(Reason.TRUNCATED, "empty pixel data")
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         # Encapsulated: every item must be whole; a cut item fails to parse.
         _check_fragments(bytes(value))
@@ -77,9 +78,9 @@ def check_pixel_data(ds: Dataset) -> None:
     try:
         expected = expected_native_length(ds)
     except (AttributeError, TypeError, ValueError):
-        raise ObjectRejected("unreadable", "incomplete image pixel description") from None
+        raise ObjectRejected(Reason.UNREADABLE, "incomplete image pixel description") from None
     if len(value) < expected:
-        raise ObjectRejected("truncated", "pixel data shorter than rows x columns x frames")
+        raise ObjectRejected(Reason.TRUNCATED, "pixel data shorter than rows x columns x frames")
 
 
 def _check_fragments(value: bytes) -> None:
@@ -89,4 +90,4 @@ def _check_fragments(value: bytes) -> None:
         for _ in generate_fragments(value):
             pass
     except Exception:
-        raise ObjectRejected("truncated", "encapsulated pixel data is cut short") from None
+        raise ObjectRejected(Reason.TRUNCATED, "encapsulated pixel data is cut short") from None

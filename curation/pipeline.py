@@ -23,6 +23,7 @@ from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
 from curation.review import Decisions, ReviewRecord, record_object
 from ridl.errors import ObjectRejected
+from ridl.reasons import Reason
 
 Outcome = Literal["export", "exclude", "quarantine"]
 
@@ -149,7 +150,7 @@ class Curator:
         review_id = hashlib.sha256(path.read_bytes()).hexdigest()
         decision = self.decisions.get(review_id)
         if decision == "reject":
-            return Curated("exclude", "review-rejected", review_id=review_id, at_risk=True)
+            return Curated("exclude", Reason.REVIEW_REJECTED, review_id=review_id, at_risk=True)
         modality = str(ds.get("Modality", ""))
         record = ReviewRecord(
             review_id, study_key, "exported", "", modality, [triage.reason], triage.has_regions
@@ -170,16 +171,18 @@ class Curator:
             record_object(self.project, self.release, record)
             return Curated("quarantine", err.reason, err.detail, review_id=review_id, at_risk=True)
         except Exception as exc:  # a decoder crash must not stop the run
-            record.status, record.reason = "quarantined", "pixel-decode-failed"
+            record.status, record.reason = "quarantined", Reason.PIXEL_DECODE_FAILED
             record_object(self.project, self.release, record)
             return Curated(
-                "quarantine", "pixel-decode-failed", type(exc).__name__, review_id=review_id
+                "quarantine", Reason.PIXEL_DECODE_FAILED, type(exc).__name__, review_id=review_id
             )
         if not self.policy.ocr:
             if triage.has_regions or decision == "approve":
                 if triage.has_regions:
                     ds.BurnedInAnnotation = "NO"
-                record.reason = "known-regions-blanked" if triage.has_regions else "approved"
+                record.reason = (
+                    Reason.KNOWN_REGIONS_BLANKED if triage.has_regions else Reason.APPROVED
+                )
                 record_object(self.project, self.release, record, frames[0] if frames else None)
                 return Curated(
                     "export",
@@ -188,9 +191,11 @@ class Curator:
                     at_risk=True,
                     pixels_changed=triage.has_regions,
                 )
-            record.status, record.reason = "quarantined", "burned-in-unverified"
+            record.status, record.reason = "quarantined", Reason.BURNED_IN_UNVERIFIED
             record_object(self.project, self.release, record)
-            return Curated("quarantine", "burned-in-unverified", review_id=review_id, at_risk=True)
+            return Curated(
+                "quarantine", Reason.BURNED_IN_UNVERIFIED, review_id=review_id, at_risk=True
+            )
         from curation.ocr import detect_text
 
         self.stats.ocr += 1
@@ -199,15 +204,15 @@ class Curator:
         )
         record.boxes = [b.as_dict() for b in boxes]
         if boxes and decision != "approve":
-            record.status, record.reason = "quarantined", "burned-in-text"
+            record.status, record.reason = "quarantined", Reason.BURNED_IN_TEXT
             record_object(self.project, self.release, record, frames[0] if frames else None)
             return Curated(
-                "quarantine", "burned-in-text", review_id=review_id, at_risk=True, ocr_ran=True
+                "quarantine", Reason.BURNED_IN_TEXT, review_id=review_id, at_risk=True, ocr_ran=True
             )
         if boxes:
-            record.reason = "approved-with-text"
+            record.reason = Reason.APPROVED_WITH_TEXT
         else:
-            record.reason = "no-text-found"
+            record.reason = Reason.NO_TEXT_FOUND
             if triage.has_regions:
                 # Only now is the header's claim true: regions blanked and nothing left to read.
                 ds.BurnedInAnnotation = "NO"

@@ -28,6 +28,7 @@ from pydicom.uid import (
 
 from curation.burned_in import quiet_deid
 from ridl.errors import ObjectRejected
+from ridl.reasons import Reason
 
 # Encapsulated syntaxes pydicom can write back as they were (with the encoders installed).
 REENCODABLE = (RLELossless, JPEG2000Lossless)
@@ -57,9 +58,9 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     try:
         cleaned = clean_pixel_data(ds, results)
     except Exception as exc:
-        raise CleaningError("pixel-decode-failed", type(exc).__name__) from None
+        raise CleaningError(Reason.PIXEL_DECODE_FAILED, type(exc).__name__) from None
     if cleaned is None:
-        raise CleaningError("pixel-shape-unsupported")
+        raise CleaningError(Reason.PIXEL_SHAPE_UNSUPPORTED)
     try:
         original_dtype = ds.pixel_array.dtype
         cleaned = np.ascontiguousarray(cleaned.astype(original_dtype, copy=False))
@@ -67,7 +68,7 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     except CleaningError:
         raise
     except Exception as exc:
-        raise CleaningError("pixel-write-failed", type(exc).__name__) from None
+        raise CleaningError(Reason.PIXEL_WRITE_FAILED, type(exc).__name__) from None
     return cleaned
 
 

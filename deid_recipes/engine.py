@@ -41,6 +41,7 @@ from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
 from ridl.errors import ObjectRejected
 from ridl.pseudonyms import Pseudonymizer
+from ridl.reasons import Reason
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1420.1"
 IMPLEMENTATION_VERSION = f"RIDL_{__version__}"[:16]
@@ -113,7 +114,12 @@ _DIGITS = re.compile(r"\d")
 class DeidError(ObjectRejected):
     """The object cannot be de-identified with certainty; quarantined as ``deid-<reason>``.
 
-    The message names the reason (and a detail such as a tag or an exception type), never a value.
+    ``reason`` is a ``Reason.DEID_*`` member (or its code without the ``deid-`` prefix, which is
+    added). The message names the reason (and a detail such as a tag or an exception type),
+    never a value.
+
+    Raises:
+        ValueError: ``deid-<reason>`` is not a :class:`~ridl.reasons.Reason` code.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -146,7 +152,7 @@ class Engine:
         for keyword in retain:
             tag = tag_for_keyword(keyword)
             if tag is None:
-                raise DeidError("unknown-retained-attribute", keyword)
+                raise DeidError(Reason.DEID_UNKNOWN_RETAINED_ATTRIBUTE, keyword)
             self.retain.add(tag)
         self.secure = recipe.unmatched == "REMOVE"
         self.uses_clean = recipe.uses_clean
@@ -161,7 +167,7 @@ class Engine:
         """De-identify ``ds`` in place and return it (raise :class:`DeidError` when unsure)."""
         meta = getattr(ds, "file_meta", None)
         if meta is None or "TransferSyntaxUID" not in meta:
-            raise DeidError("no-transfer-syntax")
+            raise DeidError(Reason.DEID_NO_TRANSFER_SYNTAX)
         state = _State(subject)
         if self.uses_clean:
             state.identifying = _identifying_tokens(ds)
@@ -228,7 +234,7 @@ class Engine:
         stays (a Type 1 sequence stays valid) and every free text in it becomes a dummy.
         """
         if depth > MAX_DEPTH:
-            raise DeidError("sequence-too-deep", f"more than {MAX_DEPTH} levels")
+            raise DeidError(Reason.DEID_SEQUENCE_TOO_DEEP, f"more than {MAX_DEPTH} levels")
         elements = _elements(ds)
         if SPECIFIC_CHARACTER_SET in elements:
             _check_charset(ds)
@@ -262,7 +268,7 @@ class Engine:
                     self._walk_items(ds, tag, state, depth, mode)
                 elif vr == "UN" and tag != PIXEL_DATA:
                     # Value representation unknown: its contents cannot be checked.
-                    raise DeidError("unknown-vr", str(Tag(tag)))
+                    raise DeidError(Reason.DEID_UNKNOWN_VR, str(Tag(tag)))
                 continue
             self._change(ds, tag, name, value, vr, state, depth, mode)
         if private:
@@ -279,16 +285,16 @@ class Engine:
             try:
                 check_sequence_bytes(raw.value, raw.is_implicit_VR)
             except ValueError as exc:
-                raise DeidError("unparseable-sequence", str(exc)) from None
+                raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, str(exc)) from None
         try:
             elem = ds[tag]
             items = elem.value
             if elem.VR != "SQ":
-                raise DeidError("unknown-vr", str(Tag(tag)))
+                raise DeidError(Reason.DEID_UNKNOWN_VR, str(Tag(tag)))
         except DeidError:
             raise
         except Exception as exc:  # a sequence pydicom cannot parse
-            raise DeidError("unparseable-sequence", type(exc).__name__) from None
+            raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, type(exc).__name__) from None
         for item in items:
             self._walk(item, state, depth + 1, mode)
 
@@ -318,11 +324,11 @@ class Engine:
                 del elements[tag]
             return
         if vr == "UN":
-            raise DeidError("unknown-vr", str(Tag(tag)))
+            raise DeidError(Reason.DEID_UNKNOWN_VR, str(Tag(tag)))
         try:
             elem = ds[tag]
         except Exception as exc:  # a value pydicom cannot parse (bad length, bad VR)
-            raise DeidError("unparseable-element", type(exc).__name__) from None
+            raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
         if name == "BLANK":
             elements[tag] = DataElement(tag, vr, b"" if vr in BINARY_VRS else None)
             return
@@ -340,7 +346,7 @@ class Engine:
             else:
                 elements[tag] = DataElement(tag, vr, new)
             return
-        raise DeidError("unsupported-action", name)
+        raise DeidError(Reason.DEID_UNSUPPORTED_ACTION, name)
 
     def _private(self, ds: Dataset, tags: list[int], state: _State, depth: int) -> None:
         """Remove private elements, except those the safe-private table keeps by creator."""
@@ -398,13 +404,13 @@ class Engine:
                 return self._clean(vr, current, state)
             if func == "accession":
                 return self.keys.token("accession", str(current or ""), 16) if current else ""
-            raise DeidError("unknown-recipe-function", func)
+            raise DeidError(Reason.DEID_UNKNOWN_RECIPE_FUNCTION, func)
         if expr.startswith("var:"):
             if expr[4:] == "research_id":
                 return state.subject.research_id
             if expr[4:] == "date_shift":
                 return str(state.subject.shift_days)
-            raise DeidError("unknown-recipe-variable", expr[4:])
+            raise DeidError(Reason.DEID_UNKNOWN_RECIPE_VARIABLE, expr[4:])
         return expr
 
     def _clean(self, vr: str, current: object, state: _State) -> object:
@@ -420,7 +426,7 @@ class Engine:
         values = current if isinstance(current, MultiValue | list) else [current]
         texts = [str(v) if v is not None else "" for v in values]
         if any("\ufffd" in t for t in texts):  # pydicom could not decode it with the charset
-            raise DeidError("undecodable-text")
+            raise DeidError(Reason.DEID_UNDECODABLE_TEXT)
         cleaned = [clean_text(t, state.identifying) for t in texts]
         return cleaned if len(cleaned) > 1 else cleaned[0]
 
@@ -445,7 +451,7 @@ class Engine:
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         except AttributeError:
-            raise DeidError("no-sop-instance") from None
+            raise DeidError(Reason.DEID_NO_SOP_INSTANCE) from None
         meta.TransferSyntaxUID = old.TransferSyntaxUID
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
@@ -626,7 +632,7 @@ def _identifying_tokens(ds: Dataset) -> frozenset[str]:
         for item in ds.get("OtherPatientIDsSequence") or []:
             add(item.get("PatientID", ""))
     except Exception as exc:
-        raise DeidError("unparseable-element", type(exc).__name__) from None
+        raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
     return frozenset(tokens)
 
 
@@ -642,7 +648,7 @@ def _check_charset(ds: Dataset) -> None:
         terms = [str(value or "").strip()]
     for term in terms:
         if term and term not in python_encoding:
-            raise DeidError("unknown-charset")
+            raise DeidError(Reason.DEID_UNKNOWN_CHARSET)
 
 
 def _jitter(value: object, vr: str, shift_days: int) -> object:

@@ -52,6 +52,7 @@ from deid_recipes.engine import (
     _State,
 )
 from ridl.errors import ObjectRejected
+from ridl.reasons import Reason
 
 CHUNK = 16 * 1024
 MAX_HEADER = 16 * 1024 * 1024
@@ -251,16 +252,16 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
     else:
         head = data[pixel : pixel + 12]
     if len(head) < 12:
-        raise ObjectRejected("truncated", "pixel data header")
+        raise ObjectRejected(Reason.TRUNCATED, "pixel data header")
     length = _u32(head, 8)
     if length == UNDEFINED:
         end = _encapsulated_end(fp, pixel + 12, size)
         if end is None:
-            raise ObjectRejected("truncated", "encapsulated pixel data")
+            raise ObjectRejected(Reason.TRUNCATED, "encapsulated pixel data")
     else:
         end = pixel + 12 + length
         if end > size:
-            raise ObjectRejected("truncated", "pixel data shorter than its length")
+            raise ObjectRejected(Reason.TRUNCATED, "pixel data shorter than its length")
     if end != size:
         return None  # elements after the pixel data: let the whole-object path see them
     if not UID(syntax).is_encapsulated:
@@ -286,10 +287,10 @@ def _check_native_length(data: bytes, elements: list[Element], length: int) -> N
         frames_text = values.get(FRAMES, b"1").decode("ascii").strip(" \x00") or "1"
         frames = int(float(frames_text))
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise ObjectRejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     expected = (rows * columns * samples * frames * bits + 7) // 8
     if length < expected:
-        raise ObjectRejected("truncated", "pixel data shorter than the image")
+        raise ObjectRejected(Reason.TRUNCATED, "pixel data shorter than the image")
 
 
 def _encapsulated_end(fp: BinaryIO, pos: int, size: int) -> int | None:
@@ -444,14 +445,14 @@ class ByteEngine:
         pos, size = 0, len(value)
         while pos < size:
             if pos + 8 > size:
-                raise DeidError("unparseable-sequence", "item header cut short")
+                raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "item header cut short")
             tag, length = _tag(value, pos), _u32(value, pos + 4)
             if tag == SEQ_END:
                 if pos + 8 != size:
-                    raise DeidError("unparseable-sequence", "bytes after the delimiter")
+                    raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "bytes after the delimiter")
                 break
             if tag != ITEM:
-                raise DeidError("unparseable-sequence", "expected an item tag")
+                raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "expected an item tag")
             pos += 8
             undefined_item = length == UNDEFINED
             try:
@@ -459,22 +460,26 @@ class ByteEngine:
                     elements, pos = _item_elements(value, pos)
                 else:
                     if pos + length > size:
-                        raise DeidError("unparseable-sequence", "item longer than its sequence")
+                        raise DeidError(
+                            Reason.DEID_UNPARSEABLE_SEQUENCE, "item longer than its sequence"
+                        )
                     elements, pixel = _walk_top(value, pos, pos + length)
                     if pixel is not None:
                         raise _HandOff  # an icon image inside: the dataset path
                     if elements and elements[-1][2] != pos + length:
-                        raise DeidError("unparseable-sequence", "elements overrun the item")
+                        raise DeidError(
+                            Reason.DEID_UNPARSEABLE_SEQUENCE, "elements overrun the item"
+                        )
                     pos += length
             except _Truncated:
-                raise DeidError("unparseable-sequence", "element cut short") from None
+                raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "element cut short") from None
             parts: list[bytes] = []
             for tag_, begin, end, vr in elements:
                 if vr not in _KNOWN_VRS:
                     raise _HandOff  # see _KNOWN_VRS
                 group = tag_ >> 16
                 if group == 0xFFFE:
-                    raise DeidError("unparseable-sequence", "delimiter inside an item")
+                    raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "delimiter inside an item")
                 if not tag_ & 0xFFFF:
                     continue
                 if group & 1:
@@ -609,7 +614,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     try:
         tiny = read_dataset(io.BytesIO(b"".join(charset + keyed)), False, True)
     except Exception as exc:
-        raise ObjectRejected("unreadable", type(exc).__name__) from None
+        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     if charset:
         _check_charset(tiny)
     subject = subject_for(tiny)
@@ -635,7 +640,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
         try:
             small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
         except Exception as exc:
-            raise ObjectRejected("unreadable", type(exc).__name__) from None
+            raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
         state = _State(subject)
         if engine.uses_clean:
             state.identifying = _identifying_tokens(tiny)
@@ -647,7 +652,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     try:
         sop_class, sop_instance = _value(parts[0x00080016]), _value(parts[0x00080018])
     except KeyError:
-        raise DeidError("no-sop-instance") from None
+        raise DeidError(Reason.DEID_NO_SOP_INSTANCE) from None
     meta = _meta(sop_class, sop_instance, header.syntax)
     # The source's preamble is kept, as pydicom keeps it on the dataset path.
     head = b"".join([data[:128], b"DICM", meta, *(parts[t] for t in sorted(parts))])
@@ -716,5 +721,5 @@ def deidentify_to_bytes(
         count = done.size - done.pixel_offset
         pixels = os.pread(fp.fileno(), count, done.pixel_offset)
         if len(pixels) != count:
-            raise ObjectRejected("truncated", "pixel data changed while read")
+            raise ObjectRejected(Reason.TRUNCATED, "pixel data changed while read")
         return done.result, done.subject, done.head + pixels

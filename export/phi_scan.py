@@ -40,10 +40,11 @@ from export.identifiers import (
     text_values,
     vr_of,
 )
+from ridl.reasons import Reason
 
 log = logging.getLogger(__name__)
 
-UNVERIFIABLE = "unverifiable-object"
+UNVERIFIABLE = Reason.UNVERIFIABLE_OBJECT
 
 # --- searching -----------------------------------------------------------------------------------
 

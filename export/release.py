@@ -38,6 +38,7 @@ from export.store import ObjectStore, open_store
 from ridl import __version__
 from ridl.errors import ReleaseError
 from ridl.projects import load_project
+from ridl.reasons import Reason
 from ridl.releases import load_withdrawn
 
 FORMAT = "ridl-release/1"
@@ -324,9 +325,9 @@ def _retract(
         for obj in old["objects"]:
             reason = None
             if obj["research_id"] in withdrawn:
-                reason = "subject-withdrew"
+                reason = Reason.SUBJECT_WITHDREW
             elif obj["sop_uid"] in rejected:
-                reason = "iocm-rejected"
+                reason = Reason.IOCM_REJECTED
             if reason is None:
                 continue
             key = f"{old_prefix}/{obj['path']}"

@@ -28,6 +28,7 @@ from deid_recipes.recipe import load_recipe
 from ridl.errors import ObjectRejected
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
+from ridl.reasons import Reason
 from ridl.secrets import load_secret
 from ridl.sources.hn import health_number
 
@@ -75,7 +76,7 @@ class FolderDeidentifier:
         pixels carry burned-in text (no header rule sees it) for review, as a run does.
         """
         if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
-            raise ObjectRejected("burned-in-annotation")
+            raise ObjectRejected(Reason.BURNED_IN_ANNOTATION)
         try:
             key = SubjectKey(
                 health_number(ds, self.project.hn_issuer),
@@ -83,7 +84,7 @@ class FolderDeidentifier:
                 str(ds.get("PatientID", "") or ""),
             )
         except Exception as exc:
-            raise DeidError("unparseable-element", type(exc).__name__) from None
+            raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
         return SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
 
     def deidentify_to(self, path: Path, dst: Path) -> tuple[str, int]:
@@ -108,11 +109,11 @@ class FolderDeidentifier:
         try:
             ds = dcmread(path)
         except InvalidDicomError:
-            raise ObjectRejected("not-dicom") from None
+            raise ObjectRejected(Reason.NOT_DICOM) from None
         except Exception as exc:  # pydicom raises many kinds on corrupt input
-            raise ObjectRejected("unreadable", type(exc).__name__) from None
+            raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-            raise ObjectRejected("unreadable", "no transfer syntax")
+            raise ObjectRejected(Reason.UNREADABLE, "no transfer syntax")
         check_pixel_data(ds)
         subject = self.subject(ds)
         self.engine.apply(ds, subject)
@@ -155,7 +156,7 @@ def deidentify_folder(
         except ObjectRejected as rej:
             _quarantine(project_id, path, rej.reason, rej.detail, summary)
         except Exception as exc:  # never let one object stop the batch
-            _quarantine(project_id, path, "write-failed", type(exc).__name__, summary)
+            _quarantine(project_id, path, Reason.WRITE_FAILED, type(exc).__name__, summary)
         else:
             summary.exported += 1
             summary.bytes_out += size

@@ -33,6 +33,7 @@ from ridl.catalog import StudyRef
 from ridl.errors import ObjectRejected
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
+from ridl.reasons import Reason
 from ridl.secrets import load_secret
 from ridl.sources.base import StudySource, open_source
 from ridl.sources.hn import subject_from_headers
@@ -236,14 +237,14 @@ def _process_files(
                 read.get(keyword)
             headers[path] = read
         except InvalidDicomError:
-            _quarantine(worker, study, path, outcome, "not-dicom")
+            _quarantine(worker, study, path, outcome, Reason.NOT_DICOM)
         except Exception as exc:
-            _quarantine(worker, study, path, outcome, "unreadable", type(exc).__name__)
+            _quarantine(worker, study, path, outcome, Reason.UNREADABLE, type(exc).__name__)
 
     if not study.hn_known:  # the catalog could not see the health number: read it here
         study = subject_from_headers(study, headers.values(), ctx.hn_issuer)
     if worker.optout.matches(study.health_number, study.issuer, study.patient_id):
-        outcome.excluded["opted-out"] += len(headers)  # withdrew after selection was frozen
+        outcome.excluded[Reason.OPTED_OUT] += len(headers)  # withdrew after selection was frozen
         return []
     _, subject = worker.subject(study)
     rejected = rejected_instances(headers.values())
@@ -251,14 +252,14 @@ def _process_files(
     for path, header in headers.items():
         sop_uid = str(getattr(header, "SOPInstanceUID", ""))
         if is_rejection_note(header):
-            outcome.excluded["iocm-rejection-note"] += 1
+            outcome.excluded[Reason.IOCM_REJECTION_NOTE] += 1
             continue
         if sop_uid in rejected:
-            outcome.excluded["iocm-rejected"] += 1
+            outcome.excluded[Reason.IOCM_REJECTED] += 1
             outcome.iocm_rejected.append(worker.keys.uid(sop_uid))
             continue
         if str(getattr(header, "Modality", "")).upper() not in ctx.modalities:
-            outcome.excluded["modality-not-approved"] += 1
+            outcome.excluded[Reason.MODALITY_NOT_APPROVED] += 1
             continue
         eligible[path] = header
     # Curation: checks -> header triage -> known-region cleaning -> text detection.
@@ -281,10 +282,10 @@ def _process_files(
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
             continue
         except Exception as exc:  # never let one object stop the run
-            _quarantine(worker, study, path, outcome, "write-failed", type(exc).__name__)
+            _quarantine(worker, study, path, outcome, Reason.WRITE_FAILED, type(exc).__name__)
             continue
         if not all(getattr(ds, k, None) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
-            _quarantine(worker, study, path, outcome, "missing-uid")  # found by fuzzing
+            _quarantine(worker, study, path, outcome, Reason.MISSING_UID)  # found by fuzzing
             continue
         key = (
             f"{ctx.prefix}/{subject.research_id}/{ds.StudyInstanceUID}/"

@@ -29,6 +29,7 @@ from ridl import settings
 from ridl.errors import ReleaseError
 from ridl.optout import OptOutList
 from ridl.projects import Scope
+from ridl.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) ->
     excluded: dict[str, int] = {}
     frame, n_dup = drop_duplicate_studies(frame)
     if n_dup:
-        excluded["duplicate-study"] = n_dup
+        excluded[Reason.DUPLICATE_STUDY] = n_dup
     if optout is not None:
         optout.refresh()
     if optout is not None and len(optout) and not frame.empty:
@@ -238,7 +239,7 @@ def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) ->
             dtype=bool,
         )
         if out.any():
-            excluded["opted-out"] = int(out.sum())
+            excluded[Reason.OPTED_OUT] = int(out.sum())
             frame = frame[~out]
     return Selection(frame.sort_values("study_uid").reset_index(drop=True), excluded)
 

@@ -4,6 +4,10 @@ Every error here is meant to be shown as-is at the CLI: its message says what is
 change, and never carries a value read from a patient's header (PHI stays out of messages).
 """
 
+from __future__ import annotations
+
+from ridl.reasons import Reason
+
 
 class RidlError(Exception):
     """Base for errors a user can act on; the CLI prints the message without a traceback."""
@@ -42,11 +46,25 @@ class ObjectRejected(Exception):
     goes on. Every stage that refuses an object raises this (or a subclass), so a worker catches
     one type.
 
-    ``reason`` is a short code safe to log and count (never a value read from the object);
-    ``detail`` says a little more (an exception type, which check), also without PHI.
+    ``reason`` is a :class:`~ridl.reasons.Reason` (a short code safe to log and count, never a
+    value read from the object); ``detail`` says a little more (an exception type, which check),
+    also without PHI.
+
+    Raises:
+        ValueError: ``reason`` is not a :class:`~ridl.reasons.Reason` code (a bug in ridl, not a
+            property of the object: it must fail loudly in tests).
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
+        try:
+            self.reason = Reason(reason)
+        except ValueError:
+            raise ValueError(
+                f"{reason!r} is not a ridl reason code; add it to ridl.reasons.Reason and README"
+            ) from None
         self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
+
+    def __reduce__(self) -> tuple[type[ObjectRejected], tuple[str, str]]:
+        # Rebuilt from (reason, detail), not from the message, when it crosses a process.
+        return type(self), (str(self.reason), self.detail)

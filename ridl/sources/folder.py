@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
 from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.hn import health_number
 from ridl.sources.protect import ArchiveLimits
@@ -97,10 +98,10 @@ class FolderSource:
                     study_uid = str(ds.StudyInstanceUID)
                     sop_uid = str(ds.SOPInstanceUID)
                 except InvalidDicomError:
-                    bad.append({"path": rel, "reason": "not-dicom"})
+                    bad.append({"path": rel, "reason": Reason.NOT_DICOM})
                     continue
                 except Exception:  # header unreadable: truncated, corrupt, missing key UIDs
-                    bad.append({"path": rel, "reason": "unreadable-header"})
+                    bad.append({"path": rel, "reason": Reason.UNREADABLE_HEADER})
                     continue
                 rows.append(
                     {
