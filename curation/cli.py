@@ -1,7 +1,8 @@
 """``ridl review ...`` and ``ridl labels ...``: the curation commands (mounted by flows.cli).
 
 Nothing here prints a header value or detected text: review output names objects by the SHA-256
-of their bytes and studies by their de-identified keys.
+of their bytes and studies by their de-identified keys. A ``RidlError`` raised here is printed
+as one line with exit code 2 by the root group's error boundary in ``flows.cli``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ridl.errors import RidlError
-
 review_app = typer.Typer(
     help="Review sheets of quarantined and at-risk objects (on premises).", no_args_is_help=True
 )
@@ -25,11 +24,6 @@ labels_app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 ProjectOpt = Annotated[str, typer.Option(help="REB project id.")]
@@ -54,11 +48,7 @@ def review_list(project: ProjectOpt, release: ReleaseOpt) -> None:
     from curation.review import decisions_path, held_by_checks, list_records, read_decisions
 
     path = decisions_path(project, release)
-    try:
-        decided = read_decisions(path) if path.exists() else {}
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    decided = read_decisions(path) if path.exists() else {}
     table = Table("object", "status", "reason", "text boxes", "decision")
     for r in list_records(project, release) + held_by_checks(project, release):
         table.add_row(
@@ -79,10 +69,7 @@ def review_decide(
     """Record a decision; the next run of the release honours it."""
     from curation.review import decide
 
-    try:
-        decide(project, release, object_id, decision.lower(), reviewer, note)
-    except RidlError as exc:
-        _fail(str(exc))
+    decide(project, release, object_id, decision.lower(), reviewer, note)
     console.print(f"{decision} recorded; rerun the release to apply it")
 
 
@@ -104,20 +91,16 @@ def labels_export(
     from export.store import open_store
 
     target = out or Path(f"worklist-{project}-{release}-{assignee}.{fmt}")
-    try:
-        path, n = export_worklist(
-            open_store(dest),
-            project,
-            release,
-            assignee,
-            target,
-            count=count,
-            fmt=fmt,
-            overlap=overlap,
-        )
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    path, n = export_worklist(
+        open_store(dest),
+        project,
+        release,
+        assignee,
+        target,
+        count=count,
+        fmt=fmt,
+        overlap=overlap,
+    )
     console.print(f"worklist of {n} studies for {assignee}: {path}")
 
 
@@ -132,11 +115,7 @@ def labels_import(
     from curation.labels import import_labels
     from export.store import open_store
 
-    try:
-        proj, rel, report = import_labels(open_store(dest), file, project=project, release=release)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    proj, rel, report = import_labels(open_store(dest), file, project=project, release=release)
     for line, problem in report.errors:
         err_console.print(escape(f"{file.name} line {line}: {problem}"), highlight=False)
     console.print(
@@ -160,11 +139,7 @@ def labels_hooks(
     from curation.hooks import run_hooks
     from export.store import open_store
 
-    try:
-        reports = run_hooks(open_store(dest), project, release, hook)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    reports = run_hooks(open_store(dest), project, release, hook)
     failed = False
     for name, report in reports.items():
         for line, problem in report.errors:

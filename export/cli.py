@@ -1,5 +1,9 @@
 """Commands for releases, access grants and the researcher's pull (registered in flows.cli;
-``release publish``, which needs the recipe's digest, is defined there)."""
+``release publish``, which needs the recipe's digest, is defined there).
+
+Commands raise a ``RidlError`` for a failure a person can fix; the root group in ``flows.cli``
+prints it as one line and exits 2 (commands catch no ``RidlError`` themselves).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ridl.errors import RidlError
+from ridl.errors import ReleaseError
 
 release_app = typer.Typer(help="Published releases: sign, publish, show.", no_args_is_help=True)
 access_app = typer.Typer(help="Access grants for approved researchers.", no_args_is_help=True)
@@ -25,11 +29,6 @@ DestOption = Annotated[
     str | None,
     typer.Option(help="Object store: file:PATH or s3://BUCKET/PREFIX?endpoint_url=...&region=..."),
 ]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def kv_table(title: str, values: dict[str, Any]) -> Table:
@@ -48,11 +47,7 @@ def release_show(
     """Print a published release's manifest header (without the object list)."""
     from export.release import show_release
 
-    try:
-        header = show_release(dest, project, release)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    header = show_release(dest, project, release)
     json.dump(header, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 
@@ -66,12 +61,8 @@ def release_withdraw(
     from ridl.projects import load_project
     from ridl.releases import record_withdrawal
 
-    try:
-        load_project(project)
-        added = record_withdrawal(project, research_id)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    load_project(project)
+    added = record_withdrawal(project, research_id)
     state = "recorded" if added else "was already recorded"
     console.print(f"withdrawal of {research_id} {state}; it applies at the next publish")
 
@@ -93,11 +84,7 @@ def access_grant(
     """Grant one approved researcher read access to one release (IAM policy or presigned)."""
     from export.access import grant_access
 
-    try:
-        document = grant_access(dest, project, release, researcher, days, presign=presign)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    document = grant_access(dest, project, release, researcher, days, presign=presign)
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if out is None:
         sys.stdout.write(text)
@@ -141,12 +128,8 @@ def pull_command(
             signature_path=signature,
             console=err_console,
         )
-    except RidlError as exc:
-        _fail(str(exc))
-        return
     except OSError as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
-        return
+        raise ReleaseError(f"{type(exc).__name__}: {exc}") from exc
     rate = report.bytes_fetched / report.seconds / 1e6 if report.seconds else 0.0
     console.print(
         kv_table(

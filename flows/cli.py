@@ -1,7 +1,11 @@
 """The ``ridl`` command line: what the research office types.
 
 Errors a person can fix are printed as one line, without a traceback, and never with a value
-taken from a patient's header.
+taken from a patient's header. That happens in one place, the root group's error boundary
+(``RidlGroup``): any ``RidlError`` raised under any command becomes ``error: <message>`` on
+standard error and exit code 2. Commands do not catch ``RidlError`` themselves; they raise one
+(``ConfigError``, ``ReleaseError``, ...) for a failure a person can fix. Usage errors keep
+click's own message and exit code 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from ridl import __version__, settings
-from ridl.errors import RidlError
+from ridl.errors import ConfigError, ReleaseError, RidlError
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
@@ -27,7 +33,42 @@ from ridl.sources.protect import (
     ArchiveLimits,
 )
 
+ERROR_EXIT_CODE = 2
+"""Exit code of a command stopped by a ``RidlError`` (the same as click's usage errors)."""
+
+err_console = Console(stderr=True)
+
+
+def report_error(exc: RidlError) -> None:
+    """Print ``exc`` as the one line ``error: <message>`` on standard error.
+
+    The message is plain text: brackets in it are printed as they are, never read as markup.
+    """
+    err_console.print(
+        Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True
+    )
+
+
+class RidlGroup(TyperGroup):
+    """The root ``ridl`` group, and the CLI's one error boundary.
+
+    Every command, however deep, runs inside the root group's ``invoke``; a ``RidlError`` that
+    escapes it is printed by ``report_error`` and ends the process with ``ERROR_EXIT_CODE``. The
+    same holds for the console script and for ``typer.testing.CliRunner().invoke(app, ...)``,
+    since both run this group.
+    """
+
+    # ``ctx`` is a click Context of typer's own (vendored) click, which has no public name.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RidlError as exc:
+            report_error(exc)
+            raise typer.Exit(ERROR_EXIT_CODE) from None
+
+
 app = typer.Typer(
+    cls=RidlGroup,
     help=(
         "Build de-identified research imaging libraries from a regional DIR, for REB-approved "
         "projects. State that may hold PHI stays under RIDL_HOME (default ./.ridl)."
@@ -52,24 +93,22 @@ app.add_typer(review_app, name="review")
 app.add_typer(labels_app, name="labels")
 
 console = Console()
-err_console = Console(stderr=True)
 
 DEMO_PROJECT = "demo"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _date(value: str | None, option: str) -> dt.date | None:
+    """``value`` (YYYY-MM-DD) as a date, None when not given.
+
+    Raises:
+        ConfigError: ``value`` is not a date written YYYY-MM-DD.
+    """
     if value is None:
         return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        _fail(f"{option} must be a date written YYYY-MM-DD")
-    return None
+        raise ConfigError(f"{option} must be a date written YYYY-MM-DD") from None
 
 
 @app.callback()
@@ -118,35 +157,31 @@ def project_create(
     """Register an REB-approved project and generate its pseudonym secret (never shown)."""
     from ridl.projects import Project, Scope, create_project
 
-    try:
-        project = Project(
-            id=project_id,
-            reb_number=reb_number,
-            title=title,
-            pi=pi,
-            approved=_date(approved, "--approved") or dt.date.today(),
-            expires=_date(expires, "--expires") or dt.date.today(),
-            scope=Scope(
-                date_from=_date(date_from, "--from") or dt.date.min,
-                date_to=_date(date_to, "--to") or dt.date.max,
-                modalities=tuple(m.upper() for m in modality),
-                sites=tuple(site),
-                retain=tuple(retain or ()),
-                deid_options=tuple(allow_deid_option or ()),
-            ),
-            recipients=tuple(recipient or ()),
-            recipe=recipe,
-            hn_issuer=hn_issuer,
-            deid_options=tuple(deid_option or ()),
-        )
-        from deid_recipes import find_recipe
+    project = Project(
+        id=project_id,
+        reb_number=reb_number,
+        title=title,
+        pi=pi,
+        approved=_date(approved, "--approved") or dt.date.today(),
+        expires=_date(expires, "--expires") or dt.date.today(),
+        scope=Scope(
+            date_from=_date(date_from, "--from") or dt.date.min,
+            date_to=_date(date_to, "--to") or dt.date.max,
+            modalities=tuple(m.upper() for m in modality),
+            sites=tuple(site),
+            retain=tuple(retain or ()),
+            deid_options=tuple(allow_deid_option or ()),
+        ),
+        recipients=tuple(recipient or ()),
+        recipe=recipe,
+        hn_issuer=hn_issuer,
+        deid_options=tuple(deid_option or ()),
+    )
+    from deid_recipes import find_recipe
 
-        find_recipe(recipe)
-        project.check_deid()
-        path = create_project(project)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    find_recipe(recipe)
+    project.check_deid()
+    path = create_project(project)
     console.print(f"project [bold]{project_id}[/] recorded in {path}; pseudonym secret created")
 
 
@@ -155,11 +190,7 @@ def project_show(project_id: Annotated[str, typer.Argument(help="Project id.")])
     """Show a project's approval and scope (never its secret)."""
     from ridl.projects import load_project
 
-    try:
-        project = load_project(project_id)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    project = load_project(project_id)
     table = Table(show_header=False)
     for key, value in project.to_toml().items():
         if isinstance(value, dict):
@@ -175,11 +206,7 @@ def project_list() -> None:
     """List registered projects with their approval status."""
     from ridl.projects import list_projects
 
-    try:
-        projects = list_projects()
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    projects = list_projects()
     table = Table("id", "REB number", "title", "expires", "status")
     today = dt.date.today()
     for p in projects:
@@ -226,20 +253,17 @@ def optout_add(
             with file.open(newline="") as handle:
                 entries.extend(csv.DictReader(handle))
         except OSError:
-            _fail(f"cannot read --file {file}")
+            raise ConfigError(f"cannot read --file {file}") from None
     if not entries:
-        _fail("give --hn, --issuer with --patient-id, or --file")
+        raise ConfigError("give --hn, --issuer with --patient-id, or --file")
     added = 0
-    try:
-        for row in entries:
-            added += add_optout(
-                project,
-                health_number=(row.get("hn") or "").strip() or None,
-                issuer=(row.get("issuer") or "").strip() or None,
-                patient_id=(row.get("patient_id") or "").strip() or None,
-            )
-    except RidlError as exc:
-        _fail(str(exc))
+    for row in entries:
+        added += add_optout(
+            project,
+            health_number=(row.get("hn") or "").strip() or None,
+            issuer=(row.get("issuer") or "").strip() or None,
+            patient_id=(row.get("patient_id") or "").strip() or None,
+        )
     console.print(f"{len(entries)} subject(s) recorded for {project} ({added} new keyed entries)")
 
 
@@ -248,11 +272,7 @@ def optout_list(project: Annotated[str, typer.Option(help="REB project id.")]) -
     """Show a project's opt-out entries: keyed hashes and dates, never identifiers."""
     from ridl.optout import load_optout
 
-    try:
-        listing = load_optout(project)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    listing = load_optout(project)
     table = Table("keyed entry", "added", title=f"opt-out list of {project}")
     for entry in listing.entries:
         table.add_row(entry.token, entry.added)
@@ -277,8 +297,7 @@ def dir_synth(
     try:
         report = synthesize(path, patients=patients, sites=sites, seed=seed, ct_slices=ct_slices)
     except ValueError as exc:
-        _fail(str(exc))
-        return
+        raise ConfigError(str(exc)) from exc
     console.print(
         f"synthetic DIR in {path}: {report.studies} studies, {len(report.files)} files "
         f"({len(report.truncated)} truncated, {len(report.not_dicom)} not DICOM)"
@@ -303,17 +322,13 @@ def dir_index(
     from ridl.catalog import catalog_dir_for
     from ridl.sources.base import open_source
 
-    try:
-        src = open_source(source)
-        catalog = catalog_dir_for(src.url)
-        src.build_catalog(
-            catalog,
-            _date(date_from, "--from") or dt.date(1900, 1, 1),
-            _date(date_to, "--to") or dt.date.today(),
-        )
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    src = open_source(source)
+    catalog = catalog_dir_for(src.url)
+    src.build_catalog(
+        catalog,
+        _date(date_from, "--from") or dt.date(1900, 1, 1),
+        _date(date_to, "--to") or dt.date.today(),
+    )
     n = pq.ParquetFile(catalog / "studies.parquet").metadata.num_rows
     console.print(f"catalog of {n} studies in {catalog}")
 
@@ -496,31 +511,28 @@ def run(
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
 
-    try:
-        limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
-        summary = launch_run(
-            project,
-            release,
-            source,
-            dest,
-            _date(date_from, "--from"),
-            _date(date_to, "--to"),
-            modality,
-            site,
-            batch_size,
-            reindex,
-            verbose,
-            limits,
-            scale={
-                "workers": workers,
-                "cluster": cluster,
-                "retrieval_limit": retrieval_limit,
-                "max_batches_per_flow": max_batches_per_flow,
-            },
-        )
-        print_summary(summary, open_store(dest).url)
-    except RidlError as exc:
-        _fail(str(exc))
+    limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
+    summary = launch_run(
+        project,
+        release,
+        source,
+        dest,
+        _date(date_from, "--from"),
+        _date(date_to, "--to"),
+        modality,
+        site,
+        batch_size,
+        reindex,
+        verbose,
+        limits,
+        scale={
+            "workers": workers,
+            "cluster": cluster,
+            "retrieval_limit": retrieval_limit,
+            "max_batches_per_flow": max_batches_per_flow,
+        },
+    )
+    print_summary(summary, open_store(dest).url)
 
 
 @app.command("demo")
@@ -538,34 +550,31 @@ def demo(
 
     home = settings.ridl_home()
     dir_path = home / "demo-dir"
-    try:
-        if not dir_path.exists():
-            report = synthesize(dir_path, patients=patients, sites=sites, seed=seed)
-            console.print(f"synthetic DIR: {report.studies} studies in {dir_path}")
-        if not project_path(DEMO_PROJECT).exists():
-            today = dt.date.today()
-            create_project(
-                Project(
-                    id=DEMO_PROJECT,
-                    reb_number="REB-DEMO-0001",
-                    title="ridl demonstration project",
-                    pi="Demo PI",
-                    approved=today - dt.timedelta(days=1),
-                    expires=today + dt.timedelta(days=365),
-                    scope=Scope(
-                        dt.date(2015, 1, 1),
-                        dt.date(2024, 12, 31),
-                        ("CT", "CR", "US"),
-                        tuple(f"SITE-{chr(ord('A') + i)}" for i in range(sites)),
-                    ),
-                    recipients=("Demo Researcher",),
-                )
+    if not dir_path.exists():
+        report = synthesize(dir_path, patients=patients, sites=sites, seed=seed)
+        console.print(f"synthetic DIR: {report.studies} studies in {dir_path}")
+    if not project_path(DEMO_PROJECT).exists():
+        today = dt.date.today()
+        create_project(
+            Project(
+                id=DEMO_PROJECT,
+                reb_number="REB-DEMO-0001",
+                title="ridl demonstration project",
+                pi="Demo PI",
+                approved=today - dt.timedelta(days=1),
+                expires=today + dt.timedelta(days=365),
+                scope=Scope(
+                    dt.date(2015, 1, 1),
+                    dt.date(2024, 12, 31),
+                    ("CT", "CR", "US"),
+                    tuple(f"SITE-{chr(ord('A') + i)}" for i in range(sites)),
+                ),
+                recipients=("Demo Researcher",),
             )
-            console.print(f"project '{DEMO_PROJECT}' created")
-        summary = launch_run(DEMO_PROJECT, release, f"folder:{dir_path}", None, verbose=verbose)
-        print_summary(summary, open_store(None).url)
-    except RidlError as exc:
-        _fail(str(exc))
+        )
+        console.print(f"project '{DEMO_PROJECT}' created")
+    summary = launch_run(DEMO_PROJECT, release, f"folder:{dir_path}", None, verbose=verbose)
+    print_summary(summary, open_store(None).url)
 
 
 @app.command("summary")
@@ -582,7 +591,9 @@ def show_summary(
     store = open_store(dest)
     key = f"{project}/{release}/summary.json"
     if not store.exists(key):
-        _fail(f"no summary for {project}/{release} in {store.url}; has the run finished?")
+        raise ReleaseError(
+            f"no summary for {project}/{release} in {store.url}; has the run finished?"
+        )
     json.dump(json.loads(store.get_bytes(key)), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
@@ -608,14 +619,10 @@ def release_publish(
     from flows.runplan import recipe_sha256
     from ridl.projects import load_project
 
-    try:
-        spec = load_project(project).recipe_spec()
-        result = publish_release(
-            dest, project, release, recipe_sha256=recipe_sha256(spec), license=license
-        )
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    spec = load_project(project).recipe_spec()
+    result = publish_release(
+        dest, project, release, recipe_sha256=recipe_sha256(spec), license=license
+    )
     console.print(release_table(f"release {project}/{release}", result))
 
 
@@ -634,11 +641,7 @@ def project_change_secret(
     """Replace a project's pseudonym secret (refused once a release is published)."""
     from ridl.secrets import change_secret
 
-    try:
-        change_secret(project_id)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    change_secret(project_id)
     console.print(f"pseudonym secret of project [bold]{project_id}[/] replaced (never shown)")
 
 
@@ -688,11 +691,7 @@ def verify(
     from export.store import open_store
     from flows.gate import verify_release
 
-    try:
-        report = verify_release(project, release, open_store(dest).url)
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    report = verify_release(project, release, open_store(dest).url)
     console.print(report.render())
     if not report.passed:
         raise typer.Exit(1)
@@ -710,20 +709,16 @@ def deid_folder(
     from flows.deid import deidentify_folder, iter_files
 
     if not src.exists():
-        _fail(f"{src} does not exist: give a DICOM file or folder")
+        raise ConfigError(f"{src} does not exist: give a DICOM file or folder")
     total = sum(1 for _ in iter_files(src))
-    try:
-        with Progress(
-            TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
-        ) as bar:
-            task = bar.add_task("deid", total=total)
-            summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
-    except RidlError as exc:
-        _fail(str(exc))
-        return
+    with Progress(
+        TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
+    ) as bar:
+        task = bar.add_task("deid", total=total)
+        summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
     json.dump(summary.as_dict(), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":
     app()
