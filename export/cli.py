@@ -32,6 +32,7 @@ DestOption = Annotated[
 
 
 def kv_table(title: str, values: dict[str, Any]) -> Table:
+    """A two-column rich table of ``values`` (names and their values as text)."""
     table = Table(title=title, show_header=False)
     for key, value in values.items():
         table.add_row(key, str(value))

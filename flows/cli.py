@@ -60,6 +60,7 @@ class RidlGroup(TyperGroup):
 
     # ``ctx`` is a click Context of typer's own (vendored) click, which has no public name.
     def invoke(self, ctx: Any) -> Any:
+        """Run the command; a RidlError becomes one ``error:`` line and exit code 2."""
         try:
             return super().invoke(ctx)
         except RidlError as exc:
@@ -111,13 +112,22 @@ def _date(value: str | None, option: str) -> dt.date | None:
         raise ConfigError(f"{option} must be a date written YYYY-MM-DD") from None
 
 
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"ridl {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Show the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    """The root of ``ridl``: options that apply before any command (``--version``)."""
 
 
 # --- projects ---------------------------------------------------------------------------------
@@ -412,6 +422,7 @@ def launch_run(
 
 
 def print_summary(summary: dict[str, Any], store_url: str) -> None:
+    """Print a release summary (counts of studies, instances, bytes, reasons) and its files."""
     table = Table(title=f"release {summary['project']}/{summary['release']}", show_header=False)
     table.add_row("studies selected", str(summary["studies_selected"]))
     table.add_row("studies exported", str(summary["studies_exported"]))

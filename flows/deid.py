@@ -47,6 +47,7 @@ class DeidSummary:
     quarantined: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
+        """Counts as JSON-ready values (files, bytes in and out, subjects, reasons)."""
         return {
             "files": self.files,
             "exported": self.exported,

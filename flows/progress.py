@@ -39,6 +39,7 @@ class PartTally:
         self.instances = 0
 
     def refresh(self) -> None:
+        """Count the manifest parts written since the last call (each part is read once)."""
         for info in self.store.list(f"{self.prefix}/parts/"):
             if info.key in self.seen or not info.key.endswith(".json"):
                 continue

@@ -49,6 +49,7 @@ class FileSlots:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
+        """Hold one slot while the ``with`` block runs; waits (backing off to 0.1 s) for one."""
         self.folder.mkdir(parents=True, exist_ok=True)
         delay = 0.002
         while True:

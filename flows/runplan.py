@@ -27,6 +27,9 @@ from ridl.sources.protect import ArchiveLimits
 
 @dataclass(frozen=True)
 class RunPlan:
+    """A checked, frozen run: the workers' context, the selected studies, and whether the
+    selection was loaded from an earlier run of the same release (a resume)."""
+
     ctx: RunContext
     studies: list[StudyRef]
     resumed: bool
