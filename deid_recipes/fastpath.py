@@ -36,28 +36,39 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import VR as _VR
 
-from deid_recipes.engine import (
+from deid_recipes.dicombytes import (
     BINARY_VRS,
+    ITEM,
+    ITEM_DELIMITATION,
+    LONG_VRS,
+    MAX_DEPTH,
+    NUMERIC_SIZES,
+    PIXEL_DATA,
+    SEQUENCE_DELIMITATION,
+    SPACE_PADDED_VRS,
+    SPECIFIC_CHARACTER_SET,
+    UNDEFINED_LENGTH,
+    element_value,
+    encode_element,
+    read_tag,
+    read_u16,
+    read_u32,
+    value_offset,
+)
+from deid_recipes.engine import (
     DUMMY_BY_VR,
     IDENTIFYING_KEYWORDS,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
-    LONG_VRS,
-    MAX_DEPTH,
     DeidError,
     Engine,
     SubjectContext,
-    _check_charset,
-    _identifying_tokens,
-    _State,
+    check_charset,
 )
 from ridl.errors import ObjectRejected
 
 CHUNK = 16 * 1024
 MAX_HEADER = 16 * 1024 * 1024
-PIXEL_DATA = 0x7FE00010
-ITEM, SEQ_END = 0xFFFEE000, 0xFFFEE0DD
-UNDEFINED = 0xFFFFFFFF
 # Dataset encodings the fast path reads: explicit VR little endian, native or encapsulated.
 NOT_FAST = {
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -86,34 +97,22 @@ class Header:
     elements: list[tuple[int, int, int, str]]  # top-level (tag, begin, end, VR) before it
 
 
-def _u16(data: bytes, pos: int) -> int:
-    return int.from_bytes(data[pos : pos + 2], "little")
-
-
-def _u32(data: bytes, pos: int) -> int:
-    return int.from_bytes(data[pos : pos + 4], "little")
-
-
-def _tag(data: bytes, pos: int) -> int:
-    return (_u16(data, pos) << 16) | _u16(data, pos + 2)
-
-
 def _skip_undefined(data: bytes, pos: int) -> int:
     """End of an undefined-length value (items up to the sequence delimiter)."""
     depth = 0
     while True:
         if pos + 8 > len(data):
             raise _Truncated
-        tag, length = _tag(data, pos), _u32(data, pos + 4)
-        if tag == SEQ_END:
+        tag, length = read_tag(data, pos), read_u32(data, pos + 4)
+        if tag == SEQUENCE_DELIMITATION:
             if depth == 0:
                 return pos + 8
             depth -= 1
             pos += 8
             continue
-        if tag == ITEM or tag == 0xFFFEE00D:
+        if tag in (ITEM, ITEM_DELIMITATION):
             pos += 8
-            if tag == ITEM and length != UNDEFINED:
+            if tag == ITEM and length != UNDEFINED_LENGTH:
                 pos += length
             continue
         # an element inside an undefined-length item (explicit VR)
@@ -123,12 +122,12 @@ def _skip_undefined(data: bytes, pos: int) -> int:
         if vr in LONG_VRS:
             if pos + 12 > len(data):
                 raise _Truncated
-            length = _u32(data, pos + 8)
+            length = read_u32(data, pos + 8)
             pos += 12
         else:
-            length = _u16(data, pos + 6)
+            length = read_u16(data, pos + 6)
             pos += 8
-        if length == UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             depth += 1
         else:
             pos += length
@@ -138,7 +137,6 @@ def _skip_undefined(data: bytes, pos: int) -> int:
 
 _HEAD = struct.Struct("<HH2sH")
 _LEN = struct.Struct("<I")
-_LONG = frozenset(LONG_VRS)
 Element = tuple[int, int, int, str]
 
 
@@ -157,14 +155,14 @@ def _walk_top(data: bytes, start: int, stop: int) -> tuple[list[Element], int | 
         tag = (group << 16) | element
         if tag == PIXEL_DATA:
             return out, pos
-        if vr in _LONG:
+        if vr in LONG_VRS:
             if pos + 12 > limit:
                 raise _Truncated
             length = length_at(data, pos + 8)[0]
             value_at = pos + 12
         else:
             value_at = pos + 8
-        end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        end = _skip_undefined(data, value_at) if length == UNDEFINED_LENGTH else value_at + length
         if end > limit:
             raise _Truncated
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
@@ -181,16 +179,16 @@ def _item_elements(data: bytes, pos: int) -> tuple[list[Element], int]:
             raise _Truncated
         group, element, vr, length = _HEAD.unpack_from(data, pos)
         tag = (group << 16) | element
-        if tag == 0xFFFEE00D:
+        if tag == ITEM_DELIMITATION:
             return out, pos + 8
-        if vr in _LONG:
+        if vr in LONG_VRS:
             if pos + 12 > limit:
                 raise _Truncated
             length = _LEN.unpack_from(data, pos + 8)[0]
             value_at = pos + 12
         else:
             value_at = pos + 8
-        end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        end = _skip_undefined(data, value_at) if length == UNDEFINED_LENGTH else value_at + length
         if end > limit:
             raise _Truncated
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
@@ -207,14 +205,14 @@ def _meta_end(data: bytes) -> tuple[int, str] | None:
         return None
     pos = 132
     syntax = ""
-    while pos + 8 <= len(data) and _u16(data, pos) == 0x0002:
-        element = _u16(data, pos + 2)
+    while pos + 8 <= len(data) and read_u16(data, pos) == 0x0002:
+        element = read_u16(data, pos + 2)
         vr = data[pos + 4 : pos + 6]
         if vr in LONG_VRS:
-            length = _u32(data, pos + 8)
+            length = read_u32(data, pos + 8)
             value_at = pos + 12
         else:
-            length = _u16(data, pos + 6)
+            length = read_u16(data, pos + 6)
             value_at = pos + 8
         if element == 0x0010:
             syntax = data[value_at : value_at + length].decode("ascii", "replace").strip("\x00 ")
@@ -252,8 +250,8 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
         head = data[pixel : pixel + 12]
     if len(head) < 12:
         raise ObjectRejected("truncated", "pixel data header")
-    length = _u32(head, 8)
-    if length == UNDEFINED:
+    length = read_u32(head, 8)
+    if length == UNDEFINED_LENGTH:
         end = _encapsulated_end(fp, pixel + 12, size)
         if end is None:
             raise ObjectRejected("truncated", "encapsulated pixel data")
@@ -276,7 +274,7 @@ def _check_native_length(data: bytes, elements: list[Element], length: int) -> N
     values: dict[int, bytes] = {}
     for tag, begin, end, vr in elements:
         if tag in (SAMPLES, FRAMES, ROWS, COLUMNS, BITS):
-            values[tag] = data[begin + (12 if vr.encode() in _LONG else 8) : end]
+            values[tag] = data[begin + value_offset(vr.encode()) : end]
     if ROWS not in values:
         return
     try:
@@ -297,10 +295,10 @@ def _encapsulated_end(fp: BinaryIO, pos: int, size: int) -> int | None:
     while pos + 8 <= size:
         fp.seek(pos)
         head = fp.read(8)
-        tag, length = _tag(head, 0), _u32(head, 4)
-        if tag == SEQ_END:
+        tag, length = read_tag(head, 0), read_u32(head, 4)
+        if tag == SEQUENCE_DELIMITATION:
             return pos + 8
-        if tag != ITEM or length == UNDEFINED:
+        if tag != ITEM or length == UNDEFINED_LENGTH:
             return None
         pos += 8 + length
     return None
@@ -321,27 +319,10 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
 # Elements the subject key is computed from (read before anything changes), and Burned In
 # Annotation, which callers check before exporting anything.
 SUBJECT_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002, 0x00280301})
-SPECIFIC_CHARACTER_SET = 0x00080005
 # With func:clean, the values clean_text removes tokens of are read up front as well.
 IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(
     int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS
 )
-NUMERIC_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "UV": 8, "SV": 8}
-TEXT_PAD = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
-TEXT_PAD |= {"UR", "UT"}
-
-
-def encode_element(tag: int, vr: str, value: bytes) -> bytes:
-    """One explicit VR little endian element, value padded to even length."""
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB", "UN") else b" "
-    head = tag.to_bytes(4, "big")
-    head = head[1::-1] + head[:1:-1]  # group then element, each little endian
-    if vr.encode() in LONG_VRS:
-        return head + vr.encode() + b"\x00\x00" + len(value).to_bytes(4, "little") + value
-    return head + vr.encode() + len(value).to_bytes(2, "little") + value
-
-
 # Value representations the fast path encodes itself. An element read as UN takes its dictionary
 # VR once pydicom reads its value, and bytes that name no VR are for pydicom to refuse; either
 # way only the dataset path knows the bytes it would write, so the fast path hands off.
@@ -390,7 +371,7 @@ class ByteEngine:
     ) -> bytes | None:
         """The output bytes of one public element (None: dropped)."""
         engine = self.engine
-        name, expr, dict_vr = engine._decide(tag, vr)
+        name, expr, dict_vr = engine.decide(tag, vr)
         if name == "UNMATCHED":
             if not engine.secure:
                 name = "KEEP"
@@ -410,7 +391,7 @@ class ByteEngine:
             if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
                 # Kept and X/Z/U* reference sequences: keep, de-identify every item.
                 content = self._sequence(raw[value_at:], subject, depth)
-                if _u32(raw, value_at - 4) != UNDEFINED:
+                if read_u32(raw, value_at - 4) != UNDEFINED_LENGTH:
                     return encode_element(tag, "SQ", content)
                 # Written as it was read (pydicom keeps the undefined length on the dataset path).
                 return raw[:4] + b"SQ\x00\x00" + _UNDEFINED + content + _SEQ_DELIMITER
@@ -445,17 +426,17 @@ class ByteEngine:
         while pos < size:
             if pos + 8 > size:
                 raise DeidError("unparseable-sequence", "item header cut short")
-            tag, length = _tag(value, pos), _u32(value, pos + 4)
-            if tag == SEQ_END:
+            tag, length = read_tag(value, pos), read_u32(value, pos + 4)
+            if tag == SEQUENCE_DELIMITATION:
                 if pos + 8 != size:
                     raise DeidError("unparseable-sequence", "bytes after the delimiter")
                 break
             if tag != ITEM:
                 raise DeidError("unparseable-sequence", "expected an item tag")
             pos += 8
-            undefined_item = length == UNDEFINED
+            undefined_item = length == UNDEFINED_LENGTH
             try:
-                if length == UNDEFINED:
+                if length == UNDEFINED_LENGTH:
                     elements, pos = _item_elements(value, pos)
                 else:
                     if pos + length > size:
@@ -483,7 +464,7 @@ class ByteEngine:
                     continue
                 if tag_ == SPECIFIC_CHARACTER_SET:
                     raise _HandOff
-                at = begin + (12 if vr.encode() in _LONG else 8)
+                at = begin + value_offset(vr.encode())
                 out = self.element(tag_, vr, value[begin:end], at - begin, subject, depth + 1)
                 if out is not None:
                     parts.append(out)
@@ -498,14 +479,14 @@ class ByteEngine:
         text = value.decode("ascii", "replace").rstrip("\x00 ")
         if not text:
             return b""
-        return "\\".join(self.engine._remap_one(v) for v in text.split("\\")).encode()
+        return "\\".join(self.engine.remap_uid(v) for v in text.split("\\")).encode()
 
     def _dummy(self, tag: int, vr: str) -> bytes | None:
         if vr in NUMERIC_SIZES:
             return encode_element(tag, vr, b"\x00" * NUMERIC_SIZES[vr])
         if vr in BINARY_VRS:
             return encode_element(tag, vr, b"")
-        if vr not in TEXT_PAD:
+        if vr not in SPACE_PADDED_VRS:
             raise _HandOff  # AT and anything unusual: the dataset path decides
         dummy = DUMMY_BY_VR.get(vr, "ANONYMOUS" if vr == "PN" else "ANON")
         return encode_element(tag, vr, str(dummy).encode())
@@ -550,11 +531,6 @@ def _meta(sop_class: bytes, sop_instance: bytes, syntax: str) -> bytes:
     return encode_element(0x00020000, "UL", len(body).to_bytes(4, "little")) + body
 
 
-def _value(part: bytes) -> bytes:
-    vr = part[4:6]
-    return part[12:] if vr in LONG_VRS else part[8:]
-
-
 _BYTE_ENGINES: dict[int, ByteEngine | None] = {}
 
 
@@ -593,7 +569,7 @@ RESULT_TAGS = (0x00080005, 0x00080016, 0x00080020, 0x00081030)
 def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) -> _Done | None:
     """The de-identified header of an open file, or None when it needs the whole-object path."""
     fast = byte_engine(engine)
-    if fast is None or engine._decide(PIXEL_DATA, None)[0] != "KEEP":
+    if fast is None or engine.decide(PIXEL_DATA, None)[0] != "KEEP":
         return None  # computed ADDs or changed pixel data: the dataset path
     size = os.fstat(fp.fileno()).st_size
     header = read_header(fp, size)
@@ -611,7 +587,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     except Exception as exc:
         raise ObjectRejected("unreadable", type(exc).__name__) from None
     if charset:
-        _check_charset(tiny)
+        check_charset(tiny)
     subject = subject_for(tiny)
     parts: dict[int, bytes] = {}
     handed: list[bytes] = []
@@ -625,7 +601,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
                 handed.append(raw)
             continue
         try:
-            out = fast.element(tag, vr, raw, 12 if vr.encode() in LONG_VRS else 8, subject)
+            out = fast.element(tag, vr, raw, value_offset(vr.encode()), subject)
         except _HandOff:
             handed.append(raw)
             continue
@@ -636,16 +612,13 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
             small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
         except Exception as exc:
             raise ObjectRejected("unreadable", type(exc).__name__) from None
-        state = _State(subject)
-        if engine.uses_clean:
-            state.identifying = _identifying_tokens(tiny)
-        engine._walk(small, state, 0, "")
+        engine.apply_elements(small, subject, identifying_from=tiny)
         parts.update(_encode(small))
     parts.update(fast._constant)
-    if not engine._codes:
+    if not engine.codes:
         parts.pop(0x00120064, None)
     try:
-        sop_class, sop_instance = _value(parts[0x00080016]), _value(parts[0x00080018])
+        sop_class, sop_instance = element_value(parts[0x00080016]), element_value(parts[0x00080018])
     except KeyError:
         raise DeidError("no-sop-instance") from None
     meta = _meta(sop_class, sop_instance, header.syntax)
@@ -661,7 +634,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
         return None  # values pydicom cannot read: the dataset path decides what they become
     for tag in (0x0020000D, 0x0020000E):
         if tag in parts:
-            result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))
+            result.add_new(tag, "UI", element_value(parts[tag]).decode("ascii").rstrip("\x00 "))
     result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
     return _Done(result, subject, head, header.pixel_offset, size)
 
