@@ -199,7 +199,8 @@ class Engine:
             DeidError: the engine cannot de-identify it with certainty (no transfer syntax, no
                 SOP Instance UID, unknown VR kept, unparseable sequence or element, sequences
                 deeper than MAX_DEPTH, unknown character set, undecodable text, unknown recipe
-                function, variable or action); the object is quarantined, never exported half done.
+                function, variable or action). An ObjectRejected subclass: the object is
+                quarantined, never exported half done.
         """
         meta = getattr(ds, "file_meta", None)
         if meta is None or "TransferSyntaxUID" not in meta:

@@ -221,7 +221,26 @@ def _meta_end(data: bytes) -> tuple[int, str] | None:
 
 
 def read_header(fp: BinaryIO, size: int) -> Header | None:
-    """The dataset up to the pixel data, or None when this layout is not for the fast path."""
+    """The data set up to the pixel data, or None when this layout is not for the fast path.
+
+    Reads 16 KiB, then doubles what it has read until the top-level elements before Pixel Data
+    (7FE0,0010) are whole (at most ``MAX_HEADER`` bytes); the pixel data is never read, only the
+    headers of its fragments when it is encapsulated (PS3.5 A.4).
+
+    Args:
+        fp: the file, open in binary mode at offset 0.
+        size: the file's size in bytes.
+
+    Returns:
+        The header bytes and element offsets, or None for a layout the fast path leaves to the
+        dataset path: no "DICM" preamble, implicit VR, big endian or deflate transfer syntax, no
+        pixel data, elements after the pixel data, or a header over ``MAX_HEADER`` bytes.
+
+    Raises:
+        ObjectRejected: ``truncated`` when the pixel data is shorter than its length, its
+            fragments or the image (Rows x Columns x Samples per Pixel x Number of Frames x
+            Bits Allocated); ``unreadable`` when those image attributes cannot be read.
+    """
     data = fp.read(CHUNK)
     meta = _meta_end(data)
     if meta is None:
@@ -347,6 +366,14 @@ class ByteEngine:
     """
 
     def __init__(self, engine: Engine) -> None:
+        """Wrap ``engine`` and encode the elements every output gets the same (see
+        :meth:`_constant_elements`).
+
+        Raises:
+            ValueError: the recipe ADDs a computed value (``func:`` / ``var:``), which has no
+                constant encoding (:func:`byte_engine` gives None then).
+            DeidError: as :meth:`Engine.apply`, for the recipe's constant elements.
+        """
         self.engine = engine
         self._constant = self._constant_elements()
 
@@ -369,7 +396,24 @@ class ByteEngine:
     def element(
         self, tag: int, vr: str, raw: bytes, value_at: int, subject: SubjectContext, depth: int = 0
     ) -> bytes | None:
-        """The output bytes of one public element (None: dropped)."""
+        """The output bytes of one public element, as the engine's plan gives them.
+
+        Args:
+            tag: the element's tag as ``(group << 16) | element`` (group even).
+            vr: the VR read from its header.
+            raw: the whole encoded element (explicit VR little endian, PS3.5 7.1.2).
+            value_at: where its value starts in ``raw`` (8 or 12).
+            subject: the research ID and date shift of the object's subject.
+            depth: sequence nesting level (0 at the top level).
+
+        Returns:
+            The encoded output element, or None when it is dropped.
+
+        Raises:
+            DeidError: ``deid-unparseable-sequence`` when a kept sequence's items are not framed
+                as PS3.5 7.5 says.
+            _HandOff: (internal) the element needs the engine's dataset path.
+        """
         engine = self.engine
         name, expr, dict_vr = engine.decide(tag, vr)
         if name == "UNMATCHED":
@@ -535,8 +579,19 @@ _BYTE_ENGINES: dict[int, ByteEngine | None] = {}
 
 
 def byte_engine(engine: Engine) -> ByteEngine | None:
-    """One ByteEngine per Engine (its constant elements are computed once); None when the
-    recipe ADDs computed values, which only the dataset path gives."""
+    """The :class:`ByteEngine` of ``engine``, made on first use and kept for the process.
+
+    Args:
+        engine: a prepared engine.
+
+    Returns:
+        The same ByteEngine for the same Engine (its constant elements are computed once), or
+        None when the recipe ADDs computed values (``func:`` / ``var:``), which only the dataset
+        path gives.
+
+    Raises:
+        DeidError: the recipe's constant elements cannot be made (as :meth:`Engine.apply`).
+    """
     key = id(engine)
     if key in _BYTE_ENGINES:
         found = _BYTE_ENGINES[key]
@@ -650,10 +705,28 @@ def deidentify_file(
     Each top-level header element is copied verbatim, dropped, re-encoded by
     :class:`ByteEngine`, or handed to the engine in a small dataset; the results are merged in
     tag order with the constant elements and File Meta, and the pixel data is appended by the
-    kernel. ``subject_for(header)`` gives the subject from Patient ID, Issuer and Other Patient
-    IDs; ``write_to(dataset, subject)`` names the target file. Returns a dataset with the new
-    Study / Series / SOP Instance UIDs (and SOP Class, Study Date and Description), the subject
-    and the bytes written.
+    kernel. The target is written as ``<target>.tmp`` and renamed, so it is whole or absent.
+
+    Args:
+        engine: the project's engine.
+        subject_for: ``subject_for(header)`` gives the subject from a small data set holding
+            Patient ID, Issuer of Patient ID, Other Patient IDs Sequence, Burned In Annotation
+            and Specific Character Set (with func:clean, the identifying attributes too).
+        src: the source file.
+        write_to: ``write_to(dataset, subject)`` names the target file (its folder exists).
+
+    Returns:
+        ``(dataset, subject, size)``: a small data set with the new Study / Series / SOP
+        Instance UIDs, SOP Class UID, Specific Character Set, Study Date and Study Description;
+        the subject; the number of bytes written. None when the file's layout needs the
+        whole-object path (see :func:`read_header`), or the recipe ADDs computed values or
+        changes Pixel Data; nothing is written then.
+
+    Raises:
+        DeidError: the object cannot be de-identified with certainty (as :meth:`Engine.apply`;
+            an ObjectRejected subclass, so the caller quarantines the object).
+        ObjectRejected: ``truncated`` or ``unreadable`` header or pixel data.
+        OSError: reading the source or writing the target failed.
     """
     with open(src, "rb") as fp:
         done = _deidentify_header(engine, subject_for, fp)
@@ -677,10 +750,26 @@ def deidentify_file(
 def deidentify_to_bytes(
     engine: Engine, subject_for: SubjectFor, src: Path
 ) -> tuple[Dataset, SubjectContext, bytes] | None:
-    """The fast path for a caller that needs the object's bytes (an extraction run hashes them
-    and hands them to its object store): the de-identified header followed by the pixel data
-    element read once with ``os.pread``, never parsed. None, ObjectRejected and DeidError mean what
-    they mean for :func:`deidentify_file`; the bytes are those it would write.
+    """The fast path for a caller that needs the object's bytes.
+
+    An extraction run hashes them and hands them to its object store: the de-identified header
+    followed by the pixel data element read once with ``os.pread``, never parsed.
+
+    Args:
+        engine: the project's engine.
+        subject_for: as for :func:`deidentify_file`.
+        src: the source file.
+
+    Returns:
+        ``(dataset, subject, data)``: dataset and subject as for :func:`deidentify_file`, and
+        the whole de-identified file (the bytes it would write). None when the layout needs
+        the whole-object path.
+
+    Raises:
+        DeidError: as for :func:`deidentify_file`.
+        ObjectRejected: as for :func:`deidentify_file`, and ``truncated`` when the file
+            shrank while it was read.
+        OSError: reading the source failed.
     """
     with open(src, "rb") as fp:
         done = _deidentify_header(engine, subject_for, fp)
