@@ -18,6 +18,9 @@ What holds for every output (see the README's "De-identification" section):
 * anything the engine cannot de-identify with certainty (unknown VR kept, a sequence that does
   not parse, an unknown character set, text it cannot decode) raises :class:`DeidError`, so
   the caller quarantines the object instead of exporting it half done.
+
+The byte-level rules it shares with the fast path (element layout, VR sets, sequence framing,
+character sets) live in :mod:`deid_recipes.dicombytes`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -37,6 +39,14 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, UID_dictionary
 
+from deid_recipes.dicombytes import (
+    BINARY_VRS,
+    MAX_DEPTH,
+    PIXEL_DATA,
+    SPECIFIC_CHARACTER_SET,
+    check_sequence_bytes,
+    unsupported_charset,
+)
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
 from ridl.errors import ObjectRejected
@@ -45,7 +55,6 @@ from ridl.reasons import Reason
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1420.1"
 IMPLEMENTATION_VERSION = f"RIDL_{__version__}"[:16]
-MAX_DEPTH = 32
 DUMMY_BY_VR: dict[str, Any] = {
     "PN": "ANONYMOUS",
     "DA": "19000101",
@@ -64,15 +73,12 @@ DUMMY_BY_VR: dict[str, Any] = {
     "FD": 0.0,
     "AT": None,
 }
-BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW"}
 TEXT_VRS = {"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
 FREE_TEXT_VRS = {"LO", "LT", "SH", "ST", "UC", "UT", "PN"}
-PIXEL_DATA = 0x7FE00010
 # Code Value, Coding Scheme Designator / Version, Long Code Value, URN Code Value: the
 # identity of a coded concept, kept as is even inside cleaned or dummied content.
 CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120})
 ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
-SPECIFIC_CHARACTER_SET = 0x00080005
 DEID_METHOD = 0x00120063
 DEID_METHOD_CODES = 0x00120064
 
@@ -143,9 +149,27 @@ class _State:
 
 
 class Engine:
-    """One project's recipe and keys, ready to de-identify any number of datasets."""
+    """One project's recipe and keys, ready to de-identify any number of datasets.
+
+    Attributes read by the fast path and by callers: ``recipe``, ``keys``, ``retain`` (tags kept
+    whatever the recipe says), ``secure`` (an element no rule names is removed), ``uses_clean``
+    (a rule uses func:clean), ``method`` (the De-identification Method values) and ``codes``
+    (the CID 7050 (code value, code meaning) pairs of the De-identification Method Code
+    Sequence; empty when no layer is a PS3.15 profile or option).
+    """
 
     def __init__(self, recipe: Recipe, keys: Pseudonymizer, retain: Iterable[str] = ()) -> None:
+        """Prepare ``recipe`` with the project's pseudonymization ``keys``.
+
+        Args:
+            recipe: the compiled recipe (see :func:`deid_recipes.recipe.load_recipe`).
+            keys: the project's keyed pseudonymizer (UID remapping, accession tokens).
+            retain: attribute keywords kept as they are whatever the recipe says.
+
+        Raises:
+            DeidError: ``deid-unknown-retained-attribute`` when a keyword of ``retain`` is not
+                in the data dictionary.
+        """
         self.recipe = recipe
         self.keys = keys
         self.retain: set[int] = set()
@@ -158,19 +182,38 @@ class Engine:
         self.uses_clean = recipe.uses_clean
         self._plan: dict[tuple[int, str | None], tuple[str, str | None, str]] = {}
         self.method = _method_values(recipe)
-        self._codes = recipe.codes
+        self.codes = recipe.codes
         self._adds = [(_resolve_tag(r.field), r.value or "") for r in recipe.adds]
 
     # ---- public ----
 
     def apply(self, ds: Dataset, subject: SubjectContext) -> Dataset:
-        """De-identify ``ds`` in place and return it (raise :class:`DeidError` when unsure)."""
+        """De-identify ``ds`` in place and return it.
+
+        Every element is kept, removed or changed by the recipe's plan (sequences at any depth);
+        then the recipe's ADDs, Patient Identity Removed, De-identification Method and its Code
+        Sequence (PS3.15 E.1.1, CID 7050) are set and File Meta is rebuilt (PS3.10 7.1).
+
+        Args:
+            ds: a whole object as read by pydicom, with File Meta holding Transfer Syntax UID.
+            subject: the research ID and date shift of the object's subject.
+
+        Returns:
+            ``ds`` itself, de-identified.
+
+        Raises:
+            DeidError: the engine cannot de-identify it with certainty (no transfer syntax, no
+                SOP Instance UID, unknown VR kept, unparseable sequence or element, sequences
+                deeper than MAX_DEPTH, unknown character set, undecodable text, unknown recipe
+                function, variable or action). An ObjectRejected subclass: the object is
+                quarantined, never exported half done.
+        """
         meta = getattr(ds, "file_meta", None)
         if meta is None or "TransferSyntaxUID" not in meta:
             raise DeidError(Reason.DEID_NO_TRANSFER_SYNTAX)
         state = _State(subject)
         if self.uses_clean:
-            state.identifying = _identifying_tokens(ds)
+            state.identifying = identifying_tokens(ds)
         self._walk(ds, state, 0, mode="")
         for tag, expr in self._adds:
             vr = dictionary_VR(tag)
@@ -179,9 +222,9 @@ class Engine:
                 ds.add(DataElement(tag, vr, value))
         ds.PatientIdentityRemoved = "YES"
         ds.add(DataElement(DEID_METHOD, "LO", list(self.method)))
-        if self._codes:
+        if self.codes:
             items = []
-            for code, meaning in self._codes:
+            for code, meaning in self.codes:
                 item = Dataset()
                 item.CodeValue = code
                 item.CodingSchemeDesignator = "DCM"
@@ -193,10 +236,46 @@ class Engine:
         self._rebuild_meta(ds)
         return ds
 
-    # ---- plan ----
+    def apply_elements(
+        self, ds: Dataset, subject: SubjectContext, identifying_from: Dataset | None = None
+    ) -> None:
+        """De-identify the elements of ``ds`` in place, and nothing more.
 
-    def _decide(self, tag: int, raw_vr: str | None) -> tuple[str, str | None, str]:
-        """(action, value expression, VR) for a public tag; cached per tag and raw VR."""
+        What :meth:`apply` does to the elements, without its ADDs, the De-identification Method
+        elements or File Meta: for a part of an object (the fast path hands over the elements
+        it does not encode itself, with the ADDs and File Meta made on its side).
+
+        Args:
+            ds: a data set holding some top-level elements of one object.
+            subject: the research ID and date shift of the object's subject.
+            identifying_from: the data set func:clean takes identifying values from (see
+                :func:`identifying_tokens`); ``ds`` itself when None. Read only when a rule
+                uses func:clean.
+
+        Raises:
+            DeidError: as for :meth:`apply`, bar the File Meta reasons.
+        """
+        state = _State(subject)
+        if self.uses_clean:
+            state.identifying = identifying_tokens(
+                ds if identifying_from is None else identifying_from
+            )
+        self._walk(ds, state, 0, mode="")
+
+    def decide(self, tag: int, raw_vr: str | None) -> tuple[str, str | None, str]:
+        """What the plan does with a public element, cached per tag and VR.
+
+        Args:
+            tag: the element's tag as ``(group << 16) | element`` (group even).
+            raw_vr: the VR it was read with; None or ``"UN"`` takes the dictionary VR.
+
+        Returns:
+            ``(action, value expression, VR)``: action is KEEP, REMOVE, BLANK, REPLACE, JITTER
+            or UNMATCHED (no rule names it: the caller applies the unmatched default, or the
+            sequence mode's); the expression is a rule's value (``func:uid``, a literal...) or
+            None; VR is the one the element is handled as (the first of an ambiguous pair).
+            Original Attributes Sequence is always REMOVE; unnamed Pixel Data is KEEP.
+        """
         key = (tag, raw_vr)
         try:
             return self._plan[key]
@@ -237,7 +316,7 @@ class Engine:
             raise DeidError(Reason.DEID_SEQUENCE_TOO_DEEP, f"more than {MAX_DEPTH} levels")
         elements = _elements(ds)
         if SPECIFIC_CHARACTER_SET in elements:
-            _check_charset(ds)
+            check_charset(ds)
         private: list[int] = []
         for tag in list(elements):
             group = tag >> 16
@@ -248,7 +327,7 @@ class Engine:
                 del elements[tag]
                 continue
             raw = elements[tag]
-            name, value, vr = self._decide(tag, raw.VR)
+            name, value, vr = self.decide(tag, raw.VR)
             if name == "UNMATCHED":
                 if mode:
                     name, value = _mode_default(vr, mode)
@@ -434,10 +513,19 @@ class Engine:
         if current is None or current == "":
             return current
         if isinstance(current, MultiValue | list):
-            return [self._remap_one(str(v)) for v in current]
-        return self._remap_one(str(current))
+            return [self.remap_uid(str(v)) for v in current]
+        return self.remap_uid(str(current))
 
-    def _remap_one(self, uid: str) -> str:
+    def remap_uid(self, uid: str) -> str:
+        """The project's UID for ``uid``; standard UIDs (SOP classes, transfer syntaxes) stay.
+
+        Args:
+            uid: one UID value, padding (spaces, trailing NUL) allowed.
+
+        Returns:
+            The keyed replacement (same UID in, same UID out, for the whole project), or the
+            stripped value when it is empty or in pydicom's UID dictionary.
+        """
         uid = uid.strip().rstrip("\x00")
         if not uid or uid in UID_dictionary:  # standard UIDs (SOP classes, syntaxes) stay
             return uid
@@ -456,120 +544,6 @@ class Engine:
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
-
-
-# VRs whose explicit-VR element header has a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"SV",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"UV",
-}
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-
-
-def check_sequence_bytes(data: bytes, implicit: bool) -> None:
-    """Raise ValueError unless ``data`` is a well-framed little-endian sequence value.
-
-    Every item must start with an Item tag, every length must stay inside its parent, undefined
-    lengths must end with their delimiter, and nested sequences are checked the same way.
-    """
-    end = _check_items(data, 0, len(data), implicit, undefined=False, depth=0)
-    if end != len(data):
-        raise ValueError("trailing bytes after the last item")
-
-
-def _u32(data: bytes, pos: int) -> int:
-    return int.from_bytes(data[pos : pos + 4], "little")
-
-
-def _tag_at(data: bytes, pos: int) -> int:
-    group = int.from_bytes(data[pos : pos + 2], "little")
-    element = int.from_bytes(data[pos + 2 : pos + 4], "little")
-    return (group << 16) | element
-
-
-def _check_items(
-    data: bytes, pos: int, end: int, implicit: bool, undefined: bool, depth: int
-) -> int:
-    if depth > MAX_DEPTH:
-        raise ValueError("sequence too deep")
-    while pos < end:
-        if pos + 8 > end:
-            raise ValueError("item header cut short")
-        tag, length = _tag_at(data, pos), _u32(data, pos + 4)
-        if tag == _SEQ_END and undefined:
-            return pos + 8
-        if tag != _ITEM:
-            raise ValueError("expected an item tag")
-        pos += 8
-        if length == _UNDEFINED:
-            pos = _check_elements(data, pos, end, implicit, True, depth)
-        else:
-            if pos + length > end:
-                raise ValueError("item longer than its sequence")
-            if _check_elements(data, pos, pos + length, implicit, False, depth) != pos + length:
-                raise ValueError("item elements overrun the item")
-            pos += length
-    if undefined:
-        raise ValueError("sequence delimiter missing")
-    return pos
-
-
-def _check_elements(
-    data: bytes, pos: int, end: int, implicit: bool, undefined: bool, depth: int
-) -> int:
-    while pos < end:
-        if pos + 8 > end:
-            raise ValueError("element header cut short")
-        tag = _tag_at(data, pos)
-        if tag == _ITEM_END and undefined:
-            return pos + 8
-        if implicit:
-            vr = b""
-            length = _u32(data, pos + 4)
-            pos += 8
-        else:
-            vr = data[pos + 4 : pos + 6]
-            if vr in LONG_VRS:
-                if pos + 12 > end:
-                    raise ValueError("element header cut short")
-                length = _u32(data, pos + 8)
-                pos += 12
-            else:
-                length = int.from_bytes(data[pos + 6 : pos + 8], "little")
-                pos += 8
-        is_seq = vr == b"SQ" or (implicit and _implicit_is_sequence(tag))
-        if length == _UNDEFINED:
-            if not (is_seq or vr == b"UN" or implicit):
-                raise ValueError("undefined length on a value that cannot have one")
-            pos = _check_items(data, pos, end, implicit, True, depth + 1)
-            continue
-        if pos + length > end:
-            raise ValueError("value longer than its item")
-        if is_seq:
-            _check_items(data, pos, pos + length, implicit, False, depth + 1)
-        pos += length
-    if undefined:
-        raise ValueError("item delimiter missing")
-    return pos
-
-
-def _implicit_is_sequence(tag: int) -> bool:
-    try:
-        return bool(dictionary_VR(tag) == "SQ")
-    except KeyError:
-        return False
 
 
 def _elements(ds: Dataset) -> MutableMapping[int, Any]:
@@ -600,6 +574,13 @@ def clean_text(text: str, identifying: frozenset[str]) -> str:
     A token goes when it equals (case-insensitively) a token of an identifying value of the same
     dataset (name components, IDs, health number, accession, institution, dates), or when it
     carries four or more digits (dates, phone numbers, record numbers of other systems).
+
+    Args:
+        text: one value of a free-text VR (LO, LT, SH, ST, UC, UT, PN), already decoded.
+        identifying: lower-cased tokens from :func:`identifying_tokens`.
+
+    Returns:
+        The remaining text, runs of whitespace collapsed to one space (may be empty).
     """
     parts = _TOKEN_SPLIT.split(text)
     out: list[str] = []
@@ -614,7 +595,19 @@ def clean_text(text: str, identifying: frozenset[str]) -> str:
     return " ".join("".join(out).split())
 
 
-def _identifying_tokens(ds: Dataset) -> frozenset[str]:
+def identifying_tokens(ds: Dataset) -> frozenset[str]:
+    """The tokens func:clean removes from free text of this data set (see :func:`clean_text`).
+
+    Args:
+        ds: the top-level data set; the attributes of :data:`IDENTIFYING_KEYWORDS` and the
+            Patient IDs of Other Patient IDs Sequence are read from it (others may be absent).
+
+    Returns:
+        Lower-cased tokens of two characters or more, split on anything but letters and digits.
+
+    Raises:
+        DeidError: ``deid-unparseable-element`` when one of those values cannot be read.
+    """
     tokens: set[str] = set()
 
     def add(value: object) -> None:
@@ -636,19 +629,23 @@ def _identifying_tokens(ds: Dataset) -> frozenset[str]:
     return frozenset(tokens)
 
 
-def _check_charset(ds: Dataset) -> None:
-    """Refuse a character set pydicom cannot decode (text could be misread, names missed)."""
-    raw = _elements(ds)[SPECIFIC_CHARACTER_SET]
-    value = raw.value
-    if isinstance(value, bytes):
-        terms = [t.strip(" \x00") for t in value.decode("ascii", "replace").split("\\")]
-    elif isinstance(value, MultiValue | list):
-        terms = [str(t).strip() for t in value]
-    else:
-        terms = [str(value or "").strip()]
-    for term in terms:
-        if term and term not in python_encoding:
-            raise DeidError(Reason.DEID_UNKNOWN_CHARSET)
+def check_charset(ds: Dataset) -> None:
+    """Refuse a data set whose Specific Character Set pydicom cannot decode.
+
+    Text in it could be misread and a name in it missed, so it is not de-identified at all. The
+    element is read as it is (raw bytes stay unconverted); see
+    :func:`deid_recipes.dicombytes.unsupported_charset` for the rule (PS3.3 C.12.1.1.2).
+
+    Args:
+        ds: one data set level (top level or a sequence item); one without Specific Character
+            Set (0008,0005) passes.
+
+    Raises:
+        DeidError: ``deid-unknown-charset`` (an ObjectRejected: the object is quarantined).
+    """
+    raw = _elements(ds).get(SPECIFIC_CHARACTER_SET)
+    if raw is not None and unsupported_charset(raw.value):
+        raise DeidError(Reason.DEID_UNKNOWN_CHARSET)
 
 
 def _jitter(value: object, vr: str, shift_days: int) -> object:
@@ -685,4 +682,11 @@ def _resolve_tag(field: str) -> BaseTag:
     return Tag(int(field.strip("()").replace(",", ""), 16))
 
 
-__all__ = ["DeidError", "Engine", "SubjectContext", "clean_text"]
+__all__ = [
+    "DeidError",
+    "Engine",
+    "SubjectContext",
+    "check_charset",
+    "clean_text",
+    "identifying_tokens",
+]

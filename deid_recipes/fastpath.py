@@ -36,29 +36,40 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import VR as _VR
 
-from deid_recipes.engine import (
+from deid_recipes.dicombytes import (
     BINARY_VRS,
+    ITEM,
+    ITEM_DELIMITATION,
+    LONG_VRS,
+    MAX_DEPTH,
+    NUMERIC_SIZES,
+    PIXEL_DATA,
+    SEQUENCE_DELIMITATION,
+    SPACE_PADDED_VRS,
+    SPECIFIC_CHARACTER_SET,
+    UNDEFINED_LENGTH,
+    element_value,
+    encode_element,
+    read_tag,
+    read_u16,
+    read_u32,
+    value_offset,
+)
+from deid_recipes.engine import (
     DUMMY_BY_VR,
     IDENTIFYING_KEYWORDS,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
-    LONG_VRS,
-    MAX_DEPTH,
     DeidError,
     Engine,
     SubjectContext,
-    _check_charset,
-    _identifying_tokens,
-    _State,
+    check_charset,
 )
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
 CHUNK = 16 * 1024
 MAX_HEADER = 16 * 1024 * 1024
-PIXEL_DATA = 0x7FE00010
-ITEM, SEQ_END = 0xFFFEE000, 0xFFFEE0DD
-UNDEFINED = 0xFFFFFFFF
 # Dataset encodings the fast path reads: explicit VR little endian, native or encapsulated.
 NOT_FAST = {
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -87,34 +98,22 @@ class Header:
     elements: list[tuple[int, int, int, str]]  # top-level (tag, begin, end, VR) before it
 
 
-def _u16(data: bytes, pos: int) -> int:
-    return int.from_bytes(data[pos : pos + 2], "little")
-
-
-def _u32(data: bytes, pos: int) -> int:
-    return int.from_bytes(data[pos : pos + 4], "little")
-
-
-def _tag(data: bytes, pos: int) -> int:
-    return (_u16(data, pos) << 16) | _u16(data, pos + 2)
-
-
 def _skip_undefined(data: bytes, pos: int) -> int:
     """End of an undefined-length value (items up to the sequence delimiter)."""
     depth = 0
     while True:
         if pos + 8 > len(data):
             raise _Truncated
-        tag, length = _tag(data, pos), _u32(data, pos + 4)
-        if tag == SEQ_END:
+        tag, length = read_tag(data, pos), read_u32(data, pos + 4)
+        if tag == SEQUENCE_DELIMITATION:
             if depth == 0:
                 return pos + 8
             depth -= 1
             pos += 8
             continue
-        if tag == ITEM or tag == 0xFFFEE00D:
+        if tag in (ITEM, ITEM_DELIMITATION):
             pos += 8
-            if tag == ITEM and length != UNDEFINED:
+            if tag == ITEM and length != UNDEFINED_LENGTH:
                 pos += length
             continue
         # an element inside an undefined-length item (explicit VR)
@@ -124,12 +123,12 @@ def _skip_undefined(data: bytes, pos: int) -> int:
         if vr in LONG_VRS:
             if pos + 12 > len(data):
                 raise _Truncated
-            length = _u32(data, pos + 8)
+            length = read_u32(data, pos + 8)
             pos += 12
         else:
-            length = _u16(data, pos + 6)
+            length = read_u16(data, pos + 6)
             pos += 8
-        if length == UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             depth += 1
         else:
             pos += length
@@ -139,7 +138,6 @@ def _skip_undefined(data: bytes, pos: int) -> int:
 
 _HEAD = struct.Struct("<HH2sH")
 _LEN = struct.Struct("<I")
-_LONG = frozenset(LONG_VRS)
 Element = tuple[int, int, int, str]
 
 
@@ -158,14 +156,14 @@ def _walk_top(data: bytes, start: int, stop: int) -> tuple[list[Element], int | 
         tag = (group << 16) | element
         if tag == PIXEL_DATA:
             return out, pos
-        if vr in _LONG:
+        if vr in LONG_VRS:
             if pos + 12 > limit:
                 raise _Truncated
             length = length_at(data, pos + 8)[0]
             value_at = pos + 12
         else:
             value_at = pos + 8
-        end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        end = _skip_undefined(data, value_at) if length == UNDEFINED_LENGTH else value_at + length
         if end > limit:
             raise _Truncated
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
@@ -182,16 +180,16 @@ def _item_elements(data: bytes, pos: int) -> tuple[list[Element], int]:
             raise _Truncated
         group, element, vr, length = _HEAD.unpack_from(data, pos)
         tag = (group << 16) | element
-        if tag == 0xFFFEE00D:
+        if tag == ITEM_DELIMITATION:
             return out, pos + 8
-        if vr in _LONG:
+        if vr in LONG_VRS:
             if pos + 12 > limit:
                 raise _Truncated
             length = _LEN.unpack_from(data, pos + 8)[0]
             value_at = pos + 12
         else:
             value_at = pos + 8
-        end = _skip_undefined(data, value_at) if length == UNDEFINED else value_at + length
+        end = _skip_undefined(data, value_at) if length == UNDEFINED_LENGTH else value_at + length
         if end > limit:
             raise _Truncated
         out.append((tag, pos, end, vr.decode("ascii", "replace")))
@@ -208,14 +206,14 @@ def _meta_end(data: bytes) -> tuple[int, str] | None:
         return None
     pos = 132
     syntax = ""
-    while pos + 8 <= len(data) and _u16(data, pos) == 0x0002:
-        element = _u16(data, pos + 2)
+    while pos + 8 <= len(data) and read_u16(data, pos) == 0x0002:
+        element = read_u16(data, pos + 2)
         vr = data[pos + 4 : pos + 6]
         if vr in LONG_VRS:
-            length = _u32(data, pos + 8)
+            length = read_u32(data, pos + 8)
             value_at = pos + 12
         else:
-            length = _u16(data, pos + 6)
+            length = read_u16(data, pos + 6)
             value_at = pos + 8
         if element == 0x0010:
             syntax = data[value_at : value_at + length].decode("ascii", "replace").strip("\x00 ")
@@ -224,7 +222,26 @@ def _meta_end(data: bytes) -> tuple[int, str] | None:
 
 
 def read_header(fp: BinaryIO, size: int) -> Header | None:
-    """The dataset up to the pixel data, or None when this layout is not for the fast path."""
+    """The data set up to the pixel data, or None when this layout is not for the fast path.
+
+    Reads 16 KiB, then doubles what it has read until the top-level elements before Pixel Data
+    (7FE0,0010) are whole (at most ``MAX_HEADER`` bytes); the pixel data is never read, only the
+    headers of its fragments when it is encapsulated (PS3.5 A.4).
+
+    Args:
+        fp: the file, open in binary mode at offset 0.
+        size: the file's size in bytes.
+
+    Returns:
+        The header bytes and element offsets, or None for a layout the fast path leaves to the
+        dataset path: no "DICM" preamble, implicit VR, big endian or deflate transfer syntax, no
+        pixel data, elements after the pixel data, or a header over ``MAX_HEADER`` bytes.
+
+    Raises:
+        ObjectRejected: ``truncated`` when the pixel data is shorter than its length, its
+            fragments or the image (Rows x Columns x Samples per Pixel x Number of Frames x
+            Bits Allocated); ``unreadable`` when those image attributes cannot be read.
+    """
     data = fp.read(CHUNK)
     meta = _meta_end(data)
     if meta is None:
@@ -253,8 +270,8 @@ def read_header(fp: BinaryIO, size: int) -> Header | None:
         head = data[pixel : pixel + 12]
     if len(head) < 12:
         raise ObjectRejected(Reason.TRUNCATED, "pixel data header")
-    length = _u32(head, 8)
-    if length == UNDEFINED:
+    length = read_u32(head, 8)
+    if length == UNDEFINED_LENGTH:
         end = _encapsulated_end(fp, pixel + 12, size)
         if end is None:
             raise ObjectRejected(Reason.TRUNCATED, "encapsulated pixel data")
@@ -277,7 +294,7 @@ def _check_native_length(data: bytes, elements: list[Element], length: int) -> N
     values: dict[int, bytes] = {}
     for tag, begin, end, vr in elements:
         if tag in (SAMPLES, FRAMES, ROWS, COLUMNS, BITS):
-            values[tag] = data[begin + (12 if vr.encode() in _LONG else 8) : end]
+            values[tag] = data[begin + value_offset(vr.encode()) : end]
     if ROWS not in values:
         return
     try:
@@ -298,10 +315,10 @@ def _encapsulated_end(fp: BinaryIO, pos: int, size: int) -> int | None:
     while pos + 8 <= size:
         fp.seek(pos)
         head = fp.read(8)
-        tag, length = _tag(head, 0), _u32(head, 4)
-        if tag == SEQ_END:
+        tag, length = read_tag(head, 0), read_u32(head, 4)
+        if tag == SEQUENCE_DELIMITATION:
             return pos + 8
-        if tag != ITEM or length == UNDEFINED:
+        if tag != ITEM or length == UNDEFINED_LENGTH:
             return None
         pos += 8 + length
     return None
@@ -322,27 +339,10 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
 # Elements the subject key is computed from (read before anything changes), and Burned In
 # Annotation, which callers check before exporting anything.
 SUBJECT_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002, 0x00280301})
-SPECIFIC_CHARACTER_SET = 0x00080005
 # With func:clean, the values clean_text removes tokens of are read up front as well.
 IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(
     int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS
 )
-NUMERIC_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "UV": 8, "SV": 8}
-TEXT_PAD = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
-TEXT_PAD |= {"UR", "UT"}
-
-
-def encode_element(tag: int, vr: str, value: bytes) -> bytes:
-    """One explicit VR little endian element, value padded to even length."""
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB", "UN") else b" "
-    head = tag.to_bytes(4, "big")
-    head = head[1::-1] + head[:1:-1]  # group then element, each little endian
-    if vr.encode() in LONG_VRS:
-        return head + vr.encode() + b"\x00\x00" + len(value).to_bytes(4, "little") + value
-    return head + vr.encode() + len(value).to_bytes(2, "little") + value
-
-
 # Value representations the fast path encodes itself. An element read as UN takes its dictionary
 # VR once pydicom reads its value, and bytes that name no VR are for pydicom to refuse; either
 # way only the dataset path knows the bytes it would write, so the fast path hands off.
@@ -367,6 +367,14 @@ class ByteEngine:
     """
 
     def __init__(self, engine: Engine) -> None:
+        """Wrap ``engine`` and encode the elements every output gets the same (see
+        :meth:`_constant_elements`).
+
+        Raises:
+            ValueError: the recipe ADDs a computed value (``func:`` / ``var:``), which has no
+                constant encoding (:func:`byte_engine` gives None then).
+            DeidError: as :meth:`Engine.apply`, for the recipe's constant elements.
+        """
         self.engine = engine
         self._constant = self._constant_elements()
 
@@ -389,9 +397,26 @@ class ByteEngine:
     def element(
         self, tag: int, vr: str, raw: bytes, value_at: int, subject: SubjectContext, depth: int = 0
     ) -> bytes | None:
-        """The output bytes of one public element (None: dropped)."""
+        """The output bytes of one public element, as the engine's plan gives them.
+
+        Args:
+            tag: the element's tag as ``(group << 16) | element`` (group even).
+            vr: the VR read from its header.
+            raw: the whole encoded element (explicit VR little endian, PS3.5 7.1.2).
+            value_at: where its value starts in ``raw`` (8 or 12).
+            subject: the research ID and date shift of the object's subject.
+            depth: sequence nesting level (0 at the top level).
+
+        Returns:
+            The encoded output element, or None when it is dropped.
+
+        Raises:
+            DeidError: ``deid-unparseable-sequence`` when a kept sequence's items are not framed
+                as PS3.5 7.5 says.
+            _HandOff: (internal) the element needs the engine's dataset path.
+        """
         engine = self.engine
-        name, expr, dict_vr = engine._decide(tag, vr)
+        name, expr, dict_vr = engine.decide(tag, vr)
         if name == "UNMATCHED":
             if not engine.secure:
                 name = "KEEP"
@@ -411,7 +436,7 @@ class ByteEngine:
             if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
                 # Kept and X/Z/U* reference sequences: keep, de-identify every item.
                 content = self._sequence(raw[value_at:], subject, depth)
-                if _u32(raw, value_at - 4) != UNDEFINED:
+                if read_u32(raw, value_at - 4) != UNDEFINED_LENGTH:
                     return encode_element(tag, "SQ", content)
                 # Written as it was read (pydicom keeps the undefined length on the dataset path).
                 return raw[:4] + b"SQ\x00\x00" + _UNDEFINED + content + _SEQ_DELIMITER
@@ -446,17 +471,17 @@ class ByteEngine:
         while pos < size:
             if pos + 8 > size:
                 raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "item header cut short")
-            tag, length = _tag(value, pos), _u32(value, pos + 4)
-            if tag == SEQ_END:
+            tag, length = read_tag(value, pos), read_u32(value, pos + 4)
+            if tag == SEQUENCE_DELIMITATION:
                 if pos + 8 != size:
                     raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "bytes after the delimiter")
                 break
             if tag != ITEM:
                 raise DeidError(Reason.DEID_UNPARSEABLE_SEQUENCE, "expected an item tag")
             pos += 8
-            undefined_item = length == UNDEFINED
+            undefined_item = length == UNDEFINED_LENGTH
             try:
-                if length == UNDEFINED:
+                if length == UNDEFINED_LENGTH:
                     elements, pos = _item_elements(value, pos)
                 else:
                     if pos + length > size:
@@ -488,7 +513,7 @@ class ByteEngine:
                     continue
                 if tag_ == SPECIFIC_CHARACTER_SET:
                     raise _HandOff
-                at = begin + (12 if vr.encode() in _LONG else 8)
+                at = begin + value_offset(vr.encode())
                 out = self.element(tag_, vr, value[begin:end], at - begin, subject, depth + 1)
                 if out is not None:
                     parts.append(out)
@@ -503,14 +528,14 @@ class ByteEngine:
         text = value.decode("ascii", "replace").rstrip("\x00 ")
         if not text:
             return b""
-        return "\\".join(self.engine._remap_one(v) for v in text.split("\\")).encode()
+        return "\\".join(self.engine.remap_uid(v) for v in text.split("\\")).encode()
 
     def _dummy(self, tag: int, vr: str) -> bytes | None:
         if vr in NUMERIC_SIZES:
             return encode_element(tag, vr, b"\x00" * NUMERIC_SIZES[vr])
         if vr in BINARY_VRS:
             return encode_element(tag, vr, b"")
-        if vr not in TEXT_PAD:
+        if vr not in SPACE_PADDED_VRS:
             raise _HandOff  # AT and anything unusual: the dataset path decides
         dummy = DUMMY_BY_VR.get(vr, "ANONYMOUS" if vr == "PN" else "ANON")
         return encode_element(tag, vr, str(dummy).encode())
@@ -555,17 +580,23 @@ def _meta(sop_class: bytes, sop_instance: bytes, syntax: str) -> bytes:
     return encode_element(0x00020000, "UL", len(body).to_bytes(4, "little")) + body
 
 
-def _value(part: bytes) -> bytes:
-    vr = part[4:6]
-    return part[12:] if vr in LONG_VRS else part[8:]
-
-
 _BYTE_ENGINES: dict[int, ByteEngine | None] = {}
 
 
 def byte_engine(engine: Engine) -> ByteEngine | None:
-    """One ByteEngine per Engine (its constant elements are computed once); None when the
-    recipe ADDs computed values, which only the dataset path gives."""
+    """The :class:`ByteEngine` of ``engine``, made on first use and kept for the process.
+
+    Args:
+        engine: a prepared engine.
+
+    Returns:
+        The same ByteEngine for the same Engine (its constant elements are computed once), or
+        None when the recipe ADDs computed values (``func:`` / ``var:``), which only the dataset
+        path gives.
+
+    Raises:
+        DeidError: the recipe's constant elements cannot be made (as :meth:`Engine.apply`).
+    """
     key = id(engine)
     if key in _BYTE_ENGINES:
         found = _BYTE_ENGINES[key]
@@ -598,7 +629,7 @@ RESULT_TAGS = (0x00080005, 0x00080016, 0x00080020, 0x00081030)
 def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) -> _Done | None:
     """The de-identified header of an open file, or None when it needs the whole-object path."""
     fast = byte_engine(engine)
-    if fast is None or engine._decide(PIXEL_DATA, None)[0] != "KEEP":
+    if fast is None or engine.decide(PIXEL_DATA, None)[0] != "KEEP":
         return None  # computed ADDs or changed pixel data: the dataset path
     size = os.fstat(fp.fileno()).st_size
     header = read_header(fp, size)
@@ -616,7 +647,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     except Exception as exc:
         raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     if charset:
-        _check_charset(tiny)
+        check_charset(tiny)
     subject = subject_for(tiny)
     parts: dict[int, bytes] = {}
     handed: list[bytes] = []
@@ -630,7 +661,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
                 handed.append(raw)
             continue
         try:
-            out = fast.element(tag, vr, raw, 12 if vr.encode() in LONG_VRS else 8, subject)
+            out = fast.element(tag, vr, raw, value_offset(vr.encode()), subject)
         except _HandOff:
             handed.append(raw)
             continue
@@ -641,16 +672,13 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
             small = read_dataset(io.BytesIO(b"".join(charset + handed)), False, True)
         except Exception as exc:
             raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
-        state = _State(subject)
-        if engine.uses_clean:
-            state.identifying = _identifying_tokens(tiny)
-        engine._walk(small, state, 0, "")
+        engine.apply_elements(small, subject, identifying_from=tiny)
         parts.update(_encode(small))
     parts.update(fast._constant)
-    if not engine._codes:
+    if not engine.codes:
         parts.pop(0x00120064, None)
     try:
-        sop_class, sop_instance = _value(parts[0x00080016]), _value(parts[0x00080018])
+        sop_class, sop_instance = element_value(parts[0x00080016]), element_value(parts[0x00080018])
     except KeyError:
         raise DeidError(Reason.DEID_NO_SOP_INSTANCE) from None
     meta = _meta(sop_class, sop_instance, header.syntax)
@@ -666,7 +694,7 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
         return None  # values pydicom cannot read: the dataset path decides what they become
     for tag in (0x0020000D, 0x0020000E):
         if tag in parts:
-            result.add_new(tag, "UI", _value(parts[tag]).decode("ascii").rstrip("\x00 "))
+            result.add_new(tag, "UI", element_value(parts[tag]).decode("ascii").rstrip("\x00 "))
     result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
     return _Done(result, subject, head, header.pixel_offset, size)
 
@@ -682,10 +710,28 @@ def deidentify_file(
     Each top-level header element is copied verbatim, dropped, re-encoded by
     :class:`ByteEngine`, or handed to the engine in a small dataset; the results are merged in
     tag order with the constant elements and File Meta, and the pixel data is appended by the
-    kernel. ``subject_for(header)`` gives the subject from Patient ID, Issuer and Other Patient
-    IDs; ``write_to(dataset, subject)`` names the target file. Returns a dataset with the new
-    Study / Series / SOP Instance UIDs (and SOP Class, Study Date and Description), the subject
-    and the bytes written.
+    kernel. The target is written as ``<target>.tmp`` and renamed, so it is whole or absent.
+
+    Args:
+        engine: the project's engine.
+        subject_for: ``subject_for(header)`` gives the subject from a small data set holding
+            Patient ID, Issuer of Patient ID, Other Patient IDs Sequence, Burned In Annotation
+            and Specific Character Set (with func:clean, the identifying attributes too).
+        src: the source file.
+        write_to: ``write_to(dataset, subject)`` names the target file (its folder exists).
+
+    Returns:
+        ``(dataset, subject, size)``: a small data set with the new Study / Series / SOP
+        Instance UIDs, SOP Class UID, Specific Character Set, Study Date and Study Description;
+        the subject; the number of bytes written. None when the file's layout needs the
+        whole-object path (see :func:`read_header`), or the recipe ADDs computed values or
+        changes Pixel Data; nothing is written then.
+
+    Raises:
+        DeidError: the object cannot be de-identified with certainty (as :meth:`Engine.apply`;
+            an ObjectRejected subclass, so the caller quarantines the object).
+        ObjectRejected: ``truncated`` or ``unreadable`` header or pixel data.
+        OSError: reading the source or writing the target failed.
     """
     with open(src, "rb") as fp:
         done = _deidentify_header(engine, subject_for, fp)
@@ -709,10 +755,26 @@ def deidentify_file(
 def deidentify_to_bytes(
     engine: Engine, subject_for: SubjectFor, src: Path
 ) -> tuple[Dataset, SubjectContext, bytes] | None:
-    """The fast path for a caller that needs the object's bytes (an extraction run hashes them
-    and hands them to its object store): the de-identified header followed by the pixel data
-    element read once with ``os.pread``, never parsed. None, ObjectRejected and DeidError mean what
-    they mean for :func:`deidentify_file`; the bytes are those it would write.
+    """The fast path for a caller that needs the object's bytes.
+
+    An extraction run hashes them and hands them to its object store: the de-identified header
+    followed by the pixel data element read once with ``os.pread``, never parsed.
+
+    Args:
+        engine: the project's engine.
+        subject_for: as for :func:`deidentify_file`.
+        src: the source file.
+
+    Returns:
+        ``(dataset, subject, data)``: dataset and subject as for :func:`deidentify_file`, and
+        the whole de-identified file (the bytes it would write). None when the layout needs
+        the whole-object path.
+
+    Raises:
+        DeidError: as for :func:`deidentify_file`.
+        ObjectRejected: as for :func:`deidentify_file`, and ``truncated`` when the file
+            shrank while it was read.
+        OSError: reading the source failed.
     """
     with open(src, "rb") as fp:
         done = _deidentify_header(engine, subject_for, fp)

@@ -53,12 +53,32 @@ class Action:
 
 @dataclass(frozen=True)
 class Rule:
+    """One header rule of a recipe file: ``ACTION field [value]``, and the layer it came from.
+
+    ``action`` is one of KEEP, ADD, REPLACE, JITTER, REMOVE, BLANK; ``field`` a keyword, a tag
+    (``(0010,0010)`` or ``00100010``), ``ALL`` or ``contains:`` / ``startswith:`` /
+    ``endswith:`` and a keyword fragment; ``value`` the rule's value expression (``func:uid``,
+    ``var:research_id``, a literal) or None; ``layer`` the index of its file among the layers.
+    """
+
     action: str
     field: str
     value: str | None
     layer: int = 0
 
     def matches(self, tag: BaseTag, keyword: str) -> bool:
+        """Whether this rule's field names the element.
+
+        Args:
+            tag: the element's tag.
+            keyword: its data dictionary keyword, or ``""`` for a tag not in the dictionary
+                (only ``ALL`` and a tag field match it then).
+
+        Returns:
+            True when the field is ``ALL``, equals the tag or the keyword, or its
+            ``contains:`` / ``startswith:`` / ``endswith:`` fragment matches the keyword
+            (case-insensitively).
+        """
         expr = self.field
         low = keyword.lower()
         if expr.upper() == "ALL":
@@ -125,6 +145,7 @@ class Recipe:
 
     @property
     def layer_names(self) -> list[str]:
+        """The layers' file stems in order, e.g. ``["ridl-safe-public", "ps3.15-basic"]``."""
         return [p.stem for p in self.sources]
 
     @property
@@ -134,6 +155,7 @@ class Recipe:
 
     @property
     def uses_clean(self) -> bool:
+        """True when a rule's value is ``func:clean`` (identifying tokens must be read first)."""
         return any(r.value == "func:clean" for r in self.rules)
 
     @property
@@ -150,7 +172,18 @@ class Recipe:
         return list(chosen.values())
 
     def action_for(self, tag: BaseTag, vr: str = "") -> Action | None:
-        """The action for a public element, or None when no layer has a rule matching it."""
+        """The action for a public element, by the layering rules of the module docstring.
+
+        Args:
+            tag: the element's tag (group even).
+            vr: the VR it is handled as; a JITTER rule on a VR other than DA, DT or TM defers
+                to the earlier layers. The result is cached per tag: the VR of the first call
+                for a tag decides for the later ones.
+
+        Returns:
+            The winning rule's action and value expression, or None when no layer has a rule
+            (other than ADD) matching the element.
+        """
         try:
             return self._cache[tag]
         except KeyError:
@@ -202,6 +235,18 @@ def recipe_search_path() -> list[Path]:
 
 
 def find_recipe(name: str) -> Path:
+    """The file of one recipe layer.
+
+    Args:
+        name: a recipe name (``ps3.15-basic``), looked up as ``<name>.dicom`` in each folder of
+            :func:`recipe_search_path` in order, or a path to an existing ``.dicom`` file.
+
+    Returns:
+        The recipe file's path.
+
+    Raises:
+        ConfigError: no recipe has that name (the message lists the known ones).
+    """
     candidate = Path(name)
     if candidate.suffix == ".dicom" and candidate.exists():
         return candidate
@@ -214,7 +259,18 @@ def find_recipe(name: str) -> Path:
 
 
 def parse_recipe_file(path: Path) -> list[Rule]:
-    """Parse one recipe file with the deid package's own parser."""
+    """Parse one recipe file with the deid package's own parser.
+
+    Args:
+        path: a recipe file in the deid format.
+
+    Returns:
+        Its header rules in file order, all with layer 0 (FORMAT, filter and pixel sections
+        and unknown actions are left out).
+
+    Raises:
+        ConfigError: deid cannot parse the file.
+    """
     from deid.config import DeidRecipe
 
     # deid logs every parsed line at debug level through its own logger; keep it quiet.
@@ -239,7 +295,17 @@ def parse_recipe_file(path: Path) -> list[Rule]:
 
 
 def load_safe_private(path: Path) -> frozenset[tuple[str, int, int]]:
-    """(private creator, group, element byte) triples of PS3.15 Table E.3.10-1."""
+    """The safe private attributes of PS3.15 Table E.3.10-1, as a TOML table lists them.
+
+    Args:
+        path: a TOML file of ``[[attribute]]`` entries with ``private_creator``, ``group`` and
+            ``element`` (hex strings; ``element`` is the low byte of the element number, the
+            high byte being the block the creator reserved).
+
+    Returns:
+        ``(private creator, group, element byte)`` triples, e.g.
+        ``("Philips PET Private Group", 0x7053, 0x00)``.
+    """
     import tomllib
 
     data = tomllib.loads(path.read_text())
@@ -265,9 +331,19 @@ def split_layers(names: str | list[str]) -> list[str]:
 def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
     """Load and compile one recipe, or several layered in order (see the module docstring).
 
-    ``names`` is a recipe name, a ``+``-joined list of names, or a list. ``unmatched`` is what
-    happens to a public element no rule mentions: REMOVE is ridl's secure default (only what a
-    recipe keeps or transforms survives); KEEP matches the deid package.
+    Args:
+        names: a recipe name, a ``+``-joined list of names, or a list (see :func:`find_recipe`).
+        unmatched: what happens to a public element no rule mentions: REMOVE is ridl's secure
+            default (only what a recipe keeps or transforms survives); KEEP matches the deid
+            package.
+
+    Returns:
+        The compiled recipe; its ``digest`` (SHA-256, hex) covers every layer file, the
+        ``unmatched`` choice and the safe private table when that option is a layer.
+
+    Raises:
+        ConfigError: ``unmatched`` is neither REMOVE nor KEEP, no name is given, a name has no
+            recipe, deid cannot parse a file, or an ADD names an unknown attribute.
     """
     if unmatched not in ("REMOVE", "KEEP"):
         raise ConfigError("unmatched must be REMOVE or KEEP")

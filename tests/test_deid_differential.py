@@ -40,7 +40,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from deid_recipes import Engine, SubjectContext, load_recipe
-from deid_recipes.engine import BINARY_VRS, DUMMY_BY_VR, _identifying_tokens, clean_text
+from deid_recipes.dicombytes import BINARY_VRS
+from deid_recipes.engine import DUMMY_BY_VR, clean_text, identifying_tokens
 from deid_recipes.recipe import Recipe, find_recipe
 from ridl.pseudonyms import Pseudonymizer
 
@@ -82,15 +83,15 @@ def corpus(synth_dir) -> list[Path]:  # type: ignore[no-untyped-def]
 
 def _lookups(engine: Engine, ds: Dataset) -> dict[str, Any]:
     """deid lookup functions computing what the engine computes for a plain element."""
-    identifying = _identifying_tokens(ds)
+    identifying = identifying_tokens(ds)
 
     def uid(field: Any, **_: Any) -> Any:
         value = field.element.value
         if field.element.VR == "SQ":
             return value
         if isinstance(value, list | MultiValue):
-            return [engine._remap_one(str(v)) for v in value]
-        return engine._remap_one(str(value)) if value else value
+            return [engine.remap_uid(str(v)) for v in value]
+        return engine.remap_uid(str(value)) if value else value
 
     def dummy(field: Any, **_: Any) -> Any:
         vr = field.element.VR
