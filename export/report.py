@@ -28,7 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 plt.rcParams["svg.fonttype"] = "none"
 import pandas as pd  # noqa: E402
 
-from export.manifest import read_manifest, read_parts, release_files  # noqa: E402
+from export.manifest import (  # noqa: E402
+    ManifestPart,
+    ReleaseSummary,
+    read_manifest,
+    read_parts,
+    read_summary,
+)
 from export.store import ObjectStore  # noqa: E402
 
 REPORT_NAME = "report.html"
@@ -119,7 +125,7 @@ def read_runs(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: r["started_at"])
 
 
-def subjects_by_site_count(manifest: pd.DataFrame, parts: list[dict[str, Any]]) -> dict[int, int]:
+def subjects_by_site_count(manifest: pd.DataFrame, parts: list[ManifestPart]) -> dict[int, int]:
     """How many subjects have studies from 1, 2, ... sites (keyed site tokens, never names)."""
     site_of = {p["study"]: p["site"] for p in parts if p.get("study") and p.get("site")}
     sites: dict[str, set[str]] = defaultdict(set)
@@ -131,9 +137,9 @@ def subjects_by_site_count(manifest: pd.DataFrame, parts: list[dict[str, Any]]) 
 
 
 def render_report(
-    summary: Mapping[str, Any],
+    summary: ReleaseSummary,
     manifest: pd.DataFrame,
-    parts: list[dict[str, Any]],
+    parts: list[ManifestPart],
     runs: list[dict[str, Any]],
     study_years: Mapping[str, str] | None = None,
 ) -> str:
@@ -220,7 +226,7 @@ def write_report(
     store: ObjectStore, prefix: str, study_years: Mapping[str, str] | None = None
 ) -> str:
     """Render the report from the release's files in ``store`` and keep it there."""
-    summary = json.loads(store.get_bytes(release_files(prefix).summary))
+    summary = read_summary(store, prefix)
     manifest = read_manifest(store, prefix)
     page = render_report(
         summary, manifest, read_parts(store, prefix), read_runs(store, prefix), study_years
