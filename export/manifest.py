@@ -129,12 +129,15 @@ class ReleaseSummary(TypedDict):
 
 @dataclass(frozen=True)
 class ReleaseFiles:
+    """Store keys of a release's manifest tables and summary."""
+
     manifest_parquet: str
     manifest_csv: str
     summary: str
 
 
 def release_files(prefix: str) -> ReleaseFiles:
+    """The keys under ``prefix``: manifest.parquet, manifest.csv and summary.json."""
     return ReleaseFiles(
         manifest_parquet=f"{prefix}/manifest.parquet",
         manifest_csv=f"{prefix}/manifest.csv",
@@ -335,5 +338,10 @@ def read_summary(store: ObjectStore, prefix: str) -> ReleaseSummary:
 
 
 def read_manifest(store: ObjectStore, prefix: str) -> pd.DataFrame:
+    """The manifest table: one row per exported object, :data:`MANIFEST_COLUMNS`, by key.
+
+    Raises:
+        FileNotFoundError: the release has no manifest yet.
+    """
     data = store.get_bytes(release_files(prefix).manifest_parquet)
     return pq.read_table(io.BytesIO(data)).to_pandas()

@@ -266,6 +266,7 @@ class Totals:
         self.timeline.extend(totals["timeline"])
 
     def as_dict(self) -> SliceTotals:
+        """The totals as a child flow run returns them."""
         return SliceTotals(
             studies=self.studies,
             skipped=self.skipped,
