@@ -1,7 +1,15 @@
 """Release manifests: every exported object with its size and SHA-256, and the run's counts.
 
-The manifest is assembled from the per-study parts in the object store, sorted by key, so a
-resumed run and an uninterrupted one write the same manifest byte for byte.
+A study's worker records what it did in a *manifest part*, ``<project>/<release>/parts/<study
+key>.json`` (one more, ``parts/_source.json``, counts the files of the source that belong to no
+study). The manifest is assembled from the parts in the object store, sorted by key, so a resumed
+run and an uninterrupted one write the same manifest byte for byte.
+
+This module owns the records at that seam: :class:`ObjectRow` (one exported object),
+:class:`ManifestPart` (one part) and :class:`ReleaseSummary` (``summary.json``). They are
+TypedDicts, so what is written is exactly ``json.dumps`` of the record and what is read is the
+parsed JSON: every writer and reader goes through :func:`study_part`, :func:`source_part`,
+:func:`write_part`, :func:`read_part` / :func:`read_parts` and :func:`read_summary`.
 """
 
 from __future__ import annotations
@@ -10,8 +18,9 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -32,15 +41,103 @@ MANIFEST_COLUMNS = [
     "study_date",
 ]
 
+# The part of what the source held that belongs to no study (unreadable files, selection's
+# exclusions); its "study" is None.
+SOURCE_PART = "_source"
+
+
+class ObjectRow(TypedDict):
+    """One exported object, as a manifest part lists it (all values de-identified).
+
+    ``key`` is the object's key in the store (``<project>/<release>/<research id>/<study UID>/
+    <series UID>/<SOP Instance UID>.dcm``); ``size`` its length in bytes; ``sha256`` the hex
+    SHA-256 of its bytes. The UIDs are the de-identified Study, Series and SOP Instance UIDs and
+    the SOP Class UID; ``modality`` is upper case; ``study_date`` the shifted StudyDate (DICOM DA,
+    ``YYYYMMDD``, or ``""``); ``study_description`` the retained StudyDescription or ``""``.
+    The manifest tables keep every field but ``study_description`` (:data:`MANIFEST_COLUMNS`).
+    """
+
+    key: str
+    size: int
+    sha256: str
+    research_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    modality: str
+    study_date: str
+    study_description: str
+
+
+class ManifestPart(TypedDict):
+    """What one study's work recorded: ``parts/<study key>.json``; written last, so it marks the
+    study done.
+
+    ``study`` is the study key (the de-identified Study Instance UID), or None for the source
+    part. ``objects`` are the exported objects sorted by key; ``excluded`` and ``quarantined``
+    count instances by reason code. A study part also has ``site`` (a keyed token of the Issuer
+    of Patient ID, never its name), ``review`` (the review IDs of objects held for a reviewer,
+    sorted) and ``iocm_rejected`` (de-identified SOP Instance UIDs that IOCM rejected, sorted);
+    the source part has none of the three.
+    """
+
+    study: str | None
+    objects: list[ObjectRow]
+    excluded: dict[str, int]
+    quarantined: dict[str, int]
+    site: NotRequired[str]
+    review: NotRequired[list[str]]
+    iocm_rejected: NotRequired[list[str]]
+
+
+class LabelsFile(TypedDict):
+    """The release's labels table as the summary names it: key, size in bytes, hex SHA-256, rows."""
+
+    key: str
+    size: int
+    sha256: str
+    rows: int
+
+
+class ReleaseSummary(TypedDict):
+    """``summary.json``: the release's counts, written by :func:`build_manifest`.
+
+    Counts are of studies, subjects (research IDs) and instances; ``bytes_exported`` is in bytes;
+    ``by_modality`` counts exported instances per modality, ``excluded`` and ``quarantined``
+    count instances per reason code (all three sorted by key). ``studies_done`` counts the
+    study parts in the store (studies worked, exported or not). ``manifest`` and
+    ``manifest_csv`` are the store keys of the manifest tables; ``labels`` is there once the
+    release has a labels table.
+    """
+
+    project: str
+    release: str
+    studies_selected: int
+    studies_done: int
+    studies_exported: int
+    subjects: int
+    instances_exported: int
+    bytes_exported: int
+    by_modality: dict[str, int]
+    excluded: dict[str, int]
+    quarantined: dict[str, int]
+    manifest: str
+    manifest_csv: str
+    labels: NotRequired[LabelsFile]
+
 
 @dataclass(frozen=True)
 class ReleaseFiles:
+    """Store keys of a release's manifest tables and summary."""
+
     manifest_parquet: str
     manifest_csv: str
     summary: str
 
 
 def release_files(prefix: str) -> ReleaseFiles:
+    """The keys under ``prefix``: manifest.parquet, manifest.csv and summary.json."""
     return ReleaseFiles(
         manifest_parquet=f"{prefix}/manifest.parquet",
         manifest_csv=f"{prefix}/manifest.csv",
@@ -48,20 +145,140 @@ def release_files(prefix: str) -> ReleaseFiles:
     )
 
 
-def read_parts(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
+# --- manifest parts ------------------------------------------------------------------------------
+
+
+def part_key(prefix: str, study_key: str) -> str:
+    """The store key of a study's part: ``<prefix>/parts/<study key>.json``."""
+    return f"{prefix}/parts/{study_key}.json"
+
+
+def source_part_key(prefix: str) -> str:
+    """The store key of the source part: ``<prefix>/parts/_source.json``."""
+    return part_key(prefix, SOURCE_PART)
+
+
+def is_source_part(key: str) -> bool:
+    """Whether a part's store key is the source part's (which belongs to no study)."""
+    return key.endswith(f"/{SOURCE_PART}.json")
+
+
+def _counts(counts: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items()))
+
+
+def study_part(
+    study: str,
+    site: str,
+    objects: list[ObjectRow],
+    *,
+    excluded: Mapping[str, int],
+    quarantined: Mapping[str, int],
+    review: Iterable[str] = (),
+    iocm_rejected: Iterable[str] = (),
+) -> ManifestPart:
+    """The part of one study: its key, site token, exported objects and counts by reason.
+
+    ``objects`` are kept in the order given (the worker sorts them by key); counts are sorted by
+    reason code, ``review`` and ``iocm_rejected`` sorted.
+    """
+    return ManifestPart(
+        study=study,
+        site=site,
+        objects=objects,
+        review=sorted(review),
+        excluded=_counts(excluded),
+        quarantined=_counts(quarantined),
+        iocm_rejected=sorted(iocm_rejected),
+    )
+
+
+def source_part(
+    excluded: Mapping[str, int] | None = None, quarantined: Mapping[str, int] | None = None
+) -> ManifestPart:
+    """The source part: no study, no objects; instances counted by reason code.
+
+    ``excluded`` counts what selection removed (duplicates, opt-outs); ``quarantined`` the files
+    of the source that are not readable DICOM and so belong to no study.
+    """
+    return ManifestPart(
+        study=None,
+        objects=[],
+        excluded=_counts(excluded or {}),
+        quarantined=_counts(quarantined or {}),
+    )
+
+
+def encode_part(part: ManifestPart) -> bytes:
+    """A part's bytes as stored: compact JSON with sorted keys (UTF-8)."""
+    return json.dumps(part, sort_keys=True).encode()
+
+
+def parse_part(data: bytes) -> ManifestPart:
+    """A part from its stored bytes.
+
+    Raises:
+        ValueError: the bytes are not JSON (a part being replaced, or not a part).
+    """
+    return cast(ManifestPart, json.loads(data))
+
+
+def write_part(store: ObjectStore, key: str, part: ManifestPart) -> None:
+    """Store a part under ``key`` (see :func:`part_key`) in one put: whole or absent."""
+    store.put_bytes(key, encode_part(part))
+
+
+def read_part(store: ObjectStore, key: str) -> ManifestPart | None:
+    """The part stored under ``key``, or None when there is none (the study is not done).
+
+    Raises:
+        ValueError: the stored bytes are not JSON.
+    """
+    if not store.exists(key):
+        return None
+    return parse_part(store.get_bytes(key))
+
+
+def read_parts(store: ObjectStore, prefix: str) -> list[ManifestPart]:
+    """Every part of the release under ``prefix`` (study parts and the source part), in store order.
+
+    Raises:
+        ValueError: a stored part is not JSON.
+    """
     parts = []
     for info in store.list(f"{prefix}/parts/"):
         if info.key.endswith(".json"):
-            parts.append(json.loads(store.get_bytes(info.key)))
+            parts.append(parse_part(store.get_bytes(info.key)))
     return parts
+
+
+def part_bytes(part: ManifestPart) -> int:
+    """Bytes of the objects a part exported."""
+    return sum(o["size"] for o in part["objects"])
+
+
+def part_instances(part: ManifestPart) -> int:
+    """Instances a part met: exported, excluded or quarantined."""
+    return len(part["objects"]) + sum(part["excluded"].values()) + sum(part["quarantined"].values())
+
+
+# --- the manifest and the summary ---------------------------------------------------------------
 
 
 def build_manifest(
     store: ObjectStore, prefix: str, selected: int, project: str, release: str
-) -> dict[str, Any]:
-    """Write manifest.parquet, manifest.csv and summary.json for the release; return the summary."""
+) -> ReleaseSummary:
+    """Write manifest.parquet, manifest.csv and summary.json for the release; return the summary.
+
+    ``selected`` is the number of studies the frozen selection holds. The manifest tables have
+    one row per exported object (:data:`MANIFEST_COLUMNS`), sorted by key; ``summary.json`` is
+    the :class:`ReleaseSummary` as indented JSON with sorted keys.
+
+    Raises:
+        ValueError: a stored part is not JSON.
+    """
     parts = read_parts(store, prefix)
-    rows: list[dict[str, Any]] = []
+    rows: list[ObjectRow] = []
     excluded: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     studies_done = 0
@@ -79,37 +296,52 @@ def build_manifest(
     pq.write_table(table, sink)
     store.put_bytes(files.manifest_parquet, sink.getvalue())
     store.put_bytes(files.manifest_csv, frame.to_csv(index=False).encode())
-    summary: dict[str, Any] = {
-        "project": project,
-        "release": release,
-        "studies_selected": selected,
-        "studies_done": studies_done,
-        "studies_exported": int(frame["study_uid"].nunique()),
-        "subjects": int(frame["research_id"].nunique()),
-        "instances_exported": len(frame),
-        "bytes_exported": int(frame["size"].sum()),
-        "by_modality": {
-            k: int(v) for k, v in frame["modality"].value_counts().sort_index().items()
+    summary = ReleaseSummary(
+        project=project,
+        release=release,
+        studies_selected=selected,
+        studies_done=studies_done,
+        studies_exported=int(frame["study_uid"].nunique()),
+        subjects=int(frame["research_id"].nunique()),
+        instances_exported=len(frame),
+        bytes_exported=int(frame["size"].sum()),
+        by_modality={
+            str(k): int(v) for k, v in frame["modality"].value_counts().sort_index().items()
         },
-        "excluded": dict(sorted(excluded.items())),
-        "quarantined": dict(sorted(quarantined.items())),
-        "manifest": files.manifest_parquet,
-        "manifest_csv": files.manifest_csv,
-    }
+        excluded=_counts(excluded),
+        quarantined=_counts(quarantined),
+        manifest=files.manifest_parquet,
+        manifest_csv=files.manifest_csv,
+    )
     labels_key = f"{prefix}/labels.parquet"
     if store.exists(labels_key):
         # Labels from worklists and hooks (curation.labels) travel with the release.
         data = store.get_bytes(labels_key)
-        summary["labels"] = {
-            "key": labels_key,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "rows": pq.read_metadata(io.BytesIO(data)).num_rows,
-        }
+        summary["labels"] = LabelsFile(
+            key=labels_key,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            rows=pq.read_metadata(io.BytesIO(data)).num_rows,
+        )
     store.put_bytes(files.summary, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 
 
+def read_summary(store: ObjectStore, prefix: str) -> ReleaseSummary:
+    """The release's ``summary.json`` as :func:`build_manifest` wrote it.
+
+    Raises:
+        FileNotFoundError: the release has no summary yet (the run has not finished).
+        ValueError: the stored summary is not JSON.
+    """
+    return cast(ReleaseSummary, json.loads(store.get_bytes(release_files(prefix).summary)))
+
+
 def read_manifest(store: ObjectStore, prefix: str) -> pd.DataFrame:
+    """The manifest table: one row per exported object, :data:`MANIFEST_COLUMNS`, by key.
+
+    Raises:
+        FileNotFoundError: the release has no manifest yet.
+    """
     data = store.get_bytes(release_files(prefix).manifest_parquet)
     return pq.read_table(io.BytesIO(data)).to_pandas()

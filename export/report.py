@@ -28,7 +28,13 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from export.manifest import read_manifest, read_parts, release_files
+from export.manifest import (
+    ManifestPart,
+    ReleaseSummary,
+    read_manifest,
+    read_parts,
+    read_summary,
+)
 from export.store import ObjectStore
 
 REPORT_NAME = "report.html"
@@ -133,7 +139,7 @@ def read_runs(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: r["started_at"])
 
 
-def subjects_by_site_count(manifest: pd.DataFrame, parts: list[dict[str, Any]]) -> dict[int, int]:
+def subjects_by_site_count(manifest: pd.DataFrame, parts: list[ManifestPart]) -> dict[int, int]:
     """How many subjects have studies from 1, 2, ... sites (keyed site tokens, never names).
 
     ``manifest`` has one row per object (``research_id``, ``study_uid``...); ``parts`` are the
@@ -150,9 +156,9 @@ def subjects_by_site_count(manifest: pd.DataFrame, parts: list[dict[str, Any]]) 
 
 
 def render_report(
-    summary: Mapping[str, Any],
+    summary: ReleaseSummary,
     manifest: pd.DataFrame,
-    parts: list[dict[str, Any]],
+    parts: list[ManifestPart],
     runs: list[dict[str, Any]],
     study_years: Mapping[str, str] | None = None,
 ) -> str:
@@ -253,7 +259,7 @@ def write_report(
     Raises:
         FileNotFoundError: the release summary is not in the store yet.
     """
-    summary = json.loads(store.get_bytes(release_files(prefix).summary))
+    summary = read_summary(store, prefix)
     manifest = read_manifest(store, prefix)
     page = render_report(
         summary, manifest, read_parts(store, prefix), read_runs(store, prefix), study_years

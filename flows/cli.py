@@ -597,15 +597,15 @@ def show_summary(
     ] = None,
 ) -> None:
     """Print a finished release's summary of counts."""
+    from export.manifest import read_summary, release_files
     from export.store import open_store
 
     store = open_store(dest)
-    key = f"{project}/{release}/summary.json"
-    if not store.exists(key):
+    if not store.exists(release_files(f"{project}/{release}").summary):
         raise ReleaseError(
             f"no summary for {project}/{release} in {store.url}; has the run finished?"
         )
-    json.dump(json.loads(store.get_bytes(key)), sys.stdout, indent=2)
+    json.dump(read_summary(store, f"{project}/{release}"), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

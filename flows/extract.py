@@ -24,7 +24,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -33,7 +33,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from export.local import LocalStore
-from export.manifest import build_manifest
+from export.manifest import ReleaseSummary, build_manifest
 from export.release import publish_release
 from export.store import open_store
 from flows.gate import gate_release
@@ -46,7 +46,7 @@ from flows.runners import (
 )
 from flows.runplan import RunPlan, prepare_run, recipe_sha256, run_fields
 from flows.transient import retry_if_transient
-from flows.work import RunContext
+from flows.work import BatchTally, RunContext
 from ridl import audit, settings
 from ridl.catalog import StudyRef
 from ridl.sources.protect import (
@@ -71,15 +71,13 @@ __all__ = ["DEFAULT_BATCH_SIZE", "extract_run", "extract_slice", "plan_slices", 
     retry_condition_fn=retry_if_transient,
     tags=["ridl-batch"],
 )
-def process_studies(
-    ctx: RunContext, studies: list[StudyRef], retrieval_limit: int
-) -> dict[str, Any]:
+def process_studies(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) -> BatchTally:
     """De-identify and upload one batch of studies; returns counts and part locations only."""
     return run_batch(ctx, studies, retrieval_limit)
 
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
-def publish_manifest(ctx: RunContext, selected: int) -> dict[str, Any]:
+def publish_manifest(ctx: RunContext, selected: int) -> ReleaseSummary:
     store = open_store(ctx.store_url)
     return build_manifest(store, ctx.prefix, selected, ctx.project, ctx.release)
 
@@ -179,6 +177,50 @@ def clean_stage(ctx: RunContext) -> dict[str, int]:
     return removed
 
 
+class TimelineEntry(TypedDict):
+    """One batch in the run log: when it finished (POSIX time, seconds), studies it worked
+    itself, ``instances`` it met in them, and studies it found done by an earlier run."""
+
+    finished_at: float
+    studies: int
+    instances: int
+    skipped: int
+
+
+class SliceTotals(TypedDict):
+    """What a child flow run returns (:meth:`Totals.as_dict`): its batches' tallies added up.
+
+    Counts as in :class:`~flows.work.BatchTally`; ``work_seconds`` summed over batches (seconds),
+    ``peak_rss_mib`` the highest of any worker (MiB), ``timeline`` one entry per batch.
+    """
+
+    studies: int
+    skipped: int
+    exported: int
+    instances: int
+    bytes: int
+    work_seconds: float
+    peak_rss_mib: float
+    excluded: dict[str, int]
+    quarantined: dict[str, int]
+    timeline: list[TimelineEntry]
+
+
+class RunSummary(ReleaseSummary):
+    """What :func:`extract_run` returns: the release's summary (``summary.json``) and how this
+    run went: studies an earlier run had done, child flow runs, what the clean stage removed,
+    the store keys of the run log and the report, the PHI gate's verdict and the publication.
+    """
+
+    studies_skipped_as_done: int
+    flow_runs: int
+    cleaned: dict[str, int]
+    run_log: str
+    report: str
+    verification: dict[str, Any]
+    publication: dict[str, Any]
+
+
 class Totals:
     """Counts of a run, added up from batch results as they arrive (never kept per batch)."""
 
@@ -192,42 +234,51 @@ class Totals:
         self.peak_rss_mib = 0.0
         self.excluded: Counter[str] = Counter()
         self.quarantined: Counter[str] = Counter()
-        self.timeline: list[dict[str, float]] = []
+        self.timeline: list[TimelineEntry] = []
 
-    def add(self, counts: dict[str, Any]) -> None:
+    def _count(self, counts: BatchTally | SliceTotals) -> None:
         self.studies += counts["studies"]
         self.skipped += counts["skipped"]
         self.exported += counts["exported"]
-        self.instances += counts.get("instances", 0)
+        self.instances += counts["instances"]
         self.bytes += counts["bytes"]
         self.work_seconds += counts.get("work_seconds", 0.0)
         self.peak_rss_mib = max(self.peak_rss_mib, counts.get("peak_rss_mib", 0.0))
         self.excluded.update(counts["excluded"])
         self.quarantined.update(counts["quarantined"])
-        self.timeline.extend(counts.get("timeline", []))
-        if "finished_at" in counts:
+
+    def add(self, tally: BatchTally) -> None:
+        """Add one batch task's result; a batch timed by ``run_batch`` joins the timeline."""
+        self._count(tally)
+        if "finished_at" in tally:
             self.timeline.append(
-                {
-                    "finished_at": counts["finished_at"],
-                    "studies": counts["studies"] - counts["skipped"],
-                    "instances": counts.get("fresh_instances", 0),
-                    "skipped": counts["skipped"],
-                }
+                TimelineEntry(
+                    finished_at=tally["finished_at"],
+                    studies=tally["studies"] - tally["skipped"],
+                    instances=tally["fresh_instances"],
+                    skipped=tally["skipped"],
+                )
             )
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "studies": self.studies,
-            "skipped": self.skipped,
-            "exported": self.exported,
-            "instances": self.instances,
-            "bytes": self.bytes,
-            "work_seconds": self.work_seconds,
-            "peak_rss_mib": self.peak_rss_mib,
-            "excluded": dict(self.excluded),
-            "quarantined": dict(self.quarantined),
-            "timeline": self.timeline,
-        }
+    def add_slice(self, totals: SliceTotals) -> None:
+        """Add a child flow run's totals, its batches' timeline included."""
+        self._count(totals)
+        self.timeline.extend(totals["timeline"])
+
+    def as_dict(self) -> SliceTotals:
+        """The totals as a child flow run returns them."""
+        return SliceTotals(
+            studies=self.studies,
+            skipped=self.skipped,
+            exported=self.exported,
+            instances=self.instances,
+            bytes=self.bytes,
+            work_seconds=self.work_seconds,
+            peak_rss_mib=self.peak_rss_mib,
+            excluded=dict(self.excluded),
+            quarantined=dict(self.quarantined),
+            timeline=self.timeline,
+        )
 
 
 def write_run_log(ctx: RunContext, started: float, totals: Totals, slices: int) -> str:
@@ -254,7 +305,7 @@ def write_run_log(ctx: RunContext, started: float, totals: Totals, slices: int) 
 
 
 @flow(name="ridl-extract-slice", log_prints=False, persist_result=False)
-def extract_slice(params: ExtractParams, part: Slice) -> dict[str, Any]:
+def extract_slice(params: ExtractParams, part: Slice) -> SliceTotals:
     """A child flow run: one slice of the frozen selection, in batched tasks."""
     logger = get_run_logger()
     plan = select_stage(params)  # the frozen selection: same studies in every child
@@ -292,7 +343,7 @@ def extract_run(
     rate_limit: float = DEFAULT_RATE_LIMIT,
     allowed_hours: str | None = None,
     retries: int = DEFAULT_RETRIES,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run one REB-approved extraction into a release; safe to rerun (it resumes).
 
     The last four parameters protect a network DIR (see ridl.sources.protect).
@@ -342,23 +393,25 @@ def extract_run(
             child = extract_slice.with_options(
                 name=f"ridl-extract-slice-{part.label}", task_runner=runner
             )
-            totals.add(child(params, part))
-    summary = publish_manifest(plan.ctx, len(plan.studies))
-    summary["studies_skipped_as_done"] = totals.skipped
-    summary["flow_runs"] = len(slices)
-    summary["cleaned"] = cleaned
-    summary["run_log"] = write_run_log(plan.ctx, started, totals, len(slices))
-    summary["report"] = publish_report(plan.ctx, plan.studies)
-    summary["verification"] = verify_release_task(plan.ctx)  # no publishing without a clean pass
-    summary["publication"] = publish_release(
-        plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
+            totals.add_slice(child(params, part))
+    summary = RunSummary(
+        **publish_manifest(plan.ctx, len(plan.studies)),
+        studies_skipped_as_done=totals.skipped,
+        flow_runs=len(slices),
+        cleaned=cleaned,
+        run_log=write_run_log(plan.ctx, started, totals, len(slices)),
+        report=publish_report(plan.ctx, plan.studies),
+        verification=verify_release_task(plan.ctx),  # no publishing without a clean pass
+        publication=publish_release(
+            plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
+        ),
     )
     audit.record("run.ended", **audit.run_end_fields(summary))
     _artifacts(summary, totals)
     return summary
 
 
-def _artifacts(summary: dict[str, Any], totals: Totals) -> None:
+def _artifacts(summary: RunSummary, totals: Totals) -> None:
     """Counts for the research office in the Prefect UI; counts only, no identifiers."""
     rows = [
         {"stage": "selected", "reason": "studies", "count": summary["studies_selected"]},

@@ -8,7 +8,6 @@ what this run has done, not from studies an earlier run finished.
 
 from __future__ import annotations
 
-import json
 import threading
 from types import TracebackType
 
@@ -24,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from export.manifest import is_source_part, parse_part, part_instances
 from export.store import ObjectStore
 from ridl.releases import release_dir
 
@@ -44,19 +44,15 @@ class PartTally:
             if info.key in self.seen or not info.key.endswith(".json"):
                 continue
             self.seen.add(info.key)
-            if info.key.endswith("/_source.json"):
+            if is_source_part(info.key):
                 continue  # files of the source that belong to no study
             try:
-                part = json.loads(self.store.get_bytes(info.key))
+                part = parse_part(self.store.get_bytes(info.key))
             except (OSError, ValueError):
                 self.seen.discard(info.key)  # being replaced: read it next time
                 continue
             self.studies += 1
-            self.instances += (
-                len(part["objects"])
-                + sum(part["excluded"].values())
-                + sum(part["quarantined"].values())
-            )
+            self.instances += part_instances(part)
 
 
 def selection_totals(project: str, release: str) -> tuple[int, int] | None:

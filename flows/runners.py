@@ -25,7 +25,7 @@ from typing import Any
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from flows.work import RunContext, process_batch, worker_for
+from flows.work import BatchTally, RunContext, process_batch, worker_for
 from ridl import settings
 from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
@@ -154,16 +154,23 @@ def _retrieval_slot_factory(
     return lambda: _hold(dask_sem.acquire, dask_sem.release)
 
 
-def run_batch(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) -> dict[str, Any]:
-    """Process one batch in this worker process; counts, timing and peak memory, no bytes."""
+def run_batch(ctx: RunContext, studies: list[StudyRef], retrieval_limit: int) -> BatchTally:
+    """Process one batch in this worker process; counts, timing and peak memory, no bytes.
+
+    Returns the batch's :class:`~flows.work.BatchTally` with every timing field set.
+
+    Raises:
+        TransientError: the DIR or the store failed in a way worth retrying the batch for.
+        ConfigError: the run context is wrong (secret, recipe, store or source setting).
+    """
     slot = _retrieval_slot_factory(ctx, retrieval_limit)
     started = time.time()
     t0 = time.perf_counter()
-    counts = process_batch(ctx, studies, slot).as_dict()
-    counts["work_seconds"] = time.perf_counter() - t0
-    counts["started_at"] = started
-    counts["finished_at"] = time.time()
-    counts["parts"] = [worker_for(ctx).part_key(study) for study in studies]
+    tally = process_batch(ctx, studies, slot).as_dict()
+    tally["work_seconds"] = time.perf_counter() - t0
+    tally["started_at"] = started
+    tally["finished_at"] = time.time()
+    tally["parts"] = [worker_for(ctx).part_key(study) for study in studies]
     # ru_maxrss is in KiB on Linux: the high-water mark of this worker process.
-    counts["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return counts
+    tally["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return tally

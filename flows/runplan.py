@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curation.quarantine import quarantine_file
+from export.manifest import source_part, source_part_key, write_part
 from export.store import open_store
 from flows.work import RunContext
 from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
@@ -161,15 +162,8 @@ def _quarantine_unindexed(
     path = Path(str(catalog)) / "unreadable.parquet"
     if not path.exists():
         if excluded:
-            only: dict[str, object] = {
-                "study": None,
-                "objects": [],
-                "excluded": excluded,
-                "quarantined": {},
-            }
             store = open_store(ctx.store_url)
-            data = json.dumps(only, sort_keys=True).encode()
-            store.put_bytes(f"{ctx.prefix}/parts/_source.json", data)
+            write_part(store, source_part_key(ctx.prefix), source_part(excluded))
         return
     from ridl.sources.base import open_source
 
@@ -187,11 +181,5 @@ def _quarantine_unindexed(
                 location=row["path"],
             )
         counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-    store = open_store(ctx.store_url)
-    part: dict[str, object] = {
-        "study": None,
-        "objects": [],
-        "excluded": excluded or {},
-        "quarantined": counts,
-    }
-    store.put_bytes(f"{ctx.prefix}/parts/_source.json", json.dumps(part, sort_keys=True).encode())
+    part = source_part(excluded, counts)
+    write_part(open_store(ctx.store_url), source_part_key(ctx.prefix), part)

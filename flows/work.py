@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,6 +27,14 @@ from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.fastpath import deidentify_to_bytes
+from export.manifest import (
+    ObjectRow,
+    part_bytes,
+    part_key,
+    read_part,
+    study_part,
+    write_part,
+)
 from export.store import ObjectStore, open_store, sha256_hex
 from ridl import settings
 from ridl.catalog import StudyRef
@@ -91,9 +99,37 @@ class StudyOutcome:
     review: set[str] = field(default_factory=set)
 
 
+class BatchTally(TypedDict):
+    """What a batch task returns (:meth:`BatchCounts.as_dict`, then
+    ``flows.runners.run_batch``), summed by ``flows.extract.Totals``: counts only, never image
+    bytes or PHI.
+
+    ``studies`` worked (``skipped`` of them were done by an earlier run), objects ``exported``
+    and their ``bytes`` (in bytes), instances ``excluded`` and ``quarantined`` by reason code;
+    ``instances`` met (exported, excluded or quarantined), ``fresh_instances`` of them in studies
+    this batch did itself. ``run_batch`` adds the batch's ``work_seconds`` (seconds of work),
+    ``started_at`` and ``finished_at`` (POSIX times, seconds), the store keys of its ``parts``,
+    and its worker's ``peak_rss_mib`` (MiB).
+    """
+
+    studies: int
+    skipped: int
+    exported: int
+    bytes: int
+    excluded: dict[str, int]
+    quarantined: dict[str, int]
+    instances: int
+    fresh_instances: int
+    work_seconds: NotRequired[float]
+    started_at: NotRequired[float]
+    finished_at: NotRequired[float]
+    parts: NotRequired[list[str]]
+    peak_rss_mib: NotRequired[float]
+
+
 @dataclass
 class BatchCounts:
-    """What a batch task returns: counts only, never image bytes or PHI."""
+    """A batch's counts as its studies are worked; :meth:`as_dict` is what the task returns."""
 
     studies: int = 0
     skipped: int = 0
@@ -117,17 +153,18 @@ class BatchCounts:
         self.instances += met
         self.fresh_instances += 0 if outcome.skipped else met
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "studies": self.studies,
-            "skipped": self.skipped,
-            "exported": self.exported,
-            "bytes": self.bytes,
-            "excluded": dict(self.excluded),
-            "quarantined": dict(self.quarantined),
-            "instances": self.instances,
-            "fresh_instances": self.fresh_instances,
-        }
+    def as_dict(self) -> BatchTally:
+        """The counts as a :class:`BatchTally` (without the timing ``run_batch`` adds)."""
+        return BatchTally(
+            studies=self.studies,
+            skipped=self.skipped,
+            exported=self.exported,
+            bytes=self.bytes,
+            excluded=dict(self.excluded),
+            quarantined=dict(self.quarantined),
+            instances=self.instances,
+            fresh_instances=self.fresh_instances,
+        )
 
 
 class Worker:
@@ -147,7 +184,8 @@ class Worker:
         return self.keys.uid(study.study_uid)
 
     def part_key(self, study: StudyRef) -> str:
-        return f"{self.ctx.prefix}/parts/{self.study_key(study)}.json"
+        """The store key of the study's manifest part (``export.manifest.part_key``)."""
+        return part_key(self.ctx.prefix, self.study_key(study))
 
     def subject(self, study: StudyRef) -> tuple[SubjectKey, SubjectContext]:
         key = SubjectKey(study.health_number, study.issuer, study.patient_id)
@@ -191,14 +229,14 @@ def process_study(
     ctx = worker.ctx
     part_key = worker.part_key(study)
     outcome = StudyOutcome(study_key=worker.study_key(study))
-    part = json.loads(worker.store.get_bytes(part_key)) if worker.store.exists(part_key) else None
+    done = read_part(worker.store, part_key)
     # A study that waits on review is redone once a reviewer has decided about its objects.
-    if part is not None and not worker.curator.decisions.decided_any(part.get("review", [])):
+    if done is not None and not worker.curator.decisions.decided_any(done.get("review", [])):
         outcome.skipped = True
-        outcome.exported = len(part["objects"])
-        outcome.bytes = sum(o["size"] for o in part["objects"])
-        outcome.excluded.update(part["excluded"])
-        outcome.quarantined.update(part["quarantined"])
+        outcome.exported = len(done["objects"])
+        outcome.bytes = part_bytes(done)
+        outcome.excluded.update(done["excluded"])
+        outcome.quarantined.update(done["quarantined"])
         return outcome
 
     workdir = settings.work_dir() / ctx.project / ctx.release / outcome.study_key
@@ -210,24 +248,24 @@ def process_study(
     finally:
         worker.source.release_study(study, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-    part = {
-        "study": outcome.study_key,
+    part = study_part(
+        outcome.study_key,
         # A keyed token of the site (Issuer of Patient ID): lets a release count subjects by
         # number of sites (the health-number linkage) without naming any site.
-        "site": worker.keys.token("site", study.issuer),
-        "objects": rows,
-        "review": sorted(outcome.review),
-        "excluded": dict(sorted(outcome.excluded.items())),
-        "quarantined": dict(sorted(outcome.quarantined.items())),
-        "iocm_rejected": sorted(outcome.iocm_rejected),
-    }
-    worker.store.put_bytes(part_key, json.dumps(part, sort_keys=True).encode())
+        worker.keys.token("site", study.issuer),
+        rows,
+        review=outcome.review,
+        excluded=outcome.excluded,
+        quarantined=outcome.quarantined,
+        iocm_rejected=outcome.iocm_rejected,
+    )
+    write_part(worker.store, part_key, part)
     return outcome
 
 
 def _process_files(
     worker: Worker, study: StudyRef, files: list[Path], outcome: StudyOutcome
-) -> list[dict[str, Any]]:
+) -> list[ObjectRow]:
     ctx = worker.ctx
     headers: dict[Path, Dataset] = {}
     for path in files:
@@ -264,7 +302,7 @@ def _process_files(
         eligible[path] = header
     # Curation: checks -> header triage -> known-region cleaning -> text detection.
     view = worker.curator.study(list(eligible.values()))
-    rows: list[dict[str, Any]] = []
+    rows: list[ObjectRow] = []
     for path, header in eligible.items():
         modality = str(getattr(header, "Modality", "")).upper()
         curated = worker.curator.curate(path, header, view, outcome.study_key)
@@ -293,19 +331,19 @@ def _process_files(
         )
         worker.store.put_bytes(key, data)
         rows.append(
-            {
-                "key": key,
-                "size": len(data),
-                "sha256": sha256_hex(data),
-                "research_id": subject.research_id,
-                "study_uid": str(ds.StudyInstanceUID),
-                "series_uid": str(ds.SeriesInstanceUID),
-                "sop_uid": str(ds.SOPInstanceUID),
-                "sop_class_uid": str(ds.SOPClassUID),
-                "modality": modality,
-                "study_date": str(getattr(ds, "StudyDate", "")),
-                "study_description": str(getattr(ds, "StudyDescription", "")),
-            }
+            ObjectRow(
+                key=key,
+                size=len(data),
+                sha256=sha256_hex(data),
+                research_id=subject.research_id,
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                modality=modality,
+                study_date=str(getattr(ds, "StudyDate", "")),
+                study_description=str(getattr(ds, "StudyDescription", "")),
+            )
         )
         outcome.exported += 1
         outcome.bytes += len(data)

@@ -23,7 +23,7 @@ import getpass
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,7 +276,7 @@ def verify_log(path: Path | None = None) -> tuple[int, list[Problem]]:
     return count, problems
 
 
-def run_end_fields(summary: dict[str, Any]) -> dict[str, Any]:
+def run_end_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What ``run.ended`` records: the release's counts (no PHI).
 
     ``summary`` is the release summary dict (``project``, ``release``, ``studies_exported``,
