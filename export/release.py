@@ -69,6 +69,7 @@ class Publication:
     withdrawn_excluded: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The publication as a plain dict (JSON-ready)."""
         return dict(self.__dict__)
 
 
@@ -109,6 +110,8 @@ def read_published(store: ObjectStore, prefix: str) -> dict[str, Any] | None:
 
 
 def read_index(store: ObjectStore, project_id: str) -> list[dict[str, Any]]:
+    """The project's release index (``<project>/releases.json``): one entry per published
+    release (``release``, ``published_at``, ``key`` of its manifest), oldest first; [] if none."""
     key = f"{project_id}/{INDEX}"
     if not store.exists(key):
         return []

@@ -78,6 +78,7 @@ def process_studies(ctx: RunContext, studies: list[StudyRef], retrieval_limit: i
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
 def publish_manifest(ctx: RunContext, selected: int) -> ReleaseSummary:
+    """Build the release's manifest tables and summary from its parts (``selected`` studies)."""
     store = open_store(ctx.store_url)
     return build_manifest(store, ctx.prefix, selected, ctx.project, ctx.release)
 
@@ -118,6 +119,7 @@ class Slice(BaseModel):
     stop: int | None = None
 
     def pick(self, studies: list[StudyRef]) -> list[StudyRef]:
+        """This slice's studies out of the whole selection (same order)."""
         chosen = studies if self.year is None else [s for s in studies if _year(s) == self.year]
         return chosen[self.start : self.stop]
 
@@ -127,6 +129,11 @@ def _year(study: StudyRef) -> str:
 
 
 def batches(items: list[StudyRef], size: int) -> list[list[StudyRef]]:
+    """``items`` cut into lists of at most ``size`` studies, in order.
+
+    Raises:
+        ValueError: ``size`` is below 1 (parameters are validated before, so a bug).
+    """
     if size < 1:
         raise ValueError("batch_size must be at least 1")
     return [items[i : i + size] for i in range(0, len(items), size)]

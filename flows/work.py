@@ -82,11 +82,14 @@ class RunContext:
 
     @property
     def prefix(self) -> str:
+        """``<project>/<release>``: the release's prefix in the object store."""
         return f"{self.project}/{self.release}"
 
 
 @dataclass
 class StudyOutcome:
+    """What one study's work did: counts by outcome and reason, never a header value."""
+
     study_key: str
     skipped: bool = False
     exported: int = 0
@@ -143,6 +146,7 @@ class BatchCounts:
     fresh_instances: int = 0
 
     def add(self, outcome: StudyOutcome) -> None:
+        """Count one study's outcome into the batch."""
         met = outcome.exported + sum(outcome.excluded.values()) + sum(outcome.quarantined.values())
         self.studies += 1
         self.skipped += int(outcome.skipped)
@@ -181,6 +185,7 @@ class Worker:
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
 
     def study_key(self, study: StudyRef) -> str:
+        """The study's de-identified Study Instance UID (names its manifest part)."""
         return self.keys.uid(study.study_uid)
 
     def part_key(self, study: StudyRef) -> str:
@@ -188,12 +193,14 @@ class Worker:
         return part_key(self.ctx.prefix, self.study_key(study))
 
     def subject(self, study: StudyRef) -> tuple[SubjectKey, SubjectContext]:
+        """The study's subject key and its research ID and date shift (days) in this project."""
         key = SubjectKey(study.health_number, study.issuer, study.patient_id)
         return key, SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
 
 
 @lru_cache(maxsize=4)
 def worker_for(ctx: RunContext) -> Worker:
+    """The process's :class:`Worker` for a run (built once per run context, then reused)."""
     return Worker(ctx)
 
 

@@ -102,7 +102,7 @@ def _hold_slot(slots: FileSlots, log: str) -> None:
     with slots.slot():
         with open(log, "a") as handle:
             handle.write(f"in {time.monotonic()}\n")
-        time.sleep(0.3)
+        time.sleep(1.0)  # long enough that spawned holders overlap even on a loaded machine
         with open(log, "a") as handle:
             handle.write(f"out {time.monotonic()}\n")
 
