@@ -483,8 +483,8 @@ class Engine:
             if tag not in keep:
                 del elements[tag]
                 continue
-            key = keep[tag]
-            if key is not None and self._private_sequence(elements, tag, key):
+            kept = keep[tag]
+            if kept is not None and self._private_sequence(elements, tag, kept):
                 self._walk_items(ds, tag, state, depth, "")
 
     def _private_sequence(
