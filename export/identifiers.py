@@ -20,7 +20,9 @@ R4  name components and private-tag values that are common words (``COMMON_WORDS
 R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
     every DA / DT form: ranges, several values, DT, and written with ``-``, ``/`` or ``.``)
     blocks when found in an object of the same research subject, or in a non-date attribute;
-    the same date in a date attribute of another subject is a coincidence;
+    the same date in a date attribute of another subject is a coincidence, and so is, in the
+    subject's own date attributes, an original date that equals another of its dates moved by
+    its date shift;
 R6  private-tag, institution and station values that are UIDs, or equal to a public
     non-identifying attribute of the same header, are not searched, nor any term equal to a
     manufacturer, model or software version of any selected header; private creators are not;
@@ -171,6 +173,9 @@ class Term:
     owners: set[str] = field(default_factory=set)  # research IDs of a date (R5)
     anyone: bool = False  # a contribution that is not a subject's date blocks for every subject
     date: bool = False
+    # Research IDs for whom this date is also one of their dates moved by their date shift:
+    # in their date attributes it may be a shifted date, so it is a coincidence there (R5).
+    coincident: set[str] = field(default_factory=set)
 
     def merge(self, kind: str, name_only: bool, owner: str | None) -> None:
         """Add one more source of the same value: it is name-only only if every source is, and
@@ -179,7 +184,7 @@ class Term:
         self.name_only = self.name_only and name_only
         if kind in SCOPED_KINDS and owner is not None:
             self.owners.add(owner)
-        else:
+        elif kind != "encounter-date":  # an encounter date of nobody known: scoped to nobody
             self.anyone = True
 
     @property
@@ -285,6 +290,15 @@ def dates_in(value: str) -> list[str]:
     return found
 
 
+def _moved(date: str, days: int) -> str:
+    """A ``YYYYMMDD`` date moved by ``days`` (as a JITTER moves it); ``""`` out of range."""
+    try:
+        day = dt.date(int(date[:4]), int(date[4:6]), int(date[6:])) + dt.timedelta(days)
+    except (ValueError, OverflowError):
+        return ""
+    return day.strftime("%Y%m%d")
+
+
 def date_terms(value: str) -> Iterator[str]:
     """Every date a DA or DT value names (:func:`dates_in`), written as ``YYYYMMDD``,
     ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``DD/MM/YYYY``, ``MM/DD/YYYY``,
@@ -357,6 +371,8 @@ class IdentifierDictionary:
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
         self._charset_key = ""
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
+        self._shift: int | None = None
+        self._shifted: dict[str, set[str]] = {}  # research ID -> its dates, moved by its shift
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -383,13 +399,18 @@ class IdentifierDictionary:
             term.date = True
         self._automata.clear()
 
-    def add_header(self, ds: Dataset, research_id: str | None = None) -> None:
+    def add_header(
+        self, ds: Dataset, research_id: str | None = None, shift_days: int | None = None
+    ) -> None:
         """Collect the identifying values of one source header, at every depth.
 
         ``ds`` is a source (not de-identified) header, sequences followed up to 64 levels;
-        ``research_id`` is its subject's, to scope its birth date (R5). The rules R1-R9 of the
-        module docstring decide what is added.
+        ``research_id`` is its subject's, to scope its birth and encounter dates (R5);
+        ``shift_days`` is that subject's date shift, when known: an original date of the
+        subject that equals another of its dates moved by the shift is a coincidence in its
+        own date attributes too. The rules R1-R9 of the module docstring decide what is added.
         """
+        self._shift = shift_days if research_id is not None else None
         for charset in declared_charsets(ds):
             self.encodings.add(charset)
         public_values: set[str] = set()
@@ -484,6 +505,9 @@ class IdentifierDictionary:
                 for v in values:
                     for term in date_terms(v):
                         self.add(term, "encounter-date", owner=research_id)
+                    if research_id is not None and self._shift is not None:
+                        moved = self._shifted.setdefault(research_id, set())
+                        moved.update(_moved(d, self._shift) for d in dates_in(v))
             elif keyword in ADDRESS_KEYWORDS:
                 for v in values:
                     for term in address_terms(v):
@@ -511,6 +535,11 @@ class IdentifierDictionary:
         cached = self._automata.get(encs)
         if cached is not None:
             return cached
+        for owner, moved in self._shifted.items():
+            for date in moved:
+                found = self.terms.get(date)
+                if found is not None:
+                    found.coincident.add(owner)
         auto = ahocorasick.Automaton()
         for value, term in self.terms.items():
             low = value.lower()

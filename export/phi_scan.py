@@ -377,7 +377,7 @@ _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformD
 def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:
     if term.name_only and vr != "PN":
         return False  # R4
-    if term.scoped and vr in DATE_VRS and owner not in term.owners:
+    if term.scoped and vr in DATE_VRS and (owner not in term.owners or owner in term.coincident):
         return False  # R5
     return not (term.name_only and not located)
 

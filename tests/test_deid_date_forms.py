@@ -249,3 +249,24 @@ def test_encounter_dates_follow_r5_and_r3() -> None:
     assert _hits(v, _output(ImageComments="202001151234", DeviceSerialNumber="20200115999")) == []
     # The placeholder date archives write for an unknown date is nobody's encounter date.
     assert _hits(v, _output("RS-1", ContentDate="19000101")) == []
+
+
+def test_a_subjects_shifted_date_that_equals_another_of_its_dates_is_a_coincidence() -> None:
+    # Two studies of one subject 100 days apart, and a shift of -100 days: the later study's
+    # date, shifted, is the earlier study's original date. In that subject's date attributes
+    # it is a coincidence; an unshifted date that is no shifted one still blocks.
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(_source(StudyDate="20200415"), research_id="RS-0", shift_days=-100)
+    dictionary.add_header(_source(StudyDate="20200106"), research_id="RS-0", shift_days=-100)
+    v = Verifier(dictionary, ocr=None)
+    assert _hits(v, _output(StudyDate="20200106")) == []  # 20200415 moved by -100 days
+    assert _hits(v, _output(StudyDate="20200415")) == [("StudyDate", "encounter-date")]
+    assert _hits(v, _output(ImageComments="20200106")) == [("ImageComments", "encounter-date")]
+
+
+def test_encounter_dates_of_an_unknown_subject_block_only_in_text() -> None:
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(_source(StudyDate="20200115"))  # no research ID known
+    v = Verifier(dictionary, ocr=None)
+    assert _hits(v, _output(StudyDate="20200115")) == []
+    assert _hits(v, _output(ImageComments="2020-01-15")) == [("ImageComments", "encounter-date")]
