@@ -25,25 +25,26 @@ character sets) live in :mod:`deid_recipes.dicombytes`.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, UID_dictionary
 
+from deid_recipes.dates import TEMPORAL_VRS, shift_temporal
 from deid_recipes.dicombytes import (
     BINARY_VRS,
     MAX_DEPTH,
     PIXEL_DATA,
     SPECIFIC_CHARACTER_SET,
+    UNDEFINED_LENGTH,
     check_sequence_bytes,
     unsupported_charset,
 )
@@ -81,6 +82,7 @@ CODE_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x0008012
 ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
 DEID_METHOD = 0x00120063
 DEID_METHOD_CODES = 0x00120064
+ITEM_TAG_BYTES = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: a sequence's first item
 
 # Attributes whose values identify the patient or the encounter: func:clean removes every token
 # of free text that equals a token of one of these values in the same dataset.
@@ -113,6 +115,20 @@ IDENTIFYING_KEYWORDS = (
     "AcquisitionDate",
     "ContentDate",
 )
+# Values that name an organisation (PS3.3 C.7.5.1, C.17.2: Verifying Organization;
+# Responsible Organization, C.7.1.1): their tokens are removed wherever they appear.
+INSTITUTION_KEYWORDS = (
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "VerifyingOrganization",
+    "ResponsibleOrganization",
+)
+_IDENTIFYING_TAGS = frozenset(
+    int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS + INSTITUTION_KEYWORDS
+)
+INSTITUTION_CODE_SEQUENCE = 0x00080082
+CODE_MEANING = 0x00080104
 _TOKEN_SPLIT = re.compile(r"([^0-9A-Za-z\u00c0-\uffff]+)")
 _DIGITS = re.compile(r"\d")
 
@@ -134,10 +150,16 @@ class DeidError(ObjectRejected):
 
 @dataclass(frozen=True)
 class SubjectContext:
-    """Per-subject values every object of that subject gets: research ID and date shift."""
+    """Per-subject values every object of that subject gets: research ID and date shift.
+
+    ``identifying`` holds func:clean tokens (lower-cased, see :func:`identifying_tokens`) read
+    from the other headers of the object's study, where the caller has them: cleaning removes
+    them as well as the object's own.
+    """
 
     research_id: str
     shift_days: int
+    identifying: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -213,7 +235,7 @@ class Engine:
             raise DeidError(Reason.DEID_NO_TRANSFER_SYNTAX)
         state = _State(subject)
         if self.uses_clean:
-            state.identifying = identifying_tokens(ds)
+            state.identifying = identifying_tokens(ds) | subject.identifying
         self._walk(ds, state, 0, mode="")
         for tag, expr in self._adds:
             vr = dictionary_VR(tag)
@@ -257,7 +279,7 @@ class Engine:
         """
         state = _State(subject)
         if self.uses_clean:
-            state.identifying = identifying_tokens(
+            state.identifying = subject.identifying | identifying_tokens(
                 ds if identifying_from is None else identifying_from
             )
         self._walk(ds, state, 0, mode="")
@@ -428,10 +450,15 @@ class Engine:
         raise DeidError(Reason.DEID_UNSUPPORTED_ACTION, name)
 
     def _private(self, ds: Dataset, tags: list[int], state: _State, depth: int) -> None:
-        """Remove private elements, except those the safe-private table keeps by creator."""
+        """Remove private elements, except those the safe-private table keeps by creator.
+
+        "Safe" applies to an element, not to a subtree (PS3.15 E.3.10): a kept private sequence
+        has its items walked like any other level, so every element inside it, public or
+        private, goes through the plan.
+        """
         elements = _elements(ds)
         safe = self.recipe.safe_private
-        keep: set[int] = set()
+        keep: dict[int, tuple[str, int, int] | None] = {}
         if safe:
             creators: dict[int, str] = {}
             for tag in tags:
@@ -448,14 +475,51 @@ class Engine:
                     continue
                 creator_tag = (group << 16) | (element >> 8)
                 creator = creators.get(creator_tag)
-                if creator and (creator, group, element & 0xFF) in safe:
-                    keep.add(tag)
-                    keep.add(creator_tag)
+                key = (creator or "", group, element & 0xFF)
+                if creator and key in safe:
+                    keep[tag] = key
+                    keep.setdefault(creator_tag, None)
         for tag in tags:
             if tag not in keep:
                 del elements[tag]
-            elif elements[tag].VR == "SQ":
+                continue
+            kept = keep[tag]
+            if kept is not None and self._private_sequence(elements, tag, kept):
                 self._walk_items(ds, tag, state, depth, "")
+
+    def _private_sequence(
+        self, elements: MutableMapping[int, Any], tag: int, key: tuple[str, int, int]
+    ) -> bool:
+        """Whether a kept private element is a sequence; one read without a VR is made one.
+
+        Implicit VR (PS3.5 7.1.3) and UN (PS3.5 6.2.2) carry no VR for a private element: the
+        VR Table E.3.10-1 gives decides, and where it gives none, an undefined length or a
+        value that starts with an Item tag. Such a value is read as implicit VR little endian
+        items (how both encode a sequence's content), so its items can be walked.
+        """
+        elem = elements[tag]
+        vr = elem.VR
+        if vr == "SQ":
+            return True
+        value = elem.value
+        if vr not in (None, "UN") or not isinstance(value, bytes):
+            return False
+        listed = self.recipe.safe_private_vr.get(key, "")
+        if isinstance(elem, RawDataElement):
+            undefined = elem.length == UNDEFINED_LENGTH
+        else:
+            undefined = bool(elem.is_undefined_length)
+        if listed != "SQ" and (listed or not (undefined or value[:4] == ITEM_TAG_BYTES)):
+            return False
+        if isinstance(elem, RawDataElement):
+            implicit = elem.is_implicit_VR or vr == "UN"
+            elements[tag] = elem._replace(VR="SQ", is_implicit_VR=implicit)
+        else:
+            elements[tag] = RawDataElement(
+                BaseTag(tag), "SQ", UNDEFINED_LENGTH if undefined else len(value), value, 0,
+                True, True,
+            )  # fmt: skip
+        return True
 
     # ---- values ----
 
@@ -598,9 +662,15 @@ def clean_text(text: str, identifying: frozenset[str]) -> str:
 def identifying_tokens(ds: Dataset) -> frozenset[str]:
     """The tokens func:clean removes from free text of this data set (see :func:`clean_text`).
 
+    Read at every depth, without changing ``ds`` (values are converted on the side): the
+    attributes of :data:`IDENTIFYING_KEYWORDS` and :data:`INSTITUTION_KEYWORDS`, every
+    person name (VR PN: Verifying Observer Name, Person Name of content items of value type
+    PNAME and of Participant Sequence items, PS3.3 C.17.2 and C.17.3), and the Code Meaning of
+    Institution Code Sequence items. A sequence whose framing is broken is not read here
+    (de-identifying it refuses the object).
+
     Args:
-        ds: the top-level data set; the attributes of :data:`IDENTIFYING_KEYWORDS` and the
-            Patient IDs of Other Patient IDs Sequence are read from it (others may be absent).
+        ds: the top-level data set.
 
     Returns:
         Lower-cased tokens of two characters or more, split on anything but letters and digits.
@@ -617,16 +687,56 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
                 if len(part) >= 2:
                     tokens.add(part.lower())
 
-    try:
-        for keyword in IDENTIFYING_KEYWORDS:
-            value = ds.get(keyword)
+    def walk(level: Dataset, depth: int, institution: bool) -> None:
+        if depth > MAX_DEPTH:
+            return
+        for tag, raw in list(_elements(level).items()):
+            tag = int(tag)
+            vr = raw.VR
+            if vr in (None, "UN") and not tag >> 16 & 1:
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    continue
+            if vr == "SQ":
+                for item in _sequence_items(level, raw):
+                    walk(item, depth + 1, tag == INSTITUTION_CODE_SEQUENCE)
+                continue
+            wanted = vr == "PN" or tag in _IDENTIFYING_TAGS
+            if not wanted and not (institution and tag == CODE_MEANING):
+                continue
+            try:
+                value = _converted(level, raw).value
+            except Exception as exc:
+                raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
             if value:
                 add(value)
-        for item in ds.get("OtherPatientIDsSequence") or []:
-            add(item.get("PatientID", ""))
-    except Exception as exc:
-        raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
+
+    walk(ds, 0, False)
     return frozenset(tokens)
+
+
+def _converted(level: Dataset, raw: Any) -> DataElement:
+    """``raw`` as a DataElement, made on the side: ``level`` keeps its raw element."""
+    if isinstance(raw, RawDataElement):
+        return convert_raw_data_element(raw, encoding=level._character_set, ds=level)
+    return cast("DataElement", raw)
+
+
+def _sequence_items(level: Dataset, raw: Any) -> list[Dataset]:
+    """The items of a sequence element of ``level``, read on the side; [] when its framing is
+    broken or pydicom cannot read it (walking it later refuses the object)."""
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.is_little_endian:
+        try:
+            check_sequence_bytes(raw.value, raw.is_implicit_VR)
+        except ValueError:
+            return []
+        raw = raw._replace(VR="SQ")
+    try:
+        value = _converted(level, raw).value
+    except Exception:
+        return []
+    return [item for item in value or [] if isinstance(item, Dataset)]
 
 
 def check_charset(ds: Dataset) -> None:
@@ -649,21 +759,19 @@ def check_charset(ds: Dataset) -> None:
 
 
 def _jitter(value: object, vr: str, shift_days: int) -> object:
-    if vr not in ("DA", "DT"):
-        return value  # times of day carry no date; intervals stay intact
+    """A JITTER's new value: DA, DT and TM shifted whole (see :mod:`deid_recipes.dates`).
+
+    Any other VR is returned as it is; None means the value cannot be shifted with certainty
+    and the element goes.
+    """
+    if vr not in TEMPORAL_VRS:
+        return value
     values = value if isinstance(value, MultiValue | list) else [value]
-    out: list[str] = []
-    for item in values:
-        text = str(item).strip() if item is not None else ""
-        if not text:
-            out.append(text)
-            continue
-        try:
-            date = dt.datetime.strptime(text[:8], "%Y%m%d").date()
-        except ValueError:
-            return None  # cannot shift with certainty: drop the value
-        shifted = (date + dt.timedelta(days=shift_days)).strftime("%Y%m%d")
-        out.append(shifted + text[8:])
+    text = "\\".join("" if v is None else str(v) for v in values)
+    shifted = shift_temporal(text, vr, shift_days)
+    if shifted is None:
+        return None
+    out = shifted.split("\\")
     return out if len(out) > 1 else out[0]
 
 

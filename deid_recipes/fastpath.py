@@ -19,7 +19,6 @@ for runs, ``tests/test_run_fastpath.py`` check it).
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import os
 import struct
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -36,6 +34,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import VR as _VR
 
+from deid_recipes.dates import TEMPORAL_VRS, shift_temporal
 from deid_recipes.dicombytes import (
     BINARY_VRS,
     ITEM,
@@ -57,7 +56,6 @@ from deid_recipes.dicombytes import (
 )
 from deid_recipes.engine import (
     DUMMY_BY_VR,
-    IDENTIFYING_KEYWORDS,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
     DeidError,
@@ -339,10 +337,6 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
 # Elements the subject key is computed from (read before anything changes), and Burned In
 # Annotation, which callers check before exporting anything.
 SUBJECT_TAGS = frozenset({0x00100020, 0x00100021, 0x00101002, 0x00280301})
-# With func:clean, the values clean_text removes tokens of are read up front as well.
-IDENTIFYING_TAGS = SUBJECT_TAGS | frozenset(
-    int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS
-)
 # Value representations the fast path encodes itself. An element read as UN takes its dictionary
 # VR once pydicom reads its value, and bytes that name no VR are for pydicom to refuse; either
 # way only the dataset path knows the bytes it would write, so the fast path hands off.
@@ -449,9 +443,11 @@ class ByteEngine:
         if name == "BLANK":
             return encode_element(tag, vr, b"")
         if name == "JITTER":
-            if dict_vr not in ("DA", "DT"):
+            if dict_vr not in TEMPORAL_VRS:
                 return raw
-            shifted = _shift(value, subject.shift_days)
+            if dict_vr == "TM" and shift_temporal(value.decode("ascii", "replace"), "TM", 0):
+                return raw  # a whole-day shift leaves a well-formed time of day as it is
+            shifted = _shift(value, dict_vr, subject.shift_days)
             return None if shifted is None else encode_element(tag, vr, shifted)
         if name == "REPLACE" and expr:
             if expr in ("func:research_id", "func:research_name"):
@@ -541,22 +537,10 @@ class ByteEngine:
         return encode_element(tag, vr, str(dummy).encode())
 
 
-def _shift(value: bytes, days: int) -> bytes | None:
-    text = value.decode("ascii", "replace").rstrip("\x00 ")
-    if not text:
-        return b""
-    out: list[str] = []
-    for item in text.split("\\"):
-        item = item.strip()
-        if not item:
-            out.append(item)
-            continue
-        try:
-            date = dt.datetime.strptime(item[:8], "%Y%m%d").date()
-        except ValueError:
-            return None
-        out.append((date + dt.timedelta(days=days)).strftime("%Y%m%d") + item[8:])
-    return "\\".join(out).encode()
+def _shift(value: bytes, vr: str, days: int) -> bytes | None:
+    """A DA, DT or TM value's bytes shifted whole, as :func:`deid_recipes.engine` does."""
+    shifted = shift_temporal(value.decode("ascii", "replace"), vr, days)
+    return None if shifted is None else shifted.encode("ascii")
 
 
 def _encode(ds: Dataset) -> dict[int, bytes]:
@@ -639,11 +623,14 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     elements = header.elements
     if any(vr not in _KNOWN_VRS for _, _, _, vr in elements):
         return None  # UN or no VR at all: see _KNOWN_VRS
-    wanted = IDENTIFYING_TAGS if engine.uses_clean else SUBJECT_TAGS
-    keyed = [data[b:e] for t, b, e, _ in elements if t in wanted]
+    # With func:clean the whole header is read: names at any depth feed the tokens it removes.
+    wanted = None if engine.uses_clean else SUBJECT_TAGS
+    keyed = [data[b:e] for t, b, e, _ in elements if wanted is None or t in wanted]
     charset = [data[b:e] for t, b, e, _ in elements if t == SPECIFIC_CHARACTER_SET]
     try:
-        tiny = read_dataset(io.BytesIO(b"".join(charset + keyed)), False, True)
+        tiny = read_dataset(
+            io.BytesIO(b"".join(keyed if wanted is None else charset + keyed)), False, True
+        )
     except Exception as exc:
         raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     if charset:
@@ -716,7 +703,7 @@ def deidentify_file(
         engine: the project's engine.
         subject_for: ``subject_for(header)`` gives the subject from a small data set holding
             Patient ID, Issuer of Patient ID, Other Patient IDs Sequence, Burned In Annotation
-            and Specific Character Set (with func:clean, the identifying attributes too).
+            and Specific Character Set (with func:clean, every element before the pixel data).
         src: the source file.
         write_to: ``write_to(dataset, subject)`` names the target file (its folder exists).
 

@@ -141,6 +141,9 @@ class Recipe:
     digest: str
     unmatched: str = "REMOVE"
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
+    # The VR Table E.3.10-1 gives a safe private attribute, where it gives one: how a kept
+    # element read without a VR (implicit VR, or UN) is read, a sequence's items walked.
+    safe_private_vr: dict[tuple[str, int, int], str] = field(default_factory=dict, repr=False)
     _cache: dict[int, Action | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -321,6 +324,32 @@ def load_safe_private(path: Path) -> frozenset[tuple[str, int, int]]:
     return frozenset(out)
 
 
+def load_safe_private_vrs(path: Path) -> dict[tuple[str, int, int], str]:
+    """The VR of each safe private attribute that PS3.15 Table E.3.10-1 gives one for.
+
+    Args:
+        path: the TOML table :func:`load_safe_private` reads.
+
+    Returns:
+        ``{(private creator, group, element byte): VR}``; entries without a VR, or with a
+        choice such as ``"OW/OB"``, are left out.
+    """
+    import tomllib
+
+    data = tomllib.loads(path.read_text())
+    out: dict[tuple[str, int, int], str] = {}
+    for entry in data.get("attribute", []):
+        vr = str(entry.get("vr", "")).strip()
+        if len(vr) == 2:
+            key = (
+                str(entry["private_creator"]).strip(),
+                int(str(entry["group"]), 16),
+                int(str(entry["element"]), 16),
+            )
+            out[key] = vr
+    return out
+
+
 def split_layers(names: str | list[str]) -> list[str]:
     """``"a+b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (a run context carries the joined form)."""
     if isinstance(names, str):
@@ -365,6 +394,7 @@ def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
         ):
             raise ConfigError(f"recipe ADD names an unknown attribute {rule.field!r}")
     safe: frozenset[tuple[str, int, int]] = frozenset()
+    safe_vr: dict[tuple[str, int, int], str] = {}
     for path in paths:
         if path.stem == SAFE_PRIVATE_LAYER:
             table = path.parent / SAFE_PRIVATE_TABLE
@@ -372,6 +402,7 @@ def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
                 table = RECIPES_DIR / SAFE_PRIVATE_TABLE
             sha.update(table.read_bytes())
             safe = load_safe_private(table)
+            safe_vr = load_safe_private_vrs(table)
     return Recipe(
         name="+".join(layers),
         sources=paths,
@@ -379,4 +410,5 @@ def load_recipe(names: str | list[str], unmatched: str = "REMOVE") -> Recipe:
         digest=sha.hexdigest(),
         unmatched=unmatched,
         safe_private=safe,
+        safe_private_vr=safe_vr,
     )

@@ -2,21 +2,27 @@
 
 A release must not hold an identifier of its sources. The identifying values of the source
 headers (every name component, patient IDs and health numbers, dates of birth, accession and
-procedure numbers, addresses, telephone numbers, institution, department and station names, and
-the text values of private tags) go into an :class:`IdentifierDictionary`, which compiles them
-into an Aho-Corasick automaton per set of character sets, so one pass over an object finds all of
-them at once. :mod:`export.phi_scan` runs the search and locates each hit.
+procedure numbers, dates of the encounter, addresses, telephone numbers, institution,
+department and station names, and the text values of private tags) go into an
+:class:`IdentifierDictionary`, which compiles them into an Aho-Corasick automaton per set of
+character sets, so one pass over an object finds all of them at once. :mod:`export.phi_scan`
+runs the search and locates each hit.
 
 The tuning rules (documented in the README and tested one by one) keep common words and short
 numbers from blocking a release without reason:
 
 R1  terms shorter than 4 characters are not searched alone (name components: 3);
 R2  terms made only of digits (and separators) need at least 6 digits;
-R3  a term matches only as a whole word: the characters on both sides are not letters or digits;
+R3  a term matches only as a whole word: the characters on both sides are not letters or digits
+    (one exception: a date term may be followed by the digits of a time inside a DT value);
 R4  name components and private-tag values that are common words (``COMMON_WORDS``) block only
     when they are found in a person-name (PN) attribute;
-R5  a date of birth blocks when found in an object of the same research subject, or in a
-    non-date attribute; the same date in a date attribute of another subject is a coincidence;
+R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
+    every DA / DT form: ranges, several values, DT, and written with ``-``, ``/`` or ``.``)
+    blocks when found in an object of the same research subject, or in a non-date attribute;
+    the same date in a date attribute of another subject is a coincidence, and so is, in the
+    subject's own date attributes, an original date that equals another of its dates moved by
+    its date shift;
 R6  private-tag, institution and station values that are UIDs, or equal to a public
     non-identifying attribute of the same header, are not searched, nor any term equal to a
     manufacturer, model or software version of any selected header; private creators are not;
@@ -33,6 +39,7 @@ from the source headers and runs the scan.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +74,33 @@ ID_KEYWORDS = {
     "PatientInsurancePlanCodeSequence",
 }
 BIRTH_KEYWORDS = {"PatientBirthDate"}
+# Dates of the encounter (PS3.3 C.7.2.1 General Study, C.7.3.1 General Series, C.7.6.1 General
+# Image, C.4.14 Performed Procedure Step, C.4.10 Scheduled Procedure Step, C.3.5 Visit Status):
+# searched as the subject's dates (R5) in every DA / DT form they are written in.
+DATE_KEYWORDS = {
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "AcquisitionDateTime",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepStartDateTime",
+    "PerformedProcedureStepEndDateTime",
+    "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepEndDate",
+    "ScheduledProcedureStepStartDateTime",
+    "AdmittingDate",
+    "DischargeDate",
+    "StudyVerifiedDate",
+    "StudyReadDate",
+    "StudyArrivalDate",
+    "StudyCompletionDate",
+    "IssueDateOfImagingServiceRequest",
+}
+# Placeholders archives write for an unknown date: in every subject's headers, not a date of one.
+PLACEHOLDER_DATES = frozenset({"19000101"})
+SCOPED_KINDS = frozenset({"birth-date", "encounter-date"})
 ADDRESS_KEYWORDS = {
     "PatientAddress",
     "InstitutionAddress",
@@ -82,7 +116,12 @@ PHONE_KEYWORDS = {
 EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
 PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
 INTERESTING_KEYWORDS = (
-    ID_KEYWORDS | BIRTH_KEYWORDS | ADDRESS_KEYWORDS | PHONE_KEYWORDS | PLACE_KEYWORDS
+    ID_KEYWORDS
+    | BIRTH_KEYWORDS
+    | DATE_KEYWORDS
+    | ADDRESS_KEYWORDS
+    | PHONE_KEYWORDS
+    | PLACE_KEYWORDS
 )
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UT"}
 # Tags whose bytes are image samples, not text (R10).
@@ -122,23 +161,30 @@ class Term:
     """One searched value's rules (never its value in anything that leaves this module).
 
     ``kinds`` are where the value came from (``name``, ``identifier``, ``birth-date``,
-    ``address``, ``telephone``, ``private-tag``, ``institution-or-station``); ``name_only``: it
-    blocks only in a PN attribute (R4); ``owners``: research IDs whose birth date it is (R5).
+    ``encounter-date``, ``address``, ``telephone``, ``private-tag``,
+    ``institution-or-station``); ``name_only``: it blocks only in a PN attribute (R4);
+    ``owners``: research IDs whose birth or encounter date it is (R5); ``date``: the term is a
+    ``YYYYMMDD`` date, which may also match as the start of a DT value (digits follow: R3's
+    exception for dates).
     """
 
     kinds: set[str] = field(default_factory=set)
     name_only: bool = True
-    owners: set[str] = field(default_factory=set)  # research IDs of a birth date (R5)
-    anyone: bool = False  # a contribution that is not a birth date blocks for every subject
+    owners: set[str] = field(default_factory=set)  # research IDs of a date (R5)
+    anyone: bool = False  # a contribution that is not a subject's date blocks for every subject
+    date: bool = False
+    # Research IDs for whom this date is also one of their dates moved by their date shift:
+    # in their date attributes it may be a shifted date, so it is a coincidence there (R5).
+    coincident: set[str] = field(default_factory=set)
 
     def merge(self, kind: str, name_only: bool, owner: str | None) -> None:
         """Add one more source of the same value: it is name-only only if every source is, and
-        it blocks for everyone as soon as a source is not a birth date with an owner."""
+        it blocks for everyone as soon as a source is not a subject's date with an owner."""
         self.kinds.add(kind)
         self.name_only = self.name_only and name_only
-        if kind == "birth-date" and owner is not None:
+        if kind in SCOPED_KINDS and owner is not None:
             self.owners.add(owner)
-        else:
+        elif kind != "encounter-date":  # an encounter date of nobody known: scoped to nobody
             self.anyone = True
 
     @property
@@ -221,6 +267,50 @@ def birth_terms(value: str) -> Iterator[str]:
     yield from (text, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}")
 
 
+_DATE_IN_VALUE = re.compile(r"(?:^|(?<=[-\\\s]))(\d{4})\.?(\d{2})\.?(\d{2})")
+
+
+def dates_in(value: str) -> list[str]:
+    """The calendar dates (``YYYYMMDD``) a DA or DT value names (PS3.5 6.2).
+
+    Each of several values (``\\``), both ends of a range (``A-B``, ``-B``, ``A-``), the
+    date of a DT with its time, fraction and UTC offset, the ACR-NEMA form ``YYYY.MM.DD``;
+    partial dates (``YYYY``, ``YYYYMM``) name no day and give nothing, nor do days that do
+    not exist. Duplicates are given once, in order.
+    """
+    found: list[str] = []
+    for match in _DATE_IN_VALUE.finditer(value):
+        try:
+            dt.date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            continue
+        date = match[1] + match[2] + match[3]
+        if date not in found:
+            found.append(date)
+    return found
+
+
+def _moved(date: str, days: int) -> str:
+    """A ``YYYYMMDD`` date moved by ``days`` (as a JITTER moves it); ``""`` out of range."""
+    try:
+        day = dt.date(int(date[:4]), int(date[4:6]), int(date[6:])) + dt.timedelta(days)
+    except (ValueError, OverflowError):
+        return ""
+    return day.strftime("%Y%m%d")
+
+
+def date_terms(value: str) -> Iterator[str]:
+    """Every date a DA or DT value names (:func:`dates_in`), written as ``YYYYMMDD``,
+    ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``DD/MM/YYYY``, ``MM/DD/YYYY``,
+    ``DD.MM.YYYY`` and ``DD-MM-YYYY``; placeholders (:data:`PLACEHOLDER_DATES`) give nothing."""
+    for date in dates_in(value):
+        if date in PLACEHOLDER_DATES:
+            continue
+        y, m, d = date[:4], date[4:6], date[6:]
+        yield from (date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}")
+        yield from (f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{d}-{m}-{y}")
+
+
 def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
     """A public text value, cheaply: ASCII raw bytes are split without pydicom's conversion."""
     if vr not in TEXT_VRS:
@@ -281,6 +371,8 @@ class IdentifierDictionary:
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
         self._charset_key = ""
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
+        self._shift: int | None = None
+        self._shifted: dict[str, set[str]] = {}  # research ID -> its dates, moved by its shift
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -303,15 +395,22 @@ class IdentifierDictionary:
             return
         term = self.terms.setdefault(value, Term())
         term.merge(kind, name_only, owner)
+        if kind in SCOPED_KINDS and len(value) == 8 and value.isdigit():
+            term.date = True
         self._automata.clear()
 
-    def add_header(self, ds: Dataset, research_id: str | None = None) -> None:
+    def add_header(
+        self, ds: Dataset, research_id: str | None = None, shift_days: int | None = None
+    ) -> None:
         """Collect the identifying values of one source header, at every depth.
 
         ``ds`` is a source (not de-identified) header, sequences followed up to 64 levels;
-        ``research_id`` is its subject's, to scope its birth date (R5). The rules R1-R9 of the
-        module docstring decide what is added.
+        ``research_id`` is its subject's, to scope its birth and encounter dates (R5);
+        ``shift_days`` is that subject's date shift, when known: an original date of the
+        subject that equals another of its dates moved by the shift is a coincidence in its
+        own date attributes too. The rules R1-R9 of the module docstring decide what is added.
         """
+        self._shift = shift_days if research_id is not None else None
         for charset in declared_charsets(ds):
             self.encodings.add(charset)
         public_values: set[str] = set()
@@ -374,7 +473,7 @@ class IdentifierDictionary:
                 continue  # private creator (R6)
             if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
                 # The objects of a series repeat most values: convert each distinct one once.
-                owner = research_id if keyword in BIRTH_KEYWORDS else None
+                owner = research_id if keyword in BIRTH_KEYWORDS | DATE_KEYWORDS else None
                 signature = (int(tag), raw.value, owner, charset_key)
                 if signature in self._seen and not tag.is_private:
                     continue
@@ -401,6 +500,14 @@ class IdentifierDictionary:
                 for v in values:
                     for term in birth_terms(v):
                         self.add(term, "birth-date", owner=research_id)
+            elif keyword in DATE_KEYWORDS:
+                public_values.update(_norm(v).lower() for v in values)  # R6 as before
+                for v in values:
+                    for term in date_terms(v):
+                        self.add(term, "encounter-date", owner=research_id)
+                    if research_id is not None and self._shift is not None:
+                        moved = self._shifted.setdefault(research_id, set())
+                        moved.update(_moved(d, self._shift) for d in dates_in(v))
             elif keyword in ADDRESS_KEYWORDS:
                 for v in values:
                     for term in address_terms(v):
@@ -428,6 +535,11 @@ class IdentifierDictionary:
         cached = self._automata.get(encs)
         if cached is not None:
             return cached
+        for owner, moved in self._shifted.items():
+            for date in moved:
+                found = self.terms.get(date)
+                if found is not None:
+                    found.coincident.add(owner)
         auto = ahocorasick.Automaton()
         for value, term in self.terms.items():
             low = value.lower()

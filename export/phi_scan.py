@@ -58,7 +58,7 @@ def _is_ascii_word_char(ch: str) -> bool:
 
 
 def scan(
-    hay: str, auto: ahocorasick.Automaton, *, text: bool = True
+    hay: str, auto: ahocorasick.Automaton, *, text: bool = True, dates: bool = False
 ) -> Iterator[tuple[int, int, list[Term]]]:
     """Whole-word matches (R3) in a lowered latin-1 haystack: (start, end, terms).
 
@@ -69,6 +69,10 @@ def scan(
     ``text=True`` for a value's own text, where non-ASCII neighbours are letters; ``text=False``
     for a whole object's bytes, where a value's neighbours are binary tags and lengths, so only
     ASCII letters and digits count as word characters (a lenient pre-filter).
+
+    ``dates=True`` where a DT value may hold a date followed by its time of day: a ``YYYYMMDD``
+    date term (:attr:`Term.date`) also matches when digits follow it (R3's one exception); such
+    a match yields the date terms only.
     """
     word = _is_word_char if text else _is_ascii_word_char
     n = len(hay)
@@ -77,7 +81,11 @@ def scan(
         if start > 0 and word(hay[start - 1]) and word(hay[start]):
             continue
         if end + 1 < n and word(hay[end + 1]) and word(hay[end]):
-            continue
+            if not (dates and hay[end + 1].isdigit()):
+                continue
+            terms = [term for term in terms if term.date]
+            if not terms:
+                continue
         yield start, end + 1, terms
 
 
@@ -267,24 +275,29 @@ class Verifier:
                 result.hits.append(Hit(key, path, kind))
 
         for label, buf, bulk, spans_of in segments:
-            candidates: list[tuple[int, int, list[Term]]] = []
+            candidates: list[tuple[int, int, list[Term], bool]] = []
             for offset, piece in _outside(buf, bulk):  # R10: image bytes are not scanned
-                for start, end, terms in scan(_hay(piece), auto, text=False):
+                hay = _hay(piece)
+                for start, end, terms in scan(hay, auto, text=False, dates=True):
+                    # A date followed by digits: only a DT attribute, once located, can hold it.
+                    dt_only = end < len(hay) and hay[end].isdigit()
                     start, end = start + offset, end + offset
                     if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
-                        candidates.append((start, end, terms))
+                        candidates.append((start, end, terms, dt_only))
             if not candidates:
                 continue
             located: set[int] = set()
             for span in spans_of():
                 if span.path in _BULK_NAMES or not span.hay:
                     continue
-                for _s, _e, terms in scan(span.hay, auto):
+                for _s, _e, terms in scan(span.hay, auto, dates=span.vr == "DT"):
                     for term in terms:
                         located.add(id(term))
                         if _blocks(term, span.vr, owner, located=True):
                             hit(span.path, sorted(term.kinds)[0])
-            for start, end, terms in candidates:
+            for start, end, terms, dt_only in candidates:
+                if dt_only:
+                    continue  # a date that only a DT value can hold, and none did
                 for term in terms:
                     if id(term) in located or not _blocks(term, "UN", owner, located=False):
                         continue
@@ -364,7 +377,7 @@ _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformD
 def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:
     if term.name_only and vr != "PN":
         return False  # R4
-    if term.scoped and vr in DATE_VRS and owner not in term.owners:
+    if term.scoped and vr in DATE_VRS and (owner not in term.owners or owner in term.coincident):
         return False  # R5
     return not (term.name_only and not located)
 

@@ -85,9 +85,9 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
     dictionary = IdentifierDictionary(retained=proj.scope.retain)
     studies = headers = 0
     for study in study_refs(selection):
-        research_id = keys.research_id(
-            SubjectKey(study.health_number, study.issuer, study.patient_id)
-        )
+        subject = SubjectKey(study.health_number, study.issuer, study.patient_id)
+        research_id = keys.research_id(subject)
+        shift_days = keys.date_shift_days(subject)
         workdir = settings.work_dir() / project / release / f"verify-{studies}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -97,7 +97,7 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
                     header = dcmread(path, stop_before_pixels=True, force=True)
                 except Exception:
                     continue  # unreadable objects were quarantined, not exported
-                dictionary.add_header(header, research_id)
+                dictionary.add_header(header, research_id, shift_days)
                 headers += 1
         finally:
             source.release_study(study, workdir)

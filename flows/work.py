@@ -12,8 +12,8 @@ import io
 import json
 import shutil
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -26,6 +26,7 @@ from curation.iocm import is_rejection_note, rejected_instances
 from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
 from deid_recipes import Engine, SubjectContext, load_recipe
+from deid_recipes.engine import identifying_tokens
 from deid_recipes.fastpath import deidentify_to_bytes
 from export.manifest import (
     ObjectRow,
@@ -292,6 +293,8 @@ def _process_files(
         outcome.excluded[Reason.OPTED_OUT] += len(headers)  # withdrew after selection was frozen
         return []
     _, subject = worker.subject(study)
+    if worker.engine.uses_clean:  # names and institutions of the whole study are cleaned away
+        subject = replace(subject, identifying=_study_tokens(headers.values()))
     rejected = rejected_instances(headers.values())
     eligible: dict[Path, Dataset] = {}
     for path, header in headers.items():
@@ -356,6 +359,22 @@ def _process_files(
         outcome.bytes += len(data)
     rows.sort(key=lambda r: r["key"])
     return rows
+
+
+def _study_tokens(headers: Iterable[Dataset]) -> frozenset[str]:
+    """The func:clean tokens of every header of a study (:func:`identifying_tokens`).
+
+    A name or an institution one object carries in a person-name or institution attribute is
+    often typed into the text of another (a report, a key object note). A header whose values
+    cannot be read adds nothing here; de-identifying that object refuses it.
+    """
+    tokens: set[str] = set()
+    for header in headers:
+        try:
+            tokens |= identifying_tokens(header)
+        except ObjectRejected:
+            continue
+    return frozenset(tokens)
 
 
 def _deidentify(
