@@ -18,7 +18,6 @@ from pydicom.errors import InvalidDicomError
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
-
 # Float Pixel Data, Double Float Pixel Data and Pixel Data (PS3.3 C.7.6.3, C.7.6.3.1.8).
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 

@@ -25,6 +25,7 @@ would dangle to the engine (:func:`pointers_at_risk`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -120,7 +121,7 @@ def _tags(value: object) -> list[int]:
     if value is None or value == "":
         return []
     values = value if isinstance(value, MultiValue | list | tuple) else [value]
-    return [int(v) for v in values]
+    return [int(str(v), 0) if isinstance(v, str) else int(cast(int, v)) for v in values]
 
 
 def _groups(ds: Dataset, group: int) -> Iterable[Dataset]:

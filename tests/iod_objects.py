@@ -39,7 +39,9 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
 
 
-def _base(sop_class: str, modality: str, *, site: str = "SITE-A", implicit: bool = False) -> Dataset:
+def _base(
+    sop_class: str, modality: str, *, site: str = "SITE-A", implicit: bool = False
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
@@ -99,8 +101,14 @@ def _enhanced_common(ds: Dataset, frames: int) -> None:
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "IDENTITY"
     ds.AcquisitionContextSequence = Sequence()
-    ds.ReferencedStudySequence = Sequence([_item(ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
-                                                 ReferencedSOPInstanceUID=generate_uid())])
+    ds.ReferencedStudySequence = Sequence(
+        [
+            _item(
+                ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
+                ReferencedSOPInstanceUID=generate_uid(),
+            )
+        ]
+    )
     organization = generate_uid()
     ds.DimensionOrganizationSequence = Sequence([_item(DimensionOrganizationUID=organization)])
     ds.DimensionOrganizationType = "3D"
@@ -124,8 +132,12 @@ def _enhanced_common(ds: Dataset, frames: int) -> None:
         ),
         PlaneOrientationSequence=Sequence([_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
         FrameAnatomySequence=Sequence(
-            [_item(FrameLaterality="U",
-                   AnatomicRegionSequence=Sequence([_code("T-D3000", "SRT", "Chest")]))]
+            [
+                _item(
+                    FrameLaterality="U",
+                    AnatomicRegionSequence=Sequence([_code("T-D3000", "SRT", "Chest")]),
+                )
+            ]
         ),
         PixelValueTransformationSequence=Sequence(
             [_item(RescaleIntercept=0, RescaleSlope=1, RescaleType="US")]
@@ -195,43 +207,97 @@ def enhanced_mr(frames: int = 2, *, implicit: bool = False) -> Dataset:
     ds.NumberOfKSpaceTrajectories = 1
     shared = ds.SharedFunctionalGroupsSequence[0]
     shared.MRImageFrameTypeSequence = Sequence(
-        [_item(FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"], PixelPresentation="MONOCHROME",
-               VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
-               ComplexImageComponent="MAGNITUDE", AcquisitionContrast="T1")]
+        [
+            _item(
+                FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"],
+                PixelPresentation="MONOCHROME",
+                VolumetricProperties="VOLUME",
+                VolumeBasedCalculationTechnique="NONE",
+                ComplexImageComponent="MAGNITUDE",
+                AcquisitionContrast="T1",
+            )
+        ]
     )
     shared.MRTimingAndRelatedParametersSequence = Sequence(
-        [_item(RepetitionTime=500.0, FlipAngle=90.0, EchoTrainLength=1, RFEchoTrainLength=1,
-               GradientEchoTrainLength=0, GradientOutputType="DB_DT",
-               SpecificAbsorptionRateSequence=Sequence(
-                   [_item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
-                          SpecificAbsorptionRateValue=0.5)]),
-               OperatingModeSequence=Sequence(
-                   [_item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL")]))]
+        [
+            _item(
+                RepetitionTime=500.0,
+                FlipAngle=90.0,
+                EchoTrainLength=1,
+                RFEchoTrainLength=1,
+                GradientEchoTrainLength=0,
+                GradientOutputType="DB_DT",
+                SpecificAbsorptionRateSequence=Sequence(
+                    [
+                        _item(
+                            SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                            SpecificAbsorptionRateValue=0.5,
+                        )
+                    ]
+                ),
+                OperatingModeSequence=Sequence(
+                    [_item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL")]
+                ),
+            )
+        ]
     )
     shared.MRFOVGeometrySequence = Sequence(
-        [_item(InPlanePhaseEncodingDirection="ROW", MRAcquisitionFrequencyEncodingSteps=4,
-               MRAcquisitionPhaseEncodingStepsInPlane=4, PercentSampling=100.0,
-               PercentPhaseFieldOfView=100.0)]
+        [
+            _item(
+                InPlanePhaseEncodingDirection="ROW",
+                MRAcquisitionFrequencyEncodingSteps=4,
+                MRAcquisitionPhaseEncodingStepsInPlane=4,
+                PercentSampling=100.0,
+                PercentPhaseFieldOfView=100.0,
+            )
+        ]
     )
     shared.MREchoSequence = Sequence([_item(EffectiveEchoTime=15.0)])
     shared.MRModifierSequence = Sequence(
-        [_item(InversionRecovery="NO", FlowCompensation="NONE", T2Preparation="NO",
-               SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE",
-               PartialFourier="NO", ParallelAcquisition="NO")]
+        [
+            _item(
+                InversionRecovery="NO",
+                FlowCompensation="NONE",
+                T2Preparation="NO",
+                SpectrallySelectedExcitation="NONE",
+                SpatialPresaturation="NONE",
+                PartialFourier="NO",
+                ParallelAcquisition="NO",
+            )
+        ]
     )
     shared.MRImagingModifierSequence = Sequence(
-        [_item(MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
-               TransmitterFrequency=123.2, PixelBandwidth=200.0)]
+        [
+            _item(
+                MagnetizationTransfer="NONE",
+                BloodSignalNulling="NO",
+                Tagging="NONE",
+                TransmitterFrequency=123.2,
+                PixelBandwidth=200.0,
+            )
+        ]
     )
     shared.MRReceiveCoilSequence = Sequence(
-        [_item(ReceiveCoilName="HEAD32", ReceiveCoilManufacturerName="ACME",
-               ReceiveCoilType="MULTICOIL", QuadratureReceiveCoil="NO",
-               MultiCoilDefinitionSequence=Sequence(
-                   [_item(MultiCoilElementName="H1", MultiCoilElementUsed="YES")]))]
+        [
+            _item(
+                ReceiveCoilName="HEAD32",
+                ReceiveCoilManufacturerName="ACME",
+                ReceiveCoilType="MULTICOIL",
+                QuadratureReceiveCoil="NO",
+                MultiCoilDefinitionSequence=Sequence(
+                    [_item(MultiCoilElementName="H1", MultiCoilElementUsed="YES")]
+                ),
+            )
+        ]
     )
     shared.MRTransmitCoilSequence = Sequence(
-        [_item(TransmitCoilName="BODY", TransmitCoilManufacturerName="ACME",
-               TransmitCoilType="BODY")]
+        [
+            _item(
+                TransmitCoilName="BODY",
+                TransmitCoilManufacturerName="ACME",
+                TransmitCoilType="BODY",
+            )
+        ]
     )
     shared.MRAveragesSequence = Sequence([_item(NumberOfAverages=1)])
     for item in ds.PerFrameFunctionalGroupsSequence:
@@ -252,16 +318,30 @@ def enhanced_ct(frames: int = 2) -> Dataset:
     ds.VolumeBasedCalculationTechnique = "NONE"
     shared = ds.SharedFunctionalGroupsSequence[0]
     shared.CTImageFrameTypeSequence = Sequence(
-        [_item(FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"], PixelPresentation="MONOCHROME",
-               VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")]
+        [
+            _item(
+                FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"],
+                PixelPresentation="MONOCHROME",
+                VolumetricProperties="VOLUME",
+                VolumeBasedCalculationTechnique="NONE",
+            )
+        ]
     )
     shared.CTAcquisitionTypeSequence = Sequence(
         [_item(AcquisitionType="SPIRAL", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")]
     )
     shared.CTAcquisitionDetailsSequence = Sequence(
-        [_item(DataCollectionDiameter=500.0, GantryDetectorTilt=0.0, TableHeight=150.0,
-               RotationDirection="CW", RevolutionTime=0.5, SingleCollimationWidth=0.6,
-               TotalCollimationWidth=38.4)]
+        [
+            _item(
+                DataCollectionDiameter=500.0,
+                GantryDetectorTilt=0.0,
+                TableHeight=150.0,
+                RotationDirection="CW",
+                RevolutionTime=0.5,
+                SingleCollimationWidth=0.6,
+                TotalCollimationWidth=38.4,
+            )
+        ]
     )
     shared.CTTableDynamicsSequence = Sequence(
         [_item(TableSpeed=50.0, TableFeedPerRotation=25.0, SpiralPitchFactor=1.0)]
@@ -270,23 +350,51 @@ def enhanced_ct(frames: int = 2) -> Dataset:
         [_item(DistanceSourceToDetector=1000.0, DistanceSourceToDataCollectionCenter=550.0)]
     )
     shared.CTReconstructionSequence = Sequence(
-        [_item(ReconstructionAlgorithm="FILTER_BACK_PROJ", ConvolutionKernel="B30f",
-               ConvolutionKernelGroup="SOFT_TISSUE", ReconstructionDiameter=350.0,
-               ReconstructionFieldOfView=[350.0, 350.0], ReconstructionPixelSpacing=[0.5, 0.5],
-               ReconstructionAngle=0.0, ImageFilter="NONE")]
+        [
+            _item(
+                ReconstructionAlgorithm="FILTER_BACK_PROJ",
+                ConvolutionKernel="B30f",
+                ConvolutionKernelGroup="SOFT_TISSUE",
+                ReconstructionDiameter=350.0,
+                ReconstructionFieldOfView=[350.0, 350.0],
+                ReconstructionPixelSpacing=[0.5, 0.5],
+                ReconstructionAngle=0.0,
+                ImageFilter="NONE",
+            )
+        ]
     )
     shared.CTExposureSequence = Sequence(
-        [_item(ExposureTimeInms=500.0, XRayTubeCurrentInmA=200.0, ExposureInmAs=100.0,
-               ExposureModulationType="NONE", CTDIvol=10.0)]
+        [
+            _item(
+                ExposureTimeInms=500.0,
+                XRayTubeCurrentInmA=200.0,
+                ExposureInmAs=100.0,
+                ExposureModulationType="NONE",
+                CTDIvol=10.0,
+            )
+        ]
     )
     shared.CTXRayDetailsSequence = Sequence(
-        [_item(KVP=120, FocalSpots=[1.2], FilterType="FLAT", FilterMaterial=["AL"],
-               CalciumScoringMassFactorPatient=0.7, CalciumScoringMassFactorDevice=[0.7, 0.7, 0.7])]
+        [
+            _item(
+                KVP=120,
+                FocalSpots=[1.2],
+                FilterType="FLAT",
+                FilterMaterial=["AL"],
+                CalciumScoringMassFactorPatient=0.7,
+                CalciumScoringMassFactorDevice=[0.7, 0.7, 0.7],
+            )
+        ]
     )
     for item in ds.PerFrameFunctionalGroupsSequence:
         item.CTPositionSequence = Sequence(
-            [_item(TablePosition=0.0, DataCollectionCenterPatient=[0, 0, 0],
-                   ReconstructionTargetCenterPatient=[0, 0, 0])]
+            [
+                _item(
+                    TablePosition=0.0,
+                    DataCollectionCenterPatient=[0, 0, 0],
+                    ReconstructionTargetCenterPatient=[0, 0, 0],
+                )
+            ]
         )
     _pixels(ds, 4, 4, frames)
     return ds
@@ -309,22 +417,34 @@ def nm_multiframe(frames: int = 2, *, private_pointer: bool = False) -> Dataset:
     ds.EnergyWindowVector = [1] * frames
     ds.NumberOfDetectors = frames
     ds.DetectorVector = list(range(1, frames + 1))
-    ds.PatientOrientationCodeSequence = Sequence(
-        [_code("F-10450", "SRT", "recumbent")]
-    )
+    ds.PatientOrientationCodeSequence = Sequence([_code("F-10450", "SRT", "recumbent")])
     ds.PatientGantryRelationshipCodeSequence = Sequence([_code("F-10470", "SRT", "headfirst")])
     ds.EnergyWindowInformationSequence = Sequence(
-        [_item(EnergyWindowRangeSequence=Sequence(
-            [_item(EnergyWindowLowerLimit=126, EnergyWindowUpperLimit=154)]))]
+        [
+            _item(
+                EnergyWindowRangeSequence=Sequence(
+                    [_item(EnergyWindowLowerLimit=126, EnergyWindowUpperLimit=154)]
+                )
+            )
+        ]
     )
     ds.RadiopharmaceuticalInformationSequence = Sequence(
-        [_item(RadionuclideCodeSequence=Sequence([_code("C-163A8", "SRT", "Technetium Tc^99m^")]),
-               RadionuclideTotalDose=740)]
+        [
+            _item(
+                RadionuclideCodeSequence=Sequence([_code("C-163A8", "SRT", "Technetium Tc^99m^")]),
+                RadionuclideTotalDose=740,
+            )
+        ]
     )
     ds.DetectorInformationSequence = Sequence(
-        [_item(CollimatorType="PARA", ImagePositionPatient=[0, 0, 0],
-               ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-         for _ in range(frames)]
+        [
+            _item(
+                CollimatorType="PARA",
+                ImagePositionPatient=[0, 0, 0],
+                ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+            )
+            for _ in range(frames)
+        ]
     )
     ds.PixelSpacing = [2.0, 2.0]
     ds.SliceThickness = 2.0
@@ -380,8 +500,12 @@ def mr_image() -> Dataset:
     ds.PixelSpacing = [0.5, 0.5]
     ds.SliceThickness = 1.0
     ds.ReferencedStudySequence = Sequence(
-        [_item(ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
-               ReferencedSOPInstanceUID=generate_uid())]
+        [
+            _item(
+                ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
+                ReferencedSOPInstanceUID=generate_uid(),
+            )
+        ]
     )
     _pixels(ds, 4, 4, 1)
     return ds
@@ -416,29 +540,60 @@ def comprehensive_sr(*, verified: bool = True) -> Dataset:
     ds.VerificationFlag = "VERIFIED" if verified else "UNVERIFIED"
     if verified:
         ds.VerifyingObserverSequence = Sequence(
-            [_item(VerifyingObserverName=OBSERVER, VerifyingOrganization=INSTITUTION,
-                   VerificationDateTime="20200116090000",
-                   VerifyingObserverIdentificationCodeSequence=Sequence(
-                       [_code("EMP-7781", "99HOSP", OBSERVER)]))]
+            [
+                _item(
+                    VerifyingObserverName=OBSERVER,
+                    VerifyingOrganization=INSTITUTION,
+                    VerificationDateTime="20200116090000",
+                    VerifyingObserverIdentificationCodeSequence=Sequence(
+                        [_code("EMP-7781", "99HOSP", OBSERVER)]
+                    ),
+                )
+            ]
         )
     ds.PerformedProcedureCodeSequence = Sequence([_code("24627-2", "LN", "CT Chest")])
     ds.ReferencedPerformedProcedureStepSequence = Sequence()
     image = generate_uid()
     ds.CurrentRequestedProcedureEvidenceSequence = Sequence(
-        [_item(StudyInstanceUID=ds.StudyInstanceUID,
-               ReferencedSeriesSequence=Sequence(
-                   [_item(SeriesInstanceUID=generate_uid(),
-                          ReferencedSOPSequence=Sequence(
-                              [_item(ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
-                                     ReferencedSOPInstanceUID=image)]))]))]
+        [
+            _item(
+                StudyInstanceUID=ds.StudyInstanceUID,
+                ReferencedSeriesSequence=Sequence(
+                    [
+                        _item(
+                            SeriesInstanceUID=generate_uid(),
+                            ReferencedSOPSequence=Sequence(
+                                [
+                                    _item(
+                                        ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+                                        ReferencedSOPInstanceUID=image,
+                                    )
+                                ]
+                            ),
+                        )
+                    ]
+                ),
+            )
+        ]
     )
-    finding = _item(RelationshipType="CONTAINS", ValueType="TEXT",
-                    ConceptNameCodeSequence=Sequence([_code("121071", "DCM", "Finding")]),
-                    TextValue=f"Nodule seen by {OBSERVER} at {INSTITUTION}")
-    ref = _item(RelationshipType="CONTAINS", ValueType="IMAGE",
-                ReferencedSOPSequence=Sequence(
-                    [_item(ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
-                           ReferencedSOPInstanceUID=image)]))
+    finding = _item(
+        RelationshipType="CONTAINS",
+        ValueType="TEXT",
+        ConceptNameCodeSequence=Sequence([_code("121071", "DCM", "Finding")]),
+        TextValue=f"Nodule seen by {OBSERVER} at {INSTITUTION}",
+    )
+    ref = _item(
+        RelationshipType="CONTAINS",
+        ValueType="IMAGE",
+        ReferencedSOPSequence=Sequence(
+            [
+                _item(
+                    ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+                    ReferencedSOPInstanceUID=image,
+                )
+            ]
+        ),
+    )
     ds.ContentSequence = Sequence([finding, ref])
     return ds
 

@@ -151,7 +151,9 @@ def test_a_dimension_whose_pointer_target_goes_is_dropped_with_its_index_values(
     assert [i.DimensionIndexPointer for i in out.DimensionIndexSequence] == [
         Tag("InStackPositionNumber")
     ]
-    values = [i.FrameContentSequence[0].DimensionIndexValues for i in out.PerFrameFunctionalGroupsSequence]
+    values = [
+        i.FrameContentSequence[0].DimensionIndexValues for i in out.PerFrameFunctionalGroupsSequence
+    ]
     assert values == [1, 2]
 
 
@@ -183,13 +185,18 @@ def test_technical_attributes_the_iods_require_survive(recipe: str) -> None:
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        (lambda: nm_multiframe(2, private_pointer=True), [Tag("EnergyWindowVector"), Tag("DetectorVector")]),
+        (
+            lambda: nm_multiframe(2, private_pointer=True),
+            [Tag("EnergyWindowVector"), Tag("DetectorVector")],
+        ),
         (lambda: us_multiframe(private_pointer=True), Tag("FrameTime")),
         (lambda: us_multiframe(), Tag("FrameTime")),
     ],
 )
 def test_frame_increment_pointer_never_names_a_removed_attribute(
-    build, expected, tmp_path: Path  # type: ignore[no-untyped-def]
+    build,
+    expected,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     engine = _engine("ps3.15-basic")
     path = write(build(), tmp_path, "obj")
@@ -250,8 +257,16 @@ def _variants(folder: Path) -> dict[str, Path]:
     [
         ("ridl-basic", None),
         ("ps3.15-basic", None),
-        ("ps3.15-basic", ["retain-long-modified-dates", "retain-safe-private", "clean-descriptors",
-                          "clean-structured-content", "clean-graphics"]),
+        (
+            "ps3.15-basic",
+            [
+                "retain-long-modified-dates",
+                "retain-safe-private",
+                "clean-descriptors",
+                "clean-structured-content",
+                "clean-graphics",
+            ],
+        ),
     ],
 )
 def test_ridl_deid_exports_every_variant_whole_and_valid(
@@ -271,7 +286,9 @@ def test_ridl_deid_exports_every_variant_whole_and_valid(
     for path in out.rglob("*.dcm"):
         data = path.read_bytes()
         _no_phi(data)
-        by_class.setdefault(str(dcmread(path, stop_before_pixels=True).SOPClassUID), []).append(path)
+        by_class.setdefault(str(dcmread(path, stop_before_pixels=True).SOPClassUID), []).append(
+            path
+        )
     for name, source in sources.items():
         sop = str(dcmread(source, stop_before_pixels=True).SOPClassUID)
         before = _errors(source)
