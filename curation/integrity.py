@@ -18,6 +18,24 @@ from pydicom.errors import InvalidDicomError
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
+# Float Pixel Data, Double Float Pixel Data and Pixel Data (PS3.3 C.7.6.3, C.7.6.3.1.8).
+PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+
+
+def has_pixel_data(ds: Dataset) -> bool:
+    """Whether ``ds`` (read whole, pixels included) holds pixel data of any kind.
+
+    Pixel steps (burned-in triage, region cleaning, text detection) apply only to objects that
+    do: a structured report, key object or presentation state has nothing to decode.
+
+    Args:
+        ds: a whole object as :func:`read_whole` gives it.
+
+    Returns:
+        True when Pixel Data, Float Pixel Data or Double Float Pixel Data is present.
+    """
+    return any(tag in ds for tag in PIXEL_DATA_TAGS)
+
 
 def read_whole(path: Path) -> Dataset:
     """Read a whole object (pixel bytes included, never decoded).

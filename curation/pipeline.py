@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
+from curation.integrity import has_pixel_data
 from curation.review import Decisions, ReviewRecord, record_object
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
@@ -112,7 +113,8 @@ class Curator:
         """Curate the object at ``path`` (``header``: read without pixels).
 
         Checks run first (a quarantine a reviewer approved goes on); an object not at risk of
-        burned-in text is exported as read; one at risk has known regions blanked and, when the
+        burned-in text, or without pixel data (Pixel Data, Float or Double Float Pixel Data),
+        is exported as read; one at risk has known regions blanked and, when the
         policy says so, is read by OCR: text found quarantines it (``burned-in-text``) unless a
         reviewer approved it, a reviewer's rejection excludes it. A review record is written for
         each at-risk object. ``study_key`` names the study in review records.
@@ -139,7 +141,8 @@ class Curator:
             ds = obj.whole()
         except ObjectRejected as rej:
             return Curated("quarantine", rej.reason, rej.detail)
-        if not triage.at_risk:
+        if not triage.at_risk or not has_pixel_data(ds):
+            # No pixel data (a structured report, say): nothing for the pixel steps to read.
             return Curated("export", dataset=ds)
         self.stats.at_risk += 1
         return self._burned_in(path, ds, triage, study_key)

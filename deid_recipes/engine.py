@@ -15,6 +15,10 @@ What holds for every output (see the README's "De-identification" section):
 * Patient Identity Removed = YES, De-identification Method and its Code Sequence (CID 7050)
   name the profile and options; Original Attributes Sequence never survives; File Meta is
   rebuilt from the de-identified dataset;
+* the output keeps its IOD (:mod:`deid_recipes.iod`): an attribute the IOD requires that the
+  plan would remove stays empty (Type 2) or dummied (Type 1), a blanked optional sequence is
+  removed rather than written with zero items, and no Frame Increment Pointer or Dimension
+  Index Pointer is left naming an attribute the plan removed;
 * anything the engine cannot de-identify with certainty (unknown VR kept, a sequence that does
   not parse, an unknown character set, text it cannot decode) raises :class:`DeidError`, so
   the caller quarantines the object instead of exporting it half done.
@@ -47,6 +51,12 @@ from deid_recipes.dicombytes import (
     UNDEFINED_LENGTH,
     check_sequence_bytes,
     unsupported_charset,
+)
+from deid_recipes.iod import (
+    drop_dangling_pointers,
+    keeps_empty_sequence,
+    pointer_targets,
+    required_action,
 )
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
@@ -236,7 +246,9 @@ class Engine:
         state = _State(subject)
         if self.uses_clean:
             state.identifying = identifying_tokens(ds) | subject.identifying
+        pointers = pointer_targets(ds)
         self._walk(ds, state, 0, mode="")
+        drop_dangling_pointers(ds, pointers)  # PS3.3 C.7.6.6, C.7.6.17 (deid_recipes.iod)
         for tag, expr in self._adds:
             vr = dictionary_VR(tag)
             value = self._value(expr, vr, None, state)
@@ -296,7 +308,9 @@ class Engine:
             or UNMATCHED (no rule names it: the caller applies the unmatched default, or the
             sequence mode's); the expression is a rule's value (``func:uid``, a literal...) or
             None; VR is the one the element is handled as (the first of an ambiguous pair).
-            Original Attributes Sequence is always REMOVE; unnamed Pixel Data is KEEP.
+            Original Attributes Sequence is always REMOVE; unnamed Pixel Data is KEEP; with
+            the secure default, an attribute an IOD requires (:data:`deid_recipes.iod.REQUIRED`)
+            that would be removed is BLANK (Type 2) or ``func:dummy`` (Type 1) instead.
         """
         key = (tag, raw_vr)
         try:
@@ -320,6 +334,13 @@ class Engine:
             name, value = "REMOVE", None
         if tag == PIXEL_DATA and name == "UNMATCHED":
             name = "KEEP"  # pixel bytes go through untouched unless a recipe names them
+        if (
+            self.secure
+            and not retained
+            and (name == "REMOVE" or (name == "UNMATCHED" and vr != "UI"))
+            and (required := required_action(tag)) is not None
+        ):
+            name, value = required  # the IOD requires it: empty (Type 2) or dummy (Type 1)
         decision = (name, value, vr)
         self._plan[key] = decision
         return decision
@@ -419,8 +440,10 @@ class Engine:
                 self._walk_items(ds, tag, state, depth, "clean")
             elif name == "REPLACE" and expr == "func:dummy":
                 self._walk_items(ds, tag, state, depth, "dummy")
+            elif name in ("BLANK", "REPLACE") and keeps_empty_sequence(tag):
+                elements[tag] = DataElement(tag, "SQ", Sequence())  # Type 2: zero items
             elif name in ("BLANK", "REPLACE"):
-                elements[tag] = DataElement(tag, "SQ", Sequence())
+                del elements[tag]  # an optional sequence is never written with zero items
             else:  # JITTER of a sequence: nothing to shift, nothing known safe
                 del elements[tag]
             return

@@ -63,6 +63,12 @@ from deid_recipes.engine import (
     SubjectContext,
     check_charset,
 )
+from deid_recipes.iod import (
+    DIMENSION_INDEX_SEQUENCE,
+    FRAME_INCREMENT_POINTER,
+    keeps_empty_sequence,
+    pointers_at_risk,
+)
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
@@ -426,7 +432,8 @@ class ByteEngine:
             if vr != "SQ":
                 raise _HandOff
             if name == "BLANK":
-                return encode_element(tag, "SQ", b"")
+                # Type 2: zero items; an optional sequence goes (deid_recipes.iod).
+                return encode_element(tag, "SQ", b"") if keeps_empty_sequence(tag) else None
             if name == "KEEP" or (name == "REPLACE" and expr == "func:uid"):
                 # Kept and X/Z/U* reference sequences: keep, de-identify every item.
                 content = self._sequence(raw[value_at:], subject, depth)
@@ -623,6 +630,8 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     elements = header.elements
     if any(vr not in _KNOWN_VRS for _, _, _, vr in elements):
         return None  # UN or no VR at all: see _KNOWN_VRS
+    if _pointers_dangle(engine, data, elements):
+        return None  # the engine drops pointers to removed attributes (deid_recipes.iod)
     # With func:clean the whole header is read: names at any depth feed the tokens it removes.
     wanted = None if engine.uses_clean else SUBJECT_TAGS
     keyed = [data[b:e] for t, b, e, _ in elements if wanted is None or t in wanted]
@@ -684,6 +693,37 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
             result.add_new(tag, "UI", element_value(parts[tag]).decode("ascii").rstrip("\x00 "))
     result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
     return _Done(result, subject, head, header.pixel_offset, size)
+
+
+def _pointers_dangle(engine: Engine, data: bytes, elements: list[Element]) -> bool:
+    """Whether the plan removes what Frame Increment Pointer or a Dimension Index names."""
+    frame: list[int] = []
+    dimension: list[tuple[int, int | None]] = []
+    for tag, begin, end, vr in elements:
+        if tag == FRAME_INCREMENT_POINTER and vr == "AT":
+            value = data[begin + value_offset(vr.encode()) : end]
+            frame += [
+                (read_u16(value, i) << 16) | read_u16(value, i + 2)
+                for i in range(0, len(value) - 3, 4)
+            ]
+        elif tag == DIMENSION_INDEX_SEQUENCE:
+            try:
+                small = read_dataset(io.BytesIO(data[begin:end]), False, True)
+                for item in small[DIMENSION_INDEX_SEQUENCE].value:
+                    pointer = item.get("DimensionIndexPointer")
+                    group = item.get("FunctionalGroupPointer")
+                    if pointer is not None:
+                        dimension.append((int(pointer), int(group) if group is not None else None))
+            except Exception:
+                return True  # the dataset path decides what an unreadable sequence becomes
+    if not frame and not dimension:
+        return False
+
+    def removes(tag: int) -> bool:
+        name, _, vr = engine.decide(tag, None)
+        return name == "REMOVE" or (name == "UNMATCHED" and engine.secure and vr != "UI")
+
+    return pointers_at_risk(frame, dimension, removes)
 
 
 def deidentify_file(

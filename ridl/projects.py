@@ -133,11 +133,15 @@ class Project:
         """The recipe files, bottom first: safe-public list, profile, options, site files.
 
         A list of recipe names; options follow the order of :data:`DEID_OPTIONS`, each as the
-        layer ``ps3.15-<option>``.
+        layer ``ps3.15-<option>``. ``ridl-basic`` and ``ps3.15-basic`` both sit on the
+        ``ridl-safe-public`` list, so the technical attributes their objects' IODs require
+        (PS3.3) survive either way; another recipe is taken as it is.
         """
         if self.recipe == PS315_PROFILE:
             layers = [SAFE_PUBLIC_LAYER, PS315_PROFILE]
             layers += [f"ps3.15-{o}" for o in DEID_OPTIONS if o in self.deid_options]
+        elif self.recipe == DEFAULT_RECIPE:
+            layers = [SAFE_PUBLIC_LAYER, DEFAULT_RECIPE]
         else:
             layers = [self.recipe]
         return layers + list(self.site_recipes)
