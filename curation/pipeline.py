@@ -1,12 +1,17 @@
-"""The curation of one object: checks, header triage, known-region cleaning, text detection.
+"""The curation of one object: checks, header triage, known-region cleaning, screening, OCR.
 
 ``flows.work`` calls :meth:`Curator.curate` for every object that survives IOCM and the scope; the
-answer says whether to export the (possibly cleaned) dataset, exclude the object or quarantine it,
-with a short reason. Review decisions of the release are honoured here: an approved object is
-exported even when text was detected, a rejected one is excluded.
+answer says whether to export the (possibly cleaned or redacted) dataset, exclude the object or
+quarantine it, with a short reason. Review decisions of the release are honoured here: an
+approved object is exported even when text was detected, a rejected one is excluded.
+
+Objects the header puts at risk (:mod:`curation.burned_in`) and objects screened whatever their
+header says (:mod:`curation.screening`) are read by OCR; detected text is quarantined or redacted
+as the project's ``burned_in_text`` says (``quarantine`` by default).
 
 Curation floor (``curation/``): this module composes the others (checks, burned-in triage,
-pixel cleaning, OCR, review records) into the one call ``flows`` makes per object.
+screening scope, pixel cleaning, OCR, review records) into the one call ``flows`` makes per
+object.
 """
 
 from __future__ import annotations

@@ -8,8 +8,12 @@ Lossless are re-encoded in the same syntax; anything else (lossy JPEG, JPEG-LS w
 encoder) is re-encoded losslessly as JPEG 2000 Lossless, or RLE Lossless when that fails. The SOP
 Instance UID is left for de-identification to map.
 
+:func:`blank_boxes` blanks the boxes text detection found (``burned_in_text = "redact"``) with
+the same writing-back rules.
+
 Curation floor (``curation/``): :mod:`curation.pipeline` calls it for objects whose triage gave
-regions; transfer syntaxes per PS3.5 Section 10 and Annex A.
+regions and for detected text under the redact policy; transfer syntaxes per PS3.5 Section 10 and
+Annex A.
 """
 
 from __future__ import annotations
