@@ -39,3 +39,7 @@ clean:
 .PHONY: bench-export
 bench-export: $(STAMP)
 	$(BIN)/python benchmarks/export.py
+
+.PHONY: bench-screening
+bench-screening: $(STAMP)
+	$(BIN)/python benchmarks/screening.py

@@ -84,8 +84,11 @@ class Policy:
     ``checks`` are entry-point names, run in order; the four policies say what happens to
     non-image objects, screen captures, localizers and inconsistent series (``exclude``,
     ``quarantine`` or ``keep``); ``ocr_min_score`` (0-1) and ``ocr_min_chars`` (characters) tune
-    the burned-in text detector; ``filters`` are extra triage filter files; ``extra`` keeps the
-    other keys of the section.
+    the burned-in text detector; ``burned_in_text`` says what detected text does (``quarantine``:
+    held for review, the default; ``redact``: the boxes are blanked in every frame and the object
+    screened again); ``keep_markers`` leaves single characters and laterality or view markers
+    (L, R, RT, LT, AP, PA, LAT...) alone; ``filters`` are extra triage filter files; ``extra``
+    keeps the other keys of the section.
     """
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
@@ -96,6 +99,8 @@ class Policy:
     ocr: bool = True
     ocr_min_score: float = 0.6
     ocr_min_chars: int = 2
+    burned_in_text: Literal["redact", "quarantine"] = "quarantine"
+    keep_markers: bool = False
     filters: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -106,7 +111,9 @@ class Policy:
         ``section`` is the parsed TOML table (None: all defaults).
 
         Raises:
-            ConfigError: a policy value other than ``exclude``, ``quarantine`` or ``keep``.
+            ConfigError: a policy value other than ``exclude``, ``quarantine`` or ``keep``;
+                ``burned_in_text`` other than ``redact`` or ``quarantine``; ``keep_markers``
+                not a boolean.
             ValueError: ``ocr_min_score`` or ``ocr_min_chars`` is not a number.
         """
         data = dict(section or {})
@@ -121,6 +128,18 @@ class Policy:
                         f"curation.{key} must be 'exclude', 'quarantine' or 'keep' (got {value!r})"
                     )
                 kwargs[key] = value
+        if "burned_in_text" in data:
+            value = str(data.pop("burned_in_text"))
+            if value not in ("redact", "quarantine"):
+                raise ConfigError(
+                    f"curation.burned_in_text must be 'redact' or 'quarantine' (got {value!r})"
+                )
+            kwargs["burned_in_text"] = value
+        if "keep_markers" in data:
+            keep = data.pop("keep_markers")
+            if not isinstance(keep, bool):
+                raise ConfigError(f"curation.keep_markers must be true or false (got {keep!r})")
+            kwargs["keep_markers"] = keep
         if "ocr" in data:
             kwargs["ocr"] = bool(data.pop("ocr"))
         if "ocr_min_score" in data:
@@ -142,6 +161,17 @@ class StudyView:
     headers: list[Dataset]
     seen_sops: set[str] = field(default_factory=set)
     _series: dict[str, dict[str, Any]] | None = None
+    _samples: frozenset[str] | None = None
+
+    def screening_sample(self) -> frozenset[str]:
+        """SOP Instance UIDs of the study's cross-sectional series samples (first, middle and
+        last image by Instance Number), computed once for the study
+        (:func:`curation.screening.series_samples`)."""
+        if self._samples is None:
+            from curation.screening import series_samples
+
+            self._samples = series_samples(self.headers)
+        return self._samples
 
     def series_report(self, series_uid: str) -> dict[str, Any]:
         """The consistency report of one series, computed once for the study.

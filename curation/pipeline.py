@@ -1,12 +1,17 @@
-"""The curation of one object: checks, header triage, known-region cleaning, text detection.
+"""The curation of one object: checks, header triage, known-region cleaning, screening, OCR.
 
 ``flows.work`` calls :meth:`Curator.curate` for every object that survives IOCM and the scope; the
-answer says whether to export the (possibly cleaned) dataset, exclude the object or quarantine it,
-with a short reason. Review decisions of the release are honoured here: an approved object is
-exported even when text was detected, a rejected one is excluded.
+answer says whether to export the (possibly cleaned or redacted) dataset, exclude the object or
+quarantine it, with a short reason. Review decisions of the release are honoured here: an
+approved object is exported even when text was detected, a rejected one is excluded.
+
+Objects the header puts at risk (:mod:`curation.burned_in`) and objects screened whatever their
+header says (:mod:`curation.screening`) are read by OCR; detected text is quarantined or redacted
+as the project's ``burned_in_text`` says (``quarantine`` by default).
 
 Curation floor (``curation/``): this module composes the others (checks, burned-in triage,
-pixel cleaning, OCR, review records) into the one call ``flows`` makes per object.
+screening scope, pixel cleaning, OCR, review records) into the one call ``flows`` makes per
+object.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydicom.dataset import Dataset
 from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
 from curation.integrity import has_pixel_data
+from curation.ocr import TextBox
 from curation.review import Decisions, ReviewRecord, record_object
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
@@ -49,15 +55,21 @@ class Curated:
     # then must the run de-identify ``dataset`` itself; otherwise the file as stored is what
     # to export, and the run may take the byte-level fast path (deid_recipes.fastpath).
     pixels_changed: bool = False
+    # Every line curation's OCR read in the pixels as exported (after any cleaning or
+    # redaction): PHI, kept in memory for the stream verification only, never logged or stored.
+    pixel_text: tuple[str, ...] = ()
 
 
 @dataclass
 class CurationStats:
-    """Per-worker counts: objects curated, at risk of burned-in text, cleaned, read by OCR."""
+    """Per-worker counts: objects curated, at risk of burned-in text (header triage), screened
+    whatever their header says, cleaned (known regions), redacted (detected boxes), OCR reads."""
 
     objects: int = 0
     at_risk: int = 0
+    screened: int = 0
     cleaned: int = 0
+    redacted: int = 0
     ocr: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -112,22 +124,35 @@ class Curator:
     def curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
         """Curate the object at ``path`` (``header``: read without pixels).
 
-        Checks run first (a quarantine a reviewer approved goes on); an object not at risk of
-        burned-in text, or without pixel data (Pixel Data, Float or Double Float Pixel Data),
-        is exported as read; one at risk has known regions blanked and, when the
-        policy says so, is read by OCR: text found quarantines it (``burned-in-text``) unless a
-        reviewer approved it, a reviewer's rejection excludes it. A review record is written for
-        each at-risk object. ``study_key`` names the study in review records.
+        Checks run first (a quarantine a reviewer approved goes on). An object without pixel
+        data (Pixel Data, Float or Double Float Pixel Data) is exported as read. An object at
+        risk of burned-in text by its header (triage) has known regions blanked and, when the policy
+        says so, is read by OCR; an object that is not, but lies in the screening scope
+        (:mod:`curation.screening`: projection and capture modalities, DERIVED or SECONDARY
+        images, a sample of each cross-sectional series) and holds pixels, is read by OCR too.
+        Text found is quarantined (``burned_in_text = "quarantine"``, reason ``burned-in-text``)
+        or blanked and screened again (``"redact"``) unless a reviewer approved the object; a
+        reviewer's rejection excludes it. A review record is written for each at-risk object
+        and each screened object in which text was found. ``study_key`` names the study in
+        review records.
 
         Rejections are returned as verdicts, not raised (an ``ObjectRejected`` from reading the
         object becomes a quarantine).
 
         Raises:
-            ConfigError: the review decisions file has a bad line.
+            ConfigError: the review decisions file has a bad line, or the OCR engine is not
+                installed (see :func:`curation.ocr.engine`).
         """
+        from curation.screening import screening_scope
+
         self.stats.objects += 1
         triage = self.triage(header)
-        needs_decoding = triage.at_risk and (self.policy.ocr or triage.has_regions)
+        scope = None
+        if self.policy.ocr and not triage.at_risk:
+            scope = screening_scope(header, study.screening_sample())
+        needs_decoding = (triage.at_risk and (self.policy.ocr or triage.has_regions)) or (
+            scope is not None
+        )
         obj = CheckObject(path, header, study, self.policy, needs_decoding=needs_decoding)
         verdict = run_checks(self.checks, obj)
         if verdict.action == "quarantine" and path.exists():
@@ -141,11 +166,134 @@ class Curator:
             ds = obj.whole()
         except ObjectRejected as rej:
             return Curated("quarantine", rej.reason, rej.detail)
-        if not triage.at_risk or not has_pixel_data(ds):
+        if not has_pixel_data(ds):
             # No pixel data (a structured report, say): nothing for the pixel steps to read.
             return Curated("export", dataset=ds)
-        self.stats.at_risk += 1
-        return self._burned_in(path, ds, triage, study_key)
+        if triage.at_risk:
+            self.stats.at_risk += 1
+            return self._burned_in(path, ds, triage, study_key)
+        if scope is None:
+            return Curated("export", dataset=ds)
+        self.stats.screened += 1
+        return self._screen(path, ds, scope, study_key)
+
+    def _read(self, frames: list[Any]) -> tuple[list[TextBox], tuple[str, ...]]:
+        """Boxes that count as text under the policy, and every line read (PHI, memory only)."""
+        from curation.ocr import counts_as_text, read_lines
+
+        self.stats.ocr += 1
+        lines = read_lines(frames)
+        boxes = [
+            line.box()
+            for line in lines
+            if counts_as_text(
+                line,
+                min_score=self.policy.ocr_min_score,
+                min_chars=self.policy.ocr_min_chars,
+                keep_markers=self.policy.keep_markers,
+            )
+        ]
+        return boxes, tuple(line.text for line in lines)
+
+    def _screen(self, path: Path, ds: Dataset, scope: Reason, study_key: str) -> Curated:
+        """Screen an object its header did not put at risk; act on text as the policy says."""
+        from curation.pixels import frames_for_ocr
+
+        try:
+            frames = frames_for_ocr(ds)
+        except Exception as exc:  # a decoder crash must not stop the run
+            return Curated("quarantine", Reason.PIXEL_DECODE_FAILED, type(exc).__name__)
+        boxes, text = self._read(frames)
+        if not boxes:
+            return Curated("export", dataset=ds, ocr_ran=True, pixel_text=text)
+        review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+        decision = self.decisions.get(review_id)
+        if decision == "reject":
+            return Curated("exclude", Reason.REVIEW_REJECTED, review_id=review_id, at_risk=True)
+        record = ReviewRecord(
+            review_id, study_key, "exported", "", str(ds.get("Modality", "")), [scope], False
+        )
+        return self._text_found(ds, frames, boxes, text, record, decision, changed=False)
+
+    def _text_found(
+        self,
+        ds: Dataset,
+        frames: list[Any],
+        boxes: list[TextBox],
+        text: tuple[str, ...],
+        record: ReviewRecord,
+        decision: str | None,
+        *,
+        changed: bool,
+    ) -> Curated:
+        """Text counted in ``frames``: export if approved, else quarantine or redact (policy).
+
+        ``changed`` says whether curation already changed the pixels (known regions blanked).
+        """
+        from curation.pixels import CleaningError, blank_boxes, frames_for_ocr
+
+        review_id = record.object
+        record.boxes = [b.as_dict() for b in boxes]
+        if decision == "approve":
+            record.reason = Reason.APPROVED_WITH_TEXT
+            record_object(self.project, self.release, record, frames[0] if frames else None)
+            return Curated(
+                "export",
+                dataset=ds,
+                review_id=review_id,
+                at_risk=True,
+                ocr_ran=True,
+                pixels_changed=changed,
+                pixel_text=text,
+            )
+        if self.policy.burned_in_text == "quarantine":
+            record.status, record.reason = "quarantined", Reason.BURNED_IN_TEXT
+            record_object(self.project, self.release, record, frames[0] if frames else None)
+            return Curated(
+                "quarantine", Reason.BURNED_IN_TEXT, review_id=review_id, at_risk=True, ocr_ran=True
+            )
+        # Redact: blank every box in every frame, then screen what is left.
+        try:
+            blanked = blank_boxes(ds, boxes)
+            frames = frames_for_ocr(ds, blanked)
+        except CleaningError as err:
+            record.status, record.reason = "quarantined", err.reason
+            record_object(self.project, self.release, record)
+            return Curated(
+                "quarantine",
+                err.reason,
+                err.detail,
+                review_id=review_id,
+                at_risk=True,
+                ocr_ran=True,
+            )
+        self.stats.redacted += 1
+        record.cleaned = True
+        left, text = self._read(frames)
+        if left:
+            record.boxes = [b.as_dict() for b in left]
+            record.status, record.reason = "quarantined", Reason.BURNED_IN_TEXT_REMAINS
+            record_object(self.project, self.release, record, frames[0] if frames else None)
+            return Curated(
+                "quarantine",
+                Reason.BURNED_IN_TEXT_REMAINS,
+                review_id=review_id,
+                at_risk=True,
+                ocr_ran=True,
+            )
+        # Only now is the header's claim true: the text found is blanked and none is left.
+        ds.BurnedInAnnotation = "NO"
+        record.reason = Reason.TEXT_REDACTED
+        record_object(self.project, self.release, record, frames[0] if frames else None)
+        return Curated(
+            "export",
+            dataset=ds,
+            review_id=review_id,
+            at_risk=True,
+            ocr_ran=True,
+            pixels_changed=True,
+            pixel_text=text,
+        )
 
     def _burned_in(self, path: Path, ds: Dataset, triage: TriageResult, study_key: str) -> Curated:
         from curation.pixels import CleaningError, clean_regions, frames_for_ocr
@@ -199,26 +347,15 @@ class Curator:
             return Curated(
                 "quarantine", Reason.BURNED_IN_UNVERIFIED, review_id=review_id, at_risk=True
             )
-        from curation.ocr import detect_text
-
-        self.stats.ocr += 1
-        boxes = detect_text(
-            frames, min_score=self.policy.ocr_min_score, min_chars=self.policy.ocr_min_chars
-        )
-        record.boxes = [b.as_dict() for b in boxes]
-        if boxes and decision != "approve":
-            record.status, record.reason = "quarantined", Reason.BURNED_IN_TEXT
-            record_object(self.project, self.release, record, frames[0] if frames else None)
-            return Curated(
-                "quarantine", Reason.BURNED_IN_TEXT, review_id=review_id, at_risk=True, ocr_ran=True
-            )
+        boxes, text = self._read(frames)
         if boxes:
-            record.reason = Reason.APPROVED_WITH_TEXT
-        else:
-            record.reason = Reason.NO_TEXT_FOUND
-            if triage.has_regions:
-                # Only now is the header's claim true: regions blanked and nothing left to read.
-                ds.BurnedInAnnotation = "NO"
+            return self._text_found(
+                ds, frames, boxes, text, record, decision, changed=triage.has_regions
+            )
+        record.reason = Reason.NO_TEXT_FOUND
+        if triage.has_regions:
+            # Only now is the header's claim true: regions blanked and nothing left to read.
+            ds.BurnedInAnnotation = "NO"
         record_object(self.project, self.release, record, frames[0] if frames else None)
         return Curated(
             "export",
@@ -227,4 +364,5 @@ class Curator:
             at_risk=True,
             ocr_ran=True,
             pixels_changed=triage.has_regions,
+            pixel_text=text,
         )

@@ -8,8 +8,12 @@ Lossless are re-encoded in the same syntax; anything else (lossy JPEG, JPEG-LS w
 encoder) is re-encoded losslessly as JPEG 2000 Lossless, or RLE Lossless when that fails. The SOP
 Instance UID is left for de-identification to map.
 
+:func:`blank_boxes` blanks the boxes text detection found (``burned_in_text = "redact"``) with
+the same writing-back rules.
+
 Curation floor (``curation/``): :mod:`curation.pipeline` calls it for objects whose triage gave
-regions; transfer syntaxes per PS3.5 Section 10 and Annex A.
+regions and for detected text under the redact policy; transfer syntaxes per PS3.5 Section 10 and
+Annex A.
 """
 
 from __future__ import annotations
@@ -70,6 +74,46 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     except Exception as exc:
         raise CleaningError(Reason.PIXEL_WRITE_FAILED, type(exc).__name__) from None
     return cleaned
+
+
+def blank_boxes(ds: Dataset, boxes: Sequence[Any], margin: int = 2) -> np.ndarray:
+    """Blank each box in every frame of ``ds`` (detected text, redaction); return the pixels.
+
+    ``boxes`` have ``x0, y0, x1, y1`` pixel coordinates of a frame (inclusive, as
+    :class:`curation.ocr.TextBox`); each is widened by ``margin`` pixels plus a fifth of its
+    height (the detector's box hugs the glyphs) and set to 0 in every frame and sample, whichever
+    frame it was found in: text burned in by a modality stays in place from frame to frame.
+    ``ds`` is changed in place with the transfer syntax rules of :func:`write_pixels`; Burned In
+    Annotation is left to the caller. Returns the blanked array (frames x rows x columns
+    [x samples], original dtype).
+
+    Raises:
+        CleaningError: ``pixel-decode-failed`` or ``pixel-write-failed``.
+    """
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    try:
+        pixels = np.array(ds.pixel_array, copy=True)
+    except Exception as exc:
+        raise CleaningError(Reason.PIXEL_DECODE_FAILED, type(exc).__name__) from None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    # Rows and columns are the last two axes, or the two before the samples axis.
+    row_axis = pixels.ndim - (3 if samples > 1 else 2)
+    for box in boxes:
+        pad = margin + (int(box.y1) - int(box.y0)) // 5
+        y0, y1 = max(0, int(box.y0) - pad), min(rows, int(box.y1) + pad + 1)
+        x0, x1 = max(0, int(box.x0) - pad), min(cols, int(box.x1) + pad + 1)
+        index: list[Any] = [slice(None)] * pixels.ndim
+        index[row_axis], index[row_axis + 1] = slice(y0, y1), slice(x0, x1)
+        pixels[tuple(index)] = 0
+    if photometric.startswith("YBR"):
+        photometric = "RGB"  # pydicom decodes YCbCr to RGB
+    try:
+        write_pixels(ds, np.ascontiguousarray(pixels), ts, photometric)
+    except Exception as exc:
+        raise CleaningError(Reason.PIXEL_WRITE_FAILED, type(exc).__name__) from None
+    return pixels
 
 
 def _copy(value: Any) -> Any:

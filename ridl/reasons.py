@@ -99,7 +99,14 @@ class Reason(enum.StrEnum):
     BURNED_IN_TEXT = (
         "burned-in-text",
         "quarantine",
-        "text detection found text in the pixels of an at-risk object (held for review)",
+        "text detection found text in the pixels of an at-risk or screened object "
+        '(`burned_in_text = "quarantine"`; held for review)',
+    )
+    BURNED_IN_TEXT_REMAINS = (
+        "burned-in-text-remains",
+        "quarantine",
+        "text was still found after the detected boxes were blanked "
+        '(`burned_in_text = "redact"`; held for review)',
     )
     BURNED_IN_UNVERIFIED = (
         "burned-in-unverified",
@@ -277,6 +284,24 @@ class Reason(enum.StrEnum):
         "known-regions-blanked",
         "review",
         "exported: known text regions were blanked (text detection off)",
+    )
+    SCREENED_CLASS = (
+        "screened-class",
+        "review",
+        "screened whatever its header says: a modality, class or Image Type where burned-in "
+        "text is common",
+    )
+    SCREENED_SERIES_SAMPLE = (
+        "screened-series-sample",
+        "review",
+        "screened whatever its header says: first, middle or last image of a CT, MR, PT or NM "
+        "series",
+    )
+    TEXT_REDACTED = (
+        "text-redacted",
+        "review",
+        "exported: the detected text boxes were blanked in every frame and a second screening "
+        "found none",
     )
     NO_TEXT_FOUND = "no-text-found", "review", "exported: text detection found no text"
     APPROVED = "approved", "review", "exported: a reviewer approved it (text detection off)"

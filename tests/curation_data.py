@@ -66,3 +66,54 @@ def save(ds: Dataset, path: Path) -> Path:
 
 def header(path: Path) -> Dataset:
     return dcmread(path, stop_before_pixels=True)
+
+
+DX_IMAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+
+
+def burn_text(
+    pixels: np.ndarray, lines: list[tuple[int, int, str]], size: int = 40, value: int | None = None
+) -> np.ndarray:
+    """``pixels`` (rows x columns) with each ``(x, y, text)`` drawn at ``value`` (default: max)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(FONT, size) if Path(FONT).exists() else ImageFont.load_default(size)
+    mask = Image.new("L", (pixels.shape[1], pixels.shape[0]), 0)
+    draw = ImageDraw.Draw(mask)
+    for x, y, text in lines:
+        draw.text((x, y), text, fill=255, font=font)
+    out = pixels.copy()
+    top = int(np.iinfo(pixels.dtype).max) if value is None else value
+    out[np.asarray(mask) > 127] = top
+    return out
+
+
+def radiograph(rows: int = 1250, cols: int = 1000, seed: int = 0) -> np.ndarray:
+    """A smooth 12-bit picture with noise, like a projection radiograph's exposure field."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    body = 1800 + 900 * np.exp(
+        -(((xx - cols / 2) / (cols / 3)) ** 2 + ((yy - rows / 2) / (rows / 2.5)) ** 2)
+    )
+    noisy = body + rng.normal(0, 60, (rows, cols))
+    return np.clip(noisy, 0, 4000).astype(np.uint16)
+
+
+def as_dx(source: Path, target: Path, pixels: np.ndarray) -> Path:
+    """A DX ORIGINAL/PRIMARY copy of ``source`` (a synthetic CR) with ``pixels``, no Burned In
+    Annotation; the patient and study are the source's (all invented)."""
+    ds = dcmread(source)
+    ds.SOPClassUID = UID(DX_IMAGE)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.Modality = "DX"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    if "BurnedInAnnotation" in ds:
+        del ds.BurnedInAnnotation
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target
