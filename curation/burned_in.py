@@ -145,9 +145,9 @@ class Triage:
         for name in self._fields:
             try:
                 elem = header.get(int(name, 0) if name.startswith("0x") else name)
-            except (ValueError, KeyError):
-                elem = None
-            values.append("\x00" if elem is None else str(elem))
+                values.append("\x00" if elem is None else str(elem))
+            except Exception:  # a malformed element (bad VR, bad value) must not stop a run
+                values.append("\x01")
         return tuple(values)
 
     def _evaluate(self, header: Dataset) -> TriageResult:

@@ -78,7 +78,9 @@ def labels_export(
     project: ProjectOpt,
     release: ReleaseOpt,
     assignee: Annotated[str, typer.Option(help="Who will label this list.")],
-    count: Annotated[int | None, typer.Option(help="At most this many studies.")] = None,
+    count: Annotated[
+        int | None, typer.Option(help="At most this many studies (1 or more).", min=1)
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or xlsx.")] = "csv",
     out: Annotated[Path | None, typer.Option(help="Output file.")] = None,
     overlap: Annotated[

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from export.store import ObjectInfo, check_key
+from ridl.errors import ConfigError
 
 
 class LocalStore:
@@ -28,7 +29,10 @@ class LocalStore:
     @classmethod
     def from_url(cls, url: str) -> LocalStore:
         """The store of ``file:PATH`` (a relative path is taken from the current folder)."""
-        return cls(Path(url[len("file:") :] if url.startswith("file:") else url))
+        path = url[len("file:") :] if url.startswith("file:") else url
+        if not path.strip():
+            raise ConfigError("--dest file: needs the store folder's path: file:PATH")
+        return cls(Path(path))
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

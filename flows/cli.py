@@ -371,8 +371,7 @@ def launch_run(
     """Check the request (before Prefect starts), then run the flow with a progress bar."""
     from export.store import open_store
     from flows.params import validate_params
-    from flows.runplan import check_request
-    from ridl.sources.base import open_source
+    from flows.runplan import check_run
 
     scale = {k: v for k, v in (scale or {}).items() if v is not None}
     params = validate_params(
@@ -387,9 +386,9 @@ def launch_run(
         batch_size=batch_size,
         **scale,
     )
-    check_request(project, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
-    open_source(source, limits)  # a malformed --source fails here, before Prefect starts
+    # Everything that needs no DICOM work fails here, in one line, before Prefect starts.
+    check_run(project, release, source, destination, date_from, date_to, modalities, sites, limits)
     _quiet_prefect(verbose)
     from flows.runners import require_server_for_cluster
 
@@ -717,10 +716,12 @@ def deid_folder(
     """De-identify a folder with a project's recipe and keys, outside any run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from flows.deid import deidentify_folder, iter_files
+    from flows.deid import FolderDeidentifier, check_destination, deidentify_folder, iter_files
 
     if not src.exists():
         raise ConfigError(f"{src} does not exist: give a DICOM file or folder")
+    check_destination(dst)
+    FolderDeidentifier(project)  # an unknown or expired project fails before any work
     total = sum(1 for _ in iter_files(src))
     with Progress(
         TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console

@@ -10,6 +10,7 @@ under the project's ``adhoc`` release with their reason, never written to the de
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from curation.quarantine import quarantine_file
 from deid_recipes.engine import DeidError, Engine, SubjectContext
 from deid_recipes.fastpath import deidentify_file
 from deid_recipes.recipe import load_recipe
-from ridl.errors import ObjectRejected
+from ridl.errors import ConfigError, ObjectRejected
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
@@ -140,13 +141,38 @@ def iter_files(src: Path) -> Iterator[Path]:
             yield path
 
 
+def check_destination(dst: Path) -> None:
+    """Make sure ``dst`` is (or can become) a writable folder, before any object is read.
+
+    Raises:
+        ConfigError: ``dst`` is a file, or cannot be created or written to.
+    """
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"{dst} is not a folder: give a folder for the de-identified files")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{dst} cannot be created ({type(exc).__name__}): give a writable folder"
+        ) from None
+    if not os.access(dst, os.W_OK | os.X_OK):
+        raise ConfigError(f"{dst} is not writable: give a writable folder")
+
+
 def deidentify_folder(
     src: Path,
     dst: Path,
     project_id: str,
     on_file: Callable[[], None] | None = None,
 ) -> DeidSummary:
-    """De-identify every file under ``src`` into ``dst/<research id>/<study>/<series>/``."""
+    """De-identify every file under ``src`` into ``dst/<research id>/<study>/<series>/``.
+
+    Raises:
+        ConfigError: ``dst`` is not a writable folder, or the project's secret or recipe is wrong.
+        ProjectNotFound: the project is not in the registry.
+        ScopeError: the project's approval has expired.
+    """
+    check_destination(dst)
     worker = FolderDeidentifier(project_id)
     summary = DeidSummary()
     for path in iter_files(src):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from curation.quarantine import quarantine_file
@@ -23,6 +23,7 @@ from ridl.optout import load_optout
 from ridl.projects import Project, Scope, load_project
 from ridl.releases import RunRecord, freeze_selection, load_frozen, release_dir
 from ridl.secrets import load_secret
+from ridl.sources.base import open_source
 from ridl.sources.protect import ArchiveLimits
 
 
@@ -63,6 +64,75 @@ def run_fields(ctx: RunContext, batch_size: int, studies: int) -> dict[str, Any]
     }
 
 
+def check_same_request(frozen: RunRecord, asked: RunRecord) -> None:
+    """Refuse a rerun of a frozen release that asks for other parameters, naming each one.
+
+    Raises:
+        ReleaseError: a parameter differs; the message gives the frozen and the asked value
+            (source URL, dates, modalities, sites, recipe: never patient data).
+    """
+    if frozen.same_request(asked):
+        return
+    old, new = asdict(frozen), asdict(asked)
+    changed = "; ".join(
+        f"{name}: frozen {_shown(old[name])}, asked {_shown(new[name])}"
+        for name in old
+        if old[name] != new[name]
+    )
+    raise ReleaseError(
+        f"release '{asked.release}' of project '{asked.project}' was frozen with other "
+        f"parameters ({changed}); rerun it with the frozen ones to resume, or choose a new "
+        "--release"
+    )
+
+
+def _shown(value: object) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def check_run(
+    project_id: str,
+    release: str,
+    source: str,
+    destination: str | None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    limits: ArchiveLimits | None = None,
+) -> None:
+    """Every check of a run that needs no DICOM work, for the CLI to run before Prefect starts.
+
+    The request (approval, scope, recipe, secret, curation settings), the source setting (and a
+    folder source's existence), the destination (opened and checked), and, for a release frozen
+    earlier, that the same parameters are asked for.
+
+    Raises:
+        ScopeError: the approval expired or the request is outside the approved scope.
+        ConfigError: a bad source or destination setting, secret, recipe or curation setting.
+        ReleaseError: a bad release name, or a frozen release asked for with other parameters.
+    """
+    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
+    src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
+    open_store(destination)
+    frozen = load_frozen(project.id, release)
+    if frozen is not None:
+        check_same_request(frozen[0], _record(project, release, src.url, scope))
+
+
+def _record(project: Project, release: str, source_url: str, scope: Scope) -> RunRecord:
+    return RunRecord(
+        project=project.id,
+        release=release,
+        source=source_url,
+        date_from=scope.date_from.isoformat(),
+        date_to=scope.date_to.isoformat(),
+        modalities=sorted(scope.modalities),
+        sites=sorted(scope.sites),
+        recipe=project.recipe_spec(),
+    )
+
+
 def check_request(
     project_id: str,
     release: str,
@@ -100,21 +170,10 @@ def prepare_run(
     limits: ArchiveLimits | None = None,
 ) -> RunPlan:
     """Check the request, then index, select and freeze (or load the frozen selection)."""
-    from ridl.sources.base import open_source
-
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
     src = open_source(source, limits, project.hn_issuer)
-    record = RunRecord(
-        project=project.id,
-        release=release,
-        source=src.url,
-        date_from=scope.date_from.isoformat(),
-        date_to=scope.date_to.isoformat(),
-        modalities=sorted(scope.modalities),
-        sites=sorted(scope.sites),
-        recipe=project.recipe_spec(),
-    )
+    record = _record(project, release, src.url, scope)
     ctx = RunContext(
         project=project.id,
         release=release,
@@ -131,12 +190,7 @@ def prepare_run(
     frozen = load_frozen(project.id, release)
     if frozen is not None:
         old, selection = frozen
-        if not old.same_request(record):
-            raise ReleaseError(
-                f"release '{release}' of project '{project.id}' was frozen with other "
-                "parameters (source, dates, modalities, sites or recipe); rerun it with the "
-                "same ones to resume, or choose a new --release"
-            )
+        check_same_request(old, record)
         return RunPlan(ctx, study_refs(selection), resumed=True)
 
     catalog = catalog_dir_for(src.url)
@@ -165,8 +219,6 @@ def _quarantine_unindexed(
             store = open_store(ctx.store_url)
             write_part(store, source_part_key(ctx.prefix), source_part(excluded))
         return
-    from ridl.sources.base import open_source
-
     src = open_source(ctx.source_url)
     root = getattr(src, "root", None)
     counts: dict[str, int] = {}

@@ -130,7 +130,9 @@ def parse_source_url(url: str) -> SourceAddress:
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"--source port is not a number in '{scheme}://...'") from None
+        raise ConfigError(
+            f"--source port must be a number from 1 to 65535 in '{scheme}://...'"
+        ) from None
     if not parts.hostname or port is None:
         raise ConfigError(f"--source needs a host and a port: {scheme}://host:port")
     try:

@@ -70,8 +70,17 @@ class FolderSource:
     def from_address(
         cls, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str
     ) -> FolderSource:
-        """The source of ``folder:PATH`` (read in place: no archive limits apply)."""
-        return cls(Path(address.path), hn_issuer)
+        """The source of ``folder:PATH`` (read in place: no archive limits apply).
+
+        Raises:
+            ConfigError: no path is given, or the folder does not exist (naming ``--source``).
+        """
+        if not address.path.strip():
+            raise ConfigError("--source folder: needs the DIR folder's path: folder:PATH")
+        root = Path(address.path)
+        if not root.is_dir():
+            raise ConfigError(f"DIR folder {root} does not exist; check --source")
+        return cls(root, hn_issuer)
 
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
         """Index every file's header (never pixel data) into instance and study tables.

@@ -1,0 +1,93 @@
+"""Checks that need no DICOM work end a run (or ``ridl deid``) in one ``error:`` line, exit 2,
+before Prefect starts and before any object is read or copied to quarantine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import flows.extract
+from flows.cli import app
+from flows.runplan import prepare_run
+from ridl.releases import load_frozen
+
+
+@pytest.fixture
+def no_prefect(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record any attempt to start the flow (it must not happen in these tests)."""
+    started: list[str] = []
+    monkeypatch.setattr(flows.extract, "extract_run", lambda **kw: started.append("flow"))
+    return started
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["run", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("source", "dest", "named"),
+    [
+        ("folder:", "file:{tmp}/lib", "--source"),
+        ("folder:{tmp}/no-such-dir", "file:{tmp}/lib", "--source"),
+        ("folder:{dir}", "file:", "--dest"),
+    ],
+)
+def test_bad_source_or_destination_fails_before_prefect(
+    source: str, dest: str, named: str, synth_dir, project, tmp_path: Path, no_prefect: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    fill = {"tmp": str(tmp_path), "dir": str(synth_dir.root)}
+    code, out, err = _run(
+        "--project", project.id, "--release", "r1",
+        "--source", source.format(**fill), "--dest", dest.format(**fill),
+    )  # fmt: skip
+    assert code == 2
+    assert named in _one_error_line(err)
+    assert "starting Prefect" not in out and no_prefect == []
+    assert load_frozen(project.id, "r1") is None, "nothing was selected or frozen"
+
+
+def test_rerun_with_other_parameters_names_the_parameter_before_prefect(
+    synth_dir, project, tmp_path: Path, no_prefect: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    source = f"folder:{synth_dir.root}"
+    prepare_run(project.id, "r1", source, f"file:{tmp_path / 'lib'}", modalities=["CT"])
+    code, out, err = _run(
+        "--project", project.id, "--release", "r1", "--source", source,
+        "--dest", f"file:{tmp_path / 'lib'}", "--modality", "CR",
+    )  # fmt: skip
+    assert code == 2
+    line = _one_error_line(err)
+    assert "modalities: frozen CT, asked CR" in line, line
+    assert no_prefect == []
+
+
+def test_deid_into_a_file_fails_before_any_object_is_read(
+    synth_dir, project, tmp_path: Path, ridl_home: Path
+) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    result = CliRunner().invoke(
+        app, ["deid", str(synth_dir.root), str(blocker / "out"), "--project", project.id]
+    )
+    assert result.exit_code == 2
+    assert "not a folder" in _one_error_line(result.stderr) or "cannot be created" in (
+        result.stderr
+    )
+    assert not (ridl_home / "quarantine").exists(), "no source object was copied anywhere"
+
+
+def test_deid_with_an_unknown_project_fails_before_work(synth_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(
+        app, ["deid", str(synth_dir.root), str(tmp_path / "out"), "--project", "nope"]
+    )
+    assert result.exit_code == 2
+    assert "nope" in _one_error_line(result.stderr)
