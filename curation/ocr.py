@@ -95,19 +95,27 @@ def _read_lines(
 
 
 def detect_text(
-    frames: Iterable[np.ndarray], *, min_score: float = 0.6, min_chars: int = 2
+    frames: Iterable[np.ndarray],
+    *,
+    min_score: float = 0.6,
+    min_chars: int = 2,
+    texts: list[str] | None = None,
 ) -> list[TextBox]:
     """Lines of text found in ``frames`` with at least ``min_chars`` characters read.
 
     Single characters (laterality markers such as L and R) are not PHI and are left out.
     ``frames`` are 8-bit images (H x W or H x W x 3, see
     :func:`curation.pixels.frames_for_ocr`); ``min_score`` is the confidence (0-1) a line needs.
+    When ``texts`` is given, the text of each line is appended to it (PHI: the caller keeps it
+    in memory for the stream verification, ``flows.work``, and never logs or stores it).
 
     Raises:
         ConfigError: the OCR engine is not installed (see :func:`engine`).
     """
     found: list[TextBox] = []
     for index, box, text, score in _read_lines(frames, min_score, min_chars):
+        if texts is not None:
+            texts.append(text)
         xs = [float(p[0]) for p in box]
         ys = [float(p[1]) for p in box]
         found.append(

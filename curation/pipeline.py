@@ -34,7 +34,8 @@ class Curated:
     object), ``exclude`` or ``quarantine`` with a reason code and detail (no PHI).
 
     ``review_id`` is the SHA-256 of the source object when a reviewer may decide on it;
-    ``at_risk`` and ``ocr_ran`` say what the burned-in text steps did.
+    ``at_risk`` and ``ocr_ran`` say what the burned-in text steps did; ``pixel_text`` is the
+    text OCR read (never stored or logged).
     """
 
     action: Outcome
@@ -48,6 +49,9 @@ class Curated:
     # then must the run de-identify ``dataset`` itself; otherwise the file as stored is what
     # to export, and the run may take the byte-level fast path (deid_recipes.fastpath).
     pixels_changed: bool = False
+    # The text curation's OCR read in the pixels, one string per line (PHI: kept in memory
+    # only). The stream verification (flows.work) searches it, so pixels are never read twice.
+    pixel_text: tuple[str, ...] = ()
 
 
 @dataclass
@@ -199,8 +203,12 @@ class Curator:
         from curation.ocr import detect_text
 
         self.stats.ocr += 1
+        read: list[str] = []
         boxes = detect_text(
-            frames, min_score=self.policy.ocr_min_score, min_chars=self.policy.ocr_min_chars
+            frames,
+            min_score=self.policy.ocr_min_score,
+            min_chars=self.policy.ocr_min_chars,
+            texts=read,
         )
         record.boxes = [b.as_dict() for b in boxes]
         if boxes and decision != "approve":
@@ -224,4 +232,5 @@ class Curator:
             at_risk=True,
             ocr_ran=True,
             pixels_changed=triage.has_regions,
+            pixel_text=tuple(read),
         )

@@ -26,6 +26,15 @@ R9  values of attributes that the project's approved scope retains are not searc
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
     are ignored (the OCR step reads the text in pixels).
 
+:data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
+release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
+``COMMON_WORDS`` changes.
+
+Staff names (the person-name attributes of :data:`STAFF_KEYWORDS`) and institution, department
+and station names met while a header is read are also kept in
+:attr:`IdentifierDictionary.shared`, so the caller can search them in *other* studies
+(``ridl.crossterms``); :meth:`IdentifierDictionary.add_shared` adds such a term back.
+
 Engines floor (``export/``): one of the three parts of the PHI gate, with :mod:`export.phi_scan`
 (the byte scan) and :mod:`export.verification` (the report); ``flows.gate`` builds the dictionary
 from the source headers and runs the scan.
@@ -45,6 +54,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag, Tag
+
+RULES_VERSION = "ridl-identifiers/2"
 
 MIN_TERM = 4
 MIN_NAME = 3
@@ -81,6 +92,26 @@ PHONE_KEYWORDS = {
 }
 EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
 PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
+# Person names of staff, not of the patient (PS3.15 Table E.1-1 lists each as identifying):
+# searched in every other study of the project too (``ridl.crossterms``).
+STAFF_KEYWORDS = {
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "ConsultingPhysicianName",
+    "ReviewerName",
+    "VerifyingObserverName",
+    "ContentCreatorName",
+    "PhysicianApprovingInterpretation",
+    "InterpretationRecorder",
+    "InterpretationTranscriber",
+    "DistributionName",
+    "SecondaryReviewerName",
+}
 INTERESTING_KEYWORDS = (
     ID_KEYWORDS | BIRTH_KEYWORDS | ADDRESS_KEYWORDS | PHONE_KEYWORDS | PLACE_KEYWORDS
 )
@@ -281,6 +312,9 @@ class IdentifierDictionary:
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
         self._charset_key = ""
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
+        # (kind, value) of staff names ("staff") and institution, department and station names
+        # ("place") met in the headers read: the caller searches them in other studies.
+        self.shared: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -322,6 +356,52 @@ class IdentifierDictionary:
                 continue  # R6
             if _long_enough(value):
                 self.add(value, kind, name_only=_is_common(value))
+                if kind == "institution-or-station":
+                    self.shared.add(("place", value))
+
+    def add_shared(self, kind: str, value: str) -> None:
+        """Add a term learned in another study: ``kind`` ``staff`` (a PN value: its whole and
+        its components, R1, R4, as kind ``staff``) or ``place`` (an institution, department or
+        station name, kind ``institution-or-station``; common words block only in PN, R4).
+        Other kinds are ignored.
+        """
+        if kind == "staff":
+            for term, name_only in name_terms(value):
+                self.add(term, "staff", name_only=name_only)
+        elif kind == "place" and _long_enough(_norm(value)) and not _UIDLIKE.match(value):
+            self.add(value, "institution-or-station", name_only=_is_common(value))
+
+    def to_record(self) -> dict[str, Any]:
+        """The dictionary as JSON-ready data, to rebuild it later without the source headers.
+
+        ``{"terms": [[value, kinds, name_only, owners, anyone], ...], "encodings": [...],
+        "equipment": [...]}``, sorted. It holds PHI (every searched value): it is kept on
+        premises only (``ridl.releases``), never exported.
+        """
+        return {
+            "terms": [
+                [v, sorted(t.kinds), t.name_only, sorted(t.owners), t.anyone]
+                for v, t in sorted(self.terms.items())
+            ],
+            "encodings": sorted(self.encodings),
+            "equipment": sorted(self.equipment),
+        }
+
+    def merge_record(self, record: dict[str, Any]) -> None:
+        """Add the terms of a :meth:`to_record` record (of one study) to this dictionary.
+
+        Raises:
+            KeyError: the record has no ``terms``.
+        """
+        for value, kinds, name_only, owners, anyone in record["terms"]:
+            term = self.terms.setdefault(value, Term())
+            term.kinds.update(kinds)
+            term.name_only = term.name_only and bool(name_only)
+            term.owners.update(owners)
+            term.anyone = term.anyone or bool(anyone)
+        self.encodings.update(record.get("encodings", ()))
+        self.equipment.update(record.get("equipment", ()))
+        self._automata.clear()
 
     def _collect(
         self,
@@ -393,6 +473,8 @@ class IdentifierDictionary:
                 for v in values:
                     for term, name_only in name_terms(v):
                         self.add(term, "name", name_only=name_only)
+                    if keyword in STAFF_KEYWORDS and _norm(v):
+                        self.shared.add(("staff", _norm(v)))
             elif keyword in ID_KEYWORDS:
                 for v in values:
                     if _long_enough(_norm(v)):
