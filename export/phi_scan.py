@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 
 UNVERIFIABLE = Reason.UNVERIFIABLE_OBJECT
 DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+# Hit kinds that are verdicts on an object or a part, not kinds of identifier.
+_OBJECT_CODES = {
+    Reason.UNVERIFIED_STUDY,
+    Reason.OBJECT_NOT_IN_MANIFEST,
+    Reason.OBJECT_CHANGED,
+}
 
 # --- searching -----------------------------------------------------------------------------------
 
@@ -100,6 +106,8 @@ class Hit:
     kind: str
 
     def __str__(self) -> str:
+        if self.kind in _OBJECT_CODES:
+            return f"{self.key}: {self.path} [{self.kind}]"
         return f"{self.key}: {self.path} holds a {self.kind}"
 
 

@@ -200,7 +200,7 @@ def _build(project_id: str, source: str, store_url: str) -> None:
     worker = worker_for(plan.ctx)
     years = {worker.study_key(s): s.study_date[:4] or "unknown" for s in plan.studies}
     write_report(store, plan.ctx.prefix, years)
-    gate_release(project_id, RELEASE, store_url, ocr=False)
+    gate_release(project_id, RELEASE, store_url)
     publish_release(
         store_url,
         project_id,
