@@ -79,6 +79,7 @@ def process_studies(ctx: RunContext, studies: list[StudyRef], retrieval_limit: i
 
 @task(name="publish-manifest", cache_policy=NO_CACHE, persist_result=False)
 def publish_manifest(ctx: RunContext, selected: int) -> ReleaseSummary:
+    """Write the manifest tables and summary from the study parts (``build_manifest``)."""
     store = open_store(ctx.store_url)
     return build_manifest(store, ctx.prefix, selected, ctx.project, ctx.release)
 
@@ -127,6 +128,7 @@ class Slice(BaseModel):
     stop: int | None = None
 
     def pick(self, studies: list[StudyRef]) -> list[StudyRef]:
+        """This slice's studies of the frozen selection, in selection order."""
         chosen = studies if self.year is None else [s for s in studies if _year(s) == self.year]
         return chosen[self.start : self.stop]
 
@@ -136,6 +138,11 @@ def _year(study: StudyRef) -> str:
 
 
 def batches(items: list[StudyRef], size: int) -> list[list[StudyRef]]:
+    """``items`` cut into lists of ``size`` (the last may be shorter).
+
+    Raises:
+        ValueError: ``size`` is less than 1.
+    """
     if size < 1:
         raise ValueError("batch_size must be at least 1")
     return [items[i : i + size] for i in range(0, len(items), size)]

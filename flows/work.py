@@ -103,11 +103,15 @@ class RunContext:
 
     @property
     def prefix(self) -> str:
+        """The release's key prefix in the store: ``<project>/<release>``."""
         return f"{self.project}/{self.release}"
 
 
 @dataclass
 class StudyOutcome:
+    """What one study's work did: counts by reason, IOCM retractions, review IDs, and its
+    stream verification record (counts only, no PHI)."""
+
     study_key: str
     skipped: bool = False
     exported: int = 0
@@ -165,6 +169,7 @@ class BatchCounts:
     fresh_instances: int = 0
 
     def add(self, outcome: StudyOutcome) -> None:
+        """Count one study's outcome into the batch."""
         met = outcome.exported + sum(outcome.excluded.values()) + sum(outcome.quarantined.values())
         self.studies += 1
         self.skipped += int(outcome.skipped)
@@ -207,6 +212,7 @@ class Worker:
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
 
     def study_key(self, study: StudyRef) -> str:
+        """The study's key in the release: its de-identified Study Instance UID."""
         return self.keys.uid(study.study_uid)
 
     def part_key(self, study: StudyRef) -> str:
@@ -214,6 +220,7 @@ class Worker:
         return part_key(self.ctx.prefix, self.study_key(study))
 
     def subject(self, study: StudyRef) -> tuple[SubjectKey, SubjectContext]:
+        """The study's subject key (PHI, on premises) and its research ID and date shift."""
         key = SubjectKey(study.health_number, study.issuer, study.patient_id)
         return key, SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
 
@@ -241,6 +248,7 @@ class Worker:
 
 @lru_cache(maxsize=4)
 def worker_for(ctx: RunContext) -> Worker:
+    """The process's :class:`Worker` for a run context (built once, cached per context)."""
     return Worker(ctx)
 
 
