@@ -289,7 +289,8 @@ class Verifier:
                 pass
         seen: set[tuple[str, str]] = set()
         hay = _hay(data)
-        for _s, _e, terms in (m for auto in self._automata(()) for m in scan(hay, auto, text=False)):
+        matches = (m for auto in self._automata(()) for m in scan(hay, auto, text=False))
+        for _s, _e, terms in matches:
             for term in terms:
                 if term.name_only or term.scoped:
                     continue

@@ -39,7 +39,7 @@ from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.fastpath import deidentify_to_bytes
-from export.identifiers import RULES_VERSION, IdentifierDictionary
+from export.identifiers import RULES_VERSION, ElementMemo, IdentifierDictionary
 from export.manifest import (
     ObjectRow,
     VerificationRecord,
@@ -204,6 +204,8 @@ class Worker:
         self.recipe_digest = str(recipe.digest)
         self.engine = Engine(recipe, self.keys, retain=ctx.retain)
         self.known = KnownTerms(ctx.project, ctx.cross_terms)
+        # Header elements met in earlier studies are not parsed again for the dictionary.
+        self.memo = ElementMemo()
         self._cross: IdentifierDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
@@ -343,7 +345,7 @@ def _process_files(
     _, subject = worker.subject(study)
     # The study's identifiers, from every header the worker read (no second retrieval), kept on
     # premises for the release gate, then the project's cross-study terms beside them.
-    dictionary = IdentifierDictionary(retained=ctx.retain)
+    dictionary = IdentifierDictionary(retained=ctx.retain, memo=worker.memo)
     for header in headers.values():
         dictionary.add_header(header, subject.research_id)
     write_study_terms(

@@ -165,10 +165,13 @@ def write_study_terms(project: str, release: str, study_key: str, record: dict[s
         ReleaseError: the release name is not valid (see :func:`release_dir`).
     """
     path = study_terms_path(project, release, study_key)
-    for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:  # the first study of its shard: make the folders, owner-only
+        for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(record, out, ensure_ascii=False, sort_keys=True)
     tmp.replace(path)

@@ -246,9 +246,7 @@ def _retrieval_metrics(url: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and any(
-            k in parts[0] for k in ("get_scp", "move_scp", "find_scp")
-        ):
+        if len(parts) == 3 and any(k in parts[0] for k in ("get_scp", "move_scp", "find_scp")):
             found[parts[0]] = parts[2]
     return found
 
