@@ -161,7 +161,7 @@ def verify_release(
     ``ocr=True`` loads OCR from ``curation.ocr`` when it is there; pass a function to use
     another, or ``False`` to skip. The report is written on premises next to the frozen selection
     (``RIDL_HOME/releases/<project>/<release>/verification.json``) and the result is audited.
-    The caller decides what a failure means; :func:`require_verified` raises on it.
+    The caller decides what a failure means (the run's gate is :func:`gate_release`).
     ``at_risk`` decides which objects' pixels OCR reads (default: ``curation.ocr.at_risk`` when
     it exists, else :func:`export.phi_scan.default_at_risk`).
 
