@@ -32,6 +32,15 @@ R9  values of attributes that the project's approved scope retains are not searc
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
     are ignored (the OCR step reads the text in pixels).
 
+:data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
+release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
+``COMMON_WORDS`` changes.
+
+Staff names (the person-name attributes of :data:`STAFF_KEYWORDS`) and institution, department
+and station names met while a header is read are also kept in
+:attr:`IdentifierDictionary.shared`, so the caller can search them in *other* studies
+(``ridl.crossterms``); :meth:`IdentifierDictionary.add_shared` adds such a term back.
+
 Engines floor (``export/``): one of the three parts of the PHI gate, with :mod:`export.phi_scan`
 (the byte scan) and :mod:`export.verification` (the report); ``flows.gate`` builds the dictionary
 from the source headers and runs the scan.
@@ -53,7 +62,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag, Tag
 
+RULES_VERSION = "ridl-identifiers/3"
+
 MIN_TERM = 4
+MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
+MEMO_MAX_VALUE = 65_536  # bytes: larger elements are read every time, never remembered
+_SUBJECT = "\x00subject"  # stands for the reading header's research ID in a remembered element
 MIN_NAME = 3
 MIN_DIGITS = 6
 
@@ -115,6 +129,26 @@ PHONE_KEYWORDS = {
 }
 EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
 PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
+# Person names of staff, not of the patient (PS3.15 Table E.1-1 lists each as identifying):
+# searched in every other study of the project too (``ridl.crossterms``).
+STAFF_KEYWORDS = {
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "ConsultingPhysicianName",
+    "ReviewerName",
+    "VerifyingObserverName",
+    "ContentCreatorName",
+    "PhysicianApprovingInterpretation",
+    "InterpretationRecorder",
+    "InterpretationTranscriber",
+    "DistributionName",
+    "SecondaryReviewerName",
+}
 INTERESTING_KEYWORDS = (
     ID_KEYWORDS
     | BIRTH_KEYWORDS
@@ -363,7 +397,7 @@ class IdentifierDictionary:
     ``terms`` is {normalized value: :class:`Term`}; ``len()`` is the number of terms.
     """
 
-    def __init__(self, retained: Iterable[str] = ()) -> None:
+    def __init__(self, retained: Iterable[str] = (), memo: ElementMemo | None = None) -> None:
         self.retained = set(retained)
         self.terms: dict[str, Term] = {}
         self.encodings: set[str] = {"latin_1", "utf_8"}
@@ -373,6 +407,15 @@ class IdentifierDictionary:
         self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
         self._shift: int | None = None
         self._shifted: dict[str, set[str]] = {}  # research ID -> its dates, moved by its shift
+        # What each distinct top-level element contributed; shared between the dictionaries of
+        # one worker (same retained attributes) so a value met in an earlier study is not
+        # parsed again.
+        self._memo = memo if memo is not None else ElementMemo()
+        self._recording: list[tuple[str, ...]] | None = None
+        self._subject: str | None = None
+        # (kind, value) of staff names ("staff") and institution, department and station names
+        # ("place") met in the headers read: the caller searches them in other studies.
+        self.shared: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -393,6 +436,9 @@ class IdentifierDictionary:
         value = _norm(value)
         if not value:
             return
+        if self._recording is not None:
+            who = _SUBJECT if owner is not None and owner == self._subject else (owner or "")
+            self._recording.append(("add", value, kind, "1" if name_only else "", who))
         term = self.terms.setdefault(value, Term())
         term.merge(kind, name_only, owner)
         if kind in SCOPED_KINDS and len(value) == 8 and value.isdigit():
@@ -421,6 +467,67 @@ class IdentifierDictionary:
                 continue  # R6
             if _long_enough(value):
                 self.add(value, kind, name_only=_is_common(value))
+                if kind == "institution-or-station":
+                    self.shared.add(("place", value))
+
+    def add_shared(self, kind: str, value: str) -> None:
+        """Add a term learned in another study: ``kind`` ``staff`` (a PN value: its whole and
+        its components, R1, R4, as kind ``staff``) or ``place`` (an institution, department or
+        station name, kind ``institution-or-station``; common words block only in PN, R4).
+        Other kinds are ignored.
+        """
+        if kind == "staff":
+            for term, name_only in name_terms(value):
+                self.add(term, "staff", name_only=name_only)
+        elif kind == "place" and _long_enough(_norm(value)) and not _UIDLIKE.match(value):
+            self.add(value, "institution-or-station", name_only=_is_common(value))
+
+    def to_record(self) -> dict[str, Any]:
+        """The dictionary as JSON-ready data, to rebuild it later without the source headers.
+
+        ``{"terms": [[value, kinds, name_only, owners, anyone, coincident], ...], "encodings":
+        [...], "equipment": [...]}``, sorted; ``coincident`` are the research IDs for whom the
+        date is also one of their dates moved by their shift (R5). It holds PHI (every searched
+        value): it is kept on premises only (``ridl.releases``), never exported.
+        """
+        self._mark_coincident()
+        return {
+            "terms": [
+                [v, sorted(t.kinds), t.name_only, sorted(t.owners), t.anyone, sorted(t.coincident)]
+                for v, t in sorted(self.terms.items())
+            ],
+            "encodings": sorted(self.encodings),
+            "equipment": sorted(self.equipment),
+        }
+
+    def merge_record(self, record: dict[str, Any]) -> None:
+        """Add the terms of a :meth:`to_record` record (of one study) to this dictionary.
+
+        Raises:
+            KeyError: the record has no ``terms``.
+        """
+        for value, kinds, name_only, owners, anyone, *rest in record["terms"]:
+            term = self.terms.setdefault(value, Term())
+            term.kinds.update(kinds)
+            term.name_only = term.name_only and bool(name_only)
+            term.owners.update(owners)
+            term.anyone = term.anyone or bool(anyone)
+            if rest:  # records written before date shifts were kept have no coincident owners
+                term.coincident.update(rest[0])
+            if term.kinds & SCOPED_KINDS and len(value) == 8 and value.isdigit():
+                term.date = True
+        self.encodings.update(record.get("encodings", ()))
+        self.equipment.update(record.get("equipment", ()))
+        self._automata.clear()
+
+    def _mark_coincident(self) -> None:
+        """Note, on each date term, the subjects for whom it is also one of their own dates
+        moved by their shift (R5: a coincidence in their date attributes)."""
+        for owner, moved in self._shifted.items():
+            for date in moved:
+                found = self.terms.get(date)
+                if found is not None:
+                    found.coincident.add(owner)
 
     def _collect(
         self,
@@ -435,93 +542,175 @@ class IdentifierDictionary:
         if depth == 0:
             self._charset_key = str(ds.get("SpecificCharacterSet", ""))
         charset_key = self._charset_key
-        for tag in list(ds.keys()):
+        for tag, raw in list(ds.items()):
             tag = Tag(tag)
             # Values stay raw (unconverted) unless they may hold an identifier: converting every
             # element is what would make the dictionary cost as much as de-identifying.
-            try:
-                raw = ds.get_item(tag)
-            except Exception:
-                continue
             if raw is None:
                 continue
-            vr = vr_of(raw, tag)
-            keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
-            undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
-            if vr == "SQ" or (undefined and tag not in BULK_TAGS):
-                try:
-                    value = ds[tag].value
-                except Exception:
+            if depth == 0 and isinstance(raw, RawDataElement) and not tag.is_private:
+                keyword, vr = _tag_info(tag)
+                vr = raw.VR or vr
+                if (
+                    vr not in ("SQ", "PN")
+                    and raw.length != 0xFFFFFFFF
+                    and keyword not in INTERESTING_KEYWORDS
+                    and keyword not in EQUIPMENT_KEYWORDS
+                ):
+                    # A plain public value: only its text is kept, for R6.
+                    if vr in TEXT_VRS and tag not in BULK_TAGS:
+                        public_values.update(v.lower() for v in _raw_texts(raw, vr))
                     continue
-                if isinstance(value, PydicomSequence | list):
-                    for item in value:
-                        if isinstance(item, Dataset):
-                            self._collect(item, research_id, public_values, private, depth + 1)
+            # The objects of a study repeat most of their elements byte for byte (a series'
+            # sequences above all): what one top-level element contributed is remembered and
+            # replayed, so each distinct element is parsed once per dictionary.
+            if (
+                depth == 0
+                and isinstance(raw, RawDataElement)
+                and isinstance(raw.value, bytes)
+                and len(raw.value) <= MEMO_MAX_VALUE
+                and _costly(raw, tag)
+            ):
+                memo_key = (int(tag), raw.value, charset_key)
+                seen = self._memo.get(memo_key)
+                if seen is None:
+                    pub: set[str] = set()
+                    priv: list[tuple[str, str]] = []
+                    self._recording, self._subject = [], research_id
+                    try:
+                        self._element(ds, tag, raw, research_id, pub, priv, depth, charset_key)
+                        ops = tuple(self._recording)
+                    finally:
+                        self._recording = self._subject = None
+                    seen = (frozenset(pub), tuple(priv), ops)
+                    self._memo.put(memo_key, seen)
+                else:
+                    self._replay(seen[2], research_id)
+                public_values.update(seen[0])
+                private.extend(seen[1])
                 continue
-            if tag in BULK_TAGS:
-                continue
-            wanted = (
-                tag.is_private
-                or vr == "PN"
-                or keyword in INTERESTING_KEYWORDS
-                or keyword in EQUIPMENT_KEYWORDS
-            )
-            if not wanted:
-                public_values.update(v.lower() for v in _raw_texts(raw, vr))
-                continue
-            if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
-                continue  # private creator (R6)
-            if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-                # The objects of a series repeat most values: convert each distinct one once.
-                owner = research_id if keyword in BIRTH_KEYWORDS | DATE_KEYWORDS else None
-                signature = (int(tag), raw.value, owner, charset_key)
-                if signature in self._seen and not tag.is_private:
-                    continue
-                self._seen.add(signature)
-            try:
-                elem = ds[tag]
-            except Exception:  # an unparseable value holds nothing we can search for
-                continue
-            if tag.is_private:
-                private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
-                continue
-            if keyword in self.retained:
-                continue  # R9
-            values = text_values(elem.value)
-            if vr == "PN" or elem.VR == "PN":
-                for v in values:
-                    for term, name_only in name_terms(v):
-                        self.add(term, "name", name_only=name_only)
-            elif keyword in ID_KEYWORDS:
-                for v in values:
-                    if _long_enough(_norm(v)):
-                        self.add(v, "identifier")
-            elif keyword in BIRTH_KEYWORDS:
-                for v in values:
-                    for term in birth_terms(v):
-                        self.add(term, "birth-date", owner=research_id)
-            elif keyword in DATE_KEYWORDS:
-                public_values.update(_norm(v).lower() for v in values)  # R6 as before
-                for v in values:
-                    for term in date_terms(v):
-                        self.add(term, "encounter-date", owner=research_id)
-                    if research_id is not None and self._shift is not None:
-                        moved = self._shifted.setdefault(research_id, set())
-                        moved.update(_moved(d, self._shift) for d in dates_in(v))
-            elif keyword in ADDRESS_KEYWORDS:
-                for v in values:
-                    for term in address_terms(v):
-                        self.add(term, "address")
-            elif keyword in PHONE_KEYWORDS:
-                for v in values:
-                    for term in phone_terms(v):
-                        self.add(term, "telephone")
-            elif keyword in PLACE_KEYWORDS:  # checked against public values like private ones
-                private.extend(("institution-or-station", _norm(v)) for v in values)
+            self._element(ds, tag, raw, research_id, public_values, private, depth, charset_key)
+
+    def _share(self, kind: str, value: str) -> None:
+        """Note a staff or place name (``shared``) or an equipment name (R6), recorded too."""
+        if self._recording is not None:
+            self._recording.append(("share", kind, value))
+        if kind == "equipment":
+            self.equipment.add(value)
+        else:
+            self.shared.add((kind, value))
+
+    def _dates(self, value: str, research_id: str | None) -> None:
+        """Note the dates of an encounter-date value moved by the subject's shift (R5), recorded
+        too: the shift is the reading header's, so a replay moves them by its own."""
+        if self._recording is not None:
+            self._recording.append(("dates", value))
+        if research_id is not None and self._shift is not None:
+            moved = self._shifted.setdefault(research_id, set())
+            moved.update(_moved(d, self._shift) for d in dates_in(value))
+
+    def _replay(self, ops: tuple[tuple[str, ...], ...], research_id: str | None) -> None:
+        """Apply what an element contributed when it was first read (see :class:`ElementMemo`)."""
+        for op in ops:
+            if op[0] == "add":
+                _, value, kind, name_only, who = op
+                owner = research_id if who == _SUBJECT else (who or None)
+                self.add(value, kind, name_only=bool(name_only), owner=owner)
+            elif op[0] == "dates":
+                self._dates(op[1], research_id)
             else:
-                public_values.update(_norm(v).lower() for v in values)
-                if keyword in EQUIPMENT_KEYWORDS:
-                    self.equipment.update(_norm(v).lower() for v in values)
+                self._share(op[1], op[2])
+
+    def _element(
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        raw: DataElement | RawDataElement,
+        research_id: str | None,
+        public_values: set[str],
+        private: list[tuple[str, str]],
+        depth: int,
+        charset_key: str,
+    ) -> None:
+        """Collect one element of ``ds`` (at ``depth``): the rules R1-R9 of the module doc."""
+        vr = vr_of(raw, tag)
+        keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
+        undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
+        if vr == "SQ" or (undefined and tag not in BULK_TAGS):
+            try:
+                value = ds[tag].value
+            except Exception:
+                return
+            if isinstance(value, PydicomSequence | list):
+                for item in value:
+                    if isinstance(item, Dataset):
+                        self._collect(item, research_id, public_values, private, depth + 1)
+            return
+        if tag in BULK_TAGS:
+            return
+        wanted = (
+            tag.is_private
+            or vr == "PN"
+            or keyword in INTERESTING_KEYWORDS
+            or keyword in EQUIPMENT_KEYWORDS
+        )
+        if not wanted:
+            public_values.update(v.lower() for v in _raw_texts(raw, vr))
+            return
+        if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+            return  # private creator (R6)
+        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            # The objects of a series repeat most values: convert each distinct one once.
+            owner = research_id if keyword in BIRTH_KEYWORDS | DATE_KEYWORDS else None
+            signature = (int(tag), raw.value, owner, charset_key)
+            if signature in self._seen and not tag.is_private and self._recording is None:
+                return
+            self._seen.add(signature)
+        try:
+            elem = ds[tag]
+        except Exception:  # an unparseable value holds nothing we can search for
+            return
+        if tag.is_private:
+            private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
+            return
+        if keyword in self.retained:
+            return  # R9
+        values = text_values(elem.value)
+        if vr == "PN" or elem.VR == "PN":
+            for v in values:
+                for term, name_only in name_terms(v):
+                    self.add(term, "name", name_only=name_only)
+                if keyword in STAFF_KEYWORDS and _norm(v):
+                    self._share("staff", _norm(v))
+        elif keyword in ID_KEYWORDS:
+            for v in values:
+                if _long_enough(_norm(v)):
+                    self.add(v, "identifier")
+        elif keyword in BIRTH_KEYWORDS:
+            for v in values:
+                for term in birth_terms(v):
+                    self.add(term, "birth-date", owner=research_id)
+        elif keyword in DATE_KEYWORDS:
+            public_values.update(_norm(v).lower() for v in values)  # R6 as before
+            for v in values:
+                for term in date_terms(v):
+                    self.add(term, "encounter-date", owner=research_id)
+                self._dates(v, research_id)
+        elif keyword in ADDRESS_KEYWORDS:
+            for v in values:
+                for term in address_terms(v):
+                    self.add(term, "address")
+        elif keyword in PHONE_KEYWORDS:
+            for v in values:
+                for term in phone_terms(v):
+                    self.add(term, "telephone")
+        elif keyword in PLACE_KEYWORDS:  # checked against public values like private ones
+            private.extend(("institution-or-station", _norm(v)) for v in values)
+        else:
+            public_values.update(_norm(v).lower() for v in values)
+            if keyword in EQUIPMENT_KEYWORDS:
+                for v in values:
+                    self._share("equipment", _norm(v).lower())
 
     def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
         """The automaton over every term in every encoding, keyed by ASCII-lowered bytes.
@@ -535,11 +724,7 @@ class IdentifierDictionary:
         cached = self._automata.get(encs)
         if cached is not None:
             return cached
-        for owner, moved in self._shifted.items():
-            for date in moved:
-                found = self.terms.get(date)
-                if found is not None:
-                    found.coincident.add(owner)
+        self._mark_coincident()
         auto = ahocorasick.Automaton()
         for value, term in self.terms.items():
             low = value.lower()
@@ -564,6 +749,59 @@ class IdentifierDictionary:
         auto.make_automaton()
         self._automata[encs] = auto
         return auto
+
+
+_TAG_INFO: dict[int, tuple[str, str]] = {}
+
+
+def _tag_info(tag: BaseTag) -> tuple[str, str]:
+    """(keyword, dictionary VR) of a public tag, cached ("" and "UN" when unknown)."""
+    info = _TAG_INFO.get(tag)
+    if info is None:
+        try:
+            vr = str(dictionary_VR(tag))
+        except KeyError:
+            vr = "UN"
+        info = _TAG_INFO[int(tag)] = (keyword_for_tag(tag) or "", vr)
+    return info
+
+
+def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
+    """Whether reading an element means parsing or converting it (sequences, private tags,
+    person names, identifying and equipment keywords), so remembering it pays."""
+    if tag.is_private or raw.length == 0xFFFFFFFF:
+        return True
+    vr = vr_of(raw, tag)
+    if vr in ("SQ", "PN"):
+        return True
+    keyword = keyword_for_tag(tag) or ""
+    return keyword in INTERESTING_KEYWORDS or keyword in EQUIPMENT_KEYWORDS
+
+
+class ElementMemo:
+    """What distinct top-level elements contributed to a dictionary, to replay in another.
+
+    Keyed by (tag, the element's raw bytes, the header's Specific Character Set); the value is
+    (public values, private values, recorded additions), the subject's research ID abstracted
+    (R5 scopes a birth date to whoever reads it). Share one between dictionaries with the same
+    ``retained`` attributes only. Bounded: at :data:`MEMO_CAP` entries it starts again empty.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, bytes, str], Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[int, bytes, str]) -> Any:
+        """The remembered contribution of an element, or None."""
+        return self._entries.get(key)
+
+    def put(self, key: tuple[int, bytes, str], value: Any) -> None:
+        """Remember a contribution (the memo is emptied first when it is full)."""
+        if len(self._entries) >= MEMO_CAP:
+            self._entries.clear()
+        self._entries[key] = value
 
 
 def declared_charsets(ds: Dataset) -> list[str]:

@@ -70,6 +70,31 @@ class ObjectRow(TypedDict):
     study_description: str
 
 
+class VerificationRecord(TypedDict):
+    """How a study was verified in the stream, before any of its objects was stored.
+
+    ``passed`` is True when every object stored for the study was searched and nothing was
+    found in it (objects with a hit are quarantined, never stored, and counted in ``hits``);
+    ``objects`` and ``bytes`` (in bytes) are what was searched; ``terms`` the dictionary's
+    terms by kind (:meth:`export.identifiers.IdentifierDictionary.kinds`, cross-study terms
+    included); ``cross_study_terms`` how many of those came from other studies;
+    ``ocr_objects`` the objects whose pixel text (read once, by curation) was searched too;
+    ``engine`` the ridl version, ``rules`` :data:`export.identifiers.RULES_VERSION` and
+    ``recipe`` the hex SHA-256 of the compiled recipe the objects were de-identified with.
+    """
+
+    passed: bool
+    objects: int
+    bytes: int
+    hits: int
+    terms: dict[str, int]
+    cross_study_terms: int
+    ocr_objects: int
+    engine: str
+    rules: str
+    recipe: str
+
+
 class ManifestPart(TypedDict):
     """What one study's work recorded: ``parts/<study key>.json``; written last, so it marks the
     study done.
@@ -79,7 +104,9 @@ class ManifestPart(TypedDict):
     count instances by reason code. A study part also has ``site`` (a keyed token of the Issuer
     of Patient ID, never its name), ``review`` (the review IDs of objects held for a reviewer,
     sorted) and ``iocm_rejected`` (de-identified SOP Instance UIDs that IOCM rejected, sorted);
-    the source part has none of the three.
+    the source part has none of the three. A study part written since stream verification
+    also has ``verification`` (:class:`VerificationRecord`); parts written before it lack the
+    key and still parse, but the release gate refuses them.
     """
 
     study: str | None
@@ -89,6 +116,7 @@ class ManifestPart(TypedDict):
     site: NotRequired[str]
     review: NotRequired[list[str]]
     iocm_rejected: NotRequired[list[str]]
+    verification: NotRequired[VerificationRecord]
 
 
 class LabelsFile(TypedDict):
@@ -176,13 +204,15 @@ def study_part(
     quarantined: Mapping[str, int],
     review: Iterable[str] = (),
     iocm_rejected: Iterable[str] = (),
+    verification: VerificationRecord | None = None,
 ) -> ManifestPart:
     """The part of one study: its key, site token, exported objects and counts by reason.
 
     ``objects`` are kept in the order given (the worker sorts them by key); counts are sorted by
-    reason code, ``review`` and ``iocm_rejected`` sorted.
+    reason code, ``review`` and ``iocm_rejected`` sorted; ``verification`` is the study's stream
+    verification record (left out when None).
     """
-    return ManifestPart(
+    part = ManifestPart(
         study=study,
         site=site,
         objects=objects,
@@ -191,6 +221,9 @@ def study_part(
         quarantined=_counts(quarantined),
         iocm_rejected=sorted(iocm_rejected),
     )
+    if verification is not None:
+        part["verification"] = verification
+    return part
 
 
 def source_part(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,13 @@ from ridl.reasons import Reason
 log = logging.getLogger(__name__)
 
 UNVERIFIABLE = Reason.UNVERIFIABLE_OBJECT
+DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+# Hit kinds that are verdicts on an object or a part, not kinds of identifier.
+_OBJECT_CODES = {
+    Reason.UNVERIFIED_STUDY,
+    Reason.OBJECT_NOT_IN_MANIFEST,
+    Reason.OBJECT_CHANGED,
+}
 
 # --- searching -----------------------------------------------------------------------------------
 
@@ -107,6 +114,8 @@ class Hit:
     kind: str
 
     def __str__(self) -> str:
+        if self.kind in _OBJECT_CODES:
+            return f"{self.key}: {self.path} [{self.kind}]"
         return f"{self.key}: {self.path} holds a {self.kind}"
 
 
@@ -199,7 +208,8 @@ class Verifier:
 
     ``owners_of`` gives an object's research subject (default: its Patient ID) for R5; ``ocr``
     returns the text in an object's pixels (a string or a list of strings; None: no OCR);
-    ``at_risk`` picks the objects OCR reads (default :func:`default_at_risk`).
+    ``at_risk`` picks the objects OCR reads (default :func:`default_at_risk`); ``also`` are
+    further dictionaries searched the same way (cross-study terms).
     """
 
     def __init__(
@@ -208,13 +218,25 @@ class Verifier:
         owners_of: Callable[[Dataset], str | None] | None = None,
         ocr: Callable[[Dataset], Any] | None = None,
         at_risk: Callable[[Dataset], bool] | None = None,
+        also: Sequence[IdentifierDictionary] = (),
     ) -> None:
         self.dictionary = dictionary
+        # Further dictionaries searched with the same rules (the project's cross-study terms,
+        # ridl.crossterms): each keeps its own compiled automata, so a small per-study
+        # dictionary does not recompile a large shared one.
+        self.dictionaries = [dictionary, *also]
         self.owners_of = owners_of or (lambda ds: str(getattr(ds, "PatientID", "")) or None)
         self.ocr = ocr
         self.at_risk = at_risk or default_at_risk
 
-    def check_bytes(self, key: str, data: bytes) -> ObjectResult:
+    def check_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        text_end: int | None = None,
+        pixel_text: Sequence[str] | None = None,
+    ) -> ObjectResult:
         """Search one object. An object stored as DICOM that cannot be parsed cannot be shown
         to be clean: its bytes are still searched, and it is reported as unverifiable.
 
@@ -223,8 +245,31 @@ class Verifier:
         inflated dataset of Deflated Explicit VR Little Endian, PS3.5 A.5); other objects
         (manifests, summaries, Parquet read as CSV) as text. Never raises for a bad object: it
         becomes an ``unverifiable-object`` hit.
+
+        ``text_end`` (a byte offset), when the caller wrote the object and knows it, is where
+        the value of the last top-level element, the pixel data, begins: everything from there
+        on is image samples (R10). Then the bytes before it are searched raw first, and the
+        object is parsed only when a term is found there (same verdict, a fraction of the
+        cost). ``pixel_text`` is the text an earlier step already read in the object's pixels
+        (lines, PHI: never logged); when given it is searched instead of calling ``ocr``.
         """
         is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
+        if (
+            is_dicom
+            and text_end is not None
+            and not pixel_text
+            and 132 <= text_end <= len(data)
+            and DEFLATED_UID not in data[: min(text_end, 4096)]
+        ):
+            head = _hay(data[:text_end])
+            known = set().union(*(d.encodings for d in self.dictionaries))
+            if not any(
+                next(iter(scan(head, auto, text=False, dates=True)), None) is not None
+                for auto in self._automata(())
+            ) and not _declares_other_charset(data[:text_end], known):
+                # No term in any encoding the dictionaries know (an object declaring another
+                # character set is searched the long way).
+                return ObjectResult()
         if not is_dicom:
             result = self._check_file(key, data)
             if key.endswith(".dcm"):
@@ -233,7 +278,7 @@ class Verifier:
         try:
             ds = dcmread(io.BytesIO(data), force=True)
             ds.file_meta  # noqa: B018 - read the meta now
-            return self._check_dicom(key, data, ds)
+            return self._check_dicom(key, data, ds, pixel_text)
         except Exception:
             result = self._check_file(key, data)
             result.hits.append(Hit(key, "(object could not be parsed)", UNVERIFIABLE))
@@ -250,9 +295,10 @@ class Verifier:
                 data = table.to_pandas().to_csv(index=False).encode("utf-8")
             except Exception:
                 pass
-        auto = self.dictionary.automaton()
         seen: set[tuple[str, str]] = set()
-        for _s, _e, terms in scan(_hay(data), auto, text=False):
+        hay = _hay(data)
+        matches = (m for auto in self._automata(()) for m in scan(hay, auto, text=False))
+        for _s, _e, terms in matches:
             for term in terms:
                 if term.name_only or term.scoped:
                     continue
@@ -262,9 +308,11 @@ class Verifier:
                     result.hits.append(Hit(key, "(file contents)", kind))
         return result
 
-    def _check_dicom(self, key: str, data: bytes, ds: Dataset) -> ObjectResult:
+    def _check_dicom(
+        self, key: str, data: bytes, ds: Dataset, pixel_text: Sequence[str] | None = None
+    ) -> ObjectResult:
         result = ObjectResult()
-        auto = self.dictionary.automaton(declared_charsets(ds))
+        automata = self._automata(declared_charsets(ds))
         owner = self.owners_of(ds)
         segments = self._segments(data, ds)
         found: set[tuple[str, str]] = set()
@@ -278,7 +326,8 @@ class Verifier:
             candidates: list[tuple[int, int, list[Term], bool]] = []
             for offset, piece in _outside(buf, bulk):  # R10: image bytes are not scanned
                 hay = _hay(piece)
-                for start, end, terms in scan(hay, auto, text=False, dates=True):
+                matches = (m for a in automata for m in scan(hay, a, text=False, dates=True))
+                for start, end, terms in matches:
                     # A date followed by digits: only a DT attribute, once located, can hold it.
                     dt_only = end < len(hay) and hay[end].isdigit()
                     start, end = start + offset, end + offset
@@ -290,7 +339,9 @@ class Verifier:
             for span in spans_of():
                 if span.path in _BULK_NAMES or not span.hay:
                     continue
-                for _s, _e, terms in scan(span.hay, auto, dates=span.vr == "DT"):
+                dates = span.vr == "DT"
+                spans = (m for a in automata for m in scan(span.hay, a, dates=dates))
+                for _s, _e, terms in spans:
                     for term in terms:
                         located.add(id(term))
                         if _blocks(term, span.vr, owner, located=True):
@@ -306,11 +357,17 @@ class Verifier:
                     else:
                         where = f"(bytes {start}-{end} of the {label}, not inside one attribute)"
                         hit(where, sorted(term.kinds)[0])
-        if self.ocr is not None and self.at_risk(ds):
+        texts: list[str] = []
+        if pixel_text is not None:
             result.ocr_checked = True
-            for text in _ocr_texts(self.ocr, ds):
+            texts = [str(t) for t in pixel_text]
+        elif self.ocr is not None and self.at_risk(ds):
+            result.ocr_checked = True
+            texts = _ocr_texts(self.ocr, ds)
+        if texts:
+            for text in texts:
                 hay = _hay(text.encode("utf-8", "replace"))
-                for _s, _e, terms in scan(hay, auto):
+                for _s, _e, terms in (m for a in automata for m in scan(hay, a)):
                     for term in terms:
                         if term.scoped and owner in term.owners:
                             pass
@@ -318,6 +375,11 @@ class Verifier:
                             continue
                         hit("PixelData (OCR text)", sorted(term.kinds)[0])
         return result
+
+    def _automata(self, encodings: Iterable[str]) -> list[ahocorasick.Automaton]:
+        """One compiled automaton per dictionary, for the object's declared encodings."""
+        encodings = list(encodings)
+        return [d.automaton(encodings) for d in self.dictionaries]
 
     def _segments(
         self, data: bytes, ds: Dataset
@@ -356,6 +418,60 @@ class Verifier:
                 ("inflated dataset", body, bulk, body_spans),
             ]
         return [("file", data, bulk, lambda: meta_spans() + body_spans())]
+
+
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def pixel_data_start(data: bytes) -> int | None:
+    """Where the Pixel Data element (7FE0,0010) begins when it is the object's last element.
+
+    ``data`` is a whole Part 10 file in a little-endian transfer syntax. Returns the byte offset
+    of the element's tag when the element found there runs exactly to the end of ``data``
+    (Explicit VR ``OB``/``OW`` with its 4-byte length, PS3.5 7.1.2; Implicit VR, 7.1.3; or an
+    undefined length closed by the Sequence Delimitation Item, PS3.5 A.4), else None. Only for
+    objects known to end with their pixel data (the byte-level fast path writes no element
+    after it): a match found inside the pixel samples themselves only moves the offset earlier,
+    so more bytes are searched, never fewer.
+    """
+    n = len(data)
+    end = n
+    while True:
+        at = data.rfind(_PIXEL_TAG, 132, end)
+        if at < 0:
+            return None
+        end = at
+        vr = data[at + 4 : at + 6]
+        if vr in (b"OB", b"OW") and data[at + 6 : at + 8] == b"\x00\x00":
+            length = int.from_bytes(data[at + 8 : at + 12], "little")
+            start = at + 12
+        else:
+            length = int.from_bytes(data[at + 4 : at + 8], "little")
+            start = at + 8
+        if length == 0xFFFFFFFF:
+            if data.endswith(_SEQUENCE_DELIMITER):
+                return at
+        elif start + length == n:
+            return at
+
+
+def _declares_other_charset(head: bytes, known: set[str]) -> bool:
+    """Whether the object's Specific Character Set (0008,0005) names codecs the dictionary's
+    automaton does not cover (then the prefilter is not enough). Read from raw bytes: the
+    element's tag in Explicit VR Little Endian, PS3.5 7.1.2."""
+    at = head.find(b"\x08\x00\x05\x00CS")
+    if at < 0:  # none, or not written as Explicit VR: only the first case is known clean
+        return head.find(b"\x08\x00\x05\x00") >= 0
+    length = int.from_bytes(head[at + 6 : at + 8], "little")
+    value = head[at + 8 : at + 8 + length].decode("ascii", "replace")
+    try:
+        from pydicom.charset import convert_encodings
+
+        codecs = {c for c in convert_encodings([v.strip() for v in value.split("\\")]) if c}
+    except Exception:
+        return True
+    return not codecs <= known
 
 
 def _outside(buf: bytes, bulk: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:

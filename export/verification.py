@@ -8,7 +8,7 @@ premises (``ridl.releases.report_path``); it names keys, attribute paths and kin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,14 @@ class VerificationReport:
     """What the gate found; names keys, paths and kinds, never a value.
 
     ``store`` is the store URL; ``bytes_checked`` in bytes; ``dictionary_kinds`` {kind: terms};
-    ``studies_read`` / ``headers_read`` count the source studies and headers the dictionary was
-    built from; ``ocr`` says whether OCR was used; ``seconds_*`` are wall-clock
-    seconds; ``checked_at`` is an ISO 8601 UTC time.
+    ``studies_read`` / ``headers_read`` count the studies whose identifiers were used and the
+    source headers read for them (0 in ``sample`` mode: nothing is read from the DIR); ``ocr``
+    says whether OCR was used; ``seconds_*`` are wall-clock seconds; ``checked_at`` is an ISO
+    8601 UTC time. ``mode`` is ``sample`` (the run's gate, ``flows.gate.audit_release``) or
+    ``full`` (``ridl verify --full``); ``parts_checked`` counts study parts whose verification
+    record was checked, ``objects_listed`` the ``.dcm`` objects in the store under the release,
+    ``studies_without_terms`` sampled studies whose kept terms were missing (checked against
+    the frozen selection's identifiers instead), ``removed`` the keys a blocked gate deleted.
     """
 
     project: str
@@ -42,6 +47,11 @@ class VerificationReport:
     seconds_dictionary: float
     seconds_search: float
     checked_at: str
+    mode: str = "full"
+    parts_checked: int = 0
+    objects_listed: int = 0
+    studies_without_terms: int = 0
+    removed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict, each hit as {key, path, kind}."""
@@ -52,16 +62,32 @@ class VerificationReport:
     def render(self) -> str:
         """The report as lines of text for the console (the first 200 hits listed)."""
         status = "PASSED" if self.passed else "BLOCKED"
-        lines = [
-            f"verification of {self.project}/{self.release}: {status}",
-            f"  objects checked: {self.objects_checked} ({self.bytes_checked:,} bytes)",
-            f"  dictionary: {self.dictionary_terms} terms from {self.headers_read} source headers "
-            f"of {self.studies_read} studies {self.dictionary_kinds}",
+        lines = [f"verification of {self.project}/{self.release} ({self.mode}): {status}"]
+        if self.mode == "sample":
+            lines += [
+                f"  study parts with a verification record checked: {self.parts_checked}",
+                f"  objects in the store: {self.objects_listed}, each listed by a part or named "
+                "below",
+                f"  objects read back and searched again: {self.objects_checked} "
+                f"({self.bytes_checked:,} bytes)",
+                f"  dictionary: {self.dictionary_terms} terms of {self.studies_read} sampled "
+                f"studies and cross-study terms {self.dictionary_kinds} (no DIR retrieval; "
+                f"{self.studies_without_terms} studies from the frozen selection only)",
+            ]
+        else:
+            lines += [
+                f"  objects checked: {self.objects_checked} ({self.bytes_checked:,} bytes)",
+                f"  dictionary: {self.dictionary_terms} terms from {self.headers_read} source "
+                f"headers of {self.studies_read} studies {self.dictionary_kinds}",
+            ]
+        lines += [
             f"  OCR: {self.ocr} ({self.ocr_objects} objects read)",
             f"  time: dictionary {self.seconds_dictionary:.2f}s, search {self.seconds_search:.2f}s",
         ]
+        if self.removed:
+            lines.append(f"  {len(self.removed)} object(s) removed from the store")
         if self.hits:
-            lines.append(f"  {len(self.hits)} identifier(s) found; publishing is blocked:")
+            lines.append(f"  {len(self.hits)} finding(s); publishing is blocked:")
             lines.extend(f"    {hit}" for hit in self.hits[:200])
             if len(self.hits) > 200:
                 lines.append(f"    ... and {len(self.hits) - 200} more (see the report file)")
@@ -80,6 +106,7 @@ class VerificationFailed(ReleaseError):
         objects = len({h.key for h in report.hits})
         super().__init__(
             f"release {report.project}/{report.release} is NOT published: verification found "
-            f"{len(report.hits)} identifier(s) in {objects} object(s); the report names each "
-            f"object and attribute: {report_path}"
+            f"{len(report.hits)} problem(s) (identifiers, unverified studies, objects outside "
+            f"the manifest) in {objects} object(s) or part(s); the report names each object "
+            f"and attribute: {report_path}"
         )

@@ -517,6 +517,13 @@ def run(
     max_batches_per_flow: Annotated[
         int, typer.Option(help="Tasks per flow run; larger selections split into child runs.")
     ] = 2000,
+    audit_sample: Annotated[
+        int | None,
+        typer.Option(
+            help="Objects the release gate reads back and verifies again "
+            "(default: 1,000 or 0.1%, whichever is larger, at most 20,000)."
+        ),
+    ] = None,
 ) -> None:
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
@@ -540,6 +547,7 @@ def run(
             "cluster": cluster,
             "retrieval_limit": retrieval_limit,
             "max_batches_per_flow": max_batches_per_flow,
+            "audit_sample": audit_sample,
         },
     )
     print_summary(summary, open_store(dest).url)
@@ -696,12 +704,28 @@ def verify(
     dest: Annotated[
         str | None, typer.Option(help="Object store (default RIDL_HOME/store).")
     ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            help="Auditor's mode: read every source header from the DIR again and search every "
+            "stored object (slow; loads the DIR)."
+        ),
+    ] = False,
+    sample: Annotated[
+        int | None,
+        typer.Option(help="Objects to read back (default as the gate: 1,000 or 0.1%)."),
+    ] = None,
 ) -> None:
-    """Search every exported byte of a release for identifiers from its source headers."""
+    """Check a release as its gate does (verification records, listing, a sample read back),
+    or with --full search every exported byte against identifiers from its source headers."""
     from export.store import open_store
-    from flows.gate import verify_release
+    from flows.gate import audit_release, verify_release
 
-    report = verify_release(project, release, open_store(dest).url)
+    url = open_store(dest).url
+    if full:
+        report = verify_release(project, release, url)
+    else:
+        report = audit_release(project, release, url, sample=sample)
     console.print(report.render())
     if not report.passed:
         raise typer.Exit(1)

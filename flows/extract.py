@@ -9,8 +9,9 @@ Stages, each a plain function or task below so it reads (and merges) one step at
                       study dates, chunked further if a year is still too big);
 4. ``extract_slice``  a child flow: batches of studies as Prefect tasks on the run's task runner
                       (every local core, or a Dask cluster); a task returns counts, never bytes;
-5. ``publish``        manifest, summary, run log and the release report; then the PHI
-                      verification gate over every byte under the release, and only if it
+5. ``publish``        manifest, summary, run log and the release report; then the release
+                      gate (every study verified in the stream, every object listed, a random
+                      sample read back and verified again: ``flows.gate``), and only if it
                       passes, signing and publishing; Prefect artifacts and the audit log.
 
 Prefect costs about 10 ms and 45 KB of flow memory per task run, so a task handles hundreds of
@@ -84,16 +85,24 @@ def publish_manifest(ctx: RunContext, selected: int) -> ReleaseSummary:
 
 
 @task(name="verify-release", cache_policy=NO_CACHE, persist_result=False)
-def verify_release_task(ctx: RunContext) -> dict[str, Any]:
-    """The PHI gate: raises VerificationFailed (release left unpublished) on any hit."""
+def verify_release_task(ctx: RunContext, sample: int | None = None) -> dict[str, Any]:
+    """The PHI gate: every study verified in the stream, a sample read back and verified again;
+    raises VerificationFailed (release left unpublished, what was found removed) otherwise."""
     try:
-        report = gate_release(ctx.project, ctx.release, ctx.store_url)
+        report = gate_release(ctx.project, ctx.release, ctx.store_url, sample=sample)
     except Exception as exc:
         audit.record(
             "run.ended", project=ctx.project, release=ctx.release, status=type(exc).__name__
         )
         raise
-    return {"passed": report.passed, "objects": report.objects_checked, "ocr": report.ocr}
+    return {
+        "passed": report.passed,
+        "studies": report.parts_checked,
+        "objects": report.objects_listed,
+        "audited": report.objects_checked,
+        "seconds": round(report.seconds_dictionary + report.seconds_search, 3),
+        "ocr": report.ocr,
+    }
 
 
 @task(name="release-report", cache_policy=NO_CACHE, persist_result=False)
@@ -350,10 +359,12 @@ def extract_run(
     rate_limit: float = DEFAULT_RATE_LIMIT,
     allowed_hours: str | None = None,
     retries: int = DEFAULT_RETRIES,
+    audit_sample: int | None = None,
 ) -> RunSummary:
     """Run one REB-approved extraction into a release; safe to rerun (it resumes).
 
-    The last four parameters protect a network DIR (see ridl.sources.protect).
+    ``max_associations`` to ``retries`` protect a network DIR (see ridl.sources.protect);
+    ``audit_sample`` is how many objects the gate reads back (None: flows.gate.sample_size).
     """
     logger = get_run_logger()
     started = time.time()
@@ -377,6 +388,7 @@ def extract_run(
         rate_limit=rate_limit,
         allowed_hours=allowed_hours,
         retries=retries,
+        audit_sample=audit_sample,
     )
     address = params.resolved_cluster()
     require_server_for_cluster(address)
@@ -408,7 +420,8 @@ def extract_run(
         cleaned=cleaned,
         run_log=write_run_log(plan.ctx, started, totals, len(slices)),
         report=publish_report(plan.ctx, plan.studies),
-        verification=verify_release_task(plan.ctx),  # no publishing without a clean pass
+        # no publishing without a clean pass
+        verification=verify_release_task(plan.ctx, params.audit_sample),
         publication=publish_release(
             plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
         ),

@@ -1,21 +1,39 @@
-"""The verification gate: no release is published while an identifier of its sources is in it.
+"""The release gate: no release is published unless every study was verified and a sample holds.
 
-This is the orchestration half of verification: it builds the identifier dictionary from the
-source headers of the release's frozen selection (read again through the source, so the check is
-independent of the run), searches every object under the release prefix with
-:class:`export.phi_scan.Verifier`, writes the report on premises (``ridl.releases.report_path``),
-audits the result, and publishes only on a clean pass. The dictionary's rules are in
-:mod:`export.identifiers`; the byte scan in :mod:`export.phi_scan`; the report types in
-:mod:`export.verification`. The OCR function and the at-risk rule are passed in; by default they
-come from :mod:`curation.ocr` when it provides them.
+Verification happens in the stream (``flows.work``): every object is searched for its study's
+identifiers and the project's cross-study terms before it is stored, and each study's manifest
+part records how. The gate at the end of a run therefore does work that does not grow with the
+release (:func:`audit_release`):
+
+1. every study part carries a passing verification record made with the release's recipe
+   (its SHA-256) and the current dictionary rules (``export.identifiers.RULES_VERSION``);
+2. every ``.dcm`` object in the store under the release is listed by a part (a listing, no
+   download): an object written around the stream is found here;
+3. a random sample of the listed objects (:func:`sample_size`: 1,000 or 0.1 %, whichever is
+   larger, at most 20,000 by default) is read back, its SHA-256 compared with its part's, and
+   searched again against identifiers re-derived for the sampled studies only, from what is on
+   premises (the terms each study was verified against, ``ridl.releases.read_study_terms``,
+   else the frozen selection's patient ID and health number) plus the cross-study terms
+   (``ridl.crossterms``): no retrieval from the DIR, no second OCR.
+
+:func:`gate_release` publishes only when all three hold; otherwise it removes from the store
+every object it found unlisted, changed or holding an identifier, withdraws the manifest and
+summary, and raises. :func:`verify_release` is the auditor's full mode (``ridl verify --full``):
+it reads every source header again through the source and searches every stored object.
+The dictionary's rules are in :mod:`export.identifiers`; the byte scan in
+:mod:`export.phi_scan`; the report types in :mod:`export.verification`. The OCR function and the
+at-risk rule are passed in; by default they come from :mod:`curation.ocr` when it provides them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib
 import json
 import logging
+import math
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -24,19 +42,32 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from export.identifiers import IdentifierDictionary
-from export.manifest import release_files
+from export.identifiers import RULES_VERSION, IdentifierDictionary
+from export.manifest import ManifestPart, is_source_part, parse_part, release_files
 from export.phi_scan import Hit, Verifier
 from export.store import ObjectStore, open_store
 from export.verification import VerificationFailed, VerificationReport
 from ridl import audit, settings
 from ridl.catalog import study_refs
+from ridl.crossterms import load_terms
 from ridl.errors import ReleaseError
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
-from ridl.releases import MARKER, REPORT_NAME, load_frozen, mark_published, report_path
+from ridl.reasons import Reason
+from ridl.releases import (
+    MARKER,
+    REPORT_NAME,
+    load_frozen,
+    mark_published,
+    read_study_terms,
+    report_path,
+)
 from ridl.secrets import load_secret, secret_fingerprint
 from ridl.sources.base import open_source
+
+SAMPLE_MIN = 1_000
+SAMPLE_FRACTION = 0.001
+SAMPLE_CAP = 20_000
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +152,16 @@ def verify_release(
     at_risk: Callable[[Dataset], bool] | None = None,
     record_audit: bool = True,
 ) -> VerificationReport:
-    """Verify every object of a release against its source identifiers; write the report.
+    """The auditor's full mode: every object of a release against its source identifiers.
+
+    Reads every source header of the frozen selection again through the source (a full
+    retrieval from the DIR) and every object under the release from the store; the run's own
+    gate is :func:`audit_release`, which needs neither.
 
     ``ocr=True`` loads OCR from ``curation.ocr`` when it is there; pass a function to use
     another, or ``False`` to skip. The report is written on premises next to the frozen selection
     (``RIDL_HOME/releases/<project>/<release>/verification.json``) and the result is audited.
-    The caller decides what a failure means; :func:`require_verified` raises on it.
+    The caller decides what a failure means (the run's gate is :func:`gate_release`).
     ``at_risk`` decides which objects' pixels OCR reads (default: ``curation.ocr.at_risk`` when
     it exists, else :func:`export.phi_scan.default_at_risk`).
 
@@ -177,23 +212,31 @@ def verify_release(
         seconds_dictionary=round(t1 - t0, 3),
         seconds_search=round(t2 - t1, 3),
         checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        mode="full",
+        objects_listed=objects,
     )
-    path = report_path(project, release)
+    _write_report(report, record_audit)
+    return report
+
+
+def _write_report(report: VerificationReport, record_audit: bool) -> None:
+    """Write the report on premises (``verification.json``) and audit its result."""
+    path = report_path(report.project, report.release)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True))
     if record_audit:
         audit.record(
             "verification.result",
-            project=project,
-            release=release,
+            project=report.project,
+            release=report.release,
+            mode=report.mode,
             passed=report.passed,
-            objects=objects,
-            hits=len(hits),
-            objects_with_hits=len({h.key for h in hits}),
-            dictionary_terms=len(dictionary),
+            objects=report.objects_checked,
+            hits=len(report.hits),
+            objects_with_hits=len({h.key for h in report.hits}),
+            dictionary_terms=report.dictionary_terms,
             ocr=report.ocr,
         )
-    return report
 
 
 def _research_id_of(ds: Dataset) -> str | None:
@@ -201,18 +244,228 @@ def _research_id_of(ds: Dataset) -> str | None:
     return value or None
 
 
+def sample_size(objects: int, sample: int | None = None) -> int:
+    """How many of a release's ``objects`` the gate reads back.
+
+    ``sample`` None: the larger of 1,000 and 0.1 % of the objects, at most 20,000
+    (:data:`SAMPLE_MIN`, :data:`SAMPLE_FRACTION`, :data:`SAMPLE_CAP`); an int asks for that many
+    (0: none). Never more than ``objects``.
+
+    Raises:
+        ConfigError: ``sample`` is negative.
+    """
+    if sample is None:
+        wanted = min(max(SAMPLE_MIN, math.ceil(objects * SAMPLE_FRACTION)), SAMPLE_CAP)
+    elif sample < 0:
+        from ridl.errors import ConfigError
+
+        raise ConfigError("the audit sample must be 0 or more objects")
+    else:
+        wanted = sample
+    return min(wanted, objects)
+
+
+def _recipe_digest(project: str, release: str) -> str:
+    """Hex SHA-256 of the compiled recipe the release was frozen with."""
+    from deid_recipes import load_recipe
+
+    frozen = load_frozen(project, release)
+    if frozen is None:
+        raise ReleaseError(
+            f"release '{release}' of project '{project}' has no frozen selection; run it first"
+        )
+    return str(load_recipe(frozen[0].recipe).digest)
+
+
+def _check_record(part: ManifestPart, recipe: str) -> str | None:
+    """Why a study part's verification record does not count (None: it does)."""
+    record = part.get("verification")
+    if record is None:
+        return "(no verification record)"
+    if not record.get("passed"):
+        return "(verification record not passed)"
+    if record.get("rules") != RULES_VERSION:
+        return "(verified under other dictionary rules)"
+    if record.get("recipe") != recipe:
+        return "(verified with another recipe)"
+    if record.get("objects", 0) < len(part["objects"]):
+        return "(fewer objects verified than stored)"
+    return None
+
+
+def _fallback_terms(project: str, release: str, missing: set[str]) -> dict[str, dict[str, Any]]:
+    """For sampled studies without kept terms: patient ID and health number from the frozen
+    selection (on premises), keyed by study key. No retrieval from the DIR."""
+    frozen = load_frozen(project, release)
+    if frozen is None or not missing:
+        return {}
+    keys = Pseudonymizer(load_secret(project))
+    found: dict[str, dict[str, Any]] = {}
+    for study in study_refs(frozen[1]):
+        key = keys.uid(study.study_uid)
+        if key not in missing:
+            continue
+        research_id = keys.research_id(
+            SubjectKey(study.health_number, study.issuer, study.patient_id)
+        )
+        terms = [
+            [value, ["identifier"], False, [], True]
+            for value in (study.patient_id, study.health_number or "")
+            if value and len(value) >= 4
+        ]
+        found[key] = {"research_id": research_id, "terms": terms}
+    return found
+
+
+def audit_release(
+    project: str,
+    release: str,
+    store_url: str | None = None,
+    *,
+    sample: int | None = None,
+    seed: int | None = None,
+    record_audit: bool = True,
+) -> VerificationReport:
+    """The run's gate check: verification records, a listing, and a random sample re-verified.
+
+    See the module docstring for the three checks. ``sample`` is the number of objects read
+    back (None: :func:`sample_size`'s default); ``seed`` fixes the draw (tests), else it is
+    drawn from the system's random source so nobody can tell in advance which objects are read.
+    The report (``mode`` ``sample``) is written on premises and audited, as for
+    :func:`verify_release`; hits name keys, paths and kinds, never values.
+
+    Raises:
+        ReleaseError: the release was never frozen (run it first).
+        ConfigError: the project's secret, the store setting or ``sample`` is wrong.
+    """
+    store = open_store(store_url)
+    prefix = f"{project}/{release}"
+    t0 = time.perf_counter()
+    recipe = _recipe_digest(project, release)
+    hits: list[Hit] = []
+    listed: dict[str, tuple[str, str]] = {}  # object key -> (sha256, study key)
+    parts: dict[str, str] = {}  # study key -> part key
+    for info in store.list(f"{prefix}/parts/"):
+        if not info.key.endswith(".json"):
+            continue
+        part = parse_part(store.get_bytes(info.key))
+        if is_source_part(info.key) or part.get("study") is None:
+            continue
+        study = str(part["study"])
+        parts[study] = info.key
+        problem = _check_record(part, recipe)
+        if problem is not None:
+            hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
+        for row in part["objects"]:
+            listed[row["key"]] = (row["sha256"], study)
+    stored = 0
+    for key in release_objects(store, prefix):
+        if not key.endswith(".dcm"):
+            continue
+        stored += 1
+        if key not in listed:
+            hits.append(Hit(key, "(not in any manifest part)", Reason.OBJECT_NOT_IN_MANIFEST))
+    n = sample_size(len(listed), sample)
+    draw = random.Random(seed) if seed is not None else random.SystemRandom()
+    chosen = sorted(draw.sample(sorted(listed), n)) if n else []
+    studies = sorted({listed[k][1] for k in chosen})
+    dictionary = IdentifierDictionary(retained=load_project(project).scope.retain)
+    missing: set[str] = set()
+    for study in studies:
+        record = read_study_terms(project, release, study)
+        if record is None:
+            missing.add(study)
+        else:
+            dictionary.merge_record(record)
+    for record in _fallback_terms(project, release, missing).values():
+        dictionary.merge_record(record)
+    cross = IdentifierDictionary()
+    for kind, value in load_terms(project):
+        cross.add_shared(kind, value)
+    t1 = time.perf_counter()
+    verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=None, also=[cross])
+    nbytes = 0
+    for key in chosen:
+        try:
+            data = store.get_bytes(key)
+        except FileNotFoundError:
+            hits.append(Hit(key, "(listed but not in the store)", Reason.OBJECT_CHANGED))
+            continue
+        nbytes += len(data)
+        if hashlib.sha256(data).hexdigest() != listed[key][0]:
+            hits.append(Hit(key, "(bytes differ from the manifest part)", Reason.OBJECT_CHANGED))
+        hits.extend(verifier.check_bytes(key, data).hits)
+    # The release's own files that name studies: the sampled studies' parts and the summary.
+    for key in [parts[s] for s in studies] + [release_files(prefix).summary]:
+        if store.exists(key):
+            data = store.get_bytes(key)
+            nbytes += len(data)
+            hits.extend(verifier.check_bytes(key, data).hits)
+    t2 = time.perf_counter()
+    kinds = dict(dictionary.kinds())
+    for kind, count in cross.kinds().items():
+        kinds[kind] = kinds.get(kind, 0) + count
+    report = VerificationReport(
+        project=project,
+        release=release,
+        store=store.url,
+        passed=not hits,
+        objects_checked=len(chosen),
+        bytes_checked=nbytes,
+        dictionary_terms=len(dictionary) + len(cross),
+        dictionary_kinds=dict(sorted(kinds.items())),
+        studies_read=len(studies),
+        headers_read=0,
+        ocr="read once by curation in the stream (not read again)",
+        ocr_objects=0,
+        hits=hits,
+        seconds_dictionary=round(t1 - t0, 3),
+        seconds_search=round(t2 - t1, 3),
+        checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        mode="sample",
+        parts_checked=len(parts),
+        objects_listed=stored,
+        studies_without_terms=len(missing),
+    )
+    _write_report(report, record_audit)
+    return report
+
+
 def require_verified(
     project: str,
     release: str,
     store_url: str | None = None,
     *,
-    ocr: Callable[[Dataset], Any] | None | bool = True,
+    sample: int | None = None,
 ) -> VerificationReport:
-    """The gate: verify, and raise :class:`VerificationFailed` when anything was found."""
-    report = verify_release(project, release, store_url, ocr=ocr)
+    """The gate's check without publishing: raise when :func:`audit_release` found anything.
+
+    Raises:
+        VerificationFailed: a study unverified, an object unlisted or changed, or a hit.
+        ReleaseError: the release was never frozen.
+    """
+    report = audit_release(project, release, store_url, sample=sample)
     if not report.passed:
         raise VerificationFailed(report, report_path(project, release))
     return report
+
+
+def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
+    """What a failed gate does to the store: nothing found wanting stays readable.
+
+    Every ``.dcm`` object the report names (unlisted, changed, or holding an identifier) is
+    deleted, and the release's manifest tables and summary are withdrawn, so no researcher or
+    pull client sees a release to fetch (it was never signed or marked published). The other
+    objects were each verified in the stream before they were stored; they stay for the rerun
+    that resumes the release. Returns the deleted object keys, sorted.
+    """
+    removed = sorted({h.key for h in report.hits if h.key.endswith(".dcm")})
+    for key in removed:
+        store.delete(key)
+    files = release_files(f"{report.project}/{report.release}")
+    for key in (files.manifest_parquet, files.manifest_csv, files.summary):
+        store.delete(key)
+    return removed
 
 
 def gate_release(
@@ -220,27 +473,35 @@ def gate_release(
     release: str,
     store_url: str | None = None,
     *,
-    ocr: Callable[[Dataset], Any] | None | bool = True,
+    sample: int | None = None,
+    seed: int | None = None,
 ) -> VerificationReport:
-    """Verify a built release and publish it only if nothing was found.
+    """Check a built release with :func:`audit_release` and publish it only if all holds.
 
-    On a hit the release's manifest and summary are withdrawn from the store (so no researcher or
-    pull client sees a release to fetch), the report is left on premises, and
-    :class:`VerificationFailed` says where it is. On success the published markers are written.
+    On a failure :func:`block_release` removes what was found and withdraws the manifest and
+    summary; the report is left on premises and :class:`VerificationFailed` says where it is.
+    On success the published markers are written (store and on premises).
+
+    Raises:
+        VerificationFailed: the release is blocked (see :func:`audit_release`).
+        ReleaseError: the release was never frozen.
+        ConfigError: the project's secret, the store setting or ``sample`` is wrong.
     """
     store = open_store(store_url)
-    report = verify_release(project, release, store.url, ocr=ocr)
+    report = audit_release(project, release, store.url, sample=sample, seed=seed)
     if not report.passed:
-        files = release_files(f"{project}/{release}")
-        for key in (files.manifest_parquet, files.manifest_csv, files.summary):
-            store.delete(key)
-        raise VerificationFailed(report, report_path(project, release))
+        report.removed = block_release(store, report)
+        path = report_path(project, release)
+        path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+        raise VerificationFailed(report, path)
     record: dict[str, Any] = {
         "project": project,
         "release": release,
         "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "objects_verified": report.objects_checked,
-        "dictionary_terms": report.dictionary_terms,
+        "studies_verified_in_stream": report.parts_checked,
+        "objects_listed": report.objects_listed,
+        "objects_audited": report.objects_checked,
+        "rules": RULES_VERSION,
         "ocr": report.ocr,
     }
     store.put_bytes(f"{project}/{release}/{MARKER}", json.dumps(record, indent=2).encode())

@@ -57,6 +57,9 @@ class ExtractParams(BaseModel):
     rate_limit: float = Field(default=DEFAULT_RATE_LIMIT, ge=0)
     allowed_hours: str | None = None
     retries: int = Field(default=DEFAULT_RETRIES, ge=0, le=100)
+    # Objects the release gate reads back and verifies again (flows.gate.sample_size); None:
+    # 1,000 or 0.1 %, whichever is larger, at most 20,000.
+    audit_sample: int | None = Field(default=None, ge=0, le=10_000_000)
 
     @field_validator("cluster")
     @classmethod

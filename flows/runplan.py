@@ -18,6 +18,7 @@ from export.manifest import source_part, source_part_key, write_part
 from export.store import open_store
 from flows.work import RunContext
 from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
+from ridl.crossterms import load_terms
 from ridl.errors import ReleaseError
 from ridl.optout import load_optout
 from ridl.projects import Project, Scope, load_project
@@ -186,6 +187,7 @@ def prepare_run(
         limits=limits,
         optout_tokens=tuple(sorted(load_optout(project.id).tokens)),
         curation=json.dumps(project.extra.get("curation") or {}, sort_keys=True, default=str),
+        cross_terms=load_terms(project.id),
     )
     frozen = load_frozen(project.id, release)
     if frozen is not None:

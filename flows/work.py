@@ -1,8 +1,20 @@
-"""Per-study work: fetch, check, de-identify, upload, and record a manifest part.
+"""Per-study work: fetch, check, de-identify, verify, upload, and record a manifest part.
 
 These are plain functions so they can be tested without Prefect and run in any worker process.
 A study is done when its manifest part is in the object store; the part is written last, so a
 study interrupted half way is simply redone, and objects are overwritten with identical bytes.
+
+Verification in the stream: every de-identified object is searched, before it is written to the
+store, for the identifiers of its study (an :class:`export.identifiers.IdentifierDictionary`
+built from every header the worker read for the study, the subject's research ID scoping its
+birth date) and for the project's cross-study terms (staff, institution, department and station
+names met in other studies, :mod:`ridl.crossterms`), and the text curation's OCR already read in
+its pixels is searched too (never read twice). An object with a hit is quarantined
+(``verification-hit``) and never stored, so nothing reaches any store unverified, and a killed
+run leaves only verified objects behind. The study's part records how it was verified
+(:class:`export.manifest.VerificationRecord`), and the identifiers it was verified against are
+kept on premises (``ridl.releases.write_study_terms``) so the release gate can re-check a sample
+without retrieving anything from the DIR again.
 """
 
 from __future__ import annotations
@@ -28,21 +40,26 @@ from curation.quarantine import quarantine_file
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.engine import identifying_tokens
 from deid_recipes.fastpath import deidentify_to_bytes
+from export.identifiers import RULES_VERSION, ElementMemo, IdentifierDictionary
 from export.manifest import (
     ObjectRow,
+    VerificationRecord,
     part_bytes,
     part_key,
     read_part,
     study_part,
     write_part,
 )
+from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
 from export.store import ObjectStore, open_store, sha256_hex
-from ridl import settings
+from ridl import __version__, settings
 from ridl.catalog import StudyRef
+from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
 from ridl.errors import ObjectRejected
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
+from ridl.releases import write_study_terms
 from ridl.secrets import load_secret
 from ridl.sources.base import StudySource, open_source
 from ridl.sources.hn import subject_from_headers
@@ -80,6 +97,10 @@ class RunContext:
     # take the dataset path. Both give the same bytes; False sends every object through the
     # dataset path (for comparison: tests/test_run_fastpath.py, benchmarks/run_throughput.py).
     fast_path: bool = True
+    # The project's cross-study terms known when the run started ((kind, value) pairs of staff
+    # and place names, ridl.crossterms.load_terms; PHI, at most MAX_TERMS_PER_RUN): carried so
+    # a worker on a cluster needs no shared disk. Each worker grows its own copy as it goes.
+    cross_terms: tuple[tuple[str, str], ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -89,7 +110,8 @@ class RunContext:
 
 @dataclass
 class StudyOutcome:
-    """What one study's work did: counts by outcome and reason, never a header value."""
+    """What one study's work did: counts by reason, IOCM retractions, review IDs, and its
+    stream verification record (counts only, no PHI)."""
 
     study_key: str
     skipped: bool = False
@@ -101,6 +123,7 @@ class StudyOutcome:
     # earlier release published them before the rejection reached the DIR.
     iocm_rejected: list[str] = field(default_factory=list)
     review: set[str] = field(default_factory=set)
+    verification: VerificationRecord | None = None
 
 
 class BatchTally(TypedDict):
@@ -178,7 +201,13 @@ class Worker:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.keys = Pseudonymizer(load_secret(ctx.project))
-        self.engine = Engine(load_recipe(ctx.recipe), self.keys, retain=ctx.retain)
+        recipe = load_recipe(ctx.recipe)
+        self.recipe_digest = str(recipe.digest)
+        self.engine = Engine(recipe, self.keys, retain=ctx.retain)
+        self.known = KnownTerms(ctx.project, ctx.cross_terms)
+        # Header elements met in earlier studies are not parsed again for the dictionary.
+        self.memo = ElementMemo()
+        self._cross: IdentifierDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
         self.optout = load_optout(ctx.project, ctx.optout_tokens)
@@ -197,6 +226,27 @@ class Worker:
         """The study's subject key and its research ID and date shift (days) in this project."""
         key = SubjectKey(study.health_number, study.issuer, study.patient_id)
         return key, SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
+
+    def cross_dictionary(self) -> IdentifierDictionary:
+        """The cross-study terms this worker knows, compiled once and grown in place."""
+        if self._cross is None:
+            self._cross = IdentifierDictionary(retained=self.ctx.retain)
+            for kind, value in self.known.pairs():
+                self._cross.add_shared(kind, value)
+        return self._cross
+
+    def learn(self, site: str, dictionary: IdentifierDictionary) -> None:
+        """Grow the cross-study terms with what one study's headers named (staff, places)."""
+        before = len(self.known)
+        fresh = [pair for pair in sorted(dictionary.shared) if pair not in self.known]
+        self.known.learn(site, sorted(dictionary.shared))
+        cross = self.cross_dictionary()
+        cross.equipment.update(dictionary.equipment)  # R6 holds across studies too
+        if fresh and before + len(fresh) > MAX_TERMS_PER_RUN:
+            self._cross = None  # evicted: rebuilt from the bounded copy on next use
+            return
+        for kind, value in fresh:
+            cross.add_shared(kind, value)
 
 
 @lru_cache(maxsize=4)
@@ -266,6 +316,7 @@ def process_study(
         excluded=outcome.excluded,
         quarantined=outcome.quarantined,
         iocm_rejected=outcome.iocm_rejected,
+        verification=outcome.verification or _record(worker, IdentifierDictionary(), 0),
     )
     write_part(worker.store, part_key, part)
     return outcome
@@ -295,6 +346,20 @@ def _process_files(
     _, subject = worker.subject(study)
     if worker.engine.uses_clean:  # names and institutions of the whole study are cleaned away
         subject = replace(subject, identifying=_study_tokens(headers.values()))
+    # The study's identifiers, from every header the worker read (no second retrieval), kept on
+    # premises for the release gate, then the project's cross-study terms beside them.
+    dictionary = IdentifierDictionary(retained=ctx.retain, memo=worker.memo)
+    for header in headers.values():
+        dictionary.add_header(header, subject.research_id, subject.shift_days)
+    write_study_terms(
+        ctx.project,
+        ctx.release,
+        outcome.study_key,
+        {"site": study.issuer, "research_id": subject.research_id, **dictionary.to_record()},
+    )
+    cross = worker.cross_dictionary()
+    verifier = Verifier(dictionary, ocr=None, also=[cross])
+    scanned = scanned_bytes = hits = ocr_objects = 0
     rejected = rejected_instances(headers.values())
     eligible: dict[Path, Dataset] = {}
     for path, header in headers.items():
@@ -325,7 +390,7 @@ def _process_files(
             _quarantine(worker, study, path, outcome, curated.reason, curated.detail)
             continue
         try:
-            ds, data = _deidentify(worker, path, curated, subject)
+            ds, data, fast = _deidentify(worker, path, curated, subject)
         except ObjectRejected as rej:
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
             continue
@@ -339,6 +404,26 @@ def _process_files(
             f"{ctx.prefix}/{subject.research_id}/{ds.StudyInstanceUID}/"
             f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
         )
+        # Verified before it is stored: a hit keeps the object on premises, never in the store.
+        checked = verifier.check_bytes(
+            key,
+            data,
+            text_end=pixel_data_start(data) if fast else None,
+            pixel_text=curated.pixel_text if curated.ocr_ran else None,
+        )
+        scanned += 1
+        scanned_bytes += len(data)
+        ocr_objects += int(curated.ocr_ran)
+        if checked.hits:
+            hits += 1
+            reason = (
+                Reason.UNVERIFIABLE_OBJECT
+                if any(h.kind == UNVERIFIABLE for h in checked.hits)
+                else Reason.VERIFICATION_HIT
+            )
+            where = "; ".join(sorted({f"{h.path} holds a {h.kind}" for h in checked.hits}))
+            _quarantine(worker, study, path, outcome, reason, where[:500])
+            continue
         worker.store.put_bytes(key, data)
         rows.append(
             ObjectRow(
@@ -358,6 +443,17 @@ def _process_files(
         outcome.exported += 1
         outcome.bytes += len(data)
     rows.sort(key=lambda r: r["key"])
+    outcome.verification = _record(
+        worker,
+        dictionary,
+        len(cross),
+        objects=scanned,
+        nbytes=scanned_bytes,
+        hits=hits,
+        ocr_objects=ocr_objects,
+        cross=cross,
+    )
+    worker.learn(study.issuer, dictionary)
     return rows
 
 
@@ -377,10 +473,40 @@ def _study_tokens(headers: Iterable[Dataset]) -> frozenset[str]:
     return frozenset(tokens)
 
 
+def _record(
+    worker: Worker,
+    dictionary: IdentifierDictionary,
+    cross_terms: int,
+    *,
+    objects: int = 0,
+    nbytes: int = 0,
+    hits: int = 0,
+    ocr_objects: int = 0,
+    cross: IdentifierDictionary | None = None,
+) -> VerificationRecord:
+    """The study's verification record: what was searched, with which terms and rules."""
+    terms = Counter(dictionary.kinds())
+    if cross is not None:
+        terms.update(cross.kinds())
+    return VerificationRecord(
+        passed=True,  # objects with a hit were quarantined: every stored object is clean
+        objects=objects,
+        bytes=nbytes,
+        hits=hits,
+        terms=dict(sorted(terms.items())),
+        cross_study_terms=cross_terms,
+        ocr_objects=ocr_objects,
+        engine=__version__,
+        rules=RULES_VERSION,
+        recipe=worker.recipe_digest,
+    )
+
+
 def _deidentify(
     worker: Worker, path: Path, curated: Curated, subject: SubjectContext
-) -> tuple[Dataset, bytes]:
-    """The de-identified object: a dataset naming it and its bytes.
+) -> tuple[Dataset, bytes, bool]:
+    """The de-identified object: a dataset naming it, its bytes, and whether the fast path
+    wrote them (then the pixel data is the object's last element).
 
     An object curation did not change goes by the fast path when the run allows it; the fast
     path answers None for what it does not take, and then the dataset curation read is
@@ -389,13 +515,13 @@ def _deidentify(
     if worker.ctx.fast_path and not curated.pixels_changed:
         done = deidentify_to_bytes(worker.engine, lambda _header: subject, path)
         if done is not None:
-            return done[0], done[2]
+            return done[0], done[2], True
     ds = curated.dataset
     assert ds is not None  # the caller quarantines an export without a dataset
     worker.engine.apply(ds, subject)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return ds, buffer.getvalue()
+    return ds, buffer.getvalue(), False
 
 
 def _quarantine(

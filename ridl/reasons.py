@@ -108,6 +108,12 @@ class Reason(enum.StrEnum):
         "text was still found after the detected boxes were blanked "
         '(`burned_in_text = "redact"`; held for review)',
     )
+    VERIFICATION_HIT = (
+        "verification-hit",
+        "quarantine",
+        "stream verification found an identifier of the study, or a staff, institution or "
+        "station name, in the de-identified object: it is never stored",
+    )
     BURNED_IN_UNVERIFIED = (
         "burned-in-unverified",
         "quarantine",
@@ -260,6 +266,22 @@ class Reason(enum.StrEnum):
         "unverifiable-object",
         "verification",
         "a stored .dcm object is not DICOM or cannot be parsed: not shown clean",
+    )
+    UNVERIFIED_STUDY = (
+        "unverified-study",
+        "verification",
+        "a study's manifest part has no passing verification record made with the current "
+        "recipe and dictionary rules",
+    )
+    OBJECT_NOT_IN_MANIFEST = (
+        "object-not-in-manifest",
+        "verification",
+        "a stored .dcm object no manifest part lists (it bypassed stream verification); removed",
+    )
+    OBJECT_CHANGED = (
+        "object-changed",
+        "verification",
+        "a sampled object's bytes differ from the SHA-256 its manifest part recorded; removed",
     )
 
     # --- retraction: removed from an earlier, published release ---------------------------------

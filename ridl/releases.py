@@ -8,6 +8,10 @@ selection carries the patient couplet), so it never leaves the research office::
     <project>/<release>/run.json           the parameters the release was frozen with (RunRecord)
     <project>/<release>/selection.parquet  the studies chosen, frozen once
     <project>/<release>/verification.json  the PHI gate's report (keys and attribute paths only)
+    <project>/<release>/terms/<xx>/<study key>.json
+                                           the identifiers a study was verified against in the
+                                           stream (PHI; files 0600, folders 0700), so the gate
+                                           re-derives a sampled study's without the DIR
     <project>/<release>/published.json     written once the release passed the gate and was
                                            published, with a fingerprint of the project secret
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +138,58 @@ def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | 
 def report_path(project: str, release: str) -> Path:
     """Where the PHI gate writes its report for the release (on premises)."""
     return release_dir(project, release) / REPORT_NAME
+
+
+# --- the identifiers each study was verified against --------------------------------------------
+
+
+def study_terms_path(project: str, release: str, study_key: str) -> Path:
+    """Where the per-study work keeps the identifiers it verified a study against.
+
+    ``study_key`` is the study's key in the release (its de-identified Study Instance UID);
+    files are spread over 256 folders by the first two hex digits of the key's SHA-256.
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    shard = hashlib.sha256(study_key.encode()).hexdigest()[:2]
+    return release_dir(project, release) / "terms" / shard / f"{study_key}.json"
+
+
+def write_study_terms(project: str, release: str, study_key: str, record: dict[str, Any]) -> None:
+    """Keep a study's identifiers (PHI) on premises, owner-only, written whole or not at all.
+
+    ``record`` is JSON-ready (``flows.work`` writes the study's dictionary record and site).
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    path = study_terms_path(project, release, study_key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:  # the first study of its shard: make the folders, owner-only
+        for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(record, out, ensure_ascii=False, sort_keys=True)
+    tmp.replace(path)
+
+
+def read_study_terms(project: str, release: str, study_key: str) -> dict[str, Any] | None:
+    """A study's identifiers as :func:`write_study_terms` kept them, or None when absent
+    (the study ran on a worker without this disk, or before terms were kept).
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    path = study_terms_path(project, release, study_key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # --- published markers --------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_secret_change_after_publishing_is_refused_and_never_shown(
     process_batch(plan.ctx, plan.studies)
     store = LocalStore(tmp_path / "s")
     build_manifest(store, plan.ctx.prefix, len(plan.studies), project.id, "r1")
-    report = gate_release(project.id, "r1", store.url, ocr=False)
+    report = gate_release(project.id, "r1", store.url)
     assert report.passed
     with pytest.raises(ConfigError, match="published release") as refused:
         secrets.change_secret(project.id)

@@ -1,0 +1,333 @@
+"""Verification in the stream and the gate that does not grow with the release.
+
+Each object is verified before it is stored; staff names learned in one study are searched in
+the others; the gate re-reads only a sample, catches what bypassed the stream, and retrieves
+nothing from the DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from curation.quarantine import list_quarantine
+from export.identifiers import ElementMemo, IdentifierDictionary
+from export.local import LocalStore
+from export.manifest import build_manifest, read_part
+from export.phi_scan import Verifier, pixel_data_start
+from flows.gate import VerificationFailed, audit_release, gate_release, sample_size
+from flows.runplan import prepare_run
+from flows.work import process_batch, worker_for
+from ridl.crossterms import MAX_TERMS_PER_SITE, load_terms, record_terms, site_file
+from ridl.projects import Project, Scope, create_project
+from ridl.releases import read_study_terms, release_is_published
+from ridl.synth import SynthReport
+from tests.conftest import SITES
+
+
+def _retaining_project(project_id: str) -> Project:
+    today = dt.date.today()
+    project = Project(
+        id=project_id,
+        reb_number="REB-7",
+        title="t",
+        pi="p",
+        approved=today - dt.timedelta(days=1),
+        expires=today + dt.timedelta(days=10),
+        scope=Scope(
+            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("StudyDescription",)
+        ),
+    )
+    create_project(project)
+    return project
+
+
+def _ct_studies(synth: SynthReport) -> dict[str, list[Path]]:
+    """CT studies of the synthetic DIR: {Study Instance UID: files}, one study per patient."""
+    studies: dict[str, list[Path]] = {}
+    patients: dict[str, str] = {}
+    for path in synth.files:
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if ds.get("Modality") != "CT":
+            continue
+        uid, pid = str(ds.StudyInstanceUID), str(ds.PatientID)
+        if patients.setdefault(pid, uid) == uid:
+            studies.setdefault(uid, []).append(path)
+    return studies
+
+
+def test_a_staff_name_learned_in_one_study_is_caught_in_another(
+    synth_dir: SynthReport, tmp_path: Path
+) -> None:
+    project = _retaining_project("staff")
+    studies = _ct_studies(synth_dir)
+    (uid_a, files_a), (uid_b, files_b) = list(studies.items())[:2]
+    root = tmp_path / "dir"
+    root.mkdir()
+    # Study A names its referring physician in its headers; study B names someone else there,
+    # but a retained description mentions A's physician, as free text does.
+    for i, path in enumerate(files_a + files_b):
+        ds = dcmread(path)
+        if str(ds.StudyInstanceUID) == uid_a:
+            ds.StudyDescription = "CT exam"
+        else:
+            ds.ReferringPhysicianName = "Other^Doctor"
+            ds.StudyDescription = "CT exam, seen by Dr Welby"
+        ds.save_as(root / f"{i}.dcm")
+    source = f"folder:{root}"
+
+    def run(release: str, order: list[str]) -> dict[str, tuple[int, int]]:
+        """{study UID: (objects exported, objects held as verification-hit)}."""
+        worker_for.cache_clear()
+        plan = prepare_run(project.id, release, source, f"file:{tmp_path / 'store'}")
+        by_uid = {s.study_uid: s for s in plan.studies}
+        done: dict[str, tuple[int, int]] = {}
+        for uid in order:
+            counts = process_batch(plan.ctx, [by_uid[uid]])
+            done[uid] = (counts.exported, counts.quarantined.get("verification-hit", 0))
+        return done
+
+    # Alone, study B is not caught: nothing in its own headers names Welby.
+    exported, held = run("r1", [uid_b])[uid_b]
+    assert exported > 0 and held == 0
+    # The worker learns Welby from A and grows its own copy: B, next, is caught.
+    assert run("r2", [uid_a, uid_b])[uid_b] == (0, exported)
+    # A later run starts with what earlier runs learned (carried in its run context).
+    worker_for.cache_clear()
+    plan = prepare_run(project.id, "r3", source, f"file:{tmp_path / 'store'}")
+    assert ("staff", "Welby^Marcus") in plan.ctx.cross_terms
+    assert run("r3", [uid_b])[uid_b] == (0, exported)
+    held = [r for r in list_quarantine(project.id, "r3") if r.reason == "verification-hit"]
+    assert held and all("StudyDescription holds a staff" in r.detail for r in held)
+    assert "Welby" not in json.dumps([r.detail for r in held])
+    # The terms file is on premises only, owner-only.
+    path = site_file(project.id, synth_dir.registrations[0].issuer)
+    files = list(path.parent.glob("*.jsonl"))
+    assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
+
+
+def test_cross_study_terms_are_bounded_least_recently_seen_first(ridl_home: Path) -> None:
+    record_terms("p", "SITE-A", [("staff", f"Name{i:05d}^X") for i in range(MAX_TERMS_PER_SITE)])
+    record_terms("p", "SITE-A", [("staff", "Name00000^X"), ("place", "Hopital Neuf")])
+    terms = load_terms("p")
+    assert len(terms) == MAX_TERMS_PER_SITE
+    assert ("staff", "Name00001^X") not in terms, "the least recently seen is evicted"
+    assert terms[-2:] == (("staff", "Name00000^X"), ("place", "Hopital Neuf"))
+
+
+def _build(project_id: str, source: str, store_root: Path) -> tuple[LocalStore, str]:
+    plan = prepare_run(project_id, "r1", source, f"file:{store_root}")
+    process_batch(plan.ctx, plan.studies)
+    store = LocalStore(store_root)
+    build_manifest(store, plan.ctx.prefix, len(plan.studies), project_id, "r1")
+    return store, plan.ctx.prefix
+
+
+def test_every_part_records_its_verification(synth_dir, project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, prefix = _build(project.id, f"folder:{synth_dir.root}", tmp_path / "store")
+    parts = [
+        read_part(store, i.key) for i in store.list(f"{prefix}/parts/") if "_source" not in i.key
+    ]
+    assert parts
+    for part in parts:
+        assert part is not None
+        record = part["verification"]
+        assert record["passed"] and record["objects"] == len(part["objects"])
+        assert record["rules"] and len(record["recipe"]) == 64
+        assert {"name", "identifier"} <= set(record["terms"])
+        assert read_study_terms(project.id, "r1", str(part["study"])) is not None
+
+
+def test_the_sample_audit_catches_an_object_written_around_the_stream(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    store, prefix = _build(project.id, f"folder:{synth_dir.root}", tmp_path / "store")
+    first = next(i.key for i in store.list(prefix + "/") if i.key.endswith(".dcm"))
+    research_id = first.split("/")[2]
+    # Written straight into the store: a copy of the source object, never de-identified.
+    source = next(p for p in synth_dir.files if p.read_bytes()[128:132] == b"DICM")
+    bypass = f"{prefix}/{research_id}/1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+    store.put_bytes(bypass, source.read_bytes())
+    with pytest.raises(VerificationFailed) as failed:
+        gate_release(project.id, "r1", store.url)
+    report = failed.value.report
+    assert (bypass, "(not in any manifest part)") in [(h.key, h.path) for h in report.hits]
+    assert not store.exists(bypass), "the object is removed"
+    assert store.exists(first), "verified objects stay for the rerun"
+    assert not store.exists(f"{prefix}/summary.json") and not release_is_published(project.id, "r1")
+
+
+def test_a_part_without_a_current_verification_record_blocks(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    store, prefix = _build(project.id, f"folder:{synth_dir.root}", tmp_path / "store")
+    key = next(i.key for i in store.list(f"{prefix}/parts/") if "_source" not in i.key)
+    part = json.loads(store.get_bytes(key))
+    part["verification"]["rules"] = "older-rules"
+    store.put_bytes(key, json.dumps(part).encode())
+    report = audit_release(project.id, "r1", store.url, sample=0)
+    assert [(h.key, h.kind) for h in report.hits] == [(key, "unverified-study")]
+
+
+def _dated_header(study_date: str, acquisition_date: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.PatientName = "Doe^Jane"
+    ds.StudyDate, ds.AcquisitionDate = study_date, acquisition_date
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    return dcmread(io.BytesIO(buffer.getvalue()), force=True)  # raw elements, as a worker reads
+
+
+def test_date_coincidences_survive_the_element_memo_and_the_kept_record() -> None:
+    # A worker's dictionaries share remembered elements; the second study replays them, and the
+    # gate rebuilds a sampled study's dictionary from its kept record: each keeps R5's rule that
+    # a subject's date equal to another of its dates moved by its shift is a coincidence.
+    memo = ElementMemo()
+    for research_id in ("RID-A", "RID-B"):  # the second reads the same elements from the memo
+        dictionary = IdentifierDictionary(memo=memo)
+        dictionary.add_header(_dated_header("20200101", "20200111"), research_id, 10)
+        dictionary.automaton()
+        term = dictionary.terms["20200111"]
+        assert term.date and term.owners == {research_id} and term.coincident == {research_id}
+        assert dictionary.terms["20200101"].coincident == set()
+    rebuilt = IdentifierDictionary()
+    rebuilt.merge_record(json.loads(json.dumps(dictionary.to_record())))
+    term = rebuilt.terms["20200111"]
+    assert term.date and term.owners == {"RID-B"} and term.coincident == {"RID-B"}
+
+
+def test_the_raw_prefilter_finds_a_date_held_in_a_dt_value() -> None:
+    # The stream searches a fast-path object's header bytes raw first; a DT value holds the
+    # date followed by its time (R3's exception), which that first look must not miss.
+    source = _dated_header("20200101", "20200111")
+    source.AcquisitionDateTime = "20200105093000"
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(source, "RID-A", 10)
+    out = Dataset()
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    out.SOPInstanceUID = "2.25.1"
+    out.PatientID = "RID-A"
+    out.AcquisitionDateTime = "20200105093000"  # the original value, left unshifted
+    out.Rows = out.Columns = 2
+    out.BitsAllocated, out.BitsStored, out.HighBit = 8, 8, 7
+    out.SamplesPerPixel, out.PixelRepresentation = 1, 0
+    out.PhotometricInterpretation = "MONOCHROME2"
+    out.PixelData = b"\0\0\0\0"
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=pixel_data_start(data))
+    assert [(h.path, h.kind) for h in checked.hits] == [("AcquisitionDateTime", "encounter-date")]
+
+
+def test_sample_size_default_and_bounds() -> None:
+    assert sample_size(500) == 500
+    assert sample_size(7_681) == 1_000
+    assert sample_size(5_000_000) == 5_000
+    assert sample_size(400_000_000) == 20_000
+    assert sample_size(10_000, 50) == 50
+
+
+_RUN = """
+import sys
+from flows.runplan import prepare_run
+from flows.work import process_batch
+plan = prepare_run(sys.argv[1], "r1", sys.argv[2], sys.argv[3])
+for study in plan.studies:
+    process_batch(plan.ctx, [study])
+print("done", flush=True)
+"""
+
+
+def test_a_killed_run_leaves_only_verified_objects(
+    synth_dir,
+    project,
+    ridl_home: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    store_root = tmp_path / "store"
+    env = {**os.environ, "RIDL_HOME": str(ridl_home), "PYTHONPATH": os.getcwd()}
+    args = [sys.executable, "-c", _RUN, project.id, f"folder:{synth_dir.root}"]
+    proc = subprocess.Popen([*args, f"file:{store_root}"], env=env, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(store_root.rglob("*.dcm"))) >= 10:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    objects = list(store_root.rglob("*.dcm"))
+    assert objects, "the run was killed after it stored some objects"
+    # Every object that is readable was verified against its study's identifiers first: the
+    # terms it was verified against were kept before it was stored, and it holds none of them.
+    from export.identifiers import IdentifierDictionary
+
+    for path in objects:
+        data = path.read_bytes()
+        study = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+        record = read_study_terms(project.id, "r1", study)
+        assert record is not None, "terms are kept before any object of the study is stored"
+        dictionary = IdentifierDictionary()
+        dictionary.merge_record(record)
+        assert Verifier(dictionary).check_bytes(path.name, data).hits == []
+    shutil.rmtree(store_root, ignore_errors=True)
+
+
+def _retrieval_metrics(url: str) -> dict[str, str]:
+    """Orthanc's Prometheus metrics of retrievals (C-GET, C-MOVE, C-FIND, REST incl. WADO):
+    {metric: timestamp of its last update}; a request of that kind changes its timestamp."""
+    text = requests.get(f"{url}/tools/metrics-prometheus", timeout=10).text
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and any(k in parts[0] for k in ("get_scp", "move_scp", "find_scp")):
+            found[parts[0]] = parts[2]
+    return found
+
+
+def test_the_gate_of_a_dimse_release_retrieves_nothing_from_the_dir(
+    synth_dir,
+    orthanc,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from ridl.sources.protect import ArchiveLimits
+
+    limits = ArchiveLimits(rate_limit=0, backoff_s=0.01)
+    plan = prepare_run(
+        project.id, "r1", orthanc.dimse_url("get"), f"file:{tmp_path / 's'}", limits=limits
+    )
+    before_run = _retrieval_metrics(orthanc.url)
+    process_batch(plan.ctx, plan.studies)
+    store = LocalStore(tmp_path / "s")
+    build_manifest(store, plan.ctx.prefix, len(plan.studies), project.id, "r1")
+    before_gate = _retrieval_metrics(orthanc.url)
+    assert before_gate != before_run, "the probe sees the run's C-GET retrievals"
+    report = gate_release(project.id, "r1", store.url)
+    assert report.passed, report.render()
+    assert report.objects_checked > 0 and report.studies_without_terms == 0
+    assert _retrieval_metrics(orthanc.url) == before_gate, "no C-GET, C-MOVE, C-FIND or WADO"
