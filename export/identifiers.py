@@ -30,7 +30,9 @@ R7  matching ignores ASCII case;
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
-    are ignored (the OCR step reads the text in pixels).
+    are ignored (the OCR step reads the text in pixels);
+R11 a value equal to one of ridl's own dummies (``OWN_VALUES``: what the PS3.15 "D" action
+    writes) is not searched: every de-identified object may carry it, whoever the patient.
 
 Engines floor (``export/``): one of the three parts of the PHI gate, with :mod:`export.phi_scan`
 (the byte scan) and :mod:`export.verification` (the report); ``flows.gate`` builds the dictionary
@@ -148,6 +150,9 @@ _COMMON = """
 # The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
 # a patient named "Text" must not block every release whose parts say "burned-in-text".
 COMMON_WORDS = frozenset(_COMMON.split())
+# R11: the dummy values de-identification writes (deid_recipes.engine.DUMMY_BY_VR and the text
+# dummy ANON), lower case; tests/test_verify.py keeps this list equal to the engine's.
+OWN_VALUES = frozenset({"anon", "anonymous", "19000101", "000000", "19000101000000", "000d", "0"})
 
 _DIGITS = re.compile(r"^[\d\s\-./()+]+$")
 _UIDLIKE = re.compile(r"^[\d.]+$")
@@ -391,7 +396,7 @@ class IdentifierDictionary:
         ``owner`` is the research ID of a birth date (R5). The compiled automata are dropped.
         """
         value = _norm(value)
-        if not value:
+        if not value or value.lower() in OWN_VALUES:  # R11
             return
         term = self.terms.setdefault(value, Term())
         term.merge(kind, name_only, owner)
