@@ -144,6 +144,7 @@ INSTITUTION_CODE_SEQUENCE = 0x00080082
 CODE_MEANING = 0x00080104
 _TOKEN_SPLIT = re.compile(r"([^0-9A-Za-z\u00c0-\uffff]+)")
 _DIGITS = re.compile(r"\d")
+_WORD = re.compile(r"[0-9A-Za-z\u00c0-\uffff]")
 
 
 class DeidError(ObjectRejected):
@@ -657,29 +658,35 @@ def _elements(ds: Dataset) -> MutableMapping[int, Any]:
 
 
 def _emptied(before: object, after: object) -> bool:
-    """Whether a change took a value with content to one without (None, empty, all blank)."""
+    """Whether a change took a value with content (a letter or digit) to one without (None,
+    empty, or punctuation only, such as the ``^`` left of a name whose components went)."""
 
     def blank(value: object) -> bool:
         values = value if isinstance(value, MultiValue | list) else [value]
-        return all(v is None or not str(v).strip(" \x00") for v in values)
+        return not any(_WORD.search(str(v)) for v in values if v is not None)
 
     return not blank(before) and blank(after)
 
 
+_SEMANTIC_TAG = re.compile(r"\s+\([^()]*\)$")
 # Coding schemes whose concepts pydicom ships (PS3.16 Annex D and the resources it draws on).
 STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
 
 
 @cache
 def _standard_meanings() -> dict[tuple[str, str], frozenset[str]]:
-    """{(coding scheme designator, code value): its meanings} from pydicom's PS3.16 tables."""
+    """{(coding scheme designator, code value): its meanings, case-folded} from pydicom's PS3.16
+    tables; a SNOMED CT meaning is also held without its semantic tag ("Lung structure (body
+    structure)" and "Lung structure")."""
     table: dict[tuple[str, str], set[str]] = {}
     try:
         from pydicom.sr.codedict import Collection
 
         for scheme in STANDARD_SCHEMES:
             for code in Collection(scheme).concepts.values():
-                table.setdefault((scheme, str(code.value)), set()).add(str(code.meaning))
+                meaning = str(code.meaning).casefold()
+                meanings = table.setdefault((scheme, str(code.value)), set())
+                meanings.update({meaning, _SEMANTIC_TAG.sub("", meaning)})
     except Exception:  # no table: every Code Meaning of cleaned content is treated as text
         return {}
     return {key: frozenset(meanings) for key, meanings in table.items()}
@@ -689,7 +696,7 @@ def _standard_meaning(item: Dataset) -> bool:
     """Whether the Code Meaning of a code item is the standard meaning of its code.
 
     True when Coding Scheme Designator is one of :data:`STANDARD_SCHEMES` and Code Meaning
-    equals (exactly, padding stripped) a meaning PS3.16 gives that Code Value, as pydicom's
+    equals (ignoring case and padding) a meaning PS3.16 gives that Code Value, as pydicom's
     tables hold it: standard vocabulary, the same for every patient, so it identifies no one
     and is kept inside dummied or cleaned content. A local scheme (``99...``) or a meaning
     written differently stays text (dummied or cleaned).
@@ -702,7 +709,7 @@ def _standard_meaning(item: Dataset) -> bool:
         return False
     if scheme not in STANDARD_SCHEMES or not code or not meaning:
         return False
-    return meaning in _standard_meanings().get((scheme, code), frozenset())
+    return meaning.casefold() in _standard_meanings().get((scheme, code), frozenset())
 
 
 def _mode_default(vr: str, mode: str) -> tuple[str, str | None]:
