@@ -763,8 +763,8 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
     PNAME and of Participant Sequence items, PS3.3 C.17.2 and C.17.3), the Code Meaning of
     Institution Code Sequence items, and the Text Value of content items whose concept names a
     person, an organisation or a device (:data:`ridl.identity.IDENTIFYING_CONCEPTS`: Person
-    Observer's Organization Name and others of PS3.16 TID 1003, 1004, 1020, 1021). A sequence whose framing is broken is not read here
-    (de-identifying it refuses the object).
+    Observer's Organization Name and others of PS3.16 TID 1003, 1004, 1020, 1021). A sequence
+    whose framing is broken is not read here (de-identifying it refuses the object).
 
     Args:
         ds: the top-level data set.

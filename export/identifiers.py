@@ -21,8 +21,9 @@ R4  name components and private-tag values that are common words (``COMMON_WORDS
     when they are found in a person-name (PN) attribute;
 R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
     every DA / DT form: ranges, several values, DT, and written for people: with ``-``, ``/`` or
-    ``.``, day or month first, 2-digit years, month names; see :func:`written_dates`) blocks when found in an object of the same research subject, or in a non-date attribute;
-    the same date in a date attribute of another subject is a coincidence, and so is, in the
+    ``.``, day or month first, 2-digit years, month names; see :func:`written_dates`) blocks
+    when found in an object of the same research subject, or in a non-date attribute; the same
+    date in a date attribute of another subject is a coincidence, and so is, in the
     subject's own date attributes, an original date that equals another of its dates moved by
     its date shift;
 R6  private-tag, institution and station values that are UIDs, or equal to a public
@@ -524,9 +525,12 @@ class IdentifierDictionary:
                 continue
             if tag in BULK_TAGS:
                 continue
-            if (named is not None and tag == TEXT_VALUE) or (institution and tag == CODE_MEANING):
+            held = Named.ORGANIZATION if institution and tag == CODE_MEANING else None
+            if named is not None and tag == TEXT_VALUE:
+                held = named
+            if held is not None:
                 if keyword not in self.retained:  # R9
-                    self._named(ds, tag, Named.ORGANIZATION if institution else named, private)
+                    self._named(ds, tag, held, private)
                 continue
             wanted = (
                 tag.is_private
@@ -591,7 +595,9 @@ class IdentifierDictionary:
                 if keyword in EQUIPMENT_KEYWORDS:
                     self.equipment.update(_norm(v).lower() for v in values)
 
-    def _named(self, ds: Dataset, tag: BaseTag, named: Named, private: list[tuple[str, str]]) -> None:
+    def _named(
+        self, ds: Dataset, tag: BaseTag, named: Named, private: list[tuple[str, str]]
+    ) -> None:
         """Terms of a value that names a person (``name``, R1, R4), an identifier, or an
         organisation or device (``institution-or-station``, checked like private values, R6)."""
         try:

@@ -314,9 +314,7 @@ def test_the_gate_searches_original_dates_in_written_forms(written: str) -> None
     ]
     birth = {"Jul 23 2019": "Jan 2 1960", "23 July 2019": "2 January 1960"}.get(written)
     if birth:
-        assert _hits(v, _output(ImageComments=f"born {birth}")) == [
-            ("ImageComments", "birth-date")
-        ]
+        assert _hits(v, _output(ImageComments=f"born {birth}")) == [("ImageComments", "birth-date")]
     # R5: the same date in a date attribute of another subject is a coincidence.
     other = dcmread(io.BytesIO(_output(StudyDate="20190723")))
     other.PatientID = "RS-9"
