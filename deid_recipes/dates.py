@@ -19,6 +19,9 @@ into performed-procedure-step attributes):
 
 A partial date (``YYYY``, ``YYYYMM``, or a DT of that precision) is moved from the middle of the
 period it names (1 July, the 15th) and written back at the same precision.
+
+Free text holds dates too, written for people: :func:`remove_written_dates` takes them out whole
+for func:clean, so no day and month are left behind when the year goes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,74 @@ _DT = re.compile(
 )
 _TM = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?")
 TEMPORAL_VRS = frozenset({"DA", "DT", "TM"})
+
+# Month names and abbreviations, English and French (a trailing dot allowed).
+_MONTH = (
+    r"(?:jan(?:uary|vier|v)?|f(?:e|\u00e9)(?:b(?:ruary)?|vr(?:ier)?)|mar(?:ch|s)?|"
+    r"apr(?:il)?|avr(?:il)?|may|mai|june?|juin|july?|juil(?:let)?|aug(?:ust)?|ao(?:u|\u00fb)t|"
+    r"sept?(?:ember|embre)?|oct(?:ober|obre)?|nov(?:ember|embre)?|"
+    r"d(?:e|\u00e9)c(?:ember|embre)?)\.?"
+)
+_DAY = r"(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th|er)?"
+_EDGE_BEFORE = r"(?<![^\W_])"
+_EDGE_AFTER = r"(?![^\W_])"
+_WRITTEN = re.compile(
+    _EDGE_BEFORE
+    + r"(?:"
+    # YYYY-MM-DD, YYYY/MM/DD, YYYY.MM.DD (one separator throughout)
+    + r"(?P<ymd>\d{4}(?P<s1>[-/.])\d{1,2}(?P=s1)\d{1,2})"
+    # DD/MM/YYYY, MM/DD/YYYY, DD.MM.YYYY, DD-MM-YYYY, and with a 2-digit year
+    + r"|(?P<dmy>(?P<a>\d{1,2})(?P<s2>[-/.])(?P<b>\d{1,2})(?P=s2)(?P<y>\d{4}|\d{2}))"
+    # D Mon YYYY, D-Mon-YY, 23Jul2019, D Month, YYYY; D Mon
+    + rf"|(?P<dmon>{_DAY}[\s-]*(?P<m1>{_MONTH})(?:,?[\s-]*(?P<y1>\d{{4}}|(?<=-)\d{{2}}|'\d{{2}}))?)"
+    # Mon D YYYY, Month D, YYYY; Mon D
+    + rf"|(?P<mond>(?P<m2>{_MONTH})[\s-]*{_DAY}(?:,?[\s-]*(?P<y2>\d{{4}}))?)"
+    # Mon YYYY, YYYY-MM, MM/YYYY (a month of a year)
+    + rf"|(?P<mony>{_MONTH},?[\s-]*\d{{4}})"
+    + r"|(?P<ym>\d{4}[-/.](?:0?[1-9]|1[0-2]))|(?P<my>(?:0?[1-9]|1[0-2])[-/.]\d{4})"
+    + r")"
+    + _EDGE_AFTER,
+    re.IGNORECASE,
+)
+# Month words that are also common words: without a year they are taken for dates only when
+# written with a capital ("May 3", not "may 3").
+_AMBIGUOUS_MONTHS = frozenset({"may", "mar", "march", "mars", "mai", "jun", "sept", "dec"})
+
+
+def _written_date(match: re.Match[str]) -> str:
+    """The replacement of one candidate: ``" "`` for a date, the text itself for a non-date."""
+    if match["dmy"]:
+        a, b = int(match["a"]), int(match["b"])
+        if len(match["y"]) == 2 and not (
+            (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
+        ):
+            return match[0]  # a 2-digit year is a date only when day and month are valid
+        return " "
+    month = match["m1"] if match["dmon"] else match["m2"] if match["mond"] else None
+    year = match["y1"] if match["dmon"] else match["y2"] if match["mond"] else "y"
+    if month is not None and not year and month.rstrip(".") in _AMBIGUOUS_MONTHS:
+        return match[0]  # "may 3", lower case and without a year: not taken for a date
+    return " "
+
+
+def remove_written_dates(text: str) -> str:
+    """``text`` with every date written for people taken out whole (each replaced by a space).
+
+    Forms: ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``; ``DD/MM/YYYY``, ``MM/DD/YYYY``,
+    ``DD.MM.YYYY``, ``DD-MM-YYYY`` (a 2-digit year where day and month are valid in one order);
+    ``D Mon YYYY``, ``D-Mon-YY``, ``Mon D YYYY``, ``Month D, YYYY`` with English or French
+    month names or abbreviations, ordinal days (``23rd``, ``1er``), and without the year
+    (``Jul 23``; a lower-case ``may``, ``mar``... without a year is left); a month of a year
+    (``Jul 2019``, ``2019-07``, ``07/2019``). A date is matched only as a whole word. Digits
+    alone (``YYYYMMDD``) are left to the caller (func:clean removes any token of 4 digits).
+
+    Args:
+        text: free text, already decoded.
+
+    Returns:
+        The text with each date replaced by one space (the caller collapses whitespace).
+    """
+    return _WRITTEN.sub(_written_date, text)
 
 
 def _shift_date(year: str, month: str | None, day: str | None, days: int) -> str | None:
@@ -116,4 +187,4 @@ def shift_temporal(text: str, vr: str, days: int) -> str | None:
     return "\\".join(out)
 
 
-__all__ = ["TEMPORAL_VRS", "shift_temporal"]
+__all__ = ["TEMPORAL_VRS", "remove_written_dates", "shift_temporal"]

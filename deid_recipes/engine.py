@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -42,7 +43,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, UID_dictionary
 
-from deid_recipes.dates import TEMPORAL_VRS, shift_temporal
+from deid_recipes.dates import TEMPORAL_VRS, remove_written_dates, shift_temporal
 from deid_recipes.dicombytes import (
     BINARY_VRS,
     MAX_DEPTH,
@@ -57,10 +58,12 @@ from deid_recipes.iod import (
     keeps_empty_sequence,
     pointer_targets,
     required_action,
+    value_required,
 )
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
 from ridl.errors import ObjectRejected
+from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
 from ridl.reasons import Reason
 
@@ -141,6 +144,7 @@ INSTITUTION_CODE_SEQUENCE = 0x00080082
 CODE_MEANING = 0x00080104
 _TOKEN_SPLIT = re.compile(r"([^0-9A-Za-z\u00c0-\uffff]+)")
 _DIGITS = re.compile(r"\d")
+_WORD = re.compile(r"[0-9A-Za-z\u00c0-\uffff]")
 
 
 class DeidError(ObjectRejected):
@@ -361,6 +365,9 @@ class Engine:
         if SPECIFIC_CHARACTER_SET in elements:
             check_charset(ds)
         private: list[int] = []
+        # A content item whose concept names a person, organisation or device (PS3.16 TID 1003,
+        # 1004, 1020, 1021; ridl.identity): in cleaned content its value is dummied, not cleaned.
+        named = mode == "clean" and content_item_names(ds) is not None
         for tag in list(elements):
             group = tag >> 16
             if group & 1:
@@ -382,6 +389,10 @@ class Engine:
                     name = "REMOVE"
             elif mode and name == "KEEP" and vr in FREE_TEXT_VRS and tag not in CODE_TAGS:
                 name, value = "REPLACE", f"func:{mode}"  # text inside cleaned / dummied content
+            if named and tag in (TEXT_VALUE, PERSON_NAME) and name != "REMOVE":
+                name, value = "REPLACE", "func:dummy"
+            elif mode and tag == CODE_MEANING and name == "REPLACE" and _standard_meaning(ds):
+                name = "KEEP"  # vocabulary of a standard coding scheme, not free text
             if name == "REMOVE":
                 del elements[tag]
                 continue
@@ -465,6 +476,10 @@ class Engine:
             return
         if name == "REPLACE":
             new = self._value(expr or "", vr, elem.value, state, elem)
+            if expr == "func:clean" and _emptied(elem.value, new) and value_required(tag):
+                # Cleaning left nothing of a value the IOD requires (Type 1 / 1C): a dummy, as
+                # func:dummy writes it, never an empty or missing value (deid_recipes.iod).
+                new = self._value("func:dummy", vr, elem.value, state, elem)
             if new is None:
                 del elements[tag]
             else:
@@ -642,6 +657,61 @@ def _elements(ds: Dataset) -> MutableMapping[int, Any]:
     return cast("MutableMapping[int, Any]", ds._dict)
 
 
+def _emptied(before: object, after: object) -> bool:
+    """Whether a change took a value with content (a letter or digit) to one without (None,
+    empty, or punctuation only, such as the ``^`` left of a name whose components went)."""
+
+    def blank(value: object) -> bool:
+        values = value if isinstance(value, MultiValue | list) else [value]
+        return not any(_WORD.search(str(v)) for v in values if v is not None)
+
+    return not blank(before) and blank(after)
+
+
+_SEMANTIC_TAG = re.compile(r"\s+\([^()]*\)$")
+# Coding schemes whose concepts pydicom ships (PS3.16 Annex D and the resources it draws on).
+STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
+
+
+@cache
+def _standard_meanings() -> dict[tuple[str, str], frozenset[str]]:
+    """{(coding scheme designator, code value): its meanings, case-folded} from pydicom's PS3.16
+    tables; a SNOMED CT meaning is also held without its semantic tag ("Lung structure (body
+    structure)" and "Lung structure")."""
+    table: dict[tuple[str, str], set[str]] = {}
+    try:
+        from pydicom.sr.codedict import Collection
+
+        for scheme in STANDARD_SCHEMES:
+            for code in Collection(scheme).concepts.values():
+                meaning = str(code.meaning).casefold()
+                meanings = table.setdefault((scheme, str(code.value)), set())
+                meanings.update({meaning, _SEMANTIC_TAG.sub("", meaning)})
+    except Exception:  # no table: every Code Meaning of cleaned content is treated as text
+        return {}
+    return {key: frozenset(meanings) for key, meanings in table.items()}
+
+
+def _standard_meaning(item: Dataset) -> bool:
+    """Whether the Code Meaning of a code item is the standard meaning of its code.
+
+    True when Coding Scheme Designator is one of :data:`STANDARD_SCHEMES` and Code Meaning
+    equals (ignoring case and padding) a meaning PS3.16 gives that Code Value, as pydicom's
+    tables hold it: standard vocabulary, the same for every patient, so it identifies no one
+    and is kept inside dummied or cleaned content. A local scheme (``99...``) or a meaning
+    written differently stays text (dummied or cleaned).
+    """
+    try:
+        scheme = str(item.get(0x00080102).value or "").strip(" \x00")
+        code = str(item.get(0x00080100).value or "").strip(" \x00")
+        meaning = str(item.get(CODE_MEANING).value or "").strip(" \x00")
+    except Exception:
+        return False
+    if scheme not in STANDARD_SCHEMES or not code or not meaning:
+        return False
+    return meaning.casefold() in _standard_meanings().get((scheme, code), frozenset())
+
+
 def _mode_default(vr: str, mode: str) -> tuple[str, str | None]:
     """Inside a sequence being cleaned or dummied, what an element no rule names becomes."""
     if vr == "SQ":
@@ -658,9 +728,11 @@ def _mode_default(vr: str, mode: str) -> tuple[str, str | None]:
 def clean_text(text: str, identifying: frozenset[str]) -> str:
     """Remove identifying tokens from free text, keep the rest.
 
-    A token goes when it equals (case-insensitively) a token of an identifying value of the same
-    dataset (name components, IDs, health number, accession, institution, dates), or when it
-    carries four or more digits (dates, phone numbers, record numbers of other systems).
+    Dates written for people go whole first (:func:`deid_recipes.dates.remove_written_dates`:
+    ``23/07/2019``, ``2019-07-23``, ``Jul 23 2019``... never a day and month left without their
+    year). Then a token goes when it equals (case-insensitively) a token of an identifying value
+    of the same dataset (name components, IDs, health number, accession, institution, dates), or
+    when it carries four or more digits (dates, phone numbers, record numbers of other systems).
 
     Args:
         text: one value of a free-text VR (LO, LT, SH, ST, UC, UT, PN), already decoded.
@@ -669,7 +741,7 @@ def clean_text(text: str, identifying: frozenset[str]) -> str:
     Returns:
         The remaining text, runs of whitespace collapsed to one space (may be empty).
     """
-    parts = _TOKEN_SPLIT.split(text)
+    parts = _TOKEN_SPLIT.split(remove_written_dates(text))
     out: list[str] = []
     for index, part in enumerate(parts):
         if (
@@ -688,9 +760,11 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
     Read at every depth, without changing ``ds`` (values are converted on the side): the
     attributes of :data:`IDENTIFYING_KEYWORDS` and :data:`INSTITUTION_KEYWORDS`, every
     person name (VR PN: Verifying Observer Name, Person Name of content items of value type
-    PNAME and of Participant Sequence items, PS3.3 C.17.2 and C.17.3), and the Code Meaning of
-    Institution Code Sequence items. A sequence whose framing is broken is not read here
-    (de-identifying it refuses the object).
+    PNAME and of Participant Sequence items, PS3.3 C.17.2 and C.17.3), the Code Meaning of
+    Institution Code Sequence items, and the Text Value of content items whose concept names a
+    person, an organisation or a device (:data:`ridl.identity.IDENTIFYING_CONCEPTS`: Person
+    Observer's Organization Name and others of PS3.16 TID 1003, 1004, 1020, 1021). A sequence
+    whose framing is broken is not read here (de-identifying it refuses the object).
 
     Args:
         ds: the top-level data set.
@@ -713,6 +787,7 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
     def walk(level: Dataset, depth: int, institution: bool) -> None:
         if depth > MAX_DEPTH:
             return
+        named = depth > 0 and content_item_names(level) is not None
         for tag, raw in list(_elements(level).items()):
             tag = int(tag)
             vr = raw.VR
@@ -725,7 +800,7 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
                 for item in _sequence_items(level, raw):
                     walk(item, depth + 1, tag == INSTITUTION_CODE_SEQUENCE)
                 continue
-            wanted = vr == "PN" or tag in _IDENTIFYING_TAGS
+            wanted = vr == "PN" or tag in _IDENTIFYING_TAGS or (named and tag == TEXT_VALUE)
             if not wanted and not (institution and tag == CODE_MEANING):
                 continue
             try:

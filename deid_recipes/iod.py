@@ -9,6 +9,7 @@ anything that identifies someone:
   keeps its structure with every free text, date and name in it dummied) - never with its value.
   :data:`REQUIRED` lists those attributes, each with its PS3.3 source; the technical ones that
   identify no one are kept as they are by the ``ridl-safe-public`` recipe instead;
+* a Type 1 / 1C value that func:clean leaves empty (:func:`value_required`) becomes a dummy;
 * a sequence the plan blanks is removed unless :data:`REQUIRED` says Type 2: a Type 3 sequence
   written with zero items is an error (PS3.5 7.5.3 allows it only where the IOD makes it Type 2);
 * a pointer is never left naming an attribute the plan removed: a value of Frame Increment
@@ -90,10 +91,39 @@ REQUIRED_KEYWORDS: dict[str, int] = {
     "SpecimenIdentifier": 1,
     "IssuerOfTheSpecimenIdentifierSequence": 2,
     "SpecimenPreparationSequence": 2,
+    # Real World Value Mapping Item Macro (PS3.3 C.7.6.16.2.11, Table C.7.6.16-12, in shared /
+    # per-frame functional groups): LUT Explanation (free text) and LUT Label, Type 1.
+    "LUTExplanation": 1,
+    "LUTLabel": 1,
 }
+# Type 1 / 1C attributes that func:clean may leave without content (every token of a name, a
+# date expression): written as a dummy instead (PS3.5 7.4: a Type 1 value is never empty).
+# Document Content Macro (PS3.3 C.17.3, Table C.17-5): Text Value, Person Name of TEXT / PNAME
+# items; Text Object macro of Graphic Annotation (C.10.5): Unformatted Text Value; Code Sequence
+# Macro (PS3.3 Table 8.8-1): Code Meaning.
+VALUE_REQUIRED_KEYWORDS = ("TextValue", "PersonName", "UnformattedTextValue", "CodeMeaning")
 REQUIRED: dict[int, int] = {
     int(tag_for_keyword(keyword) or 0): kind for keyword, kind in REQUIRED_KEYWORDS.items()
 }
+
+
+VALUE_REQUIRED: frozenset[int] = frozenset(
+    int(tag_for_keyword(keyword) or 0) for keyword in VALUE_REQUIRED_KEYWORDS
+) | frozenset(tag for tag, kind in REQUIRED.items() if kind == 1)
+
+
+def value_required(tag: int) -> bool:
+    """Whether an IOD requires a value where this attribute is present (Type 1 or 1C).
+
+    Args:
+        tag: the element's tag as ``(group << 16) | element``.
+
+    Returns:
+        True for the Type 1 attributes of :data:`REQUIRED` and those of
+        :data:`VALUE_REQUIRED_KEYWORDS`: a cleaning that leaves nothing of such a value writes a
+        dummy instead (:class:`deid_recipes.engine.Engine`).
+    """
+    return tag in VALUE_REQUIRED
 
 
 def required_action(tag: int) -> tuple[str, str | None] | None:
@@ -260,4 +290,5 @@ __all__ = [
     "pointer_targets",
     "pointers_at_risk",
     "required_action",
+    "value_required",
 ]

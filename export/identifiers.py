@@ -3,7 +3,9 @@
 A release must not hold an identifier of its sources. The identifying values of the source
 headers (every name component, patient IDs and health numbers, dates of birth, accession and
 procedure numbers, dates of the encounter, addresses, telephone numbers, institution,
-department and station names, and the text values of private tags) go into an
+department and station names, the Code Meaning of Institution Code Sequence items, the values
+of structured-report content items that name a person, an organisation or a device
+(:data:`ridl.identity.IDENTIFYING_CONCEPTS`), and the text values of private tags) go into an
 :class:`IdentifierDictionary`, which compiles them into an Aho-Corasick automaton per set of
 character sets, so one pass over an object finds all of them at once. :mod:`export.phi_scan`
 runs the search and locates each hit.
@@ -18,9 +20,10 @@ R3  a term matches only as a whole word: the characters on both sides are not le
 R4  name components and private-tag values that are common words (``COMMON_WORDS``) block only
     when they are found in a person-name (PN) attribute;
 R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
-    every DA / DT form: ranges, several values, DT, and written with ``-``, ``/`` or ``.``)
-    blocks when found in an object of the same research subject, or in a non-date attribute;
-    the same date in a date attribute of another subject is a coincidence, and so is, in the
+    every DA / DT form: ranges, several values, DT, and written for people: with ``-``, ``/`` or
+    ``.``, day or month first, 2-digit years, month names; see :func:`written_dates`) blocks
+    when found in an object of the same research subject, or in a non-date attribute; the same
+    date in a date attribute of another subject is a coincidence, and so is, in the
     subject's own date attributes, an original date that equals another of its dates moved by
     its date shift;
 R6  private-tag, institution and station values that are UIDs, or equal to a public
@@ -30,7 +33,9 @@ R7  matching ignores ASCII case;
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
-    are ignored (the OCR step reads the text in pixels).
+    are ignored (the OCR step reads the text in pixels);
+R11 a value equal to one of ridl's own dummies (``OWN_VALUES``: what the PS3.15 "D" action
+    writes) is not searched: every de-identified object may carry it, whoever the patient.
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -62,7 +67,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag, Tag
 
-RULES_VERSION = "ridl-identifiers/3"
+from ridl.identity import TEXT_VALUE, Named, content_item_names
+
+RULES_VERSION = "ridl-identifiers/4"
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -128,7 +135,17 @@ PHONE_KEYWORDS = {
     "PersonTelephoneNumbers",
 }
 EQUIPMENT_KEYWORDS = {"Manufacturer", "ManufacturerModelName", "SoftwareVersions"}
-PLACE_KEYWORDS = {"InstitutionName", "InstitutionalDepartmentName", "StationName"}
+# Institution, organisation and station names (PS3.3 C.7.5.1 General Equipment, C.17.2 SR
+# Document General: Verifying Organization, C.7.1.1 Patient: Responsible Organization).
+PLACE_KEYWORDS = {
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "VerifyingOrganization",
+    "ResponsibleOrganization",
+}
+INSTITUTION_CODE_SEQUENCE = 0x00080082
+CODE_MEANING = 0x00080104
 # Person names of staff, not of the patient (PS3.15 Table E.1-1 lists each as identifying):
 # searched in every other study of the project too (``ridl.crossterms``).
 STAFF_KEYWORDS = {
@@ -182,6 +199,9 @@ _COMMON = """
 # The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
 # a patient named "Text" must not block every release whose parts say "burned-in-text".
 COMMON_WORDS = frozenset(_COMMON.split())
+# R11: the dummy values de-identification writes (deid_recipes.engine.DUMMY_BY_VR and the text
+# dummy ANON), lower case; tests/test_verify.py keeps this list equal to the engine's.
+OWN_VALUES = frozenset({"anon", "anonymous", "19000101", "000000", "19000101000000", "000d", "0"})
 
 _DIGITS = re.compile(r"^[\d\s\-./()+]+$")
 _UIDLIKE = re.compile(r"^[\d.]+$")
@@ -291,14 +311,61 @@ def phone_terms(value: str) -> Iterator[str]:
             yield digits
 
 
-def birth_terms(value: str) -> Iterator[str]:
-    """A DA date of birth (``YYYYMMDD``) as written, and as ``YYYY-MM-DD``, ``YYYY/MM/DD``,
-    ``DD/MM/YYYY`` and ``MM/DD/YYYY``; nothing for a value that is not 8 digits."""
-    text = _norm(value)
-    if len(text) != 8 or not text.isdigit():
+# Month names as people write them (English and French, as :mod:`deid_recipes.dates` reads).
+_MONTHS = (
+    ("Jan", "January", "janvier"),
+    ("Feb", "February", "février"),
+    ("Mar", "March", "mars"),
+    ("Apr", "April", "avril"),
+    ("May", "May", "mai"),
+    ("Jun", "June", "juin"),
+    ("Jul", "July", "juillet"),
+    ("Aug", "August", "août"),
+    ("Sep", "September", "septembre"),
+    ("Oct", "October", "octobre"),
+    ("Nov", "November", "novembre"),
+    ("Dec", "December", "décembre"),
+)
+
+
+def written_dates(date: str) -> Iterator[str]:
+    """A ``YYYYMMDD`` date in the forms people write it, each once (R5).
+
+    ``YYYYMMDD``; ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``; ``DD/MM/YYYY``,
+    ``MM/DD/YYYY``, ``DD.MM.YYYY``, ``DD-MM-YYYY``, the same without leading zeros and with a
+    2-digit year (zero-padded only: 6 digits, R2); ``D Mon YYYY``, ``D-Mon-YYYY``,
+    ``DDMonYYYY``, ``D Month YYYY``, ``Mon D YYYY``, ``Mon D, YYYY``, ``Month D, YYYY`` with
+    English abbreviations and names and French names (case is ignored when matching, R7).
+    Nothing for a value that is not 8 digits.
+    """
+    if len(date) != 8 or not date.isdigit():
         return
-    y, m, d = text[:4], text[4:6], text[6:]
-    yield from (text, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{d}/{m}/{y}", f"{m}/{d}/{y}")
+    y, m, d = date[:4], date[4:6], date[6:]
+    yy, mi, di = y[2:], str(int(m)), str(int(d))
+    forms = [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}"]
+    for sep in "/.-":
+        forms += [f"{d}{sep}{m}{sep}{y}", f"{m}{sep}{d}{sep}{y}"]
+        forms += [f"{di}{sep}{mi}{sep}{y}", f"{mi}{sep}{di}{sep}{y}"]
+        forms += [f"{d}{sep}{m}{sep}{yy}", f"{m}{sep}{d}{sep}{yy}"]
+    if 1 <= int(m) <= 12:
+        abbreviation, english, french = _MONTHS[int(m) - 1]
+        for name in (abbreviation, english, french):
+            forms += [f"{di} {name} {y}", f"{d} {name} {y}", f"{di}-{name}-{y}", f"{d}-{name}-{y}"]
+        forms += [f"{d}{abbreviation}{y}"]
+        for name in (abbreviation, english):
+            forms += [f"{name} {di} {y}", f"{name} {di}, {y}", f"{name} {d}, {y}"]
+            forms += [f"{name} {d} {y}"]
+    seen: set[str] = set()
+    for form in forms:
+        if form not in seen:
+            seen.add(form)
+            yield form
+
+
+def birth_terms(value: str) -> Iterator[str]:
+    """A DA date of birth (``YYYYMMDD``) in every form of :func:`written_dates`; nothing for a
+    value that is not 8 digits."""
+    yield from written_dates(_norm(value))
 
 
 _DATE_IN_VALUE = re.compile(r"(?:^|(?<=[-\\\s]))(\d{4})\.?(\d{2})\.?(\d{2})")
@@ -334,15 +401,12 @@ def _moved(date: str, days: int) -> str:
 
 
 def date_terms(value: str) -> Iterator[str]:
-    """Every date a DA or DT value names (:func:`dates_in`), written as ``YYYYMMDD``,
-    ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``DD/MM/YYYY``, ``MM/DD/YYYY``,
-    ``DD.MM.YYYY`` and ``DD-MM-YYYY``; placeholders (:data:`PLACEHOLDER_DATES`) give nothing."""
+    """Every date a DA or DT value names (:func:`dates_in`), in every form of
+    :func:`written_dates`; placeholders (:data:`PLACEHOLDER_DATES`) give nothing."""
     for date in dates_in(value):
         if date in PLACEHOLDER_DATES:
             continue
-        y, m, d = date[:4], date[4:6], date[6:]
-        yield from (date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}")
-        yield from (f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}.{m}.{y}", f"{d}-{m}-{y}")
+        yield from written_dates(date)
 
 
 def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
@@ -434,7 +498,7 @@ class IdentifierDictionary:
         ``owner`` is the research ID of a birth date (R5). The compiled automata are dropped.
         """
         value = _norm(value)
-        if not value:
+        if not value or value.lower() in OWN_VALUES:  # R11
             return
         if self._recording is not None:
             who = _SUBJECT if owner is not None and owner == self._subject else (owner or "")
@@ -461,7 +525,7 @@ class IdentifierDictionary:
             self.encodings.add(charset)
         public_values: set[str] = set()
         private: list[tuple[str, str]] = []
-        self._collect(ds, research_id, public_values, private, depth=0)
+        self._collect(ds, research_id, public_values, private, depth=0, institution=False)
         for kind, value in private:
             if value.lower() in public_values or _UIDLIKE.match(value):
                 continue  # R6
@@ -536,12 +600,15 @@ class IdentifierDictionary:
         public_values: set[str],
         private: list[tuple[str, str]],
         depth: int,
+        institution: bool,
     ) -> None:
         if depth > 64:
             return
         if depth == 0:
             self._charset_key = str(ds.get("SpecificCharacterSet", ""))
         charset_key = self._charset_key
+        # A content item whose concept names a person, organisation or device (ridl.identity).
+        named = content_item_names(ds) if depth > 0 else None
         for tag, raw in list(ds.items()):
             tag = Tag(tag)
             # Values stay raw (unconverted) unless they may hold an identifier: converting every
@@ -578,7 +645,10 @@ class IdentifierDictionary:
                     priv: list[tuple[str, str]] = []
                     self._recording, self._subject = [], research_id
                     try:
-                        self._element(ds, tag, raw, research_id, pub, priv, depth, charset_key)
+                        self._element(
+                            ds, tag, raw, research_id, pub, priv, depth, charset_key,
+                            named=named, institution=institution,
+                        )  # fmt: skip
                         ops = tuple(self._recording)
                     finally:
                         self._recording = self._subject = None
@@ -589,7 +659,10 @@ class IdentifierDictionary:
                 public_values.update(seen[0])
                 private.extend(seen[1])
                 continue
-            self._element(ds, tag, raw, research_id, public_values, private, depth, charset_key)
+            self._element(
+                ds, tag, raw, research_id, public_values, private, depth, charset_key,
+                named=named, institution=institution,
+            )  # fmt: skip
 
     def _share(self, kind: str, value: str) -> None:
         """Note a staff or place name (``shared``) or an equipment name (R6), recorded too."""
@@ -631,8 +704,16 @@ class IdentifierDictionary:
         private: list[tuple[str, str]],
         depth: int,
         charset_key: str,
+        *,
+        named: Named | None = None,
+        institution: bool = False,
     ) -> None:
-        """Collect one element of ``ds`` (at ``depth``): the rules R1-R9 of the module doc."""
+        """Collect one element of ``ds`` (at ``depth``): the rules R1-R9 of the module doc.
+
+        ``named`` says what the Text Value of a content item ``ds`` names (ridl.identity);
+        ``institution``: ``ds`` is an item of Institution Code Sequence (its Code Meaning names
+        an organisation).
+        """
         vr = vr_of(raw, tag)
         keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
         undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
@@ -644,9 +725,19 @@ class IdentifierDictionary:
             if isinstance(value, PydicomSequence | list):
                 for item in value:
                     if isinstance(item, Dataset):
-                        self._collect(item, research_id, public_values, private, depth + 1)
+                        self._collect(
+                            item, research_id, public_values, private, depth + 1,
+                            institution=tag == INSTITUTION_CODE_SEQUENCE,
+                        )  # fmt: skip
             return
         if tag in BULK_TAGS:
+            return
+        held = Named.ORGANIZATION if institution and tag == CODE_MEANING else None
+        if named is not None and tag == TEXT_VALUE:
+            held = named
+        if held is not None:
+            if keyword not in self.retained:  # R9
+                self._named(ds, tag, held, private)
             return
         wanted = (
             tag.is_private
@@ -711,6 +802,25 @@ class IdentifierDictionary:
             if keyword in EQUIPMENT_KEYWORDS:
                 for v in values:
                     self._share("equipment", _norm(v).lower())
+
+    def _named(
+        self, ds: Dataset, tag: BaseTag, named: Named, private: list[tuple[str, str]]
+    ) -> None:
+        """Terms of a value that names a person (``name``, R1, R4), an identifier, or an
+        organisation or device (``institution-or-station``, checked like private values, R6)."""
+        try:
+            values = text_values(ds[tag].value)
+        except Exception:  # an unparseable value holds nothing we can search for
+            return
+        for v in values:
+            if named is Named.PERSON:
+                for term, name_only in name_terms(v):
+                    self.add(term, "name", name_only=name_only)
+            elif named is Named.IDENTIFIER:
+                if _long_enough(_norm(v)):
+                    self.add(v, "identifier")
+            else:
+                private.append(("institution-or-station", _norm(v)))
 
     def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
         """The automaton over every term in every encoding, keyed by ASCII-lowered bytes.

@@ -2,8 +2,9 @@
 
 A de-identified object may keep the errors its source had (a date range in a stored DA is
 invalid in the source too), but it must not add any. Lines are compared after their values are
-taken out (``[1] = <...>`` and the numbers after ``=``), so a shifted date or a research ID in
-place of a name does not count as a new error while a new kind of error on an attribute does.
+taken out (``[1] = <...>``, the numbers after ``=`` and UIDs), so a shifted date, a remapped
+UID or a research ID in place of a name does not count as a new error while a new kind of error
+on an attribute does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .conftest import require_program
 
 _VALUE = re.compile(r"\[\d+\] = <[^>]*>")
 _NUMBER = re.compile(r"= \d+")
+_UID = re.compile(r"\d+(\.\d+){2,}|(?<=UID )\d+\b")
 
 
 def error_lines(path: Path) -> set[str]:
@@ -26,7 +28,7 @@ def error_lines(path: Path) -> set[str]:
     for line in (proc.stdout + proc.stderr).splitlines():
         if not line.startswith("Error"):
             continue
-        line = _NUMBER.sub("= N", _VALUE.sub("[n] = <>", line))
+        line = _UID.sub("<uid>", _NUMBER.sub("= N", _VALUE.sub("[n] = <>", line)))
         out.add(re.sub(r"\s+", " ", line.strip()))
     return out
 

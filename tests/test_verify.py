@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
 
 from export.local import LocalStore
 from export.manifest import build_manifest
@@ -380,3 +381,32 @@ def test_the_gate_never_crashes_on_hostile_objects(noise: bytes, cut: int) -> No
         assert all(h.key == "k.dcm" for h in result.hits)
     planted = seed[:400] + b" tremblay " + noise  # cut inside the header, a name after it
     assert v.check_bytes("k.dcm", planted).hits, "a name in damaged bytes is still found"
+
+
+def test_ridls_own_dummies_are_never_searched() -> None:
+    """R11: a source value equal to a dummy the engine writes (ANON, ANONYMOUS, 19000101...)
+    would match every de-identified object; it is not a term, and the list follows the engine."""
+    from deid_recipes.engine import DUMMY_BY_VR
+    from export.identifiers import OWN_VALUES
+
+    written = {str(v).lower() for v in DUMMY_BY_VR.values() if isinstance(v, str)} | {"anon"}
+    assert written <= OWN_VALUES
+    source = Dataset()
+    source.PatientID = "ANON"
+    source.PatientName = "Anonymous^Anon"
+    source.AccessionNumber = "19000101"
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(source)
+    out = Dataset()
+    out.DeviceSerialNumber = "ANON"
+    out.PatientName = "ANONYMOUS"
+    out.StudyDate = "19000101"
+    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    out.SOPInstanceUID = "2.25.1"
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    assert Verifier(dictionary).check_bytes("p/r/x.dcm", buffer.getvalue()).hits == []
