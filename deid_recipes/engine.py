@@ -42,6 +42,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, UID_dictionary
+from pydicom.valuerep import VR as ValueRepresentation
 
 from deid_recipes.dates import TEMPORAL_VRS, remove_written_dates, shift_temporal
 from deid_recipes.dicombytes import (
@@ -67,6 +68,8 @@ from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
 from ridl.reasons import Reason
 
+# Every value representation of PS3.5 6.2 (and pydicom's ambiguous "US or SS"-style forms).
+VALID_VRS = frozenset(v.value for v in ValueRepresentation)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1420.1"
 IMPLEMENTATION_VERSION = f"RIDL_{__version__}"[:16]
 DUMMY_BY_VR: dict[str, Any] = {
@@ -377,6 +380,10 @@ class Engine:
                 del elements[tag]
                 continue
             raw = elements[tag]
+            if raw.VR is not None and raw.VR not in VALID_VRS:
+                # Explicit VR bytes that are no VR (a damaged header): a kept element would be
+                # written back as it came, unreadable; its value cannot be checked either.
+                raise DeidError(Reason.DEID_UNKNOWN_VR, str(Tag(tag)))
             name, value, vr = self.decide(tag, raw.VR)
             if name == "UNMATCHED":
                 if mode:

@@ -244,6 +244,19 @@ def test_fuzzed_bytes_never_crash_nor_leak(
     _check_outcome(exported, other, written)
 
 
+def test_bytes_that_are_no_vr_quarantine_the_object(tmp_path: Path) -> None:
+    """Found by fuzzing: Content Time's VR bytes 'TM' damaged to 'T\\0' were written back as they
+    came (kept and shifted-as-written TM), an object no reader can parse."""
+    make_project("fuzz")
+    data = bytearray(Path(SEED).read_bytes())
+    at = data.find(b"\x08\x00\x33\x00TM")  # (0008,0033) Content Time, explicit VR
+    assert at > 0
+    data[at + 5] = 0
+    exported, other, written = _process_one(tmp_path, bytes(data), "no-vr")
+    _check_outcome(exported, other, written)
+    assert (exported, dict(other)) == (0, {"deid-unknown-vr": 1})
+
+
 @pytest.mark.parametrize("depth", [5, 40, 200])
 def test_deep_sequences_are_exported_or_quarantined(tmp_path: Path, depth: int) -> None:
     from pydicom.dataset import Dataset
