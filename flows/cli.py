@@ -721,7 +721,12 @@ def verify(
     from export.store import open_store
     from flows.gate import audit_release, verify_release
 
-    url = open_store(dest).url
+    store = open_store(dest)
+    url = store.url
+    if next(iter(store.list(f"{project}/{release}/")), None) is None:
+        raise ReleaseError(
+            f"{url} holds nothing of release {project}/{release}; give the release's --dest"
+        )
     if full:
         report = verify_release(project, release, url)
     else:

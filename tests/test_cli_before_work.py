@@ -91,3 +91,12 @@ def test_deid_with_an_unknown_project_fails_before_work(synth_dir, tmp_path: Pat
     )
     assert result.exit_code == 2
     assert "nope" in _one_error_line(result.stderr)
+
+
+def test_verify_of_a_store_without_the_release_is_an_error(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(
+        app,
+        ["verify", "--project", project.id, "--release", "r1", "--dest", f"file:{tmp_path}"],
+    )
+    assert result.exit_code == 2
+    assert "holds nothing of release" in _one_error_line(result.stderr)
