@@ -749,8 +749,8 @@ def deid_folder(
 
     if not src.exists():
         raise ConfigError(f"{src} does not exist: give a DICOM file or folder")
-    check_destination(dst)
     FolderDeidentifier(project)  # an unknown or expired project fails before any work
+    check_destination(dst)
     total = sum(1 for _ in iter_files(src))
     with Progress(
         TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console

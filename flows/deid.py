@@ -142,21 +142,21 @@ def iter_files(src: Path) -> Iterator[Path]:
 
 
 def check_destination(dst: Path) -> None:
-    """Make sure ``dst`` is (or can become) a writable folder, before any object is read.
+    """Make sure ``dst`` is a writable folder or can be made one, creating nothing yet.
 
     Raises:
-        ConfigError: ``dst`` is a file, or cannot be created or written to.
+        ConfigError: ``dst`` (or the nearest existing folder above it) is not a folder, or is
+            not writable.
     """
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"{dst} is not a folder: give a folder for the de-identified files")
-    try:
-        dst.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"{dst} cannot be created ({type(exc).__name__}): give a writable folder"
-        ) from None
-    if not os.access(dst, os.W_OK | os.X_OK):
-        raise ConfigError(f"{dst} is not writable: give a writable folder")
+    existing = dst
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{dst} cannot be created ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{existing} is not writable: give a writable folder")
 
 
 def deidentify_folder(
@@ -172,8 +172,8 @@ def deidentify_folder(
         ProjectNotFound: the project is not in the registry.
         ScopeError: the project's approval has expired.
     """
-    check_destination(dst)
     worker = FolderDeidentifier(project_id)
+    check_destination(dst)
     summary = DeidSummary()
     for path in iter_files(src):
         summary.files += 1
