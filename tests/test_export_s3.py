@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -144,7 +145,7 @@ def test_too_many_failures_surface_as_an_error(s3_env: MotoServer, s3_proxy: Fau
 
 
 def test_run_to_a_missing_bucket_or_dead_endpoint_fails_before_any_work(
-    s3_env: MotoServer, project: object, ridl_home: object
+    s3_env: MotoServer, project: object, ridl_home: object, tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
 
@@ -157,7 +158,7 @@ def test_run_to_a_missing_bucket_or_dead_endpoint_fails_before_any_work(
     ):  # fmt: skip
         result = CliRunner().invoke(
             app,
-            ["run", "--project", "study-a", "--release", "r1", "--source", "folder:/nonexistent",
+            ["run", "--project", "study-a", "--release", "r1", "--source", f"folder:{tmp_path}",
              "--dest", dest],
         )  # fmt: skip
         assert result.exit_code == 2, result.output
