@@ -78,7 +78,7 @@ class ExtractParams(BaseModel):
     @model_validator(mode="after")
     def _dates_in_order(self) -> ExtractParams:
         if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ValueError("date_from is after date_to")
+            raise ValueError("date_from is after date_to (CLI: --from is after --to)")
         return self
 
     def resolved_cluster(self) -> str | None:
