@@ -386,13 +386,15 @@ def launch_run(
         batch_size=batch_size,
         **scale,
     )
+    # Prefect reads its settings when first imported (flows.runners imports it): configure it
+    # now; nothing starts until the flow is called.
+    _quiet_prefect(verbose)
     from flows.runners import require_server_for_cluster
 
     require_server_for_cluster(params.resolved_cluster())
     limits = limits or ArchiveLimits()
     # Everything that needs no DICOM work fails here, in one line, before Prefect starts.
     check_run(project, release, source, destination, date_from, date_to, modalities, sites, limits)
-    _quiet_prefect(verbose)
     from flows.extract import extract_run
     from flows.progress import RunProgress
 

@@ -98,3 +98,38 @@ def test_verify_of_a_store_without_the_release_is_an_error(project, tmp_path: Pa
     )
     assert result.exit_code == 2
     assert "holds nothing of release" in _one_error_line(result.stderr)
+
+
+def test_a_run_configures_prefect_before_anything_imports_it(
+    synth_dir, project, ridl_home: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``ridl run`` in a fresh process: Prefect's settings (home under RIDL_HOME, the long
+    ephemeral start-up timeout) are in place by the time the flow would start."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys, types
+from flows.cli import launch_run
+
+def fake(**kw):
+    from prefect.settings import get_current_settings
+    s = get_current_settings()
+    ok = str(s.home).startswith(os.environ["RIDL_HOME"]) and (
+        s.server.ephemeral.startup_timeout_seconds >= 180
+    )
+    sys.exit(0 if ok else 3)
+
+stand_in = types.ModuleType("flows.extract")  # the real one imports Prefect itself
+stand_in.extract_run = fake
+sys.modules["flows.extract"] = stand_in
+launch_run({project.id!r}, "r1", "folder:{synth_dir.root}", "file:{tmp_path / "lib"}")
+sys.exit(4)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
