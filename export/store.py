@@ -15,13 +15,13 @@ modules curation may use (with :mod:`export.manifest`).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from ridl import settings
+from ridl.backends import import_backend
 from ridl.errors import ConfigError
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._=+\-][A-Za-z0-9._=+\-/]*$")
@@ -109,21 +109,11 @@ def store_class(scheme: str) -> type:
         ConfigError: no back-end has that scheme, or its module cannot be imported (the
             message gives the install hint).
     """
-    entry = STORES.get(scheme)
-    if entry is None:
+    if scheme not in STORES:
         raise ConfigError(
             f"object store scheme '{scheme}' is not supported; use file:PATH or s3://BUCKET/PREFIX"
         )
-    target, hint = entry
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"object store scheme '{scheme}' needs a module that is missing ({exc.name}): {hint}"
-        ) from None
-    cls: type = getattr(module, class_name)
-    return cls
+    return import_backend(STORES, scheme, "object store")
 
 
 def open_store(url: str | None) -> ObjectStore:

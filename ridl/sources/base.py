@@ -15,11 +15,11 @@ archive only through :mod:`ridl.sources.protect`.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ridl.backends import import_backend
 from ridl.catalog import StudyRef
 from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.sources.protect import ArchiveLimits
@@ -163,21 +163,7 @@ def source_class(scheme: str) -> type:
         ConfigError: no source has that scheme, or its module cannot be imported (the message
             gives the install hint).
     """
-    from ridl.errors import ConfigError
-
-    entry = SOURCES.get(scheme)
-    if entry is None:
-        raise ConfigError(f"--source scheme '{scheme}' is not supported")
-    target, hint = entry
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"--source scheme '{scheme}' needs a module that is missing ({exc.name}): {hint}"
-        ) from None
-    cls: type = getattr(module, class_name)
-    return cls
+    return import_backend(SOURCES, scheme, "--source")
 
 
 def open_source(
