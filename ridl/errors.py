@@ -41,6 +41,34 @@ class TransientError(Exception):
     """
 
 
+class StudyUndeliverable(RidlError):
+    """The archive cannot deliver one study, for a reason that retrying now will not change.
+
+    Raised by a source's ``fetch_study`` when the archive answers about the study itself (the
+    study is not found, or the retrieval failed with a status or HTTP code that is not "busy"),
+    as opposed to an archive that is down or busy (:class:`ridl.sources.protect.
+    ArchiveUnavailable`). The per-study work records the study as failed, with ``reason`` (a
+    :class:`~ridl.reasons.Reason` of the ``retrieval`` group) and ``detail`` (a status code,
+    never a UID or a name), and the run goes on; ``ridl run --retry-failed`` tries it again.
+
+    Raises:
+        ValueError: ``reason`` is not a :class:`~ridl.reasons.Reason` code (a bug in ridl).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        try:
+            self.reason = Reason(reason)
+        except ValueError:
+            raise ValueError(
+                f"{reason!r} is not a ridl reason code; add it to ridl.reasons.Reason and README"
+            ) from None
+        self.detail = detail
+        super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
+
+    def __reduce__(self) -> tuple[type[StudyUndeliverable], tuple[str, str]]:
+        return type(self), (str(self.reason), self.detail)
+
+
 class ObjectRejected(Exception):
     """One object cannot be handled: it is quarantined (or excluded) with ``reason``, and the run
     goes on. Every stage that refuses an object raises this (or a subclass), so a worker catches

@@ -26,6 +26,8 @@ GROUPS: dict[str, str] = {
     "exclusion": "Exclusion: left out of the release and counted",
     "verification": "Verification: the gate blocks the release",
     "retraction": "Retraction: removed from an earlier, published release",
+    "retrieval": "Retrieval: a study the archive could not deliver (recorded as failed, the run "
+    "goes on; `ridl run --retry-failed` tries it again)",
     "review": "Review sheet: why an at-risk object was exported or held",
 }
 
@@ -289,6 +291,20 @@ class Reason(enum.StrEnum):
         "subject-withdrew",
         "retraction",
         "the subject withdrew after the release was published",
+    )
+
+    # --- retrieval: a study the archive could not deliver (a failed-study part) ----------------
+    STUDY_NOT_FOUND = (
+        "study-not-found",
+        "retrieval",
+        "the archive no longer has the selected study (C-GET/C-MOVE delivered nothing, WADO-RS "
+        "answered 404: deleted since selection, or its UID is held under two patients)",
+    )
+    RETRIEVAL_FAILED = (
+        "retrieval-failed",
+        "retrieval",
+        "the archive failed the study's retrieval with a failure status (C-GET/C-MOVE 0xA7xx, "
+        "0xA9xx, 0xAAxx, 0xCxxx) or an HTTP error that is not busy (WADO-RS 4xx, 500)",
     )
 
     # --- review sheet: what happened to an at-risk object ---------------------------------------
