@@ -28,8 +28,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from ridl.catalog import StudyRef, write_study_rows
-from ridl.errors import ConfigError, RidlError
+from ridl.errors import ConfigError, RidlError, StudyUndeliverable
 from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.dimse import clear_folder, dicom_date, settle_hn_known, study_row
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
@@ -49,6 +50,14 @@ STUDY_FIELDS = [
     "NumberOfStudyRelatedInstances",
 ]
 BUSY = {429, 502, 503, 504}
+# Retrieval: busy answers (and a request the server timed out, 408) are retried; any other HTTP
+# error is the server's answer about the study (a 500 where it cannot convert an object, a 404
+# where the study is gone or its UID is held under two patients) and fails it for good.
+RETRIEVE_BUSY = BUSY | {408}
+# WADO-RS Retrieve Study (PS3.18 8.7.3.5, 10.4.1): every instance as the server holds it, never
+# converted (a server that must decompress answers 500 where it cannot, or sends objects larger
+# than the archive's own).
+AS_STORED = (("application/dicom", "*"),)
 
 
 class DicomwebSource:
@@ -175,34 +184,43 @@ class DicomwebSource:
     # --- retrieval --------------------------------------------------------------------------
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
-        """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance).
+        """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance), asking
+        ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` so each
+        instance arrives in the transfer syntax the server holds it in.
 
-        Returns the paths (``NNNNNN.dcm``, in the order received); an empty list when the server
-        answers 404 (the study is gone, or its UID is held under two patients).
+        Returns the paths (``NNNNNN.dcm``, in the order received).
 
         Raises:
-            ArchiveUnavailable: the server stayed busy or unreachable, or cut the transfer
-                off, past the retries of the archive limits.
-            RidlError: the server refused the retrieval (an HTTP error other than 404 or busy).
+            StudyUndeliverable: the server answered 404 or delivered nothing
+                (``study-not-found``: gone since selection, or its UID is held under two
+                patients), or failed the retrieval with an HTTP error that is not busy
+                (``retrieval-failed``: a 4xx, a 500).
+            ArchiveUnavailable: the server stayed busy (HTTP 408, 429, 502, 503, 504) or
+                unreachable, or cut the transfer off, past the retries of the archive limits.
         """
 
         def retrieve() -> list[Path]:
             clear_folder(workdir)
             paths = []
             try:
-                for n, ds in enumerate(self.client.iter_study(study.study_uid), start=1):
+                instances = self.client.iter_study(study.study_uid, media_types=AS_STORED)
+                for n, ds in enumerate(instances, start=1):
                     path = workdir / f"{n:06d}.dcm"
                     ds.save_as(path, enforce_file_format=True)
                     paths.append(path)
             except requests.HTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 404:
+                code = exc.response.status_code if exc.response is not None else 0
+                if code in RETRIEVE_BUSY:
+                    raise ArchiveUnavailable(f"HTTP {code}") from None
+                if code == 404:
                     # Gone since selection (an IOCM deletion), or its UID is held under two
                     # patients and the server will not choose (Orthanc's DICOMweb plugin).
-                    log.warning("WADO-RS: 404 for a selected study; nothing retrieved for it")
-                    return []
-                raise
+                    raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS HTTP 404") from None
+                raise StudyUndeliverable(Reason.RETRIEVAL_FAILED, f"WADO-RS HTTP {code}") from None
             except requests.exceptions.ChunkedEncodingError:
                 raise ArchiveUnavailable("WADO-RS transfer cut off") from None
+            if not paths:
+                raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS delivered nothing")
             return paths
 
         result: list[Path] = self._request("WADO-RS", retrieve)

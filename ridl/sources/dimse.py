@@ -33,22 +33,31 @@ from urllib.parse import urlencode
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
+    MPEG2MPML,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HEVCMP51,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    MPEG4HP41,
+    MPEG4HP42STEREO,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -57,8 +66,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from ridl.catalog import StudyRef, write_study_rows
-from ridl.errors import ConfigError, RidlError
+from ridl.errors import ConfigError, RidlError, StudyUndeliverable
 from ridl.projects import DEFAULT_HN_ISSUER
+from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.hn import health_number
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
@@ -66,20 +76,34 @@ from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
 log = logging.getLogger(__name__)
 
 OPTIONS = {"calling", "retrieval", "move_aet", "move_port", "move_bind", "find_limit", "timeout"}
+# Every transfer syntax an archive may hold an object in: ridl stores the bytes as received and
+# decodes (or quarantines) later, so the archive never has to convert anything. The first two
+# (uncompressed little endian) share one presentation context; every other has its own.
+UNCOMPRESSED: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 TRANSFER_SYNTAXES: list[str | UID] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
+    *UNCOMPRESSED,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
     RLELossless,
+    MPEG2MPML,
+    MPEG4HP41,
+    MPEG4HP42STEREO,
+    HEVCMP51,
 ]
+# PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255, so at most 128 per
+# association; one is the C-GET model's own.
+MAX_CONTEXTS = 128
 PENDING = {0xFF00, 0xFF01}
 CAPPED = {0xFE00, 0xA700}  # Orthanc ends a LimitFindResults-capped answer with Cancel
 MINUTES_PER_DAY = 24 * 60
@@ -163,6 +187,52 @@ def clear_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class in pydicom's UID dictionary, retired ones included (sorted).
+
+    The C-GET fallback when the archive's C-FIND does not return SOP Classes in Study
+    (0008,0062): a broad list, split over several associations (:func:`get_context_groups`).
+    """
+    from pydicom._uid_dict import UID_dictionary
+
+    return sorted(
+        uid
+        for uid, (name, kind, *_) in UID_dictionary.items()
+        if kind == "SOP Class" and "Storage" in name and "Commitment" not in name
+    )
+
+
+def get_context_groups(
+    sop_classes: list[str],
+) -> list[tuple[list[PresentationContext], list[SCP_SCU_RoleSelectionNegotiation]]]:
+    """C-GET presentation contexts for ``sop_classes``, one per transfer syntax, in groups that
+    fit one association each.
+
+    Each SOP class gets one context for uncompressed little endian (explicit, implicit) and
+    one for every other syntax of :data:`TRANSFER_SYNTAXES`, so the archive sends each object
+    in the syntax it holds it in, unconverted (an archive picks one syntax per context, PS3.8
+    9.3.2.2). A group holds at most :data:`MAX_CONTEXTS` - 1 contexts (the C-GET model needs
+    one) and never splits a SOP class; with it come the SCP/SCU role selection items
+    (PS3.7 D.3.3.4) that let the archive act as storage SCU for the C-GET's sub-operations.
+
+    Returns:
+        A list of (storage contexts, role selection items), one per association.
+    """
+    syntaxes: list[list[str | UID]] = [UNCOMPRESSED] + [
+        [ts] for ts in TRANSFER_SYNTAXES if ts not in UNCOMPRESSED
+    ]
+    per_class = len(syntaxes)
+    classes_per_group = max(1, (MAX_CONTEXTS - 1) // per_class)
+    unique = list(dict.fromkeys(str(uid) for uid in sop_classes if str(uid)))
+    groups = []
+    for start in range(0, len(unique), classes_per_group):
+        chosen = unique[start : start + classes_per_group]
+        contexts = [build_context(uid, list(ts)) for uid in chosen for ts in syntaxes]
+        roles = [build_role(uid, scp_role=True) for uid in chosen]
+        groups.append((contexts, roles))
+    return groups
+
+
 class _StudyWriter:
     """Writes the instances of one study, as received (no decode), into its working folder."""
 
@@ -179,9 +249,12 @@ class _StudyWriter:
 class MoveReceiver:
     """ridl's own storage SCP for C-MOVE; routes each instance to its study's working folder.
 
-    It listens on ``bind``:``port`` under AE title ``aet`` (all storage SOP classes of
-    PS3.4 Annex B, the transfer syntaxes of :data:`TRANSFER_SYNTAXES`); an instance of a study
-    nobody expects is refused with status 0xC000.
+    It listens on ``bind``:``port`` under AE title ``aet`` and accepts every storage SOP class
+    (PS3.4 Annex B), retired and private ones included, in the transfer syntax the archive
+    proposes first (pynetdicom's unrestricted storage service: the instance is written as
+    received, so ridl can store any syntax); an instance of a study nobody expects is refused
+    with status 0xC000. The unrestricted setting is pynetdicom's, process-wide; ridl runs no
+    other DICOM acceptor.
 
     Raises:
         ConfigError: the port cannot be listened on (taken, or not allowed).
@@ -190,6 +263,9 @@ class MoveReceiver:
     def __init__(self, aet: str, bind: str, port: int) -> None:
         self.routes: dict[str, _StudyWriter] = {}
         self.lock = threading.Lock()
+        # An archive fails a whole C-MOVE when the destination refuses one SOP class (a retired
+        # Ultrasound Image Storage, a vendor's private class): accept them all.
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
         ae = AE(ae_title=aet)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
@@ -286,7 +362,7 @@ class DimseSource:
         )
         self.guard = ArchiveGuard(limits, f"host:{self.host}")
         self.windows_queried = 0
-        self._get_setup: tuple[AE, list[Any]] | None = None
+        self._get_aes: dict[tuple[str, ...], AE] = {}
 
     # --- associations -----------------------------------------------------------------------
 
@@ -412,19 +488,27 @@ class DimseSource:
     # --- retrieval --------------------------------------------------------------------------
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
-        """Retrieve the study's instances, as sent by the archive, into ``workdir``.
+        """Retrieve the study's instances, as the archive holds them, into ``workdir``.
+
+        C-GET first asks the study's SOP Classes in Study (0008,0062) with a study-level
+        C-FIND, then proposes a presentation context per transfer syntax for each
+        (:func:`get_context_groups`); C-MOVE sends to ridl's own storage SCP, which accepts
+        every storage class in any syntax (:class:`MoveReceiver`). Either way no object is
+        converted on the way.
 
         Returns the paths of the files received (``NNNNNN.dcm``, sorted); a warning status
         (0xB000, some sub-operations failed) is logged and what arrived is returned.
 
         Raises:
+            StudyUndeliverable: the archive does not have the study (``study-not-found``: no
+                C-FIND match, or nothing delivered), or failed its retrieval with a failure
+                status (``retrieval-failed``: 0xA7xx, 0xA9xx, 0xAAxx, 0xCxxx, PS3.4 C.4.2.1.5
+                for C-MOVE, C.4.3.1.4 for C-GET): an answer about the study, not a busy
+                archive, so it is not retried here.
             ConfigError: the C-MOVE receiver's port cannot be listened on, or the archive does
                 not know the move destination AE (status 0xA801).
-            ArchiveUnavailable: associations kept failing, or the retrieval failed with an
-                out-of-resources (0xA7xx), cancel (0xFE00) or unable-to-process (0xCxxx)
-                status, past the retries of the archive limits.
-            RidlError: the archive refused the retrieval with any other status (PS3.4 C.4.2.1.5
-                for C-MOVE, C.4.3.1.4 for C-GET).
+            ArchiveUnavailable: associations kept being rejected, aborted or timed out, or the
+                retrieval was cancelled (0xFE00), past the retries of the archive limits.
         """
         what = "C-GET" if self.retrieval == "get" else "C-MOVE"
 
@@ -434,7 +518,10 @@ class DimseSource:
                 self._c_get(study.study_uid, workdir)
             else:
                 self._c_move(study.study_uid, workdir)
-            return sorted(workdir.glob("*.dcm"))
+            files = sorted(workdir.glob("*.dcm"))
+            if not files:  # a success that delivered nothing: the archive has no such study
+                raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, f"{what} delivered nothing")
+            return files
 
         return self.guard.call(request, what)
 
@@ -448,32 +535,77 @@ class DimseSource:
         ident.StudyInstanceUID = study_uid
         return ident
 
-    def _get_ae(self) -> tuple[AE, list[Any]]:
-        """The C-GET AE and its role negotiation, built once (120 storage contexts are slow to
-        build per study)."""
-        if self._get_setup is None:
-            storage = [str(c.abstract_syntax) for c in StoragePresentationContexts[:127]]
-            ae = AE(ae_title=self.calling_aet)
-            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-            for uid in storage:
-                ae.add_requested_context(uid, TRANSFER_SYNTAXES)
-            roles = [build_role(uid, scp_role=True) for uid in storage]
-            self._get_setup = (ae, roles)
-        return self._get_setup
-
-    def _c_get(self, study_uid: str, workdir: Path) -> None:
-        ae, roles = self._get_ae()
-        writer = _StudyWriter(workdir)
-        assoc = self._associate(ae, roles, [(evt.EVT_C_STORE, writer.write)])
+    def _study_sop_classes(self, study_uid: str) -> list[str] | None:
+        """The study's SOP Classes in Study (0008,0062) from a study-level C-FIND (PS3.4
+        C.6.2.1.2): None when the archive has no such study, an empty list when it does not
+        return the attribute. Runs inside the caller's guarded request (no second slot)."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        query.SOPClassesInStudy = ""
+        assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
+        matches: list[Dataset] = []
         try:
-            responses = assoc.send_c_get(
-                self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
-            )
-            self._check_retrieve(responses, "C-GET")
+            model = StudyRootQueryRetrieveInformationModelFind
+            for status, ident in assoc.send_c_find(query, model):
+                if not status:
+                    raise ArchiveUnavailable("C-FIND answer cut off (association dropped)")
+                code = int(status.Status)
+                if code in PENDING and ident is not None:
+                    matches.append(ident)
+                elif code not in PENDING and code != 0x0000:
+                    return []  # the archive would not say: fall back to a broad list
         finally:
             if assoc.is_established:
                 assoc.release()
+        if not matches:
+            return None
+        classes: list[str] = []
+        for ident in matches:
+            value = getattr(ident, "SOPClassesInStudy", None)
+            if value:
+                classes += [value] if isinstance(value, str) else [str(v) for v in value]
+        return classes
+
+    def _get_ae(self, contexts: list[PresentationContext]) -> AE:
+        """A C-GET AE requesting the model and ``contexts`` (built once per set of classes)."""
+        key = tuple(sorted({str(cx.abstract_syntax) for cx in contexts}))
+        if key not in self._get_aes:
+            ae = AE(ae_title=self.calling_aet)
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+            ae.requested_contexts = [
+                build_context(StudyRootQueryRetrieveInformationModelGet),
+                *contexts,
+            ]
+            self._get_aes[key] = ae
+        return self._get_aes[key]
+
+    def _c_get(self, study_uid: str, workdir: Path) -> None:
+        classes = self._study_sop_classes(study_uid)
+        if classes is None:
+            raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "no C-FIND match")
+        groups = get_context_groups(classes or storage_sop_classes())
+        writer = _StudyWriter(workdir)
+        finals: list[Dataset] = []
+        for contexts, roles in groups:
+            assoc = self._associate(self._get_ae(contexts), roles, [(evt.EVT_C_STORE, writer.write)])
+            try:
+                responses = assoc.send_c_get(
+                    self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
+                )
+                finals.append(self._final_status(responses, "C-GET"))
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        delivered = len(list(workdir.glob("*.dcm")))
+        if len(groups) == 1 or delivered == 0:
+            self._judge(finals[0], "C-GET", study_uid)
+            return
+        # Several associations: each C-GET fails the instances of the other groups' classes;
+        # what counts is whether every instance arrived through one of them.
+        expected = max(_suboperations(final) for final in finals)
+        if delivered < expected:
+            log.warning("C-GET: %d instances of a study were not delivered", expected - delivered)
 
     def _c_move(self, study_uid: str, workdir: Path) -> None:
         receiver = move_receiver(self.move_aet, self.move_bind, self.move_port)
@@ -486,14 +618,15 @@ class DimseSource:
                     self.move_aet,
                     StudyRootQueryRetrieveInformationModelMove,
                 )
-                self._check_retrieve(responses, "C-MOVE")
+                final = self._final_status(responses, "C-MOVE")
             finally:
                 if assoc.is_established:
                     assoc.release()
         finally:
             receiver.done(study_uid)
+        self._judge(final, "C-MOVE", study_uid)
 
-    def _check_retrieve(self, responses: Any, what: str) -> None:
+    def _final_status(self, responses: Any, what: str) -> Dataset:
         final = None
         for status, _ in responses:
             if not status:
@@ -501,6 +634,18 @@ class DimseSource:
             final = status
         if final is None:
             raise ArchiveUnavailable(f"{what} got no answer")
+        return final
+
+    def _judge(self, final: Dataset, what: str, study_uid: str) -> None:
+        """Success, a warning, or why not: PS3.4 C.4.2.1.5 (C-MOVE) and C.4.3.1.4 (C-GET).
+
+        Cancel (0xFE00) is the one failure worth a retry by the guard (someone cancelled it).
+        Every failure status (Refused: out of resources 0xA7xx, identifier does not match SOP
+        class 0xA9xx, 0xAAxx, unable to process 0xCxxx) is the archive's answer about this
+        study: the same request fails again (DCMTK-based archives answer 0xA702 or 0xC000 when
+        a sub-operation fails for good, and for a study they do not have), so the study is
+        recorded as failed and the run goes on; ``--retry-failed`` asks again later.
+        """
         code = int(final.Status)
         failed = int(getattr(final, "NumberOfFailedSuboperations", 0) or 0)
         if code == 0x0000:
@@ -513,6 +658,21 @@ class DimseSource:
                 f"the archive does not know the C-MOVE destination AE '{self.move_aet}'; "
                 "add it (with move_port) to the archive's known modalities"
             )
-        if 0xA700 <= code <= 0xA7FF or code == 0xFE00 or 0xC000 <= code <= 0xCFFF:
-            raise ArchiveUnavailable(f"{what} failed with status 0x{code:04X}")
-        raise RidlError(f"the archive refused {what} with status 0x{code:04X}")
+        if code == 0xFE00:
+            raise ArchiveUnavailable(f"{what} cancelled (status 0xFE00)")
+        # Unknown study or a real failure? Orthanc answers 0xC000 for both: ask C-FIND.
+        if self._study_sop_classes(study_uid) is None:
+            raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, f"{what} status 0x{code:04X}")
+        raise StudyUndeliverable(Reason.RETRIEVAL_FAILED, f"{what} status 0x{code:04X}")
+
+
+def _suboperations(final: Dataset) -> int:
+    """Instances a C-GET's final response accounts for (completed, failed and warning)."""
+    return sum(
+        int(getattr(final, name, 0) or 0)
+        for name in (
+            "NumberOfCompletedSuboperations",
+            "NumberOfFailedSuboperations",
+            "NumberOfWarningSuboperations",
+        )
+    )
