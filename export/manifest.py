@@ -95,6 +95,21 @@ class VerificationRecord(TypedDict):
     recipe: str
 
 
+class FailedRetrieval(TypedDict):
+    """Why the archive could not deliver a study: ``reason`` a code of the ``retrieval`` group
+    of :class:`ridl.reasons.Reason`, ``detail`` the status or HTTP code (never a UID or name)."""
+
+    reason: str
+    detail: str
+
+
+class FailedStudy(FailedRetrieval):
+    """A failed study as the summary lists it: its study key (de-identified Study Instance UID)
+    with the reason and detail of its part."""
+
+    study: str
+
+
 class ManifestPart(TypedDict):
     """What one study's work recorded: ``parts/<study key>.json``; written last, so it marks the
     study done.
@@ -106,7 +121,9 @@ class ManifestPart(TypedDict):
     sorted) and ``iocm_rejected`` (de-identified SOP Instance UIDs that IOCM rejected, sorted);
     the source part has none of the three. A study part written since stream verification
     also has ``verification`` (:class:`VerificationRecord`); parts written before it lack the
-    key and still parse, but the release gate refuses them.
+    key and still parse, but the release gate refuses them. A *failed-study part* (the archive
+    could not deliver the study) has ``failed`` (:class:`FailedRetrieval`) and no objects; it is
+    not counted as done, and ``ridl run --retry-failed`` works the study again.
     """
 
     study: str | None
@@ -117,6 +134,7 @@ class ManifestPart(TypedDict):
     review: NotRequired[list[str]]
     iocm_rejected: NotRequired[list[str]]
     verification: NotRequired[VerificationRecord]
+    failed: NotRequired[FailedRetrieval]
 
 
 class LabelsFile(TypedDict):
@@ -134,9 +152,11 @@ class ReleaseSummary(TypedDict):
     Counts are of studies, subjects (research IDs) and instances; ``bytes_exported`` is in bytes;
     ``by_modality`` counts exported instances per modality, ``excluded`` and ``quarantined``
     count instances per reason code (all three sorted by key). ``studies_done`` counts the
-    study parts in the store (studies worked, exported or not). ``manifest`` and
-    ``manifest_csv`` are the store keys of the manifest tables; ``labels`` is there once the
-    release has a labels table.
+    study parts in the store (studies worked, exported or not), failed-study parts left out;
+    when the archive could not deliver some studies, ``studies_failed`` counts them by reason
+    code and ``failed_studies`` lists them (:class:`FailedStudy`, sorted by study key).
+    ``manifest`` and ``manifest_csv`` are the store keys of the manifest tables; ``labels`` is
+    there once the release has a labels table.
     """
 
     project: str
@@ -153,6 +173,8 @@ class ReleaseSummary(TypedDict):
     manifest: str
     manifest_csv: str
     labels: NotRequired[LabelsFile]
+    studies_failed: NotRequired[dict[str, int]]
+    failed_studies: NotRequired[list[FailedStudy]]
 
 
 @dataclass(frozen=True)
@@ -205,12 +227,14 @@ def study_part(
     review: Iterable[str] = (),
     iocm_rejected: Iterable[str] = (),
     verification: VerificationRecord | None = None,
+    failed: FailedRetrieval | None = None,
 ) -> ManifestPart:
     """The part of one study: its key, site token, exported objects and counts by reason.
 
     ``objects`` are kept in the order given (the worker sorts them by key); counts are sorted by
     reason code, ``review`` and ``iocm_rejected`` sorted; ``verification`` is the study's stream
-    verification record (left out when None).
+    verification record (left out when None); ``failed`` makes it a failed-study part (left out
+    when None).
     """
     part = ManifestPart(
         study=study,
@@ -223,6 +247,8 @@ def study_part(
     )
     if verification is not None:
         part["verification"] = verification
+    if failed is not None:
+        part["failed"] = failed
     return part
 
 
@@ -315,11 +341,15 @@ def build_manifest(
     excluded: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     studies_done = 0
+    failed: list[FailedStudy] = []
     for part in parts:
         rows.extend(part["objects"])
         excluded.update(part["excluded"])
         quarantined.update(part["quarantined"])
-        if part.get("study"):
+        why = part.get("failed")
+        if part.get("study") and why is not None:
+            failed.append(FailedStudy(study=str(part["study"]), **why))
+        elif part.get("study"):
             studies_done += 1
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values("key").reset_index(drop=True)
     frame["size"] = frame["size"].astype("int64")
@@ -346,6 +376,9 @@ def build_manifest(
         manifest=files.manifest_parquet,
         manifest_csv=files.manifest_csv,
     )
+    if failed:
+        summary["studies_failed"] = _counts(Counter(f["reason"] for f in failed))
+        summary["failed_studies"] = sorted(failed, key=lambda f: f["study"])
     labels_key = f"{prefix}/labels.parquet"
     if store.exists(labels_key):
         # Labels from worklists and hooks (curation.labels) travel with the release.

@@ -165,9 +165,10 @@ def render_report(
     """The report as one HTML page (counts and inline SVG plots only).
 
     ``summary`` is the release summary (counts; ``excluded`` and ``quarantined`` as
-    {reason: instances}, ``bytes_exported`` in bytes); ``manifest`` one row per object;
-    ``parts`` the manifest parts; ``runs`` as :func:`read_runs` gives them; ``study_years``
-    {study UID: original year}, computed on premises, else the exported (shifted) dates' years
+    {reason: instances}, ``studies_failed`` as {reason: studies}, ``bytes_exported`` in
+    bytes); ``manifest`` one row per object; ``parts`` the manifest parts; ``runs`` as
+    :func:`read_runs` gives them; ``study_years`` {study UID: original year}, computed on
+    premises, else the exported (shifted) dates' years
     are used. Throughput is instances per second of workers' own time; memory in MiB.
     """
     frame = manifest.copy()
@@ -201,6 +202,10 @@ def render_report(
             row("bytes exported", f"{summary.get('bytes_exported', 0):,}"),
             row("instances excluded", sum(excluded.values())),
             row("instances quarantined (kept on premises)", sum(quarantined.values())),
+            *[
+                row(f"studies the archive could not deliver: {reason}", n)
+                for reason, n in dict(summary.get("studies_failed", {})).items()
+            ],
             row("runs (a resumed release has several)", len(runs)),
             row("instances/s per worker (ridl's own work)", rate),
             row("peak memory of a worker (MiB)", f"{peak:.0f}"),

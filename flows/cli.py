@@ -434,6 +434,8 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(f"excluded: {reason}", str(n))
     for reason, n in summary["quarantined"].items():
         table.add_row(f"quarantined: {reason}", str(n))
+    for reason, n in summary.get("studies_failed", {}).items():
+        table.add_row(f"failed: {reason}", str(n))
     if summary.get("verification"):
         table.add_row(
             "verification", "passed: published" if summary["verification"]["passed"] else "failed"
@@ -443,6 +445,11 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
+    if summary.get("studies_failed"):
+        console.print(
+            "studies the archive could not deliver are recorded (`ridl summary` lists them); "
+            "rerun with --retry-failed to try them again"
+        )
     root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
     if summary.get("report"):
@@ -526,6 +533,14 @@ def run(
             "(default: 1,000 or 0.1%, whichever is larger, at most 20,000)."
         ),
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Retrieve again the studies an earlier run of this release recorded as failed "
+            "(the archive could not deliver them); without it they stay recorded and counted.",
+        ),
+    ] = False,
 ) -> None:
     """Run an approved extraction into a release (rerunning the same release resumes it)."""
     from export.store import open_store
@@ -550,6 +565,7 @@ def run(
             "retrieval_limit": retrieval_limit,
             "max_batches_per_flow": max_batches_per_flow,
             "audit_sample": audit_sample,
+            "retry_failed": retry_failed,
         },
     )
     print_summary(summary, open_store(dest).url)

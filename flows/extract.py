@@ -20,6 +20,7 @@ studies, and a flow run holds at most ``max_batches_per_flow`` of them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -207,7 +208,8 @@ class SliceTotals(TypedDict):
     """What a child flow run returns (:meth:`Totals.as_dict`): its batches' tallies added up.
 
     Counts as in :class:`~flows.work.BatchTally`; ``work_seconds`` summed over batches (seconds),
-    ``peak_rss_mib`` the highest of any worker (MiB), ``timeline`` one entry per batch.
+    ``peak_rss_mib`` the highest of any worker (MiB), ``timeline`` one entry per batch,
+    ``failed`` studies the archive could not deliver, by reason code.
     """
 
     studies: int
@@ -220,6 +222,7 @@ class SliceTotals(TypedDict):
     excluded: dict[str, int]
     quarantined: dict[str, int]
     timeline: list[TimelineEntry]
+    failed: dict[str, int]
 
 
 class RunSummary(ReleaseSummary):
@@ -250,6 +253,7 @@ class Totals:
         self.peak_rss_mib = 0.0
         self.excluded: Counter[str] = Counter()
         self.quarantined: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
         self.timeline: list[TimelineEntry] = []
 
     def _count(self, counts: BatchTally | SliceTotals) -> None:
@@ -262,6 +266,7 @@ class Totals:
         self.peak_rss_mib = max(self.peak_rss_mib, counts.get("peak_rss_mib", 0.0))
         self.excluded.update(counts["excluded"])
         self.quarantined.update(counts["quarantined"])
+        self.failed.update(counts.get("failed", {}))
 
     def add(self, tally: BatchTally) -> None:
         """Add one batch task's result; a batch timed by ``run_batch`` joins the timeline."""
@@ -294,6 +299,7 @@ class Totals:
             excluded=dict(self.excluded),
             quarantined=dict(self.quarantined),
             timeline=self.timeline,
+            failed=dict(self.failed),
         )
 
 
@@ -326,9 +332,10 @@ def extract_slice(params: ExtractParams, part: Slice) -> SliceTotals:
     logger = get_run_logger()
     plan = select_stage(params)  # the frozen selection: same studies in every child
     studies = part.pick(plan.studies)
+    ctx = dataclasses.replace(plan.ctx, retry_failed=params.retry_failed)
     submit = process_studies.with_options(retries=params.task_retries)
     futures = [
-        submit.submit(plan.ctx, batch, params.retrieval_limit)
+        submit.submit(ctx, batch, params.retrieval_limit)
         for batch in batches(studies, params.batch_size)
     ]
     totals = Totals()
@@ -360,11 +367,14 @@ def extract_run(
     allowed_hours: str | None = None,
     retries: int = DEFAULT_RETRIES,
     audit_sample: int | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Run one REB-approved extraction into a release; safe to rerun (it resumes).
 
     ``max_associations`` to ``retries`` protect a network DIR (see ridl.sources.protect);
-    ``audit_sample`` is how many objects the gate reads back (None: flows.gate.sample_size).
+    ``audit_sample`` is how many objects the gate reads back (None: flows.gate.sample_size);
+    ``retry_failed`` retrieves again the studies an earlier run recorded as failed (the
+    archive could not deliver them); without it their failed-study parts stand.
     """
     logger = get_run_logger()
     started = time.time()
@@ -389,6 +399,7 @@ def extract_run(
         allowed_hours=allowed_hours,
         retries=retries,
         audit_sample=audit_sample,
+        retry_failed=retry_failed,
     )
     address = params.resolved_cluster()
     require_server_for_cluster(address)
@@ -443,6 +454,8 @@ def _artifacts(summary: RunSummary, totals: Totals) -> None:
         rows.append({"stage": "excluded", "reason": reason, "count": n})
     for reason, n in summary["quarantined"].items():
         rows.append({"stage": "quarantined", "reason": reason, "count": n})
+    for reason, n in summary.get("studies_failed", {}).items():
+        rows.append({"stage": "failed (studies)", "reason": reason, "count": n})
     create_table_artifact(key="ridl-counts", table=rows, description="Counts by stage and reason")
     rate = totals.instances / totals.work_seconds if totals.work_seconds else 0.0
     create_markdown_artifact(
@@ -457,6 +470,8 @@ def _artifacts(summary: RunSummary, totals: Totals) -> None:
             f"| instances exported | {summary['instances_exported']} |\n"
             f"| excluded | {sum(summary['excluded'].values())} |\n"
             f"| quarantined | {sum(summary['quarantined'].values())} |\n"
+            f"| studies the archive could not deliver "
+            f"| {sum(summary.get('studies_failed', {}).values())} |\n"
             f"| child flow runs | {summary['flow_runs']} |\n"
             f"| instances/s per worker | {rate:.1f} |\n"
             f"| peak worker memory | {totals.peak_rss_mib:.0f} MiB |\n\n"

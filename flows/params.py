@@ -60,6 +60,8 @@ class ExtractParams(BaseModel):
     # Objects the release gate reads back and verifies again (flows.gate.sample_size); None:
     # 1,000 or 0.1 %, whichever is larger, at most 20,000.
     audit_sample: int | None = Field(default=None, ge=0, le=10_000_000)
+    # Retrieve again the studies an earlier run of the release recorded as failed.
+    retry_failed: bool = False
 
     @field_validator("cluster")
     @classmethod

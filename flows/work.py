@@ -42,6 +42,7 @@ from deid_recipes.engine import identifying_tokens
 from deid_recipes.fastpath import deidentify_to_bytes
 from export.identifiers import RULES_VERSION, ElementMemo, IdentifierDictionary
 from export.manifest import (
+    FailedRetrieval,
     ObjectRow,
     VerificationRecord,
     part_bytes,
@@ -55,7 +56,7 @@ from export.store import ObjectStore, open_store, sha256_hex
 from ridl import __version__, settings
 from ridl.catalog import StudyRef
 from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
-from ridl.errors import ObjectRejected
+from ridl.errors import ObjectRejected, StudyUndeliverable
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
@@ -101,6 +102,10 @@ class RunContext:
     # and place names, ridl.crossterms.load_terms; PHI, at most MAX_TERMS_PER_RUN): carried so
     # a worker on a cluster needs no shared disk. Each worker grows its own copy as it goes.
     cross_terms: tuple[tuple[str, str], ...] = ()
+    # Studies an earlier run recorded as failed (the archive could not deliver them) are
+    # retrieved again only when this is set (`ridl run --retry-failed`); otherwise their
+    # failed-study parts stand and are counted again.
+    retry_failed: bool = False
 
     @property
     def prefix(self) -> str:
@@ -124,6 +129,8 @@ class StudyOutcome:
     iocm_rejected: list[str] = field(default_factory=list)
     review: set[str] = field(default_factory=set)
     verification: VerificationRecord | None = None
+    # Set when the archive could not deliver the study (its part is a failed-study part).
+    failed: FailedRetrieval | None = None
 
 
 class BatchTally(TypedDict):
@@ -134,9 +141,10 @@ class BatchTally(TypedDict):
     ``studies`` worked (``skipped`` of them were done by an earlier run), objects ``exported``
     and their ``bytes`` (in bytes), instances ``excluded`` and ``quarantined`` by reason code;
     ``instances`` met (exported, excluded or quarantined), ``fresh_instances`` of them in studies
-    this batch did itself. ``run_batch`` adds the batch's ``work_seconds`` (seconds of work),
-    ``started_at`` and ``finished_at`` (POSIX times, seconds), the store keys of its ``parts``,
-    and its worker's ``peak_rss_mib`` (MiB).
+    this batch did itself; ``failed`` counts studies the archive could not deliver, by reason
+    code (``retrieval`` group of :class:`~ridl.reasons.Reason`). ``run_batch`` adds the
+    batch's ``work_seconds`` (seconds of work), ``started_at`` and ``finished_at`` (POSIX
+    times, seconds), the store keys of its ``parts``, and its worker's ``peak_rss_mib`` (MiB).
     """
 
     studies: int
@@ -147,6 +155,7 @@ class BatchTally(TypedDict):
     quarantined: dict[str, int]
     instances: int
     fresh_instances: int
+    failed: dict[str, int]
     work_seconds: NotRequired[float]
     started_at: NotRequired[float]
     finished_at: NotRequired[float]
@@ -168,6 +177,8 @@ class BatchCounts:
     # did itself, not in studies an earlier run had finished.
     instances: int = 0
     fresh_instances: int = 0
+    # Studies the archive could not deliver, by reason code (recorded, not retried).
+    failed: Counter[str] = field(default_factory=Counter)
 
     def add(self, outcome: StudyOutcome) -> None:
         """Count one study's outcome into the batch."""
@@ -180,6 +191,8 @@ class BatchCounts:
         self.quarantined.update(outcome.quarantined)
         self.instances += met
         self.fresh_instances += 0 if outcome.skipped else met
+        if outcome.failed is not None:
+            self.failed[outcome.failed["reason"]] += 1
 
     def as_dict(self) -> BatchTally:
         """The counts as a :class:`BatchTally` (without the timing ``run_batch`` adds)."""
@@ -192,6 +205,7 @@ class BatchCounts:
             quarantined=dict(self.quarantined),
             instances=self.instances,
             fresh_instances=self.fresh_instances,
+            failed=dict(self.failed),
         )
 
 
@@ -282,14 +296,26 @@ def process_study(
     """Retrieve, curate, de-identify and store one study, then write its manifest part last.
 
     A study whose part is already in the store is skipped (counted from its part), unless a
-    reviewer has since decided about one of its held objects.
+    reviewer has since decided about one of its held objects, or the part records a failed
+    retrieval and the run retries those (``ctx.retry_failed``).
+
+    A study the archive cannot deliver (:class:`~ridl.errors.StudyUndeliverable`: not found, or
+    a failure that is not "busy") gets a failed-study part with its reason, no objects and an
+    empty verification record, and the batch goes on; a busy or unreachable archive still
+    fails the batch (a transient error, retried by the flow).
     """
     ctx = worker.ctx
     part_key = worker.part_key(study)
     outcome = StudyOutcome(study_key=worker.study_key(study))
     done = read_part(worker.store, part_key)
+    retry = done is not None and "failed" in done and ctx.retry_failed
     # A study that waits on review is redone once a reviewer has decided about its objects.
-    if done is not None and not worker.curator.decisions.decided_any(done.get("review", [])):
+    if (
+        done is not None
+        and not retry
+        and not worker.curator.decisions.decided_any(done.get("review", []))
+    ):
+        outcome.failed = done.get("failed")
         outcome.skipped = True
         outcome.exported = len(done["objects"])
         outcome.bytes = part_bytes(done)
@@ -303,6 +329,10 @@ def process_study(
         with retrieval_slot():
             files = worker.source.fetch_study(study, workdir)
         rows = _process_files(worker, study, files, outcome)
+    except StudyUndeliverable as exc:
+        # The archive's answer about this study, not a busy archive: record it, go on.
+        outcome.failed = FailedRetrieval(reason=str(exc.reason), detail=exc.detail)
+        rows = []
     finally:
         worker.source.release_study(study, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -317,6 +347,7 @@ def process_study(
         quarantined=outcome.quarantined,
         iocm_rejected=outcome.iocm_rejected,
         verification=outcome.verification or _record(worker, IdentifierDictionary(), 0),
+        failed=outcome.failed,
     )
     write_part(worker.store, part_key, part)
     return outcome

@@ -319,7 +319,8 @@ def test_ridl_run_publishes_past_a_failed_study_and_retries_it_with_the_flag(
     assert result.exit_code == 0, result.output
     assert "failed: study-not-found" in result.output
     assert gone.study_uid not in result.output
-    listed = CliRunner().invoke(app, ["summary", "--project", project.id, "--release", "r1", "--dest", dest])
+    show = ["summary", "--project", project.id, "--release", "r1", "--dest", dest]
+    listed = CliRunner().invoke(app, show)
     assert listed.exit_code == 0, listed.output
     summary = json.loads(listed.output)
     assert summary["studies_failed"] == {"study-not-found": 1}

@@ -33,14 +33,16 @@ from urllib.parse import urlencode
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HEVCMP51,
     HTJ2K,
     JPEG2000,
     MPEG2MPML,
+    MPEG4HP41,
+    MPEG4HP42STEREO,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HEVCMP51,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
@@ -51,8 +53,6 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
-    MPEG4HP41,
-    MPEG4HP42STEREO,
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
@@ -588,7 +588,8 @@ class DimseSource:
         writer = _StudyWriter(workdir)
         finals: list[Dataset] = []
         for contexts, roles in groups:
-            assoc = self._associate(self._get_ae(contexts), roles, [(evt.EVT_C_STORE, writer.write)])
+            handlers = [(evt.EVT_C_STORE, writer.write)]
+            assoc = self._associate(self._get_ae(contexts), roles, handlers)
             try:
                 responses = assoc.send_c_get(
                     self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
