@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from export.local import LocalStore
 from export.manifest import ReleaseSummary, build_manifest
-from export.release import publish_release
+from export.release import publish_release, read_published
 from export.store import open_store
 from flows.gate import gate_release
 from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params
@@ -51,6 +51,7 @@ from flows.transient import retry_if_transient
 from flows.work import BatchTally, RunContext
 from ridl import audit, settings
 from ridl.catalog import StudyRef
+from ridl.errors import ReleaseError
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
@@ -303,6 +304,20 @@ class Totals:
         )
 
 
+def refuse_retry_when_published(ctx: RunContext, retry_failed: bool) -> None:
+    """A published release never changes: retrying its failed studies would add objects to it.
+
+    Raises:
+        ReleaseError: ``retry_failed`` is asked for a release that is already published (before
+            any study is touched).
+    """
+    if retry_failed and read_published(open_store(ctx.store_url), ctx.prefix) is not None:
+        raise ReleaseError(
+            f"release {ctx.prefix} is already published and cannot be changed, so its failed "
+            "studies cannot be retried into it; select them in a new release (change: --release)"
+        )
+
+
 def write_run_log(ctx: RunContext, started: float, totals: Totals, slices: int) -> str:
     """Keep this run's throughput with the release (counts and times only) for the report."""
     store = open_store(ctx.store_url)
@@ -405,6 +420,7 @@ def extract_run(
     require_server_for_cluster(address)
     plan = select_stage(params)
     params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
+    refuse_retry_when_published(plan.ctx, params.retry_failed)
     audit.record("run.started", **run_fields(plan.ctx, batch_size, len(plan.studies)))
     cleaned = clean_stage(plan.ctx)
     logger.info(

@@ -299,11 +299,12 @@ def test_an_undeliverable_study_is_recorded_and_retried_only_when_asked(
 
 
 @pytest.mark.prefect
-def test_ridl_run_publishes_past_a_failed_study_and_retries_it_with_the_flag(
+def test_ridl_run_publishes_past_a_failed_study_and_keeps_the_published_release(
     small_archive: Orthanc, project: Project, tmp_path: Path
 ) -> None:
-    """Through the CLI and the Prefect flow: the run publishes the other studies, ``ridl
-    summary`` lists the failure, and ``--retry-failed`` retrieves it once it is back."""
+    """Through the CLI and the Prefect flow: the run publishes the other studies and ``ridl
+    summary`` lists the failure; a published release never changes, so ``--retry-failed`` is
+    refused for it (the retry itself is tested above, before publication)."""
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -328,9 +329,11 @@ def test_ridl_run_publishes_past_a_failed_study_and_retries_it_with_the_flag(
     assert (settings.releases_dir() / project.id / "r1").exists()
     assert read_summary(open_store(dest), f"{project.id}/r1")["instances_exported"] > 20
 
+    # Published: the release never changes, so --retry-failed is refused before any work.
     for content in saved:
         small_archive.upload_bytes(content)
+    before = sorted(p.name for p in (tmp_path / "store").rglob("*.dcm"))
     result = CliRunner().invoke(app, [*args, "--retry-failed"])
-    assert result.exit_code == 0, result.output
-    assert "failed:" not in result.output
-    assert "studies_failed" not in read_summary(open_store(dest), f"{project.id}/r1")
+    assert result.exit_code == 2, result.output
+    assert "already published" in result.output and "--release" in result.output
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*.dcm")) == before
