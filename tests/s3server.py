@@ -174,9 +174,9 @@ class SeaweedServer:
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
+            self._proc.terminate()  # its data is thrown away: no need for a clean shutdown
             try:
-                self._proc.wait(10)
+                self._proc.wait(3)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
