@@ -38,7 +38,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> SynthReport:
-    return synthesize(tmp_path_factory.mktemp("weed-dir"), patients=2, sites=2, seed=13, ct_slices=1)
+    root = tmp_path_factory.mktemp("weed-dir")
+    return synthesize(root, patients=2, sites=2, seed=13, ct_slices=1)
 
 
 def _admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
