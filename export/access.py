@@ -5,7 +5,12 @@ project's approved recipients:
 
 * an IAM policy document for the storage administrator to attach to the researcher's identity:
   ``s3:ListBucket`` only with an ``s3:prefix`` condition on the release prefix, ``s3:GetObject``
-  only on objects under it, both ending at the grant's expiry (``aws:CurrentTime``);
+  only on objects under it, both ending at the grant's expiry (``aws:CurrentTime``); or, given
+  the researcher's principal ARN, the same statements as a bucket policy (``Principal`` set),
+  for servers that evaluate ``aws:CurrentTime`` only in bucket policies: SeaweedFS 4 enforces
+  the prefix and read-only parts of an identity policy but not its date condition (the
+  statements then never match, so the grant refuses everything), while its bucket policies
+  enforce all three; AWS S3 enforces both forms;
 * a presigned manifest: the signed release manifest as published, its signature and public key,
   and a presigned GET URL per file, all expiring at the earlier of N days (7 at most, the longest
   a SigV4 presigned URL lives) and the end of the REB approval. No AWS credentials are needed.
@@ -19,6 +24,7 @@ needs an S3 store (:mod:`export.s3`); ``ridl release grant`` (``export.cli``) ca
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +120,32 @@ def iam_policy(store: S3Store, prefix: str, expires: dt.datetime) -> dict[str, A
     }
 
 
+def bucket_policy(
+    store: S3Store, prefix: str, expires: dt.datetime, principal: str
+) -> dict[str, Any]:
+    """The statements of :func:`iam_policy` as a bucket policy for one principal.
+
+    ``principal`` is the researcher's IAM ARN (``arn:aws:iam::ACCOUNT:user/NAME``); ``prefix``
+    and ``expires`` as for :func:`iam_policy`. The ``Sid`` of each statement names the release
+    and a digest of the principal, so the statements of several grants can be merged into the
+    bucket's one policy (``aws s3api put-bucket-policy``) without clashing.
+
+    Raises:
+        ScopeError: ``principal`` is not an ARN (``--principal``).
+    """
+    if not principal.startswith("arn:"):
+        raise ScopeError(
+            "--principal", "give the researcher's IAM ARN (arn:aws:iam::ACCOUNT:user/NAME)"
+        )
+    document = iam_policy(store, prefix, expires)
+    tag = "".join(c for c in prefix.title() if c.isalnum())
+    tag += hashlib.sha256(principal.encode()).hexdigest()[:8]
+    for statement in document["Statement"]:
+        statement["Sid"] = f"{statement['Sid']}{tag}"
+        statement["Principal"] = {"AWS": [principal]}
+    return document
+
+
 def presigned_manifest(
     store: S3Store, prefix: str, manifest: dict[str, Any], expires_in: int
 ) -> dict[str, Any]:
@@ -158,10 +190,13 @@ def grant_access(
     presign: bool = False,
     now: dt.datetime | None = None,
     expires_in_seconds: int | None = None,
+    principal: str | None = None,
 ) -> dict[str, Any]:
     """Check the grant, build the policy or the presigned manifest, record it; return it.
 
     ``expires_in_seconds`` shortens presigned URLs below the computed expiry (never beyond it).
+    ``principal`` (the researcher's IAM ARN) asks for a bucket policy (:func:`bucket_policy`)
+    instead of an identity policy.
     ``store`` is an open store, its URL, or None for the default store; ``days`` and ``now``
     are as for :func:`check_grant`. Returns the IAM policy (:func:`iam_policy`) or the presigned
     manifest (:func:`presigned_manifest`, with ``expires_at`` in ISO 8601).
@@ -170,12 +205,14 @@ def grant_access(
         ConfigError: the project id or file is invalid, the store is not S3, or the store
             cannot be opened (see :func:`export.store.open_store`).
         ProjectNotFound: no such project.
-        ScopeError: the grant is not allowed (see :func:`check_grant`), or presigned URLs would
-            already have expired.
+        ScopeError: the grant is not allowed (see :func:`check_grant`), presigned URLs would
+            already have expired, ``principal`` is given with ``presign``, or it is not an ARN.
         ReleaseError: the release is not published in the store.
     """
     now = now or dt.datetime.now(dt.UTC)
     _, expires = check_grant(project_id, researcher, days, presign, now)
+    if presign and principal is not None:
+        raise ScopeError("--principal", "a presigned manifest needs no principal; drop one")
     store = store if store is not None and not isinstance(store, str) else open_store(store)
     from export.s3 import S3Store
 
@@ -199,9 +236,13 @@ def grant_access(
         expires = now + dt.timedelta(seconds=seconds)
         document = presigned_manifest(store, prefix, manifest, seconds)
         document["expires_at"] = expires.isoformat(timespec="seconds")
+    elif principal is not None:
+        document = bucket_policy(store, prefix, expires, principal)
     else:
         document = iam_policy(store, prefix, expires)
-    document_kind = "presigned-manifest" if presign else "iam-policy"
+    document_kind = (
+        "presigned-manifest" if presign else "bucket-policy" if principal else "iam-policy"
+    )
     _record(project_id, release, researcher, document_kind, now, expires)
     return document
 

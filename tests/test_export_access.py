@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from export.access import MAX_PRESIGN_DAYS, grant_access, reb_end
-from export.pull import pull
+from export.pull import AccessRefused, pull
 from export.s3 import S3Store
 from flows.cli import app
 from ridl.errors import ReleaseError, ScopeError
@@ -165,9 +165,10 @@ def test_researcher_of_project_a_cannot_read_project_b(
         # The pull client with project A's credentials on project B's manifest: refused.
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        report = pull(release / "manifest.json", tmp_path / "stolen", workers=2)
-        assert report.fetched == 0 and len(report.failed) == report.files
-        assert all("access denied" in reason for reason in report.failed.values())
+        # It stops at the first refusal, leaving no folder behind (not one refusal per file).
+        with pytest.raises(AccessRefused, match="access denied"):
+            pull(release / "manifest.json", tmp_path / "stolen", workers=2)
+        assert not (tmp_path / "stolen").exists()
     finally:
         s3_env.set_auth(False)
 

@@ -81,7 +81,9 @@ def test_published_release_holds_signed_manifest_sums_and_description(
     assert description["License"] and description["HowToAcknowledge"]
 
     commands = store.get_bytes(f"{prefix}/s5cmd-commands.txt").decode().splitlines()
-    assert len(commands) == len(frame)
+    listed = {line.split()[-1] for line in commands}
+    assert len(commands) == len(frame) + len(manifest["files"]) + 2  # + the manifest and its .sig
+    assert {"SHA256SUMS", "manifest.json", "manifest.json.sig", "RELEASE_NOTES.md"} <= listed
     first_path = json.loads(manifest_bytes)["objects"][0]["path"]
     assert commands[0] == f"cp s3://{store.bucket}/library/{prefix}/{first_path} {first_path}"
 
