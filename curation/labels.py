@@ -40,6 +40,7 @@ from export.manifest import read_parts
 from export.store import ObjectStore
 from ridl import settings
 from ridl.errors import ConfigError, ReleaseError
+from ridl.releases import load_withdrawn
 
 FIELD_TYPES = ("text", "int", "float", "bool", "choice")
 BASE_COLUMNS = [
@@ -162,8 +163,13 @@ def research_study_id(research_id: str, study_uid: str) -> str:
     return f"{research_id}-{hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()}"
 
 
-def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
+def release_studies(
+    store: ObjectStore, project: str, release: str, *, include_withdrawn: bool = False
+) -> pd.DataFrame:
     """The curated studies of a release, one row each, from its manifest parts.
+
+    Studies of subjects withdrawn from the project (``ridl release withdraw``) are left out,
+    for old and new releases alike, unless ``include_withdrawn``.
 
     Columns: ``research_study_id``, ``research_id``, ``study_uid`` (de-identified),
     ``description``, ``study_date`` (shifted), ``keys`` (list of object keys) and ``modality``
@@ -195,6 +201,8 @@ def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFr
             f"release {project}/{release} has no exported studies in {store.url}; run it first"
         )
     frame = pd.DataFrame(list(rows.values()))
+    if not include_withdrawn:
+        frame = frame[~frame["research_id"].isin(sorted(load_withdrawn(project)))]
     frame["modality"] = frame["modalities"].apply(lambda m: "/".join(sorted(m)))
     return frame.drop(columns=["modalities"]).sort_values("research_study_id", ignore_index=True)
 
@@ -373,7 +381,7 @@ def store_label_rows(
 
     A row with every label field empty is counted as unlabeled; a row is refused for an unknown
     study, an empty assignee (after ``default_assignee``), a bad or missing required value, or
-    a study the assignee has already labeled. ``source`` is recorded with each row (``import``,
+    a study the assignee has already labeled, or a study of a withdrawn subject. ``source`` is recorded with each row (``import``,
     ``hook:<name>``).
 
     Raises:
@@ -382,8 +390,10 @@ def store_label_rows(
         ReleaseError: the release has no exported studies in the store.
     """
     schema = schema_for(project)
-    studies = release_studies(store, project, release)
+    studies = release_studies(store, project, release, include_withdrawn=True)
     by_id = dict(zip(studies["research_study_id"], studies["study_uid"], strict=True))
+    withdrawn = load_withdrawn(project)
+    gone = set(studies.loc[studies["research_id"].isin(sorted(withdrawn)), "research_study_id"])
     existing = read_labels(store, project, release)
     done = set(zip(existing["assignee"], existing["research_study_id"], strict=True))
     report = ImportReport()
@@ -399,6 +409,8 @@ def store_label_rows(
         problems = []
         if study not in by_id:
             problems.append(f"unknown study {study!r} in release {release}")
+        elif study in gone:
+            problems.append(f"study {study}: the subject withdrew from the project")
         if not assignee:
             problems.append("assignee is empty")
         typed: dict[str, Any] = {}
