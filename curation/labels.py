@@ -26,7 +26,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,10 +207,7 @@ def release_studies(
 
 
 def _labels_dir(project: str, release: str) -> Path:
-    folder = settings.ridl_home() / "labels" / project / release
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
+    return settings.private_dir(settings.ridl_home() / "labels" / project / release)
 
 
 def _assignments(project: str, release: str) -> pd.DataFrame:
@@ -284,9 +280,9 @@ def export_worklist(
     new = pd.DataFrame(
         {"research_study_id": sheet["research_study_id"], "assignee": assignee, "assigned_at": now}
     )
-    pd.concat([taken, new], ignore_index=True).to_csv(
-        _labels_dir(project, release) / "assignments.csv", index=False
-    )
+    assignments = _labels_dir(project, release) / "assignments.csv"
+    pd.concat([taken, new], ignore_index=True).to_csv(assignments, index=False)
+    settings.private_file(assignments)
     return out, len(sheet)
 
 
@@ -381,8 +377,8 @@ def store_label_rows(
 
     A row with every label field empty is counted as unlabeled; a row is refused for an unknown
     study, an empty assignee (after ``default_assignee``), a bad or missing required value, or
-    a study the assignee has already labeled, or a study of a withdrawn subject. ``source`` is recorded with each row (``import``,
-    ``hook:<name>``).
+    a study the assignee has already labeled, or a study of a withdrawn subject. ``source`` is
+    recorded with each row (``import``, ``hook:<name>``).
 
     Raises:
         ConfigError: the project file or schema is invalid.

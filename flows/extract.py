@@ -48,6 +48,7 @@ from flows.runners import (
 from flows.runplan import (
     RunPlan,
     already_published_message,
+    is_published,
     prepare_run,
     recipe_sha256,
     run_fields,
@@ -57,7 +58,7 @@ from flows.work import BatchTally, RunContext
 from ridl import audit, settings
 from ridl.catalog import StudyRef
 from ridl.errors import ReleaseError
-from ridl.releases import release_is_published, release_lock
+from ridl.releases import release_lock
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
@@ -410,7 +411,7 @@ def extract_run(
     # One run of a release at a time (the lock, RIDL_HOME/releases/<project>/<release>/run.lock),
     # and a published release is never worked again: a rerun changes nothing.
     with release_lock(project, release):
-        if release_is_published(project, release):
+        if is_published(project, release, open_store(destination)):
             raise ReleaseError(already_published_message(project, release, destination or ""))
         plan = select_stage(params)
         params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})

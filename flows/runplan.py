@@ -15,7 +15,7 @@ from typing import Any
 
 from curation.quarantine import quarantine_file
 from export.manifest import source_part, source_part_key, write_part
-from export.store import open_store
+from export.store import ObjectStore, open_store
 from flows.work import RunContext
 from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
 from ridl.crossterms import load_terms
@@ -137,10 +137,20 @@ def check_run(
     if frozen is None:
         return None
     check_same_request(frozen[0], _record(project, release, src.url, scope, store.url))
-    if release_is_published(project.id, release):
+    if is_published(project.id, release, store):
         return already_published_message(project.id, release, store.url)
     check_not_locked(project.id, release)
     return None
+
+
+def is_published(project_id: str, release: str, store: ObjectStore) -> bool:
+    """Whether the release is published: its on-premises marker (written by the gate) or its
+    signed manifest in ``store`` (written by ``ridl release publish``)."""
+    if release_is_published(project_id, release):
+        return True
+    from export.release import read_published
+
+    return read_published(store, f"{project_id}/{release}") is not None
 
 
 def already_published_message(project_id: str, release: str, store_url: str) -> str:

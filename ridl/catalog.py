@@ -95,19 +95,20 @@ def write_study_rows(
     ``catalog_dir`` (created), with the window in ``window.json``. A window of None means
     "everything the source holds" (a folder is indexed whole).
     """
-    catalog_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(catalog_dir)  # the catalog holds PHI: 0700, files 0600
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
     table = table.select(STUDY_SCHEMA.names).cast(STUDY_SCHEMA)
     if table.num_rows:
         table = table.sort_by([("study_date", "ascending"), ("study_uid", "ascending")])
     tmp = catalog_dir / "studies.parquet.tmp"
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
-    tmp.replace(catalog_dir / "studies.parquet")
+    settings.private_file(tmp).replace(catalog_dir / "studies.parquet")
     window = {
         "date_from": date_from.isoformat() if date_from else None,
         "date_to": date_to.isoformat() if date_to else None,
     }
     (catalog_dir / WINDOW_FILE).write_text(json.dumps(window))
+    settings.private_file(catalog_dir / WINDOW_FILE)
 
 
 def catalog_covers(catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> bool:
