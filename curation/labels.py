@@ -26,7 +26,6 @@ import csv
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from export.manifest import read_parts
 from export.store import ObjectStore
 from ridl import settings
 from ridl.errors import ConfigError, ReleaseError
+from ridl.releases import load_withdrawn
 
 FIELD_TYPES = ("text", "int", "float", "bool", "choice")
 BASE_COLUMNS = [
@@ -162,8 +162,13 @@ def research_study_id(research_id: str, study_uid: str) -> str:
     return f"{research_id}-{hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()}"
 
 
-def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFrame:
+def release_studies(
+    store: ObjectStore, project: str, release: str, *, include_withdrawn: bool = False
+) -> pd.DataFrame:
     """The curated studies of a release, one row each, from its manifest parts.
+
+    Studies of subjects withdrawn from the project (``ridl release withdraw``) are left out,
+    for old and new releases alike, unless ``include_withdrawn``.
 
     Columns: ``research_study_id``, ``research_id``, ``study_uid`` (de-identified),
     ``description``, ``study_date`` (shifted), ``keys`` (list of object keys) and ``modality``
@@ -195,15 +200,14 @@ def release_studies(store: ObjectStore, project: str, release: str) -> pd.DataFr
             f"release {project}/{release} has no exported studies in {store.url}; run it first"
         )
     frame = pd.DataFrame(list(rows.values()))
+    if not include_withdrawn:
+        frame = frame[~frame["research_id"].isin(sorted(load_withdrawn(project)))]
     frame["modality"] = frame["modalities"].apply(lambda m: "/".join(sorted(m)))
     return frame.drop(columns=["modalities"]).sort_values("research_study_id", ignore_index=True)
 
 
 def _labels_dir(project: str, release: str) -> Path:
-    folder = settings.ridl_home() / "labels" / project / release
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
+    return settings.private_dir(settings.ridl_home() / "labels" / project / release)
 
 
 def _assignments(project: str, release: str) -> pd.DataFrame:
@@ -276,9 +280,9 @@ def export_worklist(
     new = pd.DataFrame(
         {"research_study_id": sheet["research_study_id"], "assignee": assignee, "assigned_at": now}
     )
-    pd.concat([taken, new], ignore_index=True).to_csv(
-        _labels_dir(project, release) / "assignments.csv", index=False
-    )
+    assignments = _labels_dir(project, release) / "assignments.csv"
+    pd.concat([taken, new], ignore_index=True).to_csv(assignments, index=False)
+    settings.private_file(assignments)
     return out, len(sheet)
 
 
@@ -373,8 +377,8 @@ def store_label_rows(
 
     A row with every label field empty is counted as unlabeled; a row is refused for an unknown
     study, an empty assignee (after ``default_assignee``), a bad or missing required value, or
-    a study the assignee has already labeled. ``source`` is recorded with each row (``import``,
-    ``hook:<name>``).
+    a study the assignee has already labeled, or a study of a withdrawn subject. ``source`` is
+    recorded with each row (``import``, ``hook:<name>``).
 
     Raises:
         ConfigError: the project file or schema is invalid.
@@ -382,8 +386,10 @@ def store_label_rows(
         ReleaseError: the release has no exported studies in the store.
     """
     schema = schema_for(project)
-    studies = release_studies(store, project, release)
+    studies = release_studies(store, project, release, include_withdrawn=True)
     by_id = dict(zip(studies["research_study_id"], studies["study_uid"], strict=True))
+    withdrawn = load_withdrawn(project)
+    gone = set(studies.loc[studies["research_id"].isin(sorted(withdrawn)), "research_study_id"])
     existing = read_labels(store, project, release)
     done = set(zip(existing["assignee"], existing["research_study_id"], strict=True))
     report = ImportReport()
@@ -399,6 +405,8 @@ def store_label_rows(
         problems = []
         if study not in by_id:
             problems.append(f"unknown study {study!r} in release {release}")
+        elif study in gone:
+            problems.append(f"study {study}: the subject withdrew from the project")
         if not assignee:
             problems.append("assignee is empty")
         typed: dict[str, Any] = {}

@@ -57,15 +57,15 @@ def quarantine_file(
     data = path.read_bytes() if path.exists() else b""
     digest = hashlib.sha256(data).hexdigest()
     folder = quarantine_root(project, release)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    settings.private_dir(folder)  # PHI: 0700 folders, 0600 files whatever the umask
     blob = folder / f"{digest}.bin"
     if not blob.exists():
         tmp = folder / f".{digest}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
-        tmp.replace(blob)
+        settings.private_file(tmp).replace(blob)
     record = QuarantineRecord(digest, reason, source, location, study_key, detail)
     (folder / f"{digest}.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    settings.private_file(folder / f"{digest}.json")
     return record
 
 

@@ -44,9 +44,7 @@ def review_dir(project: str, release: str) -> Path:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
+    return settings.private_dir(path)  # review material shows pixels: 0700, files 0600
 
 
 @dataclass
@@ -86,12 +84,13 @@ def record_object(
     if frame is not None:
         name = f"{record.object}.png"
         (thumbs / name).write_bytes(thumbnail_png(frame, record.boxes))
+        settings.private_file(thumbs / name)
         record.thumbnail = f"thumbs/{name}"
     record.recorded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     objects = _private_dir(folder / "objects")
     tmp = objects / f".{record.object}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
-    tmp.replace(objects / f"{record.object}.json")
+    settings.private_file(tmp).replace(objects / f"{record.object}.json")
     return record
 
 
@@ -226,6 +225,7 @@ def decide(
     _private_dir(path.parent)
     new = not path.exists()
     with path.open("a", newline="") as handle:
+        settings.private_file(path)
         writer = csv.DictWriter(handle, fieldnames=DECISION_COLUMNS)
         if new:
             writer.writeheader()
@@ -292,4 +292,4 @@ objects, {pending} quarantined awaiting a decision. Record decisions in
 """
     path = folder / "index.html"
     path.write_text(page)
-    return path
+    return settings.private_file(path)

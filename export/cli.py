@@ -56,16 +56,60 @@ def release_show(
 @release_app.command("withdraw")
 def release_withdraw(
     project: Annotated[str, typer.Option(help="REB project id.")],
-    research_id: Annotated[str, typer.Option(help="The subject's research ID (RS-...).")],
+    research_id: Annotated[
+        str, typer.Option(help="The subject's research ID (RS-..., any letter case).")
+    ],
 ) -> None:
-    """Record that a subject withdrew: the next release retracts their objects everywhere."""
+    """Record that a subject withdrew: the next run leaves them out at selection, and the next
+    publish retracts their objects from earlier releases."""
     from ridl.projects import load_project
     from ridl.releases import record_withdrawal
 
     load_project(project)
-    added = record_withdrawal(project, research_id)
+    wanted = research_id.strip().upper()
+    if wanted not in research_ids_of(project):
+        raise ReleaseError(
+            f"research ID {wanted} is in no release of project '{project}'; check it against "
+            "the release's manifest (ridl release show / manifest.csv)"
+        )
+    added = record_withdrawal(project, wanted)
     state = "recorded" if added else "was already recorded"
-    console.print(f"withdrawal of {research_id} {state}; it applies at the next publish")
+    console.print(f"withdrawal of {wanted} {state}; it applies at the next run and publish")
+
+
+def research_ids_of(project: str) -> set[str]:
+    """Every research ID of the project's releases: from each frozen selection on premises
+    (derived with the project's secret) and from each published manifest ridl can read.
+
+    Raises:
+        ConfigError: the project's secret is missing or wrong.
+    """
+    from export.release import read_published
+    from export.store import open_store
+    from ridl.catalog import study_refs
+    from ridl.pseudonyms import Pseudonymizer, SubjectKey
+    from ridl.releases import frozen_releases, load_frozen, published_releases
+    from ridl.secrets import load_secret
+
+    found: set[str] = set()
+    keys: Pseudonymizer | None = None
+    for release in frozen_releases(project):
+        frozen = load_frozen(project, release)
+        if frozen is None:
+            continue
+        keys = keys or Pseudonymizer(load_secret(project))
+        for study in study_refs(frozen[1]):
+            found.add(
+                keys.research_id(SubjectKey(study.health_number, study.issuer, study.patient_id))
+            )
+    for release, marker in published_releases(project).items():
+        try:
+            manifest = read_published(open_store(marker.get("store")), f"{project}/{release}")
+        except Exception:  # noqa: BLE001 - a store out of reach: the selections still count
+            continue
+        for obj in (manifest or {}).get("objects", []):
+            found.add(str(obj["research_id"]))
+    return found
 
 
 @access_app.command("grant")

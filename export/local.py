@@ -75,10 +75,18 @@ class LocalStore:
                 yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
 
     def delete(self, key: str) -> None:
-        """Remove the file under ``key``, if there is one."""
+        """Remove the file under ``key``, if there is one, and the folders it leaves empty
+        (up to the store's root), as an object store has no empty "folders" either."""
         path = self._path(key)
         if path.exists():
             path.unlink()
+        folder = path.parent
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            folder = folder.parent
 
     def clean_partial_writes(self, prefix: str) -> int:
         """Remove temporary files left by a killed writer; returns how many were removed."""

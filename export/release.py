@@ -206,8 +206,8 @@ def publish_release(
         _write_manifest_tables(store, prefix, frame)
 
     index = [e for e in read_index(store, project_id) if e["release"] != release]
-    previous = index[-1]["release"] if index else None
-    retractions = _retract(store, project_id, release, index, objects, withdrawn, now)
+    previous = previous_release(store, project_id, index)
+    retractions = _retract(store, project_id, release, index, previous, objects, withdrawn, now)
 
     key = load_or_create_signing_key()
     pem = public_pem(key)
@@ -286,9 +286,35 @@ def publish_release(
             store.put_bytes(f"{prefix}/{name}", data)
     store.put_bytes(f"{prefix}/{MANIFEST_JSON}", manifest_bytes)
     store.put_bytes(f"{prefix}/{SIGNATURE}", (sign(key, manifest_bytes) + "\n").encode())
-    index.append({"release": release, "published_at": manifest["published_at"], "key": fp})
+    index.append(
+        {
+            "release": release,
+            "published_at": manifest["published_at"],
+            "key": fp,
+            "objects": len(objects),
+        }
+    )
     store.put_bytes(f"{project_id}/{INDEX}", _json({"project": project_id, "releases": index}))
     return _publication(manifest, already=False)
+
+
+def previous_release(
+    store: ObjectStore, project_id: str, index: list[dict[str, Any]]
+) -> str | None:
+    """The latest published release of ``index`` that holds objects; None when there is none.
+
+    An empty release (published with ``--allow-empty``) is never anybody's previous release: a
+    diff against it would list every object as added. Index entries written before they
+    carried ``objects`` are counted from their manifest.
+    """
+    for entry in reversed(index):
+        count = entry.get("objects")
+        if count is None:
+            manifest = read_published(store, f"{project_id}/{entry['release']}")
+            count = manifest["counts"]["objects"] if manifest else 0
+        if count:
+            return str(entry["release"])
+    return None
 
 
 def _publication(manifest: dict[str, Any], already: bool) -> dict[str, Any]:
@@ -311,11 +337,13 @@ def _retract(
     project_id: str,
     release: str,
     index: list[dict[str, Any]],
+    previous: str | None,
     objects: list[dict[str, Any]],
     withdrawn: set[str],
     now: dt.datetime,
 ) -> dict[str, Any] | None:
-    """Retract withdrawn subjects and IOCM-rejected instances from earlier releases; diff."""
+    """Retract withdrawn subjects and IOCM-rejected instances from earlier releases; diff
+    against ``previous`` (the latest earlier release with objects)."""
     if not index:
         return None
     prefix = f"{project_id}/{release}"
@@ -329,7 +357,7 @@ def _retract(
         old = read_published(store, old_prefix)
         if old is None:
             continue
-        if entry is index[-1]:
+        if entry["release"] == previous:
             previous_objects = old["objects"]
         for obj in old["objects"]:
             reason = None
@@ -363,7 +391,7 @@ def _retract(
     return {
         "project": project_id,
         "release": release,
-        "previous_release": index[-1]["release"],
+        "previous_release": previous,
         "generated_at": now.isoformat(timespec="seconds"),
         "changes": {
             "added": sorted(after.keys() - before.keys()),

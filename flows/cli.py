@@ -60,9 +60,11 @@ class RidlGroup(TyperGroup):
 
     # ``ctx`` is a click Context of typer's own (vendored) click, which has no public name.
     def invoke(self, ctx: Any) -> Any:
-        """Run the command; a RidlError becomes one ``error:`` line and exit code 2."""
+        """Run the command, creating files owner-only (umask 077, see
+        ``ridl.settings.owner_only``); a RidlError becomes one ``error:`` line and exit code 2."""
         try:
-            return super().invoke(ctx)
+            with settings.owner_only():  # what ridl writes under RIDL_HOME: 0600 in 0700
+                return super().invoke(ctx)
         except RidlError as exc:
             report_error(exc)
             raise typer.Exit(ERROR_EXIT_CODE) from None
@@ -367,11 +369,20 @@ def launch_run(
     verbose: bool = False,
     limits: ArchiveLimits | None = None,
     scale: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Check the request (before Prefect starts), then run the flow with a progress bar."""
+    allow_empty: bool = False,
+) -> dict[str, Any] | None:
+    """Check the request and select (before Prefect starts), then run the flow with a progress
+    bar. Returns the run's summary, or None when the release is already published (a rerun is
+    a no-op: one line says so, nothing is gated or written).
+
+    Raises:
+        RidlError: any check that needs no DICOM work (request, source, destination, frozen
+            parameters, the release's lock), or an empty selection without ``allow_empty``.
+    """
     from export.store import open_store
     from flows.params import validate_params
-    from flows.runplan import check_run
+    from flows.runplan import check_run, prepare_run
+    from ridl.releases import release_lock
 
     scale = {k: v for k, v in (scale or {}).items() if v is not None}
     params = validate_params(
@@ -394,31 +405,49 @@ def launch_run(
     require_server_for_cluster(params.resolved_cluster())
     limits = limits or ArchiveLimits()
     # Everything that needs no DICOM work fails here, in one line, before Prefect starts.
-    check_run(project, release, source, destination, date_from, date_to, modalities, sites, limits)
+    done = check_run(
+        project, release, source, destination, date_from, date_to, modalities, sites, limits
+    )
+    if done is not None:
+        if params.retry_failed:
+            # Retrying failed studies would add objects to a release that never changes.
+            raise ReleaseError(
+                f"release {project}/{release} is already published and cannot be changed, so "
+                "its failed studies cannot be retried into it; select them in a new release "
+                "(change: --release)"
+            )
+        console.print(done, highlight=False, soft_wrap=True)
+        return None
     from flows.extract import extract_run
     from flows.progress import RunProgress
 
     store = open_store(destination)
-    console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
-    console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
-    with RunProgress(project, release, store, console):
-        summary: dict[str, Any] = extract_run(
-            project=project,
-            release=release,
-            source=source,
-            destination=store.url,
-            date_from=date_from,
-            date_to=date_to,
-            modalities=modalities,
-            sites=sites,
-            batch_size=batch_size,
-            reindex=reindex,
-            max_associations=limits.max_associations,
-            rate_limit=limits.rate_limit,
-            allowed_hours=limits.allowed_hours,
-            retries=limits.retries,
-            **scale,
-        )
+    with release_lock(project, release):
+        # Index and select now, so an empty selection is refused in one line before Prefect
+        # starts; the flow then resumes the frozen selection.
+        prepare_run(
+            project, release, source, store.url, date_from, date_to, modalities, sites,
+            reindex=reindex, limits=limits, allow_empty=allow_empty,
+        )  # fmt: skip
+        console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
+        console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
+        with RunProgress(project, release, store, console):
+            summary: dict[str, Any] = extract_run(
+                project=project,
+                release=release,
+                source=source,
+                destination=store.url,
+                date_from=date_from,
+                date_to=date_to,
+                modalities=modalities,
+                sites=sites,
+                batch_size=batch_size,
+                max_associations=limits.max_associations,
+                rate_limit=limits.rate_limit,
+                allowed_hours=limits.allowed_hours,
+                retries=limits.retries,
+                **scale,
+            )
     return summary
 
 
@@ -541,8 +570,16 @@ def run(
             "(the archive could not deliver them); without it they stay recorded and counted.",
         ),
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            help="Publish the release even when no study matches (refused by default: an empty "
+            "release is usually a wrong --source, dates, --modality or --site)."
+        ),
+    ] = False,
 ) -> None:
-    """Run an approved extraction into a release (rerunning the same release resumes it)."""
+    """Run an approved extraction into a release. Rerunning an unfinished release resumes it;
+    rerunning a published one does nothing and says so; one run of a release at a time."""
     from export.store import open_store
 
     limits = ArchiveLimits(max_associations, rate_limit, allowed_hours, retries)
@@ -567,8 +604,10 @@ def run(
             "audit_sample": audit_sample,
             "retry_failed": retry_failed,
         },
+        allow_empty=allow_empty,
     )
-    print_summary(summary, open_store(dest).url)
+    if summary is not None:
+        print_summary(summary, open_store(dest).url)
 
 
 @app.command("demo")
@@ -610,7 +649,8 @@ def demo(
         )
         console.print(f"project '{DEMO_PROJECT}' created")
     summary = launch_run(DEMO_PROJECT, release, f"folder:{dir_path}", None, verbose=verbose)
-    print_summary(summary, open_store(None).url)
+    if summary is not None:
+        print_summary(summary, open_store(None).url)
 
 
 @app.command("summary")

@@ -46,12 +46,20 @@ from flows.runners import (
     require_server_for_cluster,
     run_batch,
 )
-from flows.runplan import RunPlan, prepare_run, recipe_sha256, run_fields
+from flows.runplan import (
+    RunPlan,
+    already_published_message,
+    is_published,
+    prepare_run,
+    recipe_sha256,
+    run_fields,
+)
 from flows.transient import retry_if_transient
 from flows.work import BatchTally, RunContext
 from ridl import audit, settings
 from ridl.catalog import StudyRef
 from ridl.errors import ReleaseError
+from ridl.releases import release_lock
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
@@ -386,6 +394,13 @@ def extract_run(
 ) -> RunSummary:
     """Run one REB-approved extraction into a release; safe to rerun (it resumes).
 
+    A run holds the release's lock (``ridl.releases.release_lock``) from selection to publishing.
+
+    Raises:
+        ReleaseError: another process runs the release, the release is already published (a
+            published release never changes), or it was frozen with other parameters.
+        EmptyRelease: nothing in the source matches the request.
+
     ``max_associations`` to ``retries`` protect a network DIR (see ridl.sources.protect);
     ``audit_sample`` is how many objects the gate reads back (None: flows.gate.sample_size);
     ``retry_failed`` retrieves again the studies an earlier run recorded as failed (the
@@ -418,44 +433,53 @@ def extract_run(
     )
     address = params.resolved_cluster()
     require_server_for_cluster(address)
-    plan = select_stage(params)
-    params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
-    refuse_retry_when_published(plan.ctx, params.retry_failed)
-    audit.record("run.started", **run_fields(plan.ctx, batch_size, len(plan.studies)))
-    cleaned = clean_stage(plan.ctx)
-    logger.info(
-        "release %s/%s: %d studies selected (%s) on %s",
-        project,
-        release,
-        len(plan.studies),
-        "resumed" if plan.resumed else "new",
-        f"Dask cluster {address}" if address else f"{params.resolved_workers()} local processes",
-    )
-    slices = plan_slices(plan.studies, params.batch_size, params.max_batches_per_flow)
-    totals = Totals()
-    with api_shared_with_workers():
-        for part in slices:
-            runner = make_task_runner(params.resolved_workers(), params.retrieval_limit, address)
-            child = extract_slice.with_options(
-                name=f"ridl-extract-slice-{part.label}", task_runner=runner
-            )
-            totals.add_slice(child(params, part))
-    summary = RunSummary(
-        **publish_manifest(plan.ctx, len(plan.studies)),
-        studies_skipped_as_done=totals.skipped,
-        flow_runs=len(slices),
-        cleaned=cleaned,
-        run_log=write_run_log(plan.ctx, started, totals, len(slices)),
-        report=publish_report(plan.ctx, plan.studies),
-        # no publishing without a clean pass
-        verification=verify_release_task(plan.ctx, params.audit_sample),
-        publication=publish_release(
-            plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
-        ),
-    )
-    audit.record("run.ended", **audit.run_end_fields(summary))
-    _artifacts(summary, totals)
-    return summary
+    # One run of a release at a time (the lock, RIDL_HOME/releases/<project>/<release>/run.lock),
+    # and a published release is never worked again: a rerun changes nothing.
+    with release_lock(project, release):
+        if is_published(project, release, open_store(destination)):
+            raise ReleaseError(already_published_message(project, release, destination or ""))
+        plan = select_stage(params)
+        params = params.model_copy(update={"destination": plan.ctx.store_url, "reindex": False})
+        refuse_retry_when_published(plan.ctx, params.retry_failed)
+        audit.record("run.started", **run_fields(plan.ctx, batch_size, len(plan.studies)))
+        cleaned = clean_stage(plan.ctx)
+        logger.info(
+            "release %s/%s: %d studies selected (%s) on %s",
+            project,
+            release,
+            len(plan.studies),
+            "resumed" if plan.resumed else "new",
+            f"Dask cluster {address}"
+            if address
+            else f"{params.resolved_workers()} local processes",
+        )
+        slices = plan_slices(plan.studies, params.batch_size, params.max_batches_per_flow)
+        totals = Totals()
+        with api_shared_with_workers():
+            for part in slices:
+                runner = make_task_runner(
+                    params.resolved_workers(), params.retrieval_limit, address
+                )
+                child = extract_slice.with_options(
+                    name=f"ridl-extract-slice-{part.label}", task_runner=runner
+                )
+                totals.add_slice(child(params, part))
+        summary = RunSummary(
+            **publish_manifest(plan.ctx, len(plan.studies)),
+            studies_skipped_as_done=totals.skipped,
+            flow_runs=len(slices),
+            cleaned=cleaned,
+            run_log=write_run_log(plan.ctx, started, totals, len(slices)),
+            report=publish_report(plan.ctx, plan.studies),
+            # no publishing without a clean pass
+            verification=verify_release_task(plan.ctx, params.audit_sample),
+            publication=publish_release(
+                plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
+            ),
+        )
+        audit.record("run.ended", **audit.run_end_fields(summary))
+        _artifacts(summary, totals)
+        return summary
 
 
 def _artifacts(summary: RunSummary, totals: Totals) -> None:

@@ -45,6 +45,7 @@ from pydicom.dataset import Dataset
 from export.identifiers import RULES_VERSION, IdentifierDictionary
 from export.manifest import ManifestPart, is_source_part, parse_part, release_files
 from export.phi_scan import Hit, Verifier
+from export.release import DESCRIPTION, NOTES, PUBLIC_KEY, SIGNATURE
 from export.store import ObjectStore, open_store
 from export.verification import VerificationFailed, VerificationReport
 from ridl import audit, settings
@@ -143,6 +144,32 @@ def release_objects(store: ObjectStore, prefix: str) -> Iterator[str]:
         yield info.key
 
 
+# Files of a release that are not ridl's de-identified data nor derived from it: the research
+# office's metadata written at or after publishing (the PI and title in the dataset description,
+# the assignees' names in the labels), the signing key, the notes, the gate's own reports. They
+# never hold a patient's value, and a name in them (the PI's) may equal a patient's by chance,
+# which must not block a published release.
+OFFICE_FILES = frozenset(
+    {
+        DESCRIPTION,
+        NOTES,
+        PUBLIC_KEY,
+        SIGNATURE,
+        "labels.parquet",
+        REPORT_NAME,
+        MARKER,
+    }
+)
+
+
+def is_gated(prefix: str, key: str) -> bool:
+    """Whether the gate searches ``key`` of the release at ``prefix``: every de-identified
+    object and every file ridl derives from them (parts, manifests, summary, report, sums),
+    not the office metadata of :data:`OFFICE_FILES` at the release's top level."""
+    name = key[len(prefix) + 1 :] if key.startswith(prefix + "/") else key
+    return name not in OFFICE_FILES
+
+
 def verify_release(
     project: str,
     release: str,
@@ -186,7 +213,7 @@ def verify_release(
     hits: list[Hit] = []
     objects = nbytes = ocr_objects = 0
     for key in release_objects(store, f"{project}/{release}"):
-        if key.endswith(f"/{REPORT_NAME}") or key.endswith("/published.json"):
+        if not is_gated(f"{project}/{release}", key):
             continue
         data = store.get_bytes(key)
         result = verifier.check_bytes(key, data)
@@ -222,8 +249,9 @@ def verify_release(
 def _write_report(report: VerificationReport, record_audit: bool) -> None:
     """Write the report on premises (``verification.json``) and audit its result."""
     path = report_path(report.project, report.release)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(path.parent)
     path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    settings.private_file(path)
     if record_audit:
         audit.record(
             "verification.result",

@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from curation.quarantine import quarantine_file
 from export.manifest import source_part, source_part_key, write_part
-from export.store import open_store
+from export.store import ObjectStore, open_store
 from flows.work import RunContext
 from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
 from ridl.crossterms import load_terms
-from ridl.errors import ReleaseError
+from ridl.errors import EmptyRelease, ReleaseError
 from ridl.optout import load_optout
 from ridl.projects import Project, Scope, load_project
-from ridl.releases import RunRecord, freeze_selection, load_frozen, release_dir
+from ridl.pseudonyms import Pseudonymizer, SubjectKey
+from ridl.releases import (
+    RunRecord,
+    check_not_locked,
+    freeze_selection,
+    load_frozen,
+    load_withdrawn,
+    release_dir,
+    release_is_published,
+)
 from ridl.secrets import load_secret
 from ridl.sources.base import open_source
 from ridl.sources.protect import ArchiveLimits
@@ -68,22 +77,25 @@ def run_fields(ctx: RunContext, batch_size: int, studies: int) -> dict[str, Any]
 def check_same_request(frozen: RunRecord, asked: RunRecord) -> None:
     """Refuse a rerun of a frozen release that asks for other parameters, naming each one.
 
+    The destination is one of them: a release name is bound to the object store it was frozen
+    for, so one name never stands for two contents.
+
     Raises:
         ReleaseError: a parameter differs; the message gives the frozen and the asked value
-            (source URL, dates, modalities, sites, recipe: never patient data).
+            (source URL, destination URL, dates, modalities, sites, recipe: never patient data).
     """
-    if frozen.same_request(asked):
+    differences = frozen.differences(asked)
+    if not differences:
         return
-    old, new = asdict(frozen), asdict(asked)
     changed = "; ".join(
-        f"{name}: frozen {_shown(old[name])}, asked {_shown(new[name])}"
-        for name in old
-        if old[name] != new[name]
+        f"{name}: frozen {_shown(old)}, asked {_shown(new)}"
+        for name, (old, new) in differences.items()
     )
+    hint = "--dest" if "destination" in differences else "--release"
     raise ReleaseError(
         f"release '{asked.release}' of project '{asked.project}' was frozen with other "
         f"parameters ({changed}); rerun it with the frozen ones to resume, or choose a new "
-        "--release"
+        f"--release" + (" (a release is bound to its destination)" if hint == "--dest" else "")
     )
 
 
@@ -101,27 +113,57 @@ def check_run(
     modalities: Sequence[str] | None = None,
     sites: Sequence[str] | None = None,
     limits: ArchiveLimits | None = None,
-) -> None:
+) -> str | None:
     """Every check of a run that needs no DICOM work, for the CLI to run before Prefect starts.
 
     The request (approval, scope, recipe, secret, curation settings), the source setting (and a
     folder source's existence), the destination (opened and checked), and, for a release frozen
-    earlier, that the same parameters are asked for.
+    earlier, that the same parameters (destination included) are asked for and that no other
+    process is running it.
+
+    Returns None when the run is to go ahead, or a one-line message when there is nothing to do
+    (the release is already published: a published release never changes, so a rerun is a no-op).
 
     Raises:
         ScopeError: the approval expired or the request is outside the approved scope.
         ConfigError: a bad source or destination setting, secret, recipe or curation setting.
-        ReleaseError: a bad release name, or a frozen release asked for with other parameters.
+        ReleaseError: a bad release name, a frozen release asked for with other parameters or
+            another destination, or a release another live process is running (its lock).
     """
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
-    open_store(destination)
+    store = open_store(destination)
     frozen = load_frozen(project.id, release)
-    if frozen is not None:
-        check_same_request(frozen[0], _record(project, release, src.url, scope))
+    if frozen is None:
+        return None
+    check_same_request(frozen[0], _record(project, release, src.url, scope, store.url))
+    if is_published(project.id, release, store):
+        return already_published_message(project.id, release, store.url)
+    check_not_locked(project.id, release)
+    return None
 
 
-def _record(project: Project, release: str, source_url: str, scope: Scope) -> RunRecord:
+def is_published(project_id: str, release: str, store: ObjectStore) -> bool:
+    """Whether the release is published: its on-premises marker (written by the gate) or its
+    signed manifest in ``store`` (written by ``ridl release publish``)."""
+    if release_is_published(project_id, release):
+        return True
+    from export.release import read_published
+
+    return read_published(store, f"{project_id}/{release}") is not None
+
+
+def already_published_message(project_id: str, release: str, store_url: str) -> str:
+    """The one line a rerun of a published release prints (it changes nothing)."""
+    return (
+        f"release {project_id}/{release} is already published in {store_url}; nothing to do "
+        "(a published release never changes: choose a new --release for new data)"
+    )
+
+
+def _record(
+    project: Project, release: str, source_url: str, scope: Scope, store_url: str
+) -> RunRecord:
     return RunRecord(
         project=project.id,
         release=release,
@@ -131,6 +173,7 @@ def _record(project: Project, release: str, source_url: str, scope: Scope) -> Ru
         modalities=sorted(scope.modalities),
         sites=sorted(scope.sites),
         recipe=project.recipe_spec(),
+        destination=store_url,
     )
 
 
@@ -169,17 +212,30 @@ def prepare_run(
     sites: Sequence[str] | None = None,
     reindex: bool = False,
     limits: ArchiveLimits | None = None,
+    allow_empty: bool = False,
 ) -> RunPlan:
-    """Check the request, then index, select and freeze (or load the frozen selection)."""
+    """Check the request, then index, select and freeze (or load the frozen selection).
+
+    Selection leaves out opted-out subjects and subjects withdrawn from the project
+    (``ridl release withdraw``), each counted under its reason. A selection with no study is
+    refused unless ``allow_empty``: nothing is frozen or written then.
+
+    Raises:
+        ScopeError: the approval expired or the request is outside the approved scope.
+        ConfigError: a bad source or destination setting, secret, recipe or curation setting.
+        ReleaseError: a frozen release asked for with other parameters or destination.
+        EmptyRelease: nothing in the source matches the request (and not ``allow_empty``).
+    """
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
     src = open_source(source, limits, project.hn_issuer)
-    record = _record(project, release, src.url, scope)
+    store_url = open_store(destination).url
+    record = _record(project, release, src.url, scope, store_url)
     ctx = RunContext(
         project=project.id,
         release=release,
         source_url=src.url,
-        store_url=open_store(destination).url,
+        store_url=store_url,
         recipe=project.recipe_spec(),
         retain=project.scope.retain,
         modalities=scope.modalities,
@@ -198,10 +254,41 @@ def prepare_run(
     catalog = catalog_dir_for(src.url)
     if reindex or not catalog_covers(catalog, scope.date_from, scope.date_to):
         src.build_catalog(catalog, scope.date_from, scope.date_to)
-    chosen = select(catalog, scope, load_optout(project.id))
+    chosen = select(catalog, scope, load_optout(project.id), withdrawn=_withdrawn_test(project.id))
+    if chosen.studies.empty and not allow_empty:
+        raise EmptyRelease(_empty_message(project, release, src.url, scope, chosen.excluded))
     _quarantine_unindexed(ctx, catalog, chosen.excluded)
     freeze_selection(record, chosen.studies)
     return RunPlan(ctx, study_refs(chosen.studies), resumed=False)
+
+
+def _withdrawn_test(project_id: str) -> Callable[[str | None, str, str], bool] | None:
+    """Whether a catalog row's subject (health number, issuer, patient ID) withdrew: their
+    research ID is in the project's withdrawals. None when nobody withdrew."""
+    withdrawn = load_withdrawn(project_id)
+    if not withdrawn:
+        return None
+    keys = Pseudonymizer(load_secret(project_id))
+
+    def test(health_number: str | None, issuer: str, patient_id: str) -> bool:
+        return keys.research_id(SubjectKey(health_number, issuer, patient_id)) in withdrawn
+
+    return test
+
+
+def _empty_message(
+    project: Project, release: str, source_url: str, scope: Scope, excluded: dict[str, int]
+) -> str:
+    """Why a selection is empty and what to check (counts and settings, no patient data)."""
+    left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
+    return (
+        f"release '{release}' of project '{project.id}' would be empty: no study of {source_url} "
+        f"matches dates {scope.date_from.isoformat()}..{scope.date_to.isoformat()}, modalities "
+        f"{','.join(sorted(scope.modalities))}, sites {','.join(sorted(scope.sites))}"
+        + (f" (left out: {left_out})" if left_out else "")
+        + "; check that --source holds DICOM (reindex it with --reindex) and the --from/--to, "
+        "--modality and --site options, or pass --allow-empty to publish an empty release"
+    )
 
 
 def _quarantine_unindexed(

@@ -323,8 +323,9 @@ def process_study(
         outcome.quarantined.update(done["quarantined"])
         return outcome
 
-    workdir = settings.work_dir() / ctx.project / ctx.release / outcome.study_key
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = settings.private_dir(  # retrieved originals: PHI, owner-only
+        settings.work_dir() / ctx.project / ctx.release / outcome.study_key
+    )
     try:
         with retrieval_slot():
             files = worker.source.fetch_study(study, workdir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,19 +95,20 @@ def write_study_rows(
     ``catalog_dir`` (created), with the window in ``window.json``. A window of None means
     "everything the source holds" (a folder is indexed whole).
     """
-    catalog_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(catalog_dir)  # the catalog holds PHI: 0700, files 0600
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=STUDY_SCHEMA)
     table = table.select(STUDY_SCHEMA.names).cast(STUDY_SCHEMA)
     if table.num_rows:
         table = table.sort_by([("study_date", "ascending"), ("study_uid", "ascending")])
     tmp = catalog_dir / "studies.parquet.tmp"
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
-    tmp.replace(catalog_dir / "studies.parquet")
+    settings.private_file(tmp).replace(catalog_dir / "studies.parquet")
     window = {
         "date_from": date_from.isoformat() if date_from else None,
         "date_to": date_to.isoformat() if date_to else None,
     }
     (catalog_dir / WINDOW_FILE).write_text(json.dumps(window))
+    settings.private_file(catalog_dir / WINDOW_FILE)
 
 
 def catalog_covers(catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> bool:
@@ -163,7 +165,8 @@ class Selection:
     """The chosen studies and what selection removed (counts only, no identifiers).
 
     ``studies`` has one row per study (catalog columns, sorted by Study Instance UID);
-    ``excluded`` is {reason: number of studies} (``duplicate-study``, ``opted-out``).
+    ``excluded`` is {reason: number of studies} (``duplicate-study``, ``opted-out``,
+    ``withdrawn``).
     """
 
     studies: pd.DataFrame
@@ -183,8 +186,17 @@ def select_studies(
     return select(catalog_dir, scope, optout).studies
 
 
-def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) -> Selection:
-    """Apply the REB scope, the opt-out list and study de-duplication to the catalog.
+def select(
+    catalog_dir: Path,
+    scope: Scope,
+    optout: OptOutList | None = None,
+    withdrawn: Callable[[str | None, str, str], bool] | None = None,
+) -> Selection:
+    """Apply the REB scope, the opt-out list, withdrawals and study de-duplication to the catalog.
+
+    ``withdrawn`` tells whether a subject (health number or None, Issuer of Patient ID, Patient
+    ID) withdrew from the project (``ridl release withdraw``); their studies are left out and
+    counted under ``withdrawn``, as opted-out subjects are under ``opted-out``.
 
     The date and site filters are pushed down to the Parquet scan and the modality overlap is
     computed batch by batch, so only rows in scope are ever held in memory, however large the
@@ -241,6 +253,20 @@ def select(catalog_dir: Path, scope: Scope, optout: OptOutList | None = None) ->
         if out.any():
             excluded[Reason.OPTED_OUT] = int(out.sum())
             frame = frame[~out]
+    if withdrawn is not None and not frame.empty:
+        gone = pd.Series(
+            [
+                withdrawn(hn if isinstance(hn, str) and hn else None, str(issuer), str(pid))
+                for hn, issuer, pid in zip(
+                    frame["health_number"], frame["issuer"], frame["patient_id"], strict=True
+                )
+            ],
+            index=frame.index,
+            dtype=bool,
+        )
+        if gone.any():
+            excluded[Reason.WITHDRAWN] = int(gone.sum())
+            frame = frame[~gone]
     return Selection(frame.sort_values("study_uid").reset_index(drop=True), excluded)
 
 

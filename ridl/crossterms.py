@@ -79,7 +79,7 @@ def record_terms(project: str, site: str, pairs: Iterable[tuple[str, str]]) -> i
     if not lines:
         return 0
     path = site_file(project, site)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         for line in lines:  # one write per line: whole lines even with concurrent writers

@@ -33,6 +33,11 @@ class ReleaseError(RidlError):
     """A release cannot be created, resumed or published as asked."""
 
 
+class EmptyRelease(ReleaseError):
+    """Nothing in the source matches a run's request: the release would be empty (refused
+    unless the run asks for an empty release explicitly)."""
+
+
 class TransientError(Exception):
     """A failure that may pass if tried again later (DIR busy, network cut, store throttling).
 

@@ -179,7 +179,7 @@ def add_optout(
     stamp = (today or dt.date.today()).isoformat()
     lines = [f"{e.token}\t{e.added}" for e in current.entries] + [f"{t}\t{stamp}" for t in new]
     path = optout_path(project_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -355,9 +355,10 @@ def create_project(project: Project, *, overwrite: bool = False) -> Path:
     existed = path.exists()
     if existed and not overwrite:
         raise ConfigError(f"project '{project.id}' already exists; choose another id")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    settings.private_dir(path.parent)
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_bytes(tomli_w.dumps(project.to_toml()).encode())
+    settings.private_file(tmp)
     tmp.replace(path)
     create_secret(project.id)
     from ridl import audit

@@ -241,6 +241,11 @@ class Reason(enum.StrEnum):
         "selection: a study listed twice (two feeds); one row is kept",
     )
     OPTED_OUT = "opted-out", "exclusion", "the subject is on the project's opt-out list"
+    WITHDRAWN = (
+        "withdrawn",
+        "exclusion",
+        "the subject withdrew from the project (`ridl release withdraw`) before this release",
+    )
     IOCM_REJECTION_NOTE = (
         "iocm-rejection-note",
         "exclusion",

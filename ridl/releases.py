@@ -14,6 +14,10 @@ selection carries the patient couplet), so it never leaves the research office::
                                            re-derives a sampled study's without the DIR
     <project>/<release>/published.json     written once the release passed the gate and was
                                            published, with a fingerprint of the project secret
+    <project>/<release>/run.lock           held while a run of the release works (pid, host):
+                                           a second run of the same release is refused
+
+Files are 0600 and folders 0700 whatever the umask (:func:`ridl.settings.private_dir`).
 
 The object store has its own copy of the published marker, written by whoever publishes (the
 gate in ``flows.gate``); this module only knows the research office's disk, so it imports no
@@ -22,10 +26,13 @@ object store and no other floor.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ RELEASE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 MARKER = "published.json"
 REPORT_NAME = "verification.json"
 WITHDRAWALS = "withdrawn.json"
+LOCK = "run.lock"
 
 
 # --- the release folder ------------------------------------------------------------------------
@@ -77,10 +85,22 @@ class RunRecord:
     modalities: list[str]
     sites: list[str]
     recipe: str
+    destination: str = ""
+
+    def differences(self, other: RunRecord) -> dict[str, tuple[Any, Any]]:
+        """{parameter: (frozen value, asked value)} for each parameter ``other`` asks otherwise.
+
+        A record frozen without a destination accepts any (it predates the binding).
+        """
+        old, new = asdict(self), asdict(other)
+        if not self.destination:
+            old.pop("destination")
+            new.pop("destination")
+        return {name: (old[name], new[name]) for name in old if old[name] != new[name]}
 
     def same_request(self, other: RunRecord) -> bool:
         """True when ``other`` asks for exactly what this record was frozen with."""
-        return asdict(self) == asdict(other)
+        return not self.differences(other)
 
 
 def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
@@ -91,12 +111,12 @@ def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
     Raises:
         ReleaseError: the release name is not valid (see :func:`release_dir`).
     """
-    folder = release_dir(record.project, record.release)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = settings.private_dir(release_dir(record.project, record.release))
     table = pa.Table.from_pandas(selection, preserve_index=False)
     tmp = folder / "selection.parquet.tmp"
     pq.write_table(table, tmp)
-    (folder / "run.json").write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+    settings.private_file(tmp)
+    _write_private(folder / "run.json", json.dumps(asdict(record), indent=2, sort_keys=True))
     tmp.replace(folder / "selection.parquet")
     digest = hashlib.sha256((folder / "selection.parquet").read_bytes()).hexdigest()
     audit.record(
@@ -130,6 +150,121 @@ def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | 
         return None
     record = RunRecord(**json.loads((folder / "run.json").read_text()))
     return record, pq.read_table(sel).to_pandas()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole (a temporary file renamed), 0600 in a 0700 folder."""
+    settings.private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, settings.PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    settings.private_file(tmp)
+    tmp.replace(path)
+
+
+# --- the lock of a running release -------------------------------------------------------------
+
+
+def lock_path(project: str, release: str) -> Path:
+    """Where the lock of a running release is (``<project>/<release>/run.lock``)."""
+    return release_dir(project, release) / LOCK
+
+
+def lock_holder(project: str, release: str) -> dict[str, Any] | None:
+    """Who holds the release's run lock: ``{"pid", "host", "started"}``, or None when nobody.
+
+    A lock left by a process that is gone (same host, pid no longer running) is stale: it is
+    removed and None returned. A lock held by another host cannot be checked and counts as held.
+
+    Raises:
+        ReleaseError: the release name is not valid (see :func:`release_dir`).
+    """
+    path = lock_path(project, release)
+    try:
+        holder: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        holder = {}
+    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+    return holder
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another account's process
+    return True
+
+
+def check_not_locked(project: str, release: str) -> None:
+    """Refuse when another live process runs the release (this process's own lock is fine).
+
+    Raises:
+        ReleaseError: another run of the release holds its lock (pid, host and lock file named).
+    """
+    holder = lock_holder(project, release)
+    if holder is None or _ours(holder):
+        return
+    raise ReleaseError(
+        f"release '{release}' of project '{project}' is being run by process "
+        f"{holder.get('pid', '?')} on {holder.get('host', '?')} (since "
+        f"{holder.get('started', '?')}); wait for it to end, or if that process is gone for "
+        f"good, remove {lock_path(project, release)}"
+    )
+
+
+def _ours(holder: dict[str, Any]) -> bool:
+    return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+
+
+@contextlib.contextmanager
+def release_lock(project: str, release: str) -> Iterator[None]:
+    """Hold the release's run lock while the block runs; re-entrant within one process.
+
+    The lock file (``run.lock``, 0600) holds the pid, host and start time; it is created with
+    ``O_EXCL``, so of two runs starting together only one gets it. A stale lock (its process is
+    gone) is taken over.
+
+    Raises:
+        ReleaseError: another live process holds the lock (see :func:`check_not_locked`).
+    """
+    path = lock_path(project, release)
+    settings.private_dir(path.parent)
+    for _ in range(2):
+        check_not_locked(project, release)
+        holder = lock_holder(project, release)
+        if holder is not None and _ours(holder):
+            yield  # this process holds it already (the CLI, then the flow it starts)
+            return
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, settings.PRIVATE_FILE_MODE)
+        except FileExistsError:
+            continue  # another run took it between the check and now: check again
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(record, out)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return
+    check_not_locked(project, release)
+    raise ReleaseError(f"could not take the lock {path}; try the run again")
 
 
 # --- the verification report ------------------------------------------------------------------
@@ -210,9 +345,7 @@ def mark_published(
     release.
     """
     on_prem = dict(record, store=store_url, secret_fingerprint=secret_fingerprint)
-    path = _marker_path(project, release)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(on_prem, indent=2, sort_keys=True))
+    _write_private(_marker_path(project, release), json.dumps(on_prem, indent=2, sort_keys=True))
     details = {k: v for k, v in record.items() if k not in {"project", "release", "published_at"}}
     audit.record("release.published", project=project, release=release, store=store_url, **details)
 
@@ -255,13 +388,15 @@ def load_withdrawn(project: str) -> set[str]:
 def record_withdrawal(project: str, research_id: str, today: dt.date | None = None) -> bool:
     """Record that a subject withdrew; the next release retracts their objects.
 
+    ``research_id`` is matched case-insensitively (stored upper-case, as ridl writes it).
     Returns False when the subject was already recorded. The caller checks that the project
-    exists (this floor does not read the project registry).
+    exists and that the research ID is one of its releases' (this floor reads no store).
 
     Raises:
         ReleaseError: ``research_id`` is not a research ID (``RS-...``): a patient identifier
             must never be written here.
     """
+    research_id = research_id.strip().upper()  # research IDs are upper-case base32
     if not research_id.startswith("RS-"):
         raise ReleaseError("give the subject's research ID (RS-...), never a patient identifier")
     path = withdrawals_path(project)
@@ -269,6 +404,13 @@ def record_withdrawal(project: str, research_id: str, today: dt.date | None = No
     if any(e["research_id"] == research_id for e in entries):
         return False
     entries.append({"research_id": research_id, "recorded": (today or dt.date.today()).isoformat()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2))
+    _write_private(path, json.dumps(entries, indent=2))
     return True
+
+
+def frozen_releases(project: str) -> list[str]:
+    """Names of the project's releases that have a frozen selection on premises, sorted."""
+    folder = settings.releases_dir() / project
+    if not folder.is_dir():
+        return []
+    return sorted(p.parent.name for p in folder.glob("*/selection.parquet"))

@@ -93,8 +93,7 @@ class FileProvider:
         A replacement is written to a temporary file and renamed over the old one.
         """
         path = secret_path(project_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+        settings.private_dir(path.parent)
         if replace:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -10,15 +10,61 @@ object store.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_HOME = ".ridl"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+OWNER_ONLY_UMASK = 0o077
 
 
 def ridl_home() -> Path:
     """The on-premises state folder: ``$RIDL_HOME`` or ``./.ridl``."""
     return Path(os.environ.get("RIDL_HOME", DEFAULT_HOME)).resolve()
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) owner-only, whatever the umask; returns ``path``.
+
+    Every folder created on the way gets mode 0700, and so does ``path`` itself when it existed
+    already, so on-premises state that may hold PHI is never readable by other accounts.
+    """
+    missing: list[Path] = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Make a file written under ``RIDL_HOME`` owner-only (0600), whatever the umask."""
+    os.chmod(path, PRIVATE_FILE_MODE)
+    return path
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Create files and folders owner-only (umask 077) while the block runs, then restore.
+
+    The CLI runs every command inside it, so whatever a library writes under ``RIDL_HOME``
+    (Parquet catalogs, quarantine copies, worker processes' files) is 0600 in 0700 folders,
+    even for a user whose umask is 022.
+    """
+    previous = os.umask(OWNER_ONLY_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def projects_dir() -> Path:

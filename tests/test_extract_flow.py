@@ -71,6 +71,13 @@ def test_resume_after_a_stop_half_way_gives_the_same_release(
     extract_run(project=project.id, release="r1", source=source, destination=f"file:{whole}")
 
     # A second store for the same release: stop half way (as a killed run leaves it), resume.
+    # A release is bound to the store it was frozen for, so the second one is made as if by
+    # another research office: its on-premises state starts afresh (same secret and catalog).
+    import shutil
+
+    from ridl.releases import release_dir
+
+    shutil.move(release_dir(project.id, "r1"), tmp_path / "first-office-r1")
     halted = tmp_path / "halted"
     plan = prepare_run(project.id, "r1", source, f"file:{halted}")
     process_batch(plan.ctx, plan.studies[: len(plan.studies) // 2])

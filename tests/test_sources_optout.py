@@ -128,7 +128,9 @@ def test_a_worker_without_the_list_file_uses_the_runs_snapshot(ridl_home: Path) 
     tokens = load_optout(project.id).tokens
     empty_dir = ridl_home / "empty-dir"
     empty_dir.mkdir()
-    plan = prepare_run(project.id, "r1", f"folder:{empty_dir}", f"file:{ridl_home / 's'}")
+    plan = prepare_run(
+        project.id, "r1", f"folder:{empty_dir}", f"file:{ridl_home / 's'}", allow_empty=True
+    )
     assert plan.ctx.optout_tokens == tuple(sorted(tokens)) and tokens
     optout_path(project.id).unlink()  # as on a worker machine: no list file there
     assert not load_optout(project.id).matches("9990001112", "SITE-A", "MRN1")

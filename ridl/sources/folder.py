@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from ridl import settings
 from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
 from ridl.projects import DEFAULT_HN_ISSUER
@@ -128,12 +129,14 @@ class FolderSource:
                         "size": path.stat().st_size,
                     }
                 )
-        catalog_dir.mkdir(parents=True, exist_ok=True)
+        settings.private_dir(catalog_dir)  # PHI: 0700, files 0600 whatever the umask
         instances = pa.Table.from_pylist(rows, schema=INSTANCE_SCHEMA)
         pq.write_table(instances, catalog_dir / "instances.parquet")
         pq.write_table(
             pa.Table.from_pylist(bad, schema=UNREADABLE_SCHEMA), catalog_dir / "unreadable.parquet"
         )
+        for name in ("instances.parquet", "unreadable.parquet"):
+            settings.private_file(catalog_dir / name)
         from ridl.catalog import write_study_table
 
         write_study_table(instances, catalog_dir)
