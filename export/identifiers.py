@@ -248,6 +248,11 @@ class Term:
         return not self.anyone
 
 
+def _listed(values: set[str]) -> list[str]:
+    """``sorted(values)``, without sorting when there is nothing to sort."""
+    return list(values) if len(values) < 2 else sorted(values)
+
+
 def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).strip()
 
@@ -570,23 +575,23 @@ class IdentifierDictionary:
             if raw is None:
                 continue
             if type(raw) is RawDataElement:
-                value = raw.value
-                if isinstance(value, bytes):
+                data = raw.value
+                if isinstance(data, bytes):
                     undefined = raw.length == 0xFFFFFFFF
-                    kind = plain.get((tag, raw.VR, undefined))
-                    if kind is None:
-                        kind = plain[(tag, raw.VR, undefined)] = _kind_of(tag, raw)
-                    if kind == _PUBLIC:
+                    how = plain.get((tag, raw.VR, undefined))
+                    if how is None:
+                        how = plain[(tag, raw.VR, undefined)] = _kind_of(tag, raw)
+                    if how == _PUBLIC:
                         continue  # its texts are read below, only if R6 needs them
-                    if kind == _OTHER:
+                    if how == _OTHER:
                         continue  # a public value without text: nothing to collect
-                    if kind == _COSTLY and len(value) <= MEMO_MAX_VALUE:
-                        key = (tag, value, charset_key)
+                    if len(data) <= MEMO_MAX_VALUE:  # costly
+                        key = (int(tag), data, charset_key)
                         seen = done.get(key)
                         if seen is None:
                             seen = self._read_costly(ds, Tag(tag), raw, research_id, charset_key)
                             done[key] = seen
-                            self._done_bytes += len(value) + 100
+                            self._done_bytes += len(data) + 100
                         if seen[0]:
                             pubs.append((key, seen[0]))
                         if seen[1]:
@@ -673,10 +678,12 @@ class IdentifierDictionary:
         value): it is kept on premises only (``ridl.releases``), never exported.
         """
         self._mark_coincident()
+        terms = self.terms
         return {
             "terms": [
-                [v, sorted(t.kinds), t.name_only, sorted(t.owners), t.anyone, sorted(t.coincident)]
-                for v, t in sorted(self.terms.items())
+                [v, _listed(t.kinds), t.name_only, _listed(t.owners), t.anyone]
+                + [_listed(t.coincident)]
+                for v, t in ((v, terms[v]) for v in sorted(terms))
             ],
             "encodings": sorted(self.encodings),
             "equipment": sorted(self.equipment),
@@ -766,8 +773,13 @@ class IdentifierDictionary:
             )  # fmt: skip
 
     def _collect_one(
-        self, ds: Dataset, tag: BaseTag, raw: DataElement | RawDataElement,
-        research_id: str | None, public_values: set[str], private: list[tuple[str, str]],
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        raw: DataElement | RawDataElement,
+        research_id: str | None,
+        public_values: set[str],
+        private: list[tuple[str, str]],
         charset_key: str,
     ) -> None:
         """One top-level element, read as :meth:`_collect` reads it (no memo: converted,
@@ -787,7 +799,11 @@ class IdentifierDictionary:
         self._element(ds, tag, raw, research_id, public_values, private, 0, charset_key)
 
     def _read_costly(
-        self, ds: Dataset, tag: BaseTag, raw: RawDataElement, research_id: str | None,
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        raw: RawDataElement,
+        research_id: str | None,
         charset_key: str,
     ) -> tuple[frozenset[str], tuple[tuple[str, str], ...], tuple[tuple[str, ...], ...]]:
         """Read one costly top-level element (:func:`_costly`) through the worker's
@@ -1066,11 +1082,14 @@ def _plain_texts(ds: Dataset) -> dict[str, tuple[int, bytes, str] | None]:
     holding it, ""}."""
     texts: dict[str, tuple[int, bytes, str] | None] = {}
     for tag, raw in ds.items():
-        if type(raw) is RawDataElement and isinstance(raw.value, bytes):
-            if _PLAIN.get((tag, raw.VR, raw.length == 0xFFFFFFFF)) == _PUBLIC:
-                vr = raw.VR or _tag_info(Tag(tag))[1]
-                for text in _raw_texts(raw, vr):
-                    texts.setdefault(text.lower(), (int(tag), raw.value, ""))
+        if (
+            type(raw) is RawDataElement
+            and isinstance(raw.value, bytes)
+            and _PLAIN.get((tag, raw.VR, raw.length == 0xFFFFFFFF)) == _PUBLIC
+        ):
+            vr = raw.VR or _tag_info(Tag(tag))[1]
+            for text in _raw_texts(raw, vr):
+                texts.setdefault(text.lower(), (int(tag), raw.value, ""))
     return texts
 
 

@@ -123,3 +123,25 @@ def test_in_memory_datasets_give_the_same_dictionary() -> None:
         walk.add_header_walk(copy.deepcopy(ds), "R9", 2)
         walk.add_header_walk(ds, "R9", 2)
         assert _state(fast) == _state(walk), name
+
+
+def test_kept_terms_cut_short_read_as_absent(ridl_home: Path) -> None:
+    """The study's terms are written straight to their file: a write cut short never reads
+    as a smaller dictionary, only as no record (the gate then falls back to the selection)."""
+    from ridl.releases import read_study_terms, study_terms_path, write_study_terms
+
+    dictionary = IdentifierDictionary()
+    dictionary.add("Doe^Jane", "name")
+    record = {"site": "S", "research_id": "R1", **dictionary.to_record()}
+    write_study_terms("p", "r1", "1.2.3", record)
+    path = study_terms_path("p", "r1", "1.2.3")
+    assert read_study_terms("p", "r1", "1.2.3") == record
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    data = path.read_bytes()
+    for cut in range(1, len(data)):
+        path.write_bytes(data[:cut])
+        assert read_study_terms("p", "r1", "1.2.3") is None, cut
+    write_study_terms("p", "r1", "1.2.3", record)  # a redone study's terms replace them whole
+    assert read_study_terms("p", "r1", "1.2.3") == record
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]
