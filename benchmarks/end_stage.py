@@ -83,7 +83,7 @@ def main() -> None:
     IdentifierDictionary.add_header = _timed(  # type: ignore[method-assign]
         "verify: dictionary", IdentifierDictionary.add_header
     )
-    work.write_study_terms = _timed("verify: keep terms", work.write_study_terms)
+    work.keep_study_terms = _timed("verify: keep terms", work.keep_study_terms)
     work.Worker.learn = _timed("verify: cross-study terms", work.Worker.learn)  # type: ignore[method-assign]
 
     t0 = time.perf_counter()

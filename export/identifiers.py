@@ -57,7 +57,8 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
 import ahocorasick
 from pydicom.charset import convert_encodings
@@ -210,7 +211,7 @@ _UIDLIKE = re.compile(r"^[\d.]+$")
 # --- the dictionary ------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Term:
     """One searched value's rules (never its value in anything that leaves this module).
 
@@ -245,6 +246,11 @@ class Term:
     def scoped(self) -> bool:
         """True when the value is only a birth date of known subjects (R5 applies)."""
         return not self.anyone
+
+
+def _listed(values: set[str]) -> list[str]:
+    """``sorted(values)``, without sorting when there is nothing to sort."""
+    return list(values) if len(values) < 2 else sorted(values)
 
 
 def _norm(value: str) -> str:
@@ -329,6 +335,17 @@ _MONTHS = (
 
 
 def written_dates(date: str) -> Iterator[str]:
+    """A ``YYYYMMDD`` date in the forms people write it, each once (R5): see
+    :func:`_written_dates`, cached (a study names the same few dates in every object)."""
+    yield from _written_forms(date)
+
+
+@lru_cache(maxsize=4096)
+def _written_forms(date: str) -> tuple[str, ...]:
+    return tuple(_written_dates(date))
+
+
+def _written_dates(date: str) -> Iterator[str]:
     """A ``YYYYMMDD`` date in the forms people write it, each once (R5).
 
     ``YYYYMMDD``; ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``; ``DD/MM/YYYY``,
@@ -476,6 +493,15 @@ class IdentifierDictionary:
         # parsed again.
         self._memo = memo if memo is not None else ElementMemo()
         self._recording: list[tuple[str, ...]] | None = None
+        # Costly top-level elements this dictionary read for one subject and shift:
+        # {(tag, bytes, charset): what they contributed} (add_header skips them after).
+        self._done: dict[tuple[int, bytes, str], Any] = {}
+        self._done_for: tuple[str | None, int | None] | None = None
+        self._done_bytes = 0
+        # {lower-cased private or place value: (tag, bytes, "" or the Specific Character Set)
+        # of a plain public element, or of a costly one, whose text equalled it (R6)}: a
+        # header holding that element rejects it again at once.
+        self._rejected: dict[str, tuple[int, bytes, str]] = {}
         self._subject: str | None = None
         # (kind, value) of staff names ("staff") and institution, department and station names
         # ("place") met in the headers read: the caller searches them in other studies.
@@ -503,7 +529,13 @@ class IdentifierDictionary:
         if self._recording is not None:
             who = _SUBJECT if owner is not None and owner == self._subject else (owner or "")
             self._recording.append(("add", value, kind, "1" if name_only else "", who))
-        term = self.terms.setdefault(value, Term())
+        self._put(value, kind, name_only, owner)
+
+    def _put(self, value: str, kind: str, name_only: bool, owner: str | None) -> None:
+        """:meth:`add` of a value already normalized and not one of ridl's own (R11)."""
+        term = self.terms.get(value)
+        if term is None:
+            term = self.terms[value] = Term()
         term.merge(kind, name_only, owner)
         if kind in SCOPED_KINDS and len(value) == 8 and value.isdigit():
             term.date = True
@@ -519,7 +551,87 @@ class IdentifierDictionary:
         ``shift_days`` is that subject's date shift, when known: an original date of the
         subject that equals another of its dates moved by the shift is a coincidence in its
         own date attributes too. The rules R1-R9 of the module docstring decide what is added.
+
+        The objects of a study repeat most of their header byte for byte, and every addition is
+        idempotent: a costly top-level element (:func:`_costly`) whose bytes this dictionary
+        already read for the same subject and shift adds nothing new, so it is not read again
+        (what it offered for R6 is kept); the texts of plain public elements, which only R6
+        needs, are read only when a private or institution value is new to the dictionary. The
+        result is the dictionary :meth:`add_header_walk` builds (tests/test_identifier_cache.py).
         """
+        self._shift = shift_days if research_id is not None else None
+        charset_key, charsets = _charsets_of(ds)
+        self.encodings.update(charsets)
+        self._charset_key = charset_key
+        subject = (research_id, self._shift)
+        if subject != self._done_for or self._done_bytes > DONE_CAP_BYTES:
+            self._done, self._done_for, self._done_bytes = {}, subject, 0
+        done = self._done
+        public_values: set[str] = set()  # from elements read element by element
+        pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]] = []  # costly elements
+        private: list[tuple[str, str]] = []
+        plain = _PLAIN
+        for tag, raw in ds.items():
+            if raw is None:
+                continue
+            if type(raw) is RawDataElement:
+                data = raw.value
+                if isinstance(data, bytes):
+                    undefined = raw.length == 0xFFFFFFFF
+                    how = plain.get((tag, raw.VR, undefined))
+                    if how is None:
+                        how = plain[(tag, raw.VR, undefined)] = _kind_of(tag, raw)
+                    if how == _PUBLIC:
+                        continue  # its texts are read below, only if R6 needs them
+                    if how == _OTHER:
+                        continue  # a public value without text: nothing to collect
+                    if len(data) <= MEMO_MAX_VALUE:  # costly
+                        key = (int(tag), data, charset_key)
+                        seen = done.get(key)
+                        if seen is None:
+                            seen = self._read_costly(ds, Tag(tag), raw, research_id, charset_key)
+                            done[key] = seen
+                            self._done_bytes += len(data) + 100
+                        if seen[0]:
+                            pubs.append((key, seen[0]))
+                        if seen[1]:
+                            private.extend(seen[1])
+                        continue
+            # Elements already converted, large ones, and public ones with no text.
+            self._collect_one(ds, Tag(tag), raw, research_id, public_values, private, charset_key)
+        public: dict[str, tuple[int, bytes, str] | None] | None = None
+        for kind, value in private:
+            if _UIDLIKE.match(value) or not _long_enough(value):
+                continue  # R6, R1, R2
+            if self._holds(kind, value):
+                continue  # adding it again would change nothing, whatever R6 says
+            low = value.lower()
+            witness = self._rejected.get(low)
+            if witness is not None and _holds_bytes(ds, witness, charset_key):
+                continue  # R6: the public element that equalled it is in this header too
+            if public is None:
+                public = _plain_texts(ds)
+                for key, texts in pubs:
+                    for text in texts:
+                        public.setdefault(text, key)
+                for text in public_values:
+                    public.setdefault(text, None)
+            if low in public:
+                found = public.get(low)
+                if found is not None:
+                    if len(self._rejected) >= MEMO_CAP:
+                        self._rejected.clear()
+                    self._rejected[low] = found
+                continue  # R6
+            self.add(value, kind, name_only=_is_common(value))
+            if kind == "institution-or-station":
+                self.shared.add(("place", value))
+
+    def add_header_walk(
+        self, ds: Dataset, research_id: str | None = None, shift_days: int | None = None
+    ) -> None:
+        """:meth:`add_header`, reading every element of the header again (no per-dictionary
+        skipping): the reference its result is tested against. Same arguments."""
         self._shift = shift_days if research_id is not None else None
         for charset in declared_charsets(ds):
             self.encodings.add(charset)
@@ -533,6 +645,17 @@ class IdentifierDictionary:
                 self.add(value, kind, name_only=_is_common(value))
                 if kind == "institution-or-station":
                     self.shared.add(("place", value))
+
+    def _holds(self, kind: str, value: str) -> bool:
+        """Whether adding the private or institution candidate ``(kind, value)`` (normalized)
+        would change nothing: the term is there with that kind, blocking for anyone, as
+        name-only as it would be, and shared when it is a place."""
+        term = self.terms.get(value)
+        if term is None or kind not in term.kinds or not term.anyone:
+            return False
+        if term.name_only and not _is_common(value):
+            return False
+        return kind != "institution-or-station" or ("place", value) in self.shared
 
     def add_shared(self, kind: str, value: str) -> None:
         """Add a term learned in another study: ``kind`` ``staff`` (a PN value: its whole and
@@ -555,10 +678,12 @@ class IdentifierDictionary:
         value): it is kept on premises only (``ridl.releases``), never exported.
         """
         self._mark_coincident()
+        terms = self.terms
         return {
             "terms": [
-                [v, sorted(t.kinds), t.name_only, sorted(t.owners), t.anyone, sorted(t.coincident)]
-                for v, t in sorted(self.terms.items())
+                [v, _listed(t.kinds), t.name_only, _listed(t.owners), t.anyone]
+                + [_listed(t.coincident)]
+                for v, t in ((v, terms[v]) for v in sorted(terms))
             ],
             "encodings": sorted(self.encodings),
             "equipment": sorted(self.equipment),
@@ -638,24 +763,7 @@ class IdentifierDictionary:
                 and len(raw.value) <= MEMO_MAX_VALUE
                 and _costly(raw, tag)
             ):
-                memo_key = (int(tag), raw.value, charset_key)
-                seen = self._memo.get(memo_key)
-                if seen is None:
-                    pub: set[str] = set()
-                    priv: list[tuple[str, str]] = []
-                    self._recording, self._subject = [], research_id
-                    try:
-                        self._element(
-                            ds, tag, raw, research_id, pub, priv, depth, charset_key,
-                            named=named, institution=institution,
-                        )  # fmt: skip
-                        ops = tuple(self._recording)
-                    finally:
-                        self._recording = self._subject = None
-                    seen = (frozenset(pub), tuple(priv), ops)
-                    self._memo.put(memo_key, seen)
-                else:
-                    self._replay(seen[2], research_id)
+                seen = self._read_costly(ds, tag, raw, research_id, charset_key)
                 public_values.update(seen[0])
                 private.extend(seen[1])
                 continue
@@ -663,6 +771,64 @@ class IdentifierDictionary:
                 ds, tag, raw, research_id, public_values, private, depth, charset_key,
                 named=named, institution=institution,
             )  # fmt: skip
+
+    def _collect_one(
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        raw: DataElement | RawDataElement,
+        research_id: str | None,
+        public_values: set[str],
+        private: list[tuple[str, str]],
+        charset_key: str,
+    ) -> None:
+        """One top-level element, read as :meth:`_collect` reads it (no memo: converted,
+        large or text-less elements)."""  # fmt: skip
+        if isinstance(raw, RawDataElement) and not tag.is_private:
+            keyword, vr = _tag_info(tag)
+            vr = raw.VR or vr
+            if (
+                vr not in ("SQ", "PN")
+                and raw.length != 0xFFFFFFFF
+                and keyword not in INTERESTING_KEYWORDS
+                and keyword not in EQUIPMENT_KEYWORDS
+            ):
+                if vr in TEXT_VRS and tag not in BULK_TAGS:
+                    public_values.update(v.lower() for v in _raw_texts(raw, vr))
+                return
+        self._element(ds, tag, raw, research_id, public_values, private, 0, charset_key)
+
+    def _read_costly(
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        raw: RawDataElement,
+        research_id: str | None,
+        charset_key: str,
+    ) -> tuple[frozenset[str], tuple[tuple[str, str], ...], tuple[tuple[str, ...], ...]]:
+        """Read one costly top-level element (:func:`_costly`) through the worker's
+        :class:`ElementMemo`: parsed the first time its bytes are met, replayed after.
+
+        Returns what it contributed: (public values, private candidates, recorded additions).
+        """  # fmt: skip
+        memo_key = (int(tag), cast(bytes, raw.value), charset_key)
+        seen = self._memo.get(memo_key)
+        if seen is None:
+            pub: set[str] = set()
+            priv: list[tuple[str, str]] = []
+            self._recording, self._subject = [], research_id
+            try:
+                self._element(ds, tag, raw, research_id, pub, priv, 0, charset_key)
+                ops = tuple(self._recording)
+            finally:
+                self._recording = self._subject = None
+            seen = (frozenset(pub), tuple(priv), ops)
+            self._memo.put(memo_key, seen)
+        else:
+            self._replay(seen[2], research_id)
+        return cast(
+            tuple[frozenset[str], tuple[tuple[str, str], ...], tuple[tuple[str, ...], ...]], seen
+        )
 
     def _share(self, kind: str, value: str) -> None:
         """Note a staff or place name (``shared``) or an equipment name (R6), recorded too."""
@@ -688,7 +854,7 @@ class IdentifierDictionary:
             if op[0] == "add":
                 _, value, kind, name_only, who = op
                 owner = research_id if who == _SUBJECT else (who or None)
-                self.add(value, kind, name_only=bool(name_only), owner=owner)
+                self._put(value, kind, bool(name_only), owner)  # recorded after add's checks
             elif op[0] == "dates":
                 self._dates(op[1], research_id)
             else:
@@ -886,6 +1052,73 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
         return True
     keyword = keyword_for_tag(tag) or ""
     return keyword in INTERESTING_KEYWORDS or keyword in EQUIPMENT_KEYWORDS
+
+
+_PUBLIC, _COSTLY, _OTHER = 0, 1, 2
+# {(tag, VR read, undefined length): how add_header reads a raw top-level element}
+_PLAIN: dict[tuple[int, str | None, bool], int] = {}
+DONE_CAP_BYTES = 32 * 1024 * 1024  # bytes of element values a dictionary's skip list holds
+_CHARSETS: dict[tuple[str, str], tuple[str, list[str]]] = {}
+_ABSENT = object()
+
+
+def _kind_of(tag: BaseTag, raw: RawDataElement) -> int:
+    """How :meth:`IdentifierDictionary.add_header` reads a raw top-level element: ``_PUBLIC``
+    (a plain public text value: only R6 needs its texts), ``_COSTLY`` (:func:`_costly`) or
+    ``_OTHER`` (a plain public value without text, or a bulk tag: read element by element)."""
+    tag = Tag(tag)
+    if _costly(raw, tag):
+        return _COSTLY
+    keyword, vr = _tag_info(tag)
+    vr = raw.VR or vr
+    if vr in TEXT_VRS and tag not in BULK_TAGS:
+        return _PUBLIC
+    return _OTHER
+
+
+def _plain_texts(ds: Dataset) -> dict[str, tuple[int, bytes, str] | None]:
+    """The lower-cased texts of the plain public top-level elements of a header (R6), as
+    :meth:`IdentifierDictionary._collect` reads them: {text: (tag, bytes) of an element
+    holding it, ""}."""
+    texts: dict[str, tuple[int, bytes, str] | None] = {}
+    for tag, raw in ds.items():
+        if (
+            type(raw) is RawDataElement
+            and isinstance(raw.value, bytes)
+            and _PLAIN.get((tag, raw.VR, raw.length == 0xFFFFFFFF)) == _PUBLIC
+        ):
+            vr = raw.VR or _tag_info(Tag(tag))[1]
+            for text in _raw_texts(raw, vr):
+                texts.setdefault(text.lower(), (int(tag), raw.value, ""))
+    return texts
+
+
+def _holds_bytes(ds: Dataset, witness: tuple[int, bytes, str], charset_key: str) -> bool:
+    """Whether ``ds`` (of Specific Character Set ``charset_key``) has, unconverted, the
+    element of ``witness``: (tag, bytes, "") of a plain public element, or (tag, bytes,
+    character set) of a costly one read in that character set."""
+    tag, value, charset = witness
+    raw = ds._dict.get(BaseTag(tag))
+    if type(raw) is not RawDataElement or raw.value != value:
+        return False
+    kind = _PLAIN.get((raw.tag, raw.VR, raw.length == 0xFFFFFFFF))
+    if charset:
+        return kind == _COSTLY and charset == charset_key and len(value) <= MEMO_MAX_VALUE
+    return kind == _PUBLIC
+
+
+def _charsets_of(ds: Dataset) -> tuple[str, list[str]]:
+    """(the header's Specific Character Set as text, its codecs: :func:`declared_charsets`),
+    cached by value."""
+    value = ds.get("SpecificCharacterSet", _ABSENT)
+    key = (type(value).__name__, repr(value))
+    found = _CHARSETS.get(key)
+    if found is None:
+        if len(_CHARSETS) > 1000:
+            _CHARSETS.clear()
+        text = "" if value is _ABSENT else str(value)
+        found = _CHARSETS[key] = (text, declared_charsets(ds))
+    return found
 
 
 class ElementMemo:

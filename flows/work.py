@@ -383,12 +383,7 @@ def _process_files(
     dictionary = IdentifierDictionary(retained=ctx.retain, memo=worker.memo)
     for header in headers.values():
         dictionary.add_header(header, subject.research_id, subject.shift_days)
-    write_study_terms(
-        ctx.project,
-        ctx.release,
-        outcome.study_key,
-        {"site": study.issuer, "research_id": subject.research_id, **dictionary.to_record()},
-    )
+    keep_study_terms(ctx, outcome.study_key, study.issuer, subject.research_id, dictionary)
     cross = worker.cross_dictionary()
     verifier = Verifier(dictionary, ocr=None, also=[cross])
     scanned = scanned_bytes = hits = ocr_objects = 0
@@ -487,6 +482,22 @@ def _process_files(
     )
     worker.learn(study.issuer, dictionary)
     return rows
+
+
+def keep_study_terms(
+    ctx: RunContext, study_key: str, site: str, research_id: str, dictionary: IdentifierDictionary
+) -> None:
+    """Keep the identifiers a study is verified against on premises, for the release gate
+    (``ridl.releases.write_study_terms``: the dictionary's record with the study's site and
+    research ID; PHI, never exported).
+
+    Raises:
+        ReleaseError: the run's release name is not valid.
+    """
+    record = dictionary.to_record()
+    write_study_terms(
+        ctx.project, ctx.release, study_key, {"site": site, "research_id": research_id, **record}
+    )
 
 
 def _study_tokens(headers: Iterable[Dataset]) -> frozenset[str]:

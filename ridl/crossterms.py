@@ -12,10 +12,10 @@ On premises only, and owner-only (files 0600 in folders 0700): the names are PHI
 
     RIDL_HOME/crossterms/<project>/<site digest>.jsonl
 
-one JSON line per term seen, ``[kind, value]``, appended with one ``write`` each (atomic for
-lines this short on a local file system), so every worker process of a run can add what it
-learns while the run goes on, without a lock. The site's file name is the first 16 hex digits
-of the SHA-256 of its issuer, so no site is named on disk.
+one JSON line per term seen, ``[kind, value]``, a study's new lines appended with one
+``write`` (``O_APPEND``: whole at the end of a local file), so every worker process of a run
+can add what it learns while the run goes on, without a lock. The site's file name is the
+first 16 hex digits of the SHA-256 of its issuer, so no site is named on disk.
 
 Bounded memory: a site keeps at most :data:`MAX_TERMS_PER_SITE` terms, a run carries at most
 :data:`MAX_TERMS_PER_RUN` of them to its workers. Eviction is least recently seen first: a term
@@ -82,8 +82,9 @@ def record_terms(project: str, site: str, pairs: Iterable[tuple[str, str]]) -> i
     settings.private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        for line in lines:  # one write per line: whole lines even with concurrent writers
-            os.write(fd, line.encode("utf-8"))
+        # One write for the study's lines: an O_APPEND write lands whole at the end of a local
+        # file even with concurrent writers, so lines are never interleaved.
+        os.write(fd, "".join(lines).encode("utf-8"))
     finally:
         os.close(fd)
     return len(lines)

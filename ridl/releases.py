@@ -292,24 +292,31 @@ def study_terms_path(project: str, release: str, study_key: str) -> Path:
 
 
 def write_study_terms(project: str, release: str, study_key: str, record: dict[str, Any]) -> None:
-    """Keep a study's identifiers (PHI) on premises, owner-only, written whole or not at all.
+    """Keep a study's identifiers (PHI) on premises, owner-only (file 0600, folders 0700).
 
-    ``record`` is JSON-ready (``flows.work`` writes the study's dictionary record and site).
+    ``record`` is JSON-ready (``flows.work`` writes the study's dictionary record and site). It
+    is encoded once and written with one ``write``, straight to its file: a write cut short
+    leaves a prefix of a JSON object, which never parses, so :func:`read_study_terms` reads it
+    as absent (as a study whose terms were never kept), never as fewer terms.
 
     Raises:
         ReleaseError: the release name is not valid (see :func:`release_dir`).
     """
     path = study_terms_path(project, release, study_key)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, flags, 0o600)
     except FileNotFoundError:  # the first study of its shard: make the folders, owner-only
         for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(record, out, ensure_ascii=False, sort_keys=True)
-    tmp.replace(path)
+        fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def read_study_terms(project: str, release: str, study_key: str) -> dict[str, Any] | None:
