@@ -284,8 +284,8 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
     """The first verdict that is not ``pass`` wins; a check that crashes quarantines the object.
 
     An ``ObjectRejected`` raised by a check becomes a quarantine with its reason and detail;
-    any other exception the reason ``check-failed-<name>`` (detail: the exception type). Never
-    raises for a check's failure.
+    any other exception the reason ``check-failed-<name>`` (detail ``check=<name>`` and the
+    exception type). Never raises for a check's failure.
     """
     for chk in checks:
         try:
@@ -293,7 +293,7 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
         except ObjectRejected as rej:
             return quarantine(rej.reason, rej.detail)
         except Exception as exc:  # a site's check must not stop the run
-            return quarantine(check_failed(chk.name), type(exc).__name__)
+            return quarantine(check_failed(chk.name), f"check={chk.name} {type(exc).__name__}")
         if not verdict.passed:
             return verdict
     return PASS
