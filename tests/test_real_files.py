@@ -156,6 +156,21 @@ def test_rt_objects_and_big_endian_objects_pass_curation(real_project: str, tmp_
     assert modalities == ["MR", "RTDOSE", "RTDOSE", "RTPLAN", "RTSTRUCT"]
 
 
+def test_single_frame_rt_dose_instances_of_one_series_are_not_a_slice_stack(
+    real_project: str, tmp_path: Path
+) -> None:
+    """Frames of a dose grid stored as separate RT Dose instances (in three encodings) are not
+    checked as an image series: their positions are not evenly spaced slices."""
+    src = tmp_path / "src"
+    for number, name in enumerate(
+        ("rtdose_1frame.dcm", "rtdose_expb_1frame.dcm", "rtdose_rle_1frame.dcm"), start=1
+    ):
+        _copy(name, src, SOPInstanceUID=f"1.2.826.0.1.3680043.8.498.9{number}")
+    out = _run(src, tmp_path, real_project)
+    counts = out["counts"]
+    assert counts.quarantined == {} and counts.exported == 3, counts.as_dict()  # type: ignore[attr-defined]
+
+
 def test_big_endian_known_regions_are_blanked(ridl_home: Path, tmp_path: Path) -> None:
     """Region cleaning writes big endian pixel data back in the object's own byte order."""
     from curation.pixels import clean_regions
