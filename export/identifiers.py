@@ -35,7 +35,8 @@ R9  values of attributes that the project's approved scope retains are not searc
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
     are ignored (the OCR step reads the text in pixels);
 R11 a value equal to one of ridl's own dummies (``OWN_VALUES``: what the PS3.15 "D" action
-    writes) is not searched: every de-identified object may carry it, whoever the patient;
+    writes), or made only of them (``Anonymous^Anonymous``), is not searched: every
+    de-identified object may carry it, whoever the patient;
 R12 ridl's own vocabulary (``OWN_WORDS``: the words of its reason codes and of the field names
     of its parts, manifests and summary, and its dummies) is never an identifier: a value made
     only of those words is not searched, except a name, which blocks only when found in a
@@ -293,6 +294,11 @@ def _is_common(value: str) -> bool:
     return bool(words) and all(w in COMMON_WORDS or w in OWN_WORDS for w in words)
 
 
+def _only_dummies(value: str) -> bool:
+    words = [w for w in re.split(r"[\s^=,.\-_]+", value.lower()) if w]
+    return bool(words) and all(w in OWN_VALUES for w in words)
+
+
 def is_own_vocabulary(value: str) -> bool:
     """Whether every word of ``value`` is one ridl writes itself (R11, R12): a dummy, a word of
     a reason code or of a field name of the derived files (case ignored)."""
@@ -543,6 +549,8 @@ class IdentifierDictionary:
         value = _norm(value)
         if not value or value.lower() in OWN_VALUES:  # R11
             return
+        if _only_dummies(value):  # R11: "Anonymous^Anonymous" is made of dummies too
+            return
         if kind not in NAME_KINDS and is_own_vocabulary(value):
             return  # R12: ridl's own words are never an identifier; a name blocks in PN only
         if is_own_vocabulary(value):
@@ -618,7 +626,7 @@ class IdentifierDictionary:
             KeyError: the record has no ``terms``.
         """
         for value, kinds, name_only, owners, anyone, *rest in record["terms"]:
-            if value.lower() in OWN_VALUES:  # R11, also for records kept under older rules
+            if value.lower() in OWN_VALUES or _only_dummies(value):  # R11, older records too
                 continue
             if is_own_vocabulary(value):  # R12
                 if not set(kinds) & NAME_KINDS:
