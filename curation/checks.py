@@ -284,8 +284,8 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
     """The first verdict that is not ``pass`` wins; a check that crashes quarantines the object.
 
     An ``ObjectRejected`` raised by a check becomes a quarantine with its reason and detail;
-    any other exception the reason ``check-failed-<name>`` (detail: the exception type). Never
-    raises for a check's failure.
+    any other exception the reason ``check-failed-<name>`` (detail ``check=<name>`` and the
+    exception type). Never raises for a check's failure.
     """
     for chk in checks:
         try:
@@ -293,7 +293,7 @@ def run_checks(checks: Iterable[Check], obj: CheckObject) -> Verdict:
         except ObjectRejected as rej:
             return quarantine(rej.reason, rej.detail)
         except Exception as exc:  # a site's check must not stop the run
-            return quarantine(check_failed(chk.name), type(exc).__name__)
+            return quarantine(check_failed(chk.name), f"check={chk.name} {type(exc).__name__}")
         if not verdict.passed:
             return verdict
     return PASS
@@ -494,10 +494,11 @@ def duplicate_check(obj: CheckObject) -> Verdict:
 def series_consistency_check(obj: CheckObject) -> Verdict:
     """Rows, columns and orientation agree within a series; slices are evenly spaced, no gaps.
 
-    Single-frame images only. An object whose size or Image Orientation (Patient) differs from
-    the series' majority is an outlier; a series with repeated or missing Instance Numbers, or
-    slice positions along the normal (Image Position (Patient), PS3.3 C.7.6.2) whose steps
-    differ from the median by more than 10% (0.01 mm at least), has a series-wide problem.
+    Single-frame objects of image storage SOP classes only (an RT Dose frame is a dose grid,
+    not a slice of a stack: PS3.3 C.8.8.3). An object whose size or Image Orientation (Patient)
+    differs from the series' majority is an outlier; a series with repeated or missing Instance
+    Numbers, or slice positions along the normal (Image Position (Patient), PS3.3 C.7.6.2) whose
+    steps differ from the median by more than 10% (0.01 mm at least), has a series-wide problem.
     """
     if obj.policy.series_inconsistency == "keep":
         return PASS
@@ -531,6 +532,9 @@ def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
     for ds in headers:
         if not ds.get("Rows") or int(ds.get("NumberOfFrames", 1) or 1) > 1:
             continue
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        if sop_class and not is_image_sop_class(sop_class):
+            continue  # an RT Dose grid or a waveform is not a stack of slices
         sop = str(ds.get("SOPInstanceUID", ""))
         if sop in sops:
             continue  # a second feed's copy of the same instance is a duplicate, not a gap

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ridl.dicomfile import read_file
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
@@ -38,13 +38,14 @@ def has_pixel_data(ds: Dataset) -> bool:
 
 
 def read_whole(path: Path) -> Dataset:
-    """Read a whole object (pixel bytes included, never decoded).
+    """Read a whole object (pixel bytes included, never decoded), with or without preamble and
+    File Meta (:func:`ridl.dicomfile.read_file`: File Meta is completed from the encoding).
 
     Raises:
         ObjectRejected: ``not-dicom``, ``unreadable`` or ``truncated``.
     """
     try:
-        ds = dcmread(path)
+        ds = read_file(path)
     except InvalidDicomError:
         raise ObjectRejected(Reason.NOT_DICOM) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -29,8 +29,8 @@ from curation.checks import CheckObject, Policy, StudyView, load_checks, run_che
 from curation.integrity import has_pixel_data
 from curation.ocr import TextBox
 from curation.review import Decisions, ReviewRecord, record_object
-from ridl.errors import ObjectRejected
-from ridl.reasons import Reason
+from ridl.errors import ObjectRejected, RidlError
+from ridl.reasons import Reason, check_failed
 
 Outcome = Literal["export", "exclude", "quarantine"]
 
@@ -122,6 +122,28 @@ class Curator:
         return StudyView(list(headers))
 
     def curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
+        """Curate the object at ``path`` (``header``: read without pixels).
+
+        What :meth:`_curate` does, except that a step that raises (a check's helper, triage,
+        screening, a decoder) quarantines this object as ``check-failed-curation`` (detail
+        ``check=curation`` and the exception type) instead of failing the batch.
+
+        Raises:
+            ConfigError: the review decisions file has a bad line, or the OCR engine is not
+                installed (see :func:`curation.ocr.engine`).
+        """
+        try:
+            return self._curate(path, header, study, study_key)
+        except RidlError:
+            raise
+        except ObjectRejected as rej:
+            return Curated("quarantine", rej.reason, rej.detail)
+        except Exception as exc:  # one object's failure never stops the run
+            return Curated(
+                "quarantine", check_failed("curation"), f"check=curation {type(exc).__name__}"
+            )
+
+    def _curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
         """Curate the object at ``path`` (``header``: read without pixels).
 
         Checks run first (a quarantine a reviewer approved goes on). An object without pixel

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
 )
@@ -138,6 +139,13 @@ def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> Non
         new_photometric = "RGB"
     if ts.is_encapsulated and ds.get("SamplesPerPixel", 1) == 3:
         ds.PlanarConfiguration = 0
+    # A big endian object decodes to big endian arrays: new pixel data is written in the
+    # machine's order, which set_pixel_data expects.
+    arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
+    if ts == ExplicitVRBigEndian:
+        # pydicom writes new pixel data in little endian only; the object is written in Explicit
+        # VR Little Endian (PS3.5 A.2), the retired big endian syntax (PS3.5 A.3) left behind.
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.set_pixel_data(
         arr,
         photometric_interpretation=new_photometric,
@@ -147,6 +155,8 @@ def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> Non
     if not ts.is_encapsulated:
         if ts != ExplicitVRBigEndian:
             ds.file_meta.TransferSyntaxUID = ts
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return
     targets = [ts] if ts in REENCODABLE else []
     targets += [t for t in (JPEG2000Lossless, RLELossless) if t not in targets]

@@ -136,6 +136,40 @@ def held_by_checks(project: str, release: str) -> list[ReviewRecord]:
     ]
 
 
+def held_path(project: str, release: str, study_key: str) -> Path:
+    """Where the review IDs a study's work held for a reviewer are kept, on premises:
+    ``RIDL_HOME/review/<project>/<release>/held/<study key>.json`` (``study_key`` is the
+    de-identified Study Instance UID)."""
+    return review_dir(project, release) / "held" / f"{study_key}.json"
+
+
+def write_held(project: str, release: str, study_key: str, object_ids: Iterable[str]) -> None:
+    """Keep the review IDs (SHA-256 of source objects) a study holds for a reviewer, on premises.
+
+    They link a research subject to original files, so they never go into a published part;
+    the next run of the release reads them (:func:`read_held`) to redo a study a reviewer has
+    decided about. An empty list removes the record.
+    """
+    path = held_path(project, release, study_key)
+    ids = sorted(set(object_ids))
+    if not ids:
+        path.unlink(missing_ok=True)
+        return
+    folder = _private_dir(path.parent)
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(ids))
+    tmp.replace(path)
+
+
+def read_held(project: str, release: str, study_key: str) -> list[str]:
+    """The review IDs :func:`write_held` kept for a study (empty when none, or unreadable)."""
+    try:
+        ids = json.loads(held_path(project, release, study_key).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
 # --- decisions ----------------------------------------------------------------------------------
 
 

@@ -653,6 +653,9 @@ class Engine:
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
+        # PS3.10 7.1: the preamble is written as zeros, never the source's (a dual-personality
+        # file's TIFF header is not a de-identified value).
+        ds.preamble = None
 
 
 def _elements(ds: Dataset) -> MutableMapping[int, Any]:

@@ -678,8 +678,9 @@ def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) ->
     except KeyError:
         raise DeidError(Reason.DEID_NO_SOP_INSTANCE) from None
     meta = _meta(sop_class, sop_instance, header.syntax)
-    # The source's preamble is kept, as pydicom keeps it on the dataset path.
-    head = b"".join([data[:128], b"DICM", meta, *(parts[t] for t in sorted(parts))])
+    # PS3.10 7.1: a zero preamble, never the source's (a dual-personality file's TIFF header),
+    # as the dataset path writes it (Engine clears the preamble it read).
+    head = b"".join([bytes(128), b"DICM", meta, *(parts[t] for t in sorted(parts))])
     try:
         result = read_dataset(
             io.BytesIO(b"".join(parts[t] for t in RESULT_TAGS if t in parts)), False, True

@@ -35,7 +35,15 @@ R9  values of attributes that the project's approved scope retains are not searc
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
     are ignored (the OCR step reads the text in pixels);
 R11 a value equal to one of ridl's own dummies (``OWN_VALUES``: what the PS3.15 "D" action
-    writes) is not searched: every de-identified object may carry it, whoever the patient.
+    writes), or made only of them (``Anonymous^Anonymous``), is not searched: every
+    de-identified object may carry it, whoever the patient;
+R12 ridl's own vocabulary (``OWN_WORDS``: the words of its reason codes and of the field names
+    of its parts, manifests and summary, and its dummies) is never an identifier: a value made
+    only of those words is not searched, except a name, which blocks only when found in a
+    person-name (PN) attribute (as R4): a patient named "Modality" does not match the
+    ``modality`` key of every part;
+R13 a name found in a coded string (CS) value of a de-identified object is not a hit: a CS value
+    is a defined term (Image Type ``PERFUSION``, PS3.5 6.2), not a person's name.
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -69,8 +77,9 @@ from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag, Tag
 
 from ridl.identity import TEXT_VALUE, Named, content_item_names
+from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/4"
+RULES_VERSION = "ridl-identifiers/5"
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -199,10 +208,38 @@ _COMMON = """
 """
 # The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
 # a patient named "Text" must not block every release whose parts say "burned-in-text".
+# OWN_WORDS (R12) completes it from the sources themselves, so a new field or code is covered.
 COMMON_WORDS = frozenset(_COMMON.split())
 # R11: the dummy values de-identification writes (deid_recipes.engine.DUMMY_BY_VR and the text
 # dummy ANON), lower case; tests/test_verify.py keeps this list equal to the engine's.
 OWN_VALUES = frozenset({"anon", "anonymous", "19000101", "000000", "19000101000000", "000d", "0"})
+
+
+def _own_words() -> frozenset[str]:
+    """R12: the words ridl itself writes into every release, lower case: the words of every
+    reason code (:class:`ridl.reasons.Reason`, split at ``-``), of every field name of the
+    derived files (manifest part, object row, verification record, summary, labels entry and
+    the manifest columns of :mod:`export.manifest`, split at ``_``) and the dummies (R11)."""
+    from export import manifest
+
+    names: set[str] = set(manifest.MANIFEST_COLUMNS)
+    for record in (
+        manifest.ObjectRow,
+        manifest.ManifestPart,
+        manifest.VerificationRecord,
+        manifest.ReleaseSummary,
+        manifest.LabelsFile,
+    ):
+        names.update(record.__annotations__)
+    words = {w for name in names for w in name.lower().split("_")}
+    words |= {w for code in Reason for w in str(code).split("-")}
+    return frozenset(w for w in words | OWN_VALUES if w)
+
+
+OWN_WORDS = _own_words()
+# Kinds of term that name a person: a coded (CS) value of a de-identified object is a code
+# from a defined list, never a name (R13).
+NAME_KINDS = frozenset({"name", "staff"})
 
 _DIGITS = re.compile(r"^[\d\s\-./()+]+$")
 _UIDLIKE = re.compile(r"^[\d.]+$")
@@ -258,9 +295,21 @@ def _norm(value: str) -> str:
 
 
 def _is_common(value: str) -> bool:
-    words = re.split(r"[\s^,\-]+", value.lower())
+    words = re.split(r"[\s^,\-_]+", value.lower())
     words = [w for w in words if w]
-    return bool(words) and all(w in COMMON_WORDS for w in words)
+    return bool(words) and all(w in COMMON_WORDS or w in OWN_WORDS for w in words)
+
+
+def _only_dummies(value: str) -> bool:
+    words = [w for w in re.split(r"[\s^=,.\-_]+", value.lower()) if w]
+    return bool(words) and all(w in OWN_VALUES for w in words)
+
+
+def is_own_vocabulary(value: str) -> bool:
+    """Whether every word of ``value`` is one ridl writes itself (R11, R12): a dummy, a word of
+    a reason code or of a field name of the derived files (case ignored)."""
+    words = [w for w in re.split(r"[\s^,\-_]+", value.lower()) if w]
+    return bool(words) and all(w in OWN_WORDS for w in words)
 
 
 def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
@@ -526,6 +575,12 @@ class IdentifierDictionary:
         value = _norm(value)
         if not value or value.lower() in OWN_VALUES:  # R11
             return
+        if _only_dummies(value):  # R11: "Anonymous^Anonymous" is made of dummies too
+            return
+        if kind not in NAME_KINDS and is_own_vocabulary(value):
+            return  # R12: ridl's own words are never an identifier; a name blocks in PN only
+        if is_own_vocabulary(value):
+            name_only = True
         if self._recording is not None:
             who = _SUBJECT if owner is not None and owner == self._subject else (owner or "")
             self._recording.append(("add", value, kind, "1" if name_only else "", who))
@@ -696,6 +751,12 @@ class IdentifierDictionary:
             KeyError: the record has no ``terms``.
         """
         for value, kinds, name_only, owners, anyone, *rest in record["terms"]:
+            if value.lower() in OWN_VALUES or _only_dummies(value):  # R11, older records too
+                continue
+            if is_own_vocabulary(value):  # R12
+                if not set(kinds) & NAME_KINDS:
+                    continue
+                name_only = True
             term = self.terms.setdefault(value, Term())
             term.kinds.update(kinds)
             term.name_only = term.name_only and bool(name_only)

@@ -117,13 +117,16 @@ class ManifestPart(TypedDict):
     ``study`` is the study key (the de-identified Study Instance UID), or None for the source
     part. ``objects`` are the exported objects sorted by key; ``excluded`` and ``quarantined``
     count instances by reason code. A study part also has ``site`` (a keyed token of the Issuer
-    of Patient ID, never its name), ``review`` (the review IDs of objects held for a reviewer,
-    sorted) and ``iocm_rejected`` (de-identified SOP Instance UIDs that IOCM rejected, sorted);
-    the source part has none of the three. A study part written since stream verification
-    also has ``verification`` (:class:`VerificationRecord`); parts written before it lack the
-    key and still parse, but the release gate refuses them. A *failed-study part* (the archive
-    could not deliver the study) has ``failed`` (:class:`FailedRetrieval`) and no objects; it is
-    not counted as done, and ``ridl run --retry-failed`` works the study again.
+    of Patient ID, never its name) and ``iocm_rejected`` (de-identified SOP Instance UIDs that
+    IOCM rejected, sorted); the source part has neither. A part is published with the release,
+    so it holds nothing derived from an original file's bytes or path: the review IDs of objects
+    held for a reviewer (SHA-256 of source objects) stay on premises (``curation.review``);
+    parts written before that may still hold them under ``review``. A study part written since
+    stream verification also has ``verification`` (:class:`VerificationRecord`); parts written
+    before it lack the key and still parse, but the release gate refuses them.
+    A *failed-study part* (the archive could not deliver the study) has ``failed``
+    (:class:`FailedRetrieval`) and no objects; it is not counted as done, and
+    ``ridl run --retry-failed`` works the study again.
     """
 
     study: str | None
@@ -131,7 +134,6 @@ class ManifestPart(TypedDict):
     excluded: dict[str, int]
     quarantined: dict[str, int]
     site: NotRequired[str]
-    review: NotRequired[list[str]]
     iocm_rejected: NotRequired[list[str]]
     verification: NotRequired[VerificationRecord]
     failed: NotRequired[FailedRetrieval]
@@ -224,7 +226,6 @@ def study_part(
     *,
     excluded: Mapping[str, int],
     quarantined: Mapping[str, int],
-    review: Iterable[str] = (),
     iocm_rejected: Iterable[str] = (),
     verification: VerificationRecord | None = None,
     failed: FailedRetrieval | None = None,
@@ -232,7 +233,7 @@ def study_part(
     """The part of one study: its key, site token, exported objects and counts by reason.
 
     ``objects`` are kept in the order given (the worker sorts them by key); counts are sorted by
-    reason code, ``review`` and ``iocm_rejected`` sorted; ``verification`` is the study's stream
+    reason code, ``iocm_rejected`` sorted; ``verification`` is the study's stream
     verification record (left out when None); ``failed`` makes it a failed-study part (left out
     when None).
     """
@@ -240,7 +241,6 @@ def study_part(
         study=study,
         site=site,
         objects=objects,
-        review=sorted(review),
         excluded=_counts(excluded),
         quarantined=_counts(quarantined),
         iocm_rejected=sorted(iocm_rejected),

@@ -6,7 +6,7 @@ is located by walking the parsed object to the attribute whose value holds it, s
 :class:`Hit` names the object key and the attribute path
 (``RequestAttributesSequence[0].RequestedProcedureDescription``, ``(0029,1010)``,
 ``file_meta.…``), never the value. Text an OCR function finds in the pixels of at-risk objects is
-searched too. Rules R3, R4, R5, R7 and R10 of :mod:`export.identifiers` apply here.
+searched too. Rules R3, R4, R5, R7, R10 and R13 of :mod:`export.identifiers` apply here.
 
 Engines floor (``export/``): the search half of the PHI gate; the dictionary comes from
 :mod:`export.identifiers` and the report types from :mod:`export.verification`. The OCR function
@@ -34,6 +34,7 @@ from pydicom.tag import BaseTag, Tag
 from export.identifiers import (
     BULK_TAGS,
     DATE_VRS,
+    NAME_KINDS,
     IdentifierDictionary,
     Term,
     declared_charsets,
@@ -493,6 +494,8 @@ _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformD
 def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:
     if term.name_only and vr != "PN":
         return False  # R4
+    if vr == "CS" and term.kinds <= NAME_KINDS:
+        return False  # R13: a coded value is a defined term, not a name
     if term.scoped and vr in DATE_VRS and (owner not in term.owners or owner in term.coincident):
         return False  # R5
     return not (term.name_only and not located)

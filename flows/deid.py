@@ -9,7 +9,6 @@ under the project's ``adhoc`` release with their reason, never written to the de
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -26,6 +24,7 @@ from curation.quarantine import quarantine_file
 from deid_recipes.engine import DeidError, Engine, SubjectContext
 from deid_recipes.fastpath import deidentify_file
 from deid_recipes.recipe import load_recipe
+from ridl.dicomfile import read_file, to_bytes
 from ridl.errors import ConfigError, ObjectRejected
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
@@ -109,7 +108,7 @@ class FolderDeidentifier:
     def deidentify_bytes(self, path: Path) -> tuple[Dataset, bytes, SubjectContext]:
         """Read, check, de-identify and encode one object; raise ObjectRejected or DeidError."""
         try:
-            ds = dcmread(path)
+            ds = read_file(path)
         except InvalidDicomError:
             raise ObjectRejected(Reason.NOT_DICOM) from None
         except Exception as exc:  # pydicom raises many kinds on corrupt input
@@ -119,9 +118,7 @@ class FolderDeidentifier:
         check_pixel_data(ds)
         subject = self.subject(ds)
         self.engine.apply(ds, subject)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return ds, buffer.getvalue(), subject
+        return ds, to_bytes(ds), subject
 
 
 def target(dst: Path, ds: Dataset, subject: SubjectContext) -> Path:

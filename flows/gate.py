@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from export.identifiers import RULES_VERSION, IdentifierDictionary
@@ -51,6 +50,7 @@ from export.verification import VerificationFailed, VerificationReport
 from ridl import audit, settings
 from ridl.catalog import study_refs
 from ridl.crossterms import load_terms
+from ridl.dicomfile import read_file
 from ridl.errors import ReleaseError
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
@@ -126,7 +126,8 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
             files = source.fetch_study(study, workdir)
             for path in files:
                 try:
-                    header = dcmread(path, stop_before_pixels=True, force=True)
+                    # Read as the run read it: with or without preamble and File Meta.
+                    header = read_file(path, stop_before_pixels=True)
                 except Exception:
                     continue  # unreadable objects were quarantined, not exported
                 dictionary.add_header(header, research_id, shift_days)

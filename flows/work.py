@@ -20,7 +20,6 @@ without retrieving anything from the DIR again.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 from collections import Counter
@@ -30,13 +29,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from curation.iocm import is_rejection_note, rejected_instances
 from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
+from curation.review import read_held, write_held
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.engine import identifying_tokens
 from deid_recipes.fastpath import deidentify_to_bytes
@@ -56,6 +55,7 @@ from export.store import ObjectStore, open_store, sha256_hex
 from ridl import __version__, settings
 from ridl.catalog import StudyRef
 from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
+from ridl.dicomfile import read_file, to_bytes
 from ridl.errors import ObjectRejected, StudyUndeliverable
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
@@ -309,12 +309,10 @@ def process_study(
     outcome = StudyOutcome(study_key=worker.study_key(study))
     done = read_part(worker.store, part_key)
     retry = done is not None and "failed" in done and ctx.retry_failed
-    # A study that waits on review is redone once a reviewer has decided about its objects.
-    if (
-        done is not None
-        and not retry
-        and not worker.curator.decisions.decided_any(done.get("review", []))
-    ):
+    # A study that waits on review is redone once a reviewer has decided about its objects (their
+    # review IDs are kept on premises: a published part never names an original file).
+    held = read_held(ctx.project, ctx.release, outcome.study_key) if done is not None else []
+    if done is not None and not retry and not worker.curator.decisions.decided_any(held):
         outcome.failed = done.get("failed")
         outcome.skipped = True
         outcome.exported = len(done["objects"])
@@ -343,13 +341,13 @@ def process_study(
         # number of sites (the health-number linkage) without naming any site.
         worker.keys.token("site", study.issuer),
         rows,
-        review=outcome.review,
         excluded=outcome.excluded,
         quarantined=outcome.quarantined,
         iocm_rejected=outcome.iocm_rejected,
         verification=outcome.verification or _record(worker, IdentifierDictionary(), 0),
         failed=outcome.failed,
     )
+    write_held(ctx.project, ctx.release, outcome.study_key, outcome.review)
     write_part(worker.store, part_key, part)
     return outcome
 
@@ -361,7 +359,7 @@ def _process_files(
     headers: dict[Path, Dataset] = {}
     for path in files:
         try:
-            read = dcmread(path, stop_before_pixels=True)
+            read = read_file(path, stop_before_pixels=True)
             for keyword in HEADER_KEYWORDS:  # values are decoded lazily: fail here, not later
                 read.get(keyword)
             headers[path] = read
@@ -562,9 +560,7 @@ def _deidentify(
     ds = curated.dataset
     assert ds is not None  # the caller quarantines an export without a dataset
     worker.engine.apply(ds, subject)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return ds, buffer.getvalue(), False
+    return ds, to_bytes(ds), False
 
 
 def _quarantine(

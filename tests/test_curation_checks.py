@@ -163,8 +163,9 @@ def test_a_crashing_check_quarantines_instead_of_stopping(tmp_path: Path) -> Non
 
     path = save(ct_slice("1.2.9", 1), tmp_path / "a.dcm")
     obj = CheckObject(path, header(path), StudyView([]), Policy())
+    # The detail names the check too (issue 12: a quarantine record says which check failed).
     assert run_checks([explodes], obj) == Verdict(
-        "quarantine", "check-failed-explodes", "RuntimeError"
+        "quarantine", "check-failed-explodes", "check=explodes RuntimeError"
     )
 
 

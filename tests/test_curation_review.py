@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from curation.quarantine import list_quarantine
-from curation.review import list_records, read_decisions, review_dir
+from curation.review import list_records, read_decisions, read_held, review_dir
 from export.local import LocalStore
 from flows.cli import app
 from flows.runplan import prepare_run
@@ -65,7 +65,9 @@ def test_review_sheet_and_decisions_are_honoured_on_rerun(
     # Neither the approved (stopped by verification) nor the rejected object is pending.
     store = LocalStore(tmp_path / "store")
     parts = [json.loads(store.get_bytes(i.key)) for i in store.list(f"{project.id}/r1/parts/")]
-    pending = {o for p in parts for o in p.get("review", [])}
+    # Held review IDs stay on premises; a published part never names an original file.
+    assert not any("review" in p for p in parts)
+    pending = {o for p in parts for o in read_held(project.id, "r1", p["study"])}
     assert approve not in pending and reject not in pending
     assert {q.sha256 for q in list_quarantine(project.id, "r1")} >= {approve, reject}
 

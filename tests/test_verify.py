@@ -410,3 +410,54 @@ def test_ridls_own_dummies_are_never_searched() -> None:
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     assert Verifier(dictionary).check_bytes("p/r/x.dcm", buffer.getvalue()).hits == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Anonymous", "Anonymous^Anonymous", "^Anonymous", "Modality", "Perfusion", "Sop^Class"],
+)
+def test_rule_ridls_own_vocabulary_never_blocks_a_release(name: str) -> None:
+    """R11-R13: a patient whose name is one of ridl's dummies, a word of its field names or a
+    coded value does not block the derived files or other subjects' objects; the name itself,
+    in a person-name attribute, still does."""
+    v = _verifier(_source(PatientName=name, PatientID="MRN-447781"))
+    row = {
+        "key": "p/r/RS-1/2.25.1/2.25.2/2.25.3.dcm",
+        "modality": "MR",
+        "study_uid": "2.25.1",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4",
+        "study_description": "",
+    }
+    part = json.dumps({"study": "2.25.1", "objects": [row], "excluded": {}, "quarantined": {}})
+    assert v.check_bytes("p/r/parts/2.25.1.json", part.encode()).hits == []
+    assert v.check_bytes("p/r/manifest.csv", ",".join(row).encode() + b"\n").hits == []
+    summary = {"by_modality": {"MR": 1}, "studies_done": 1, "manifest": "p/r/manifest.parquet"}
+    assert v.check_bytes("p/r/summary.json", json.dumps(summary).encode()).hits == []
+    other = _output(
+        PatientName="ANONYMOUS^ANONYMOUS",
+        OperatorsName="ANONYMOUS",
+        PatientID="RS-1",
+        ImageType=["DERIVED", "PRIMARY", "PERFUSION"],
+        Modality="MR",
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.4",
+    )
+    assert _hits(v, other) == []
+    if "anonymous" not in name.lower():  # a dummy is never searched (R11)
+        assert _hits(v, _output(OperatorsName=name)) == [("OperatorsName", "name")]
+
+
+def test_rule_own_words_are_never_identifiers_but_real_ones_still_block() -> None:
+    """R12 holds for the kept study terms the gate merges too; an identifier still blocks."""
+    source = _source(PatientName="Modality^Perfusion", PatientID="MRN-447781")
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(source, research_id="RS-0")
+    rebuilt = IdentifierDictionary()
+    rebuilt.merge_record(dictionary.to_record())
+    rebuilt.merge_record({"terms": [["modality", ["identifier"], False, [], True, []]]})
+    v = Verifier(rebuilt)
+    part = b'{"objects": [{"modality": "MR"}], "quarantined": {"series-instance-gap": 1}}'
+    assert v.check_bytes("p/r/parts/x.json", part).hits == []
+    assert _hits(v, _output(ImageType=["DERIVED", "PRIMARY", "PERFUSION"])) == []
+    assert _hits(v, _output(StudyDescription="ref MRN-447781")) == [
+        ("StudyDescription", "identifier")
+    ]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from ridl import settings
 from ridl.catalog import StudyRef
+from ridl.dicomfile import read_file
 from ridl.errors import ConfigError
 from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.reasons import Reason
@@ -88,8 +88,10 @@ class FolderSource:
 
         Writes ``instances.parquet`` (one row per readable file, :data:`INSTANCE_SCHEMA`, sizes
         in bytes, paths relative to the root), ``unreadable.parquet`` (path and reason:
-        ``not-dicom`` or ``unreadable-header``) and the study table. The whole folder is indexed
-        whatever the dates: the catalog's window is "everything", so it covers any window.
+        ``not-dicom`` or ``unreadable-header``) and the study table. Files without the preamble or
+        without File Meta are read as dcmtk reads them (:func:`ridl.dicomfile.read_file`). The
+        whole folder is indexed whatever the dates: the catalog's window is "everything", so it
+        covers any window.
 
         Raises:
             ConfigError: the root folder does not exist.
@@ -104,7 +106,7 @@ class FolderSource:
                 path = Path(dirpath) / name
                 rel = path.relative_to(self.root).as_posix()
                 try:
-                    ds = dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                    ds = read_file(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
                     study_uid = str(ds.StudyInstanceUID)
                     sop_uid = str(ds.SOPInstanceUID)
                 except InvalidDicomError:
