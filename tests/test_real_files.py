@@ -65,7 +65,9 @@ def _copy(name: str, folder: Path, data: bytes | None = None, **attrs: str) -> P
 
 def _run(src: Path, tmp_path: Path, project_id: str, *, fast: bool = True) -> dict[str, object]:
     """Run the folder as release r1; {counts, stored objects by key, parts}."""
-    plan = prepare_run(project_id, "r1", f"folder:{src}", f"file:{tmp_path / 'plan'}")
+    # One planned destination per source folder: a release is bound to the store it was frozen
+    # for; each run then writes to its own store.
+    plan = prepare_run(project_id, "r1", f"folder:{src}", f"file:{src.parent / 'plan'}")
     root = tmp_path / ("fast" if fast else "slow")
     ctx = dataclasses.replace(plan.ctx, store_url=f"file:{root}", fast_path=fast)
     counts = process_batch(ctx, plan.studies)
