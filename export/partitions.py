@@ -555,6 +555,30 @@ def select_rows(table: pa.Table, where: pc.Expression | None, bucket: int) -> pa
     return selected.select(COLUMNS)
 
 
+def read_subjects(path: Path) -> set[str]:
+    """Research IDs from a CSV file: its ``research_id`` column, else its first column.
+
+    Raises:
+        ScopeError: the file lists no research ID (``--subjects``).
+        OSError: the file cannot be read.
+    """
+    import csv
+
+    found: set[str] = set()
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        column = header.index("research_id") if "research_id" in header else 0
+        if "research_id" not in header and header and header[0].strip():
+            found.add(header[0].strip())
+        for row in reader:
+            if len(row) > column and row[column].strip():
+                found.add(row[column].strip())
+    if not found:
+        raise ScopeError("--subjects", f"{path.name} lists no research ID")
+    return found
+
+
 def subject_buckets(research_ids: Iterable[str], buckets: int) -> dict[int, set[str]]:
     """{bucket: research IDs} for a cohort given by research IDs."""
     out: dict[int, set[str]] = defaultdict(set)

@@ -25,10 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -216,8 +215,8 @@ def publish_release(
             frame = frame[~frame["research_id"].isin(sorted(withdrawn))].reset_index(drop=True)
             write_single_tables(store, prefix, frame)
     else:  # the single tables are for small releases only
-        for key in (release_files(prefix).manifest_parquet, release_files(prefix).manifest_csv):
-            store.delete(key)
+        for single in (release_files(prefix).manifest_parquet, release_files(prefix).manifest_csv):
+            store.delete(single)
 
     index = [e for e in read_index(store, project_id) if e["release"] != release]
     previous = index[-1]["release"] if index else None
@@ -353,9 +352,12 @@ def publish_partition(
     if store.exists(state_key):
         entry: dict[str, Any] = json.loads(store.get_bytes(state_key))
         parquet = f"{prefix}/{keys.parquet}"
-        if entry.pop("tag", None) == tag and store.exists(parquet):
-            if _sha(store.get_bytes(parquet)) == entry["files"][keys.parquet]["sha256"]:
-                return entry
+        if (
+            entry.pop("tag", None) == tag
+            and store.exists(parquet)
+            and _sha(store.get_bytes(parquet)) == entry["files"][keys.parquet]["sha256"]
+        ):
+            return entry
     table = pt.read_partition(store, prefix, bucket, buckets)
     leaving = pc.is_in(table.column("research_id"), pa.array(sorted(withdrawn), pa.string()))
     withdrawn_excluded = int(pc.sum(leaving).as_py() or 0)
