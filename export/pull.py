@@ -679,7 +679,10 @@ def _partition_rows(
         transfer(
             [PullItem(n, int(files[n]["size"]), str(files[n]["sha256"]), inside + n) for n in names]
         )
-        table = pq.read_table(dest / f"{inside}{keys.parquet}")
+        local = dest / f"{inside}{keys.parquet}"
+        if not local.is_file():  # its checksum failed (recorded in the report): skip its rows
+            continue
+        table = pq.read_table(local)
         if subjects is not None:
             ids = pa.array(sorted(subjects), pa.string())
             table = table.filter(pc.is_in(table.column("research_id"), ids))
