@@ -20,6 +20,7 @@ sizes have full partitions; a release uses 500,000).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -111,15 +112,12 @@ def run_size(objects: int, rows: int) -> dict[str, Any]:
     home = work / "home"
     os.environ["RIDL_HOME"] = str(home)
     os.environ["RIDL_MANIFEST_PARTITION_ROWS"] = str(rows)
+    from ridl.errors import ConfigError
     from ridl.projects import create_project
     from tests.conftest import make_project
 
-    from ridl.errors import ConfigError
-
-    try:
+    with contextlib.suppress(ConfigError):  # the first size's home is cached: same project
         create_project(make_project())
-    except ConfigError:  # the home of the first size is still cached: the same project
-        pass
     prefix = "study-a/r1"
     t0 = time.perf_counter()
     written = generate(work / "store", prefix, objects)
