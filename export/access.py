@@ -28,6 +28,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from export import partitions as pt
 from export.release import (
     MANIFEST_JSON,
     PUBLIC_KEY,
@@ -147,24 +148,46 @@ def bucket_policy(
 
 
 def presigned_manifest(
-    store: S3Store, prefix: str, manifest: dict[str, Any], expires_in: int
+    store: S3Store,
+    prefix: str,
+    manifest: dict[str, Any],
+    expires_in: int,
+    partitions: list[int] | None = None,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """The signed manifest with a presigned URL for every object and release file.
 
     ``prefix`` is ``<project>/<release>``; ``manifest`` the parsed ``manifest.json``;
     ``expires_in`` the URLs' lifetime in seconds. Returns {format, manifest (the text as
     signed), signature, public_key, urls: {path: URL}, retracted: {path: reason}}; retracted
-    objects get no URL.
+    objects get no URL. With ``partitions`` (bucket numbers) or ``where`` (a cohort query,
+    :func:`export.partitions.parse_where`) only those partitions' files and the objects the
+    query selects in them get URLs, the partitions read one at a time, and the document names
+    the covered buckets in ``partitions``; a large release (no object list in its manifest) is
+    presigned only that way.
 
     Raises:
         FileNotFoundError: the manifest, its signature or public key is missing from the store.
+        ScopeError: a large release asked whole (``--partition``), an unknown partition, or a
+            query ridl cannot read (``--where``).
     """
     manifest_text = store.get_bytes(f"{prefix}/{MANIFEST_JSON}").decode()
     signature = store.get_bytes(f"{prefix}/{SIGNATURE}").decode().strip()
     public_key = store.get_bytes(f"{prefix}/{PUBLIC_KEY}").decode()
     project_id, release = prefix.split("/", 1)
     retracted = retracted_paths(store, project_id, release)
-    paths = [o["path"] for o in manifest["objects"]] + sorted(manifest["files"])
+    covered: list[int] | None = None
+    if partitions is None and where is None:
+        if "objects" not in manifest:
+            raise ScopeError(
+                "--partition",
+                f"release {prefix} has {manifest['counts']['objects']:,} objects: presign it by "
+                "partition (--partition N) or cohort (--where ...), never as one file",
+            )
+        paths = [o["path"] for o in manifest["objects"]] + sorted(manifest["files"])
+    else:
+        covered, paths = _cohort_paths(store, prefix, manifest, partitions, where)
+        paths += sorted(manifest["files"])
     urls = {
         path: store.presign_get(f"{prefix}/{path}", expires_in)
         for path in paths
@@ -178,7 +201,37 @@ def presigned_manifest(
         "urls": urls,
         # Retracted since publication (withdrawn subjects, IOCM rejections): not to be fetched.
         "retracted": retracted,
+        **({"partitions": covered, "where": where} if covered is not None else {}),
     }
+
+
+def _cohort_paths(
+    store: ObjectStore,
+    prefix: str,
+    manifest: dict[str, Any],
+    partitions: list[int] | None,
+    where: str | None,
+) -> tuple[list[int], list[str]]:
+    """(buckets covered, paths to presign) for a partition or cohort grant."""
+    info = manifest.get("partitions") or {}
+    buckets = int(info.get("buckets", 0))
+    chosen = list(range(buckets)) if partitions is None else sorted(set(partitions))
+    if not buckets or any(b < 0 or b >= buckets for b in chosen):
+        raise ScopeError(
+            "--partition", f"release {prefix} has partitions 0 to {max(buckets - 1, 0)}"
+        )
+    query = pt.parse_where(where) if where is not None else None
+    covered: list[int] = []
+    paths: list[str] = []
+    for bucket in chosen:
+        rows = pt.select_rows(pt.read_partition(store, prefix, bucket, buckets), query, bucket)
+        if where is not None and rows.num_rows == 0:
+            continue  # nothing of the cohort here: no URL for this partition
+        keys = pt.partition_keys(bucket, buckets)
+        covered.append(bucket)
+        paths += [keys.parquet, keys.sums]
+        paths += [k[len(prefix) + 1 :] for k in rows.column("key").to_pylist()]
+    return covered, paths
 
 
 def grant_access(
@@ -191,8 +244,13 @@ def grant_access(
     now: dt.datetime | None = None,
     expires_in_seconds: int | None = None,
     principal: str | None = None,
+    partitions: list[int] | None = None,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """Check the grant, build the policy or the presigned manifest, record it; return it.
+
+    ``partitions`` and ``where`` restrict a presigned manifest to some partitions or a cohort
+    (see :func:`presigned_manifest`); an IAM or bucket policy always covers the whole release.
 
     ``expires_in_seconds`` shortens presigned URLs below the computed expiry (never beyond it).
     ``principal`` (the researcher's IAM ARN) asks for a bucket policy (:func:`bucket_policy`)
@@ -213,6 +271,11 @@ def grant_access(
     _, expires = check_grant(project_id, researcher, days, presign, now)
     if presign and principal is not None:
         raise ScopeError("--principal", "a presigned manifest needs no principal; drop one")
+    if not presign and (partitions is not None or where is not None):
+        raise ScopeError(
+            "--partition" if partitions is not None else "--where",
+            "a policy grants the whole release; a partition or cohort is granted with --presign",
+        )
     store = store if store is not None and not isinstance(store, str) else open_store(store)
     from export.s3 import S3Store
 
@@ -234,7 +297,7 @@ def grant_access(
         if seconds < 1:
             raise ScopeError("--days", "the grant would already have expired")
         expires = now + dt.timedelta(seconds=seconds)
-        document = presigned_manifest(store, prefix, manifest, seconds)
+        document = presigned_manifest(store, prefix, manifest, seconds, partitions, where)
         document["expires_at"] = expires.isoformat(timespec="seconds")
     elif principal is not None:
         document = bucket_policy(store, prefix, expires, principal)

@@ -132,12 +132,33 @@ def access_grant(
             "an identity policy (SeaweedFS enforces the expiry only in bucket policies)."
         ),
     ] = None,
+    partition: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Presign only this partition of the manifest (bucket number); repeat for "
+            "more. A large release is presigned by partition or cohort, never whole."
+        ),
+    ] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="Presign only the cohort this query selects (as for `ridl pull --where`)."
+        ),
+    ] = None,
 ) -> None:
     """Grant one approved researcher read access to one release (IAM policy or presigned)."""
     from export.access import grant_access
 
     document = grant_access(
-        dest, project, release, researcher, days, presign=presign, principal=principal
+        dest,
+        project,
+        release,
+        researcher,
+        days,
+        presign=presign,
+        principal=principal,
+        partitions=partition,
+        where=where,
     )
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if out is None:
@@ -175,12 +196,34 @@ def pull_command(
             "Credentials, profile and region come from the usual AWS environment."
         ),
     ] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="Pull a cohort: a query on the manifest's columns, e.g. \"modality = 'CT' AND "
+            'study_year >= 2018" (= != < <= > >=, IN, BETWEEN, IS NULL, AND, OR, NOT; '
+            "study_year is the year of the de-identified study date)."
+        ),
+    ] = None,
+    subjects: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pull the subjects listed in this CSV file (a research_id column, else the "
+            "first column); only their partitions are fetched."
+        ),
+    ] = None,
+    partition: Annotated[
+        list[int] | None,
+        typer.Option(help="Pull only this partition (bucket number); repeat for more."),
+    ] = None,
 ) -> None:
-    """Fetch a release into DEST: signature checked, every file verified, resumable."""
+    """Fetch a release (or a cohort of it) into DEST: signature checked, every file verified,
+    resumable."""
+    from export.partitions import read_subjects
     from export.pull import pull
 
     try:
         key = public_key.read_text() if public_key else None
+        cohort = read_subjects(subjects) if subjects is not None else None
         report = pull(
             manifest,
             dest,
@@ -190,6 +233,9 @@ def pull_command(
             signature_path=signature,
             console=err_console,
             endpoint_url=endpoint_url,
+            where=where,
+            subjects=cohort,
+            partitions=partition,
         )
     except OSError as exc:
         raise ReleaseError(f"{type(exc).__name__}: {exc}") from exc

@@ -20,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -157,8 +157,11 @@ class ReleaseSummary(TypedDict):
     study parts in the store (studies worked, exported or not), failed-study parts left out;
     when the archive could not deliver some studies, ``studies_failed`` counts them by reason
     code and ``failed_studies`` lists them (:class:`FailedStudy`, sorted by study key).
-    ``manifest`` and ``manifest_csv`` are the store keys of the manifest tables; ``labels`` is
-    there once the release has a labels table.
+    ``manifest`` and ``manifest_csv`` are the store keys of the single manifest tables of a
+    small release (for a large one, ``manifest`` is the dataset's folder and ``manifest_csv``
+    is ""); ``manifest_dataset`` is the partitioned dataset's folder (``<prefix>/manifest/``)
+    and ``partitions`` its number of partitions; ``labels`` is there once the release has a
+    labels table.
     """
 
     project: str
@@ -174,6 +177,8 @@ class ReleaseSummary(TypedDict):
     quarantined: dict[str, int]
     manifest: str
     manifest_csv: str
+    manifest_dataset: NotRequired[str]
+    partitions: NotRequired[int]
     labels: NotRequired[LabelsFile]
     studies_failed: NotRequired[dict[str, int]]
     failed_studies: NotRequired[list[FailedStudy]]
@@ -327,54 +332,80 @@ def part_instances(part: ManifestPart) -> int:
 def build_manifest(
     store: ObjectStore, prefix: str, selected: int, project: str, release: str
 ) -> ReleaseSummary:
-    """Write manifest.parquet, manifest.csv and summary.json for the release; return the summary.
+    """Write the partitioned manifest, the counts of each partition and summary.json; return it.
 
-    ``selected`` is the number of studies the frozen selection holds. The manifest tables have
-    one row per exported object (:data:`MANIFEST_COLUMNS`), sorted by key; ``summary.json`` is
-    the :class:`ReleaseSummary` as indented JSON with sorted keys.
+    ``selected`` is the number of studies the frozen selection holds. The parts are read once,
+    in store order, and their rows spilled to local shard files; each partition of the dataset
+    (:mod:`export.partitions`: ``manifest/bucket=NNN/part-0.parquet``, one row per exported
+    object, :data:`MANIFEST_COLUMNS`, sorted by key) is then written from its shards, so memory
+    is bounded by one partition. A partition already written from the same parts is kept (a
+    build killed half-way resumes to the same bytes). A release of at most
+    :func:`export.partitions.small_release_limit` objects also gets today's single tables,
+    ``manifest.parquet`` and ``manifest.csv``. ``summary.json`` is the :class:`ReleaseSummary`
+    as indented JSON with sorted keys, written last.
 
     Raises:
         ValueError: a stored part is not JSON.
+        ScopeError: ``RIDL_MANIFEST_PARTITION_ROWS`` or ``RIDL_SMALL_RELEASE_OBJECTS`` is not a
+            number.
     """
-    parts = read_parts(store, prefix)
-    rows: list[ObjectRow] = []
+    from export import partitions as pt
+
     excluded: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
     studies_done = 0
     failed: list[FailedStudy] = []
-    for part in parts:
-        rows.extend(part["objects"])
-        excluded.update(part["excluded"])
-        quarantined.update(part["quarantined"])
-        why = part.get("failed")
-        if part.get("study") and why is not None:
-            failed.append(FailedStudy(study=str(part["study"]), **why))
-        elif part.get("study"):
-            studies_done += 1
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values("key").reset_index(drop=True)
-    frame["size"] = frame["size"].astype("int64")
+    digest = hashlib.sha256()
+    spill = pt.Spill(pt.spill_folder(store, prefix))
+    try:
+        for info in store.list(f"{prefix}/parts/"):
+            if not info.key.endswith(".json"):
+                continue
+            data = store.get_bytes(info.key)
+            digest.update(f"{info.key}\n{len(data)}\n".encode())
+            digest.update(data)
+            part = parse_part(data)
+            site = str(part.get("site", ""))
+            for row in part["objects"]:
+                spill.add(cast(dict[str, Any], row), site)
+            excluded.update(part["excluded"])
+            quarantined.update(part["quarantined"])
+            why = part.get("failed")
+            if part.get("study") and why is not None:
+                failed.append(FailedStudy(study=str(part["study"]), **why))
+            elif part.get("study"):
+                studies_done += 1
+        buckets = pt.bucket_count(spill.rows)
+        stats = pt.write_partitions(store, prefix, spill, buckets, digest.hexdigest())
+    finally:
+        spill.close()
     files = release_files(prefix)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    store.put_bytes(files.manifest_parquet, sink.getvalue())
-    store.put_bytes(files.manifest_csv, frame.to_csv(index=False).encode())
+    objects = sum(s["rows"] for s in stats)
+    small = objects <= pt.small_release_limit()
+    if small:
+        _write_single_tables(store, prefix, buckets)
+    else:
+        for key in (files.manifest_parquet, files.manifest_csv):
+            store.delete(key)
+    by_modality: Counter[str] = Counter()
+    for s in stats:
+        by_modality.update(s["by_modality"])
     summary = ReleaseSummary(
         project=project,
         release=release,
         studies_selected=selected,
         studies_done=studies_done,
-        studies_exported=int(frame["study_uid"].nunique()),
-        subjects=int(frame["research_id"].nunique()),
-        instances_exported=len(frame),
-        bytes_exported=int(frame["size"].sum()),
-        by_modality={
-            str(k): int(v) for k, v in frame["modality"].value_counts().sort_index().items()
-        },
+        studies_exported=sum(s["studies"] for s in stats),
+        subjects=sum(s["subjects"] for s in stats),
+        instances_exported=objects,
+        bytes_exported=sum(s["bytes"] for s in stats),
+        by_modality=_counts(by_modality),
         excluded=_counts(excluded),
         quarantined=_counts(quarantined),
-        manifest=files.manifest_parquet,
-        manifest_csv=files.manifest_csv,
+        manifest=files.manifest_parquet if small else f"{prefix}/{pt.DATASET}/",
+        manifest_csv=files.manifest_csv if small else "",
+        manifest_dataset=f"{prefix}/{pt.DATASET}/",
+        partitions=buckets,
     )
     if failed:
         summary["studies_failed"] = _counts(Counter(f["reason"] for f in failed))
@@ -393,6 +424,28 @@ def build_manifest(
     return summary
 
 
+def _write_single_tables(store: ObjectStore, prefix: str, buckets: int) -> None:
+    """manifest.parquet and manifest.csv of a small release: every partition, by key."""
+    from export import partitions as pt
+
+    tables = [pt.read_partition(store, prefix, b, buckets) for b in range(buckets)]
+    table = pa.concat_tables(tables).sort_by("key") if tables else pt.SCHEMA.empty_table()
+    frame = table.to_pandas()
+    frame = pd.DataFrame(frame, columns=MANIFEST_COLUMNS)
+    frame["size"] = frame["size"].astype("int64")
+    write_single_tables(store, prefix, frame)
+
+
+def write_single_tables(store: ObjectStore, prefix: str, frame: pd.DataFrame) -> None:
+    """Write a small release's ``manifest.parquet`` and ``manifest.csv`` from ``frame``
+    (:data:`MANIFEST_COLUMNS`, sorted by key)."""
+    files = release_files(prefix)
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    store.put_bytes(files.manifest_parquet, sink.getvalue())
+    store.put_bytes(files.manifest_csv, frame.to_csv(index=False).encode())
+
+
 def read_summary(store: ObjectStore, prefix: str) -> ReleaseSummary:
     """The release's ``summary.json`` as :func:`build_manifest` wrote it.
 
@@ -406,8 +459,18 @@ def read_summary(store: ObjectStore, prefix: str) -> ReleaseSummary:
 def read_manifest(store: ObjectStore, prefix: str) -> pd.DataFrame:
     """The manifest table: one row per exported object, :data:`MANIFEST_COLUMNS`, by key.
 
+    The whole release in memory: for a small release (its ``manifest.parquet``) or a test;
+    code that must scale reads one partition at a time (:mod:`export.partitions`).
+
     Raises:
         FileNotFoundError: the release has no manifest yet.
     """
-    data = store.get_bytes(release_files(prefix).manifest_parquet)
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    files = release_files(prefix)
+    if store.exists(files.manifest_parquet):
+        return pq.read_table(io.BytesIO(store.get_bytes(files.manifest_parquet))).to_pandas()
+    from export import partitions as pt
+
+    tables = [t for _, _, t in pt.iter_partitions(store, prefix)]
+    if not tables:
+        raise FileNotFoundError(files.manifest_parquet)
+    return pa.concat_tables(tables).sort_by("key").to_pandas()

@@ -51,6 +51,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import urllib3
 from rich.console import Console
 from rich.progress import (
@@ -64,10 +67,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from export.partitions import parse_where, partition_keys, select_rows, subject_buckets
 from export.safepath import safe_destination
 from export.signing import fingerprint, verify
 from ridl.errors import RidlError
 
+OBJECT_FIELDS = ("research_id", "study_uid", "series_uid", "sop_uid", "modality", "study_date")
 LAYOUTS = {
     "release": "{path}",
     "dicom": "{research_id}/{study_uid}/{series_uid}/{sop_uid}.dcm",
@@ -126,6 +131,7 @@ class LoadedManifest:
     urls: dict[str, str] | None
     expires_at: dt.datetime | None
     retracted: dict[str, str] = field(default_factory=dict)
+    partitions: list[int] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -200,6 +206,7 @@ def load_manifest(
         raise PullError(f"cannot read the manifest {path}: {exc}") from None
     urls: dict[str, str] | None = None
     retracted: dict[str, str] = {}
+    covered: list[int] | None = None
     if isinstance(document, dict) and str(document.get("format", "")).startswith(
         "ridl-presigned-manifest/"
     ):
@@ -208,6 +215,8 @@ def load_manifest(
         shipped_key = str(document["public_key"])
         urls = {str(k): str(v) for k, v in document["urls"].items()}
         retracted = {str(k): str(v) for k, v in document.get("retracted", {}).items()}
+        if document.get("partitions") is not None:
+            covered = [int(b) for b in document["partitions"]]
     else:
         manifest_bytes = raw
         sig_path = signature_path or path.with_name(path.name + ".sig")
@@ -225,13 +234,15 @@ def load_manifest(
     manifest = json.loads(manifest_bytes)
     expires: dt.datetime | None = None
     if urls is not None:
-        needed = {o["path"] for o in manifest["objects"]}
+        needed = {o["path"] for o in manifest.get("objects", [])} if covered is None else set()
         missing = needed - set(urls) - set(retracted)
         if missing:
             raise PullError(f"the presigned manifest lacks URLs for {len(missing)} files")
         expiries = [e for e in (url_expiry(u) for u in urls.values()) if e is not None]
         expires = min(expiries) if expiries else None
-    return LoadedManifest(manifest, manifest_bytes, signature, key, urls, expires, retracted)
+    return LoadedManifest(
+        manifest, manifest_bytes, signature, key, urls, expires, retracted, covered
+    )
 
 
 def plan_items(
@@ -436,8 +447,17 @@ def pull(
     on_file_done: Callable[[str], None] | None = None,
     now: dt.datetime | None = None,
     endpoint_url: str | None = None,
+    where: str | None = None,
+    subjects: set[str] | None = None,
+    partitions: list[int] | None = None,
 ) -> PullReport:
-    """Fetch and verify every file of the release into ``dest``; see the module doc.
+    """Fetch and verify every file of the release (or a cohort of it) into ``dest``.
+
+    See the module doc. A cohort is what ``where`` (a query, :func:`export.partitions.
+    parse_where`), ``subjects`` (research IDs) and ``partitions`` (bucket numbers) select
+    together; only the partitions it needs are fetched (each verified against the signed
+    index), and it is fetched one partition at a time, so memory stays flat. A large release
+    (no object list in its manifest.json) is always fetched that way.
 
     ``layout`` as for :func:`plan_items`; ``workers`` parallel downloads; ``keep_free`` bytes
     that must stay free on ``dest``'s disk (64 MiB); ``console`` shows progress (None: quiet);
@@ -458,6 +478,7 @@ def pull(
             endpoint that does not answer).
         DiskFull: less space is free than what is left to fetch plus ``keep_free``.
         UnsafePath: a destination path would leave ``dest``.
+        ScopeError: ``where`` is not a query ridl reads (``--where``).
     """
     started = time.monotonic()
     loaded = load_manifest(manifest_path, public_key, signature_path)
@@ -469,125 +490,203 @@ def pull(
             f"the presigned manifest expired at {loaded.expires_at.isoformat()}; ask the "
             "research office for a new grant (`ridl access grant --presign`)"
         )
-    items = plan_items(manifest, layout, skip=set(loaded.retracted))
     report.retracted = len(loaded.retracted)
     made_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    # Folders are made as files arrive, so a refused pull leaves none behind.
-    targets = {
-        item.path: safe_destination(dest, item.target, create_parents=False) for item in items
-    }
-
-    todo: list[PullItem] = []
-    for item in items:
-        if _verified(targets[item.path], item):
-            report.skipped_verified += 1
-        else:
-            todo.append(item)
-    report.files = len(items)
-    needed = sum(i.size for i in todo)
-    free = shutil.disk_usage(dest).free
-    if needed + keep_free > free:
-        raise DiskFull(
-            f"not enough space in {dest}: {needed:,} bytes to fetch (+{keep_free:,} kept free) "
-            f"but {free:,} free; free some space or choose another --dest"
-        )
-
     fetcher = _Fetcher(loaded, workers, endpoint_url)
-    lock = threading.Lock()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=console is None,
-    )
 
-    def fetch(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
-        for attempt in (1, 2):
-            body = fetcher.open(item.path)  # a refusal raises before any folder is made
-            target = safe_destination(dest, item.target)
-            tmp = target.with_name(f".{target.name}.part")
-            digest = hashlib.sha256()
-            received = 0
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    for chunk in body:
-                        handle.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        progress.advance(bytes_task, len(chunk))
-            except BaseException:
+    def transfer(items: list[PullItem]) -> None:
+        # Folders are made as files arrive, so a refused pull leaves none behind.
+        targets = {
+            item.path: safe_destination(dest, item.target, create_parents=False) for item in items
+        }
+
+        todo: list[PullItem] = []
+        for item in items:
+            if _verified(targets[item.path], item):
+                report.skipped_verified += 1
+            else:
+                todo.append(item)
+        report.files += len(items)
+        needed = sum(i.size for i in todo)
+        free = shutil.disk_usage(dest).free
+        if needed + keep_free > free:
+            raise DiskFull(
+                f"not enough space in {dest}: {needed:,} bytes to fetch (+{keep_free:,} kept free) "
+                f"but {free:,} free; free some space or choose another --dest"
+            )
+
+        lock = threading.Lock()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            disable=console is None,
+        )
+
+        def fetch(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
+            for attempt in (1, 2):
+                body = fetcher.open(item.path)  # a refusal raises before any folder is made
+                target = safe_destination(dest, item.target)
+                tmp = target.with_name(f".{target.name}.part")
+                digest = hashlib.sha256()
+                received = 0
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        for chunk in body:
+                            handle.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            progress.advance(bytes_task, len(chunk))
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                if received == item.size and digest.hexdigest() == item.sha256:
+                    os.replace(tmp, target)
+                    with lock:
+                        report.fetched += 1
+                        report.bytes_fetched += received
+                    progress.advance(files_task)
+                    if on_file_done is not None:
+                        on_file_done(item.path)
+                    return
                 tmp.unlink(missing_ok=True)
-                raise
-            if received == item.size and digest.hexdigest() == item.sha256:
-                os.replace(tmp, target)
-                with lock:
-                    report.fetched += 1
-                    report.bytes_fetched += received
-                progress.advance(files_task)
-                if on_file_done is not None:
-                    on_file_done(item.path)
-                return
-            tmp.unlink(missing_ok=True)
-            progress.advance(bytes_task, -received)
-            if attempt == 1:
-                with lock:
-                    report.retried += 1
-        raise ChecksumMismatch(
-            f"{item.path}: SHA-256 does not match the signed manifest after a retry; the "
-            "stored object is damaged or was replaced: report it to the research office"
-        )
+                progress.advance(bytes_task, -received)
+                if attempt == 1:
+                    with lock:
+                        report.retried += 1
+            raise ChecksumMismatch(
+                f"{item.path}: SHA-256 does not match the signed manifest after a retry; the "
+                "stored object is damaged or was replaced: report it to the research office"
+            )
 
-    stop = threading.Event()
+        stop = threading.Event()
 
-    def guarded(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
-        if not stop.is_set():
-            fetch(item, files_task, bytes_task)
+        def guarded(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
+            if not stop.is_set():
+                fetch(item, files_task, bytes_task)
 
-    fatal: BaseException | None = None
-    with progress:
-        files_task = progress.add_task(
-            "files", total=report.files, completed=report.skipped_verified
-        )
-        bytes_task = progress.add_task("bytes", total=needed)
-        if todo:  # the first file alone: a server that refuses it is not asked again
+        fatal: BaseException | None = None
+        with progress:
+            files_task = progress.add_task(
+                "files", total=len(items), completed=len(items) - len(todo)
+            )
+            bytes_task = progress.add_task("bytes", total=needed)
+            if todo:  # the first file alone: a server that refuses it is not asked again
+                try:
+                    fetch(todo[0], files_task, bytes_task)
+                except (AccessRefused, ExpiredGrant):
+                    if made_dest and not any(dest.iterdir()):
+                        dest.rmdir()
+                    raise
+                except DiskFull:
+                    raise
+                except PullError as first_failure:
+                    report.failed[todo[0].path] = str(first_failure)
+            pool = ThreadPoolExecutor(max_workers=max(1, workers))
             try:
-                fetch(todo[0], files_task, bytes_task)
-            except (AccessRefused, ExpiredGrant):
-                if made_dest and not any(dest.iterdir()):
-                    dest.rmdir()
+                futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo[1:]}
+                for future in as_completed(futures):
+                    exc = future.exception()
+                    if exc is None:
+                        continue
+                    if isinstance(exc, PullError) and not isinstance(exc, ExpiredGrant | DiskFull):
+                        report.failed[futures[future].path] = str(exc)
+                    elif fatal is None:
+                        fatal = exc
+                        stop.set()  # an expired grant, an interrupt, a disk error: stop all
+            except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
+                stop.set()
                 raise
-            except DiskFull:
-                raise
-            except PullError as first_failure:
-                report.failed[todo[0].path] = str(first_failure)
-        pool = ThreadPoolExecutor(max_workers=max(1, workers))
-        try:
-            futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo[1:]}
-            for future in as_completed(futures):
-                exc = future.exception()
-                if exc is None:
-                    continue
-                if isinstance(exc, PullError) and not isinstance(exc, ExpiredGrant | DiskFull):
-                    report.failed[futures[future].path] = str(exc)
-                elif fatal is None:
-                    fatal = exc
-                    stop.set()  # an expired grant, an interrupt, a disk error: stop all
-        except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
-            stop.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    if fatal is not None:
-        raise fatal
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if fatal is not None:
+            raise fatal
+
+    selecting = where is not None or subjects is not None or partitions is not None
+    if "objects" in manifest and not selecting and loaded.partitions is None:
+        transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
+    else:
+        query = parse_where(where) if where is not None else None
+        for table in _partition_rows(loaded, dest, layout, transfer, query, subjects, partitions):
+            objects = [_object_of(row, manifest) for row in table.to_pylist()]
+            if loaded.urls is not None:  # a grant for a cohort or partition: its objects only
+                objects = [o for o in objects if o["path"] in loaded.urls]
+            plan = {"objects": objects, "files": {}}
+            transfer(plan_items(plan, layout, skip=set(loaded.retracted)))
+        transfer(plan_items({"objects": [], "files": manifest.get("files", {})}, layout))
     _save_release_files(dest, loaded)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _object_of(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest row as the object of a manifest.json (path relative to the release)."""
+    prefix = f"{manifest['project']}/{manifest['release']}/"
+    obj = {k: row[k] for k in ("size", "sha256", *OBJECT_FIELDS)}
+    obj["path"] = str(row["key"])[len(prefix) :] if str(row["key"]).startswith(prefix) else ""
+    if not obj["path"]:
+        raise PullError("a partition of the manifest lists an object outside the release")
+    return obj
+
+
+def _partition_rows(
+    loaded: LoadedManifest,
+    dest: Path,
+    layout: str,
+    transfer: Callable[[list[PullItem]], None],
+    query: Any,
+    subjects: set[str] | None,
+    partitions: list[int] | None,
+) -> Iterator[pa.Table]:
+    """The selected rows of each needed partition, one partition at a time.
+
+    Each partition's Parquet file is fetched first (verified against the signed index, kept
+    under DEST: at its release path for the ``release`` layout, with the partition's
+    SHA256SUMS; under ``.ridl-pull/`` otherwise) and then read; only the buckets of
+    ``subjects`` and the ``partitions`` asked for (and those a grant covers) are fetched.
+    """
+    info = loaded.manifest.get("partitions")
+    if not info:
+        raise PullError(
+            "this release has no partitioned manifest; pull it whole (drop --where, "
+            "--subjects and --partition)"
+        )
+    buckets = int(info["buckets"])
+    entries = {int(e["bucket"]): e for e in info["list"]}
+    chosen = sorted(entries) if loaded.partitions is None else sorted(loaded.partitions)
+    if partitions is not None:
+        unknown = sorted(set(partitions) - set(entries))
+        if unknown:
+            raise PullError(
+                f"the release has no partition {unknown[0]} (it has 0 to {buckets - 1}); "
+                "change --partition"
+            )
+        chosen = [b for b in chosen if b in set(partitions)]
+    if subjects is not None:
+        needed = subject_buckets(subjects, buckets)
+        chosen = [b for b in chosen if b in needed]
+    for bucket in chosen:
+        keys = partition_keys(bucket, buckets)
+        files = entries[bucket]["files"]
+        inside = "" if layout == "release" else f"{STATE_DIR}/"
+        names = [keys.parquet, keys.sums] if layout == "release" else [keys.parquet]
+        transfer(
+            [PullItem(n, int(files[n]["size"]), str(files[n]["sha256"]), inside + n) for n in names]
+        )
+        local = dest / f"{inside}{keys.parquet}"
+        if not local.is_file():  # its checksum failed (recorded in the report): skip its rows
+            continue
+        table = pq.read_table(local)
+        if subjects is not None:
+            ids = pa.array(sorted(subjects), pa.string())
+            table = table.filter(pc.is_in(table.column("research_id"), ids))
+        yield select_rows(table, query, bucket)
 
 
 def _save_release_files(dest: Path, loaded: LoadedManifest) -> None:

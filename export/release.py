@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from export import partitions as pt
 from export.local import LocalStore
-from export.manifest import read_manifest, read_parts, release_files
+from export.manifest import read_manifest, read_parts, release_files, write_single_tables
 from export.signing import fingerprint, load_or_create_signing_key, public_pem, sign
 from export.store import ObjectStore, open_store
 from ridl import __version__
@@ -134,11 +135,16 @@ def retracted_paths(store: ObjectStore, project_id: str, release: str) -> dict[s
 
 
 def _write_manifest_tables(store: ObjectStore, prefix: str, frame: Any) -> None:
-    files = release_files(prefix)
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    store.put_bytes(files.manifest_parquet, sink.getvalue())
-    store.put_bytes(files.manifest_csv, frame.to_csv(index=False).encode())
+    """Write the manifest again from ``frame`` (a pandas frame of MANIFEST_COLUMNS): each
+    partition with its rows, and the single tables (tests change a manifest with it)."""
+    buckets = pt.dataset_buckets(store, prefix)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    rids = table.column("research_id").to_pylist()
+    for bucket in range(buckets):
+        mask = pa.array([pt.bucket_of(r, buckets) == bucket for r in rids])
+        data = pt.parquet_bytes(table.filter(mask).sort_by("key"))
+        store.put_bytes(f"{prefix}/{pt.partition_keys(bucket, buckets).parquet}", data)
+    write_single_tables(store, prefix, frame)
 
 
 # --- publishing --------------------------------------------------------------------------------
@@ -158,7 +164,12 @@ def publish_release(
 
     ``recipe_sha256`` is the hex digest of the compiled recipe the release was made with
     (``deid_recipes.Recipe.digest``); it goes into ``dataset_description.json`` and the manifest.
-    Returns the :class:`Publication` as a dict (counts and names only).
+    Each partition of the manifest gets its ``SHA256SUMS`` and ``s5cmd-commands.txt``
+    (:func:`publish_partition`, one partition in memory at a time, skipped when a killed
+    publication already finished it); ``manifest.json`` is the release index listing every
+    partition's files with their SHA-256 and size (and, for a small release, every object), and
+    its signature covers them all. Returns the :class:`Publication` as a dict (counts and names
+    only).
 
     Raises:
         ReleaseError: the release has no manifest yet, or is already published with other
@@ -168,42 +179,44 @@ def publish_release(
     store = store if store is not None and not isinstance(store, str) else open_store(store)
     project = load_project(project_id)
     prefix = f"{project_id}/{release}"
-    files = release_files(prefix)
-    if not store.exists(files.manifest_parquet):
+    buckets = pt.dataset_buckets(store, prefix)
+    if buckets == 0 or not store.exists(release_files(prefix).summary):
         raise ReleaseError(
             f"release {prefix} has no manifest in {store.url}; run the extraction first"
         )
     now = now or dt.datetime.now(dt.UTC)
     withdrawn = load_withdrawn(project_id)
-
-    frame = read_manifest(store, prefix)
-    leaving = frame["research_id"].isin(sorted(withdrawn))
-    withdrawn_excluded = int(leaving.sum())
-    objects = [
-        {
-            "path": row["key"][len(prefix) + 1 :],
-            "size": int(row["size"]),
-            "sha256": row["sha256"],
-            **{f: str(row[f]) for f in OBJECT_FIELDS},
-        }
-        for row in frame[~leaving].to_dict("records")
-    ]
+    storage = storage_info(store, prefix)
+    base = f"s3://{storage['bucket']}/{storage['prefix']}" if storage["type"] == "s3" else prefix
 
     existing = read_published(store, prefix)
     if existing is not None:
-        kept = [o for o in existing["objects"] if o["research_id"] not in withdrawn]
-        if kept == objects:  # the same release again (a rerun flow), maybe less withdrawals
+        if _same_release(store, prefix, existing, withdrawn, buckets):
             return _publication(existing, already=True)
         raise ReleaseError(
             f"release {prefix} is already published and cannot be changed; "
             "publish the new data as a new release (change: --release)"
         )
 
-    if withdrawn_excluded:  # a subject withdrew before this release was published
-        for key in frame[leaving]["key"]:
-            store.delete(key)
-        frame = frame[~leaving].reset_index(drop=True)
-        _write_manifest_tables(store, prefix, frame)
+    entries = [
+        publish_partition(store, prefix, b, buckets, withdrawn, base) for b in range(buckets)
+    ]
+    total = sum(e["rows"] for e in entries)
+    withdrawn_excluded = sum(e["withdrawn_excluded"] for e in entries)
+    small = total <= pt.small_release_limit()
+    objects: list[dict[str, Any]] | None = None
+    if small:
+        objects = sorted(
+            (o for b in range(buckets) for o in _partition_objects(store, prefix, b, buckets)),
+            key=lambda o: o["path"],
+        )
+        if withdrawn_excluded:  # a subject withdrew before this release was published
+            frame = read_manifest(store, prefix)
+            frame = frame[~frame["research_id"].isin(sorted(withdrawn))].reset_index(drop=True)
+            write_single_tables(store, prefix, frame)
+    else:  # the single tables are for small releases only
+        for single in (release_files(prefix).manifest_parquet, release_files(prefix).manifest_csv):
+            store.delete(single)
 
     index = [e for e in read_index(store, project_id) if e["release"] != release]
     previous = previous_release(store, project_id, index)
@@ -242,21 +255,20 @@ def publish_release(
         written_name = f"{prefix}/{name}"
         if store.exists(written_name):
             written[name] = store.get_bytes(written_name)
-    sums = [f"{o['sha256']}  {o['path']}" for o in objects]
+    sums = [f"{o['sha256']}  {o['path']}" for o in objects or []]
     sums += [f"{_sha(data)}  {name}" for name, data in sorted(written.items())]
     written[SUMS] = ("\n".join(sums) + "\n").encode()
-    storage = storage_info(store, prefix)
-    base = f"s3://{storage['bucket']}/{storage['prefix']}" if storage["type"] == "s3" else prefix
-    # Everything a researcher needs to check what they fetched: the objects, every file that
-    # SHA256SUMS covers, SHA256SUMS itself, and the signed manifest with its signature and notes
-    # (``s5cmd run`` then ``sha256sum -c SHA256SUMS`` must pass in the download folder).
-    fetched = [o["path"] for o in objects] + sorted(written)
+    # Everything a researcher needs to check what they fetched: the objects (small release),
+    # every file that SHA256SUMS covers, SHA256SUMS itself, and the signed manifest with its
+    # signature and notes (``s5cmd run`` then ``sha256sum -c SHA256SUMS`` must pass in the
+    # download folder). A large release's objects are fetched partition by partition.
+    fetched = [o["path"] for o in objects or []] + sorted(written)
     fetched += [MANIFEST_JSON, SIGNATURE, NOTES]
     written[COMMANDS] = "".join(
         f"cp {base}/{path} {path}\n"
         for path in fetched  # keys are check_key-safe
     ).encode()
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "project": project.id,
         "release": release,
@@ -267,9 +279,9 @@ def publish_release(
         "storage": storage,
         "signing_key": fp,
         "counts": {
-            "objects": len(objects),
-            "bytes": sum(o["size"] for o in objects),
-            "subjects": len({o["research_id"] for o in objects}),
+            "objects": total,
+            "bytes": sum(e["bytes"] for e in entries),
+            "subjects": sum(e["subjects"] for e in entries),
             "retracted": len(retractions["retracted"]) if retractions else 0,
             "withdrawn_excluded": withdrawn_excluded,
         },
@@ -277,8 +289,14 @@ def publish_release(
             name: {"sha256": _sha(data), "size": len(data)}
             for name, data in sorted(written.items())
         },
-        "objects": objects,
+        "partitions": {
+            "buckets": buckets,
+            "bucket_of": "first 4 bytes of SHA-256(research_id), big-endian, modulo buckets",
+            "list": [{k: v for k, v in e.items() if k != "withdrawn_excluded"} for e in entries],
+        },
     }
+    if objects is not None:
+        manifest["objects"] = objects
     manifest_bytes = _json(manifest)
     written[NOTES] = _notes(manifest, pem).encode()
     for name, data in written.items():
@@ -291,7 +309,7 @@ def publish_release(
             "release": release,
             "published_at": manifest["published_at"],
             "key": fp,
-            "objects": len(objects),
+            "objects": total,
         }
     )
     store.put_bytes(f"{project_id}/{INDEX}", _json({"project": project_id, "releases": index}))
@@ -317,6 +335,134 @@ def previous_release(
     return None
 
 
+def _object(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {
+        "path": row["key"][len(prefix) + 1 :],
+        "size": int(row["size"]),
+        "sha256": row["sha256"],
+        **{f: str(row[f]) for f in OBJECT_FIELDS},
+    }
+
+
+def _partition_objects(
+    store: ObjectStore, prefix: str, bucket: int, buckets: int
+) -> Iterator[dict[str, Any]]:
+    for row in pt.read_partition(store, prefix, bucket, buckets).to_pylist():
+        yield _object(row, prefix)
+
+
+def publish_partition(
+    store: ObjectStore,
+    prefix: str,
+    bucket: int,
+    buckets: int,
+    withdrawn: set[str],
+    base: str,
+) -> dict[str, Any]:
+    """Publish one partition: drop withdrawn subjects, write its checksums and commands.
+
+    ``base`` is where the release's files are fetched from (``s3://bucket/prefix`` or the
+    prefix). Objects of subjects in ``withdrawn`` are deleted from storage and the partition's
+    Parquet file is written again without them. ``partitions/bucket=NNN/SHA256SUMS`` lists
+    the partition's objects and Parquet file with paths relative to the release folder (run
+    ``sha256sum -c partitions/bucket=NNN/SHA256SUMS`` there); ``s5cmd-commands.txt`` beside it
+    copies those files, the checksum file itself and the signed index (manifest.json, its
+    signature and public key) into the same relative paths. Returns the partition's index
+    entry: bucket, name, rows, bytes, subjects, ``files`` {path: {sha256, size}} and
+    ``withdrawn_excluded`` (not signed). An entry written by an earlier, killed publication
+    under the same withdrawals and base is returned as it is.
+    """
+    keys = pt.partition_keys(bucket, buckets)
+    state_key = f"{prefix}/{pt.BUILD}/{keys.name}.published.json"
+    tag = _sha(json.dumps([sorted(withdrawn), base]).encode())
+    if store.exists(state_key):
+        entry: dict[str, Any] = json.loads(store.get_bytes(state_key))
+        parquet = f"{prefix}/{keys.parquet}"
+        if (
+            entry.pop("tag", None) == tag
+            and store.exists(parquet)
+            and _sha(store.get_bytes(parquet)) == entry["files"][keys.parquet]["sha256"]
+        ):
+            return entry
+    table = pt.read_partition(store, prefix, bucket, buckets)
+    leaving = pc.is_in(table.column("research_id"), pa.array(sorted(withdrawn), pa.string()))
+    withdrawn_excluded = int(pc.sum(leaving).as_py() or 0)
+    if withdrawn_excluded:
+        for key in table.filter(leaving).column("key").to_pylist():
+            store.delete(key)
+        table = table.filter(pc.invert(leaving))
+        store.put_bytes(f"{prefix}/{keys.parquet}", pt.parquet_bytes(table))
+    parquet_data = store.get_bytes(f"{prefix}/{keys.parquet}")
+    paths = [k[len(prefix) + 1 :] for k in table.column("key").to_pylist()]
+    sums = [f"{h}  {p}" for h, p in zip(table.column("sha256").to_pylist(), paths, strict=True)]
+    sums.append(f"{_sha(parquet_data)}  {keys.parquet}")
+    sums_data = ("\n".join(sums) + "\n").encode()
+    fetched = [*paths, keys.parquet, keys.sums, MANIFEST_JSON, SIGNATURE, PUBLIC_KEY]
+    commands = "".join(f"cp {base}/{path} {path}\n" for path in fetched).encode()
+    store.put_bytes(f"{prefix}/{keys.sums}", sums_data)
+    store.put_bytes(f"{prefix}/{keys.commands}", commands)
+    entry = {
+        "bucket": bucket,
+        "name": keys.name,
+        "rows": table.num_rows,
+        "bytes": int(pc.sum(table.column("size")).as_py() or 0),
+        "subjects": len(pc.unique(table.column("research_id"))),
+        "files": {
+            keys.parquet: {"sha256": _sha(parquet_data), "size": len(parquet_data)},
+            keys.sums: {"sha256": _sha(sums_data), "size": len(sums_data)},
+            keys.commands: {"sha256": _sha(commands), "size": len(commands)},
+        },
+        "withdrawn_excluded": withdrawn_excluded,
+    }
+    store.put_bytes(state_key, json.dumps({**entry, "tag": tag}, sort_keys=True).encode())
+    return entry
+
+
+def _same_release(
+    store: ObjectStore,
+    prefix: str,
+    existing: dict[str, Any],
+    withdrawn: set[str],
+    buckets: int,
+) -> bool:
+    """Whether publishing again would publish what is already published (a rerun flow),
+    maybe less objects of subjects who withdrew since."""
+    if "objects" in existing:
+        kept = [o for o in existing["objects"] if o["research_id"] not in withdrawn]
+        current = sorted(
+            (
+                o
+                for b in range(buckets)
+                for o in _partition_objects(store, prefix, b, buckets)
+                if o["research_id"] not in withdrawn
+            ),
+            key=lambda o: o["path"],
+        )
+        return kept == current
+    published = existing.get("partitions", {})
+    if published.get("buckets") != buckets:
+        return False
+    for entry in published.get("list", []):
+        path = pt.partition_keys(entry["bucket"], buckets).parquet
+        key = f"{prefix}/{path}"
+        if not store.exists(key) or _sha(store.get_bytes(key)) != entry["files"][path]["sha256"]:
+            return False
+    return True
+
+
+def published_objects(
+    store: ObjectStore, prefix: str, manifest: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Every object a published release lists ({path, size, sha256, research_id, UIDs...}):
+    from its manifest.json (small release) or partition by partition (large), never all held."""
+    if "objects" in manifest:
+        yield from manifest["objects"]
+        return
+    buckets = int(manifest.get("partitions", {}).get("buckets", 0))
+    for bucket in range(buckets):
+        yield from _partition_objects(store, prefix, bucket, buckets)
+
+
 def _publication(manifest: dict[str, Any], already: bool) -> dict[str, Any]:
     counts = manifest["counts"]
     return Publication(
@@ -338,12 +484,18 @@ def _retract(
     release: str,
     index: list[dict[str, Any]],
     previous: str | None,
-    objects: list[dict[str, Any]],
+    objects: list[dict[str, Any]] | None,
     withdrawn: set[str],
     now: dt.datetime,
 ) -> dict[str, Any] | None:
-    """Retract withdrawn subjects and IOCM-rejected instances from earlier releases; diff
-    against ``previous`` (the latest earlier release with objects)."""
+    """Retract withdrawn subjects and IOCM-rejected instances from earlier releases; diff.
+
+    Earlier releases are read object by object (:func:`published_objects`). The diff against
+    ``previous`` (the latest earlier release with objects; ``changes``: SOP Instance UIDs added,
+    removed, changed) is written when both releases are small (``objects`` given, the previous
+    one lists its objects); otherwise ``changes`` is None: at scale the lists would be as large
+    as the release.
+    """
     if not index:
         return None
     prefix = f"{project_id}/{release}"
@@ -351,15 +503,15 @@ def _retract(
     for part in read_parts(store, prefix):
         rejected.update(part.get("iocm_rejected", []))
     retracted: list[dict[str, Any]] = []
-    previous_objects: list[dict[str, Any]] = []
+    previous_objects: list[dict[str, Any]] | None = []
     for entry in index:
         old_prefix = f"{project_id}/{entry['release']}"
         old = read_published(store, old_prefix)
         if old is None:
             continue
         if entry["release"] == previous:
-            previous_objects = old["objects"]
-        for obj in old["objects"]:
+            previous_objects = old.get("objects")
+        for obj in published_objects(store, old_prefix, old):
             reason = None
             if obj["research_id"] in withdrawn:
                 reason = Reason.SUBJECT_WITHDREW
@@ -383,22 +535,25 @@ def _retract(
                     "already_removed": not was_there,
                 }
             )
-    before = {o["sop_uid"]: o for o in previous_objects}
-    after = {o["sop_uid"]: o for o in objects}
-    changed = sorted(
-        u for u in before.keys() & after.keys() if before[u]["sha256"] != after[u]["sha256"]
-    )
+    changes: dict[str, Any] | None = None
+    if objects is not None and previous_objects is not None:
+        before = {o["sop_uid"]: o for o in previous_objects}
+        after = {o["sop_uid"]: o for o in objects}
+        changed = sorted(
+            u for u in before.keys() & after.keys() if before[u]["sha256"] != after[u]["sha256"]
+        )
+        changes = {
+            "added": sorted(after.keys() - before.keys()),
+            "removed": sorted(before.keys() - after.keys()),
+            "changed": changed,
+            "unchanged": len(before.keys() & after.keys()) - len(changed),
+        }
     return {
         "project": project_id,
         "release": release,
         "previous_release": previous,
         "generated_at": now.isoformat(timespec="seconds"),
-        "changes": {
-            "added": sorted(after.keys() - before.keys()),
-            "removed": sorted(before.keys() - after.keys()),
-            "changed": changed,
-            "unchanged": len(before.keys() & after.keys()) - len(changed),
-        },
+        "changes": changes,
         "retracted": retracted,
         "retracted_by_reason": {
             r: sum(1 for x in retracted if x["reason"] == r)

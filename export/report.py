@@ -28,13 +28,8 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from export.manifest import (
-    ManifestPart,
-    ReleaseSummary,
-    read_manifest,
-    read_parts,
-    read_summary,
-)
+from export import partitions as pt
+from export.manifest import ManifestPart, ReleaseSummary, read_summary
 from export.store import ObjectStore
 
 REPORT_NAME = "report.html"
@@ -183,6 +178,16 @@ def render_report(
         index="year", columns="modality", values="key", aggfunc="count", fill_value=0
     )
     distribution = subjects_by_site_count(manifest, parts)
+    return _render(summary, instances, studies, distribution, runs)
+
+
+def _render(
+    summary: ReleaseSummary,
+    instances: pd.DataFrame,
+    studies: pd.DataFrame,
+    distribution: Mapping[int, int],
+    runs: list[dict[str, Any]],
+) -> str:
     excluded = dict(summary.get("excluded", {}))
     quarantined = dict(summary.get("quarantined", {}))
     total_work = sum(r.get("work_seconds", 0.0) for r in runs)
@@ -253,10 +258,65 @@ def render_report(
     )
 
 
+def _pivot(counts: Mapping[tuple[str, str], int]) -> pd.DataFrame:
+    """{(year, modality): n} as the frame pivot_table gives: years by modalities, 0 filled."""
+    if not counts:
+        return pd.DataFrame()
+    series = pd.Series(dict(counts), dtype="int64")
+    series.index = series.index.set_names(["year", "modality"])
+    return series.unstack("modality", fill_value=0).sort_index().sort_index(axis=1)
+
+
+def streamed_counts(
+    store: ObjectStore, prefix: str, study_years: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, int]]:
+    """(instances, studies, subjects by number of sites) of a release, one partition at a time.
+
+    ``instances`` and ``studies`` are frames of years by modalities (counts);
+    ``study_years`` as for :func:`render_report` (else the partitions' counts by shifted year
+    are used as they are, without reading a row). The distribution adds up the partitions'
+    counts (a subject lies in one partition). Memory: one partition.
+    """
+    instances: Counter[tuple[str, str]] = Counter()
+    studies: Counter[tuple[str, str]] = Counter()
+    sites: Counter[int] = Counter()
+    buckets = pt.dataset_buckets(store, prefix)
+    for bucket in range(buckets):
+        stats = pt.read_stats(store, prefix, bucket, buckets)
+        if stats is None:
+            raise FileNotFoundError(f"{prefix}/{pt.partition_keys(bucket, buckets).build}")
+        for site_count, subjects in stats["sites_per_subject"].items():
+            sites[int(site_count)] += subjects
+        if not study_years:
+            for key, n in stats["instances_by_year"].items():
+                year, modality = key.split("|", 1)
+                instances[(year, modality)] += n
+            for key, n in stats["studies_by_year"].items():
+                year, modality = key.split("|", 1)
+                studies[(year, modality)] += n
+            continue
+        table = pt.read_partition(store, prefix, bucket, buckets)
+        seen: set[str] = set()
+        for study, modality in zip(
+            table.column("study_uid").to_pylist(),
+            table.column("modality").to_pylist(),
+            strict=True,
+        ):
+            year = study_years.get(study) or "unknown"
+            instances[(year, modality)] += 1
+            if study not in seen:
+                seen.add(study)
+                studies[(year, modality)] += 1
+    return _pivot(instances), _pivot(studies), dict(sorted(sites.items()))
+
+
 def write_report(
     store: ObjectStore, prefix: str, study_years: Mapping[str, str] | None = None
 ) -> str:
     """Render the report from the release's files in ``store`` and keep it there.
+
+    Counts are added up partition by partition (:func:`streamed_counts`), so memory does not
+    grow with the release; ``study_years`` itself is a mapping of every study.
 
     ``prefix`` is ``<project>/<release>``; ``study_years`` as for :func:`render_report`.
     Returns the key the page was written to (:func:`report_key`).
@@ -265,10 +325,8 @@ def write_report(
         FileNotFoundError: the release summary is not in the store yet.
     """
     summary = read_summary(store, prefix)
-    manifest = read_manifest(store, prefix)
-    page = render_report(
-        summary, manifest, read_parts(store, prefix), read_runs(store, prefix), study_years
-    )
+    instances, studies, distribution = streamed_counts(store, prefix, study_years)
+    page = _render(summary, instances, studies, distribution, read_runs(store, prefix))
     key = report_key(prefix)
     store.put_bytes(key, page.encode())
     return key

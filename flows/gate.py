@@ -41,6 +41,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from export import partitions as pt
 from export.identifiers import RULES_VERSION, IdentifierDictionary
 from export.manifest import ManifestPart, is_source_part, parse_part, release_files
 from export.phi_scan import Hit, Verifier
@@ -483,7 +484,8 @@ def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
     """What a failed gate does to the store: nothing found wanting stays readable.
 
     Every ``.dcm`` object the report names (unlisted, changed, or holding an identifier) is
-    deleted, and the release's manifest tables and summary are withdrawn, so no researcher or
+    deleted, and the release's manifest tables (single and partitioned) and summary are
+    withdrawn, so no researcher or
     pull client sees a release to fetch (it was never signed or marked published). The other
     objects were each verified in the stream before they were stored; they stay for the rerun
     that resumes the release. Returns the deleted object keys, sorted.
@@ -494,6 +496,10 @@ def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
     files = release_files(f"{report.project}/{report.release}")
     for key in (files.manifest_parquet, files.manifest_csv, files.summary):
         store.delete(key)
+    prefix = f"{report.project}/{report.release}"
+    for folder in (pt.DATASET, pt.CHECKS, pt.BUILD):  # the partitioned manifest too
+        for info in list(store.list(f"{prefix}/{folder}/")):
+            store.delete(info.key)
     return removed
 
 

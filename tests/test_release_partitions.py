@@ -1,0 +1,256 @@
+"""A partitioned release: built streaming, published with per-partition checks, pulled whole,
+by cohort, per partition with s5cmd and sha256sum, and resumed after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+import pytest
+
+from export import partitions as pt
+from export.local import LocalStore
+from export.manifest import ObjectRow, build_manifest, study_part, write_part
+from export.pull import pull
+from export.release import publish_release
+from export.signing import SignatureError
+from export.store import ObjectStore
+from ridl.errors import ScopeError
+from ridl.projects import Project
+from tests.conftest import require_program
+from tests.export_support import make_bucket, s3_url
+from tests.s3server import MotoServer
+
+MODALITIES = ["CT", "MR", "CR", "US"]
+
+
+def _fill(store: ObjectStore, project: str, subjects: int = 12) -> list[ObjectRow]:
+    """Synthetic studies (two per subject, three objects each) with their objects stored."""
+    rows: list[ObjectRow] = []
+    for s in range(subjects):
+        rid = f"RS-{s:04d}"
+        for st in range(2):
+            study = f"2.25.{s}{st}"
+            modality = MODALITIES[(s + st) % len(MODALITIES)]
+            objects: list[ObjectRow] = []
+            for i in range(3):
+                key = f"{project}/r1/{rid}/{study}/{study}.1/{study}.1.{i}.dcm"
+                data = f"object {key}".encode()
+                store.put_bytes(key, data)
+                objects.append(
+                    ObjectRow(
+                        key=key,
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        research_id=rid,
+                        study_uid=study,
+                        series_uid=f"{study}.1",
+                        sop_uid=f"{study}.1.{i}",
+                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                        modality=modality,
+                        study_date=f"{2015 + s % 6}0101",
+                        study_description="",
+                    )
+                )
+            part = study_part(study, f"site{s % 2}", objects, excluded={}, quarantined={})
+            write_part(store, f"{project}/r1/parts/{study}.json", part)
+            rows += objects
+    return rows
+
+
+@pytest.fixture
+def small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pt.PARTITION_ROWS_ENV, "20")
+    monkeypatch.setenv(pt.SMALL_RELEASE_ENV, "0")  # as a large release: no object list
+
+
+def _publish(store: ObjectStore, project: Project) -> dict[str, Any]:
+    build_manifest(store, f"{project.id}/r1", 24, project.id, "r1")
+    publish_release(store, project.id, "r1", recipe_sha256="0" * 64)
+    return json.loads(store.get_bytes(f"{project.id}/r1/manifest.json"))
+
+
+def test_partitioned_release_reads_as_one_table_and_pulls_whole_and_by_cohort(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    rows = _fill(store, project.id)
+    manifest = _publish(store, project)
+    assert "objects" not in manifest and manifest["counts"]["objects"] == len(rows)
+    info = manifest["partitions"]
+    assert info["buckets"] == 4 and len(info["list"]) == 4
+    assert not store.exists(f"{project.id}/r1/manifest.csv")
+    root = tmp_path / "store" / project.id / "r1"
+    table = ds.dataset(root / "manifest", format="parquet", partitioning="hive").to_table()
+    assert sorted(table.column("key").to_pylist()) == sorted(r["key"] for r in rows)
+    assert len(set(table.column("bucket").to_pylist())) > 1
+    for row in table.to_pylist():  # a subject lies in the bucket of its research ID
+        assert row["bucket"] == pt.bucket_of(row["research_id"], 4)
+
+    whole = pull(root / "manifest.json", tmp_path / "whole")
+    assert not whole.failed and whole.fetched == whole.files
+    for row in rows:
+        assert (tmp_path / "whole" / row["key"].split("/", 2)[2]).exists()
+    sha256sum = require_program("sha256sum")
+    for entry in info["list"]:  # each partition's sums, run from the release folder
+        sums = f"partitions/{entry['name']}/SHA256SUMS"
+        done = subprocess.run(
+            [sha256sum, "-c", "--strict", sums], cwd=tmp_path / "whole", capture_output=True
+        )
+        assert done.returncode == 0, done.stdout
+
+    ct = pull(
+        root / "manifest.json", tmp_path / "ct", where="modality = 'CT' AND study_year >= 2016"
+    )
+    got = sorted(p.name for p in (tmp_path / "ct").rglob("*.dcm"))
+    want = sorted(
+        r["key"].rsplit("/", 1)[1]
+        for r in rows
+        if r["modality"] == "CT" and int(r["study_date"][:4]) >= 2016
+    )
+    assert got == want and not ct.failed
+
+    one = {rows[0]["research_id"]}
+    by_subject = pull(root / "manifest.json", tmp_path / "one", subjects=one, layout="dicom")
+    assert by_subject.fetched == 6 + len(manifest["files"]) + 1  # its objects, files, partition
+    assert {p.parts[-4] for p in (tmp_path / "one").rglob("*.dcm")} == one
+
+    with pytest.raises(ScopeError):
+        pull(root / "manifest.json", tmp_path / "bad", where="nope = 1")
+
+
+def test_a_tampered_partition_is_refused(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    _fill(store, project.id)
+    manifest = _publish(store, project)
+    root = tmp_path / "store" / project.id / "r1"
+    # The Parquet file of a partition changed in storage: its checksum in the signed index fails.
+    entry = max(manifest["partitions"]["list"], key=lambda e: e["rows"])
+    parquet = root / "manifest" / entry["name"] / "part-0.parquet"
+    original = parquet.read_bytes()
+    parquet.write_bytes(original + b"x")
+    report = pull(root / "manifest.json", tmp_path / "dest", partitions=[entry["bucket"]])
+    assert list(report.failed) == [f"manifest/{entry['name']}/part-0.parquet"]
+    assert not list((tmp_path / "dest").rglob("*.dcm"))
+    parquet.write_bytes(original)
+    # The index changed (a partition's hash replaced): the signature check fails.
+    text = (root / "manifest.json").read_text()
+    sha = entry["files"][f"manifest/{entry['name']}/part-0.parquet"]["sha256"]
+    (root / "manifest.json").write_text(text.replace(sha, hashlib.sha256(b"x").hexdigest()))
+    with pytest.raises(SignatureError):
+        pull(root / "manifest.json", tmp_path / "dest2")
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Dying(LocalStore):
+    """A store whose process is killed after ``budget`` writes."""
+
+    def __init__(self, root: Path, budget: int) -> None:
+        super().__init__(root)
+        self.budget = budget
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if self.budget == 0:
+            raise _Killed(key)
+        self.budget -= 1
+        super().put_bytes(key, data)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_kill_during_the_end_stages_resumes_to_the_same_bytes(
+    small_partitions: None, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    now = dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    whole = LocalStore(tmp_path / "a")
+    _fill(whole, project.id)
+    build_manifest(whole, f"{project.id}/r1", 24, project.id, "r1")
+    publish_release(whole, project.id, "r1", recipe_sha256="0" * 64, now=now)
+
+    killed = LocalStore(tmp_path / "b")
+    _fill(killed, project.id)
+    for budget in (3, 6):  # killed in the manifest build, then in publication's partitions
+        dying = _Dying(tmp_path / "b", budget)
+        with pytest.raises(_Killed):
+            build_manifest(dying, f"{project.id}/r1", 24, project.id, "r1")
+            publish_release(dying, project.id, "r1", recipe_sha256="0" * 64, now=now)
+    build_manifest(killed, f"{project.id}/r1", 24, project.id, "r1")
+    publish_release(killed, project.id, "r1", recipe_sha256="0" * 64, now=now)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert a.keys() == b.keys()
+    index = f"{project.id}/r1/manifest.json"  # differs only in where the store is
+    signed = {index, f"{project.id}/r1/manifest.json.sig"}
+    assert {k for k in a if a[k] != b[k]} - signed == set()
+    ja, jb = json.loads(a[index]), json.loads(b[index])
+    assert ja.pop("storage") != jb.pop("storage") and ja == jb
+
+
+def test_s5cmd_fetches_one_partition_that_checks(
+    small_partitions: None, s3_env: MotoServer, project: Project, tmp_path: Path
+) -> None:
+    store = make_bucket(s3_url(s3_env.url))
+    rows = _fill(store, project.id)
+    manifest = _publish(store, project)
+    entry = max(manifest["partitions"]["list"], key=lambda e: e["rows"])
+    prefix = f"{project.id}/r1"
+    folder = tmp_path / "s5cmd"
+    folder.mkdir()
+    commands = f"partitions/{entry['name']}/s5cmd-commands.txt"
+    (folder / "commands.txt").write_bytes(store.get_bytes(f"{prefix}/{commands}"))
+    s5cmd = require_program("s5cmd")
+    done = subprocess.run(
+        [s5cmd, "--endpoint-url", s3_env.url, "run", "commands.txt"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    sha256sum = require_program("sha256sum")
+    done = subprocess.run(
+        [sha256sum, "-c", "--strict", f"partitions/{entry['name']}/SHA256SUMS"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    mine = {
+        r["key"].split("/", 2)[2]
+        for r in rows
+        if pt.bucket_of(r["research_id"], 4) == entry["bucket"]
+    }
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*.dcm")} == mine
+
+
+def test_where_queries_parse_to_the_rows_asked_for() -> None:
+    import pyarrow as pa
+
+    table = pa.table(
+        {c: pa.array([], pa.int64() if c == "size" else pa.string()) for c in pt.COLUMNS}
+    )
+    for text in (
+        "modality = 'CT' AND study_year >= 2018",
+        "modality IN ('CT', 'MR') OR NOT study_year BETWEEN 2000 AND 2010",
+        "study_date IS NOT NULL and size > 10",
+    ):
+        pt.select_rows(table, pt.parse_where(text), 0)
+    for bad in ("modality = ", "modality == 'CT'", "x = 1", "modality = 'CT' extra"):
+        with pytest.raises(ScopeError):
+            pt.parse_where(bad)
