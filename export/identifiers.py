@@ -438,6 +438,42 @@ def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
     return [_norm(v) for v in text_values(value) if _norm(v)]
 
 
+# Character sets whose text values, when ASCII without escape sequences, decode as ASCII
+# (PS3.3 C.12.1.1.2: the default repertoire, ISO_IR 100 and ISO_IR 192).
+_ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+# How pydicom turns the bytes of a text VR into values (pydicom.values): split at "\\" then
+# each value stripped of trailing NUL and space (SH, LO, UC); the whole value stripped, then
+# split (PN, CS, DA, DT; a person name without trailing "="); the whole value stripped, not split (ST, LT, UT).
+_SPLIT_EACH = frozenset({"SH", "LO", "UC"})
+_SPLIT_WHOLE = frozenset({"PN", "CS", "DA", "DT"})
+_UNSPLIT = frozenset({"ST", "LT", "UT"})
+
+
+def _plain_text_values(
+    raw: DataElement | RawDataElement, vr: str, charset_key: str
+) -> list[str] | None:
+    """:func:`text_values` of the value pydicom would convert ``raw`` to, without converting
+    it (the dictionary's main cost was pydicom's conversion of values it only reads as text);
+    None when the value is not raw ASCII text of a plain text VR in an ASCII character set
+    (then the caller converts it with pydicom)."""
+    if type(raw) is not RawDataElement or charset_key not in _ASCII_CHARSETS:
+        return None
+    value = raw.value
+    if not isinstance(value, bytes) or not value.isascii() or b"\x1b" in value:
+        return None
+    if vr in _SPLIT_EACH:
+        texts = [v.rstrip("\x00 ") for v in value.decode("ascii").split("\\")]
+    elif vr == "PN":  # a PersonName's text drops its empty trailing component groups
+        texts = [v.rstrip("=") for v in value.decode("ascii").rstrip("\x00 ").split("\\")]
+    elif vr in _SPLIT_WHOLE:
+        texts = value.decode("ascii").rstrip("\x00 ").split("\\")
+    elif vr in _UNSPLIT:
+        texts = [value.decode("ascii").rstrip("\x00 ")]
+    else:
+        return None
+    return [t for t in texts if t]
+
+
 def text_values(value: Any) -> list[str]:
     """The text values of an element value (multi-valued, PN, bytes), as strings.
 
@@ -923,17 +959,20 @@ class IdentifierDictionary:
             if signature in self._seen and not tag.is_private and self._recording is None:
                 return
             self._seen.add(signature)
-        try:
-            elem = ds[tag]
-        except Exception:  # an unparseable value holds nothing we can search for
-            return
-        if tag.is_private:
-            private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
-            return
+        values = None if tag.is_private else _plain_text_values(raw, vr, charset_key)
+        if values is None:
+            try:
+                elem = ds[tag]
+            except Exception:  # an unparseable value holds nothing we can search for
+                return
+            if tag.is_private:
+                private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
+                return
+            values = text_values(elem.value)
+            vr = "PN" if elem.VR == "PN" else vr
         if keyword in self.retained:
             return  # R9
-        values = text_values(elem.value)
-        if vr == "PN" or elem.VR == "PN":
+        if vr == "PN":
             for v in values:
                 for term, name_only in name_terms(v):
                     self.add(term, "name", name_only=name_only)
