@@ -248,11 +248,6 @@ class Term:
         return not self.anyone
 
 
-def _listed(values: set[str]) -> list[str]:
-    """``sorted(values)``, without sorting when there is nothing to sort."""
-    return list(values) if len(values) < 2 else sorted(values)
-
-
 def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).strip()
 
@@ -715,12 +710,22 @@ class IdentifierDictionary:
         """
         self._mark_coincident()
         terms = self.terms
+        rows = []
+        for v in sorted(terms):
+            t = terms[v]
+            kinds, owners, coincident = t.kinds, t.owners, t.coincident
+            rows.append(
+                [
+                    v,
+                    list(kinds) if len(kinds) < 2 else sorted(kinds),
+                    t.name_only,
+                    list(owners) if len(owners) < 2 else sorted(owners),
+                    t.anyone,
+                    list(coincident) if len(coincident) < 2 else sorted(coincident),
+                ]
+            )
         return {
-            "terms": [
-                [v, _listed(t.kinds), t.name_only, _listed(t.owners), t.anyone]
-                + [_listed(t.coincident)]
-                for v, t in ((v, terms[v]) for v in sorted(terms))
-            ],
+            "terms": rows,
             "encodings": sorted(self.encodings),
             "equipment": sorted(self.equipment),
         }
@@ -1041,29 +1046,50 @@ class IdentifierDictionary:
             return cached
         self._mark_coincident()
         auto = ahocorasick.Automaton()
+        # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
+        ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
+        others = [enc for enc in encs if enc not in ascii_same]
+        equipment = self.equipment
         for value, term in self.terms.items():
             low = value.lower()
-            if low in self.equipment or (
-                term.kinds <= {"institution-or-station", "private-tag"}
-                and any(low in e for e in self.equipment)
+            if low in equipment or (
+                equipment
+                and term.kinds <= {"institution-or-station", "private-tag"}
+                and any(low in e for e in equipment)
             ):
                 continue  # R6
-            for enc in encs:
+            if value.isascii():
+                keys = [low] if ascii_same else []
+                encodings_left = others
+            else:
+                keys, encodings_left = [], list(encs)
+            for enc in encodings_left:
                 try:
-                    raw = value.encode(enc)
+                    keys.append(value.encode(enc).lower().decode("latin-1"))
                 except (UnicodeEncodeError, LookupError):
                     continue
-                key = raw.lower().decode("latin-1")
-                old = auto.get(key, None)
-                if old is None:
+            for key in keys:
+                found = auto.get(key, None)
+                if found is None:
                     auto.add_word(key, (len(key), [term]))
-                elif term not in old[1]:
-                    old[1].append(term)
+                elif term not in found[1]:
+                    found[1].append(term)
         if len(auto) == 0:
             auto.add_word("\x00\x00never\x00\x00", (9, []))
         auto.make_automaton()
         self._automata[encs] = auto
         return auto
+
+
+@lru_cache(maxsize=64)
+def _ascii_transparent(encoding: str) -> bool:
+    """Whether the Python codec ``encoding`` writes each of the 128 ASCII characters as its own
+    byte (then an ASCII term's bytes are the same in it as in ASCII); False for an unknown codec."""
+    text = bytes(range(128)).decode("ascii")
+    try:
+        return text.encode(encoding) == text.encode("ascii")
+    except (UnicodeError, LookupError):
+        return False
 
 
 _TAG_INFO: dict[int, tuple[str, str]] = {}
