@@ -438,7 +438,8 @@ def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
 _ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
 # How pydicom turns the bytes of a text VR into values (pydicom.values): split at "\\" then
 # each value stripped of trailing NUL and space (SH, LO, UC); the whole value stripped, then
-# split (PN, CS, DA, DT; a person name without trailing "="); the whole value stripped, not split (ST, LT, UT).
+# split (PN, CS, DA, DT; a person name's text drops trailing "="); the whole value stripped,
+# not split (ST, LT, UT).
 _SPLIT_EACH = frozenset({"SH", "LO", "UC"})
 _SPLIT_WHOLE = frozenset({"PN", "CS", "DA", "DT"})
 _UNSPLIT = frozenset({"ST", "LT", "UT"})
