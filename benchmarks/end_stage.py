@@ -14,6 +14,13 @@ Prints a table and writes JSON to ``benchmarks/results/end_stage.json``.
 
     python benchmarks/end_stage.py            # 1,000 patients (~2,500 studies)
     python benchmarks/end_stage.py --quick    # 100 patients
+    python benchmarks/end_stage.py --mix 2    # realistic study sizes, 2 patients
+
+The synthetic DIR's images are tiny (64 x 64 CT slices, 128 x 128 radiographs, 3 objects a study),
+so its per-object de-identification is unrealistically cheap. ``--mix N`` replaces it with N
+patients of realistic studies (each: a CT series of 100 slices 512 x 512, a CR study of 2 images
+2,000 x 2,500, a US study of 3 images 640 x 480 RGB; same identifying headers as ``ridl.synth``)
+and writes ``benchmarks/results/end_stage-mix.json``.
 """
 
 from __future__ import annotations
@@ -55,10 +62,68 @@ def _timed(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def realistic_dir(root: Path, patients: int, seed: int = 1) -> None:
+    """Write ``patients`` x 3 studies of realistic sizes under ``root`` (see the module doc).
+
+    Headers come from ``ridl.synth`` (names, IDs, birth date, address, telephone, accession,
+    request attributes, private block); pixels are random noise of the study's real size.
+    """
+    import random
+
+    import numpy as np
+
+    from ridl import synth
+
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    uids = synth._Uids(seed)
+    sites = ("SITE-A", "SITE-B", "SITE-C")
+    kinds = (  # (modality, SOP class, objects, rows, columns, RGB)
+        ("CT", synth.CT_IMAGE, 100, 512, 512, False),
+        ("CR", synth.CR_IMAGE, 2, 2500, 2000, False),
+        ("US", synth.US_IMAGE, 3, 480, 640, True),
+    )
+    for i in range(patients):
+        person = synth._person(rng, i)
+        reg = synth.Registration(person, sites[i % len(sites)], f"MRN{rng.randrange(10**6):06d}")
+        for modality, sop_class, count, rows, cols, rgb in kinds:
+            days = rng.randrange((synth.LAST_DATE - synth.FIRST_DATE).days)
+            date = synth.FIRST_DATE + dt.timedelta(days=days)
+            study_uid, series_uid = uids(), uids()
+            accession = f"ACC{rng.randrange(10**7):07d}"
+            folder = root / reg.issuer / accession
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(1, count + 1):
+                ds = synth._base(reg, date, study_uid, accession, uids)
+                ds.Modality = modality
+                ds.SeriesInstanceUID = series_uid
+                ds.SeriesNumber = 1
+                ds.InstanceNumber = n
+                ds.ImageType = ["ORIGINAL", "PRIMARY"]
+                if modality == "CT":
+                    ds.ImagePositionPatient = [0.0, 0.0, 2.0 * n]
+                    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+                    ds.PixelSpacing = [0.7, 0.7]
+                    ds.SliceThickness = 2.0
+                    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+                    pixels = nrng.integers(0, 2000, size=(rows, cols), dtype=np.int16)
+                elif rgb:
+                    pixels = nrng.integers(0, 255, size=(rows, cols, 3), dtype=np.uint8)
+                    ds.BurnedInAnnotation = "NO"
+                else:
+                    pixels = nrng.integers(0, 4095, size=(rows, cols), dtype=np.uint16)
+                synth._image(ds, pixels, "RGB" if rgb else "MONOCHROME2")
+                synth._finish(ds, sop_class, uids())
+                ds.save_as(folder / f"{modality.lower()}_{n:03d}.dcm", enforce_file_format=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="100 patients")
+    parser.add_argument(
+        "--mix", type=int, default=0, metavar="N", help="N patients of realistic study sizes"
+    )
     args = parser.parse_args()
     if args.quick:
         args.patients = 100
@@ -87,7 +152,12 @@ def main() -> None:
     work.Worker.learn = _timed("verify: cross-study terms", work.Worker.learn)  # type: ignore[method-assign]
 
     t0 = time.perf_counter()
-    synth = synthesize(home / "dir", patients=args.patients, sites=3, seed=1)
+    source = home / "dir"
+    if args.mix:
+        args.patients = args.mix
+        realistic_dir(source, args.mix)
+    else:
+        synthesize(source, patients=args.patients, sites=3, seed=1)
     synth_s = time.perf_counter() - t0
     today = dt.date.today()
     create_project(
@@ -107,7 +177,7 @@ def main() -> None:
         )
     )
     store_root = home / "store"
-    plan = prepare_run("bench", "r1", f"folder:{synth.root}", f"file:{store_root}")
+    plan = prepare_run("bench", "r1", f"folder:{source}", f"file:{store_root}")
     ctx = plan.ctx
     t0 = time.perf_counter()
     counts = work.process_batch(ctx, plan.studies)
@@ -160,7 +230,8 @@ def main() -> None:
         ("whole end stage / batches", f"{end_s / batch_s:.1%}", ""),
         ("objects read back by the gate", report.objects_checked, ""),
     ]
-    print(f"\n{args.patients} patients, synthetic DIR built in {synth_s:.1f}s")
+    shape = "realistic studies" if args.mix else "synthetic DIR"
+    print(f"\n{args.patients} patients, {shape} built in {synth_s:.1f}s")
     for name, value, note in rows:
         print(f"{name:<44} {value!s:>12} {note}")
     result = {
@@ -170,6 +241,7 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "patients": args.patients,
+        "dir": "realistic mix" if args.mix else "ridl.synth",
         "studies": len(plan.studies),
         "objects": objects,
         "bytes": counts.bytes,
@@ -184,7 +256,8 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = "end_stage-quick.json" if args.quick else "end_stage.json"
+    name = "end_stage-mix.json" if args.mix else "end_stage.json"
+    name = "end_stage-quick.json" if args.quick else name
     (out / name).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out / name}")
     shutil.rmtree(home, ignore_errors=True)

@@ -285,11 +285,6 @@ class Term:
         return not self.anyone
 
 
-def _listed(values: set[str]) -> list[str]:
-    """``sorted(values)``, without sorting when there is nothing to sort."""
-    return list(values) if len(values) < 2 else sorted(values)
-
-
 def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).strip()
 
@@ -485,6 +480,43 @@ def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
             return []
         return [t for t in (_norm(v) for v in value.decode("ascii").split("\\")) if t]
     return [_norm(v) for v in text_values(value) if _norm(v)]
+
+
+# Character sets whose text values, when ASCII without escape sequences, decode as ASCII
+# (PS3.3 C.12.1.1.2: the default repertoire, ISO_IR 100 and ISO_IR 192).
+_ASCII_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+# How pydicom turns the bytes of a text VR into values (pydicom.values): split at "\\" then
+# each value stripped of trailing NUL and space (SH, LO, UC); the whole value stripped, then
+# split (PN, CS, DA, DT; a person name's text drops trailing "="); the whole value stripped,
+# not split (ST, LT, UT).
+_SPLIT_EACH = frozenset({"SH", "LO", "UC"})
+_SPLIT_WHOLE = frozenset({"PN", "CS", "DA", "DT"})
+_UNSPLIT = frozenset({"ST", "LT", "UT"})
+
+
+def _plain_text_values(
+    raw: DataElement | RawDataElement, vr: str, charset_key: str
+) -> list[str] | None:
+    """:func:`text_values` of the value pydicom would convert ``raw`` to, without converting
+    it (the dictionary's main cost was pydicom's conversion of values it only reads as text);
+    None when the value is not raw ASCII text of a plain text VR in an ASCII character set
+    (then the caller converts it with pydicom)."""
+    if type(raw) is not RawDataElement or charset_key not in _ASCII_CHARSETS:
+        return None
+    value = raw.value
+    if not isinstance(value, bytes) or not value.isascii() or b"\x1b" in value:
+        return None
+    if vr in _SPLIT_EACH:
+        texts = [v.rstrip("\x00 ") for v in value.decode("ascii").split("\\")]
+    elif vr == "PN":  # a PersonName's text drops its empty trailing component groups
+        texts = [v.rstrip("=") for v in value.decode("ascii").rstrip("\x00 ").split("\\")]
+    elif vr in _SPLIT_WHOLE:
+        texts = value.decode("ascii").rstrip("\x00 ").split("\\")
+    elif vr in _UNSPLIT:
+        texts = [value.decode("ascii").rstrip("\x00 ")]
+    else:
+        return None
+    return [t for t in texts if t]
 
 
 def text_values(value: Any) -> list[str]:
@@ -734,12 +766,22 @@ class IdentifierDictionary:
         """
         self._mark_coincident()
         terms = self.terms
+        rows = []
+        for v in sorted(terms):
+            t = terms[v]
+            kinds, owners, coincident = t.kinds, t.owners, t.coincident
+            rows.append(
+                [
+                    v,
+                    list(kinds) if len(kinds) < 2 else sorted(kinds),
+                    t.name_only,
+                    list(owners) if len(owners) < 2 else sorted(owners),
+                    t.anyone,
+                    list(coincident) if len(coincident) < 2 else sorted(coincident),
+                ]
+            )
         return {
-            "terms": [
-                [v, _listed(t.kinds), t.name_only, _listed(t.owners), t.anyone]
-                + [_listed(t.coincident)]
-                for v, t in ((v, terms[v]) for v in sorted(terms))
-            ],
+            "terms": rows,
             "encodings": sorted(self.encodings),
             "equipment": sorted(self.equipment),
         }
@@ -984,17 +1026,20 @@ class IdentifierDictionary:
             if signature in self._seen and not tag.is_private and self._recording is None:
                 return
             self._seen.add(signature)
-        try:
-            elem = ds[tag]
-        except Exception:  # an unparseable value holds nothing we can search for
-            return
-        if tag.is_private:
-            private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
-            return
+        values = None if tag.is_private else _plain_text_values(raw, vr, charset_key)
+        if values is None:
+            try:
+                elem = ds[tag]
+            except Exception:  # an unparseable value holds nothing we can search for
+                return
+            if tag.is_private:
+                private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
+                return
+            values = text_values(elem.value)
+            vr = "PN" if elem.VR == "PN" else vr
         if keyword in self.retained:
             return  # R9
-        values = text_values(elem.value)
-        if vr == "PN" or elem.VR == "PN":
+        if vr == "PN":
             for v in values:
                 for term, name_only in name_terms(v):
                     self.add(term, "name", name_only=name_only)
@@ -1063,29 +1108,50 @@ class IdentifierDictionary:
             return cached
         self._mark_coincident()
         auto = ahocorasick.Automaton()
+        # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
+        ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
+        others = [enc for enc in encs if enc not in ascii_same]
+        equipment = self.equipment
         for value, term in self.terms.items():
             low = value.lower()
-            if low in self.equipment or (
-                term.kinds <= {"institution-or-station", "private-tag"}
-                and any(low in e for e in self.equipment)
+            if low in equipment or (
+                equipment
+                and term.kinds <= {"institution-or-station", "private-tag"}
+                and any(low in e for e in equipment)
             ):
                 continue  # R6
-            for enc in encs:
+            if value.isascii():
+                keys = [low] if ascii_same else []
+                encodings_left = others
+            else:
+                keys, encodings_left = [], list(encs)
+            for enc in encodings_left:
                 try:
-                    raw = value.encode(enc)
+                    keys.append(value.encode(enc).lower().decode("latin-1"))
                 except (UnicodeEncodeError, LookupError):
                     continue
-                key = raw.lower().decode("latin-1")
-                old = auto.get(key, None)
-                if old is None:
+            for key in keys:
+                found = auto.get(key, None)
+                if found is None:
                     auto.add_word(key, (len(key), [term]))
-                elif term not in old[1]:
-                    old[1].append(term)
+                elif term not in found[1]:
+                    found[1].append(term)
         if len(auto) == 0:
             auto.add_word("\x00\x00never\x00\x00", (9, []))
         auto.make_automaton()
         self._automata[encs] = auto
         return auto
+
+
+@lru_cache(maxsize=64)
+def _ascii_transparent(encoding: str) -> bool:
+    """Whether the Python codec ``encoding`` writes each of the 128 ASCII characters as its own
+    byte (then an ASCII term's bytes are the same in it as in ASCII); False for an unknown codec."""
+    text = bytes(range(128)).decode("ascii")
+    try:
+        return text.encode(encoding) == text.encode("ascii")
+    except (UnicodeError, LookupError):
+        return False
 
 
 _TAG_INFO: dict[int, tuple[str, str]] = {}

@@ -308,8 +308,13 @@ def write_study_terms(project: str, release: str, study_key: str, record: dict[s
     try:
         fd = os.open(path, flags, 0o600)
     except FileNotFoundError:  # the first study of its shard: make the folders, owner-only
-        for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            path.parent.mkdir(mode=0o700)  # the shard's folder; "terms" is there after a study
+        except FileNotFoundError:
+            for folder in (path.parent.parent.parent, path.parent.parent, path.parent):
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            pass  # another worker made it first
         fd = os.open(path, flags, 0o600)
     try:
         view = memoryview(data)
