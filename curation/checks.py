@@ -519,18 +519,41 @@ def _by_policy(action: str, reason: str) -> Verdict:
     return PASS
 
 
+def _number(value: Any) -> float | None:
+    """An IS or DS value as a number, or None when it is not one (real files hold "1A")."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _numbers(values: Any) -> list[float] | None:
+    """A multi-valued DS as numbers, or None when any value is not a number."""
+    if not values:
+        return None
+    single = isinstance(values, str | bytes | int | float)
+    got = [_number(v) for v in ([values] if single else values)]
+    return None if any(v is None for v in got) else [v for v in got if v is not None]
+
+
 def _geometry(ds: Dataset) -> tuple[Any, ...]:
-    orientation = ds.get("ImageOrientationPatient")
-    rounded = tuple(round(float(v), 3) for v in orientation) if orientation else None
+    orientation = _numbers(ds.get("ImageOrientationPatient"))
+    rounded = tuple(round(v, 3) for v in orientation) if orientation else None
     return (ds.get("Rows"), ds.get("Columns"), rounded)
 
 
 def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
-    """Per series: which objects disagree with the majority, and series-wide problems."""
+    """Per series: which objects disagree with the majority, and series-wide problems.
+
+    A value that is not a number (an IS or DS as real files hold them: "1A") is unknown: an
+    object whose Number of Frames is unknown is left out of the stack, an unknown Instance
+    Number leaves the numbering unchecked and an unknown position the spacing.
+    """
     by_series: dict[str, list[Dataset]] = {}
     sops: set[str] = set()
     for ds in headers:
-        if not ds.get("Rows") or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        frames = _number(ds.get("NumberOfFrames", 1) or 1)
+        if not ds.get("Rows") or frames is None or frames > 1:
             continue
         sop_class = str(ds.get("SOPClassUID", "") or "")
         if sop_class and not is_image_sop_class(sop_class):
@@ -560,7 +583,8 @@ def _series_reports(headers: list[Dataset]) -> dict[str, dict[str, Any]]:
 
 
 def _gaps_or_spacing(members: list[Dataset]) -> str | None:
-    numbers = sorted(int(m.InstanceNumber) for m in members if m.get("InstanceNumber") is not None)
+    known = [_number(m.get("InstanceNumber")) for m in members]
+    numbers = sorted(int(n) for n in known if n is not None)
     if len(numbers) == len(members) and numbers:
         if len(set(numbers)) != len(numbers):
             return Reason.SERIES_DUPLICATE_INSTANCE_NUMBER
@@ -568,16 +592,17 @@ def _gaps_or_spacing(members: list[Dataset]) -> str | None:
             return Reason.SERIES_INSTANCE_GAP
     positions = []
     for m in members:
-        pos, ori = m.get("ImagePositionPatient"), m.get("ImageOrientationPatient")
-        if not pos or not ori or len(ori) != 6:
+        pos = _numbers(m.get("ImagePositionPatient"))
+        ori = _numbers(m.get("ImageOrientationPatient"))
+        if not pos or not ori or len(ori) != 6 or len(pos) != 3:
             return None
-        row, col = [float(v) for v in ori[:3]], [float(v) for v in ori[3:]]
+        row, col = ori[:3], ori[3:]
         normal = (
             row[1] * col[2] - row[2] * col[1],
             row[2] * col[0] - row[0] * col[2],
             row[0] * col[1] - row[1] * col[0],
         )
-        positions.append(sum(float(p) * n for p, n in zip(pos, normal, strict=True)))
+        positions.append(sum(p * n for p, n in zip(pos, normal, strict=True)))
     if len(positions) < 3:
         return None
     positions.sort()

@@ -257,3 +257,50 @@ def orthanc(synth_dir, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ort
     with server:
         server.upload(dicom_files(synth_dir.files))
         yield server
+
+
+# storescu's option proposing a file's transfer syntax (dcmtk 3.6; with ``-R`` only the files'
+# SOP classes are proposed, the uncompressed syntaxes after the chosen one).
+STORESCU_SYNTAX = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def storescu_by_syntax(server: Orthanc, groups: dict[str, list[Path]]) -> dict[str, str]:
+    """Send files to the archive with dcmtk's ``storescu``, one association per transfer syntax
+    (``groups``: transfer syntax UID, or "" for a file without File Meta, to its files), each
+    proposed in its own syntax so the archive stores it as it is (``--no-halt``: a refused
+    file does not stop the others).
+
+    Returns the last line storescu printed for each syntax whose run reported a failure (its
+    exit status or an error line), for the caller to record why a file is missing.
+    """
+    from tests.conftest import require_program
+
+    program = require_program("storescu")
+    failures: dict[str, str] = {}
+    for syntax, paths in sorted(groups.items()):
+        option = STORESCU_SYNTAX.get(syntax, "-x=")  # no File Meta: the uncompressed syntaxes
+        done = subprocess.run(
+            [program, "-aet", RIDL_AET, "-aec", ORTHANC_AET, "-R", "--no-halt", option]
+            + ["127.0.0.1", str(server.dicom_port)]
+            + [str(p) for p in paths],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        errors = [line for line in done.stderr.splitlines() if line.startswith(("E:", "F:"))]
+        if done.returncode or errors:
+            failures[syntax] = (errors or [f"exit status {done.returncode}"])[-1][:200]
+    return failures

@@ -154,6 +154,35 @@ def test_series_consistency(tmp_path: Path) -> None:
     assert all(v.passed for v in verdicts(resent))
 
 
+def test_series_consistency_reads_malformed_numbers_as_unknown(tmp_path: Path) -> None:
+    """pydicom's badVR.dcm (in the real-file corpus) holds Number of Frames "1A" and an
+    unparseable Instance Number: the series report skipped nothing and raised, so every object
+    of the study was quarantined as ``check-failed-series-consistency``. A value that is not a
+    number is unknown: that object is left out of the stack, the others are still checked."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    def raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:  # written as it is
+        ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+    (chk,) = load_checks(["series-consistency"])
+    slices = [ct_slice("1.2.16", n) for n in range(1, 6)]
+    raw(slices[1], 0x00280008, "IS", b"1A")  # Number of Frames
+    raw(slices[2], 0x00200013, "IS", b"3B")  # Instance Number
+    raw(slices[3], 0x00200032, "DS", b"0\\x\\1 ")  # Image Position (Patient)
+    paths = _series(tmp_path, slices)
+    headers = [header(p) for p in paths]
+    view = StudyView(headers)
+    got = [chk(CheckObject(p, h, view, Policy())) for p, h in zip(paths, headers, strict=True)]
+    assert all(v.passed for v in got), got
+    gap = [ct_slice("1.2.17", n) for n in (1, 2, 4, 5)] + [ct_slice("1.2.17", 6)]
+    raw(gap[4], 0x00280008, "IS", b"1A")
+    headers = [header(p) for p in _series(tmp_path, gap)]
+    view = StudyView(headers)
+    reasons = {chk(CheckObject(tmp_path, h, view, Policy())).reason for h in headers}
+    assert reasons == {"series-instance-gap"}, "the others are still checked"
+
+
 def test_a_crashing_check_quarantines_instead_of_stopping(tmp_path: Path) -> None:
     from curation.checks import check
 
