@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -54,8 +55,28 @@ def read_whole(path: Path) -> Dataset:
         raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise ObjectRejected(Reason.UNREADABLE, "no transfer syntax")
+    check_value_lengths(ds)
     check_pixel_data(ds)
     return ds
+
+
+def check_value_lengths(ds: Dataset) -> None:
+    """Raise ``ObjectRejected('truncated')`` when a top-level value holds fewer bytes than its
+    defined Value Length says (PS3.5 7.1): the file ends inside that value.
+
+    pydicom reads the bytes that are there and does not complain, so an object cut inside its
+    last element (not the pixel data: :func:`check_pixel_data`) would otherwise read as whole.
+    Elements already converted and undefined lengths are not checked here.
+
+    Raises:
+        ObjectRejected: ``truncated``, naming the element's tag (never its value).
+    """
+    for tag, raw in ds.items():
+        if type(raw) is not RawDataElement or raw.length == 0xFFFFFFFF or tag in PIXEL_DATA_TAGS:
+            continue
+        value = raw.value
+        if isinstance(value, bytes) and len(value) < raw.length:
+            raise ObjectRejected(Reason.TRUNCATED, f"value of {tag} is cut short")
 
 
 def expected_native_length(ds: Dataset) -> int:

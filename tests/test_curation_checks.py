@@ -51,6 +51,19 @@ def test_integrity_quarantines_truncated_and_non_dicom(tmp_path: Path) -> None:
     assert run_checks([chk], obj).reason == "not-dicom"
 
 
+def test_an_object_cut_inside_its_last_element_is_truncated(tmp_path: Path) -> None:
+    """pydicom's rtplan_truncated.dcm ends inside a value that is not pixel data: pydicom reads
+    it without complaint, so the declared Value Length is checked (PS3.5 7.1)."""
+    from pydicom.data import get_testdata_file
+
+    whole = Path(get_testdata_file("rtplan.dcm"))
+    assert run_one("integrity", whole).passed
+    cut = Path(get_testdata_file("rtplan_truncated.dcm"))
+    verdict = run_one("integrity", cut)
+    assert (verdict.action, verdict.reason) == ("quarantine", "truncated")
+    assert "(300A,00B0)" in str(verdict.detail)
+
+
 def test_image_without_pixel_data(tmp_path: Path) -> None:
     assert run_one("no-pixel-data", save(ct_slice("1.2.9", 1), tmp_path / "a.dcm")).passed
     bad = save(ct_slice("1.2.9", 2, pixels=False), tmp_path / "b.dcm")
