@@ -31,6 +31,8 @@ import shutil
 import socket
 import struct
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -258,9 +260,9 @@ def _no_delay(event: Any) -> None:
     setting (Orthanc: ``TCP_NODELAY=1``). pynetdicom's socket reads a PDU 4 KiB at a time into a
     growing bytearray; this association's socket reads it into one buffer of the PDU's size.
     """
-    wrapper = getattr(event.assoc.dul, "socket", None)
+    wrapper: Any = getattr(event.assoc.dul, "socket", None)
     raw = getattr(wrapper, "socket", None)
-    if raw is None:
+    if wrapper is None or raw is None:
         return
     with contextlib.suppress(OSError):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -394,7 +396,9 @@ class MoveReceiver:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
         try:
             self.server = ae.start_server(
-                (bind, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store), NO_DELAY]
+                (bind, port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_store), NO_DELAY],
             )
         except OSError as exc:
             raise ConfigError(
@@ -436,6 +440,29 @@ def move_receiver(aet: str, bind: str, port: int) -> MoveReceiver:
         if key not in _RECEIVERS:
             _RECEIVERS[key] = MoveReceiver(aet, bind, port)
         return _RECEIVERS[key]
+
+
+class _Router:
+    """A reused C-GET association's C-STORE handler: writes into the current study's writer."""
+
+    def __init__(self) -> None:
+        self.writer: _StudyWriter | None = None
+
+    def write(self, event: Any) -> int:
+        writer = self.writer
+        if writer is None:
+            return 0xC000  # nothing asked for (cannot happen on a C-GET association)
+        return writer.write(event)
+
+
+@dataclass
+class _Held:
+    """The association a retrieval session keeps open between studies: for C-GET, the storage
+    classes its contexts cover and the router its C-STORE handler writes through."""
+
+    assoc: Association
+    classes: frozenset[str] = frozenset()
+    router: _Router = field(default_factory=_Router)
 
 
 class DimseSource:
@@ -485,7 +512,11 @@ class DimseSource:
         )
         self.guard = ArchiveGuard(limits, f"host:{self.host}")
         self.windows_queried = 0
+        # Associations ridl opened to the archive (any service): what a reused association saves.
+        self.associations_opened = 0
         self._get_aes: dict[tuple[str, ...], AE] = {}
+        # A retrieval session's association, per thread (see :meth:`session`).
+        self._local = threading.local()
 
     # --- associations -----------------------------------------------------------------------
 
@@ -511,6 +542,7 @@ class DimseSource:
         else:
             ae = new_ae(self.calling_aet, self.timeout)
             ae.requested_contexts = contexts
+        self.associations_opened += 1
         assoc = ae.associate(
             self.host,
             self.port,
@@ -610,6 +642,40 @@ class DimseSource:
 
     # --- retrieval --------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Retrieve several studies (a batch) over one association, in this thread.
+
+        Holds one slot of the archive's association cap (:meth:`ArchiveGuard.session`) for the
+        block; C-GET and C-MOVE inside it reuse one association from study to study (C-GET
+        also asks each study's SOP Classes in Study on it), opening a new one only when a
+        study needs storage classes the open one does not cover, or the archive dropped it.
+        The association is released when the block ends, and while a failed request backs off.
+        """
+        with self.guard.session(on_release=self._drop_held):
+            self._local.active = True
+            try:
+                yield
+            finally:
+                self._local.active = False
+
+    def _drop_held(self) -> None:
+        held: _Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None and held.assoc.is_established:
+            held.assoc.release()
+
+    def _held(self) -> _Held | None:
+        """This thread's session association, if it is still up (else forgotten)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and not held.assoc.is_established:
+            self._drop_held()
+            return None
+        return held
+
+    def _in_session(self) -> bool:
+        return bool(getattr(self._local, "active", False))
+
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
         """Retrieve the study's instances, as the archive holds them, into ``workdir``.
 
@@ -666,7 +732,11 @@ class DimseSource:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
         query.SOPClassesInStudy = ""
-        assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
+        held = self._held() if self._in_session() and self.retrieval == "get" else None
+        if held is not None:
+            assoc = held.assoc
+        else:
+            assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
         matches: list[Dataset] = []
         try:
             model = StudyRootQueryRetrieveInformationModelFind
@@ -679,7 +749,7 @@ class DimseSource:
                 elif code not in PENDING and code != 0x0000:
                     return []  # the archive would not say: fall back to a broad list
         finally:
-            if assoc.is_established:
+            if held is None and assoc.is_established:
                 assoc.release()
         if not matches:
             return None
@@ -690,15 +760,17 @@ class DimseSource:
                 classes += [value] if isinstance(value, str) else [str(v) for v in value]
         return classes
 
-    def _get_ae(self, contexts: list[PresentationContext]) -> AE:
-        """A C-GET AE requesting the model and ``contexts`` (built once per set of classes)."""
-        key = tuple(sorted({str(cx.abstract_syntax) for cx in contexts}))
+    def _get_ae(self, contexts: list[PresentationContext], find: bool = False) -> AE:
+        """A C-GET AE requesting the model and ``contexts`` (built once per set of classes),
+        and the C-FIND model too when ``find`` (a session's association asks SOP Classes in
+        Study on it)."""
+        key = (str(find), *sorted({str(cx.abstract_syntax) for cx in contexts}))
         if key not in self._get_aes:
             ae = new_ae(self.calling_aet, self.timeout)
-            ae.requested_contexts = [
-                build_context(StudyRootQueryRetrieveInformationModelGet),
-                *contexts,
-            ]
+            models = [StudyRootQueryRetrieveInformationModelGet]
+            if find:
+                models.append(StudyRootQueryRetrieveInformationModelFind)
+            ae.requested_contexts = [*(build_context(m) for m in models), *contexts]
             self._get_aes[key] = ae
         return self._get_aes[key]
 
@@ -706,6 +778,8 @@ class DimseSource:
         classes = self._study_sop_classes(study_uid)
         if classes is None:
             raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "no C-FIND match")
+        if self._in_session() and classes and self._c_get_held(study_uid, classes, workdir):
+            return
         groups = get_context_groups(classes or storage_sop_classes())
         writer = _StudyWriter(workdir)
         finals: list[Dataset] = []
@@ -730,11 +804,51 @@ class DimseSource:
         if delivered < expected:
             log.warning("C-GET: %d instances of a study were not delivered", expected - delivered)
 
+    def _c_get_held(self, study_uid: str, classes: list[str], workdir: Path) -> bool:
+        """C-GET the study over the session's association, opened (or widened) for its
+        classes; False when its classes need more than one association (then the caller
+        uses one per group, as outside a session)."""
+        held = self._held()
+        wanted = frozenset(str(uid) for uid in classes)
+        if held is None or not wanted <= held.classes:
+            union = wanted | (held.classes if held is not None else frozenset())
+            groups = get_context_groups(sorted(union))
+            if len(groups) > 1:  # keep what is open for the next study; this one alone
+                union = wanted
+                groups = get_context_groups(sorted(union))
+                if len(groups) > 1:
+                    return False
+            self._drop_held()
+            contexts, roles = groups[0]
+            router = _Router()
+            assoc = self._associate(
+                self._get_ae(contexts, find=True), roles, [(evt.EVT_C_STORE, router.write)]
+            )
+            held = _Held(assoc, union, router)
+            self._local.held = held
+        writer = _StudyWriter(workdir)
+        held.router.writer = writer
+        try:
+            responses = held.assoc.send_c_get(
+                self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
+            )
+            final = self._final_status(responses, "C-GET")
+        finally:
+            held.router.writer = None
+        self._judge(final, "C-GET", study_uid)
+        return True
+
     def _c_move(self, study_uid: str, workdir: Path) -> None:
         receiver = move_receiver(self.move_aet, self.move_bind, self.move_port)
         receiver.expect(study_uid, workdir)
         try:
-            assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelMove)])
+            held = self._held() if self._in_session() else None
+            if held is not None:
+                assoc = held.assoc
+            else:
+                assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelMove)])
+                if self._in_session():
+                    self._local.held = _Held(assoc)
             try:
                 responses = assoc.send_c_move(
                     self._retrieve_identifier(study_uid),
@@ -743,7 +857,7 @@ class DimseSource:
                 )
                 final = self._final_status(responses, "C-MOVE")
             finally:
-                if assoc.is_established:
+                if not self._in_session() and assoc.is_established:
                     assoc.release()
         finally:
             receiver.done(study_uid)
