@@ -333,8 +333,9 @@ class Prefetcher:
     The thread takes the run's retrieval slot and then the source's session (one slot of the
     archive's association cap, one association) and keeps both while the worker wants more;
     when ``depth`` studies have waited for the worker :data:`PREFETCH_HOLD_S` seconds, it
-    lets both go (closing the association) and waits. A retrieval error is handed to the worker at that study's turn, as if it had been
-    raised there; after one that is not :class:`~ridl.errors.StudyUndeliverable` nothing more
+    lets both go (closing the association) and waits. A retrieval error is handed to the
+    worker at that study's turn, as if it had been raised there; after one that is not
+    :class:`~ridl.errors.StudyUndeliverable` nothing more
     is retrieved (the batch fails there). ``history`` keeps every :class:`Fetched` (timing
     only), for tests and benchmarks.
     """

@@ -91,8 +91,7 @@ def test_study_k_plus_1_is_retrieved_while_study_k_is_worked_on(
     fetched = {item.study.study_uid: item for item in prefetcher.history}
     assert [s.study_uid for s in studies] == [uid for uid, _, _ in work]
     overlaps = [
-        fetched[nxt].started < end
-        for (_, _, end), (nxt, _, _) in zip(work, work[1:], strict=False)
+        fetched[nxt].started < end for (_, _, end), (nxt, _, _) in zip(work, work[1:], strict=False)
     ]
     assert all(overlaps), "each next study's retrieval starts before this study's work ends"
 
