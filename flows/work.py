@@ -413,6 +413,8 @@ class Prefetcher:
                         # Room for one more soon: keep the association; else let it go, wait.
                         if not self._space.acquire(timeout=PREFETCH_HOLD_S):
                             break
+                        if self._stop.is_set():  # woken by __exit__: the batch is over
+                            return
         except BaseException as exc:  # the slot or the session itself failed
             if pending:
                 study = pending.pop(0)
