@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import shutil
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -285,13 +288,191 @@ def process_batch(
     """
     worker = worker_for(ctx)
     counts = BatchCounts()
-    for study in studies:
-        counts.add(process_study(worker, study, retrieval_slot))
+    if not hasattr(worker.source, "session"):  # a folder: nothing to retrieve ahead
+        for study in studies:
+            counts.add(process_study(worker, study, retrieval_slot))
+        return counts
+    # A network DIR: study k+1 is retrieved while study k is worked on.
+    done = {study.study_uid: _already_done(worker, study) for study in studies}
+    wanted = [study for study in studies if done[study.study_uid] is None]
+    with Prefetcher(worker, wanted, retrieval_slot) as prefetched:
+        for study in studies:
+            skipped = done[study.study_uid]
+            if skipped is not None:
+                counts.add(skipped)
+            else:
+                counts.add(process_study(worker, study, retrieval_slot, prefetched))
     return counts
 
 
+# Studies retrieved ahead of the one being worked on, per worker: each is on local disk until
+# its work ends, so a worker holds at most PREFETCH_DEPTH + 1 studies' files.
+PREFETCH_DEPTH = 1
+# How long the prefetch thread keeps its association (and retrieval slot) open, idle, waiting
+# for the worker to take the study it retrieved ahead; past this it lets both go (seconds).
+PREFETCH_HOLD_S = 5.0
+
+
+@dataclass
+class Fetched:
+    """One study's retrieval, done ahead: its files (or why not), in ``workdir``; the
+    ``started``/``finished`` monotonic times of the retrieval (seconds)."""
+
+    study: StudyRef
+    workdir: Path
+    files: list[Path] | None
+    error: BaseException | None
+    started: float
+    finished: float
+
+
+class Prefetcher:
+    """Retrieves a batch's studies in a background thread, at most :data:`PREFETCH_DEPTH`
+    ahead of the worker, over one reused association while it keeps up.
+
+    The thread takes the run's retrieval slot and then the source's session (one slot of the
+    archive's association cap, one association) and keeps both while the worker wants more;
+    when ``depth`` studies have waited for the worker :data:`PREFETCH_HOLD_S` seconds, it
+    lets both go (closing the association) and waits. A retrieval error is handed to the
+    worker at that study's turn, as if it had been raised there; after one that is not
+    :class:`~ridl.errors.StudyUndeliverable` nothing more
+    is retrieved (the batch fails there). ``history`` keeps every :class:`Fetched` (timing
+    only), for tests and benchmarks.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        studies: list[StudyRef],
+        retrieval_slot: RetrievalSlot,
+        depth: int = PREFETCH_DEPTH,
+    ) -> None:
+        self.worker = worker
+        self.studies = list(studies)
+        self.retrieval_slot = retrieval_slot
+        self._space = threading.Semaphore(depth)
+        self._ready: queue.Queue[Fetched | None] = queue.Queue()
+        self._stop = threading.Event()
+        self.history: list[Fetched] = []
+        self._thread = threading.Thread(target=self._run, name="ridl-prefetch", daemon=True)
+
+    def __enter__(self) -> Prefetcher:
+        if self.studies:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._space.release()  # wake a thread waiting for room
+        if self._thread.is_alive():
+            self._thread.join()
+        while True:  # what was fetched and never worked on (the batch failed)
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._discard(item)
+
+    def _discard(self, item: Fetched) -> None:
+        self.worker.source.release_study(item.study, item.workdir)
+        shutil.rmtree(item.workdir, ignore_errors=True)
+
+    def _fetch(self, study: StudyRef) -> Fetched:
+        workdir = settings.private_dir(study_workdir(self.worker, study))
+        started = time.monotonic()
+        try:
+            files: list[Path] | None = self.worker.source.fetch_study(study, workdir)
+            error: BaseException | None = None
+        except BaseException as exc:  # handed to the worker, raised at this study's turn
+            files, error = None, exc
+        item = Fetched(study, workdir, files, error, started, time.monotonic())
+        self.history.append(item)
+        return item
+
+    def _run(self) -> None:
+        pending = list(self.studies)
+        session = self.worker.source.session  # type: ignore[attr-defined]
+        try:
+            while pending and not self._stop.is_set():
+                self._space.acquire()
+                if self._stop.is_set():
+                    return
+                with self.retrieval_slot(), session():
+                    while True:
+                        item = self._fetch(pending.pop(0))
+                        self._ready.put(item)
+                        fatal = item.error is not None and not isinstance(
+                            item.error, StudyUndeliverable
+                        )
+                        if fatal:
+                            pending.clear()
+                        if not pending or self._stop.is_set():
+                            break
+                        # Room for one more soon: keep the association; else let it go, wait.
+                        if not self._space.acquire(timeout=PREFETCH_HOLD_S):
+                            break
+                        if self._stop.is_set():  # woken by __exit__: the batch is over
+                            return
+        except BaseException as exc:  # the slot or the session itself failed
+            if pending:
+                study = pending.pop(0)
+                now = time.monotonic()
+                self._ready.put(
+                    Fetched(study, study_workdir(self.worker, study), None, exc, now, now)
+                )
+        finally:
+            self._ready.put(None)
+
+    def take(self, study: StudyRef) -> Fetched:
+        """The retrieval of ``study`` (the next one in batch order), waiting for it.
+
+        Raises:
+            RuntimeError: the retrievals ran out or came in another order (a bug).
+        """
+        item = self._ready.get()
+        if item is None or item.study.study_uid != study.study_uid:
+            raise RuntimeError("prefetched studies out of order")
+        self._space.release()
+        return item
+
+
+def study_workdir(worker: Worker, study: StudyRef) -> Path:
+    """The study's working folder: ``work_dir/<project>/<release>/<de-identified study UID>``
+    (retrieved originals: PHI; callers create it owner-only with ``settings.private_dir``)."""
+    ctx = worker.ctx
+    return settings.work_dir() / ctx.project / ctx.release / worker.study_key(study)
+
+
+def _already_done(worker: Worker, study: StudyRef) -> StudyOutcome | None:
+    """The outcome of a study an earlier run finished (counted from its part), or None when it
+    is to be worked now (no part; a failed part and ``--retry-failed``; a held object decided)."""
+    ctx = worker.ctx
+    done = read_part(worker.store, worker.part_key(study))
+    retry = done is not None and "failed" in done and ctx.retry_failed
+    if done is None or retry:
+        return None
+    # A study that waits on review is redone once a reviewer has decided about its objects (their
+    # review IDs are kept on premises: a published part never names an original file).
+    if worker.curator.decisions.decided_any(
+        read_held(ctx.project, ctx.release, worker.study_key(study))
+    ):
+        return None
+    outcome = StudyOutcome(study_key=worker.study_key(study))
+    outcome.failed = done.get("failed")
+    outcome.skipped = True
+    outcome.exported = len(done["objects"])
+    outcome.bytes = part_bytes(done)
+    outcome.excluded.update(done["excluded"])
+    outcome.quarantined.update(done["quarantined"])
+    return outcome
+
+
 def process_study(
-    worker: Worker, study: StudyRef, retrieval_slot: RetrievalSlot = contextlib.nullcontext
+    worker: Worker,
+    study: StudyRef,
+    retrieval_slot: RetrievalSlot = contextlib.nullcontext,
+    prefetched: Prefetcher | None = None,
 ) -> StudyOutcome:
     """Retrieve, curate, de-identify and store one study, then write its manifest part last.
 
@@ -303,30 +484,26 @@ def process_study(
     a failure that is not "busy") gets a failed-study part with its reason, no objects and an
     empty verification record, and the batch goes on; a busy or unreachable archive still
     fails the batch (a transient error, retried by the flow).
-    """
-    ctx = worker.ctx
-    part_key = worker.part_key(study)
-    outcome = StudyOutcome(study_key=worker.study_key(study))
-    done = read_part(worker.store, part_key)
-    retry = done is not None and "failed" in done and ctx.retry_failed
-    # A study that waits on review is redone once a reviewer has decided about its objects (their
-    # review IDs are kept on premises: a published part never names an original file).
-    held = read_held(ctx.project, ctx.release, outcome.study_key) if done is not None else []
-    if done is not None and not retry and not worker.curator.decisions.decided_any(held):
-        outcome.failed = done.get("failed")
-        outcome.skipped = True
-        outcome.exported = len(done["objects"])
-        outcome.bytes = part_bytes(done)
-        outcome.excluded.update(done["excluded"])
-        outcome.quarantined.update(done["quarantined"])
-        return outcome
 
-    workdir = settings.private_dir(  # retrieved originals: PHI, owner-only
-        settings.work_dir() / ctx.project / ctx.release / outcome.study_key
-    )
+    With ``prefetched`` (a network DIR), the caller has already found the study to be worked
+    (:func:`process_batch`) and started its retrieval ahead in that :class:`Prefetcher`; its
+    result, files or error, is taken from it here, in batch order.
+    """
+    part_key = worker.part_key(study)
+    skipped = None if prefetched is not None else _already_done(worker, study)
+    if skipped is not None:
+        return skipped
+    outcome = StudyOutcome(study_key=worker.study_key(study))
+    workdir = settings.private_dir(study_workdir(worker, study))  # originals: PHI, owner-only
     try:
-        with retrieval_slot():
-            files = worker.source.fetch_study(study, workdir)
+        if prefetched is not None:
+            item = prefetched.take(study)
+            if item.error is not None:
+                raise item.error
+            files = item.files or []
+        else:
+            with retrieval_slot():
+                files = worker.source.fetch_study(study, workdir)
         rows = _process_files(worker, study, files, outcome)
     except StudyUndeliverable as exc:
         # The archive's answer about this study, not a busy archive: record it, go on.
@@ -347,7 +524,7 @@ def process_study(
         verification=outcome.verification or _record(worker, IdentifierDictionary(), 0),
         failed=outcome.failed,
     )
-    write_held(ctx.project, ctx.release, outcome.study_key, outcome.review)
+    write_held(worker.ctx.project, worker.ctx.release, outcome.study_key, outcome.review)
     write_part(worker.store, part_key, part)
     return outcome
 

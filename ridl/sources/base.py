@@ -31,6 +31,11 @@ class StudySource(Protocol):
     ``url`` is the setting that reopens the same source in a worker; ``hn_issuer`` is the Issuer
     of Patient ID (0010,0021) of the Other Patient IDs Sequence (0010,1002) item that holds the
     health number (the project's ``hn_issuer``).
+
+    Network sources also have ``session()``, a context manager under which one thread
+    retrieves several studies over one association (one slot of the archive's cap held for the
+    block); ``flows.work.process_batch`` retrieves a batch ahead of its work inside one when the
+    source has it (a folder has none: its files are read in place).
     """
 
     url: str

@@ -15,6 +15,7 @@ QIDO-RS Search for Studies (with ``limit``/``offset`` paging) and WADO-RS Retrie
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -58,6 +59,81 @@ RETRIEVE_BUSY = BUSY | {408}
 # converted (a server that must decompress answers 500 where it cannot, or sends objects larger
 # than the archive's own).
 AS_STORED = (("application/dicom", "*"),)
+ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+CHUNK = 1 << 20  # bytes read from the HTTP stream at a time
+
+
+def write_multipart(reply: requests.Response, folder: Path) -> list[Path]:
+    """Write each part of a ``multipart/related`` WADO-RS answer (PS3.18 8.7.3.5: one Part 10
+    file per instance) into ``folder`` as ``NNNNNN.dcm``, as the bytes arrive.
+
+    Nothing is decoded and no part is held whole in memory: each part's body goes to its file
+    chunk by chunk (:data:`CHUNK` bytes), keeping back only as many bytes as a boundary
+    delimiter could straddle. Returns the paths written, in the order received.
+
+    Raises:
+        ArchiveUnavailable: the answer is not multipart/related with a boundary, or ended
+            inside a part (the transfer was cut off).
+    """
+    content_type = reply.headers.get("Content-Type", "")
+    boundary = ""
+    for item in content_type.split(";")[1:]:
+        key, _, value = item.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not content_type.lower().startswith("multipart/related") or not boundary:
+        raise ArchiveUnavailable("WADO-RS answer is not multipart/related")
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    paths: list[Path] = []
+    buffer = bytearray(b"\r\n")  # the first boundary line has no CRLF before it
+    out: Any = None  # the open file of the current part, or None between parts
+    in_headers = False
+    finished = False
+    try:
+        for chunk in reply.iter_content(chunk_size=CHUNK):
+            buffer += chunk
+            while True:
+                if out is None and not in_headers:
+                    at = buffer.find(delimiter)
+                    if at < 0:
+                        break
+                    rest = buffer[at + len(delimiter) :]
+                    if len(rest) < 2:
+                        break
+                    if rest[:2] == b"--":  # the close delimiter: no more parts
+                        finished = True
+                        buffer.clear()
+                        break
+                    del buffer[: at + len(delimiter)]
+                    in_headers = True
+                if in_headers:
+                    end = buffer.find(b"\r\n\r\n")
+                    if end < 0:
+                        break
+                    del buffer[: end + 4]
+                    in_headers = False
+                    path = folder / f"{len(paths) + 1:06d}.dcm"
+                    paths.append(path)
+                    out = path.open("wb")
+                at = buffer.find(delimiter)
+                if at < 0:  # write all but what a delimiter could straddle
+                    keep = len(delimiter) - 1
+                    if len(buffer) > keep:
+                        out.write(buffer[: len(buffer) - keep])
+                        del buffer[: len(buffer) - keep]
+                    break
+                out.write(buffer[:at])
+                out.close()
+                out = None
+                del buffer[:at]
+            if finished:
+                break
+    finally:
+        if out is not None:
+            out.close()
+    if not finished:
+        raise ArchiveUnavailable("WADO-RS transfer cut off")
+    return paths
 
 
 class DicomwebSource:
@@ -183,6 +259,13 @@ class DicomwebSource:
 
     # --- retrieval --------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Retrieve several studies (a batch) in this thread holding one slot of the archive's
+        request cap for the block (the HTTP connection is kept alive between studies)."""
+        with self.guard.session():
+            yield
+
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
         """WADO-RS the whole study into ``workdir`` (one Part 10 file per instance), asking
         ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` so each
@@ -201,13 +284,16 @@ class DicomwebSource:
 
         def retrieve() -> list[Path]:
             clear_folder(workdir)
-            paths = []
             try:
-                instances = self.client.iter_study(study.study_uid, media_types=AS_STORED)
-                for n, ds in enumerate(instances, start=1):
-                    path = workdir / f"{n:06d}.dcm"
-                    ds.save_as(path, enforce_file_format=True)
-                    paths.append(path)
+                reply = self.client._session.get(
+                    f"{self.base_url}/studies/{study.study_uid}",
+                    headers={"Accept": ACCEPT_AS_STORED},
+                    stream=True,
+                    timeout=self.timeout,
+                )
+                with reply:
+                    reply.raise_for_status()
+                    paths = write_multipart(reply, workdir)
             except requests.HTTPError as exc:
                 code = exc.response.status_code if exc.response is not None else 0
                 if code in RETRIEVE_BUSY:
@@ -217,7 +303,7 @@ class DicomwebSource:
                     # patients and the server will not choose (Orthanc's DICOMweb plugin).
                     raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS HTTP 404") from None
                 raise StudyUndeliverable(Reason.RETRIEVAL_FAILED, f"WADO-RS HTTP {code}") from None
-            except requests.exceptions.ChunkedEncodingError:
+            except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError):
                 raise ArchiveUnavailable("WADO-RS transfer cut off") from None
             if not paths:
                 raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS delivered nothing")

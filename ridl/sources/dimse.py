@@ -22,16 +22,23 @@ with their status codes. :func:`study_row` and :func:`settle_hn_known` also serv
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import itertools
 import logging
 import shutil
+import socket
+import struct
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     HEVCMP51,
     HTJ2K,
@@ -55,7 +62,14 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context, build_role
@@ -107,6 +121,10 @@ MAX_CONTEXTS = 128
 PENDING = {0xFF00, 0xFF01}
 CAPPED = {0xFE00, 0xA700}  # Orthanc ends a LimitFindResults-capped answer with Cancel
 MINUTES_PER_DAY = 24 * 60
+# The largest P-DATA-TF PDU ridl accepts (PS3.8 9.3.1): large, so that a slice arrives in few
+# PDUs (each costs pynetdicom a fixed ~0.2 ms of CPU), and not 0 ("unlimited"), which
+# DCMTK-based archives (Orthanc) read as "use 16 KiB".
+MAX_PDU = 4 * 1024 * 1024
 
 
 def hhmm(minute: int) -> str:
@@ -233,17 +251,124 @@ def get_context_groups(
     return groups
 
 
+def _no_delay(event: Any) -> None:
+    """EVT_CONN_OPEN handler: switch Nagle's algorithm off on ridl's side of an association,
+    and read each PDU with one buffer.
+
+    A C-GET/C-MOVE is a stop-and-wait exchange (C-STORE-RQ, then its C-STORE-RSP); with Nagle on,
+    a small response can wait for the peer's delayed ACK. The archive's side is the archive's
+    setting (Orthanc: ``TCP_NODELAY=1``). pynetdicom's socket reads a PDU 4 KiB at a time into a
+    growing bytearray; this association's socket reads it into one buffer of the PDU's size.
+    """
+    wrapper: Any = getattr(event.assoc.dul, "socket", None)
+    raw = getattr(wrapper, "socket", None)
+    if wrapper is None or raw is None:
+        return
+    with contextlib.suppress(OSError):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def recv(nr_bytes: int) -> bytearray:
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            got = raw.recv_into(view[done:], nr_bytes - done)
+            if not got:  # the peer closed the connection: what arrived (the DUL checks it)
+                return buffer[:done]
+            done += got
+        return buffer
+
+    wrapper.recv = recv
+
+
+NO_DELAY = (evt.EVT_CONN_OPEN, _no_delay)
+
+
+def new_ae(aet: str, timeout: float | None = None) -> AE:
+    """An AE for ridl's side of an association: as an acceptor (the C-MOVE receiver) it takes
+    PDUs of up to :data:`MAX_PDU` bytes (a requestor passes ``max_pdu`` to ``associate``);
+    ``timeout`` seconds for ACSE, DIMSE and the network (None: pynetdicom's defaults)."""
+    ae = AE(ae_title=aet)
+    ae.maximum_pdu_size = MAX_PDU
+    if timeout is not None:
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    return ae
+
+
+def _ui(tag: int, value: str) -> bytes:
+    """One explicit VR little endian UI element of group 0002 (value padded to even length)."""
+    data = value.encode("ascii")
+    if len(data) % 2:
+        data += b"\0"
+    return struct.pack("<HH2sH", 0x0002, tag, b"UI", len(data)) + data
+
+
+def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """The preamble, ``DICM`` prefix and File Meta Information (PS3.10 7.1) of a received object.
+
+    The same elements pynetdicom's ``Event.file_meta`` writes (version, media storage SOP class
+    and instance, transfer syntax, implementation class UID and version name), encoded
+    directly: no dataset is built per instance. Returns the bytes (128 + 4 + group length).
+    """
+    name = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    if len(name) % 2:
+        name += b" "
+    body = b"".join(
+        (
+            struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _ui(0x0002, sop_class),
+            _ui(0x0003, sop_instance),
+            _ui(0x0010, transfer_syntax),
+            _ui(0x0012, PYNETDICOM_IMPLEMENTATION_UID),
+            struct.pack("<HH2sH", 0x0002, 0x0013, b"SH", len(name)) + name,
+        )
+    )
+    length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + length + body
+
+
 class _StudyWriter:
-    """Writes the instances of one study, as received (no decode), into its working folder."""
+    """Writes the instances of one study, as received (no decode), into its working folder.
+
+    ``received`` counts the instances written (what a reused association delivered to this
+    study).
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._n = itertools.count(1)
+        self.received = 0
 
     def write(self, event: Any) -> int:
+        """EVT_C_STORE handler: the File Meta Information, then the data set bytes as sent."""
+        request = event.request
+        header = part10_header(
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+        )
         path = self.folder / f"{next(self._n):06d}.dcm"
-        path.write_bytes(event.encoded_dataset())
+        with path.open("wb") as out:
+            out.write(header)
+            out.write(request.DataSet.getbuffer())
+        self.received += 1
         return 0x0000
+
+
+def _study_uid_of(event: Any) -> str:
+    """The Study Instance UID (0020,000D) of a received data set, reading no further than it
+    (a C-STORE's data set is in the context's transfer syntax; deflated ones are read whole)."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_deflated:
+        return str(getattr(event.dataset, "StudyInstanceUID", ""))
+    stream = io.BytesIO(event.request.DataSet.getbuffer())
+    ds = read_dataset(
+        stream,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, vr, length: tag > 0x0020000D,
+    )
+    return str(getattr(ds, "StudyInstanceUID", ""))
 
 
 class MoveReceiver:
@@ -266,12 +391,14 @@ class MoveReceiver:
         # An archive fails a whole C-MOVE when the destination refuses one SOP class (a retired
         # Ultrasound Image Storage, a vendor's private class): accept them all.
         _config.UNRESTRICTED_STORAGE_SERVICE = True
-        ae = AE(ae_title=aet)
+        ae = new_ae(aet)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
         try:
             self.server = ae.start_server(
-                (bind, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+                (bind, port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_store), NO_DELAY],
             )
         except OSError as exc:
             raise ConfigError(
@@ -280,7 +407,7 @@ class MoveReceiver:
             ) from None
 
     def _on_store(self, event: Any) -> int:
-        uid = str(getattr(event.dataset, "StudyInstanceUID", ""))
+        uid = _study_uid_of(event)
         with self.lock:
             writer = self.routes.get(uid)
         if writer is None:
@@ -313,6 +440,29 @@ def move_receiver(aet: str, bind: str, port: int) -> MoveReceiver:
         if key not in _RECEIVERS:
             _RECEIVERS[key] = MoveReceiver(aet, bind, port)
         return _RECEIVERS[key]
+
+
+class _Router:
+    """A reused C-GET association's C-STORE handler: writes into the current study's writer."""
+
+    def __init__(self) -> None:
+        self.writer: _StudyWriter | None = None
+
+    def write(self, event: Any) -> int:
+        writer = self.writer
+        if writer is None:
+            return 0xC000  # nothing asked for (cannot happen on a C-GET association)
+        return writer.write(event)
+
+
+@dataclass
+class _Held:
+    """The association a retrieval session keeps open between studies: for C-GET, the storage
+    classes its contexts cover and the router its C-STORE handler writes through."""
+
+    assoc: Association
+    classes: frozenset[str] = frozenset()
+    router: _Router = field(default_factory=_Router)
 
 
 class DimseSource:
@@ -362,7 +512,11 @@ class DimseSource:
         )
         self.guard = ArchiveGuard(limits, f"host:{self.host}")
         self.windows_queried = 0
+        # Associations ridl opened to the archive (any service): what a reused association saves.
+        self.associations_opened = 0
         self._get_aes: dict[tuple[str, ...], AE] = {}
+        # A retrieval session's association, per thread (see :meth:`session`).
+        self._local = threading.local()
 
     # --- associations -----------------------------------------------------------------------
 
@@ -386,15 +540,16 @@ class DimseSource:
         if isinstance(contexts, AE):
             ae = contexts
         else:
-            ae = AE(ae_title=self.calling_aet)
+            ae = new_ae(self.calling_aet, self.timeout)
             ae.requested_contexts = contexts
-            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        self.associations_opened += 1
         assoc = ae.associate(
             self.host,
             self.port,
             ae_title=self.called_aet,
             ext_neg=ext_neg,
-            evt_handlers=handlers,
+            evt_handlers=[*(handlers or []), NO_DELAY],
+            max_pdu=MAX_PDU,
         )
         if assoc.is_established:
             return assoc
@@ -487,6 +642,40 @@ class DimseSource:
 
     # --- retrieval --------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Retrieve several studies (a batch) over one association, in this thread.
+
+        Holds one slot of the archive's association cap (:meth:`ArchiveGuard.session`) for the
+        block; C-GET and C-MOVE inside it reuse one association from study to study (C-GET
+        also asks each study's SOP Classes in Study on it), opening a new one only when a
+        study needs storage classes the open one does not cover, or the archive dropped it.
+        The association is released when the block ends, and while a failed request backs off.
+        """
+        with self.guard.session(on_release=self._drop_held):
+            self._local.active = True
+            try:
+                yield
+            finally:
+                self._local.active = False
+
+    def _drop_held(self) -> None:
+        held: _Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None and held.assoc.is_established:
+            held.assoc.release()
+
+    def _held(self) -> _Held | None:
+        """This thread's session association, if it is still up (else forgotten)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and not held.assoc.is_established:
+            self._drop_held()
+            return None
+        return held
+
+    def _in_session(self) -> bool:
+        return bool(getattr(self._local, "active", False))
+
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
         """Retrieve the study's instances, as the archive holds them, into ``workdir``.
 
@@ -543,7 +732,11 @@ class DimseSource:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
         query.SOPClassesInStudy = ""
-        assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
+        held = self._held() if self._in_session() and self.retrieval == "get" else None
+        if held is not None:
+            assoc = held.assoc
+        else:
+            assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
         matches: list[Dataset] = []
         try:
             model = StudyRootQueryRetrieveInformationModelFind
@@ -556,7 +749,7 @@ class DimseSource:
                 elif code not in PENDING and code != 0x0000:
                     return []  # the archive would not say: fall back to a broad list
         finally:
-            if assoc.is_established:
+            if held is None and assoc.is_established:
                 assoc.release()
         if not matches:
             return None
@@ -567,16 +760,17 @@ class DimseSource:
                 classes += [value] if isinstance(value, str) else [str(v) for v in value]
         return classes
 
-    def _get_ae(self, contexts: list[PresentationContext]) -> AE:
-        """A C-GET AE requesting the model and ``contexts`` (built once per set of classes)."""
-        key = tuple(sorted({str(cx.abstract_syntax) for cx in contexts}))
+    def _get_ae(self, contexts: list[PresentationContext], find: bool = False) -> AE:
+        """A C-GET AE requesting the model and ``contexts`` (built once per set of classes),
+        and the C-FIND model too when ``find`` (a session's association asks SOP Classes in
+        Study on it)."""
+        key = (str(find), *sorted({str(cx.abstract_syntax) for cx in contexts}))
         if key not in self._get_aes:
-            ae = AE(ae_title=self.calling_aet)
-            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-            ae.requested_contexts = [
-                build_context(StudyRootQueryRetrieveInformationModelGet),
-                *contexts,
-            ]
+            ae = new_ae(self.calling_aet, self.timeout)
+            models = [StudyRootQueryRetrieveInformationModelGet]
+            if find:
+                models.append(StudyRootQueryRetrieveInformationModelFind)
+            ae.requested_contexts = [*(build_context(m) for m in models), *contexts]
             self._get_aes[key] = ae
         return self._get_aes[key]
 
@@ -584,6 +778,8 @@ class DimseSource:
         classes = self._study_sop_classes(study_uid)
         if classes is None:
             raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "no C-FIND match")
+        if self._in_session() and classes and self._c_get_held(study_uid, classes, workdir):
+            return
         groups = get_context_groups(classes or storage_sop_classes())
         writer = _StudyWriter(workdir)
         finals: list[Dataset] = []
@@ -608,11 +804,51 @@ class DimseSource:
         if delivered < expected:
             log.warning("C-GET: %d instances of a study were not delivered", expected - delivered)
 
+    def _c_get_held(self, study_uid: str, classes: list[str], workdir: Path) -> bool:
+        """C-GET the study over the session's association, opened (or widened) for its
+        classes; False when its classes need more than one association (then the caller
+        uses one per group, as outside a session)."""
+        held = self._held()
+        wanted = frozenset(str(uid) for uid in classes)
+        if held is None or not wanted <= held.classes:
+            union = wanted | (held.classes if held is not None else frozenset())
+            groups = get_context_groups(sorted(union))
+            if len(groups) > 1:  # keep what is open for the next study; this one alone
+                union = wanted
+                groups = get_context_groups(sorted(union))
+                if len(groups) > 1:
+                    return False
+            self._drop_held()
+            contexts, roles = groups[0]
+            router = _Router()
+            assoc = self._associate(
+                self._get_ae(contexts, find=True), roles, [(evt.EVT_C_STORE, router.write)]
+            )
+            held = _Held(assoc, union, router)
+            self._local.held = held
+        writer = _StudyWriter(workdir)
+        held.router.writer = writer
+        try:
+            responses = held.assoc.send_c_get(
+                self._retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
+            )
+            final = self._final_status(responses, "C-GET")
+        finally:
+            held.router.writer = None
+        self._judge(final, "C-GET", study_uid)
+        return True
+
     def _c_move(self, study_uid: str, workdir: Path) -> None:
         receiver = move_receiver(self.move_aet, self.move_bind, self.move_port)
         receiver.expect(study_uid, workdir)
         try:
-            assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelMove)])
+            held = self._held() if self._in_session() else None
+            if held is not None:
+                assoc = held.assoc
+            else:
+                assoc = self._associate([build_context(StudyRootQueryRetrieveInformationModelMove)])
+                if self._in_session():
+                    self._local.held = _Held(assoc)
             try:
                 responses = assoc.send_c_move(
                     self._retrieve_identifier(study_uid),
@@ -621,7 +857,7 @@ class DimseSource:
                 )
                 final = self._final_status(responses, "C-MOVE")
             finally:
-                if assoc.is_established:
+                if not self._in_session() and assoc.is_established:
                     assoc.release()
         finally:
             receiver.done(study_uid)

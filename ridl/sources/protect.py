@@ -142,6 +142,9 @@ class ArchiveGuard:
         digest = hashlib.sha256(archive.encode()).hexdigest()[:16]
         self.lock_dir = settings.ridl_home() / "locks" / digest
         self._rate_lock = threading.Lock()
+        # This thread's session slot (a locked slot file) and what closes the session's
+        # association when the slot is let go.
+        self._local = threading.local()
         self._next_at = 0.0
         self.attempts = 0
         self.refusals = 0
@@ -169,16 +172,11 @@ class ArchiveGuard:
         if start > now:
             self.sleep(start - now)
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of ``max_associations`` slots shared by all processes on this machine.
-
-        A context manager; it polls (10 to 250 ms apart) until a slot file can be locked.
-        """
+    def _acquire(self) -> IO[bytes]:
+        """Lock one of the ``max_associations`` slot files (polling 10 to 250 ms apart)."""
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        handle: IO[bytes] | None = None
         delay = 0.01
-        while handle is None:
+        while True:
             for i in range(self.limits.max_associations):
                 candidate = open(self.lock_dir / f"slot-{i}.lock", "ab")  # noqa: SIM115
                 try:
@@ -186,23 +184,80 @@ class ArchiveGuard:
                 except OSError:
                     candidate.close()
                     continue
-                handle = candidate
-                break
-            else:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                return candidate
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    @staticmethod
+    def _release(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of ``max_associations`` slots shared by all processes on this machine.
+
+        A context manager; it polls (10 to 250 ms apart) until a slot file can be locked. Inside
+        this thread's :meth:`session` it is the session's slot (no second one is taken).
+        """
+        if getattr(self._local, "held", None) is not None:
+            yield
+            return
+        handle = self._acquire()
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
+            self._release(handle)
+
+    @contextmanager
+    def session(self, on_release: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold one slot across several requests of this thread (one association reused for
+        the studies of a batch): :meth:`call` inside it takes no slot of its own.
+
+        The slot is let go while a failed request backs off, and ``on_release`` (closing what
+        the session kept open, e.g. the association) runs before that and at the end, so an
+        association never stays open without its slot. Sessions do not nest.
+        """
+        if getattr(self._local, "held", None) is not None:
+            raise RuntimeError("ArchiveGuard sessions do not nest")
+        self._local.on_release = on_release
+        self._local.held = self._acquire()
+        try:
+            yield
+        finally:
+            held = self._local.held
+            self._local.held = None
+            self._local.on_release = None
+            try:
+                if on_release is not None:
+                    on_release()
+            finally:
+                if held is not None:
+                    self._release(held)
+
+    def _back_off(self, seconds: float) -> None:
+        """Sleep ``seconds`` outside any slot (a session's slot is let go and taken again)."""
+        held = getattr(self._local, "held", None)
+        if held is None:
+            self.sleep(seconds)
+            return
+        on_release = self._local.on_release
+        if on_release is not None:
+            on_release()
+        self._release(held)
+        self._local.held = None
+        try:
+            self.sleep(seconds)
+        finally:
+            self._local.held = self._acquire()
 
     def call(self, request: Callable[[], T], what: str) -> T:
         """Run ``request`` inside the limits, retrying on :class:`ArchiveUnavailable`.
 
         ``what`` names the request in the error message (never a patient value). Returns what
         ``request`` returns. Between failures it sleeps ``backoff_s * 2**(n-1)`` seconds (at
-        most 300), outside the slot.
+        most 300), outside the slot (a :meth:`session`'s slot too). Every attempt waits for
+        the allowed window and the rate limit, in a session or not.
 
         Raises:
             ArchiveUnavailable: ``request`` raised it more than ``retries`` times in a row.
@@ -227,4 +282,4 @@ class ArchiveGuard:
                             f"row ({exc}); try later, or lower --max-associations/--rate-limit"
                         ) from exc
             # Back off outside the slot, so other workers are not held up by this one.
-            self.sleep(min(self.limits.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))
+            self._back_off(min(self.limits.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))
