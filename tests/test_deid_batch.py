@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ridl.projects import project_path
+from tests.conftest import accept_test_edit
 
 from .conftest import make_project, require_program
 
@@ -27,6 +28,7 @@ def _ps315_project(project_id: str = "deid-a", options: list[str] | None = None)
     data["scope"]["deid_options"] = OPTIONS
     data["deid_options"] = OPTIONS if options is None else options
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit(project_id)  # the edit is recorded, as an office would
 
 
 def test_deid_command_writes_deidentified_tree_and_summary(synth_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
