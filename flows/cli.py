@@ -213,6 +213,106 @@ def project_show(project_id: Annotated[str, typer.Argument(help="Project id.")])
     console.print(table)
 
 
+@project_app.command("update")
+def project_update(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+    expires: Annotated[
+        str | None,
+        typer.Option(help="New expiry date, YYYY-MM-DD (later: a renewal, needs --renewal-date)."),
+    ] = None,
+    renewal_date: Annotated[
+        str | None,
+        typer.Option(help="Date the REB renewed the approval, YYYY-MM-DD (for a later --expires)."),
+    ] = None,
+    date_from: Annotated[
+        str | None, typer.Option("--from", help="Approved study dates from, YYYY-MM-DD.")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Approved study dates to, YYYY-MM-DD.")
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option(help="Approved modalities, the whole new list (repeat).")
+    ] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="Approved sites, the whole new list (repeat).")
+    ] = None,
+    add_recipient: Annotated[
+        list[str] | None, typer.Option(help="Add an approved recipient (repeat; widening).")
+    ] = None,
+    remove_recipient: Annotated[
+        list[str] | None, typer.Option(help="Remove a recipient (repeat).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with the new [labels] table (label schema) to use."),
+    ] = None,
+    reb_amendment: Annotated[
+        str | None,
+        typer.Option(
+            help="Reference of the REB amendment that allows a widening change (dates outside "
+            "the approved window, a modality, site or recipient added)."
+        ),
+    ] = None,
+    accept_edit: Annotated[
+        bool,
+        typer.Option(
+            "--accept-edit",
+            help="Record a hand edit of the project file (checked by the same rules).",
+        ),
+    ] = False,
+    note: Annotated[str, typer.Option(help="Why, for the audit log (no patient data).")] = "",
+) -> None:
+    """Change a project: narrowing is always allowed, widening needs --reb-amendment, a later
+    expiry needs --renewal-date; every change is recorded in the audit log."""
+    import tomllib
+    from dataclasses import replace
+
+    from ridl.projects import Scope, load_project, update_project
+
+    project = load_project(project_id, check_unchanged=not accept_edit)
+    scope = project.scope
+    scope = Scope(
+        _date(date_from, "--from") or scope.date_from,
+        _date(date_to, "--to") or scope.date_to,
+        tuple(m.upper() for m in modality) if modality else scope.modalities,
+        tuple(site) if site else scope.sites,
+        scope.retain,
+        scope.deid_options,
+    )
+    recipients = [r for r in project.recipients if r not in (remove_recipient or [])]
+    missing = sorted(set(remove_recipient or []) - set(project.recipients))
+    if missing:
+        raise ConfigError(f"--remove-recipient: {', '.join(missing)} is not a recipient")
+    recipients += [r for r in add_recipient or [] if r not in recipients]
+    extra = dict(project.extra)
+    if labels is not None:
+        try:
+            section = tomllib.loads(labels.read_text()).get("labels")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--labels {labels}: {type(exc).__name__}") from None
+        from curation.labels import LabelSchema
+
+        LabelSchema.from_project(section)  # a bad schema is refused now
+        extra["labels"] = section
+    new = replace(
+        project,
+        expires=_date(expires, "--expires") or project.expires,
+        scope=scope,
+        recipients=tuple(recipients),
+        extra=extra,
+    )
+    change = update_project(
+        new,
+        reb_amendment=reb_amendment,
+        renewal_date=_date(renewal_date, "--renewal-date"),
+        note=note,
+        accept_edit=accept_edit,
+    )
+    for name, (old, value) in change.changes.items():
+        console.print(f"{name}: {_fmt(old)} -> {_fmt(value)}", highlight=False)
+    console.print(f"project [bold]{project_id}[/] updated ({len(change.changes)} changes, audited)")
+
+
 @project_app.command("list")
 def project_list() -> None:
     """List registered projects with their approval status."""

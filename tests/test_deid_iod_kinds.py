@@ -25,8 +25,8 @@ from flows.cli import app
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.projects import project_path
-from tests.conftest import accept_test_edit
 from ridl.pseudonyms import Pseudonymizer
+from tests.conftest import accept_test_edit
 
 from .conftest import make_project, require_program
 from .iod_objects import (
