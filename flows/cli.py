@@ -470,10 +470,12 @@ def launch_run(
     limits: ArchiveLimits | None = None,
     scale: dict[str, Any] | None = None,
     allow_empty: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any] | None:
     """Check the request and select (before Prefect starts), then run the flow with a progress
     bar. Returns the run's summary, or None when the release is already published (a rerun is
-    a no-op: one line says so, nothing is gated or written).
+    a no-op: one line says so, nothing is gated or written) or for ``dry_run`` (what would be
+    selected is printed; nothing is retrieved, frozen or written, and Prefect never starts).
 
     Raises:
         RidlError: any check that needs no DICOM work (request, source, destination, frozen
@@ -497,6 +499,16 @@ def launch_run(
         batch_size=batch_size,
         **scale,
     )
+    if dry_run:
+        from flows.runplan import preview_run
+
+        print_preview(
+            preview_run(
+                project, release, source, destination, date_from, date_to, modalities, sites,
+                reindex=reindex, limits=limits,
+            )
+        )  # fmt: skip
+        return None
     # Prefect reads its settings when first imported (flows.runners imports it): configure it
     # now; nothing starts until the flow is called.
     _quiet_prefect(verbose)
@@ -549,6 +561,26 @@ def launch_run(
                 **scale,
             )
     return summary
+
+
+def print_preview(preview: dict[str, Any]) -> None:
+    """Print what a ``--dry-run`` would select: counts, a table of studies and instances by
+    modality and year, and what selection leaves out (studies) or cannot read (files)."""
+    console.print(
+        f"dry run of {preview['project']}/{preview['release']} ({preview['state']}): "
+        f"{preview['studies']} studies, {preview['subjects']} subjects, "
+        f"{preview['instances']} instances would be selected from {preview['source']}; "
+        "nothing retrieved, frozen or written",
+        highlight=False,
+    )
+    table = Table("modalities", "year", "studies", "instances")
+    for row in preview["by_modality_year"]:
+        table.add_row(row["modalities"], row["year"], str(row["studies"]), str(row["instances"]))
+    console.print(table)
+    for reason, n in preview["excluded"].items():
+        console.print(f"excluded: {reason}: {n} studies", highlight=False)
+    for reason, n in preview["unreadable"].items():
+        console.print(f"not readable DICOM: {reason}: {n} files", highlight=False)
 
 
 def print_summary(summary: dict[str, Any], store_url: str) -> None:
@@ -677,6 +709,14 @@ def run(
             "release is usually a wrong --source, dates, --modality or --site)."
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would be selected (studies, subjects, instances by modality and "
+            "year, exclusions and why) without retrieving, freezing or writing anything.",
+        ),
+    ] = False,
 ) -> None:
     """Run an approved extraction into a release. Rerunning an unfinished release resumes it;
     rerunning a published one does nothing and says so; one run of a release at a time."""
@@ -705,6 +745,7 @@ def run(
             "retry_failed": retry_failed,
         },
         allow_empty=allow_empty,
+        dry_run=dry_run,
     )
     if summary is not None:
         print_summary(summary, open_store(dest).url)
