@@ -532,9 +532,13 @@ def launch_run(
         return None
     from flows.extract import extract_run
     from flows.progress import RunProgress
+    from flows.stopping import handle_stops
 
     store = open_store(destination)
-    with release_lock(project, release):
+    resume = resume_command(
+        project, release, source, store.url, date_from, date_to, modalities, sites
+    )
+    with handle_stops(project, release, resume), release_lock(project, release):
         # Index and select now, so an empty selection is refused in one line before Prefect
         # starts; the flow then resumes the frozen selection.
         prepare_run(
@@ -561,6 +565,33 @@ def launch_run(
                 **scale,
             )
     return summary
+
+
+def resume_command(
+    project: str,
+    release: str,
+    source: str,
+    store_url: str,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: list[str] | None = None,
+    sites: list[str] | None = None,
+) -> str:
+    """The ``ridl run`` command line that resumes a release (the parameters it was frozen with;
+    each value quoted for a POSIX shell)."""
+    import shlex
+
+    words = ["ridl", "run", "--project", project, "--release", release, "--source", source]
+    words += ["--dest", store_url]
+    if date_from:
+        words += ["--from", date_from.isoformat()]
+    if date_to:
+        words += ["--to", date_to.isoformat()]
+    for modality in modalities or []:
+        words += ["--modality", modality]
+    for site in sites or []:
+        words += ["--site", site]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def print_preview(preview: dict[str, Any]) -> None:

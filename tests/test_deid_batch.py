@@ -26,6 +26,8 @@ def _ps315_project(project_id: str = "deid-a", options: list[str] | None = None)
     path = project_path(project_id)
     data = tomllib.loads(path.read_text())
     data["scope"]["deid_options"] = OPTIONS
+    # `ridl deid` applies the approved scope: approve every modality of the synthetic DIR.
+    data["scope"]["modalities"] = ["CT", "CR", "US", "SR", "KO"]
     data["deid_options"] = OPTIONS if options is None else options
     path.write_text(tomli_w.dumps(data))
     accept_test_edit(project_id)  # the edit is recorded, as an office would

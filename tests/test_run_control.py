@@ -19,7 +19,6 @@ from flows.cli import app
 from ridl.projects import Project
 from ridl.releases import load_frozen, lock_holder
 from ridl.synth import SynthReport, synthesize
-from tests.conftest import require_program  # noqa: F401  (kept for symmetry with other tests)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,6 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     assert took < 12, f"stopped after {took:.1f} s"
     assert proc.returncode != 0
     time.sleep(0.5)
-    left = {p for p in workers if Path(f"/proc/{p}").exists() and _children(1) >= {p}}
     left = {p for p in workers if _alive(p)}
     assert not left, f"child processes left: {sorted(left)}"
     assert "ridl run --project" in output and "to resume" in output, output[-2000:]
