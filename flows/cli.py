@@ -309,7 +309,7 @@ def project_update(
         accept_edit=accept_edit,
     )
     for name, (old, value) in change.changes.items():
-        console.print(f"{name}: {_fmt(old)} -> {_fmt(value)}", highlight=False)
+        console.print(f"{name}: {_fmt(old)} -> {_fmt(value)}", highlight=False, markup=False)
     console.print(f"project [bold]{project_id}[/] updated ({len(change.changes)} changes, audited)")
 
 
