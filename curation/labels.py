@@ -378,7 +378,8 @@ def store_label_rows(
     A row with every label field empty is counted as unlabeled; a row is refused for an unknown
     study, an empty assignee (after ``default_assignee``), a bad or missing required value, or
     a study the assignee has already labeled, or a study of a withdrawn subject. ``source`` is
-    recorded with each row (``import``, ``hook:<name>``).
+    recorded with each row (``import``, ``hook:<name>``). Each call is audited
+    (``labels.imported``: counts stored, refused and unlabeled, and the assignees).
 
     Raises:
         ConfigError: the project file or schema is invalid.
@@ -446,6 +447,18 @@ def store_label_rows(
         pq.write_table(table, sink)
         store.put_bytes(labels_key(project, release), sink.getvalue())
     report.stored = len(good)
+    from ridl import audit
+
+    audit.record(
+        "labels.imported",
+        project=project,
+        release=release,
+        source=source,
+        stored=report.stored,
+        refused=len(report.errors),
+        unlabeled=report.unlabeled,
+        assignees=sorted({str(row["assignee"]) for row in good}),
+    )
     return report
 
 

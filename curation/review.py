@@ -244,7 +244,9 @@ def decide(
 ) -> None:
     """Append one decision to the release's decisions file.
 
-    ``object_id`` is the SHA-256 named on the sheet; the time is recorded in ISO 8601 UTC.
+    ``object_id`` is the SHA-256 named on the sheet; the time is recorded in ISO 8601 UTC. The
+    decision is audited (``review.decided``: object, decision, reviewer; the note stays in the
+    decisions file, since it is free text).
 
     Raises:
         ConfigError: the decision is neither approve nor reject, or no object of the release
@@ -272,6 +274,16 @@ def decide(
                 "note": note,
             }
         )
+    from ridl import audit
+
+    audit.record(
+        "review.decided",
+        project=project,
+        release=release,
+        object=object_id,
+        decision=decision,
+        reviewer=reviewer,
+    )
 
 
 # --- the sheet ----------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ project's approved recipients:
   and a presigned GET URL per file, all expiring at the earlier of N days (7 at most, the longest
   a SigV4 presigned URL lives) and the end of the REB approval. No AWS credentials are needed.
 
-Every grant is recorded on premises (``RIDL_HOME/grants/<project>.jsonl``) for the auditors.
+Every grant is recorded on premises (``RIDL_HOME/grants/<project>.jsonl``, listed by ``ridl
+access list``) and in the audit log (``access.granted``); a refused grant is audited too
+(``access.refused``, with the reason).
 
 Engines floor (``export/``): it reads the published release through :mod:`export.release` and
 needs an S3 store (:mod:`export.s3`); ``ridl release grant`` (``export.cli``) calls it.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export import partitions as pt
@@ -37,8 +40,8 @@ from export.release import (
     retracted_paths,
 )
 from export.store import ObjectStore, open_store
-from ridl import settings
-from ridl.errors import ConfigError, ReleaseError, ScopeError
+from ridl import audit, settings
+from ridl.errors import ConfigError, ReleaseError, RidlError, ScopeError
 from ridl.projects import Project, load_project
 
 if TYPE_CHECKING:  # boto3 loads only when an S3 store is opened
@@ -257,7 +260,8 @@ def grant_access(
     instead of an identity policy.
     ``store`` is an open store, its URL, or None for the default store; ``days`` and ``now``
     are as for :func:`check_grant`. Returns the IAM policy (:func:`iam_policy`) or the presigned
-    manifest (:func:`presigned_manifest`, with ``expires_at`` in ISO 8601).
+    manifest (:func:`presigned_manifest`, with ``expires_at`` in ISO 8601). The grant is
+    audited (``access.granted``), and so is a refusal (``access.refused``, with its reason).
 
     Raises:
         ConfigError: the project id or file is invalid, the store is not S3, or the store
@@ -268,6 +272,41 @@ def grant_access(
         ReleaseError: the release is not published in the store.
     """
     now = now or dt.datetime.now(dt.UTC)
+    try:
+        return _grant(
+            store, project_id, release, researcher, days, presign, now,
+            expires_in_seconds, principal, partitions, where,
+        )  # fmt: skip
+    except RidlError as exc:
+        audit.record(
+            "access.refused",
+            project=project_id,
+            release=release,
+            researcher=researcher,
+            days=days,
+            kind=_kind(presign, principal),
+            reason=str(exc),
+        )
+        raise
+
+
+def _kind(presign: bool, principal: str | None) -> str:
+    return "presigned-manifest" if presign else "bucket-policy" if principal else "iam-policy"
+
+
+def _grant(
+    store: ObjectStore | str | None,
+    project_id: str,
+    release: str,
+    researcher: str,
+    days: int,
+    presign: bool,
+    now: dt.datetime,
+    expires_in_seconds: int | None,
+    principal: str | None,
+    partitions: list[int] | None,
+    where: str | None,
+) -> dict[str, Any]:
     _, expires = check_grant(project_id, researcher, days, presign, now)
     if presign and principal is not None:
         raise ScopeError("--principal", "a presigned manifest needs no principal; drop one")
@@ -303,10 +342,17 @@ def grant_access(
         document = bucket_policy(store, prefix, expires, principal)
     else:
         document = iam_policy(store, prefix, expires)
-    document_kind = (
-        "presigned-manifest" if presign else "bucket-policy" if principal else "iam-policy"
-    )
+    document_kind = _kind(presign, principal)
     _record(project_id, release, researcher, document_kind, now, expires)
+    audit.record(
+        "access.granted",
+        project=project_id,
+        release=release,
+        researcher=researcher,
+        kind=document_kind,
+        granted_at=now.isoformat(timespec="seconds"),
+        expires_at=expires.isoformat(timespec="seconds"),
+    )
     return document
 
 
@@ -318,7 +364,7 @@ def _record(
     now: dt.datetime,
     expires: dt.datetime,
 ) -> None:
-    path = settings.ridl_home() / "grants" / f"{project_id}.jsonl"
+    path = grants_path(project_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {
         "project": project_id,
@@ -330,3 +376,29 @@ def _record(
     }
     with open(path, "a") as handle:
         handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def grants_path(project_id: str) -> Path:
+    """The project's grant records, ``RIDL_HOME/grants/<project>.jsonl`` (a JSON object a line)."""
+    return settings.ridl_home() / "grants" / f"{project_id}.jsonl"
+
+
+def list_grants(project_id: str, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """The project's recorded grants, oldest first, each with ``active`` (not yet expired at
+    ``now``, default the current time, UTC).
+
+    Each dict has ``project``, ``release``, ``researcher``, ``kind`` (iam-policy,
+    bucket-policy or presigned-manifest), ``granted_at`` and ``expires_at`` (ISO 8601) and
+    ``active`` (bool). Empty when nothing was granted.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    path = grants_path(project_id)
+    if not path.exists():
+        return []
+    grants = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entry["active"] = dt.datetime.fromisoformat(entry["expires_at"]) > now
+            grants.append(entry)
+    return grants

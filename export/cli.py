@@ -53,6 +53,108 @@ def release_show(
     sys.stdout.write("\n")
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def release_states(project: str) -> list[dict[str, Any]]:
+    """The project's releases on premises, sorted by name, each a dict: ``release``, ``state``
+    (running: a live run holds its lock; published: its on-premises marker, or its signed
+    manifest in its store; frozen: selected, not yet published),
+    ``studies_selected`` (rows of the frozen selection), ``subjects`` and ``withdrawn`` (of
+    its subjects, how many withdrew since), ``store``, ``published_at`` (ISO 8601 or None).
+
+    Raises:
+        ConfigError: the project's secret is missing or wrong.
+        ProjectNotFound: no such project.
+    """
+    from ridl.catalog import study_refs
+    from ridl.projects import load_project
+    from ridl.pseudonyms import Pseudonymizer, SubjectKey
+    from ridl.releases import (
+        frozen_releases,
+        load_frozen,
+        load_withdrawn,
+        lock_holder,
+        published_releases,
+    )
+    from ridl.secrets import load_secret
+
+    load_project(project)
+    published = published_releases(project)
+    withdrawn = load_withdrawn(project)
+    keys = Pseudonymizer(load_secret(project))
+    rows = []
+    for release in sorted(set(frozen_releases(project)) | set(published)):
+        frozen = load_frozen(project, release)
+        subjects: set[str] = set()
+        record = None
+        if frozen is not None:
+            record, selection = frozen
+            subjects = {
+                keys.research_id(SubjectKey(s.health_number, s.issuer, s.patient_id))
+                for s in study_refs(selection)
+            }
+        marker = published.get(release)
+        if marker is None and record is not None and record.destination:
+            marker = _published_in_store(record.destination, project, release)
+        if marker is not None:
+            state = "published"
+        elif lock_holder(project, release) is not None:
+            state = "running"
+        else:
+            state = "frozen"
+        rows.append(
+            {
+                "release": release,
+                "state": state,
+                "studies_selected": 0 if frozen is None else len(frozen[1]),
+                "subjects": len(subjects),
+                "withdrawn": len(subjects & withdrawn),
+                "store": (marker or {}).get("store") or (record.destination if record else ""),
+                "published_at": (marker or {}).get("published_at"),
+            }
+        )
+    return rows
+
+
+def _published_in_store(store_url: str, project: str, release: str) -> dict[str, Any] | None:
+    """The release's signed manifest header when it is published in its store (``ridl release
+    publish`` writes no on-premises marker), else None; a store out of reach counts as not."""
+    from export.release import read_published
+    from export.store import open_store
+
+    try:
+        manifest = read_published(open_store(store_url), f"{project}/{release}")
+    except Exception:  # noqa: BLE001 - a store out of reach: the on-premises state stands
+        return None
+    if manifest is None:
+        return None
+    return {"store": store_url, "published_at": manifest.get("published_at")}
+
+
+@release_app.command("list")
+def release_list(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """List a project's releases with their state (frozen, running, published) and counts of
+    studies, subjects and subjects withdrawn since."""
+    rows = release_states(project)
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table("release", "state", "studies", "subjects", "withdrawn", "published", "store")
+    for row in rows:
+        table.add_row(
+            row["release"], row["state"], str(row["studies_selected"]), str(row["subjects"]),
+            str(row["withdrawn"]), str(row["published_at"] or ""), str(row["store"]),
+        )  # fmt: skip
+    console.print(table)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("frozen", "running", "published")}
+    console.print(", ".join(f"{n} {state}" for state, n in counts.items()) + " (releases)")
+
+
 @release_app.command("withdraw")
 def release_withdraw(
     project: Annotated[str, typer.Option(help="REB project id.")],
@@ -169,6 +271,30 @@ def access_grant(
             out.chmod(0o600)  # the URLs are bearer tokens until they expire
         what = "presigned manifest" if presign else "bucket policy" if principal else "IAM policy"
         console.print(f"{what} for {researcher} written to {out}")
+
+
+@access_app.command("list")
+def access_list(
+    project: Annotated[str, typer.Option(help="REB project id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """List the access grants recorded for a project (researcher, release, kind, expiry)."""
+    from export.access import list_grants
+    from ridl.projects import load_project
+
+    load_project(project)
+    grants = list_grants(project)
+    if as_json:
+        json.dump(grants, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table("release", "researcher", "kind", "granted", "expires", "active")
+    for g in grants:
+        table.add_row(
+            g["release"], g["researcher"], g["kind"], g["granted_at"], g["expires_at"],
+            "yes" if g["active"] else "expired",
+        )  # fmt: skip
+    console.print(table)
 
 
 def pull_command(

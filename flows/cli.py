@@ -213,6 +213,106 @@ def project_show(project_id: Annotated[str, typer.Argument(help="Project id.")])
     console.print(table)
 
 
+@project_app.command("update")
+def project_update(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+    expires: Annotated[
+        str | None,
+        typer.Option(help="New expiry date, YYYY-MM-DD (later: a renewal, needs --renewal-date)."),
+    ] = None,
+    renewal_date: Annotated[
+        str | None,
+        typer.Option(help="Date the REB renewed the approval, YYYY-MM-DD (for a later --expires)."),
+    ] = None,
+    date_from: Annotated[
+        str | None, typer.Option("--from", help="Approved study dates from, YYYY-MM-DD.")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Approved study dates to, YYYY-MM-DD.")
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option(help="Approved modalities, the whole new list (repeat).")
+    ] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="Approved sites, the whole new list (repeat).")
+    ] = None,
+    add_recipient: Annotated[
+        list[str] | None, typer.Option(help="Add an approved recipient (repeat; widening).")
+    ] = None,
+    remove_recipient: Annotated[
+        list[str] | None, typer.Option(help="Remove a recipient (repeat).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with the new [labels] table (label schema) to use."),
+    ] = None,
+    reb_amendment: Annotated[
+        str | None,
+        typer.Option(
+            help="Reference of the REB amendment that allows a widening change (dates outside "
+            "the approved window, a modality, site or recipient added)."
+        ),
+    ] = None,
+    accept_edit: Annotated[
+        bool,
+        typer.Option(
+            "--accept-edit",
+            help="Record a hand edit of the project file (checked by the same rules).",
+        ),
+    ] = False,
+    note: Annotated[str, typer.Option(help="Why, for the audit log (no patient data).")] = "",
+) -> None:
+    """Change a project: narrowing is always allowed, widening needs --reb-amendment, a later
+    expiry needs --renewal-date; every change is recorded in the audit log."""
+    import tomllib
+    from dataclasses import replace
+
+    from ridl.projects import Scope, load_project, update_project
+
+    project = load_project(project_id, check_unchanged=not accept_edit)
+    scope = project.scope
+    scope = Scope(
+        _date(date_from, "--from") or scope.date_from,
+        _date(date_to, "--to") or scope.date_to,
+        tuple(m.upper() for m in modality) if modality else scope.modalities,
+        tuple(site) if site else scope.sites,
+        scope.retain,
+        scope.deid_options,
+    )
+    recipients = [r for r in project.recipients if r not in (remove_recipient or [])]
+    missing = sorted(set(remove_recipient or []) - set(project.recipients))
+    if missing:
+        raise ConfigError(f"--remove-recipient: {', '.join(missing)} is not a recipient")
+    recipients += [r for r in add_recipient or [] if r not in recipients]
+    extra = dict(project.extra)
+    if labels is not None:
+        try:
+            section = tomllib.loads(labels.read_text()).get("labels")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--labels {labels}: {type(exc).__name__}") from None
+        from curation.labels import LabelSchema
+
+        LabelSchema.from_project(section)  # a bad schema is refused now
+        extra["labels"] = section
+    new = replace(
+        project,
+        expires=_date(expires, "--expires") or project.expires,
+        scope=scope,
+        recipients=tuple(recipients),
+        extra=extra,
+    )
+    change = update_project(
+        new,
+        reb_amendment=reb_amendment,
+        renewal_date=_date(renewal_date, "--renewal-date"),
+        note=note,
+        accept_edit=accept_edit,
+    )
+    for name, (old, value) in change.changes.items():
+        console.print(f"{name}: {_fmt(old)} -> {_fmt(value)}", highlight=False, markup=False)
+    console.print(f"project [bold]{project_id}[/] updated ({len(change.changes)} changes, audited)")
+
+
 @project_app.command("list")
 def project_list() -> None:
     """List registered projects with their approval status."""
@@ -370,10 +470,12 @@ def launch_run(
     limits: ArchiveLimits | None = None,
     scale: dict[str, Any] | None = None,
     allow_empty: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any] | None:
     """Check the request and select (before Prefect starts), then run the flow with a progress
     bar. Returns the run's summary, or None when the release is already published (a rerun is
-    a no-op: one line says so, nothing is gated or written).
+    a no-op: one line says so, nothing is gated or written) or for ``dry_run`` (what would be
+    selected is printed; nothing is retrieved, frozen or written, and Prefect never starts).
 
     Raises:
         RidlError: any check that needs no DICOM work (request, source, destination, frozen
@@ -397,6 +499,16 @@ def launch_run(
         batch_size=batch_size,
         **scale,
     )
+    if dry_run:
+        from flows.runplan import preview_run
+
+        print_preview(
+            preview_run(
+                project, release, source, destination, date_from, date_to, modalities, sites,
+                reindex=reindex, limits=limits,
+            )
+        )  # fmt: skip
+        return None
     # Prefect reads its settings when first imported (flows.runners imports it): configure it
     # now; nothing starts until the flow is called.
     _quiet_prefect(verbose)
@@ -420,9 +532,13 @@ def launch_run(
         return None
     from flows.extract import extract_run
     from flows.progress import RunProgress
+    from flows.stopping import handle_stops
 
     store = open_store(destination)
-    with release_lock(project, release):
+    resume = resume_command(
+        project, release, source, store.url, date_from, date_to, modalities, sites
+    )
+    with handle_stops(project, release, resume), release_lock(project, release):
         # Index and select now, so an empty selection is refused in one line before Prefect
         # starts; the flow then resumes the frozen selection.
         prepare_run(
@@ -449,6 +565,53 @@ def launch_run(
                 **scale,
             )
     return summary
+
+
+def resume_command(
+    project: str,
+    release: str,
+    source: str,
+    store_url: str,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: list[str] | None = None,
+    sites: list[str] | None = None,
+) -> str:
+    """The ``ridl run`` command line that resumes a release (the parameters it was frozen with;
+    each value quoted for a POSIX shell)."""
+    import shlex
+
+    words = ["ridl", "run", "--project", project, "--release", release, "--source", source]
+    words += ["--dest", store_url]
+    if date_from:
+        words += ["--from", date_from.isoformat()]
+    if date_to:
+        words += ["--to", date_to.isoformat()]
+    for modality in modalities or []:
+        words += ["--modality", modality]
+    for site in sites or []:
+        words += ["--site", site]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def print_preview(preview: dict[str, Any]) -> None:
+    """Print what a ``--dry-run`` would select: counts, a table of studies and instances by
+    modality and year, and what selection leaves out (studies) or cannot read (files)."""
+    console.print(
+        f"dry run of {preview['project']}/{preview['release']} ({preview['state']}): "
+        f"{preview['studies']} studies, {preview['subjects']} subjects, "
+        f"{preview['instances']} instances would be selected from {preview['source']}; "
+        "nothing retrieved, frozen or written",
+        highlight=False,
+    )
+    table = Table("modalities", "year", "studies", "instances")
+    for row in preview["by_modality_year"]:
+        table.add_row(row["modalities"], row["year"], str(row["studies"]), str(row["instances"]))
+    console.print(table)
+    for reason, n in preview["excluded"].items():
+        console.print(f"excluded: {reason}: {n} studies", highlight=False)
+    for reason, n in preview["unreadable"].items():
+        console.print(f"not readable DICOM: {reason}: {n} files", highlight=False)
 
 
 def print_summary(summary: dict[str, Any], store_url: str) -> None:
@@ -577,6 +740,14 @@ def run(
             "release is usually a wrong --source, dates, --modality or --site)."
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would be selected (studies, subjects, instances by modality and "
+            "year, exclusions and why) without retrieving, freezing or writing anything.",
+        ),
+    ] = False,
 ) -> None:
     """Run an approved extraction into a release. Rerunning an unfinished release resumes it;
     rerunning a published one does nothing and says so; one run of a release at a time."""
@@ -605,6 +776,7 @@ def run(
             "retry_failed": retry_failed,
         },
         allow_empty=allow_empty,
+        dry_run=dry_run,
     )
     if summary is not None:
         print_summary(summary, open_store(dest).url)

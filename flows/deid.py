@@ -5,6 +5,12 @@ benchmark all need the engine without a catalog, a release or an object store. I
 the per-object steps of a run (read whole, de-identify, write), so what it produces is what a
 run would export; objects it cannot de-identify with certainty are quarantined on premises
 under the project's ``adhoc`` release with their reason, never written to the destination.
+
+A one-off request is held to the project's approval as a run is: an object whose Modality,
+Study Date or Issuer of Patient ID is outside the approved scope, or whose subject opted out or
+withdrew, is excluded (counted under its reason, neither written nor quarantined: it is simply
+not part of the request); an expired approval refuses the whole request. Each request is
+audited (``deid.started`` and ``deid.ended``, counts only: never a path or a header value).
 """
 
 from __future__ import annotations
@@ -24,15 +30,28 @@ from curation.quarantine import quarantine_file
 from deid_recipes.engine import DeidError, Engine, SubjectContext
 from deid_recipes.fastpath import deidentify_file
 from deid_recipes.recipe import load_recipe
+from ridl import audit
 from ridl.dicomfile import read_file, to_bytes
 from ridl.errors import ConfigError, ObjectRejected
+from ridl.optout import load_optout
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
+from ridl.releases import load_withdrawn
 from ridl.secrets import load_secret
 from ridl.sources.hn import health_number
 
 ADHOC_RELEASE = "adhoc"
+# What deciding an object's place in the approval reads (PS3.3 C.7.1.1 Patient, C.7.2.1 General
+# Study, C.7.3.1 General Series): Patient ID, Issuer of Patient ID, Other Patient IDs Sequence,
+# Study Date, Modality.
+APPROVAL_TAGS = [
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "StudyDate",
+    "Modality",
+]
 
 
 @dataclass
@@ -45,9 +64,11 @@ class DeidSummary:
     bytes_out: int = 0
     subjects: set[str] = field(default_factory=set)
     quarantined: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        """Counts as JSON-ready values (files, bytes in and out, subjects, reasons)."""
+        """Counts as JSON-ready values (files, bytes in and out, subjects, reasons for
+        quarantine and for exclusion)."""
         return {
             "files": self.files,
             "exported": self.exported,
@@ -55,6 +76,7 @@ class DeidSummary:
             "bytes_out": self.bytes_out,
             "subjects": len(self.subjects),
             "quarantined": dict(sorted(self.quarantined.items())),
+            "excluded": dict(sorted(self.excluded.items())),
         }
 
 
@@ -69,6 +91,42 @@ class FolderDeidentifier:
         self.engine = Engine(
             load_recipe(project.recipe_spec()), self.keys, retain=project.scope.retain
         )
+        self.optout = load_optout(project.id)
+        self.withdrawn = load_withdrawn(project.id)
+
+    def exclusion(self, path: Path) -> Reason | None:
+        """Why the object is outside the project's approval, or None when it is inside.
+
+        Reads only the header elements that decide it: Modality (0008,0060), Study Date
+        (0008,0020; inclusive bounds, a missing date is not shown to be in scope), Issuer of
+        Patient ID (0010,0021), and the subject (health number or patient couplet) against the
+        opt-out list and the project's withdrawals. A file that cannot be read this way returns
+        None: the de-identification path then quarantines it with its reason.
+        """
+        try:
+            ds = read_file(path, stop_before_pixels=True, specific_tags=APPROVAL_TAGS)
+        except Exception:  # noqa: BLE001 - not DICOM or damaged: the main path says why
+            return None
+        scope = self.project.scope
+        if str(ds.get("Modality", "") or "").upper() not in scope.modalities:
+            return Reason.MODALITY_NOT_APPROVED
+        date = str(ds.get("StudyDate", "") or "").strip()
+        if not (scope.date_from.strftime("%Y%m%d") <= date <= scope.date_to.strftime("%Y%m%d")):
+            return Reason.DATE_NOT_APPROVED
+        issuer = str(ds.get("IssuerOfPatientID", "") or "")
+        if issuer not in scope.sites:
+            return Reason.SITE_NOT_APPROVED
+        try:
+            hn = health_number(ds, self.project.hn_issuer)
+        except Exception:  # noqa: BLE001 - the main path quarantines an unparseable subject
+            return None
+        patient_id = str(ds.get("PatientID", "") or "")
+        if self.optout.contains(hn, issuer, patient_id):
+            return Reason.OPTED_OUT
+        subject = SubjectKey(hn, issuer, patient_id)
+        if self.withdrawn and self.keys.research_id(subject) in self.withdrawn:
+            return Reason.WITHDRAWN
+        return None
 
     def subject(self, ds: Dataset) -> SubjectContext:
         """Research ID and date shift from HN (Other Patient IDs) or the patient couplet.
@@ -164,6 +222,10 @@ def deidentify_folder(
 ) -> DeidSummary:
     """De-identify every file under ``src`` into ``dst/<research id>/<study>/<series>/``.
 
+    Objects outside the project's approval are excluded and counted (see
+    :meth:`FolderDeidentifier.exclusion`); the request is audited (``deid.started`` with the
+    project and file count, ``deid.ended`` with the counts of :meth:`DeidSummary.as_dict`).
+
     Raises:
         ConfigError: ``dst`` is not a writable folder, or the project's secret or recipe is wrong.
         ProjectNotFound: the project is not in the registry.
@@ -172,9 +234,23 @@ def deidentify_folder(
     worker = FolderDeidentifier(project_id)
     check_destination(dst)
     summary = DeidSummary()
-    for path in iter_files(src):
+    files = list(iter_files(src))
+    audit.record(
+        "deid.started",
+        project=project_id,
+        reb_number=worker.project.reb_number,
+        files=len(files),
+        recipe=worker.project.recipe_spec(),
+    )
+    for path in files:
         summary.files += 1
         summary.bytes_in += path.stat().st_size
+        reason = worker.exclusion(path)
+        if reason is not None:
+            summary.excluded[reason] += 1
+            if on_file is not None:
+                on_file()
+            continue
         try:
             research_id, size = worker.deidentify_to(path, dst)
         except ObjectRejected as rej:
@@ -187,6 +263,7 @@ def deidentify_folder(
             summary.subjects.add(research_id)
         if on_file is not None:
             on_file()
+    audit.record("deid.ended", project=project_id, **summary.as_dict())
     return summary
 
 

@@ -54,6 +54,7 @@ from flows.runplan import (
     recipe_sha256,
     run_fields,
 )
+from flows.stopping import deferred, stop_on_termination
 from flows.transient import retry_if_transient
 from flows.work import BatchTally, RunContext
 from ridl import audit, settings
@@ -357,13 +358,16 @@ def extract_slice(params: ExtractParams, part: Slice) -> SliceTotals:
     studies = part.pick(plan.studies)
     ctx = dataclasses.replace(plan.ctx, retry_failed=params.retry_failed)
     submit = process_studies.with_options(retries=params.task_retries)
-    futures = [
-        submit.submit(ctx, batch, params.retrieval_limit)
-        for batch in batches(studies, params.batch_size)
-    ]
     totals = Totals()
-    while futures:  # add up and let go of each result: no per-batch results are kept
-        totals.add(futures.pop(0).result())
+    # A SIGTERM or Ctrl-C stops here at once, workers killed, instead of waiting for every
+    # batch in flight (flows.stopping).
+    with stop_on_termination():
+        futures = [
+            submit.submit(ctx, batch, params.retrieval_limit)
+            for batch in batches(studies, params.batch_size)
+        ]
+        while futures:  # add up and let go of each result: no per-batch results are kept
+            totals.add(futures.pop(0).result())
     logger.info("slice %s: %d studies, %d instances", part.label, totals.studies, totals.instances)
     return totals.as_dict()
 
@@ -464,18 +468,23 @@ def extract_run(
                     name=f"ridl-extract-slice-{part.label}", task_runner=runner
                 )
                 totals.add_slice(child(params, part))
+        manifest = publish_manifest(plan.ctx, len(plan.studies))
+        run_log = write_run_log(plan.ctx, started, totals, len(slices))
+        report = publish_report(plan.ctx, plan.studies)
+        verification = verify_release_task(plan.ctx, params.audit_sample)  # no clean pass: no
+        with deferred():  # publishing is never cut short by a stop (flows.stopping)
+            publication = publish_release(
+                plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
+            )
         summary = RunSummary(
-            **publish_manifest(plan.ctx, len(plan.studies)),
+            **manifest,
             studies_skipped_as_done=totals.skipped,
             flow_runs=len(slices),
             cleaned=cleaned,
-            run_log=write_run_log(plan.ctx, started, totals, len(slices)),
-            report=publish_report(plan.ctx, plan.studies),
-            # no publishing without a clean pass
-            verification=verify_release_task(plan.ctx, params.audit_sample),
-            publication=publish_release(
-                plan.ctx.store_url, project, release, recipe_sha256=recipe_sha256(plan.ctx.recipe)
-            ),
+            run_log=run_log,
+            report=report,
+            verification=verification,
+            publication=publication,
         )
         audit.record("run.ended", **audit.run_end_fields(summary))
         _artifacts(summary, totals)

@@ -262,6 +262,90 @@ def prepare_run(
     return RunPlan(ctx, study_refs(chosen.studies), resumed=False)
 
 
+def preview_run(
+    project_id: str,
+    release: str,
+    source: str,
+    destination: str | None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    reindex: bool = False,
+    limits: ArchiveLimits | None = None,
+) -> dict[str, Any]:
+    """What a run would select, without retrieving, freezing or writing anything (``--dry-run``).
+
+    The same checks as :func:`check_run`, then the source's catalog (built from headers only
+    when it does not cover the dates, or with ``reindex``) and the same selection as
+    :func:`prepare_run`; a release frozen earlier shows its frozen selection. Returns a dict:
+    ``project``, ``release``, ``source``, ``destination``, ``state`` (new, frozen or
+    published), ``studies``, ``subjects``, ``instances``, ``by_modality_year`` (a list of
+    {modalities ("CT" or "CT+SR": a study's modalities together), year, studies, instances}),
+    ``excluded`` ({reason: studies}) and ``unreadable`` ({reason: files}).
+
+    Raises:
+        ScopeError: the approval expired or the request is outside the approved scope.
+        ConfigError: a bad source or destination setting, secret, recipe or curation setting.
+        ReleaseError: a frozen release asked for with other parameters or destination.
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
+    src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
+    store = open_store(destination)
+    record = _record(project, release, src.url, scope, store.url)
+    frozen = load_frozen(project.id, release)
+    excluded: dict[str, int] = {}
+    unreadable: dict[str, int] = {}
+    if frozen is not None:
+        check_same_request(frozen[0], record)
+        selection = frozen[1]
+        state = "published" if is_published(project.id, release, store) else "frozen"
+    else:
+        catalog = catalog_dir_for(src.url)
+        if reindex or not catalog_covers(catalog, scope.date_from, scope.date_to):
+            src.build_catalog(catalog, scope.date_from, scope.date_to)
+        chosen = select(
+            catalog, scope, load_optout(project.id), withdrawn=_withdrawn_test(project.id)
+        )
+        selection, excluded, state = chosen.studies, dict(chosen.excluded), "new"
+        bad = Path(catalog) / "unreadable.parquet"
+        if bad.exists():
+            for row in pq.read_table(bad, columns=["reason"]).to_pylist():
+                unreadable[row["reason"]] = unreadable.get(row["reason"], 0) + 1
+    keys = Pseudonymizer(load_secret(project.id))
+    refs = study_refs(selection)
+    subjects = {keys.research_id(SubjectKey(s.health_number, s.issuer, s.patient_id)) for s in refs}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for mods, date, n in zip(
+        selection.get("modalities", []), selection.get("study_date", []),
+        selection.get("n_instances", []), strict=True,
+    ):  # fmt: skip
+        key = ("+".join(sorted(str(m) for m in mods)), str(date)[:4])
+        counts = groups.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += int(n)
+    return {
+        "project": project.id,
+        "release": release,
+        "source": src.url,
+        "destination": store.url,
+        "state": state,
+        "studies": len(refs),
+        "subjects": len(subjects),
+        "instances": sum(c[1] for c in groups.values()),
+        "by_modality_year": [
+            {"modalities": m, "year": y, "studies": c[0], "instances": c[1]}
+            for (m, y), c in sorted(groups.items())
+        ],
+        "excluded": dict(sorted(excluded.items())),
+        "unreadable": dict(sorted(unreadable.items())),
+    }
+
+
 def _withdrawn_test(project_id: str) -> Callable[[str | None, str, str], bool] | None:
     """Whether a catalog row's subject (health number, issuer, patient ID) withdrew: their
     research ID is in the project's withdrawals. None when nobody withdrew."""

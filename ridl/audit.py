@@ -1,11 +1,13 @@
 """The audit log: who ran what, what left, and whether it was verified, in a tamper-evident chain.
 
 Privacy offices ask for proof, not promises. Every event that matters (a project created or
-changed, a run started and ended, a selection frozen, a verification result, a release published,
-access granted, labels imported) is appended as one JSON line under ``RIDL_HOME/audit``. Each line
-carries the SHA-256 of the line before it and a hash of itself, so editing, removing or reordering
-any entry breaks the chain, and :func:`verify_log` says where. A small head file records the last
-sequence number and hash, so cutting entries off the end is detected too.
+changed or updated, a run started and ended, a selection frozen, a verification result, a release
+published, access granted or refused, labels imported, an opt-out or withdrawal recorded, a review
+decision, a ``ridl deid`` request started and ended) is appended as one JSON line under
+``RIDL_HOME/audit``. Each line carries the SHA-256 of the line before it and a hash of itself,
+so editing, removing or reordering any entry breaks the chain, and :func:`verify_log` says
+where. A small head file records the last sequence number and hash, so cutting entries off the
+end is detected too.
 
 Entries carry research IDs, counts, project ids, release names and object keys, never PHI:
 :func:`record` refuses values that are not plain JSON scalars, lists or objects, and callers pass
@@ -38,6 +40,7 @@ HEAD_NAME = "audit.head"
 EVENTS = (
     "project.created",
     "project.changed",
+    "project.updated",
     "project.secret-changed",
     "run.started",
     "run.ended",
@@ -45,7 +48,13 @@ EVENTS = (
     "verification.result",
     "release.published",
     "access.granted",
+    "access.refused",
     "labels.imported",
+    "optout.added",
+    "subject.withdrawn",
+    "review.decided",
+    "deid.started",
+    "deid.ended",
 )
 
 

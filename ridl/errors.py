@@ -17,6 +17,11 @@ class ConfigError(RidlError):
     """A setting, a project file or a command-line option is wrong."""
 
 
+class ProjectChangedOutside(ConfigError):
+    """A project file was edited by hand since ridl last wrote it (``ridl project update``
+    records changes; ``--accept-edit`` records a hand edit)."""
+
+
 class ProjectNotFound(RidlError):
     """The named REB project is not in the registry."""
 

@@ -154,6 +154,7 @@ def add_optout(
 
     Give ``health_number``, or ``issuer`` with ``patient_id``, or all three; the list file is
     rewritten atomically with mode 0600. ``today`` (the date recorded) defaults to the local date.
+    Each call is audited (``optout.added``, with the count of new tokens, never an identifier).
 
     Raises:
         ProjectNotFound: no such project.
@@ -174,7 +175,10 @@ def add_optout(
         for t in subject_tokens(current.keys, health_number, issuer, patient_id)
         if t not in current._tokens
     ]
+    from ridl import audit
+
     if not new:
+        audit.record("optout.added", project=project_id, new_tokens=0)
         return 0
     stamp = (today or dt.date.today()).isoformat()
     lines = [f"{e.token}\t{e.added}" for e in current.entries] + [f"{t}\t{stamp}" for t in new]
@@ -186,4 +190,6 @@ def add_optout(
         handle.write("# ridl opt-out list: keyed tokens, one per line (token, date added)\n")
         handle.write("\n".join(lines) + "\n")
     tmp.replace(path)
+    # Counts only: the keyed tokens stay in the list, never the identifiers.
+    audit.record("optout.added", project=project_id, new_tokens=len(new))
     return len(new)

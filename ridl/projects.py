@@ -10,6 +10,7 @@ Ground floor (``ridl/``): the project names its de-identification recipe layers 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import tomllib
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import tomli_w
 
 from ridl import settings
-from ridl.errors import ConfigError, ProjectNotFound, ScopeError
+from ridl.errors import ConfigError, ProjectChangedOutside, ProjectNotFound, ScopeError
 from ridl.secrets import create_secret
 
 # The Issuer of Patient ID of the health number's item, unless a project says otherwise.
@@ -338,10 +339,33 @@ def validate_id(project_id: str) -> None:
         )
 
 
+def recorded_path(project_id: str) -> Path:
+    """The copy of the project file as ridl last wrote it (``<project>.toml.recorded``, 0600).
+
+    A load compares the project file with it, so a hand edit is noticed; ``ridl project update
+    --accept-edit`` compares the two to tell what changed.
+    """
+    return settings.projects_dir() / f"{project_id}.toml.recorded"
+
+
+def _write_project_file(project: Project) -> tuple[Path, str]:
+    """Write the project file and its recorded copy atomically; (path, SHA-256 of the bytes)."""
+    path = project_path(project.id)
+    settings.private_dir(path.parent)
+    data = tomli_w.dumps(project.to_toml()).encode()
+    for target in (recorded_path(project.id), path):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        settings.private_file(tmp)
+        tmp.replace(target)
+    return path, hashlib.sha256(data).hexdigest()
+
+
 def create_project(project: Project, *, overwrite: bool = False) -> Path:
     """Record a project and generate its pseudonym secret (mode 0600, never shown).
 
-    Returns the path of the project file; the creation (or change) is audited.
+    Returns the path of the project file; the creation (or change) is audited with the SHA-256
+    of the file as written (``file_sha256``).
 
     Raises:
         ConfigError: the id is invalid, ``expires`` is before ``approved``, the project exists
@@ -355,11 +379,7 @@ def create_project(project: Project, *, overwrite: bool = False) -> Path:
     existed = path.exists()
     if existed and not overwrite:
         raise ConfigError(f"project '{project.id}' already exists; choose another id")
-    settings.private_dir(path.parent)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_bytes(tomli_w.dumps(project.to_toml()).encode())
-    settings.private_file(tmp)
-    tmp.replace(path)
+    path, digest = _write_project_file(project)
     create_secret(project.id)
     from ridl import audit
 
@@ -372,16 +392,180 @@ def create_project(project: Project, *, overwrite: bool = False) -> Path:
         sites=list(project.scope.sites),
         retain=list(project.scope.retain),
         recipe=project.recipe,
+        file_sha256=digest,
     )
     return path
 
 
-def load_project(project_id: str) -> Project:
+# --- changes after creation: `ridl project update` ----------------------------------------------
+
+# Fields whose change widens what the REB approved (needs an amendment reference).
+_IDENTITY_FIELDS = ("reb_number", "title", "pi", "approved", "hn_issuer")
+
+
+@dataclass(frozen=True)
+class ProjectChange:
+    """What an update changes: ``changes`` {field: (old, new)} as plain JSON values, and
+    ``widening`` (the fields among them that go beyond the recorded approval, each with why)."""
+
+    changes: dict[str, tuple[Any, Any]]
+    widening: list[str]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def compare_projects(old: Project, new: Project) -> ProjectChange:
+    """The changes from ``old`` to ``new`` and which of them widen the approval.
+
+    Narrowing is always allowed: a later ``date_from``, an earlier ``date_to``, fewer
+    modalities, sites, retained elements, allowed PS3.15 options or recipients, an earlier
+    expiry. Widening needs an REB amendment: dates outside the old window, a modality, site,
+    retained element, allowed option or recipient added, and any change of the REB number,
+    title, PI, approval date or health-number issuer. Extending ``expires`` is a renewal (it
+    needs the renewal's approval date, see :func:`update_project`), listed as ``expires``.
+    Label schema, curation settings and the chosen options within the allowed ones change freely.
+    """
+    before = {k: _plain(v) for k, v in old.to_toml().items()}
+    after = {k: _plain(v) for k, v in new.to_toml().items()}
+    changes: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(before) | set(after)):
+        if key == "scope":
+            continue
+        if before.get(key) != after.get(key):
+            changes[key] = (before.get(key), after.get(key))
+    for key in sorted(set(before["scope"]) | set(after["scope"])):
+        if before["scope"].get(key) != after["scope"].get(key):
+            changes[f"scope.{key}"] = (before["scope"].get(key), after["scope"].get(key))
+    widening: list[str] = []
+    if new.scope.date_from < old.scope.date_from or new.scope.date_to > old.scope.date_to:
+        widening.append("scope dates (outside the approved window)")
+    for name in ("modalities", "sites", "retain", "deid_options"):
+        added = sorted(set(getattr(new.scope, name)) - set(getattr(old.scope, name)))
+        if added:
+            widening.append(f"scope.{name} (adds {', '.join(added)})")
+    added = sorted(set(new.recipients) - set(old.recipients))
+    if added:
+        widening.append(f"recipients (adds {len(added)})")
+    for name in _IDENTITY_FIELDS:
+        if getattr(new, name) != getattr(old, name):
+            widening.append(name)
+    return ProjectChange(changes, widening)
+
+
+def update_project(
+    new: Project,
+    *,
+    reb_amendment: str | None = None,
+    renewal_date: dt.date | None = None,
+    note: str = "",
+    accept_edit: bool = False,
+) -> ProjectChange:
+    """Record a change of a project: checked against the recorded one, written, audited.
+
+    ``new`` is the whole project as it is to be; the recorded one (as ridl last wrote it) is
+    the baseline. ``reb_amendment`` (the REB's reference) allows widening changes (see
+    :func:`compare_projects`); ``renewal_date`` (the date the REB renewed the approval) allows
+    a later ``expires``. ``accept_edit`` records a hand edit of the project file (``new`` is
+    the file as edited) under the same rules. The audit entry ``project.updated`` holds every
+    changed field with its old and new value, the amendment, renewal date, note and the new
+    file's SHA-256. Returns the :class:`ProjectChange`.
+
+    Raises:
+        ConfigError: ``expires`` before ``approved``, or nothing changes (the recipe options
+            are checked where they are used, see :meth:`Project.check_deid`).
+        ProjectNotFound: no such project.
+        ScopeError: a widening change without ``reb_amendment`` (field ``--reb-amendment``),
+            or a later expiry without ``renewal_date`` (field ``--renewal-date``).
+    """
+    old = _load_recorded(new.id)
+    if new.expires < new.approved:
+        raise ConfigError("expires is before approved")
+    change = compare_projects(old, new)
+    if not change.changes and not accept_edit:
+        raise ConfigError(f"nothing to change in project '{new.id}': give an option to update")
+    if change.widening and not reb_amendment:
+        raise ScopeError(
+            "--reb-amendment",
+            f"the change of project '{new.id}' widens its approval "
+            f"({'; '.join(change.widening)}); give the REB amendment's reference with "
+            "--reb-amendment REF, or narrow the change",
+        )
+    if new.expires > old.expires and renewal_date is None:
+        raise ScopeError(
+            "--renewal-date",
+            f"expires moves from {old.expires.isoformat()} to {new.expires.isoformat()}: give "
+            "the date the REB renewed the approval with --renewal-date YYYY-MM-DD",
+        )
+    _, digest = _write_project_file(new)
+    from ridl import audit
+
+    audit.record(
+        "project.updated",
+        project=new.id,
+        changes={k: {"old": o, "new": n} for k, (o, n) in change.changes.items()},
+        widening=change.widening,
+        reb_amendment=reb_amendment,
+        renewal_date=renewal_date.isoformat() if renewal_date else None,
+        note=note,
+        hand_edit=accept_edit,
+        file_sha256=digest,
+    )
+    return change
+
+
+def _load_recorded(project_id: str) -> Project:
+    """The project as ridl last wrote it (the file itself for a project recorded before
+    ridl kept a copy)."""
+    validate_id(project_id)
+    path = recorded_path(project_id)
+    if not path.exists():
+        return load_project(project_id, check_unchanged=False)
+    data = tomllib.loads(path.read_text())
+    return Project.from_toml(data, source=str(path))
+
+
+def check_file_unchanged(project_id: str) -> None:
+    """Refuse a project file that was changed outside ridl since ridl last wrote it.
+
+    Compares the file's bytes with the copy ridl recorded at its last write (see
+    :func:`recorded_path`); a project with no recorded copy (created before ridl kept one) is
+    not checked until its next change.
+
+    Raises:
+        ProjectChangedOutside: the file differs from the recorded copy.
+    """
+    path = project_path(project_id)
+    recorded = recorded_path(project_id)
+    if not recorded.exists() or not path.exists():
+        return
+    if path.read_bytes() == recorded.read_bytes():
+        return
+    raise ProjectChangedOutside(
+        f"project file {path} was changed outside ridl since its last recorded change; "
+        f"change a project with `ridl project update {project_id}`, or record this edit with "
+        f"`ridl project update {project_id} --accept-edit` (widening the approval needs "
+        "--reb-amendment REF), or restore the file"
+    )
+
+
+def load_project(project_id: str, *, check_unchanged: bool = True) -> Project:
     """The project recorded under ``project_id``.
+
+    ``check_unchanged`` (default) refuses a file edited outside ridl (see
+    :func:`check_file_unchanged`); ``ridl project update --accept-edit`` reads it without.
 
     Raises:
         ConfigError: the id is invalid, or the file is not valid TOML or not a valid project.
         ProjectNotFound: no project file has that id.
+        ProjectChangedOutside: the file was changed outside ridl (and ``check_unchanged``).
     """
     validate_id(project_id)
     path = project_path(project_id)
@@ -394,6 +578,8 @@ def load_project(project_id: str) -> Project:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    if check_unchanged:
+        check_file_unchanged(project_id)
     return Project.from_toml(data, source=str(path))
 
 

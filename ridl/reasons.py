@@ -261,6 +261,16 @@ class Reason(enum.StrEnum):
         "exclusion",
         "the object's Modality is outside the REB-approved scope",
     )
+    DATE_NOT_APPROVED = (
+        "date-not-approved",
+        "exclusion",
+        "`ridl deid`: the object's Study Date is outside the approved dates (or missing)",
+    )
+    SITE_NOT_APPROVED = (
+        "site-not-approved",
+        "exclusion",
+        "`ridl deid`: the object's Issuer of Patient ID is not an approved site",
+    )
     DUPLICATE_SOP_INSTANCE = (
         "duplicate-sop-instance",
         "exclusion",

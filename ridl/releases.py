@@ -401,7 +401,8 @@ def record_withdrawal(project: str, research_id: str, today: dt.date | None = No
     """Record that a subject withdrew; the next release retracts their objects.
 
     ``research_id`` is matched case-insensitively (stored upper-case, as ridl writes it).
-    Returns False when the subject was already recorded. The caller checks that the project
+    Returns False when the subject was already recorded. Audited as ``subject.withdrawn`` (the
+    research ID, never a patient identifier). The caller checks that the project
     exists and that the research ID is one of its releases' (this floor reads no store).
 
     Raises:
@@ -414,9 +415,11 @@ def record_withdrawal(project: str, research_id: str, today: dt.date | None = No
     path = withdrawals_path(project)
     entries = json.loads(path.read_text()) if path.exists() else []
     if any(e["research_id"] == research_id for e in entries):
+        audit.record("subject.withdrawn", project=project, research_id=research_id, new=False)
         return False
     entries.append({"research_id": research_id, "recorded": (today or dt.date.today()).isoformat()})
     _write_private(path, json.dumps(entries, indent=2))
+    audit.record("subject.withdrawn", project=project, research_id=research_id, new=True)
     return True
 
 

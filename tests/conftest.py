@@ -87,6 +87,19 @@ def make_project(
     return project
 
 
+def accept_test_edit(project_id: str) -> None:
+    """Record a test's hand edit of a project file, as ``ridl project update --accept-edit``
+    (with an amendment reference, since tests widen scopes too)."""
+    from ridl.projects import load_project, update_project
+
+    update_project(
+        load_project(project_id, check_unchanged=False),
+        reb_amendment="TEST-AMENDMENT",
+        renewal_date=dt.date.today(),
+        accept_edit=True,
+    )
+
+
 @pytest.fixture
 def project(ridl_home: Path) -> Iterator[Project]:
     yield make_project()

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from ridl.projects import project_path
+from tests.conftest import accept_test_edit
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -23,6 +24,7 @@ def set_section(project_id: str, name: str, value: Any) -> None:
     data = tomllib.loads(path.read_text())
     data[name] = value
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit(project_id)  # the edit is recorded, as an office would
 
 
 def ct_slice(

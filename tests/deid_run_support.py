@@ -26,6 +26,7 @@ from flows.cli import app
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.projects import project_path
+from tests.conftest import accept_test_edit
 
 from .conftest import make_project
 
@@ -99,6 +100,7 @@ def project(project_id: str, recipe: str = "ps3.15-basic", options: tuple[str, .
     data["scope"]["deid_options"] = list(options)
     data["deid_options"] = list(options)
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit(project_id)  # the edit is recorded, as an office would
     return project_id
 
 

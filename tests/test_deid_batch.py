@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ridl.projects import project_path
+from tests.conftest import accept_test_edit
 
 from .conftest import make_project, require_program
 
@@ -25,8 +26,11 @@ def _ps315_project(project_id: str = "deid-a", options: list[str] | None = None)
     path = project_path(project_id)
     data = tomllib.loads(path.read_text())
     data["scope"]["deid_options"] = OPTIONS
+    # `ridl deid` applies the approved scope: approve every modality of the synthetic DIR.
+    data["scope"]["modalities"] = ["CT", "CR", "US", "SR", "KO"]
     data["deid_options"] = OPTIONS if options is None else options
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit(project_id)  # the edit is recorded, as an office would
 
 
 def test_deid_command_writes_deidentified_tree_and_summary(synth_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.projects import project_path
 from ridl.pseudonyms import Pseudonymizer
+from tests.conftest import accept_test_edit
 
 from .conftest import make_project, require_program
 from .iod_objects import (
@@ -246,6 +247,7 @@ def _project(project_id: str, recipe: str, options: list[str] | None = None) -> 
         data["scope"]["deid_options"] = options
         data["deid_options"] = options
         path.write_text(tomli_w.dumps(data))
+        accept_test_edit(project_id)  # the edit is recorded, as an office would
 
 
 def _variants(folder: Path) -> dict[str, Path]:

@@ -307,17 +307,20 @@ def test_project_may_choose_only_options_its_scope_allows() -> None:
     import tomli_w
 
     from ridl.projects import project_path
+    from tests.conftest import accept_test_edit
 
     make_project("opt-a", recipe="ps3.15-basic")
     path = project_path("opt-a")
     data = tomllib.loads(path.read_text())
     data["deid_options"] = ["retain-uids"]
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit("opt-a")
     with pytest.raises(ScopeError, match="retain-uids") as err:
         load_project("opt-a").recipe_spec()
     assert err.value.field == "deid_options"
     data["scope"]["deid_options"] = ["retain-uids", "clean-descriptors"]
     path.write_text(tomli_w.dumps(data))
+    accept_test_edit("opt-a")
     spec = load_project("opt-a").recipe_spec()
     assert spec == "ridl-safe-public+ps3.15-basic+ps3.15-retain-uids"
     assert [c for c, _ in load_recipe(spec).codes] == ["113100", "113110"]
