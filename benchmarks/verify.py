@@ -7,6 +7,9 @@ and writes JSON to ``benchmarks/results/verify.json``.
     python benchmarks/verify.py              # 40 patients, 3 rounds, 512x512 CT and CR
     python benchmarks/verify.py --quick      # 12 patients, 1 round, 128x128
     python benchmarks/verify.py --rows 64    # the synthetic DIR's own tiny images
+
+The full mode (``ridl verify --full``) is timed with one worker process and with two, side by
+side (the dictionary is built once, in the parent, either way; the search is what is shared).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def main() -> None:
     deid_s: list[float] = []
     dict_s: list[float] = []
     verify_s: list[float] = []
+    full2_s: list[float] = []  # the full mode again in two worker processes
     objects = nbytes = 0
     for r in range(args.rounds):
         store_root = home / f"store{r}"
@@ -106,23 +110,30 @@ def main() -> None:
         build_dictionary("bench", release)
         dict_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        report = verify_release("bench", release, f"file:{store_root}", ocr=False)
+        report = verify_release("bench", release, f"file:{store_root}", ocr=False, workers=1)
         verify_s.append(time.perf_counter() - t0)
         assert report.passed, report.render()
+        t0 = time.perf_counter()
+        two = verify_release("bench", release, f"file:{store_root}", ocr=False, workers=2)
+        full2_s.append(time.perf_counter() - t0)
+        assert two.passed and two.objects_checked == report.objects_checked
         objects, nbytes = report.objects_checked, report.bytes_checked
         print(f"round {r + 1}: {counts.exported} objects de-identified")
     deid = statistics.median(deid_s)
     verify = statistics.median(verify_s)
+    full2 = statistics.median(full2_s)
     rows = [
         ("de-identify (per-study work)", deid, 1.0),
         ("verify: dictionary from source headers", statistics.median(dict_s), None),
-        ("verify: whole gate (dictionary + search)", verify, verify / deid),
+        ("verify --full --workers 1 (dictionary + search)", verify, verify / deid),
+        ("verify --full --workers 2 (dictionary + search)", full2, full2 / deid),
     ]
     print(f"\n{objects} objects, {nbytes / 1e6:.1f} MB, {args.rounds} round(s), median seconds")
-    print(f"{'step':<44} {'seconds':>9} {'x de-id':>9}")
+    print(f"{'step':<50} {'seconds':>9} {'x de-id':>9}")
     for name, secs, ratio in rows:
         shown = f"{ratio:.2f}" if ratio is not None else ""
-        print(f"{name:<44} {secs:>9.3f} {shown:>9}")
+        print(f"{name:<50} {secs:>9.3f} {shown:>9}")
+    print(f"full mode, 1 worker / 2 workers: {verify / full2:.2f}x")
     result = {
         "benchmark": "verify",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -137,6 +148,9 @@ def main() -> None:
         "dictionary_seconds": dict_s,
         "verify_seconds": verify_s,
         "verify_over_deid": verify / deid,
+        "full_workers_2_seconds": full2_s,
+        "full_workers_1_over_2": verify / full2,
+        "load": os.getloadavg(),
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)

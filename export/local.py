@@ -61,18 +61,32 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Files under the folder ``prefix`` ("" for all), sizes in bytes; temporary files of
-        writes in progress (dot-named) are left out. Sorted by name within each folder.
+        """Files under the folder ``prefix`` ("" for all), sizes in bytes, sorted by key in
+        UTF-8 binary order (the order of S3's ListObjectsV2, so a listing can be merged with a
+        sorted manifest whatever the back-end); temporary files of writes in progress
+        (dot-named) are left out.
         """
         base = self.root / prefix.rstrip("/") if prefix else self.root
-        if not base.exists():
+        if not base.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(base):
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue  # temporary files of writes in progress
-                path = Path(dirpath) / name
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
+        yield from self._walk(base)
+
+    def _walk(self, folder: Path) -> Iterator[ObjectInfo]:
+        """Files under ``folder`` in key order: a sub-folder's keys sort as its name plus "/"
+        (keys are ASCII, :func:`export.store.check_key`, so str order is byte order)."""
+        entries: list[tuple[str, os.DirEntry[str]]] = []
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    entries.append((entry.name + "/", entry))
+                elif entry.is_file() and not entry.name.startswith("."):  # writes in progress
+                    entries.append((entry.name, entry))
+        for name, entry in sorted(entries, key=lambda e: e[0]):
+            if name.endswith("/"):
+                yield from self._walk(Path(entry.path))
+            else:
+                path = Path(entry.path)
+                yield ObjectInfo(path.relative_to(self.root).as_posix(), entry.stat().st_size)
 
     def delete(self, key: str) -> None:
         """Remove the file under ``key``, if there is one, and the folders it leaves empty

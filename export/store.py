@@ -84,7 +84,9 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under the folder-like ``prefix`` ("" for all), keys relative to the store.
 
-        Sizes are in bytes; the order is the back-end's.
+        Sizes are in bytes; keys come sorted in UTF-8 binary order (S3's ListObjectsV2 order;
+        :class:`export.local.LocalStore` lists the same way), so a listing can be merged with a
+        sorted list of keys without holding either.
         """
         ...
 

@@ -945,12 +945,20 @@ def verify(
         int | None,
         typer.Option(help="Objects to read back (default as the gate: 1,000 or 0.1%)."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="With --full: processes that search the stored objects (default: every core, "
+            "as `ridl run`). The report is the same whatever the number."
+        ),
+    ] = None,
 ) -> None:
     """Check a release as its gate does (verification records, listing, a sample read back),
     or with --full search every exported byte against identifiers from its source headers."""
     from export.store import open_store
-    from flows.gate import audit_release, verify_release
+    from flows.gate import audit_release, verify_release, verify_workers
 
+    processes = verify_workers(workers)  # a bad --workers fails before any work
     store = open_store(dest)
     url = store.url
     if next(iter(store.list(f"{project}/{release}/")), None) is None:
@@ -958,7 +966,7 @@ def verify(
             f"{url} holds nothing of release {project}/{release}; give the release's --dest"
         )
     if full:
-        report = verify_release(project, release, url)
+        report = verify_release(project, release, url, workers=processes)
     else:
         report = audit_release(project, release, url, sample=sample)
     console.print(report.render())

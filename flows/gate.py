@@ -33,17 +33,25 @@ import importlib
 import json
 import logging
 import math
+import multiprocessing
+import os
+import pickle
 import random
 import shutil
+import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from export import partitions as pt
 from export.identifiers import RULES_VERSION, IdentifierDictionary
-from export.manifest import ManifestPart, is_source_part, parse_part, release_files
+from export.manifest import ManifestPart, is_source_part, parse_part, part_key, release_files
 from export.phi_scan import Hit, Verifier
 from export.release import DESCRIPTION, NOTES, PUBLIC_KEY, SIGNATURE
 from export.store import ObjectStore, open_store
@@ -52,7 +60,7 @@ from ridl import audit, settings
 from ridl.catalog import study_refs
 from ridl.crossterms import load_terms
 from ridl.dicomfile import read_file
-from ridl.errors import ReleaseError
+from ridl.errors import ConfigError, ReleaseError
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
@@ -70,6 +78,7 @@ from ridl.sources.base import open_source
 SAMPLE_MIN = 1_000
 SAMPLE_FRACTION = 0.001
 SAMPLE_CAP = 20_000
+VERIFY_CHUNK = 32  # objects a full-mode worker searches per task
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +181,78 @@ def is_gated(prefix: str, key: str) -> bool:
     return name not in OFFICE_FILES
 
 
+def verify_workers(workers: int | None) -> int:
+    """Worker processes of ``ridl verify --full``: ``workers``, else the run's default (every
+    core, as ``ridl run --workers``).
+
+    Raises:
+        ConfigError: ``workers`` is less than 1.
+    """
+    if workers is None:
+        return os.cpu_count() or 1
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more (got {workers})")
+    return workers
+
+
+# One full-mode search worker's state, set once per process by _init_search (the pool's
+# initializer): the store it reads and the verifier over the release's dictionary.
+_search: tuple[ObjectStore, Verifier] | None = None
+
+
+def _init_search(
+    store_url: str,
+    dictionary: IdentifierDictionary,
+    ocr: Callable[[Dataset], Any] | None,
+    at_risk: Callable[[Dataset], bool] | None,
+) -> None:
+    global _search
+    verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr, at_risk=at_risk)
+    _search = (open_store(store_url), verifier)
+
+
+def _search_chunk(keys: list[str]) -> tuple[list[Hit], int, int, int]:
+    """Search ``keys`` in this worker process (state from :func:`_init_search`)."""
+    assert _search is not None, "_init_search runs first"
+    return _search_keys(*_search, keys)
+
+
+def _search_keys(
+    store: ObjectStore, verifier: Verifier, keys: list[str]
+) -> tuple[list[Hit], int, int, int]:
+    """Search ``keys`` in order: (hits, objects, bytes, objects whose pixels OCR read)."""
+    hits: list[Hit] = []
+    nbytes = ocr_objects = 0
+    for key in keys:
+        data = store.get_bytes(key)
+        result = verifier.check_bytes(key, data)
+        hits.extend(result.hits)
+        ocr_objects += int(result.ocr_checked)
+        nbytes += len(data)
+    return hits, len(keys), nbytes, ocr_objects
+
+
+def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for key in keys:
+        chunk.append(key)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _picklable(value: object, what: str) -> None:
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        raise ConfigError(
+            f"the {what} function cannot be sent to worker processes; "
+            "give a module-level function or use one worker"
+        ) from None
+
+
 def verify_release(
     project: str,
     release: str,
@@ -180,15 +261,23 @@ def verify_release(
     ocr: Callable[[Dataset], Any] | None | bool = True,
     at_risk: Callable[[Dataset], bool] | None = None,
     record_audit: bool = True,
+    workers: int = 1,
 ) -> VerificationReport:
     """The auditor's full mode: every object of a release against its source identifiers.
 
     Reads every source header of the frozen selection again through the source (a full
-    retrieval from the DIR) and every object under the release from the store; the run's own
-    gate is :func:`audit_release`, which needs neither.
+    retrieval from the DIR, once, in this process) into one dictionary, then searches every
+    object under the release in the store. With ``workers`` > 1 the search runs in that many
+    processes (spawned; each gets the dictionary once and reads its objects from the store
+    itself), on chunks of :data:`VERIFY_CHUNK` consecutive keys of the listing, at most
+    ``2 * workers`` chunks in flight, so memory does not grow with the release. Results are
+    merged in listing order and the hits sorted by key (stable), so the report is the same
+    whatever ``workers`` (its timings and ``checked_at`` aside). The run's own gate is
+    :func:`audit_release`, which needs neither the DIR nor a full download.
 
     ``ocr=True`` loads OCR from ``curation.ocr`` when it is there; pass a function to use
-    another, or ``False`` to skip. The report is written on premises next to the frozen selection
+    another (module-level when ``workers`` > 1), or ``False`` to skip. The report is written on
+    premises next to the frozen selection
     (``RIDL_HOME/releases/<project>/<release>/verification.json``) and the result is audited.
     The caller decides what a failure means (the run's gate is :func:`gate_release`).
     ``at_risk`` decides which objects' pixels OCR reads (default: ``curation.ocr.at_risk`` when
@@ -196,8 +285,10 @@ def verify_release(
 
     Raises:
         ReleaseError: the release was never frozen (run it first).
-        ConfigError: the project's secret or the store setting is wrong.
+        ConfigError: the project's secret or the store setting is wrong, ``workers`` is less
+            than 1, or an OCR or at-risk function cannot be sent to worker processes.
     """
+    workers = verify_workers(workers)
     store = open_store(store_url)
     t0 = time.perf_counter()
     dictionary, studies, headers = build_dictionary(project, release)
@@ -209,20 +300,36 @@ def verify_release(
         ocr_func = None
     else:
         ocr_func = ocr
-    verifier = Verifier(
-        dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=at_risk or _load_at_risk()
-    )
+    risk = at_risk or _load_at_risk()
+    prefix = f"{project}/{release}"
+    keys = (k for k in release_objects(store, prefix) if is_gated(prefix, k))
     hits: list[Hit] = []
     objects = nbytes = ocr_objects = 0
-    for key in release_objects(store, f"{project}/{release}"):
-        if not is_gated(f"{project}/{release}", key):
-            continue
-        data = store.get_bytes(key)
-        result = verifier.check_bytes(key, data)
-        hits.extend(result.hits)
-        ocr_objects += int(result.ocr_checked)
-        objects += 1
-        nbytes += len(data)
+    results: Iterator[tuple[list[Hit], int, int, int]]
+    if workers == 1:
+        verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=risk)
+        results = (_search_keys(store, verifier, c) for c in _chunks(keys, VERIFY_CHUNK))
+        pool = None
+    else:
+        _picklable(ocr_func, "OCR")
+        _picklable(risk, "at-risk")
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_search,
+            initargs=(store.url, dictionary, ocr_func, risk),
+        )
+        results = _in_order(pool, _chunks(keys, VERIFY_CHUNK), 2 * workers)
+    try:
+        for chunk_hits, n, size, read in results:
+            hits.extend(chunk_hits)
+            objects += n
+            nbytes += size
+            ocr_objects += read
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    hits.sort(key=lambda h: h.key)  # stable: an object's hits keep the verifier's order
     t2 = time.perf_counter()
     report = VerificationReport(
         project=project,
@@ -246,6 +353,19 @@ def verify_release(
     )
     _write_report(report, record_audit)
     return report
+
+
+def _in_order(
+    pool: ProcessPoolExecutor, chunks: Iterator[list[str]], window: int
+) -> Iterator[tuple[list[Hit], int, int, int]]:
+    """The pool's results of ``chunks`` in submission order, at most ``window`` in flight."""
+    pending: deque[Future[tuple[list[Hit], int, int, int]]] = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(_search_chunk, chunk))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _write_report(report: VerificationReport, record_audit: bool) -> None:
@@ -287,8 +407,6 @@ def sample_size(objects: int, sample: int | None = None) -> int:
     if sample is None:
         wanted = min(max(SAMPLE_MIN, math.ceil(objects * SAMPLE_FRACTION)), SAMPLE_CAP)
     elif sample < 0:
-        from ridl.errors import ConfigError
-
         raise ConfigError("the audit sample must be 0 or more objects")
     else:
         wanted = sample
@@ -347,6 +465,82 @@ def _fallback_terms(project: str, release: str, missing: set[str]) -> dict[str, 
     return found
 
 
+@dataclass
+class Listing:
+    """What :func:`compare_listing` found: ``stored`` ``.dcm`` objects in the store, ``hits``
+    (objects in no part, objects of a part missing from the store; sorted by key),
+    ``missing`` the keys of the latter, ``sampled`` {key: (sha256, study key)} of the drawn
+    manifest rows."""
+
+    stored: int = 0
+    hits: list[Hit] = field(default_factory=list)
+    missing: set[str] = field(default_factory=set)
+    sampled: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def compare_listing(
+    store: ObjectStore, prefix: str, manifest: pt.Spill, folder: Path, wanted: set[int]
+) -> Listing:
+    """Compare the store's ``.dcm`` objects under ``prefix`` with the manifest parts' rows,
+    holding neither whole: a sorted merge, bucket by bucket.
+
+    ``manifest`` holds the parts' rows spilled by research ID (each row's ``site`` is its
+    part's study key). The store listing is spilled the same way under ``folder`` (a key's
+    research ID is its first part under the release, ``<prefix>/<research id>/...``); then for
+    each bucket (:func:`export.partitions.bucket_count` of the larger count) both sides are read
+    sorted by key and merged, so memory holds one bucket of each, never the release. Manifest
+    rows are numbered in that merge order; those whose number is in ``wanted`` are returned as
+    the sample. Disk: about the size of the key listing, twice.
+    """
+    listing = pt.Spill(folder)
+    found = Listing()
+    start = len(prefix) + 1
+    for info in store.list(prefix + "/"):
+        if not info.key.endswith(".dcm"):
+            continue
+        found.stored += 1
+        if any(c in info.key for c in "\t\r\n"):  # no manifest key has one (check_key)
+            found.hits.append(
+                Hit(info.key, "(not in any manifest part)", Reason.OBJECT_NOT_IN_MANIFEST)
+            )
+            continue
+        research_id = info.key[start:].split("/", 1)[0]
+        listing.add({"key": info.key, "size": info.size, "research_id": research_id}, "")
+    buckets = pt.bucket_count(max(manifest.rows, listing.rows))
+    index = 0
+    for bucket in range(buckets):
+        rows = manifest.table(bucket, buckets)
+        listed = rows.column("key").to_pylist()
+        shas = rows.column("sha256").to_pylist()
+        studies = rows.column("site").to_pylist()
+        del rows
+        stored = listing.table(bucket, buckets).column("key").to_pylist()
+        i = j = 0
+        while i < len(listed) or j < len(stored):
+            key = listed[i] if i < len(listed) else None
+            other = stored[j] if j < len(stored) else None
+            if key is not None and (other is None or key <= other):
+                if index in wanted:
+                    found.sampled[key] = (shas[i], studies[i])
+                index += 1
+                if key != other:
+                    found.missing.add(key)
+                    hit = Hit(key, "(listed but not in the store)", Reason.OBJECT_CHANGED)
+                    found.hits.append(hit)
+                i += 1
+                if key == other and (i >= len(listed) or listed[i] != key):
+                    j += 1  # the stored object is matched once, after its last manifest row
+            else:
+                assert other is not None
+                found.hits.append(
+                    Hit(other, "(not in any manifest part)", Reason.OBJECT_NOT_IN_MANIFEST)
+                )
+                j += 1
+    listing.close()
+    found.hits.sort(key=lambda h: h.key)
+    return found
+
+
 def audit_release(
     project: str,
     release: str,
@@ -373,32 +567,33 @@ def audit_release(
     t0 = time.perf_counter()
     recipe = _recipe_digest(project, release)
     hits: list[Hit] = []
-    listed: dict[str, tuple[str, str]] = {}  # object key -> (sha256, study key)
-    parts: dict[str, str] = {}  # study key -> part key
-    for info in store.list(f"{prefix}/parts/"):
-        if not info.key.endswith(".json"):
-            continue
-        part = parse_part(store.get_bytes(info.key))
-        if is_source_part(info.key) or part.get("study") is None:
-            continue
-        study = str(part["study"])
-        parts[study] = info.key
-        problem = _check_record(part, recipe)
-        if problem is not None:
-            hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
-        for row in part["objects"]:
-            listed[row["key"]] = (row["sha256"], study)
-    stored = 0
-    for key in release_objects(store, prefix):
-        if not key.endswith(".dcm"):
-            continue
-        stored += 1
-        if key not in listed:
-            hits.append(Hit(key, "(not in any manifest part)", Reason.OBJECT_NOT_IN_MANIFEST))
-    n = sample_size(len(listed), sample)
-    draw = random.Random(seed) if seed is not None else random.SystemRandom()
-    chosen = sorted(draw.sample(sorted(listed), n)) if n else []
-    studies = sorted({listed[k][1] for k in chosen})
+    work = Path(tempfile.mkdtemp(prefix="ridl-gate-"))
+    try:
+        manifest = pt.Spill(work / "manifest")  # every part's rows, the part's study as "site"
+        parts = 0
+        for info in store.list(f"{prefix}/parts/"):
+            if not info.key.endswith(".json"):
+                continue
+            part = parse_part(store.get_bytes(info.key))
+            if is_source_part(info.key) or part.get("study") is None:
+                continue
+            parts += 1
+            problem = _check_record(part, recipe)
+            if problem is not None:
+                hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
+            for row in part["objects"]:
+                manifest.add(dict(row), str(part["study"]))
+        n = sample_size(manifest.rows, sample)
+        draw = random.Random(seed) if seed is not None else random.SystemRandom()
+        wanted = set(draw.sample(range(manifest.rows), n)) if n else set()
+        merged = compare_listing(store, prefix, manifest, work / "listing", wanted)
+        stored = merged.stored
+        hits.extend(merged.hits)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    chosen = sorted(merged.sampled)
+    sampled = dict(merged.sampled)
+    studies = sorted({study for _sha, study in sampled.values()})
     dictionary = IdentifierDictionary(retained=load_project(project).scope.retain)
     missing: set[str] = set()
     for study in studies:
@@ -416,17 +611,19 @@ def audit_release(
     verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=None, also=[cross])
     nbytes = 0
     for key in chosen:
+        if key in merged.missing:
+            continue  # named already: listed but not in the store
         try:
             data = store.get_bytes(key)
         except FileNotFoundError:
             hits.append(Hit(key, "(listed but not in the store)", Reason.OBJECT_CHANGED))
             continue
         nbytes += len(data)
-        if hashlib.sha256(data).hexdigest() != listed[key][0]:
+        if hashlib.sha256(data).hexdigest() != sampled[key][0]:
             hits.append(Hit(key, "(bytes differ from the manifest part)", Reason.OBJECT_CHANGED))
         hits.extend(verifier.check_bytes(key, data).hits)
     # The release's own files that name studies: the sampled studies' parts and the summary.
-    for key in [parts[s] for s in studies] + [release_files(prefix).summary]:
+    for key in [part_key(prefix, s) for s in studies] + [release_files(prefix).summary]:
         if store.exists(key):
             data = store.get_bytes(key)
             nbytes += len(data)
@@ -453,7 +650,7 @@ def audit_release(
         seconds_search=round(t2 - t1, 3),
         checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         mode="sample",
-        parts_checked=len(parts),
+        parts_checked=parts,
         objects_listed=stored,
         studies_without_terms=len(missing),
     )

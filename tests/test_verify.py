@@ -461,3 +461,91 @@ def test_rule_own_words_are_never_identifiers_but_real_ones_still_block() -> Non
     assert _hits(v, _output(StudyDescription="ref MRN-447781")) == [
         ("StudyDescription", "identifier")
     ]
+
+
+# --- the full mode in worker processes, the listing merged with the manifest --------------------
+
+
+def _objects_of_two_studies(store: LocalStore, prefix: str) -> list[tuple[str, Dataset]]:
+    """One object with pixels from each of two studies of two subjects."""
+    found: dict[str, tuple[str, Dataset]] = {}
+    for info in store.list(prefix + "/"):
+        if not info.key.endswith(".dcm"):
+            continue
+        ds = dcmread(io.BytesIO(store.get_bytes(info.key)))
+        subjects = {str(d.PatientID) for _, d in found.values()}
+        if "PixelData" in ds and str(ds.PatientID) not in subjects:
+            found.setdefault(str(ds.StudyInstanceUID), (info.key, ds))
+        if len(found) == 2:
+            return list(found.values())
+    raise AssertionError("fewer than two studies exported")
+
+
+def _without_timings(report) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    data = report.as_dict()
+    for name in ("seconds_dictionary", "seconds_search", "checked_at"):
+        data.pop(name)
+    return data
+
+
+def test_the_full_mode_in_two_workers_reports_what_one_does(
+    synth_dir, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    patient_id, family, _ = _phi(synth_dir)
+    planted = []
+    for (key, ds), text in zip(
+        _objects_of_two_studies(store, prefix),
+        [f"ref {patient_id}", f"seen by {family}"],
+        strict=True,
+    ):
+        ds.ImageComments = text  # a source identifier back in a de-identified object
+        _put(store, key, ds)
+        planted.append(key)
+    one = verify_release(project.id, "r1", store.url, ocr=False, record_audit=False, workers=1)
+    two = verify_release(project.id, "r1", store.url, ocr=False, record_audit=False, workers=2)
+    assert not one.passed
+    assert {h.key for h in one.hits} == set(planted), one.render()
+    assert _without_timings(one) == _without_timings(two)
+    assert json.dumps(_without_timings(one), sort_keys=True) == json.dumps(
+        _without_timings(two), sort_keys=True
+    )
+
+
+def test_verify_refuses_a_bad_worker_count_in_one_line(project) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = ["verify", "--project", project.id, "--release", "r1", "--full", "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == ["error: --workers must be 1 or more (got 0)"]
+
+
+def test_the_gate_names_every_listed_object_missing_from_the_store(
+    synth_dir, project, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from flows.gate import audit_release
+
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    keys = [i.key for i in store.list(prefix + "/") if i.key.endswith(".dcm")]
+    gone = [keys[0], keys[len(keys) // 2]]
+    for key in gone:
+        store.delete(key)
+    # Nothing is read back (sample 0): the listing against the parts finds both.
+    report = audit_release(project.id, "r1", store.url, sample=0)
+    assert [(h.key, h.path) for h in report.hits] == [
+        (key, "(listed but not in the store)") for key in sorted(gone)
+    ]
+    assert report.objects_listed == len(keys) - 2
+
+
+def test_a_local_store_lists_in_s3_key_order(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    keys = ["a/b", "a.x", "B", "a-c/d", "a/b.c/e", "a/b0", "a/a/z", "z"]
+    for key in keys:
+        store.put_bytes(key, b"x")
+    # UTF-8 binary order, as S3's ListObjectsV2: "a-c/d" < "a.x" < "a/..." ('-' < '.' < '/').
+    assert [i.key for i in store.list("")] == sorted(keys)
+    assert [i.key for i in store.list("a/")] == sorted(k for k in keys if k.startswith("a/"))
