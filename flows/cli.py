@@ -949,16 +949,18 @@ def verify(
         int | None,
         typer.Option(
             help="With --full: processes that search the stored objects (default: every core, "
-            "as `ridl run`). The report is the same whatever the number."
+            "as `ridl run`, for a release of 5,000 objects or more; one process below that). "
+            "The report is the same whatever the number."
         ),
     ] = None,
 ) -> None:
     """Check a release as its gate does (verification records, listing, a sample read back),
     or with --full search every exported byte against identifiers from its source headers."""
+    from export.manifest import read_summary
     from export.store import open_store
     from flows.gate import audit_release, verify_release, verify_workers
 
-    processes = verify_workers(workers)  # a bad --workers fails before any work
+    processes = verify_workers(workers) if workers is not None else None  # checked first
     store = open_store(dest)
     url = store.url
     if next(iter(store.list(f"{project}/{release}/")), None) is None:
@@ -966,6 +968,14 @@ def verify(
             f"{url} holds nothing of release {project}/{release}; give the release's --dest"
         )
     if full:
+        if processes is None:  # every core for a large release, one process for a small one
+            try:
+                exported: int | None = read_summary(store, f"{project}/{release}")[
+                    "instances_exported"
+                ]
+            except (FileNotFoundError, ValueError, KeyError):
+                exported = None
+            processes = verify_workers(None, exported)
         report = verify_release(project, release, url, workers=processes)
     else:
         report = audit_release(project, release, url, sample=sample)

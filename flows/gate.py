@@ -181,14 +181,22 @@ def is_gated(prefix: str, key: str) -> bool:
     return name not in OFFICE_FILES
 
 
-def verify_workers(workers: int | None) -> int:
-    """Worker processes of ``ridl verify --full``: ``workers``, else the run's default (every
-    core, as ``ridl run --workers``).
+# Below this many objects, one process searches faster than several start (measured in
+# benchmarks/verify.py: spawning a worker costs seconds, searching an object milliseconds).
+PARALLEL_MIN_OBJECTS = 5_000
+
+
+def verify_workers(workers: int | None, objects: int | None = None) -> int:
+    """Worker processes of ``ridl verify --full``: ``workers`` when given, else every core (as
+    ``ridl run --workers``) for a release of at least :data:`PARALLEL_MIN_OBJECTS` objects
+    (``objects``, from its summary; unknown counts as large) and one process below that.
 
     Raises:
         ConfigError: ``workers`` is less than 1.
     """
     if workers is None:
+        if objects is not None and objects < PARALLEL_MIN_OBJECTS:
+            return 1
         return os.cpu_count() or 1
     if workers < 1:
         raise ConfigError(f"--workers must be 1 or more (got {workers})")
