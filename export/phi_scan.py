@@ -17,6 +17,7 @@ no OCR engine and holds no module state.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,6 +39,7 @@ from export.identifiers import (
     IdentifierDictionary,
     Term,
     declared_charsets,
+    is_own_vocabulary,
     text_values,
     vr_of,
 )
@@ -293,9 +295,12 @@ class Verifier:
 
             try:
                 table = pq.read_table(io.BytesIO(data))
-                data = table.to_pandas().to_csv(index=False).encode("utf-8")
+                # Values only: the column names are ridl's own vocabulary, never identifiers.
+                data = table.to_pandas().to_csv(index=False, header=False).encode("utf-8")
             except Exception:
                 pass
+        elif key.endswith(".json"):
+            data = _json_values(data)
         seen: set[tuple[str, str]] = set()
         hay = _hay(data)
         matches = (m for auto in self._automata(()) for m in scan(hay, auto, text=False))
@@ -527,3 +532,31 @@ def _ocr_texts(ocr: Callable[[Dataset], Any], ds: Dataset) -> list[str]:
     if isinstance(found, str):
         return [found]
     return [str(x) for x in found]
+
+
+def _json_values(data: bytes) -> bytes:
+    """The string values of a JSON document (ridl's derived files: parts, summary, manifest
+    index), one per line, as UTF-8; the bytes unchanged when they are not JSON.
+
+    Booleans, numbers, null and keys that are ridl's own vocabulary (field names, reason codes:
+    R12) are its structure, never identifiers, so they are not searched: a private value "TRUE"
+    or a patient named "Modality" must not match the structure every part has. Every string
+    value and every other key is searched.
+    """
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return data
+    values: list[str] = []
+    stack: list[Any] = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            values.append(item)
+        elif isinstance(item, dict):
+            # A key ridl did not name itself (a research ID, a study key) is searched too.
+            values.extend(k for k in item if not is_own_vocabulary(k))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return "\n".join(values).encode("utf-8")

@@ -256,6 +256,24 @@ def test_rule_ridls_own_reason_codes_do_not_block_but_the_name_still_does() -> N
     assert _hits(v, _output(OperatorsName="Text^Ann")) == [("OperatorsName", "name")]
 
 
+def test_rule_derived_json_is_searched_by_its_values_not_its_structure() -> None:
+    """A private value "TRUE" and a patient named "Modality" do not match the JSON structure every
+    part has (``true``, the key ``modality``); the same values as JSON values still block."""
+    from export.identifiers import IdentifierDictionary
+    from export.phi_scan import Verifier
+
+    dictionary = IdentifierDictionary()
+    dictionary.add("TRUE", "private-tag")
+    dictionary.add("Modality Kowalczyk", "name")
+    v = Verifier(dictionary)
+    part = b'{"objects": [{"modality": "CT", "kowalczyk": 1}], "verification": {"ocr": true}}'
+    assert v.check_bytes("p/r/parts/x.json", part).hits == []
+    assert v.check_bytes("p/r/parts/y.json", b'{"note": "true"}').hits != []
+    leak = b'{"objects": [{"description": "modality kowalczyk"}]}'
+    assert [h.kind for h in v.check_bytes("p/r/parts/z.json", leak).hits] == ["name"]
+    assert v.check_bytes("p/r/parts/k.json", b'{"Modality Kowalczyk": 1}').hits != []
+
+
 def test_rule_birth_dates_of_another_subject_in_date_fields_are_coincidence() -> None:
     v = _verifier(_source(PatientBirthDate="20150312"))  # owner RS-0
     other = _output(StudyDate="20150312")
