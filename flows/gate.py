@@ -693,19 +693,33 @@ def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
     withdrawn, so no researcher or
     pull client sees a release to fetch (it was never signed or marked published). The other
     objects were each verified in the stream before they were stored; they stay for the rerun
-    that resumes the release. Returns the deleted object keys, sorted.
+    that resumes the release. The manifest part of every study whose object was removed is
+    deleted, so that rerun works those studies again. Returns the deleted object keys, sorted.
     """
     removed = sorted({h.key for h in report.hits if h.key.endswith(".dcm")})
+    prefix = f"{report.project}/{report.release}"
     for key in removed:
         store.delete(key)
-    files = release_files(f"{report.project}/{report.release}")
+    # The part of each study whose object was removed goes too, so the rerun works that study
+    # again (its stream verification then knows every term learned since) instead of finding
+    # an object listed but gone, and blocking the release for good.
+    studies = {_study_of(prefix, key) for key in removed}
+    for study in sorted(s for s in studies if s is not None):
+        store.delete(part_key(prefix, study))
+    files = release_files(prefix)
     for key in (files.manifest_parquet, files.manifest_csv, files.summary):
         store.delete(key)
-    prefix = f"{report.project}/{report.release}"
     for folder in (pt.DATASET, pt.CHECKS, pt.BUILD):  # the partitioned manifest too
         for info in list(store.list(f"{prefix}/{folder}/")):
             store.delete(info.key)
     return removed
+
+
+def _study_of(prefix: str, key: str) -> str | None:
+    """The study key (de-identified Study Instance UID) of an object key
+    ``<prefix>/<research id>/<study UID>/<series UID>/<SOP Instance UID>.dcm``; None otherwise."""
+    parts = key[len(prefix) + 1 :].split("/") if key.startswith(prefix + "/") else []
+    return parts[1] if len(parts) == 4 else None
 
 
 def gate_release(

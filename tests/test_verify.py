@@ -114,6 +114,8 @@ def test_a_planted_identifier_blocks_publishing_and_names_where(
     assert set(found) <= {(key, expected), (key, "(bytes differ from the manifest part)")}
     assert not store.exists(key), "what the gate found is removed from the store"
     assert report.removed == [key]
+    study = key.split("/")[3]
+    assert not store.exists(f"{prefix}/parts/{study}.json"), "its study is worked again on rerun"
     assert not release_is_published(project.id, "r1")
     assert not store.exists(f"{prefix}/summary.json"), "the manifest is withdrawn"
     assert not store.exists(f"{prefix}/manifest.parquet")
