@@ -639,8 +639,9 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     console.print(table)
     if summary.get("studies_failed"):
         console.print(
-            "studies the archive could not deliver are recorded (`ridl summary` lists them); "
-            "rerun with --retry-failed to try them again"
+            "studies the archive could not deliver are recorded (`ridl summary` lists them); the "
+            "release is published without them and never changes: select them in a new release "
+            "(--release) to try them again"
         )
     root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
