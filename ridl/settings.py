@@ -32,6 +32,19 @@ def private_dir(path: Path) -> Path:
     Every folder created on the way gets mode 0700, and so does ``path`` itself when it existed
     already, so on-premises state that may hold PHI is never readable by other accounts.
     """
+    for attempt in range(3):
+        try:
+            _make_private(path)
+            return path
+        except FileNotFoundError:
+            # Another thread (a worker's prefetch, a finished study's clean-up) removed an empty
+            # parent between our mkdir and chmod: create the chain again.
+            if attempt == 2:
+                raise
+    return path
+
+
+def _make_private(path: Path) -> None:
     missing: list[Path] = []
     folder = path
     while not folder.exists():
@@ -43,7 +56,6 @@ def private_dir(path: Path) -> Path:
         folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         os.chmod(folder, PRIVATE_DIR_MODE)
     os.chmod(path, PRIVATE_DIR_MODE)
-    return path
 
 
 def private_file(path: Path) -> Path:
