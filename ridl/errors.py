@@ -43,6 +43,21 @@ class EmptyRelease(ReleaseError):
     unless the run asks for an empty release explicitly)."""
 
 
+def coded_reason(reason: str) -> Reason:
+    """``reason`` as a :class:`~ridl.reasons.Reason`, for the errors that carry one.
+
+    Raises:
+        ValueError: ``reason`` is not a :class:`~ridl.reasons.Reason` code (a bug in ridl, not a
+            property of the input: it must fail loudly in tests).
+    """
+    try:
+        return Reason(reason)
+    except ValueError:
+        raise ValueError(
+            f"{reason!r} is not a ridl reason code; add it to ridl.reasons.Reason and README"
+        ) from None
+
+
 class TransientError(Exception):
     """A failure that may pass if tried again later (DIR busy, network cut, store throttling).
 
@@ -66,13 +81,7 @@ class StudyUndeliverable(RidlError):
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        try:
-            self.reason = Reason(reason)
-        except ValueError:
-            raise ValueError(
-                f"{reason!r} is not a ridl reason code; add it to ridl.reasons.Reason and README"
-            ) from None
-        self.detail = detail
+        self.reason, self.detail = coded_reason(reason), detail
         super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
 
     def __reduce__(self) -> tuple[type[StudyUndeliverable], tuple[str, str]]:
@@ -94,13 +103,7 @@ class ObjectRejected(Exception):
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        try:
-            self.reason = Reason(reason)
-        except ValueError:
-            raise ValueError(
-                f"{reason!r} is not a ridl reason code; add it to ridl.reasons.Reason and README"
-            ) from None
-        self.detail = detail
+        self.reason, self.detail = coded_reason(reason), detail
         super().__init__(f"{self.reason}: {detail}" if detail else str(self.reason))
 
     def __reduce__(self) -> tuple[type[ObjectRejected], tuple[str, str]]:
