@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import io
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 from ridl.dicomfile import read_file
@@ -156,13 +157,21 @@ def header_view(whole: Dataset) -> Dataset:
     for tag, elem in whole._dict.items():
         if tag in PIXEL_DATA_TAGS:
             break
-        elements[tag] = elem if type(elem) is RawDataElement else copy.deepcopy(elem)
+        elements[tag] = _own(elem)
     view._dict = elements
     view._private_blocks = {}
     meta = getattr(whole, "file_meta", None)
     if meta is not None:
-        view.file_meta = copy.deepcopy(meta)
+        view.file_meta = FileMetaDataset({tag: _own(elem) for tag, elem in meta._dict.items()})
     return view
+
+
+def _own(elem: Any) -> Any:
+    """An element the other dataset may share: a raw one (immutable) as it is, a converted one
+    copied (a sequence deeply: its items are datasets)."""
+    if type(elem) is RawDataElement:
+        return elem
+    return copy.deepcopy(elem) if elem.VR == "SQ" else copy.copy(elem)
 
 
 def check_value_lengths(ds: Dataset) -> None:
