@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from curation.integrity import read_whole
+from curation.integrity import ObjectRead, read_whole
 from ridl.errors import ConfigError, ObjectRejected
 from ridl.reasons import Reason, check_failed
 
@@ -189,7 +189,8 @@ class CheckObject:
     """One object as the checks see it.
 
     ``header`` is read without pixel data; ``needs_decoding`` is True when a later step (pixel
-    cleaning, OCR) will decode its pixels.
+    cleaning, OCR) will decode its pixels. ``read``, when the caller already read the file
+    (:class:`curation.integrity.ObjectRead`), is where :meth:`whole` takes the object from.
     """
 
     path: Path
@@ -197,12 +198,13 @@ class CheckObject:
     study: StudyView
     policy: Policy
     needs_decoding: bool = False
+    read: ObjectRead | None = None
     _whole: Dataset | None = None
 
     def whole(self) -> Dataset:
         """The whole object, read once (raises :class:`ObjectRejected` when it is not whole)."""
         if self._whole is None:
-            self._whole = read_whole(self.path)
+            self._whole = self.read.whole() if self.read is not None else read_whole(self.path)
         return self._whole
 
 

@@ -9,10 +9,13 @@ Curation floor (``curation/``): the ``integrity`` and ``no-pixel-data`` checks a
 
 from __future__ import annotations
 
+import copy
+import io
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 from ridl.dicomfile import read_file
@@ -47,17 +50,128 @@ def read_whole(path: Path) -> Dataset:
     """
     try:
         ds = read_file(path)
-    except InvalidDicomError:
-        raise ObjectRejected(Reason.NOT_DICOM) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
     except Exception as exc:  # pydicom raises many kinds on corrupt input
-        raise ObjectRejected(Reason.UNREADABLE, type(exc).__name__) from None
+        raise _rejection(exc) from None
+    return _checked(ds)
+
+
+def _rejection(exc: BaseException) -> ObjectRejected:
+    """The rejection a failed read of a whole object stands for (``not-dicom``, ``unreadable``)."""
+    if isinstance(exc, InvalidDicomError):
+        return ObjectRejected(Reason.NOT_DICOM)
+    return ObjectRejected(Reason.UNREADABLE, type(exc).__name__)
+
+
+def _checked(ds: Dataset) -> Dataset:
+    """``ds`` once it is known whole (transfer syntax, value lengths, pixel data)."""
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise ObjectRejected(Reason.UNREADABLE, "no transfer syntax")
     check_value_lengths(ds)
     check_pixel_data(ds)
     return ds
+
+
+class ObjectRead:
+    """One read of an object's file: its bytes, parsed once by pydicom, shared by every step.
+
+    The per-study work reads each file once (:meth:`from_path`): the header (:attr:`header`,
+    what ``read_file(path, stop_before_pixels=True)`` gives) and the whole object
+    (:meth:`whole`, what :func:`read_whole` gives) come from that one parse, the curation's
+    review ID hashes :attr:`data`, and the fast path de-identifies :attr:`data` without opening
+    the file again. The header is a separate :class:`~pydicom.dataset.Dataset` over the same
+    raw elements, so what curation and de-identification change in the whole object never shows
+    in the header the study's other objects are checked against.
+
+    :meth:`release` drops the bytes and the whole object (a study too big to hold in memory);
+    :meth:`whole` then reads the file again.
+    """
+
+    def __init__(self, path: Path, data: bytes | None, header: Dataset) -> None:
+        self.path = path
+        self.data = data
+        self.header = header
+        self._whole: Dataset | None = None
+        self._error: ObjectRejected | None = None
+        self._checked = False
+
+    @classmethod
+    def from_path(cls, path: Path) -> ObjectRead:
+        """Read ``path`` once: its bytes, the whole data set, the header view of it.
+
+        Raises:
+            InvalidDicomError, OSError and what else pydicom raises: as
+                ``ridl.dicomfile.read_file(path, stop_before_pixels=True)`` raises them (the
+                header cannot be read); a whole object that cannot be read is rejected later,
+                by :meth:`whole`.
+        """
+        data = path.read_bytes()
+        try:
+            whole = read_file(io.BytesIO(data))
+        except Exception as exc:  # the header alone may still read: rejected by whole()
+            read = cls(path, data, read_file(io.BytesIO(data), stop_before_pixels=True))
+            read._error = _rejection(exc)
+            return read
+        read = cls(path, data, header_view(whole))
+        read._whole = whole
+        return read
+
+    def whole(self) -> Dataset:
+        """The whole object (pixel bytes included, never decoded), checked as
+        :func:`read_whole` checks it; the same dataset on every call.
+
+        Raises:
+            ObjectRejected: ``not-dicom``, ``unreadable`` or ``truncated``.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._whole is None:
+            self._whole = read_whole(self.path)
+            self._checked = True
+        if not self._checked:
+            try:
+                _checked(self._whole)
+            except ObjectRejected as rej:
+                self._error = rej
+                raise
+            self._checked = True
+        return self._whole
+
+    def release(self) -> None:
+        """Drop the bytes and the whole object (kept: the header); :meth:`whole` reads again."""
+        self.data = None
+        self._whole = None
+        self._error = None
+        self._checked = False
+
+
+def header_view(whole: Dataset) -> Dataset:
+    """The header of a whole object just read: its top-level elements before the first pixel
+    data element (PS3.3 C.7.6.3: Pixel, Float or Double Float Pixel Data) in file order, as
+    ``stop_before_pixels`` reads them, in a dataset of its own.
+
+    Raw elements (immutable) are shared; elements the reader already converted and File Meta
+    are copied, so a change to either dataset never shows in the other.
+    """
+    view = copy.copy(whole)
+    elements = {}
+    for tag, elem in whole._dict.items():
+        if tag in PIXEL_DATA_TAGS:
+            break
+        elements[tag] = _own(elem)
+    view._dict = elements
+    view._private_blocks = {}
+    meta = getattr(whole, "file_meta", None)
+    if meta is not None:
+        view.file_meta = FileMetaDataset({tag: _own(elem) for tag, elem in meta._dict.items()})
+    return view
+
+
+def _own(elem: Any) -> Any:
+    """An element the other dataset may share: a raw one (immutable) as it is, a converted one
+    copied (a sequence deeply: its items are datasets)."""
+    if type(elem) is RawDataElement:
+        return elem
+    return copy.deepcopy(elem) if elem.VR == "SQ" else copy.copy(elem)
 
 
 def check_value_lengths(ds: Dataset) -> None:

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
-from curation.integrity import has_pixel_data
+from curation.integrity import ObjectRead, has_pixel_data
 from curation.ocr import TextBox
 from curation.review import Decisions, ReviewRecord, record_object
 from ridl.errors import ObjectRejected, RidlError
@@ -121,8 +121,17 @@ class Curator:
         """The view the checks get of a study: the headers (no pixels) of its objects."""
         return StudyView(list(headers))
 
-    def curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
-        """Curate the object at ``path`` (``header``: read without pixels).
+    def curate(
+        self,
+        path: Path,
+        header: Dataset,
+        study: StudyView,
+        study_key: str,
+        read: ObjectRead | None = None,
+    ) -> Curated:
+        """Curate the object at ``path`` (``header``: read without pixels; ``read``: the one
+        read of the file the caller made, whose bytes and whole dataset are used instead of
+        reading the file again).
 
         What :meth:`_curate` does, except that a step that raises (a check's helper, triage,
         screening, a decoder) quarantines this object as ``check-failed-curation`` (detail
@@ -133,7 +142,7 @@ class Curator:
                 installed (see :func:`curation.ocr.engine`).
         """
         try:
-            return self._curate(path, header, study, study_key)
+            return self._curate(path, header, study, study_key, read)
         except RidlError:
             raise
         except ObjectRejected as rej:
@@ -143,7 +152,14 @@ class Curator:
                 "quarantine", check_failed("curation"), f"check=curation {type(exc).__name__}"
             )
 
-    def _curate(self, path: Path, header: Dataset, study: StudyView, study_key: str) -> Curated:
+    def _curate(
+        self,
+        path: Path,
+        header: Dataset,
+        study: StudyView,
+        study_key: str,
+        read: ObjectRead | None = None,
+    ) -> Curated:
         """Curate the object at ``path`` (``header``: read without pixels).
 
         Checks run first (a quarantine a reviewer approved goes on). An object without pixel
@@ -175,11 +191,13 @@ class Curator:
         needs_decoding = (triage.at_risk and (self.policy.ocr or triage.has_regions)) or (
             scope is not None
         )
-        obj = CheckObject(path, header, study, self.policy, needs_decoding=needs_decoding)
+        obj = CheckObject(
+            path, header, study, self.policy, needs_decoding=needs_decoding, read=read
+        )
         verdict = run_checks(self.checks, obj)
         if verdict.action == "quarantine" and path.exists():
             # A reviewer may release an object a check held back (an odd series, say).
-            review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+            review_id = _review_id(path, read)
             if self.decisions.get(review_id) != "approve":
                 return Curated("quarantine", verdict.reason, verdict.detail, review_id=review_id)
         elif verdict.action != "pass":
@@ -193,11 +211,11 @@ class Curator:
             return Curated("export", dataset=ds)
         if triage.at_risk:
             self.stats.at_risk += 1
-            return self._burned_in(path, ds, triage, study_key)
+            return self._burned_in(path, ds, triage, study_key, read)
         if scope is None:
             return Curated("export", dataset=ds)
         self.stats.screened += 1
-        return self._screen(path, ds, scope, study_key)
+        return self._screen(path, ds, scope, study_key, read)
 
     def _read(self, frames: list[Any]) -> tuple[list[TextBox], tuple[str, ...]]:
         """Boxes that count as text under the policy, and every line read (PHI, memory only)."""
@@ -217,7 +235,9 @@ class Curator:
         ]
         return boxes, tuple(line.text for line in lines)
 
-    def _screen(self, path: Path, ds: Dataset, scope: Reason, study_key: str) -> Curated:
+    def _screen(
+        self, path: Path, ds: Dataset, scope: Reason, study_key: str, read: ObjectRead | None
+    ) -> Curated:
         """Screen an object its header did not put at risk; act on text as the policy says."""
         from curation.pixels import frames_for_ocr
 
@@ -228,7 +248,7 @@ class Curator:
         boxes, text = self._read(frames)
         if not boxes:
             return Curated("export", dataset=ds, ocr_ran=True, pixel_text=text)
-        review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+        review_id = _review_id(path, read)
         decision = self.decisions.get(review_id)
         if decision == "reject":
             return Curated("exclude", Reason.REVIEW_REJECTED, review_id=review_id, at_risk=True)
@@ -317,10 +337,17 @@ class Curator:
             pixel_text=text,
         )
 
-    def _burned_in(self, path: Path, ds: Dataset, triage: TriageResult, study_key: str) -> Curated:
+    def _burned_in(
+        self,
+        path: Path,
+        ds: Dataset,
+        triage: TriageResult,
+        study_key: str,
+        read: ObjectRead | None,
+    ) -> Curated:
         from curation.pixels import CleaningError, clean_regions, frames_for_ocr
 
-        review_id = hashlib.sha256(path.read_bytes()).hexdigest()
+        review_id = _review_id(path, read)
         decision = self.decisions.get(review_id)
         if decision == "reject":
             return Curated("exclude", Reason.REVIEW_REJECTED, review_id=review_id, at_risk=True)
@@ -388,3 +415,9 @@ class Curator:
             pixels_changed=triage.has_regions,
             pixel_text=text,
         )
+
+
+def _review_id(path: Path, read: ObjectRead | None) -> str:
+    """The object's review ID: the SHA-256 (hex) of its file, from the bytes already read."""
+    data = read.data if read is not None and read.data is not None else path.read_bytes()
+    return hashlib.sha256(data).hexdigest()

@@ -617,12 +617,16 @@ class _Done:
 RESULT_TAGS = (0x00080005, 0x00080016, 0x00080020, 0x00081030)
 
 
-def _deidentify_header(engine: Engine, subject_for: SubjectFor, fp: BinaryIO) -> _Done | None:
-    """The de-identified header of an open file, or None when it needs the whole-object path."""
+def _deidentify_header(
+    engine: Engine, subject_for: SubjectFor, fp: BinaryIO, size: int | None = None
+) -> _Done | None:
+    """The de-identified header of an open file (``size``: its size in bytes, else from
+    ``fstat``), or None when it needs the whole-object path."""
     fast = byte_engine(engine)
     if fast is None or engine.decide(PIXEL_DATA, None)[0] != "KEEP":
         return None  # computed ADDs or changed pixel data: the dataset path
-    size = os.fstat(fp.fileno()).st_size
+    if size is None:
+        size = os.fstat(fp.fileno()).st_size
     header = read_header(fp, size)
     if header is None:
         return None
@@ -813,3 +817,32 @@ def deidentify_to_bytes(
         if len(pixels) != count:
             raise ObjectRejected(Reason.TRUNCATED, "pixel data changed while read")
         return done.result, done.subject, done.head + pixels
+
+
+def deidentify_bytes(
+    engine: Engine, subject_for: SubjectFor, data: bytes
+) -> tuple[Dataset, SubjectContext, bytes] | None:
+    """The fast path of :func:`deidentify_to_bytes` for a file already read into memory.
+
+    A run reads each object once (``curation.integrity.ObjectRead``) and hands the same bytes
+    here: the de-identified header followed by the pixel data element sliced from ``data``.
+    The result is byte for byte what :func:`deidentify_to_bytes` gives for a file holding
+    ``data``.
+
+    Args:
+        engine: the project's engine.
+        subject_for: as for :func:`deidentify_file`.
+        data: the whole source file (PS3.10 bytes).
+
+    Returns:
+        ``(dataset, subject, data)`` as for :func:`deidentify_to_bytes`, or None when the
+        layout needs the whole-object path.
+
+    Raises:
+        DeidError: as for :func:`deidentify_file`.
+        ObjectRejected: as for :func:`deidentify_file`.
+    """
+    done = _deidentify_header(engine, subject_for, io.BytesIO(data), len(data))
+    if done is None:
+        return None
+    return done.result, done.subject, done.head + memoryview(data)[done.pixel_offset :]

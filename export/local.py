@@ -1,7 +1,10 @@
 """A local folder used as an object store: the embedded default (``file:PATH``).
 
 Keys are relative paths under the root; every write goes to a temporary name in the same folder,
-is fsynced, then renamed into place, so a reader never sees half an object.
+is fsynced, then renamed into place, so a reader never sees half an object. Inside
+:meth:`LocalStore.together` (a study's objects, :func:`export.store.durable_together`) the
+writes are made durable together when the block ends: every temporary file is written, then each
+is fsynced and renamed, then each folder that received one is fsynced once.
 
 The ``file`` back-end of :data:`export.store.STORES` (engines floor); it needs nothing beyond the
 standard library. Every method that takes a key raises ValueError for an unsafe one
@@ -10,6 +13,7 @@ standard library. Every method that takes a key raises ValueError for an unsafe 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -25,6 +29,8 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.url = f"file:{self.root}"
+        # Inside together(): the writes not yet durable, (temporary file, final path).
+        self._pending: list[tuple[Path, Path]] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> LocalStore:
@@ -38,15 +44,60 @@ class LocalStore:
         return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        """Write ``data`` to a dot-named temporary file, fsync it, rename it to ``key``."""
+        """Write ``data`` to a dot-named temporary file, fsync it, rename it to ``key``.
+
+        Inside :meth:`together`, the fsync and the rename wait for the end of the block.
+        """
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         with open(tmp, "wb") as handle:
             handle.write(data)
+            if self._pending is not None:
+                self._pending.append((tmp, path))
+                return
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Make the puts of the block durable together when it ends.
+
+        Each object is written to its temporary file in the block; at its end each temporary
+        file is fsynced and renamed into place, then every folder that received one is fsynced
+        once (the renames are durable). A block left by an exception removes its temporary
+        files: none of its objects is stored. Not re-entrant.
+
+        Raises:
+            OSError: a write, fsync or rename failed.
+        """
+        pending: list[tuple[Path, Path]] = []
+        self._pending = pending
+        try:
+            yield
+            self._pending = None
+            folders: dict[Path, None] = {}
+            for tmp, _ in pending:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for tmp, path in pending:
+                os.replace(tmp, path)
+                folders[path.parent] = None
+            pending = []  # renamed: nothing left to remove
+            for folder in folders:
+                fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            self._pending = None
+            for tmp, _ in pending:
+                tmp.unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         """The file's bytes.

@@ -14,11 +14,12 @@ modules curation may use (with :mod:`export.manifest`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ridl import settings
 from ridl.backends import import_backend
@@ -93,6 +94,19 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; nothing happens when there is none."""
         ...
+
+
+def durable_together(store: ObjectStore) -> contextlib.AbstractContextManager[Any]:
+    """A block whose puts to ``store`` are made durable together when it ends (a study's
+    objects, before its manifest part is written), for a back-end that can
+    (``LocalStore.together``: one fsync pass instead of one per object); for the others (an S3
+    put is durable when it returns) a block that changes nothing.
+
+    Raises:
+        OSError: making the block's writes durable failed (local folder).
+    """
+    together = getattr(store, "together", None)
+    return together() if together is not None else contextlib.nullcontext()
 
 
 # Back-ends by URL scheme, as "module:Class", imported on first use so this interface module

@@ -35,13 +35,14 @@ from typing import Any, NotRequired, TypedDict
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from curation.integrity import ObjectRead
 from curation.iocm import is_rejection_note, rejected_instances
 from curation.pipeline import Curated, Curator
 from curation.quarantine import quarantine_file
 from curation.review import read_held, write_held
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.engine import identifying_tokens
-from deid_recipes.fastpath import deidentify_to_bytes
+from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from export.identifiers import RULES_VERSION, ElementMemo, IdentifierDictionary
 from export.manifest import (
     FailedRetrieval,
@@ -54,11 +55,11 @@ from export.manifest import (
     write_part,
 )
 from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
-from export.store import ObjectStore, open_store, sha256_hex
+from export.store import ObjectStore, durable_together, open_store, sha256_hex
 from ridl import __version__, settings
 from ridl.catalog import StudyRef
 from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
-from ridl.dicomfile import read_file, to_bytes
+from ridl.dicomfile import to_bytes
 from ridl.errors import ObjectRejected, StudyUndeliverable
 from ridl.optout import load_optout
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
@@ -71,6 +72,10 @@ from ridl.sources.protect import ArchiveLimits
 
 # What the run itself reads from every header (IOCM, scope, object keys).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
+# Each object is read once (curation.integrity.ObjectRead): its bytes and whole dataset are kept
+# from the header stage to its de-identification, up to this many bytes per study; the objects
+# of a bigger study past it keep their header only and are read again when their turn comes.
+STUDY_READ_BYTES = 256 * 1024 * 1024
 
 # Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
 # never sees more than N retrievals at once whatever the number of CPU workers: the caller passes
@@ -504,7 +509,9 @@ def process_study(
         else:
             with retrieval_slot():
                 files = worker.source.fetch_study(study, workdir)
-        rows = _process_files(worker, study, files, outcome)
+        # The study's objects are made durable together, before its part is written.
+        with durable_together(worker.store):
+            rows = _process_files(worker, study, files, outcome)
     except StudyUndeliverable as exc:
         # The archive's answer about this study, not a busy archive: record it, go on.
         outcome.failed = FailedRetrieval(reason=str(exc.reason), detail=exc.detail)
@@ -534,12 +541,20 @@ def _process_files(
 ) -> list[ObjectRow]:
     ctx = worker.ctx
     headers: dict[Path, Dataset] = {}
+    # One read per object: header, IOCM, checks, triage, review ID and fast path share it.
+    reads: dict[Path, ObjectRead] = {}
+    held = 0
     for path in files:
         try:
-            read = read_file(path, stop_before_pixels=True)
+            read = ObjectRead.from_path(path)
+            header = read.header
             for keyword in HEADER_KEYWORDS:  # values are decoded lazily: fail here, not later
-                read.get(keyword)
-            headers[path] = read
+                header.get(keyword)
+            headers[path] = header
+            if read.data is not None and held + len(read.data) > STUDY_READ_BYTES:
+                read.release()  # a big study: read again when its turn comes
+            held += len(read.data or b"")
+            reads[path] = read
         except InvalidDicomError:
             _quarantine(worker, study, path, outcome, Reason.NOT_DICOM)
         except Exception as exc:
@@ -582,7 +597,8 @@ def _process_files(
     rows: list[ObjectRow] = []
     for path, header in eligible.items():
         modality = str(getattr(header, "Modality", "")).upper()
-        curated = worker.curator.curate(path, header, view, outcome.study_key)
+        read = reads.pop(path)
+        curated = worker.curator.curate(path, header, view, outcome.study_key, read)
         if curated.review_id and curated.action == "quarantine":
             outcome.review.add(curated.review_id)
         if curated.action == "exclude":
@@ -592,7 +608,7 @@ def _process_files(
             _quarantine(worker, study, path, outcome, curated.reason, curated.detail)
             continue
         try:
-            ds, data, fast = _deidentify(worker, path, curated, subject)
+            ds, data, fast = _deidentify(worker, read, curated, subject)
         except ObjectRejected as rej:
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
             continue
@@ -721,17 +737,22 @@ def _record(
 
 
 def _deidentify(
-    worker: Worker, path: Path, curated: Curated, subject: SubjectContext
+    worker: Worker, read: ObjectRead, curated: Curated, subject: SubjectContext
 ) -> tuple[Dataset, bytes, bool]:
     """The de-identified object: a dataset naming it, its bytes, and whether the fast path
     wrote them (then the pixel data is the object's last element).
 
-    An object curation did not change goes by the fast path when the run allows it; the fast
+    An object curation did not change goes by the fast path when the run allows it, from the
+    bytes already read (the file itself when a big study's read was released); the fast
     path answers None for what it does not take, and then the dataset curation read is
     de-identified whole, exactly as with the fast path switched off.
     """
     if worker.ctx.fast_path and not curated.pixels_changed:
-        done = deidentify_to_bytes(worker.engine, lambda _header: subject, path)
+        done = (
+            deidentify_bytes(worker.engine, lambda _header: subject, read.data)
+            if read.data is not None
+            else deidentify_to_bytes(worker.engine, lambda _header: subject, read.path)
+        )
         if done is not None:
             return done[0], done[2], True
     ds = curated.dataset
