@@ -618,6 +618,17 @@ class IdentifierDictionary:
             self._recording.append(("add", value, kind, "1" if name_only else "", who))
         self._put(value, kind, name_only, owner)
 
+    def add_equipment(self, names: Iterable[str]) -> None:
+        """Note manufacturer, model and software-version names (lower-cased, whitespace
+        normalized, as :attr:`equipment` holds them) met in other headers: a term equal to one,
+        or an institution, station or private term inside one, is not searched (R6, across
+        studies). The compiled automata are dropped when a name is new.
+        """
+        fresh = set(names) - self.equipment
+        if fresh:
+            self.equipment |= fresh
+            self._automata.clear()
+
     def _put(self, value: str, kind: str, name_only: bool, owner: str | None) -> None:
         """:meth:`add` of a value already normalized and not one of ridl's own (R11)."""
         term = self.terms.get(value)

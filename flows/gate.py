@@ -615,6 +615,7 @@ def audit_release(
     cross = IdentifierDictionary()
     for kind, value in load_terms(project):
         cross.add_shared(kind, value)
+    cross.add_equipment(dictionary.equipment)  # R6 across studies, as the stream applies it
     t1 = time.perf_counter()
     verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=None, also=[cross])
     nbytes = 0

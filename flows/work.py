@@ -263,7 +263,7 @@ class Worker:
         fresh = [pair for pair in sorted(dictionary.shared) if pair not in self.known]
         self.known.learn(site, sorted(dictionary.shared))
         cross = self.cross_dictionary()
-        cross.equipment.update(dictionary.equipment)  # R6 holds across studies too
+        cross.add_equipment(dictionary.equipment)  # R6 holds across studies too
         if fresh and before + len(fresh) > MAX_TERMS_PER_RUN:
             self._cross = None  # evicted: rebuilt from the bounded copy on next use
             return
@@ -575,6 +575,9 @@ def _process_files(
         dictionary.add_header(header, subject.research_id, subject.shift_days)
     keep_study_terms(ctx, outcome.study_key, study.issuer, subject.research_id, dictionary)
     cross = worker.cross_dictionary()
+    # R6 across studies: a place learned elsewhere that names this study's own vendor or model
+    # ("TOSHIBA" as an institution, "TOSHIBA_MEC" as this study's Manufacturer) is not a hit.
+    cross.add_equipment(dictionary.equipment)
     verifier = Verifier(dictionary, ocr=None, also=[cross])
     scanned = scanned_bytes = hits = ocr_objects = 0
     rejected = rejected_instances(headers.values())

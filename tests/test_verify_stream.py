@@ -122,6 +122,42 @@ def test_a_staff_name_learned_in_one_study_is_caught_in_another(
     assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
 
 
+def test_a_vendor_name_used_as_an_institution_in_one_study_is_no_hit_in_anothers_manufacturer(
+    synth_dir: SynthReport, tmp_path: Path
+) -> None:
+    # R6 across studies, whatever the order: study A's institution is named after a vendor
+    # ("TOSHIBA"), study B's Manufacturer is that vendor's ("TOSHIBA_MEC"). Neither the stream,
+    # with A learned first, nor the gate, with every term known, may hold B for it.
+    project = _retaining_project("vendor")
+    studies = _ct_studies(synth_dir)
+    (uid_a, files_a), (uid_b, files_b) = list(studies.items())[:2]
+    root = tmp_path / "dir"
+    root.mkdir()
+    for i, path in enumerate(files_a + files_b):
+        ds = dcmread(path)
+        ds.StudyDescription = "CT exam"
+        if str(ds.StudyInstanceUID) == uid_a:
+            ds.InstitutionName = "TOSHIBA"
+            ds.Manufacturer = "ACME"
+        else:
+            ds.Manufacturer = "TOSHIBA_MEC"
+        ds.save_as(root / f"{i}.dcm")
+    worker_for.cache_clear()
+    store_root = tmp_path / "store"
+    plan = prepare_run(project.id, "r1", f"folder:{root}", f"file:{store_root}")
+    by_uid = {s.study_uid: s for s in plan.studies}
+    for uid in (uid_a, uid_b):
+        counts = process_batch(plan.ctx, [by_uid[uid]])
+        assert counts.exported > 0 and not counts.quarantined, (
+            uid == uid_b,
+            [r.detail for r in list_quarantine(project.id, "r1")],
+        )
+    store = LocalStore(store_root)
+    build_manifest(store, plan.ctx.prefix, len(plan.studies), project.id, "r1")
+    report = audit_release(project.id, "r1", store.url, sample=10_000, seed=1)
+    assert report.passed, [(h.key, h.path, h.kind) for h in report.hits]
+
+
 def test_cross_study_terms_are_bounded_least_recently_seen_first(ridl_home: Path) -> None:
     record_terms("p", "SITE-A", [("staff", f"Name{i:05d}^X") for i in range(MAX_TERMS_PER_SITE)])
     record_terms("p", "SITE-A", [("staff", "Name00000^X"), ("place", "Hopital Neuf")])
