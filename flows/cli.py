@@ -10,11 +10,13 @@ click's own message and exit code 2; any other exception is a bug and keeps its 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +27,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ridl import __version__, settings
-from ridl.errors import ConfigError, ReleaseError, RidlError
+from ridl.errors import ConfigError, ReleaseError, RidlError, TransientError
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_RATE_LIMIT,
@@ -547,7 +549,7 @@ def launch_run(
         )  # fmt: skip
         console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
         console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
-        with RunProgress(project, release, store, console):
+        with RunProgress(project, release, store, console), _stopped_by(resume):
             summary: dict[str, Any] = extract_run(
                 project=project,
                 release=release,
@@ -565,6 +567,26 @@ def launch_run(
                 **scale,
             )
     return summary
+
+
+@contextlib.contextmanager
+def _stopped_by(resume: str) -> Iterator[None]:
+    """Turn a DIR or store that kept failing after every retry (a TransientError or an
+    ArchiveUnavailable out of the flow) into one ``error:`` line saying the run can be
+    resumed, and how.
+
+    Raises:
+        ReleaseError: the run stopped on a transient failure (the message says how to resume).
+    """
+    from ridl.sources.protect import ArchiveUnavailable
+
+    try:
+        yield
+    except (TransientError, ArchiveUnavailable) as exc:
+        raise ReleaseError(
+            f"the run stopped: {exc} (still failing after its retries); what is done is kept, "
+            f"resume when the DIR and the store answer again with: {resume}"
+        ) from None
 
 
 def resume_command(

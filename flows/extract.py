@@ -40,6 +40,7 @@ from export.release import publish_release, read_published
 from export.store import open_store
 from flows.gate import gate_release
 from flows.params import DEFAULT_BATCH_SIZE, ExtractParams, validate_params
+from flows.prefect_console import quiet_user_errors
 from flows.runners import (
     api_shared_with_workers,
     make_task_runner,
@@ -66,6 +67,9 @@ from ridl.sources.protect import (
     DEFAULT_RATE_LIMIT,
     DEFAULT_RETRIES,
 )
+
+# A user error reaches the console once, as ridl's own error line (flows.prefect_console).
+quiet_user_errors()
 
 __all__ = ["DEFAULT_BATCH_SIZE", "extract_run", "extract_slice", "plan_slices", "batches"]
 

@@ -125,3 +125,30 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.prefect
+def test_an_archive_down_for_good_ends_the_run_in_one_error_line_without_tracebacks(
+    small_dir: SynthReport, project: Project, tmp_path: Path, ridl_home: Path
+) -> None:
+    """Indexed while the archive answered, run after it went away: the retries are spent, and
+    the console shows ridl's one error line, with the command that resumes, and no traceback
+    from Prefect's task and flow logs (flows.prefect_console)."""
+    from tests.orthanc import Orthanc, dicom_files, require_orthanc
+
+    server = Orthanc(require_orthanc(), tmp_path / "down")
+    with server:
+        server.upload(dicom_files(small_dir.files))
+        url = server.dimse_url("get")
+        index = CliRunner().invoke(app, ["dir", "index", url])
+        assert index.exit_code == 0, index.stderr
+    args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release",
+            "r1", "--source", url, "--dest", f"file:{tmp_path / 'lib'}", "--retries", "0"]  # fmt: skip
+    env = dict(os.environ, RIDL_HOME=str(ridl_home), PYTHONPATH=os.getcwd())
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "ERROR" not in output, output[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert "ridl run --project" in " ".join(run.stderr.split()), run.stderr[-3000:]
