@@ -142,8 +142,9 @@ def test_an_archive_down_for_good_ends_the_run_in_one_error_line_without_traceba
         url = server.dimse_url("get")
         index = CliRunner().invoke(app, ["dir", "index", url])
         assert index.exit_code == 0, index.stderr
+    lib = tmp_path / "lib"
     args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release",
-            "r1", "--source", url, "--dest", f"file:{tmp_path / 'lib'}", "--retries", "0"]  # fmt: skip
+            "r1", "--source", url, "--dest", f"file:{lib}", "--retries", "0"]  # fmt: skip
     env = dict(os.environ, RIDL_HOME=str(ridl_home), PYTHONPATH=os.getcwd())
     run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
