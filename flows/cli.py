@@ -403,9 +403,15 @@ def dir_synth(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
     ct_slices: Annotated[int, typer.Option(help="Slices per CT series (scale tests).")] = 4,
 ) -> None:
-    """Write a synthetic DIR (fake patients) for demos and tests."""
+    """Write a synthetic DIR (fake patients) for demos and tests, into a new or empty folder."""
     from ridl.synth import synthesize
 
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "is not a folder" if not path.is_dir() else "is not empty"
+        raise ConfigError(
+            f"{path} {what}: a synthetic DIR is written into a new or empty folder (files of "
+            "another archive would mix with it); choose another PATH or empty this one"
+        )
     try:
         report = synthesize(path, patients=patients, sites=sites, seed=seed, ct_slices=ct_slices)
     except ValueError as exc:
@@ -428,10 +434,10 @@ def dir_index(
         str | None, typer.Option("--to", help="Network sources: study dates to.")
     ] = None,
 ) -> None:
-    """(Re)build the study catalog of a source (headers only, never pixel data)."""
-    import pyarrow.parquet as pq
-
-    from ridl.catalog import catalog_dir_for
+    """(Re)build the study catalog of a source (headers only, never pixel data), then print
+    what it holds: studies, instances, the years of the study dates, and studies by site and by
+    modality (counts only, never a patient's name or ID)."""
+    from ridl.catalog import catalog_dir_for, catalog_summary
     from ridl.sources.base import open_source
 
     src = open_source(source)
@@ -441,8 +447,27 @@ def dir_index(
         _date(date_from, "--from") or dt.date(1900, 1, 1),
         _date(date_to, "--to") or dt.date.today(),
     )
-    n = pq.ParquetFile(catalog / "studies.parquet").metadata.num_rows
-    console.print(f"catalog of {n} studies in {catalog}")
+    found = catalog_summary(catalog)
+    console.print(
+        f"catalog of {found['studies']} studies ({found['instances']} instances) in {catalog}",
+        highlight=False,
+    )
+    if not found["studies"]:
+        console.print(
+            "no DICOM study found: check the source (a folder holds DICOM files; a network "
+            "source, --from and --to)",
+            highlight=False,
+        )
+        return
+    years = (
+        "unknown"
+        if found["first_year"] is None
+        else f"{found['first_year']} to {found['last_year']}"
+    )
+    console.print(f"study dates: {years}", highlight=False)
+    for title, counts in (("sites", found["sites"]), ("modalities", found["modalities"])):
+        listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+        console.print(f"{title} (studies): {listed}", highlight=False, soft_wrap=True)
 
 
 # --- runs ---------------------------------------------------------------------------------------
