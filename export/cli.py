@@ -19,8 +19,12 @@ from rich.table import Table
 
 from ridl.errors import ReleaseError
 
-release_app = typer.Typer(help="Published releases: sign, publish, show.", no_args_is_help=True)
-access_app = typer.Typer(help="Access grants for approved researchers.", no_args_is_help=True)
+release_app = typer.Typer(
+    help="Published releases: sign, publish, show.", no_args_is_help=True, rich_markup_mode=None
+)
+access_app = typer.Typer(
+    help="Access grants for approved researchers.", no_args_is_help=True, rich_markup_mode=None
+)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +71,25 @@ class RidlGroup(TyperGroup):
             raise typer.Exit(ERROR_EXIT_CODE) from None
 
 
+HELP_WIDTH = 120
+"""Columns ``ridl ... --help`` may use when the terminal is that wide (it wraps, never cuts)."""
+
+
+class DeidOption(StrEnum):
+    """The PS3.15 Annex E options ``--deid-option`` takes (``ridl.projects.DEID_OPTIONS``; a
+    test keeps the two the same)."""
+
+    RETAIN_LONG_MODIFIED_DATES = "retain-long-modified-dates"
+    RETAIN_PATIENT_CHARS = "retain-patient-chars"
+    RETAIN_DEVICE_ID = "retain-device-id"
+    RETAIN_INSTITUTION_ID = "retain-institution-id"
+    RETAIN_UIDS = "retain-uids"
+    RETAIN_SAFE_PRIVATE = "retain-safe-private"
+    CLEAN_DESCRIPTORS = "clean-descriptors"
+    CLEAN_STRUCTURED_CONTENT = "clean-structured-content"
+    CLEAN_GRAPHICS = "clean-graphics"
+
+
 app = typer.Typer(
     cls=RidlGroup,
     help=(
@@ -78,16 +98,25 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: it wraps long values instead of cutting them short ("…") as the rich
+    # panels do at 80 columns, shows choices as [a|b], and uses up to 120 columns.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": HELP_WIDTH},
 )
-project_app = typer.Typer(help="The REB project registry.", no_args_is_help=True)
+project_app = typer.Typer(
+    help="The REB project registry.", no_args_is_help=True, rich_markup_mode=None
+)
 dir_app = typer.Typer(
-    help="DIR sources: synthetic archives and folder indexing.", no_args_is_help=True
+    help="DIR sources: synthetic archives and folder indexing.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(project_app, name="project")
 app.add_typer(dir_app, name="dir")
 optout_app = typer.Typer(
     help="Subjects who withdrew from a project (stored only as keyed hashes).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(optout_app, name="optout")
 from curation.cli import labels_app, review_app  # noqa: E402
@@ -143,8 +172,10 @@ def project_create(
     pi: Annotated[str, typer.Option("--pi", help="Principal investigator.")],
     approved: Annotated[str, typer.Option(help="Approval date, YYYY-MM-DD.")],
     expires: Annotated[str, typer.Option(help="Expiry date of the approval, YYYY-MM-DD.")],
-    date_from: Annotated[str, typer.Option("--from", help="Approved study dates from.")],
-    date_to: Annotated[str, typer.Option("--to", help="Approved study dates to.")],
+    date_from: Annotated[
+        str, typer.Option("--from", help="Approved study dates from, YYYY-MM-DD.")
+    ],
+    date_to: Annotated[str, typer.Option("--to", help="Approved study dates to, YYYY-MM-DD.")],
     modality: Annotated[list[str], typer.Option(help="Approved modality (repeat).")],
     site: Annotated[list[str], typer.Option(help="Approved site = Issuer of Patient ID (repeat).")],
     retain: Annotated[
@@ -153,14 +184,27 @@ def project_create(
     recipient: Annotated[
         list[str] | None, typer.Option(help="Approved recipient of the data (repeat).")
     ] = None,
-    recipe: Annotated[str, typer.Option(help="De-identification recipe name.")] = "ridl-basic",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="De-identification recipe: ridl-basic, ps3.15-basic (the PS3.15 profile, with "
+            "--deid-option), or a path to a .dicom recipe file."
+        ),
+    ] = "ridl-basic",
     deid_option: Annotated[
-        list[str] | None,
-        typer.Option(help="PS3.15 option the project uses (repeat; recipe ps3.15-basic)."),
+        list[DeidOption] | None,
+        typer.Option(
+            metavar="OPTION",
+            help="PS3.15 option the project uses (repeat; recipe ps3.15-basic; each must also "
+            f"be given with --allow-deid-option): {', '.join(DeidOption)}.",
+        ),
     ] = None,
     allow_deid_option: Annotated[
-        list[str] | None,
-        typer.Option(help="PS3.15 option the REB approved for this project (repeat)."),
+        list[DeidOption] | None,
+        typer.Option(
+            metavar="OPTION",
+            help="PS3.15 option the REB approved for this project (repeat; as --deid-option).",
+        ),
     ] = None,
     hn_issuer: Annotated[
         str, typer.Option(help="Issuer that marks the health number in Other Patient IDs.")
@@ -182,12 +226,12 @@ def project_create(
             modalities=tuple(m.upper() for m in modality),
             sites=tuple(site),
             retain=tuple(retain or ()),
-            deid_options=tuple(allow_deid_option or ()),
+            deid_options=tuple(o.value for o in allow_deid_option or ()),
         ),
         recipients=tuple(recipient or ()),
         recipe=recipe,
         hn_issuer=hn_issuer,
-        deid_options=tuple(deid_option or ()),
+        deid_options=tuple(o.value for o in deid_option or ()),
     )
     from deid_recipes import find_recipe
 
@@ -428,10 +472,10 @@ def dir_index(
         str, typer.Argument(help="Source: folder:PATH, dimse://... or dicomweb://...")
     ],
     date_from: Annotated[
-        str | None, typer.Option("--from", help="Network sources: study dates from.")
+        str | None, typer.Option("--from", help="Network sources: study dates from, YYYY-MM-DD.")
     ] = None,
     date_to: Annotated[
-        str | None, typer.Option("--to", help="Network sources: study dates to.")
+        str | None, typer.Option("--to", help="Network sources: study dates to, YYYY-MM-DD.")
     ] = None,
 ) -> None:
     """(Re)build the study catalog of a source (headers only, never pixel data), then print
@@ -690,10 +734,10 @@ def run(
         str | None, typer.Option(help="Object store: file:PATH (default RIDL_HOME/store).")
     ] = None,
     date_from: Annotated[
-        str | None, typer.Option("--from", help="Study dates from (default: approved).")
+        str | None, typer.Option("--from", help="Study dates from, YYYY-MM-DD (default: approved).")
     ] = None,
     date_to: Annotated[
-        str | None, typer.Option("--to", help="Study dates to (default: approved).")
+        str | None, typer.Option("--to", help="Study dates to, YYYY-MM-DD (default: approved).")
     ] = None,
     modality: Annotated[
         list[str] | None, typer.Option(help="Modality (repeat; default: approved).")
@@ -904,7 +948,9 @@ app.add_typer(access_app, name="access")
 app.command("pull")(pull_command)
 # --- trust: verification gate and audit log ------------------------------------------------
 
-audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The tamper-evident audit log.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(audit_app, name="audit")
 
 
