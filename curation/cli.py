@@ -8,7 +8,7 @@ as one line with exit code 2 by the root group's error boundary in ``flows.cli``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -16,11 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 review_app = typer.Typer(
-    help="Review sheets of quarantined and at-risk objects (on premises).", no_args_is_help=True
+    help="Review sheets of quarantined and at-risk objects (on premises).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 labels_app = typer.Typer(
     help="Labeling lists: export worklists, import labels, run labeling hooks.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -62,7 +65,12 @@ def review_decide(
     project: ProjectOpt,
     release: ReleaseOpt,
     object_id: Annotated[str, typer.Argument(help="Object (SHA-256 shown on the sheet).")],
-    decision: Annotated[str, typer.Argument(help="approve or reject.")],
+    decision: Annotated[
+        Literal["approve", "reject"],
+        typer.Argument(
+            help="approve (release the object) or reject (keep it out).", case_sensitive=False
+        ),
+    ],
     reviewer: Annotated[str, typer.Option(help="Who decides.")],
     note: Annotated[str, typer.Option(help="Why (no patient information).")] = "",
 ) -> None:
@@ -81,7 +89,10 @@ def labels_export(
     count: Annotated[
         int | None, typer.Option(help="At most this many studies (1 or more).", min=1)
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv or xlsx.")] = "csv",
+    fmt: Annotated[
+        Literal["csv", "xlsx"],
+        typer.Option("--format", help="File format of the worklist.", case_sensitive=False),
+    ] = "csv",
     out: Annotated[Path | None, typer.Option(help="Output file.")] = None,
     overlap: Annotated[
         bool, typer.Option(help="Allow studies already given to someone else.")

@@ -19,8 +19,12 @@ from rich.table import Table
 
 from ridl.errors import ReleaseError
 
-release_app = typer.Typer(help="Published releases: sign, publish, show.", no_args_is_help=True)
-access_app = typer.Typer(help="Access grants for approved researchers.", no_args_is_help=True)
+release_app = typer.Typer(
+    help="Published releases: sign, publish, show.", no_args_is_help=True, rich_markup_mode=None
+)
+access_app = typer.Typer(
+    help="Access grants for approved researchers.", no_args_is_help=True, rich_markup_mode=None
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,6 +38,8 @@ DestOption = Annotated[
 def kv_table(title: str, values: dict[str, Any]) -> Table:
     """A two-column rich table of ``values`` (names and their values as text)."""
     table = Table(title=title, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # a fingerprint is never cut short
     for key, value in values.items():
         table.add_row(key, str(value))
     return table
@@ -341,9 +347,22 @@ def pull_command(
         list[int] | None,
         typer.Option(help="Pull only this partition (bucket number); repeat for more."),
     ] = None,
+    delete_retracted: Annotated[
+        bool,
+        typer.Option(
+            help="Delete the files in DEST that the research office retracted since you pulled "
+            "them (a subject withdrew, an instance was rejected), and the folders they leave "
+            "empty. Without it they are listed, not touched."
+        ),
+    ] = False,
 ) -> None:
     """Fetch a release (or a cohort of it) into DEST: signature checked, every file verified,
-    resumable."""
+    resumable.
+
+    The signature is checked with --public-key, else with the key shipped with the manifest
+    (release-signing.pub beside manifest.json, or inside a presigned manifest): its fingerprint
+    is printed first; compare it with the release notes. DEST holds one release: pulling another
+    release into it is refused."""
     from export.partitions import read_subjects
     from export.pull import pull
 
@@ -362,6 +381,7 @@ def pull_command(
             where=where,
             subjects=cohort,
             partitions=partition,
+            delete_retracted=delete_retracted,
         )
     except OSError as exc:
         raise ReleaseError(f"{type(exc).__name__}: {exc}") from exc
@@ -383,7 +403,33 @@ def pull_command(
             },
         )
     )
+    print_retracted_on_disk(report.retracted_on_disk, report.retracted_deleted, dest)
     for reason in sorted(report.failed.values()):
         err_console.print(f"[red]failed:[/] {reason}", highlight=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+def print_retracted_on_disk(on_disk: dict[str, str], deleted: list[str], dest: Path) -> None:
+    """Name each retracted file an earlier pull left in ``dest`` (paths relative to it, research
+    IDs and UIDs only) with its reason, and say whether it was deleted or how to delete it."""
+    if not on_disk:
+        return
+    kept = sorted(set(on_disk) - set(deleted))
+    if deleted:
+        console.print(
+            f"deleted {len(deleted)} files retracted since publication (and the folders they "
+            f"left empty) from {dest}:",
+            highlight=False,
+        )
+        for path in sorted(deleted):
+            console.print(f"  {path}  ({on_disk[path]})", highlight=False, soft_wrap=True)
+    if kept:
+        console.print(
+            f"{len(kept)} files in {dest} were retracted since publication (a subject withdrew "
+            "or an instance was rejected); stop using them and delete them, or run the same "
+            "command with --delete-retracted:",
+            highlight=False,
+        )
+        for path in kept:
+            console.print(f"  {path}  ({on_disk[path]})", highlight=False, soft_wrap=True)

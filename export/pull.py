@@ -37,6 +37,7 @@ each object from its manifest row (:data:`LAYOUTS`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -80,6 +81,10 @@ LAYOUTS = {
 }
 CHUNK = 1024 * 1024
 STATE_DIR = ".ridl-pull"
+MARKER = f"{STATE_DIR}/release.json"
+"""Written under DEST when a pull starts: which release the folder holds (project, release,
+signing key), so that another release is never pulled into it."""
+SHIPPED_KEY = "release-signing.pub"
 
 
 class PullError(RidlError):
@@ -121,7 +126,10 @@ class LoadedManifest:
     ``manifest`` is the parsed ``manifest.json`` and ``manifest_bytes`` the bytes that were
     signed; ``signature`` is base64; ``public_key`` PEM; ``urls`` {path: presigned URL} (None
     when objects are read with the researcher's own credentials); ``expires_at`` the earliest
-    URL expiry (UTC) or None; ``retracted`` {path: reason} of files not to fetch.
+    URL expiry (UTC) or None; ``retracted`` {path: reason} of files not to fetch;
+    ``partitions`` the buckets a partition or cohort grant covers (None: all); ``key_source``
+    where the public key came from (``--public-key``, the presigned manifest, or
+    ``release-signing.pub`` beside ``manifest.json``).
     """
 
     manifest: dict[str, Any]
@@ -132,6 +140,7 @@ class LoadedManifest:
     expires_at: dt.datetime | None
     retracted: dict[str, str] = field(default_factory=dict)
     partitions: list[int] | None = None
+    key_source: str = "--public-key"
 
     @property
     def fingerprint(self) -> str:
@@ -147,11 +156,20 @@ class LoadedManifest:
 class PullReport:
     """What a pull did: files in the plan, fetched, skipped (already there and verified),
     retracted (not fetched), bytes fetched, retries, ``failed`` {path: message} and the
-    wall-clock duration in seconds."""
+    wall-clock duration in seconds.
+
+    ``key_source`` says where the signing key came from; ``retracted_on_disk`` {path relative
+    to DEST: reason} lists files retracted since publication (a subject withdrew, an IOCM
+    rejection) that an earlier pull left in DEST; ``retracted_deleted`` those of them removed
+    (``delete_retracted``).
+    """
 
     project: str
     release: str
     fingerprint: str
+    key_source: str = ""
+    retracted_on_disk: dict[str, str] = field(default_factory=dict)
+    retracted_deleted: list[str] = field(default_factory=list)
     files: int = 0
     fetched: int = 0
     skipped_verified: int = 0
@@ -213,6 +231,7 @@ def load_manifest(
         manifest_bytes = str(document["manifest"]).encode()
         signature = str(document["signature"])
         shipped_key = str(document["public_key"])
+        shipped_from = "shipped in the presigned manifest"
         urls = {str(k): str(v) for k, v in document["urls"].items()}
         retracted = {str(k): str(v) for k, v in document.get("retracted", {}).items()}
         if document.get("partitions") is not None:
@@ -222,14 +241,19 @@ def load_manifest(
         sig_path = signature_path or path.with_name(path.name + ".sig")
         if not sig_path.exists():
             raise PullError(
-                f"no signature beside {path} (expected {sig_path.name}); pass --signature"
+                f"no signature beside {path} (expected {sig_path.name}, published with the "
+                "release): download it too, or pass --signature"
             )
         signature = sig_path.read_text()
-        key_path = path.with_name("release-signing.pub")
-        shipped_key = key_path.read_text() if key_path.exists() else ""
+        key_path = path.with_name(SHIPPED_KEY)
+        shipped_key = key_path.read_text() if key_path.is_file() else ""
+        shipped_from = f"{SHIPPED_KEY} beside {path.name}"
     key = public_key or shipped_key
     if not key:
-        raise PullError("no public key: pass --public-key (it is in the release notes)")
+        raise PullError(
+            f"no public key: {SHIPPED_KEY} is not beside {path.name}; download it with the "
+            "release, or pass --public-key (the key is in the release notes)"
+        )
     verify(key, manifest_bytes, signature)  # raises SignatureError when tampered
     manifest = json.loads(manifest_bytes)
     expires: dt.datetime | None = None
@@ -240,8 +264,9 @@ def load_manifest(
             raise PullError(f"the presigned manifest lacks URLs for {len(missing)} files")
         expiries = [e for e in (url_expiry(u) for u in urls.values()) if e is not None]
         expires = min(expiries) if expiries else None
+    source = "--public-key" if public_key else shipped_from
     return LoadedManifest(
-        manifest, manifest_bytes, signature, key, urls, expires, retracted, covered
+        manifest, manifest_bytes, signature, key, urls, expires, retracted, covered, source
     )
 
 
@@ -325,7 +350,16 @@ class _Fetcher:
                 or os.environ.get("AWS_DEFAULT_REGION")
                 or self.storage.get("region"),
             )
-            self._s3 = make_client(settings)
+            from botocore.exceptions import BotoCoreError
+
+            try:
+                self._s3 = make_client(settings)
+            except BotoCoreError as exc:  # e.g. ProfileNotFound: AWS_PROFILE names no profile
+                raise AccessRefused(
+                    f"cannot use your AWS settings ({type(exc).__name__}: {exc}); check "
+                    "AWS_PROFILE or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or use a "
+                    "presigned manifest"
+                ) from None
         elif self.storage["type"] != "file":
             raise PullError(f"cannot fetch from storage of type {self.storage['type']!r}")
 
@@ -450,6 +484,7 @@ def pull(
     where: str | None = None,
     subjects: set[str] | None = None,
     partitions: list[int] | None = None,
+    delete_retracted: bool = False,
 ) -> PullReport:
     """Fetch and verify every file of the release (or a cohort of it) into ``dest``.
 
@@ -464,14 +499,21 @@ def pull(
     ``on_file_done`` is called with each fetched path; ``now`` (UTC) is for tests;
     ``endpoint_url`` replaces the S3 endpoint the manifest records (credentials path only; see
     the module doc for the environment variables). The first file is fetched alone; when it is
-    refused the pull stops (:class:`AccessRefused`) and removes ``dest`` if it made it and it is
-    still empty. Later, a file that fails (HTTP refusal, checksum twice wrong) is recorded in the
-    report's ``failed`` and the others go on; the signed manifest, its signature and key are kept
-    under ``dest/.ridl-pull``.
+    refused the pull stops (:class:`AccessRefused`). A pull that stops before any file arrived
+    leaves ``dest`` as it found it (no folder, no marker). Later, a file that fails (HTTP
+    refusal, checksum twice wrong) is recorded in the report's ``failed`` and the others go on;
+    the signed manifest, its signature and key are kept under ``dest/.ridl-pull``.
+
+    ``dest`` holds one release: :data:`MARKER` names it, and a pull of another release into it
+    is refused (the same release again resumes or updates it). Files that later releases
+    retracted (withdrawn subjects, IOCM rejections; listed by a presigned manifest) and that an
+    earlier pull left in ``dest`` are listed in the report's ``retracted_on_disk`` and, with
+    ``delete_retracted``, removed with the folders they leave empty.
 
     Raises:
         PullError: the manifest cannot be loaded or planned (see :func:`load_manifest`,
-            :func:`plan_items`), or the storage type is unknown.
+            :func:`plan_items`), the storage type is unknown, or ``dest`` holds another
+            release.
         SignatureError: the manifest does not match its signature.
         ExpiredGrant: the presigned manifest has expired (checked before, and during, fetching).
         AccessRefused: the server refused the first file (access denied, bad credentials, an
@@ -483,7 +525,20 @@ def pull(
     started = time.monotonic()
     loaded = load_manifest(manifest_path, public_key, signature_path)
     manifest = loaded.manifest
-    report = PullReport(manifest["project"], manifest["release"], loaded.fingerprint)
+    report = PullReport(
+        manifest["project"], manifest["release"], loaded.fingerprint, loaded.key_source
+    )
+    if console is not None:
+        advice = (
+            "" if loaded.key_source == "--public-key" else
+            "; compare it with the fingerprint in the release notes the research office sent "
+            "you (a different one: stop and ask them)"
+        )  # fmt: skip
+        console.print(
+            f"signing key {report.fingerprint} ({loaded.key_source}){advice}",
+            highlight=False,
+            soft_wrap=True,
+        )
     now = now or dt.datetime.now(dt.UTC)
     if loaded.expires_at is not None and loaded.expires_at <= now:
         raise ExpiredGrant(
@@ -491,9 +546,11 @@ def pull(
             "research office for a new grant (`ridl access grant --presign`)"
         )
     report.retracted = len(loaded.retracted)
+    check_dest(dest, manifest)
+    fetcher = _Fetcher(loaded, workers, endpoint_url)  # bad AWS settings fail before any folder
     made_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    fetcher = _Fetcher(loaded, workers, endpoint_url)
+    made_marker = _write_marker(dest, loaded)
 
     def transfer(items: list[PullItem]) -> None:
         # Folders are made as files arrive, so a refused pull leaves none behind.
@@ -580,12 +637,8 @@ def pull(
             if todo:  # the first file alone: a server that refuses it is not asked again
                 try:
                     fetch(todo[0], files_task, bytes_task)
-                except (AccessRefused, ExpiredGrant):
-                    if made_dest and not any(dest.iterdir()):
-                        dest.rmdir()
-                    raise
-                except DiskFull:
-                    raise
+                except (AccessRefused, ExpiredGrant, DiskFull):
+                    raise  # the caller leaves DEST as it found it when nothing arrived
                 except PullError as first_failure:
                     report.failed[todo[0].path] = str(first_failure)
             pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -608,21 +661,146 @@ def pull(
         if fatal is not None:
             raise fatal
 
+    def retract(objects: list[dict[str, Any]]) -> None:
+        found = _retracted_on_disk(dest, objects, loaded.retracted, layout)
+        report.retracted_on_disk.update(found)
+        if delete_retracted:
+            for target in sorted(found):
+                _delete_with_empty_parents(dest, target)
+                report.retracted_deleted.append(target)
+
     selecting = where is not None or subjects is not None or partitions is not None
-    if "objects" in manifest and not selecting and loaded.partitions is None:
-        transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
-    else:
-        query = parse_where(where) if where is not None else None
-        for table in _partition_rows(loaded, dest, layout, transfer, query, subjects, partitions):
-            objects = [_object_of(row, manifest) for row in table.to_pylist()]
-            if loaded.urls is not None:  # a grant for a cohort or partition: its objects only
-                objects = [o for o in objects if o["path"] in loaded.urls]
-            plan = {"objects": objects, "files": {}}
-            transfer(plan_items(plan, layout, skip=set(loaded.retracted)))
-        transfer(plan_items({"objects": [], "files": manifest.get("files", {})}, layout))
+    try:
+        if "objects" in manifest and not selecting and loaded.partitions is None:
+            retract(manifest["objects"])
+            transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
+        else:
+            query = parse_where(where) if where is not None else None
+            rows = _partition_rows(loaded, dest, layout, transfer, query, subjects, partitions)
+            for table in rows:
+                objects = [_object_of(row, manifest) for row in table.to_pylist()]
+                retract(objects)
+                if loaded.urls is not None:  # a grant for a cohort or partition: its objects
+                    objects = [o for o in objects if o["path"] in loaded.urls]
+                plan = {"objects": objects, "files": {}}
+                transfer(plan_items(plan, layout, skip=set(loaded.retracted)))
+            transfer(plan_items({"objects": [], "files": manifest.get("files", {})}, layout))
+    except BaseException:
+        if report.fetched == 0 and not report.retracted_deleted:
+            _undo_start(dest, made_dest, made_marker)
+        raise
     _save_release_files(dest, loaded)
     report.seconds = time.monotonic() - started
     return report
+
+
+# --- one release per folder; retractions on the researcher's disk ------------------------------
+
+
+def release_in(dest: Path) -> tuple[str, str] | None:
+    """(project, release) of the release a folder already holds, or None.
+
+    Read from :data:`MARKER`, else from the manifest an earlier pull kept
+    (``.ridl-pull/manifest.json``), else from a ``manifest.json`` at the folder's root (a
+    release copied with s5cmd, aws or rclone). A file that is not a ridl manifest is ignored.
+    """
+    for name in (MARKER, f"{STATE_DIR}/manifest.json", "manifest.json"):
+        path = dest / name
+        try:
+            if path.is_symlink() or not path.is_file():
+                continue
+            document = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and {"project", "release"} <= document.keys():
+            return str(document["project"]), str(document["release"])
+    return None
+
+
+def check_dest(dest: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to pull ``manifest``'s release into a folder that holds another release.
+
+    The same release again (resume, update after a retraction, another cohort) is allowed.
+
+    Raises:
+        PullError: ``dest`` is not a folder, or holds another release (both are named).
+    """
+    if dest.exists() and not dest.is_dir():
+        raise PullError(f"--dest {dest} is a file, not a folder; choose a folder")
+    if not dest.is_dir():
+        return
+    held = release_in(dest)
+    wanted = (str(manifest["project"]), str(manifest["release"]))
+    if held is not None and held != wanted:
+        raise PullError(
+            f"{dest} already holds release {held[0]}/{held[1]}; this manifest is release "
+            f"{wanted[0]}/{wanted[1]}: pull it into another --dest (releases are never mixed "
+            "in one folder)"
+        )
+
+
+def _write_marker(dest: Path, loaded: LoadedManifest) -> bool:
+    """Write :data:`MARKER` (project, release, signing key) if absent; True when written."""
+    target = safe_destination(dest, MARKER, create_parents=False)
+    if target.exists():
+        return False
+    target = safe_destination(dest, MARKER)
+    marker = {
+        "project": loaded.manifest["project"],
+        "release": loaded.manifest["release"],
+        "signing_key": loaded.fingerprint,
+    }
+    target.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def _undo_start(dest: Path, made_dest: bool, made_marker: bool) -> None:
+    """After a pull that stopped before any file arrived: remove the marker it wrote, the state
+    folder if empty, and DEST itself if the pull made it and nothing else is in it."""
+    if made_marker:
+        (dest / MARKER).unlink(missing_ok=True)
+    _remove_empty_tree(dest / STATE_DIR)
+    if made_dest:
+        _remove_empty_tree(dest)
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it when none of them holds a file."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        _remove_empty_tree(child)
+    with contextlib.suppress(OSError):  # it holds a file (or a folder that does): keep it
+        folder.rmdir()
+
+
+def _retracted_on_disk(
+    dest: Path, objects: list[dict[str, Any]], retracted: dict[str, str], layout: str
+) -> dict[str, str]:
+    """{path relative to DEST: reason} of retracted objects an earlier pull left in DEST."""
+    gone = [o for o in objects if o["path"] in retracted]
+    if not gone:
+        return {}
+    found: dict[str, str] = {}
+    for item in plan_items({"objects": gone, "files": {}}, layout):
+        target = safe_destination(dest, item.target, create_parents=False)
+        if target.is_file() and not target.is_symlink():
+            found[item.target] = retracted[item.path]
+    return found
+
+
+def _delete_with_empty_parents(dest: Path, relative: str) -> None:
+    """Delete DEST/relative, then each folder above it (below DEST) that it left empty."""
+    target = safe_destination(dest, relative, create_parents=False)
+    target.unlink(missing_ok=True)
+    root = dest.resolve()
+    folder = target.parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty
+            break
+        folder = folder.parent
 
 
 def _object_of(row: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

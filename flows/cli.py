@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,6 +73,25 @@ class RidlGroup(TyperGroup):
             raise typer.Exit(ERROR_EXIT_CODE) from None
 
 
+HELP_WIDTH = 120
+"""Columns ``ridl ... --help`` may use when the terminal is that wide (it wraps, never cuts)."""
+
+
+class DeidOption(StrEnum):
+    """The PS3.15 Annex E options ``--deid-option`` takes (``ridl.projects.DEID_OPTIONS``; a
+    test keeps the two the same)."""
+
+    RETAIN_LONG_MODIFIED_DATES = "retain-long-modified-dates"
+    RETAIN_PATIENT_CHARS = "retain-patient-chars"
+    RETAIN_DEVICE_ID = "retain-device-id"
+    RETAIN_INSTITUTION_ID = "retain-institution-id"
+    RETAIN_UIDS = "retain-uids"
+    RETAIN_SAFE_PRIVATE = "retain-safe-private"
+    CLEAN_DESCRIPTORS = "clean-descriptors"
+    CLEAN_STRUCTURED_CONTENT = "clean-structured-content"
+    CLEAN_GRAPHICS = "clean-graphics"
+
+
 app = typer.Typer(
     cls=RidlGroup,
     help=(
@@ -80,16 +100,25 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: it wraps long values instead of cutting them short ("…") as the rich
+    # panels do at 80 columns, shows choices as [a|b], and uses up to 120 columns.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": HELP_WIDTH},
 )
-project_app = typer.Typer(help="The REB project registry.", no_args_is_help=True)
+project_app = typer.Typer(
+    help="The REB project registry.", no_args_is_help=True, rich_markup_mode=None
+)
 dir_app = typer.Typer(
-    help="DIR sources: synthetic archives and folder indexing.", no_args_is_help=True
+    help="DIR sources: synthetic archives and folder indexing.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(project_app, name="project")
 app.add_typer(dir_app, name="dir")
 optout_app = typer.Typer(
     help="Subjects who withdrew from a project (stored only as keyed hashes).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(optout_app, name="optout")
 from curation.cli import labels_app, review_app  # noqa: E402
@@ -145,8 +174,10 @@ def project_create(
     pi: Annotated[str, typer.Option("--pi", help="Principal investigator.")],
     approved: Annotated[str, typer.Option(help="Approval date, YYYY-MM-DD.")],
     expires: Annotated[str, typer.Option(help="Expiry date of the approval, YYYY-MM-DD.")],
-    date_from: Annotated[str, typer.Option("--from", help="Approved study dates from.")],
-    date_to: Annotated[str, typer.Option("--to", help="Approved study dates to.")],
+    date_from: Annotated[
+        str, typer.Option("--from", help="Approved study dates from, YYYY-MM-DD.")
+    ],
+    date_to: Annotated[str, typer.Option("--to", help="Approved study dates to, YYYY-MM-DD.")],
     modality: Annotated[list[str], typer.Option(help="Approved modality (repeat).")],
     site: Annotated[list[str], typer.Option(help="Approved site = Issuer of Patient ID (repeat).")],
     retain: Annotated[
@@ -155,14 +186,27 @@ def project_create(
     recipient: Annotated[
         list[str] | None, typer.Option(help="Approved recipient of the data (repeat).")
     ] = None,
-    recipe: Annotated[str, typer.Option(help="De-identification recipe name.")] = "ridl-basic",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="De-identification recipe: ridl-basic, ps3.15-basic (the PS3.15 profile, with "
+            "--deid-option), or a path to a .dicom recipe file."
+        ),
+    ] = "ridl-basic",
     deid_option: Annotated[
-        list[str] | None,
-        typer.Option(help="PS3.15 option the project uses (repeat; recipe ps3.15-basic)."),
+        list[DeidOption] | None,
+        typer.Option(
+            metavar="OPTION",
+            help="PS3.15 option the project uses (repeat; recipe ps3.15-basic; each must also "
+            f"be given with --allow-deid-option): {', '.join(DeidOption)}.",
+        ),
     ] = None,
     allow_deid_option: Annotated[
-        list[str] | None,
-        typer.Option(help="PS3.15 option the REB approved for this project (repeat)."),
+        list[DeidOption] | None,
+        typer.Option(
+            metavar="OPTION",
+            help="PS3.15 option the REB approved for this project (repeat; as --deid-option).",
+        ),
     ] = None,
     hn_issuer: Annotated[
         str, typer.Option(help="Issuer that marks the health number in Other Patient IDs.")
@@ -184,12 +228,12 @@ def project_create(
             modalities=tuple(m.upper() for m in modality),
             sites=tuple(site),
             retain=tuple(retain or ()),
-            deid_options=tuple(allow_deid_option or ()),
+            deid_options=tuple(o.value for o in allow_deid_option or ()),
         ),
         recipients=tuple(recipient or ()),
         recipe=recipe,
         hn_issuer=hn_issuer,
-        deid_options=tuple(deid_option or ()),
+        deid_options=tuple(o.value for o in deid_option or ()),
     )
     from deid_recipes import find_recipe
 
@@ -405,9 +449,15 @@ def dir_synth(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same archive.")] = 0,
     ct_slices: Annotated[int, typer.Option(help="Slices per CT series (scale tests).")] = 4,
 ) -> None:
-    """Write a synthetic DIR (fake patients) for demos and tests."""
+    """Write a synthetic DIR (fake patients) for demos and tests, into a new or empty folder."""
     from ridl.synth import synthesize
 
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "is not a folder" if not path.is_dir() else "is not empty"
+        raise ConfigError(
+            f"{path} {what}: a synthetic DIR is written into a new or empty folder (files of "
+            "another archive would mix with it); choose another PATH or empty this one"
+        )
     try:
         report = synthesize(path, patients=patients, sites=sites, seed=seed, ct_slices=ct_slices)
     except ValueError as exc:
@@ -424,16 +474,16 @@ def dir_index(
         str, typer.Argument(help="Source: folder:PATH, dimse://... or dicomweb://...")
     ],
     date_from: Annotated[
-        str | None, typer.Option("--from", help="Network sources: study dates from.")
+        str | None, typer.Option("--from", help="Network sources: study dates from, YYYY-MM-DD.")
     ] = None,
     date_to: Annotated[
-        str | None, typer.Option("--to", help="Network sources: study dates to.")
+        str | None, typer.Option("--to", help="Network sources: study dates to, YYYY-MM-DD.")
     ] = None,
 ) -> None:
-    """(Re)build the study catalog of a source (headers only, never pixel data)."""
-    import pyarrow.parquet as pq
-
-    from ridl.catalog import catalog_dir_for
+    """(Re)build the study catalog of a source (headers only, never pixel data), then print
+    what it holds: studies, instances, the years of the study dates, and studies by site and by
+    modality (counts only, never a patient's name or ID)."""
+    from ridl.catalog import catalog_dir_for, catalog_summary
     from ridl.sources.base import open_source
 
     src = open_source(source)
@@ -443,8 +493,27 @@ def dir_index(
         _date(date_from, "--from") or dt.date(1900, 1, 1),
         _date(date_to, "--to") or dt.date.today(),
     )
-    n = pq.ParquetFile(catalog / "studies.parquet").metadata.num_rows
-    console.print(f"catalog of {n} studies in {catalog}")
+    found = catalog_summary(catalog)
+    console.print(
+        f"catalog of {found['studies']} studies ({found['instances']} instances) in {catalog}",
+        highlight=False,
+    )
+    if not found["studies"]:
+        console.print(
+            "no DICOM study found: check the source (a folder holds DICOM files; a network "
+            "source, --from and --to)",
+            highlight=False,
+        )
+        return
+    years = (
+        "unknown"
+        if found["first_year"] is None
+        else f"{found['first_year']} to {found['last_year']}"
+    )
+    console.print(f"study dates: {years}", highlight=False)
+    for title, counts in (("sites", found["sites"]), ("modalities", found["modalities"])):
+        listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+        console.print(f"{title} (studies): {listed}", highlight=False, soft_wrap=True)
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -687,10 +756,10 @@ def run(
         str | None, typer.Option(help="Object store: file:PATH (default RIDL_HOME/store).")
     ] = None,
     date_from: Annotated[
-        str | None, typer.Option("--from", help="Study dates from (default: approved).")
+        str | None, typer.Option("--from", help="Study dates from, YYYY-MM-DD (default: approved).")
     ] = None,
     date_to: Annotated[
-        str | None, typer.Option("--to", help="Study dates to (default: approved).")
+        str | None, typer.Option("--to", help="Study dates to, YYYY-MM-DD (default: approved).")
     ] = None,
     modality: Annotated[
         list[str] | None, typer.Option(help="Modality (repeat; default: approved).")
@@ -901,7 +970,9 @@ app.add_typer(access_app, name="access")
 app.command("pull")(pull_command)
 # --- trust: verification gate and audit log ------------------------------------------------
 
-audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The tamper-evident audit log.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(audit_app, name="audit")
 
 

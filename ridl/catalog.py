@@ -160,6 +160,41 @@ def write_study_table(instances: pa.Table, catalog_dir: Path) -> None:
     write_study_rows(pa.Table.from_pandas(studies, preserve_index=False), catalog_dir)
 
 
+def catalog_summary(catalog_dir: Path) -> dict[str, Any]:
+    """What a catalog holds, in counts only (no patient name, ID or full date).
+
+    Returns ``studies`` and ``instances`` (ints), ``first_year`` and ``last_year`` (of the study
+    dates; None when no study has a readable date), ``sites`` {Issuer of Patient ID: studies}
+    and ``modalities`` {modality: studies holding it} (a study with CT and SR counts under
+    both), each sorted by name.
+
+    Raises:
+        FileNotFoundError: ``catalog_dir`` holds no ``studies.parquet``.
+    """
+    table = pq.read_table(
+        catalog_dir / "studies.parquet",
+        columns=["study_date", "issuer", "modalities", "n_instances"],
+    )
+    years = sorted(
+        int(d[:4]) for d in table.column("study_date").to_pylist() if d and d[:4].isdigit()
+    )
+    sites: dict[str, int] = {}
+    for issuer in table.column("issuer").to_pylist():
+        sites[issuer or "(none)"] = sites.get(issuer or "(none)", 0) + 1
+    modalities: dict[str, int] = {}
+    for kinds in table.column("modalities").to_pylist():
+        for kind in set(kinds or []):
+            modalities[kind] = modalities.get(kind, 0) + 1
+    return {
+        "studies": table.num_rows,
+        "instances": int(pc.sum(table.column("n_instances")).as_py() or 0),
+        "first_year": years[0] if years else None,
+        "last_year": years[-1] if years else None,
+        "sites": dict(sorted(sites.items())),
+        "modalities": dict(sorted(modalities.items())),
+    }
+
+
 @dataclass
 class Selection:
     """The chosen studies and what selection removed (counts only, no identifiers).
