@@ -271,3 +271,10 @@ def test_summary_tables_name_the_unit_on_every_line(  # type: ignore[no-untyped-
     assert "studies excluded: withdrawn" in text and "instances excluded: withdrawn" in text
     assert "instances excluded: iocm-rejected" in text
     assert "instances quarantined: truncated" in text
+
+    # The HTML report counts each kind in its unit too (2 studies, 3 + 4 instances).
+    from export.report import write_report
+
+    page = store.get_bytes(write_report(store, prefix)).decode()
+    assert "<th>studies excluded at selection</th><td>2</td>" in page
+    assert "<th>instances excluded</th><td>7</td>" in page
