@@ -122,19 +122,47 @@ def labels_import(
     file: Annotated[Path, typer.Argument(help="A returned worklist (csv or xlsx).")],
     project: Annotated[str | None, typer.Option(help="Project (default: from the file).")] = None,
     release: Annotated[str | None, typer.Option(help="Release (default: from the file).")] = None,
+    correct: Annotated[
+        bool,
+        typer.Option(
+            help="Let changed values replace a study's stored label (same assignee); each "
+            "correction is recorded in the audit log. Without it such rows are rejected."
+        ),
+    ] = False,
+    rejected: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the rejected rows (the file's columns plus 'reason'; .xlsx "
+            "or .csv). Default: FILE's name with '-rejected', next to it."
+        ),
+    ] = None,
     dest: DestOpt = None,
 ) -> None:
-    """Validate every row; store the good ones with the release; report bad rows by line."""
+    """Validate every row; store the good ones with the release; report bad rows by line.
+
+    Rows already stored unchanged are skipped (importing a file twice is harmless). Rejected
+    rows go to a file of the same format, with a 'reason' column, to send back for fixing.
+    """
     from curation.labels import import_labels
     from export.store import open_store
 
-    proj, rel, report = import_labels(open_store(dest), file, project=project, release=release)
+    proj, rel, report = import_labels(
+        open_store(dest), file, project=project, release=release, correct=correct,
+        rejected=rejected,
+    )  # fmt: skip
     for line, problem in report.errors:
         err_console.print(escape(f"{file.name} line {line}: {problem}"), highlight=False)
     console.print(
-        f"{proj}/{rel}: {report.stored} label rows stored, {report.unlabeled} rows not labeled, "
-        f"{len(report.errors)} rows rejected"
+        f"{proj}/{rel}: {report.stored} label rows stored, {report.unlabeled} rows not "
+        f"labeled, {len(report.errors)} rows rejected, {report.already_stored} rows already "
+        f"stored (skipped), {report.corrected} rows corrected",
+        highlight=False,
     )
+    if report.rejected_file is not None:
+        console.print(
+            escape(f"rejected rows, with their reason, to send back: {report.rejected_file}"),
+            highlight=False,
+        )
     if report.errors:
         raise typer.Exit(1)
 

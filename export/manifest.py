@@ -153,7 +153,10 @@ class ReleaseSummary(TypedDict):
 
     Counts are of studies, subjects (research IDs) and instances; ``bytes_exported`` is in bytes;
     ``by_modality`` counts exported instances per modality, ``excluded`` and ``quarantined``
-    count instances per reason code (all three sorted by key). ``studies_done`` counts the
+    count instances per reason code (all three sorted by key), except that ``excluded`` also
+    adds what selection removed, in whole studies (duplicate studies, opt-outs, withdrawals);
+    ``excluded_studies`` (there when selection removed any) holds those study counts by
+    reason, so a reader can tell the units apart. ``studies_done`` counts the
     study parts in the store (studies worked, exported or not), failed-study parts left out;
     when the archive could not deliver some studies, ``studies_failed`` counts them by reason
     code and ``failed_studies`` lists them (:class:`FailedStudy`, sorted by study key).
@@ -177,6 +180,7 @@ class ReleaseSummary(TypedDict):
     quarantined: dict[str, int]
     manifest: str
     manifest_csv: str
+    excluded_studies: NotRequired[dict[str, int]]
     manifest_dataset: NotRequired[str]
     partitions: NotRequired[int]
     labels: NotRequired[LabelsFile]
@@ -260,10 +264,11 @@ def study_part(
 def source_part(
     excluded: Mapping[str, int] | None = None, quarantined: Mapping[str, int] | None = None
 ) -> ManifestPart:
-    """The source part: no study, no objects; instances counted by reason code.
+    """The source part: no study, no objects; counts by reason code.
 
-    ``excluded`` counts what selection removed (duplicates, opt-outs); ``quarantined`` the files
-    of the source that are not readable DICOM and so belong to no study.
+    ``excluded`` counts the studies selection removed (duplicates, opt-outs, withdrawals);
+    ``quarantined`` the files of the source that are not readable DICOM and so belong to no
+    study.
     """
     return ManifestPart(
         study=None,
@@ -352,6 +357,7 @@ def build_manifest(
     from export import partitions as pt
 
     excluded: Counter[str] = Counter()
+    excluded_studies: Counter[str] = Counter()  # the source part's: selection removes studies
     quarantined: Counter[str] = Counter()
     studies_done = 0
     failed: list[FailedStudy] = []
@@ -369,6 +375,8 @@ def build_manifest(
             for row in part["objects"]:
                 spill.add(cast(dict[str, Any], row), site)
             excluded.update(part["excluded"])
+            if part.get("study") is None:
+                excluded_studies.update(part["excluded"])
             quarantined.update(part["quarantined"])
             why = part.get("failed")
             if part.get("study") and why is not None:
@@ -407,6 +415,8 @@ def build_manifest(
         manifest_dataset=f"{prefix}/{pt.DATASET}/",
         partitions=buckets,
     )
+    if +excluded_studies:
+        summary["excluded_studies"] = _counts(+excluded_studies)
     if failed:
         summary["studies_failed"] = _counts(Counter(f["reason"] for f in failed))
         summary["failed_studies"] = sorted(failed, key=lambda f: f["study"])

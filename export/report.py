@@ -160,7 +160,8 @@ def render_report(
     """The report as one HTML page (counts and inline SVG plots only).
 
     ``summary`` is the release summary (counts; ``excluded`` and ``quarantined`` as
-    {reason: instances}, ``studies_failed`` as {reason: studies}, ``bytes_exported`` in
+    {reason: instances}, except the selection's exclusions, which ``excluded`` adds in studies
+    and ``excluded_studies`` holds; ``studies_failed`` as {reason: studies}, ``bytes_exported`` in
     bytes); ``manifest`` one row per object; ``parts`` the manifest parts; ``runs`` as
     :func:`read_runs` gives them; ``study_years`` {study UID: original year}, computed on
     premises, else the exported (shifted) dates' years
@@ -188,7 +189,13 @@ def _render(
     distribution: Mapping[int, int],
     runs: list[dict[str, Any]],
 ) -> str:
-    excluded = dict(summary.get("excluded", {}))
+    # Selection excludes whole studies; the work excludes instances: report each in its unit.
+    whole = dict(summary.get("excluded_studies", {}))
+    excluded = {
+        reason: n - min(whole.get(reason, 0), n)
+        for reason, n in dict(summary.get("excluded", {})).items()
+        if n - min(whole.get(reason, 0), n)
+    }
     quarantined = dict(summary.get("quarantined", {}))
     total_work = sum(r.get("work_seconds", 0.0) for r in runs)
     total_fresh = sum(sum(b.get("instances", 0) for b in r.get("batches", [])) for r in runs)
@@ -205,6 +212,7 @@ def _render(
             row("subjects", summary.get("subjects", "")),
             row("instances exported", summary.get("instances_exported", "")),
             row("bytes exported", f"{summary.get('bytes_exported', 0):,}"),
+            row("studies excluded at selection", sum(whole.values())),
             row("instances excluded", sum(excluded.values())),
             row("instances quarantined (kept on premises)", sum(quarantined.values())),
             *[

@@ -706,19 +706,29 @@ def print_preview(preview: dict[str, Any]) -> None:
 
 
 def print_summary(summary: dict[str, Any], store_url: str) -> None:
-    """Print a release summary (counts of studies, instances, bytes, reasons) and its files."""
+    """Print a release summary (counts of studies, instances, bytes, reasons) and its files.
+
+    Every count's line names its unit (studies, subjects, instances, bytes, flow runs): what
+    selection excluded is counted in studies (``excluded_studies``), what the work excluded or
+    quarantined in instances.
+    """
     table = Table(title=f"release {summary['project']}/{summary['release']}", show_header=False)
     table.add_row("studies selected", str(summary["studies_selected"]))
     table.add_row("studies exported", str(summary["studies_exported"]))
-    table.add_row("subjects", str(summary["subjects"]))
+    table.add_row("subjects (research IDs) exported", str(summary["subjects"]))
     table.add_row("instances exported", str(summary["instances_exported"]))
     table.add_row("bytes exported", f"{summary['bytes_exported']:,}")
+    whole = summary.get("excluded_studies", {})
     for reason, n in summary["excluded"].items():
-        table.add_row(f"excluded: {reason}", str(n))
+        studies = min(int(whole.get(reason, 0)), int(n))
+        if studies:
+            table.add_row(f"studies excluded: {reason}", str(studies))
+        if n - studies:
+            table.add_row(f"instances excluded: {reason}", str(n - studies))
     for reason, n in summary["quarantined"].items():
-        table.add_row(f"quarantined: {reason}", str(n))
+        table.add_row(f"instances quarantined: {reason}", str(n))
     for reason, n in summary.get("studies_failed", {}).items():
-        table.add_row(f"failed: {reason}", str(n))
+        table.add_row(f"studies failed: {reason}", str(n))
     if summary.get("verification"):
         table.add_row(
             "verification", "passed: published" if summary["verification"]["passed"] else "failed"
@@ -924,8 +934,16 @@ def show_summary(
     dest: Annotated[
         str | None, typer.Option(help="Object store (default RIDL_HOME/store).")
     ] = None,
+    table: Annotated[
+        bool,
+        typer.Option(
+            "--table",
+            help="Print the table `ridl run` ends with (each line names its unit) instead of "
+            "summary.json.",
+        ),
+    ] = False,
 ) -> None:
-    """Print a finished release's summary of counts."""
+    """Print a finished release's summary of counts (summary.json, or a table with --table)."""
     from export.manifest import read_summary, release_files
     from export.store import open_store
 
@@ -934,7 +952,11 @@ def show_summary(
         raise ReleaseError(
             f"no summary for {project}/{release} in {store.url}; has the run finished?"
         )
-    json.dump(read_summary(store, f"{project}/{release}"), sys.stdout, indent=2)
+    summary = read_summary(store, f"{project}/{release}")
+    if table:
+        print_summary(dict(summary), store.url)
+        return
+    json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

@@ -503,10 +503,15 @@ def _artifacts(summary: RunSummary, totals: Totals) -> None:
         {"stage": "exported", "reason": "studies", "count": summary["studies_exported"]},
         {"stage": "exported", "reason": "instances", "count": summary["instances_exported"]},
     ]
+    whole = summary.get("excluded_studies", {})
     for reason, n in summary["excluded"].items():
-        rows.append({"stage": "excluded", "reason": reason, "count": n})
+        studies = min(whole.get(reason, 0), n)
+        if studies:
+            rows.append({"stage": "excluded (studies)", "reason": reason, "count": studies})
+        if n - studies:
+            rows.append({"stage": "excluded (instances)", "reason": reason, "count": n - studies})
     for reason, n in summary["quarantined"].items():
-        rows.append({"stage": "quarantined", "reason": reason, "count": n})
+        rows.append({"stage": "quarantined (instances)", "reason": reason, "count": n})
     for reason, n in summary.get("studies_failed", {}).items():
         rows.append({"stage": "failed (studies)", "reason": reason, "count": n})
     create_table_artifact(key="ridl-counts", table=rows, description="Counts by stage and reason")

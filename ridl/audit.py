@@ -50,6 +50,7 @@ EVENTS = (
     "access.granted",
     "access.refused",
     "labels.imported",
+    "labels.corrected",
     "optout.added",
     "subject.withdrawn",
     "review.decided",

@@ -124,9 +124,13 @@ def test_import_reports_each_bad_row_by_line_and_stores_the_good(  # type: ignor
     assert list(labels["finding"]) == ["normal", "abnormal"]
     assert list(labels["urgent"]) == ["False", "True"]
 
-    # Importing the same file again: the two good rows are now duplicates for alice.
+    # Importing the same file again: the two good rows are already stored, so they are skipped
+    # (issue 15: a re-import is harmless); the study twice in the file is still refused.
     again = CliRunner().invoke(app, ["labels", "import", str(path), "--dest", store.url])
-    assert "line 2: study" in " ".join(again.output.split())
+    again_out = " ".join(again.output.split())
+    assert "line 2: study" not in again_out and "2 rows already stored (skipped)" in again_out
+    assert "line 8: study " in again_out
+    assert "already labeled by alice in an earlier row" in again_out
     assert len(read_labels(store, project, "r1")) == 2
 
     summary = build_manifest(store, f"{project}/r1", 0, project, "r1")
