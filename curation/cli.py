@@ -162,6 +162,7 @@ def labels_import(
         console.print(
             escape(f"rejected rows, with their reason, to send back: {report.rejected_file}"),
             highlight=False,
+            soft_wrap=True,  # a path is copied from here: never broken across lines
         )
     if report.errors:
         raise typer.Exit(1)
