@@ -633,6 +633,7 @@ def launch_run(
                 rate_limit=limits.rate_limit,
                 allowed_hours=limits.allowed_hours,
                 retries=limits.retries,
+                allow_empty=allow_empty,
                 **scale,
             )
     return summary
@@ -838,8 +839,10 @@ def run(
     allow_empty: Annotated[
         bool,
         typer.Option(
-            help="Publish the release even when no study matches (refused by default: an empty "
-            "release is usually a wrong --source, dates, --modality or --site)."
+            help="Publish the release even when it holds no object: no study matches, or every "
+            "study failed, was held or was excluded (refused by default: an empty release is "
+            "usually a wrong --source, dates, --modality or --site, or an archive that cannot "
+            "deliver)."
         ),
     ] = False,
     dry_run: Annotated[

@@ -60,7 +60,7 @@ from flows.transient import retry_if_transient
 from flows.work import BatchTally, RunContext
 from ridl import audit, settings
 from ridl.catalog import StudyRef
-from ridl.errors import ReleaseError
+from ridl.errors import EmptyRelease, ReleaseError
 from ridl.releases import release_lock
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
@@ -399,6 +399,7 @@ def extract_run(
     retries: int = DEFAULT_RETRIES,
     audit_sample: int | None = None,
     retry_failed: bool = False,
+    allow_empty: bool = False,
 ) -> RunSummary:
     """Run one REB-approved extraction into a release; safe to rerun (it resumes).
 
@@ -407,7 +408,9 @@ def extract_run(
     Raises:
         ReleaseError: another process runs the release, the release is already published (a
             published release never changes), or it was frozen with other parameters.
-        EmptyRelease: nothing in the source matches the request.
+        EmptyRelease: nothing in the source matches the request, or the release holds no
+            object (every study failed, was held or was excluded) and ``allow_empty`` is not
+            set: it is left unpublished, to rerun with ``retry_failed`` or ``allow_empty``.
 
     ``max_associations`` to ``retries`` protect a network DIR (see ridl.sources.protect);
     ``audit_sample`` is how many objects the gate reads back (None: flows.gate.sample_size);
@@ -438,6 +441,7 @@ def extract_run(
         retries=retries,
         audit_sample=audit_sample,
         retry_failed=retry_failed,
+        allow_empty=allow_empty,
     )
     address = params.resolved_cluster()
     require_server_for_cluster(address)
@@ -473,6 +477,9 @@ def extract_run(
                 )
                 totals.add_slice(child(params, part))
         manifest = publish_manifest(plan.ctx, len(plan.studies))
+        if not manifest["instances_exported"] and not params.allow_empty:
+            audit.record("run.ended", project=project, release=release, status="EmptyRelease")
+            raise EmptyRelease(nothing_to_publish(project, release, manifest))
         run_log = write_run_log(plan.ctx, started, totals, len(slices))
         report = publish_report(plan.ctx, plan.studies)
         verification = verify_release_task(plan.ctx, params.audit_sample)  # no clean pass: no
@@ -493,6 +500,29 @@ def extract_run(
         audit.record("run.ended", **audit.run_end_fields(summary))
         _artifacts(summary, totals)
         return summary
+
+
+def nothing_to_publish(project: str, release: str, manifest: ReleaseSummary) -> str:
+    """The message of a release that exported no object: where its studies went, in counts by
+    reason (never an identifier), and the two ways on."""
+    said = []
+    failed = manifest.get("studies_failed", {})
+    if failed:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        said.append(f"{sum(failed.values())} studies failed ({reasons})")
+    for what, counts in (
+        ("quarantined", manifest["quarantined"]),
+        ("excluded", manifest["excluded"]),
+    ):
+        if counts:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+            said.append(f"{what}: {reasons}")
+    where = "; ".join(said) or "nothing was selected"
+    return (
+        f"release {project}/{release} holds no object, so it is left unpublished ({where}); "
+        "rerun with --retry-failed once the archive can deliver the failed studies, or publish "
+        "it empty with --allow-empty"
+    )
 
 
 def _artifacts(summary: RunSummary, totals: Totals) -> None:

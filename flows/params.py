@@ -62,6 +62,9 @@ class ExtractParams(BaseModel):
     audit_sample: int | None = Field(default=None, ge=0, le=10_000_000)
     # Retrieve again the studies an earlier run of the release recorded as failed.
     retry_failed: bool = False
+    # Publish a release that holds no object (nothing matched; every study failed, was held
+    # or excluded); without it such a release is left unpublished with one error line.
+    allow_empty: bool = False
 
     @field_validator("cluster")
     @classmethod

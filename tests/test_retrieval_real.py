@@ -29,6 +29,7 @@ from ridl.catalog import StudyRef, study_refs
 from ridl.errors import StudyUndeliverable
 from ridl.projects import Project
 from ridl.reasons import Reason
+from ridl.releases import release_is_published
 from ridl.sources.base import open_source
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import SynthReport
@@ -337,3 +338,37 @@ def test_ridl_run_publishes_past_a_failed_study_and_keeps_the_published_release(
     assert result.exit_code == 2, result.output
     assert "already published" in result.output and "--release" in result.output
     assert sorted(p.name for p in (tmp_path / "store").rglob("*.dcm")) == before
+
+
+@pytest.mark.prefect
+def test_a_release_whose_every_study_failed_is_left_unpublished_unless_allowed_empty(
+    small_archive: Orthanc, project: Project, tmp_path: Path
+) -> None:
+    """Selected while the archive held the studies, run after they were deleted: every study
+    fails (study-not-found), nothing is exported, and the release is not published as an empty
+    one; the error line counts the reasons and names both ways on."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    dest = f"file:{tmp_path / 'store'}"
+    source = small_archive.dimse_url("get")
+    plan = prepare_run(project.id, "r1", source, dest, date_to=dt.date(2017, 12, 31),
+                       limits=NO_RETRY)  # fmt: skip
+    assert plan.studies
+    for study in plan.studies:
+        _delete_study(small_archive, study.study_uid)
+    args = ["run", "--project", project.id, "--release", "r1", "--source", source, "--dest",
+            dest, "--to", "2017-12-31", "--rate-limit", "0", "--retries", "1"]  # fmt: skip
+    args += ["--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert said.startswith("error: release") and "holds no object" in said, said
+    assert f"{len(plan.studies)} study-not-found" in said and "--allow-empty" in said, said
+    assert not release_is_published(project.id, "r1")
+    assert not (tmp_path / "store" / project.id / "r1" / "manifest.json").exists()
+
+    published = CliRunner().invoke(app, [*args, "--allow-empty"])
+    assert published.exit_code == 0, published.output
+    assert release_is_published(project.id, "r1")
