@@ -700,10 +700,28 @@ def print_preview(preview: dict[str, Any]) -> None:
     for row in preview["by_modality_year"]:
         table.add_row(row["modalities"], row["year"], str(row["studies"]), str(row["instances"]))
     console.print(table)
+    why = {
+        "dates": "Study Date outside the requested dates (or missing)",
+        "sites": "Issuer of Patient ID not among the requested sites",
+        "modalities": "no modality of the request",
+    }
+    for what, n in preview.get("out_of_scope", {}).items():
+        console.print(f"left out: {n} studies of the catalog: {why[what]}", highlight=False)
     for reason, n in preview["excluded"].items():
         console.print(f"excluded: {reason}: {n} studies", highlight=False)
+    for modality, n in preview.get("other_modalities", {}).items():
+        console.print(
+            f"left out when read: the {modality} objects of {n} selected studies "
+            "(their modality is not in the request)",
+            highlight=False,
+        )
     for reason, n in preview["unreadable"].items():
         console.print(f"not readable DICOM: {reason}: {n} files", highlight=False)
+    console.print(
+        "decided when each object is read, and counted by the run's summary: dose reports, "
+        "IOCM rejections, and objects quarantined or held for review",
+        highlight=False,
+    )
 
 
 def print_summary(summary: dict[str, Any], store_url: str) -> None:

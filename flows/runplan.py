@@ -17,7 +17,14 @@ from curation.quarantine import quarantine_file
 from export.manifest import source_part, source_part_key, write_part
 from export.store import ObjectStore, open_store
 from flows.work import RunContext
-from ridl.catalog import StudyRef, catalog_covers, catalog_dir_for, select, study_refs
+from ridl.catalog import (
+    StudyRef,
+    catalog_covers,
+    catalog_dir_for,
+    scope_exclusions,
+    select,
+    study_refs,
+)
 from ridl.crossterms import load_terms
 from ridl.errors import EmptyRelease, ReleaseError
 from ridl.optout import load_optout
@@ -282,7 +289,11 @@ def preview_run(
     ``project``, ``release``, ``source``, ``destination``, ``state`` (new, frozen or
     published), ``studies``, ``subjects``, ``instances``, ``by_modality_year`` (a list of
     {modalities ("CT" or "CT+SR": a study's modalities together), year, studies, instances}),
-    ``excluded`` ({reason: studies}) and ``unreadable`` ({reason: files}).
+    ``excluded`` ({reason: studies}), ``unreadable`` ({reason: files}), ``out_of_scope``
+    (studies of the catalog outside the request: {"dates" | "sites" | "modalities": studies},
+    see :func:`ridl.catalog.scope_exclusions`; empty for a frozen release) and
+    ``other_modalities`` ({modality outside the request: selected studies holding it}; the run
+    leaves those objects out as ``modality-not-approved``).
 
     Raises:
         ScopeError: the approval expired or the request is outside the approved scope.
@@ -300,6 +311,7 @@ def preview_run(
     frozen = load_frozen(project.id, release)
     excluded: dict[str, int] = {}
     unreadable: dict[str, int] = {}
+    out_of_scope: dict[str, int] = {}
     if frozen is not None:
         check_same_request(frozen[0], record)
         selection = frozen[1]
@@ -312,6 +324,7 @@ def preview_run(
             catalog, scope, load_optout(project.id), withdrawn=_withdrawn_test(project.id)
         )
         selection, excluded, state = chosen.studies, dict(chosen.excluded), "new"
+        out_of_scope = scope_exclusions(catalog, scope)
         bad = Path(catalog) / "unreadable.parquet"
         if bad.exists():
             for row in pq.read_table(bad, columns=["reason"]).to_pylist():
@@ -320,6 +333,10 @@ def preview_run(
     refs = study_refs(selection)
     subjects = {keys.research_id(SubjectKey(s.health_number, s.issuer, s.patient_id)) for s in refs}
     groups: dict[tuple[str, str], list[int]] = {}
+    other_modalities: dict[str, int] = {}  # not in scope, met in selected studies: studies
+    for mods in selection.get("modalities", []):
+        for modality in sorted({str(m) for m in mods} - set(scope.modalities)):
+            other_modalities[modality] = other_modalities.get(modality, 0) + 1
     for mods, date, n in zip(
         selection.get("modalities", []), selection.get("study_date", []),
         selection.get("n_instances", []), strict=True,
@@ -343,6 +360,8 @@ def preview_run(
         ],
         "excluded": dict(sorted(excluded.items())),
         "unreadable": dict(sorted(unreadable.items())),
+        "out_of_scope": out_of_scope,
+        "other_modalities": dict(sorted(other_modalities.items())),
     }
 
 

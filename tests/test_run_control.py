@@ -74,6 +74,33 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def test_dry_run_says_why_studies_and_objects_are_left_out(
+    small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """Studies of the catalog outside the request are counted by the filter that leaves them
+    out, and modalities outside the request in selected studies are named."""
+    import pandas as pd
+
+    from ridl.catalog import catalog_dir_for
+
+    args = ["run", "--project", project.id, "--release", "r1", "--source",
+            f"folder:{small_dir.root}", "--dest", f"file:{tmp_path / 'lib'}", "--dry-run",
+            "--from", "2019-01-01", "--modality", "CT"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    catalog = pd.read_parquet(catalog_dir_for(f"folder:{small_dir.root}") / "studies.parquet")
+    early = catalog["study_date"].fillna("") < "20190101"
+    late = catalog["study_date"].fillna("") > "20241231"
+    dated = catalog[~(early | late)]
+    no_ct = dated["modalities"].map(lambda mods: "CT" not in set(mods))
+    assert int((early | late).sum()) > 0 and int(no_ct.sum()) > 0, "the DIR has both kinds"
+    assert f"left out: {int((early | late).sum())} studies of the catalog: Study Date" in out
+    assert f"left out: {int(no_ct.sum())} studies of the catalog: no modality" in out
+    with_sr = dated[~no_ct]["modalities"].map(lambda mods: "SR" in set(mods))
+    assert f"the SR objects of {int(with_sr.sum())} selected studies" in out, out
+
+
 @pytest.mark.prefect
 def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     project: Project, tmp_path: Path, ridl_home: Path
