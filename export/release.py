@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,8 @@ DESCRIPTION = "dataset_description.json"
 NOTES = "RELEASE_NOTES.md"
 RETRACTIONS = "retractions.json"
 INDEX = "releases.json"
+# Keys of a partition's publish entry that stay out of the signed index (counts for summary.json).
+UNSIGNED = frozenset({"withdrawn_excluded", "kept"})
 OBJECT_FIELDS = ("research_id", "study_uid", "series_uid", "sop_uid", "modality", "study_date")
 
 
@@ -217,6 +220,8 @@ def publish_release(
     else:  # the single tables are for small releases only
         for single in (release_files(prefix).manifest_parquet, release_files(prefix).manifest_csv):
             store.delete(single)
+    if withdrawn_excluded:  # summary.json counts what the release now holds
+        _count_withdrawal(store, prefix, entries)
 
     index = [e for e in read_index(store, project_id) if e["release"] != release]
     previous = previous_release(store, project_id, index)
@@ -292,7 +297,7 @@ def publish_release(
         "partitions": {
             "buckets": buckets,
             "bucket_of": "first 4 bytes of SHA-256(research_id), big-endian, modulo buckets",
-            "list": [{k: v for k, v in e.items() if k != "withdrawn_excluded"} for e in entries],
+            "list": [{k: v for k, v in e.items() if k not in UNSIGNED} for e in entries],
         },
     }
     if objects is not None:
@@ -351,6 +356,41 @@ def _partition_objects(
         yield _object(row, prefix)
 
 
+def _count_withdrawal(store: ObjectStore, prefix: str, entries: list[dict[str, Any]]) -> None:
+    """Rewrite ``summary.json`` after a withdrawal removed objects at publish: the exported
+    counts become what the partitions keep, and the removed instances and studies are counted
+    under ``withdrawn`` in ``excluded`` and ``excluded_studies``, with ``withdrawn_at_publish``
+    ({studies, instances}) saying how many of those were removed here. Idempotent: a publish
+    killed after this and resumed gives the same summary.
+    """
+    key = release_files(prefix).summary
+    summary = json.loads(store.get_bytes(key))
+    earlier = summary.pop("withdrawn_at_publish", {"studies": 0, "instances": 0})
+    instances = sum(e["withdrawn_excluded"] for e in entries)
+    studies = sum(e["kept"]["studies"] for e in entries)
+    removed = {
+        "studies": summary["studies_exported"] + earlier["studies"] - studies,
+        "instances": instances,
+    }
+    by_modality: Counter[str] = Counter()
+    for entry in entries:
+        by_modality.update(entry["kept"]["by_modality"])
+    summary.update(
+        studies_exported=studies,
+        subjects=sum(e["subjects"] for e in entries),
+        instances_exported=sum(e["rows"] for e in entries),
+        bytes_exported=sum(e["bytes"] for e in entries),
+        by_modality=dict(sorted(by_modality.items())),
+        withdrawn_at_publish=removed,
+    )
+    for field, unit in (("excluded", "instances"), ("excluded_studies", "studies")):
+        counts = dict(summary.get(field, {}))
+        base = counts.get(Reason.WITHDRAWN, 0) - earlier[unit]
+        counts[Reason.WITHDRAWN] = base + removed[unit]
+        summary[field] = dict(sorted(counts.items()))
+    store.put_bytes(key, json.dumps(summary, indent=2, sort_keys=True).encode())
+
+
 def publish_partition(
     store: ObjectStore,
     prefix: str,
@@ -392,6 +432,11 @@ def publish_partition(
             store.delete(key)
         table = table.filter(pc.invert(leaving))
         store.put_bytes(f"{prefix}/{keys.parquet}", pt.parquet_bytes(table))
+    # What the partition keeps, for summary.json when a withdrawal removed objects at publish.
+    kept = {
+        "studies": len(pc.unique(table.column("study_uid"))),
+        "by_modality": dict(Counter(table.column("modality").to_pylist())),
+    }
     parquet_data = store.get_bytes(f"{prefix}/{keys.parquet}")
     paths = [k[len(prefix) + 1 :] for k in table.column("key").to_pylist()]
     sums = [f"{h}  {p}" for h, p in zip(table.column("sha256").to_pylist(), paths, strict=True)]
@@ -413,6 +458,7 @@ def publish_partition(
             keys.commands: {"sha256": _sha(commands), "size": len(commands)},
         },
         "withdrawn_excluded": withdrawn_excluded,
+        "kept": kept,
     }
     store.put_bytes(state_key, json.dumps({**entry, "tag": tag}, sort_keys=True).encode())
     return entry

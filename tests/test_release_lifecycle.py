@@ -3,6 +3,7 @@ empty runs, one name per destination, and PHI at rest under RIDL_HOME (issue 15)
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -208,6 +209,57 @@ def test_a_withdrawn_subject_is_excluded_at_selection_and_left_out_everywhere(
     assert report.errors and "withdrew" in report.errors[0][1]
     # Retracted from r1 on publishing r2; no empty folder is left behind.
     assert not [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
+
+
+def test_a_withdrawal_recorded_mid_run_is_removed_at_publish_and_not_counted(
+    small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """The subject withdraws after the run worked their studies and before it publishes: the
+    objects are removed at publish, and summary.json (and what the CLI prints from it) counts
+    what the release holds, the removed objects under ``withdrawn``; a publish killed after the
+    summary was rewritten and run again gives the same summary."""
+    root = tmp_path / "lib"
+    store = LocalStore(root)
+    source = f"folder:{small_dir.root}"
+    run_and_publish(project.id, "r1", source, f"file:{root}")
+    m1 = json.loads((root / project.id / "r1" / "manifest.json").read_text())
+    plan = prepare_run(project.id, "r2", source, f"file:{root}")
+    process_batch(plan.ctx, plan.studies)
+    before = build_manifest(store, f"{project.id}/r2", len(plan.studies), project.id, "r2")
+    gone = sorted({o["research_id"] for o in m1["objects"]})[0]
+    code, _, err = _cli("release", "withdraw", "--project", project.id, "--research-id", gone)
+    assert code == 0, err
+    recipe = recipe_sha256(project.recipe_spec())
+    publish_release(store, project.id, "r2", recipe_sha256=recipe)
+    summary = read_summary(store, f"{project.id}/r2")
+    m2 = json.loads((root / project.id / "r2" / "manifest.json").read_text())
+    kept = m2["objects"]
+    assert kept and all(o["research_id"] != gone for o in kept)
+    assert summary["instances_exported"] == len(kept) < before["instances_exported"]
+    assert summary["subjects"] == len({o["research_id"] for o in kept}) == before["subjects"] - 1
+    assert summary["studies_exported"] == len({o["study_uid"] for o in kept})
+    assert summary["bytes_exported"] == sum(o["size"] for o in kept)
+    assert sum(summary["by_modality"].values()) == len(kept)
+    removed = before["instances_exported"] - len(kept)
+    assert summary["excluded"]["withdrawn"] == removed
+    assert summary["excluded_studies"]["withdrawn"] == before["studies_exported"] - len(
+        {o["study_uid"] for o in kept}
+    )
+    assert summary["withdrawn_at_publish"]["instances"] == removed
+    # The signed summary is the rewritten one (SHA256SUMS covers it).
+    sums = (root / project.id / "r2" / "SHA256SUMS").read_text()
+    digest = hashlib.sha256((root / project.id / "r2" / "summary.json").read_bytes()).hexdigest()
+    assert f"{digest}  summary.json" in sums
+    # Idempotent: rewriting again from the same partitions changes nothing.
+    from export.release import _count_withdrawal
+
+    entries = [
+        json.loads(p.read_text())
+        for p in sorted((root / project.id / "r2").rglob("*.published.json"))
+    ]
+    assert entries and all(e["withdrawn_excluded"] >= 0 for e in entries)
+    _count_withdrawal(store, f"{project.id}/r2", entries)
+    assert read_summary(store, f"{project.id}/r2") == summary
 
 
 def test_withdrawing_a_research_id_of_no_release_is_refused(
