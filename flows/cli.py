@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -61,6 +62,10 @@ class RidlGroup(TyperGroup):
     since both run this group.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _whole_short_help(self)
+
     # ``ctx`` is a click Context of typer's own (vendored) click, which has no public name.
     def invoke(self, ctx: Any) -> Any:
         """Run the command, creating files owner-only (umask 077, see
@@ -71,6 +76,19 @@ class RidlGroup(TyperGroup):
         except RidlError as exc:
             report_error(exc)
             raise typer.Exit(ERROR_EXIT_CODE) from None
+
+
+def _whole_short_help(group: Any) -> None:
+    """Give every command under ``group`` (recursively) its whole first sentence as its short
+    help, so the command lists of ``--help`` wrap it instead of cutting it with "..." to fit
+    the terminal (click cuts a short help it makes from the docstring, never one it is given).
+    """
+    for command in getattr(group, "commands", {}).values():
+        if not command.short_help and command.help:
+            first = command.help.strip().split("\n\n")[0]
+            sentence = re.split(r"(?<=\.)\s", " ".join(first.split()), maxsplit=1)[0]
+            command.short_help = sentence
+        _whole_short_help(command)
 
 
 HELP_WIDTH = 120

@@ -78,3 +78,13 @@ def test_help_cuts_nothing_short_at_80_columns(command: tuple[str, ...]) -> None
         joined = re.sub(r"\s+", "", text)
         assert "'{research_id}/{study_uid}/{series_uid}/{sop_uid}.dcm'" in joined
         assert "AWS_ENDPOINT_URL_S3orAWS_ENDPOINT_URL" in joined
+
+
+GROUPS = ["", "project", "optout", "dir", "release", "access", "audit", "labels", "review"]
+
+
+@pytest.mark.parametrize("group", [tuple(g.split()) for g in GROUPS])
+def test_command_lists_give_each_command_its_whole_first_sentence(group: tuple[str, ...]) -> None:
+    text = _help(*group)
+    listed = text.split("Commands:", 1)[1]
+    assert "..." not in listed, "a command's short help is wrapped, never cut with '...'"
