@@ -40,7 +40,7 @@ from ridl.releases import (
     release_is_published,
 )
 from ridl.secrets import load_secret
-from ridl.sources.base import open_source
+from ridl.sources.base import StudySource, open_source
 from ridl.sources.protect import ArchiveLimits
 
 
@@ -110,6 +110,43 @@ def _shown(value: object) -> str:
     return ",".join(value) if isinstance(value, list) else str(value)
 
 
+@dataclass(frozen=True)
+class OpenedRequest:
+    """A request checked by :func:`check_request`, with its source and destination opened and
+    the record a frozen release is compared with."""
+
+    project: Project
+    scope: Scope
+    source: StudySource
+    store: ObjectStore
+    record: RunRecord
+
+
+def open_request(
+    project_id: str,
+    release: str,
+    source: str,
+    destination: str | None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    modalities: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+    limits: ArchiveLimits | None = None,
+) -> OpenedRequest:
+    """Check the request (:func:`check_request`), then open the source and the destination.
+
+    Raises:
+        ScopeError: the approval expired or the request is outside the approved scope.
+        ConfigError: a bad source or destination setting, secret, recipe or curation setting.
+        ReleaseError: a bad release name.
+    """
+    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
+    src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
+    store = open_store(destination)
+    record = _record(project, release, src.url, scope, store.url)
+    return OpenedRequest(project, scope, src, store, record)
+
+
 def check_run(
     project_id: str,
     release: str,
@@ -137,16 +174,16 @@ def check_run(
         ReleaseError: a bad release name, a frozen release asked for with other parameters or
             another destination, or a release another live process is running (its lock).
     """
-    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
-    src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
-    store = open_store(destination)
-    frozen = load_frozen(project.id, release)
+    asked = open_request(
+        project_id, release, source, destination, date_from, date_to, modalities, sites, limits
+    )
+    frozen = load_frozen(asked.project.id, release)
     if frozen is None:
         return None
-    check_same_request(frozen[0], _record(project, release, src.url, scope, store.url))
-    if is_published(project.id, release, store):
-        return already_published_message(project.id, release, store.url)
-    check_not_locked(project.id, release)
+    check_same_request(frozen[0], asked.record)
+    if is_published(asked.project.id, release, asked.store):
+        return already_published_message(asked.project.id, release, asked.store.url)
+    check_not_locked(asked.project.id, release)
     return None
 
 
@@ -233,11 +270,13 @@ def prepare_run(
         ReleaseError: a frozen release asked for with other parameters or destination.
         EmptyRelease: nothing in the source matches the request (and not ``allow_empty``).
     """
-    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     limits = limits or ArchiveLimits()
-    src = open_source(source, limits, project.hn_issuer)
-    store_url = open_store(destination).url
-    record = _record(project, release, src.url, scope, store_url)
+    asked = open_request(
+        project_id, release, source, destination, date_from, date_to, modalities, sites, limits
+    )
+    project, scope, src, store_url, record = (
+        asked.project, asked.scope, asked.source, asked.store.url, asked.record
+    )  # fmt: skip
     ctx = RunContext(
         project=project.id,
         release=release,
@@ -304,10 +343,12 @@ def preview_run(
 
     import pyarrow.parquet as pq
 
-    project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
-    src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
-    store = open_store(destination)
-    record = _record(project, release, src.url, scope, store.url)
+    asked = open_request(
+        project_id, release, source, destination, date_from, date_to, modalities, sites, limits
+    )
+    project, scope, src, store, record = (
+        asked.project, asked.scope, asked.source, asked.store, asked.record
+    )  # fmt: skip
     frozen = load_frozen(project.id, release)
     excluded: dict[str, int] = {}
     unreadable: dict[str, int] = {}
