@@ -1118,14 +1118,16 @@ def deid_folder(
 
     if not src.exists():
         raise ConfigError(f"{src} does not exist: give a DICOM file or folder")
-    FolderDeidentifier(project)  # an unknown or expired project fails before any work
+    worker = FolderDeidentifier(project)  # an unknown or expired project fails before any work
     check_destination(dst)
     total = sum(1 for _ in iter_files(src))
     with Progress(
         TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
     ) as bar:
         task = bar.add_task("deid", total=total)
-        summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
+        summary = deidentify_folder(
+            src, dst, project, on_file=lambda: bar.advance(task), worker=worker
+        )
     if summary.held_for_review:
         err_console.print(
             f"{summary.held_for_review} objects held for review (not written): "

@@ -83,8 +83,9 @@ class DeidSummary:
     """What a folder de-identification did: counts only, never a value from a header.
 
     ``held_for_review`` counts the quarantined objects a reviewer may release (``ridl review
-    ... --release adhoc``); ``verified`` the written objects searched for the identifiers of
-    their study, all of them.
+    ... --release adhoc``); ``verified`` the de-identified objects searched for the identifiers
+    of their study before writing (every written object is among them; one with a hit is
+    quarantined instead).
     """
 
     files: int = 0
@@ -440,6 +441,7 @@ def deidentify_folder(
     dst: Path,
     project_id: str,
     on_file: Callable[[], None] | None = None,
+    worker: FolderDeidentifier | None = None,
 ) -> DeidSummary:
     """De-identify every file under ``src`` into ``dst/<research id>/<study>/<series>/``.
 
@@ -449,7 +451,8 @@ def deidentify_folder(
     study at a time (:meth:`FolderDeidentifier.deidentify_study`: IOCM, curation, burned-in
     text, verification, as a run). ``on_file`` is called once per file. The request is audited
     (``deid.started`` with the project and file count, ``deid.ended`` with the counts of
-    :meth:`DeidSummary.as_dict`).
+    :meth:`DeidSummary.as_dict`). ``worker`` is the project's :class:`FolderDeidentifier` when
+    the caller already built it (it loads the recipe, keys and curation once).
 
     Raises:
         ConfigError: ``dst`` is not a writable folder, the project's secret, recipe or
@@ -458,7 +461,8 @@ def deidentify_folder(
         ProjectNotFound: the project is not in the registry.
         ScopeError: the project's approval has expired.
     """
-    worker = FolderDeidentifier(project_id)
+    if worker is None or worker.project.id != project_id:
+        worker = FolderDeidentifier(project_id)
     check_destination(dst)
     summary = DeidSummary()
     files = list(iter_files(src))
