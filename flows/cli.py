@@ -1145,21 +1145,35 @@ def deid_folder(
     dst: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
     project: Annotated[str, typer.Option(help="REB project whose recipe and keys to use.")],
 ) -> None:
-    """De-identify a folder with a project's recipe and keys, outside any run."""
+    """De-identify a folder with a project's recipe and keys, outside any run.
+
+    Each study is curated as a run curates it (IOCM, checks, burned-in text); what a run would
+    hold is quarantined under the release 'adhoc' and reviewed with 'ridl review ... --release
+    adhoc'. Prints the counts as JSON.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from flows.deid import FolderDeidentifier, check_destination, deidentify_folder, iter_files
 
     if not src.exists():
         raise ConfigError(f"{src} does not exist: give a DICOM file or folder")
-    FolderDeidentifier(project)  # an unknown or expired project fails before any work
+    worker = FolderDeidentifier(project)  # an unknown or expired project fails before any work
     check_destination(dst)
     total = sum(1 for _ in iter_files(src))
     with Progress(
         TextColumn("de-identifying"), BarColumn(), MofNCompleteColumn(), console=err_console
     ) as bar:
         task = bar.add_task("deid", total=total)
-        summary = deidentify_folder(src, dst, project, on_file=lambda: bar.advance(task))
+        summary = deidentify_folder(
+            src, dst, project, on_file=lambda: bar.advance(task), worker=worker
+        )
+    if summary.held_for_review:
+        err_console.print(
+            f"{summary.held_for_review} objects held for review (not written): "
+            f"ridl review sheet --project {project} --release adhoc",
+            highlight=False,
+            soft_wrap=True,
+        )
     json.dump(summary.as_dict(), sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -121,11 +121,6 @@ class Reason(enum.StrEnum):
         "quarantine",
         "an at-risk object with no known regions to blank, and text detection off",
     )
-    BURNED_IN_ANNOTATION = (
-        "burned-in-annotation",
-        "quarantine",
-        "`ridl deid`: the header says Burned In Annotation YES",
-    )
     # De-identification cannot be done with certainty (DeidError adds the "deid-" prefix).
     DEID_NO_TRANSFER_SYNTAX = (
         "deid-no-transfer-syntax",

@@ -94,8 +94,15 @@ def save(ds: Dataset, path: Path, implicit: bool = False) -> Path:
 
 def project(project_id: str, recipe: str = "ps3.15-basic", options: tuple[str, ...] = ()) -> str:
     """A project with ``recipe`` and the PS3.15 ``options`` (approved in its scope), approved for
-    every modality these tests write (``ridl deid`` under a project excludes the others)."""
-    make_project(project_id, recipe=recipe, modalities=("CT", "CR", "US", "MR", "SR", "KO", "PR"))
+    every modality these tests write (``ridl deid`` under a project excludes the others), and
+    curation keeping non-image objects (structured reports), which a run and ``ridl deid``
+    exclude by default."""
+    make_project(
+        project_id,
+        recipe=recipe,
+        modalities=("CT", "CR", "US", "MR", "SR", "KO", "PR"),
+        curation={"non_image": "keep"},
+    )
     path = project_path(project_id)
     data = tomllib.loads(path.read_text())
     data["scope"]["deid_options"] = list(options)
