@@ -43,7 +43,7 @@ from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from deid_recipes.recipe import load_recipe
 from export.identifiers import ElementMemo, IdentifierDictionary
 from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
-from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, _study_tokens
+from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, study_tokens
 from ridl import audit
 from ridl.crossterms import load_terms
 from ridl.dicomfile import read_file, to_bytes
@@ -246,7 +246,7 @@ class FolderDeidentifier:
         study_uid = str(headers[0].get("StudyInstanceUID", "") or "")
         study_key = self.keys.uid(study_uid) if study_uid else ""
         rejected = study.rejected | rejected_instances(headers)
-        tokens = _study_tokens(headers) if self.engine.uses_clean else None
+        tokens = study_tokens(headers) if self.engine.uses_clean else None
         # The study's identifiers, from every header read (each with its own subject's
         # research ID and date shift), then the project's cross-study terms beside them.
         dictionary = IdentifierDictionary(retained=self.project.scope.retain, memo=self.memo)

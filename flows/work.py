@@ -567,7 +567,7 @@ def _process_files(
         return []
     _, subject = worker.subject(study)
     if worker.engine.uses_clean:  # names and institutions of the whole study are cleaned away
-        subject = replace(subject, identifying=_study_tokens(headers.values()))
+        subject = replace(subject, identifying=study_tokens(headers.values()))
     # The study's identifiers, from every header the worker read (no second retrieval), kept on
     # premises for the release gate, then the project's cross-study terms beside them.
     dictionary = IdentifierDictionary(retained=ctx.retain, memo=worker.memo)
@@ -694,7 +694,7 @@ def keep_study_terms(
     )
 
 
-def _study_tokens(headers: Iterable[Dataset]) -> frozenset[str]:
+def study_tokens(headers: Iterable[Dataset]) -> frozenset[str]:
     """The func:clean tokens of every header of a study (:func:`identifying_tokens`).
 
     A name or an institution one object carries in a person-name or institution attribute is
