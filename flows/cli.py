@@ -53,6 +53,13 @@ def report_error(exc: RidlError) -> None:
     )
 
 
+def report_warning(message: str) -> None:
+    """Print ``message`` as the one line ``warning: <message>`` on standard error (plain text)."""
+    err_console.print(
+        Text.assemble(("warning:", "bold yellow"), " ", message), highlight=False, soft_wrap=True
+    )
+
+
 class RidlGroup(TyperGroup):
     """The root ``ridl`` group, and the CLI's one error boundary.
 
@@ -630,10 +637,12 @@ def launch_run(
     with handle_stops(project, release, resume), release_lock(project, release):
         # Index and select now, so an empty selection is refused in one line before Prefect
         # starts; the flow then resumes the frozen selection.
-        prepare_run(
+        plan = prepare_run(
             project, release, source, store.url, date_from, date_to, modalities, sites,
             reindex=reindex, limits=limits, allow_empty=allow_empty,
         )  # fmt: skip
+        if plan.catalog_note:
+            report_warning(plan.catalog_note)
         console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
         console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
         with RunProgress(project, release, store, console), _stopped_by(resume):
@@ -735,6 +744,8 @@ def print_preview(preview: dict[str, Any]) -> None:
         )
     for reason, n in preview["unreadable"].items():
         console.print(f"not readable DICOM: {reason}: {n} files", highlight=False)
+    if preview.get("catalog_changed"):
+        report_warning(preview["catalog_changed"])
     console.print(
         "decided when each object is read, and counted by the run's summary: dose reports, "
         "IOCM rejections, and objects quarantined or held for review",

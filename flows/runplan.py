@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from curation.quarantine import quarantine_file
@@ -43,6 +45,8 @@ from ridl.secrets import load_secret
 from ridl.sources.base import StudySource, open_source
 from ridl.sources.protect import ArchiveLimits
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -52,6 +56,8 @@ class RunPlan:
     ctx: RunContext
     studies: list[StudyRef]
     resumed: bool
+    # Set when the source changed since its catalog was built (see catalog_changed).
+    catalog_note: str | None = None
 
 
 def recipe_sha256(spec: str | list[str]) -> str:
@@ -145,6 +151,27 @@ def open_request(
     store = open_store(destination)
     record = _record(project, release, src.url, scope, store.url)
     return OpenedRequest(project, scope, src, store, record)
+
+
+def catalog_changed(src: StudySource, catalog: Path) -> str | None:
+    """A warning when a folder source changed since its catalog was built (studies added or
+    removed since are not selected until ``--reindex``), else None. Only a folder can tell
+    cheaply (:meth:`ridl.sources.folder.FolderSource.changed_since`); a network DIR is indexed
+    for the run's window when its catalog does not cover it.
+    """
+    changed_since = getattr(src, "changed_since", None)
+    studies = catalog / "studies.parquet"
+    if changed_since is None or not studies.exists():
+        return None
+    built = studies.stat().st_mtime_ns
+    n = int(changed_since(built))
+    if not n:
+        return None
+    when = dt.datetime.fromtimestamp(built / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"the source folder changed since it was indexed ({when}; {n} folder(s) modified "
+        "since): studies added or removed since are not seen; rerun with --reindex to see them"
+    )
 
 
 def check_run(
@@ -298,14 +325,19 @@ def prepare_run(
         return RunPlan(ctx, study_refs(selection), resumed=True)
 
     catalog = catalog_dir_for(src.url)
+    note = None
     if reindex or not catalog_covers(catalog, scope.date_from, scope.date_to):
         src.build_catalog(catalog, scope.date_from, scope.date_to)
+    else:
+        note = catalog_changed(src, catalog)
+        if note:
+            log.warning(note)
     chosen = select(catalog, scope, load_optout(project.id), withdrawn=_withdrawn_test(project.id))
     if chosen.studies.empty and not allow_empty:
         raise EmptyRelease(_empty_message(project, release, src.url, scope, chosen.excluded))
     _quarantine_unindexed(ctx, catalog, chosen.excluded)
     freeze_selection(record, chosen.studies)
-    return RunPlan(ctx, study_refs(chosen.studies), resumed=False)
+    return RunPlan(ctx, study_refs(chosen.studies), resumed=False, catalog_note=note)
 
 
 def preview_run(
@@ -332,14 +364,14 @@ def preview_run(
     (studies of the catalog outside the request: {"dates" | "sites" | "modalities": studies},
     see :func:`ridl.catalog.scope_exclusions`; empty for a frozen release) and
     ``other_modalities`` ({modality outside the request: selected studies holding it}; the run
-    leaves those objects out as ``modality-not-approved``).
+    leaves those objects out as ``modality-not-approved``) and ``catalog_changed`` (the
+    :func:`catalog_changed` warning, or None).
 
     Raises:
         ScopeError: the approval expired or the request is outside the approved scope.
         ConfigError: a bad source or destination setting, secret, recipe or curation setting.
         ReleaseError: a frozen release asked for with other parameters or destination.
     """
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
@@ -353,6 +385,7 @@ def preview_run(
     excluded: dict[str, int] = {}
     unreadable: dict[str, int] = {}
     out_of_scope: dict[str, int] = {}
+    note = None
     if frozen is not None:
         check_same_request(frozen[0], record)
         selection = frozen[1]
@@ -361,6 +394,8 @@ def preview_run(
         catalog = catalog_dir_for(src.url)
         if reindex or not catalog_covers(catalog, scope.date_from, scope.date_to):
             src.build_catalog(catalog, scope.date_from, scope.date_to)
+        else:
+            note = catalog_changed(src, catalog)
         chosen = select(
             catalog, scope, load_optout(project.id), withdrawn=_withdrawn_test(project.id)
         )
@@ -403,6 +438,7 @@ def preview_run(
         "unreadable": dict(sorted(unreadable.items())),
         "out_of_scope": out_of_scope,
         "other_modalities": dict(sorted(other_modalities.items())),
+        "catalog_changed": note,
     }
 
 
@@ -442,7 +478,6 @@ def _quarantine_unindexed(
 
     The same source-level part records what selection removed (duplicates, opt-outs), as counts.
     """
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 

@@ -180,3 +180,28 @@ def test_an_archive_down_for_good_ends_the_run_in_one_error_line_without_traceba
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, run.stderr[-3000:]
     assert "ridl run --project" in " ".join(run.stderr.split()), run.stderr[-3000:]
+
+
+def test_a_folder_changed_since_it_was_indexed_is_warned_about(
+    small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """A study folder added under a site folder after indexing: the dry run and the run's
+    selection warn that the catalog is older than the folder, naming --reindex."""
+    import shutil
+
+    root = tmp_path / "dir"
+    shutil.copytree(small_dir.root, root)
+    args = ["run", "--project", project.id, "--release", "r1", "--source", f"folder:{root}",
+            "--dest", f"file:{tmp_path / 'lib'}", "--dry-run"]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.stderr
+    assert "warning:" not in first.stderr, "just indexed: nothing changed"
+    study = next(p.parent for p in root.rglob("*.dcm"))
+    shutil.copytree(study, study.parent / "added-later")
+    later = CliRunner().invoke(app, args)
+    assert later.exit_code == 0, later.stderr
+    said = " ".join(later.stderr.split())
+    assert "warning: the source folder changed since it was indexed" in said, said
+    assert "--reindex" in said
+    fresh = CliRunner().invoke(app, [*args, "--reindex"])
+    assert fresh.exit_code == 0 and "warning:" not in fresh.stderr, fresh.stderr

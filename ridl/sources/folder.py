@@ -83,6 +83,23 @@ class FolderSource:
             raise ConfigError(f"DIR folder {root} does not exist; check --source")
         return cls(root, hn_issuer)
 
+    def changed_since(self, when_ns: int) -> int:
+        """How many of the root folder and its direct subfolders were modified after
+        ``when_ns`` (POSIX time in nanoseconds, e.g. the catalog's ``studies.parquet``
+        mtime): a study folder added or removed under a site or patient folder changes that
+        folder's mtime. Files added inside an existing study folder are not seen. Cost: one
+        ``stat`` per direct subfolder, never a walk of the tree. 0 when the root is gone.
+        """
+        try:
+            count = int(self.root.stat().st_mtime_ns > when_ns)
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        count += int(entry.stat(follow_symlinks=False).st_mtime_ns > when_ns)
+        except OSError:
+            return 0
+        return count
+
     def build_catalog(self, catalog_dir: Path, date_from: dt.date, date_to: dt.date) -> None:
         """Index every file's header (never pixel data) into instance and study tables.
 
