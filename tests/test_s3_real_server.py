@@ -253,6 +253,26 @@ def test_s5cmd_aws_and_rclone_download_a_release_that_checks(
     assert done.returncode == 0, done.stderr
     _check_sums(folder)
 
+    # A cohort of subjects in one aws command, as the README shows: each subject's objects lie
+    # under its research ID; the sums are checked for what was fetched.
+    subjects = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("RS-"))
+    cohort = tmp_path / "aws-cohort"
+    include = ["--include", f"{subjects[0]}/*"]
+    done = subprocess.run(
+        [aws, "--endpoint-url", weed.url, "s3", "cp", "--recursive", source, str(cohort),
+         "--exclude", "*", *include, "--include", "SHA256SUMS", "--only-show-errors"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fetched = sorted(p.name for p in cohort.iterdir() if p.is_dir())
+    assert len(subjects) > 1 and fetched == subjects[:1]
+    checked = subprocess.run(
+        [require_program("sha256sum"), "-c", "--ignore-missing", "--strict", "SHA256SUMS"],
+        cwd=cohort, capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(": OK") == sum(1 for p in cohort.rglob("*.dcm"))
+
     rclone = require_program("rclone")
     folder = tmp_path / "rclone"
     remote = {
