@@ -358,9 +358,9 @@ def _partition_objects(
 
 def _count_withdrawal(store: ObjectStore, prefix: str, entries: list[dict[str, Any]]) -> None:
     """Rewrite ``summary.json`` after a withdrawal removed objects at publish: the exported
-    counts become what the partitions keep, and the removed instances and studies are counted
-    under ``withdrawn`` in ``excluded`` and ``excluded_studies``, with ``withdrawn_at_publish``
-    ({studies, instances}) saying how many of those were removed here. Idempotent: a publish
+    counts become what the partitions keep, the removed instances are counted under
+    ``withdrawn`` in ``excluded``, and ``withdrawn_at_publish`` ({studies, instances}) says how
+    many studies and instances were removed here. Idempotent: a publish
     killed after this and resumed gives the same summary.
     """
     key = release_files(prefix).summary
@@ -383,11 +383,11 @@ def _count_withdrawal(store: ObjectStore, prefix: str, entries: list[dict[str, A
         by_modality=dict(sorted(by_modality.items())),
         withdrawn_at_publish=removed,
     )
-    for field, unit in (("excluded", "instances"), ("excluded_studies", "studies")):
-        counts = dict(summary.get(field, {}))
-        base = counts.get(Reason.WITHDRAWN, 0) - earlier[unit]
-        counts[Reason.WITHDRAWN] = base + removed[unit]
-        summary[field] = dict(sorted(counts.items()))
+    # The removed objects are instances left out (``excluded``); ``excluded_studies`` counts
+    # only what selection left out in whole studies, so it does not change here.
+    counts = dict(summary.get("excluded", {}))
+    counts[Reason.WITHDRAWN] = counts.get(Reason.WITHDRAWN, 0) - earlier["instances"] + instances
+    summary["excluded"] = dict(sorted(counts.items()))
     store.put_bytes(key, json.dumps(summary, indent=2, sort_keys=True).encode())
 
 

@@ -1025,15 +1025,42 @@ def release_publish(
     release: Annotated[str, typer.Option(help="Release name.")],
     dest: ReleaseDestOption = None,
     license: Annotated[str | None, typer.Option(help="License text for the release.")] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(help="Publish the release even when it holds no object (refused by default)."),
+    ] = False,
 ) -> None:
-    """Sign and publish a finished run's release (the flow does this at its end too)."""
+    """Sign and publish a finished run's release (the flow does this at its end too).
+
+    As at the end of a run: a release bound to another destination is refused, one that holds
+    no object is refused unless --allow-empty, and the PHI gate checks it (and records it as
+    published, audited) before it is signed. Publishing a published release changes nothing.
+    """
+    from export.manifest import read_summary, release_files
     from export.release import publish_release
-    from flows.runplan import recipe_sha256
+    from export.store import open_store
+    from flows.gate import gate_release
+    from flows.runplan import is_published, nothing_to_publish, recipe_sha256
+    from ridl.errors import EmptyRelease
     from ridl.projects import load_project
+    from ridl.releases import load_frozen
 
     spec = load_project(project).recipe_spec()
+    store = open_store(dest)
+    frozen = load_frozen(project, release)
+    if frozen is not None and frozen[0].destination and frozen[0].destination != store.url:
+        raise ReleaseError(
+            f"release {project}/{release} is bound to {frozen[0].destination}; publish it "
+            "there (change: --dest)"
+        )
+    prefix = f"{project}/{release}"
+    if not is_published(project, release, store) and store.exists(release_files(prefix).summary):
+        summary = read_summary(store, prefix)
+        if not summary["instances_exported"] and not allow_empty:
+            raise EmptyRelease(nothing_to_publish(project, release, summary))
+        gate_release(project, release, store.url)
     result = publish_release(
-        dest, project, release, recipe_sha256=recipe_sha256(spec), license=license
+        store, project, release, recipe_sha256=recipe_sha256(spec), license=license
     )
     console.print(release_table(f"release {project}/{release}", result))
 

@@ -51,6 +51,7 @@ from flows.runplan import (
     RunPlan,
     already_published_message,
     is_published,
+    nothing_to_publish,
     prepare_run,
     recipe_sha256,
     run_fields,
@@ -205,6 +206,44 @@ def clean_stage(ctx: RunContext) -> dict[str, int]:
     if work.exists():
         removed["work_folders"] = sum(1 for _ in work.iterdir())
         shutil.rmtree(work, ignore_errors=True)
+    return removed
+
+
+def withdraw_stage(ctx: RunContext) -> int:
+    """Leave out the subjects who withdrew while the run went on, before the end stages count.
+
+    Selection left out everyone who withdrew before the release was frozen; a withdrawal
+    recorded since (:func:`ridl.releases.withdrawn_since_frozen`) has found the subject's
+    studies worked already. Each such study part is rewritten first without their objects,
+    counted under ``withdrawn`` in its ``excluded`` (instances), then the objects are deleted,
+    so manifest, summary, report and the gate all see the release as it will be published.
+    A kill in between leaves objects in no part, which the gate removes. Returns the number of
+    instances left out. No pass over the parts when nobody withdrew since the freeze.
+    """
+    from export.manifest import is_source_part, parse_part, write_part
+    from ridl.reasons import Reason
+    from ridl.releases import withdrawn_since_frozen
+
+    withdrawn = withdrawn_since_frozen(ctx.project, ctx.release)
+    if not withdrawn:
+        return 0
+    store = open_store(ctx.store_url)
+    removed = 0
+    for info in store.list(f"{ctx.prefix}/parts/"):
+        if not info.key.endswith(".json") or is_source_part(info.key):
+            continue
+        part = parse_part(store.get_bytes(info.key))
+        leaving = [o for o in part["objects"] if o["research_id"] in withdrawn]
+        if not leaving:
+            continue
+        part["objects"] = [o for o in part["objects"] if o["research_id"] not in withdrawn]
+        excluded = dict(part["excluded"])
+        excluded[Reason.WITHDRAWN] = excluded.get(Reason.WITHDRAWN, 0) + len(leaving)
+        part["excluded"] = excluded
+        write_part(store, info.key, part)
+        for row in leaving:
+            store.delete(row["key"])
+        removed += len(leaving)
     return removed
 
 
@@ -476,6 +515,7 @@ def extract_run(
                     name=f"ridl-extract-slice-{part.label}", task_runner=runner
                 )
                 totals.add_slice(child(params, part))
+        withdraw_stage(plan.ctx)  # withdrawals recorded while the run went on
         manifest = publish_manifest(plan.ctx, len(plan.studies))
         if not manifest["instances_exported"] and not params.allow_empty:
             audit.record("run.ended", project=project, release=release, status="EmptyRelease")
@@ -500,29 +540,6 @@ def extract_run(
         audit.record("run.ended", **audit.run_end_fields(summary))
         _artifacts(summary, totals)
         return summary
-
-
-def nothing_to_publish(project: str, release: str, manifest: ReleaseSummary) -> str:
-    """The message of a release that exported no object: where its studies went, in counts by
-    reason (never an identifier), and the two ways on."""
-    said = []
-    failed = manifest.get("studies_failed", {})
-    if failed:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
-        said.append(f"{sum(failed.values())} studies failed ({reasons})")
-    for what, counts in (
-        ("quarantined", manifest["quarantined"]),
-        ("excluded", manifest["excluded"]),
-    ):
-        if counts:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-            said.append(f"{what}: {reasons}")
-    where = "; ".join(said) or "nothing was selected"
-    return (
-        f"release {project}/{release} holds no object, so it is left unpublished ({where}); "
-        "rerun with --retry-failed once the archive can deliver the failed studies, or publish "
-        "it empty with --allow-empty"
-    )
 
 
 def _artifacts(summary: RunSummary, totals: Totals) -> None:

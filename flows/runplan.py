@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,29 @@ def catalog_changed(src: StudySource, catalog: Path) -> str | None:
     return (
         f"the source folder changed since it was indexed ({when}; {n} folder(s) modified "
         "since): studies added or removed since are not seen; rerun with --reindex to see them"
+    )
+
+
+def nothing_to_publish(project: str, release: str, manifest: Mapping[str, Any]) -> str:
+    """The message of a release that exported no object: where its studies went, in counts by
+    reason (never an identifier), and the two ways on."""
+    said = []
+    failed = manifest.get("studies_failed", {})
+    if failed:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        said.append(f"{sum(failed.values())} studies failed ({reasons})")
+    for what, counts in (
+        ("quarantined", manifest["quarantined"]),
+        ("excluded", manifest["excluded"]),
+    ):
+        if counts:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+            said.append(f"{what}: {reasons}")
+    where = "; ".join(said) or "nothing was selected"
+    return (
+        f"release {project}/{release} holds no object, so it is left unpublished ({where}); "
+        "rerun with --retry-failed once the archive can deliver the failed studies, or publish "
+        "it empty with --allow-empty"
     )
 
 

@@ -397,6 +397,20 @@ def load_withdrawn(project: str) -> set[str]:
     return {entry["research_id"] for entry in json.loads(path.read_text())}
 
 
+def withdrawn_since_frozen(project: str, release: str) -> set[str]:
+    """Research IDs of subjects whose withdrawal was recorded on or after the day the release's
+    selection was frozen (its ``selection.parquet``, local date): selection left out everyone
+    who withdrew before, so only these can have objects in the release. Empty when the
+    release was never frozen.
+    """
+    frozen = release_dir(project, release) / "selection.parquet"
+    path = withdrawals_path(project)
+    if not frozen.exists() or not path.exists():
+        return set()
+    day = dt.date.fromtimestamp(frozen.stat().st_mtime).isoformat()
+    return {e["research_id"] for e in json.loads(path.read_text()) if e["recorded"] >= day}
+
+
 def record_withdrawal(project: str, research_id: str, today: dt.date | None = None) -> bool:
     """Record that a subject withdrew; the next release retracts their objects.
 

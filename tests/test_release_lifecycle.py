@@ -30,6 +30,7 @@ from flows.gate import verify_release
 from flows.runplan import prepare_run, recipe_sha256
 from flows.work import process_batch
 from ridl import settings
+from ridl.catalog import study_refs
 from ridl.errors import EmptyRelease
 from ridl.projects import Project, create_project
 from ridl.releases import load_frozen, load_withdrawn, lock_holder, lock_path, release_lock
@@ -178,7 +179,13 @@ def test_a_withdrawn_subject_is_excluded_at_selection_and_left_out_everywhere(
         keys.research_id(SubjectKey(s.health_number, s.issuer, s.patient_id)) for s in plan.studies
     }
     assert gone not in ids, "never retrieved, de-identified or written"
-    n_gone = len({o["study_uid"] for o in m1["objects"] if o["research_id"] == gone})
+    # Their studies in r1's selection (a study of theirs may have exported nothing in r1).
+    frozen_r1 = load_frozen(project.id, "r1")
+    assert frozen_r1 is not None
+    n_gone = sum(
+        keys.research_id(SubjectKey(s.health_number, s.issuer, s.patient_id)) == gone
+        for s in study_refs(frozen_r1[1])
+    )
     process_batch(plan.ctx, plan.studies)
     store = LocalStore(root)
     build_manifest(store, f"{project.id}/r2", len(plan.studies), project.id, "r2")
@@ -242,10 +249,11 @@ def test_a_withdrawal_recorded_mid_run_is_removed_at_publish_and_not_counted(
     assert sum(summary["by_modality"].values()) == len(kept)
     removed = before["instances_exported"] - len(kept)
     assert summary["excluded"]["withdrawn"] == removed
-    assert summary["excluded_studies"]["withdrawn"] == before["studies_exported"] - len(
-        {o["study_uid"] for o in kept}
-    )
-    assert summary["withdrawn_at_publish"]["instances"] == removed
+    assert "withdrawn" not in summary.get("excluded_studies", {}), "instances, not studies"
+    assert summary["withdrawn_at_publish"] == {
+        "instances": removed,
+        "studies": before["studies_exported"] - len({o["study_uid"] for o in kept}),
+    }
     # The signed summary is the rewritten one (SHA256SUMS covers it).
     sums = (root / project.id / "r2" / "SHA256SUMS").read_text()
     digest = hashlib.sha256((root / project.id / "r2" / "summary.json").read_bytes()).hexdigest()
@@ -260,6 +268,37 @@ def test_a_withdrawal_recorded_mid_run_is_removed_at_publish_and_not_counted(
     assert entries and all(e["withdrawn_excluded"] >= 0 for e in entries)
     _count_withdrawal(store, f"{project.id}/r2", entries)
     assert read_summary(store, f"{project.id}/r2") == summary
+
+
+def test_a_withdrawal_recorded_mid_run_is_left_out_before_the_end_stages_count(
+    small_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """The flow's withdraw stage, before the manifest: the part loses the subject's objects
+    (counted as withdrawn instances), the objects leave the store, and manifest, summary and
+    report are built without them; publishing then removes nothing more."""
+    from flows.extract import withdraw_stage
+
+    root = tmp_path / "lib"
+    store = LocalStore(root)
+    source = f"folder:{small_dir.root}"
+    plan = prepare_run(project.id, "r1", source, f"file:{root}")
+    process_batch(plan.ctx, plan.studies)
+    assert withdraw_stage(plan.ctx) == 0, "nobody withdrew since the freeze: nothing to do"
+    objects = [p for p in (root / project.id / "r1").rglob("*.dcm")]
+    gone = sorted({p.relative_to(root / project.id / "r1").parts[0] for p in objects})[0]
+    theirs = [p for p in objects if f"/{gone}/" in str(p)]
+    code, _, err = _cli("release", "withdraw", "--project", project.id, "--research-id", gone)
+    assert code == 0, err
+    assert withdraw_stage(plan.ctx) == len(theirs) > 0
+    assert not any(p.exists() for p in theirs)
+    summary = build_manifest(store, f"{project.id}/r1", len(plan.studies), project.id, "r1")
+    assert summary["instances_exported"] == len(objects) - len(theirs)
+    assert summary["excluded"]["withdrawn"] == len(theirs)
+    published = publish_release(
+        store, project.id, "r1", recipe_sha256=recipe_sha256(project.recipe_spec())
+    )
+    assert published["withdrawn_excluded"] == 0, "nothing left for publish to remove"
+    assert "withdrawn_at_publish" not in read_summary(store, f"{project.id}/r1")
 
 
 def test_withdrawing_a_research_id_of_no_release_is_refused(
