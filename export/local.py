@@ -40,6 +40,36 @@ class LocalStore:
             raise ConfigError("--dest file: needs the store folder's path: file:PATH")
         return cls(Path(path))
 
+    def check_writable(self, create: bool = True) -> None:
+        """Make sure a run can write here: the root is a folder (created when missing, unless
+        ``create`` is False: then its nearest existing parent must be a writable folder) that
+        this process may write into.
+
+        Raises:
+            ConfigError: the root is a file, cannot be created, or is not writable.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--dest {self.url} is a file, not a folder; give a folder")
+        if not create and not self.root.exists():
+            parent = self.root.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"--dest {self.url}: the folder cannot be created under {parent}; "
+                    "give a folder this user can write"
+                )
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"--dest {self.url}: the folder cannot be created ({exc.strerror}); "
+                "give a folder this user can write"
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigError(f"--dest {self.url} is not writable by this user; give another")
+
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 

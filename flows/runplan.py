@@ -138,17 +138,25 @@ def open_request(
     modalities: Sequence[str] | None = None,
     sites: Sequence[str] | None = None,
     limits: ArchiveLimits | None = None,
+    create_dest: bool = True,
 ) -> OpenedRequest:
-    """Check the request (:func:`check_request`), then open the source and the destination.
+    """Check the request (:func:`check_request`), then open the source and the destination
+    (a folder destination is created, unless ``create_dest`` is False: a dry run writes
+    nothing).
 
     Raises:
         ScopeError: the approval expired or the request is outside the approved scope.
         ConfigError: a bad source or destination setting, secret, recipe or curation setting.
         ReleaseError: a bad release name.
+        ConfigError: also a folder destination that is a file, cannot be created or is not
+            writable.
     """
     project, scope = check_request(project_id, release, date_from, date_to, modalities, sites)
     src = open_source(source, limits or ArchiveLimits(), project.hn_issuer)
     store = open_store(destination)
+    check_writable = getattr(store, "check_writable", None)
+    if check_writable is not None:  # a folder store; S3 is checked when opened
+        check_writable(create=create_dest)
     record = _record(project, release, src.url, scope, store.url)
     return OpenedRequest(project, scope, src, store, record)
 
@@ -399,7 +407,16 @@ def preview_run(
     import pyarrow.parquet as pq
 
     asked = open_request(
-        project_id, release, source, destination, date_from, date_to, modalities, sites, limits
+        project_id,
+        release,
+        source,
+        destination,
+        date_from,
+        date_to,
+        modalities,
+        sites,
+        limits,
+        create_dest=False,
     )
     project, scope, src, store, record = (
         asked.project, asked.scope, asked.source, asked.store, asked.record

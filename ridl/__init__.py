@@ -10,6 +10,15 @@ project; the ``ridl`` command itself lives on the top floor, in ``flows.cli``.
 
 from importlib.metadata import PackageNotFoundError, version
 
+import pydicom.config
+
+# pydicom's validation warnings quote the value they found ("Invalid value for VR DA:
+# '<a study date>'"), and they are printed and logged: a source value must never reach the
+# console or a log (README, "Never log or print PHI"). ridl checks values itself
+# (curation.integrity) and quarantines what it cannot handle, with a reason and no value.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
 try:
     __version__ = version("ridl")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -133,3 +133,20 @@ sys.exit(4)
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_destination_that_cannot_be_a_folder_fails_before_prefect(
+    synth_dir, project, tmp_path: Path, no_prefect: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """A file where the store folder should be, or a folder that cannot be created: one error
+    line naming --dest, and nothing left under RIDL_HOME for the release."""
+    (tmp_path / "afile").write_text("hi\n")
+    for dest in (f"file:{tmp_path / 'afile'}", f"file:{tmp_path / 'afile' / 'lib'}"):
+        code, out, err = _run(
+            "--project", project.id, "--release", "r1",
+            "--source", f"folder:{synth_dir.root}", "--dest", dest,
+        )  # fmt: skip
+        assert code == 2, err
+        assert "--dest" in _one_error_line(err)
+        assert "starting Prefect" not in out and no_prefect == []
+        assert load_frozen(project.id, "r1") is None

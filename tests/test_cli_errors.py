@@ -122,3 +122,23 @@ def test_commands_do_not_catch_ridl_errors_themselves() -> None:
             ):
                 found.append(f"{rel}:{node.lineno}: except {ast.unparse(node.type or node)}")
     assert found == [], "raise a RidlError and let flows.cli.RidlGroup report it"
+
+
+def test_pydicom_never_prints_a_source_value(tmp_path: Path) -> None:
+    """A header value pydicom finds invalid (a study date written 2001.02.03, as some archives
+    hold it, read here from DICOM JSON as WADO-RS delivers it) is not quoted in a warning on
+    the console once ridl is imported."""
+    script = (
+        "import ridl\n"
+        "from pydicom import Dataset\n"
+        "ds = Dataset.from_json({'00080020': {'vr': 'DA', 'Value': ['2001.02.03']},\n"
+        "                        '00081030': {'vr': 'LO', 'Value': ['x' * 122]}})\n"
+        "print(ds.StudyDate, len(ds.StudyDescription))\n"
+        "ds.save_as('" + str(tmp_path / "o.dcm") + "', implicit_vr=False, little_endian=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2001.02.03" not in proc.stderr and "Invalid value" not in proc.stderr, proc.stderr
+    assert "exceeds the maximum length" not in proc.stderr, proc.stderr
