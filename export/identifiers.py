@@ -43,7 +43,12 @@ R12 ridl's own vocabulary (``OWN_WORDS``: the words of its reason codes and of t
     person-name (PN) attribute (as R4): a patient named "Modality" does not match the
     ``modality`` key of every part;
 R13 a name found in a coded string (CS) value of a de-identified object is not a hit: a CS value
-    is a defined term (Image Type ``PERFUSION``, PS3.5 6.2), not a person's name.
+    is a defined term (Image Type ``PERFUSION``, PS3.5 6.2), not a person's name;
+R14 a term found in an attribute ridl's de-identification writes in place of the source's
+    (Patient Identity Removed, De-identification Method and its Code Sequence, Longitudinal
+    Temporal Information Modified: PS3.15 E.1.1; the File Meta's Implementation Class UID and
+    Version Name: PS3.10 7.1) is not a hit: a patient named "Basic" or "Clean" does not match
+    the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``).
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -79,7 +84,7 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/5"
+RULES_VERSION = "ridl-identifiers/6"
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers

@@ -6,7 +6,7 @@ is located by walking the parsed object to the attribute whose value holds it, s
 :class:`Hit` names the object key and the attribute path
 (``RequestAttributesSequence[0].RequestedProcedureDescription``, ``(0029,1010)``,
 ``file_meta.…``), never the value. Text an OCR function finds in the pixels of at-risk objects is
-searched too. Rules R3, R4, R5, R7, R10 and R13 of :mod:`export.identifiers` apply here.
+searched too. Rules R3, R4, R5, R7, R10, R13 and R14 of :mod:`export.identifiers` apply here.
 
 Engines floor (``export/``): the search half of the PHI gate; the dictionary comes from
 :mod:`export.identifiers` and the report types from :mod:`export.verification`. The OCR function
@@ -347,10 +347,11 @@ class Verifier:
                     continue
                 dates = span.vr == "DT"
                 spans = (m for a in automata for m in scan(span.hay, a, dates=dates))
+                own = ridl_written(span.path)
                 for _s, _e, terms in spans:
                     for term in terms:
                         located.add(id(term))
-                        if _blocks(term, span.vr, owner, located=True):
+                        if not own and _blocks(term, span.vr, owner, located=True):
                             hit(span.path, sorted(term.kinds)[0])
             for start, end, terms, dt_only in candidates:
                 if dt_only:
@@ -494,6 +495,25 @@ def _outside(buf: bytes, bulk: list[tuple[int, int]]) -> Iterator[tuple[int, byt
 
 
 _BULK_NAMES = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData"}
+# R14: what ridl's de-identification writes into every object in place of whatever was there
+# (PS3.15 E.1.1: Patient Identity Removed (0012,0062), De-identification Method (0012,0063) and
+# its Code Sequence (0012,0064), Longitudinal Temporal Information Modified (0028,0303); PS3.10
+# 7.1: the File Meta's Implementation Class UID and Version Name).
+RIDL_WRITTEN = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+    "file_meta.ImplementationClassUID",
+    "file_meta.ImplementationVersionName",
+)
+
+
+def ridl_written(path: str) -> bool:
+    """Whether an attribute path (``DeidentificationMethodCodeSequence[0].CodeMeaning``) lies in
+    an attribute ridl itself writes (:data:`RIDL_WRITTEN`): a term found there is not a hit
+    (R14: a patient named "Basic" or "Clean" does not match the code meaning of the profile)."""
+    return any(path == name or path.startswith((name + "[", name + ".")) for name in RIDL_WRITTEN)
 
 
 def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:

@@ -158,6 +158,33 @@ def test_a_vendor_name_used_as_an_institution_in_one_study_is_no_hit_in_anothers
     assert report.passed, [(h.key, h.path, h.kind) for h in report.hits]
 
 
+def test_a_patient_named_after_ridls_own_method_text_is_not_held(
+    synth_dir: SynthReport, project: Project, tmp_path: Path
+) -> None:
+    """R14: "Basic" (De-identification Method names the recipe's layer, ``ridl-basic``; a
+    PS3.15 recipe's Code Meaning is "Basic Application Confidentiality Profile"), written by
+    ridl into every object, does not match a patient of that name. ("Ridl", also there, is in
+    the synthetic Manufacturer too.)"""
+    studies = _ct_studies(synth_dir)
+    uid, files = next(iter(studies.items()))
+    root = tmp_path / "dir"
+    root.mkdir()
+    for i, path in enumerate(files):
+        ds = dcmread(path)
+        ds.PatientName = "Basic^Confidentiality^Application"
+        ds.StudyDescription = "CT exam"
+        ds.save_as(root / f"{i}.dcm")
+    worker_for.cache_clear()
+    plan = prepare_run(project.id, "r1", f"folder:{root}", f"file:{tmp_path / 'store'}")
+    counts = process_batch(plan.ctx, plan.studies)
+    assert counts.exported > 0 and not counts.quarantined, [
+        r.detail for r in list_quarantine(project.id, "r1")
+    ]
+    written = next((tmp_path / "store").rglob("*.dcm"))
+    out = dcmread(written)
+    assert "basic" in str(out.DeidentificationMethod).lower(), "the recipe's layer name"
+
+
 def test_cross_study_terms_are_bounded_least_recently_seen_first(ridl_home: Path) -> None:
     record_terms("p", "SITE-A", [("staff", f"Name{i:05d}^X") for i in range(MAX_TERMS_PER_SITE)])
     record_terms("p", "SITE-A", [("staff", "Name00000^X"), ("place", "Hopital Neuf")])
