@@ -238,6 +238,24 @@ def check_run(
     frozen = load_frozen(asked.project.id, release)
     if frozen is None:
         return None
+    if is_published(asked.project.id, release, asked.store):
+        # A published release never changes: the rerun is a no-op, even when the project's
+        # scope changed since and the parameters the command leaves to it now differ. Only
+        # what the command asks for itself is compared.
+        given = {
+            "source": True,
+            "destination": destination is not None,
+            "date_from": date_from is not None,
+            "date_to": date_to is not None,
+            "modalities": bool(modalities),
+            "sites": bool(sites),
+            "recipe": False,
+        }
+        asked_here = {k for k, v in given.items() if v}
+        if not set(frozen[0].differences(asked.record)) & asked_here:
+            return already_published_message(
+                asked.project.id, release, frozen[0].destination or asked.store.url
+            )
     check_same_request(frozen[0], asked.record)
     if is_published(asked.project.id, release, asked.store):
         return already_published_message(asked.project.id, release, asked.store.url)

@@ -93,6 +93,19 @@ def test_rerun_of_a_published_release_is_a_no_op_that_says_so(
     assert err.strip() == "" and no_prefect == []
     assert _snapshot(tmp_path / "lib") == before, "nothing re-gated, nothing written"
 
+    # The scope widened since (an amendment): the same command is still a no-op, although the
+    # modalities it leaves to the scope now differ from the frozen ones.
+    widened = [*project.scope.modalities, "MR"]
+    args = [a for m in widened for a in ("--modality", m)]
+    code, out, err = _cli("project", "update", project.id, *args, "--reb-amendment", "AM-1")
+    assert code == 0, err
+    code, out, err = _cli(*_run_args(project.id, "r1", source, dest))
+    assert code == 0 and "already published" in out, out + err
+    # Asking for another modality explicitly is asking for another release.
+    code, out, err = _cli(*_run_args(project.id, "r1", source, dest, "--modality", "MR"))
+    assert code == 2 and "modalities" in _one_error_line(err)
+    assert _snapshot(tmp_path / "lib") == before
+
 
 def test_a_second_run_of_a_running_release_is_refused_by_its_lock(
     small_dir: SynthReport, project: Project, tmp_path: Path, no_prefect: list[str]
