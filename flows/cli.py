@@ -629,10 +629,13 @@ def launch_run(
     from flows.extract import extract_run
     from flows.progress import RunProgress
     from flows.stopping import handle_stops
+    from ridl.sources.base import open_source
 
     store = open_store(destination)
+    # The source as frozen (a folder's absolute path), so the line works from any folder.
+    source_url = open_source(source, limits).url
     resume = resume_command(
-        project, release, source, store.url, date_from, date_to, modalities, sites
+        project, release, source_url, store.url, date_from, date_to, modalities, sites
     )
     with handle_stops(project, release, resume), release_lock(project, release):
         # Index and select now, so an empty selection is refused in one line before Prefect
