@@ -1210,8 +1210,8 @@ def deid_folder(
         )
     if summary.held_for_review:
         err_console.print(
-            f"{summary.held_for_review} objects held for review (not written): "
-            f"ridl review sheet --project {project} --release adhoc",
+            f"{summary.held_for_review} objects held for review (not written; among the "
+            f"quarantined): ridl review list --project {project} --release adhoc",
             highlight=False,
             soft_wrap=True,
         )

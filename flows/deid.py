@@ -455,7 +455,8 @@ def deidentify_folder(
     the caller already built it (it loads the recipe, keys and curation once).
 
     Raises:
-        ConfigError: ``dst`` is not a writable folder, the project's secret, recipe or
+        ConfigError: ``dst`` is not a writable folder or lies inside ``src``, the project's
+            secret, recipe or
             curation settings are wrong, the review decisions file has a bad line, or the OCR
             engine is not installed.
         ProjectNotFound: the project is not in the registry.
@@ -464,6 +465,12 @@ def deidentify_folder(
     if worker is None or worker.project.id != project_id:
         worker = FolderDeidentifier(project_id)
     check_destination(dst)
+    if dst.resolve().is_relative_to(src.resolve()):
+        # Its outputs would be read back as inputs by the next request (and by a folder run).
+        raise ConfigError(
+            f"the output folder {dst} is inside the input folder {src}: give an output folder "
+            "outside it"
+        )
     summary = DeidSummary()
     files = list(iter_files(src))
     audit.record(

@@ -20,7 +20,7 @@ from export.local import LocalStore
 from flows.cli import app
 from flows.runplan import prepare_run
 from flows.work import process_batch
-from ridl.projects import project_path
+from ridl.projects import Project, project_path
 from tests.conftest import accept_test_edit
 from tests.curation_data import burn_text
 
@@ -176,3 +176,21 @@ def test_deid_verifies_each_object_against_its_study_identifiers(
 
     (held,) = list_quarantine("deid-leaky", "adhoc")
     assert "StudyDescription holds a name" in held.detail
+
+
+def test_an_output_folder_inside_the_input_folder_is_refused(
+    project: Project, tmp_path: Path
+) -> None:
+    """Its outputs would be read back as inputs by the next request: one error line, nothing
+    written."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    src = tmp_path / "in"
+    src.mkdir()
+    args = ["deid", str(src), str(src / "out"), "--project", project.id]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "inside the input folder" in result.stderr, result.stderr
+    assert not (src / "out").exists()
