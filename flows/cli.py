@@ -789,11 +789,23 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
     if summary.get("studies_skipped_as_done"):
         table.add_row("studies already done (resumed)", str(summary["studies_skipped_as_done"]))
     console.print(table)
+    published = False
     if summary.get("studies_failed"):
+        from export.store import open_store
+        from flows.runplan import is_published
+
+        published = is_published(summary["project"], summary["release"], open_store(store_url))
+    if summary.get("studies_failed") and published:
         console.print(
             "studies the archive could not deliver are recorded (`ridl summary` lists them); the "
             "release is published without them and never changes: select them in a new release "
             "(--release) to try them again"
+        )
+    elif summary.get("studies_failed"):
+        console.print(
+            "studies the archive could not deliver are recorded (`ridl summary` lists them); "
+            "the release is not published: rerun it with --retry-failed to try them again "
+            "(with the same --source: a release is frozen with its source)"
         )
     root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
     console.print(f"manifest: {root}/{summary['manifest']}")
