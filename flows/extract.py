@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -197,7 +198,8 @@ def select_stage(params: ExtractParams) -> RunPlan:
 
 
 def clean_stage(ctx: RunContext) -> dict[str, int]:
-    """Remove what a killed run left behind on this machine; objects themselves are atomic."""
+    """Remove what a killed run left behind on this machine (partial writes, work folders, the
+    retrieval slots of runs whose process is gone); objects themselves are atomic."""
     removed = {"partial_objects": 0, "work_folders": 0}
     store = open_store(ctx.store_url)
     if isinstance(store, LocalStore):
@@ -206,7 +208,22 @@ def clean_stage(ctx: RunContext) -> dict[str, int]:
     if work.exists():
         removed["work_folders"] = sum(1 for _ in work.iterdir())
         shutil.rmtree(work, ignore_errors=True)
+    # The retrieval slots of runs whose process is gone (flows.runners.make_task_runner).
+    for slots in (settings.work_dir() / "locks").glob("retrieval-*"):
+        pid = slots.name.removeprefix("retrieval-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(slots, ignore_errors=True)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def withdraw_stage(ctx: RunContext) -> int:

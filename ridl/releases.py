@@ -262,6 +262,8 @@ def release_lock(project: str, release: str) -> Iterator[None]:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            with contextlib.suppress(OSError):  # a refused run leaves no empty folder behind
+                path.parent.rmdir()
         return
     check_not_locked(project, release)
     raise ReleaseError(f"could not take the lock {path}; try the run again")

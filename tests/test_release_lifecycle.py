@@ -344,6 +344,7 @@ def test_an_empty_source_or_window_is_refused_before_prefect(
         line = _one_error_line(err)
         assert "would be empty" in line and "--allow-empty" in line, line
         assert load_frozen(project.id, "r1") is None and no_prefect == []
+        assert not (settings.releases_dir() / project.id / "r1").exists(), "no empty folder"
     assert not (tmp_path / "lib" / project.id).exists(), "nothing written to the store"
 
 
