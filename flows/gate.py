@@ -51,7 +51,14 @@ from pydicom.dataset import Dataset
 
 from export import partitions as pt
 from export.identifiers import RULES_VERSION, IdentifierDictionary
-from export.manifest import ManifestPart, is_source_part, parse_part, part_key, release_files
+from export.manifest import (
+    ManifestPart,
+    is_source_part,
+    parse_part,
+    part_key,
+    read_part,
+    release_files,
+)
 from export.phi_scan import Hit, Verifier
 from export.release import DESCRIPTION, NOTES, PUBLIC_KEY, SIGNATURE
 from export.store import ObjectStore, open_store
@@ -60,7 +67,7 @@ from ridl import audit, settings
 from ridl.catalog import study_refs
 from ridl.crossterms import load_terms
 from ridl.dicomfile import read_file
-from ridl.errors import ConfigError, ReleaseError
+from ridl.errors import ConfigError, ReleaseError, StudyUndeliverable
 from ridl.projects import load_project
 from ridl.pseudonyms import Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
@@ -109,11 +116,15 @@ def load_ocr() -> Callable[[Dataset], Any] | None:
     return None
 
 
-def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, int, int]:
+def build_dictionary(
+    project: str, release: str
+) -> tuple[IdentifierDictionary, int, int, dict[str, str]]:
     """Read the source headers of the release's frozen selection into a dictionary.
 
-    Returns (dictionary, studies read, headers read). Headers are read again from the source,
-    not taken from what the run kept, so the check is independent of the run.
+    Returns (dictionary, studies read, headers read, {study key: reason code} of the studies
+    the DIR could not deliver now: ``study-not-found``, ``retrieval-failed``). Headers are read
+    again from the source, not taken from what the run kept, so the check is independent of
+    the run; a study the DIR no longer delivers does not stop it.
     """
     frozen = load_frozen(project, release)
     if frozen is None:
@@ -126,6 +137,7 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
     source = open_source(record.source, hn_issuer=proj.hn_issuer)
     dictionary = IdentifierDictionary(retained=proj.scope.retain)
     studies = headers = 0
+    undelivered: dict[str, str] = {}
     for study in study_refs(selection):
         subject = SubjectKey(study.health_number, study.issuer, study.patient_id)
         research_id = keys.research_id(subject)
@@ -133,7 +145,11 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
         workdir = settings.work_dir() / project / release / f"verify-{studies}"
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            files = source.fetch_study(study, workdir)
+            try:
+                files = source.fetch_study(study, workdir)
+            except StudyUndeliverable as exc:
+                undelivered[keys.uid(study.study_uid)] = str(exc.reason)
+                files = []
             for path in files:
                 try:
                     # Read as the run read it: with or without preamble and File Meta.
@@ -146,7 +162,7 @@ def build_dictionary(project: str, release: str) -> tuple[IdentifierDictionary, 
             source.release_study(study, workdir)
             shutil.rmtree(workdir, ignore_errors=True)
         studies += 1
-    return dictionary, studies, headers
+    return dictionary, studies, headers, undelivered
 
 
 def release_objects(store: ObjectStore, prefix: str) -> Iterator[str]:
@@ -299,7 +315,7 @@ def verify_release(
     workers = verify_workers(workers)
     store = open_store(store_url)
     t0 = time.perf_counter()
-    dictionary, studies, headers = build_dictionary(project, release)
+    dictionary, studies, headers, undelivered = build_dictionary(project, release)
     t1 = time.perf_counter()
     ocr_func: Callable[[Dataset], Any] | None
     if ocr is True:
@@ -337,6 +353,13 @@ def verify_release(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    # A study the DIR no longer delivers, with objects in the release: those objects were
+    # searched without its own identifiers, so the release cannot pass as fully verified.
+    for study_key, reason in sorted(undelivered.items()):
+        part = read_part(store, part_key(prefix, study_key))
+        if part is not None and part["objects"]:
+            where = "(the DIR could not deliver its source study: searched without its identifiers)"
+            hits.append(Hit(part_key(prefix, study_key), where, reason))
     hits.sort(key=lambda h: h.key)  # stable: an object's hits keep the verifier's order
     t2 = time.perf_counter()
     report = VerificationReport(

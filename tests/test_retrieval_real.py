@@ -372,3 +372,30 @@ def test_a_release_whose_every_study_failed_is_left_unpublished_unless_allowed_e
     published = CliRunner().invoke(app, [*args, "--allow-empty"])
     assert published.exit_code == 0, published.output
     assert release_is_published(project.id, "r1")
+
+
+def test_full_verification_goes_on_past_a_study_the_dir_no_longer_holds(
+    small_archive: Orthanc, project: Project, tmp_path: Path
+) -> None:
+    """``ridl verify --full`` reads every source study again: one deleted from the archive
+    since the run is named (its part, its reason) and the release is not passed, but every
+    object is still searched."""
+    from flows.gate import verify_release
+
+    dest = f"file:{tmp_path / 'store'}"
+    plan = prepare_run(project.id, "r1", small_archive.dimse_url("get"), dest, limits=NO_RETRY)
+    studies = plan.studies[:3]
+    process_batch(plan.ctx, studies)
+    store = open_store(dest)
+    build_manifest(store, plan.ctx.prefix, len(studies), project.id, "r1")
+    from flows.work import worker_for
+
+    gone = next(s for s in studies if read_part(store, worker_for(plan.ctx).part_key(s))["objects"])  # type: ignore[index]
+    _delete_study(small_archive, gone.study_uid)
+    report = verify_release(project.id, "r1", dest, ocr=False, record_audit=False)
+    assert not report.passed
+    assert [(h.key, h.kind) for h in report.hits] == [
+        (worker_for(plan.ctx).part_key(gone), Reason.STUDY_NOT_FOUND)
+    ]
+    exported = sum(1 for _ in (tmp_path / "store").rglob("*.dcm"))
+    assert report.objects_checked >= exported > 0, "every object searched (and the derived files)"
