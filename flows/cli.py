@@ -605,14 +605,16 @@ def launch_run(
             )
         )  # fmt: skip
         return None
-    # Prefect reads its settings when first imported (flows.runners imports it): configure it
-    # now; nothing starts until the flow is called.
+    # Prefect reads its settings when first imported: configure it before anything imports it
+    # (nothing starts until the flow is called).
     _quiet_prefect(verbose)
-    from flows.runners import require_server_for_cluster
+    if params.resolved_cluster():  # (flows.runners imports Prefect: only for a cluster here)
+        from flows.runners import require_server_for_cluster
 
-    require_server_for_cluster(params.resolved_cluster())
+        require_server_for_cluster(params.resolved_cluster())
     limits = limits or ArchiveLimits()
-    # Everything that needs no DICOM work fails here, in one line, before Prefect starts.
+    # Everything that needs no DICOM work fails here, in one line, before Prefect is even
+    # imported (importing it alone takes seconds).
     done = check_run(
         project, release, source, destination, date_from, date_to, modalities, sites, limits
     )

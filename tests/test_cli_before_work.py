@@ -150,3 +150,23 @@ def test_a_destination_that_cannot_be_a_folder_fails_before_prefect(
         assert "--dest" in _one_error_line(err)
         assert "starting Prefect" not in out and no_prefect == []
         assert load_frozen(project.id, "r1") is None
+
+
+def test_checks_before_work_do_not_even_import_prefect(ridl_home: Path) -> None:
+    """Importing Prefect alone takes seconds: a request refused before any work never pays it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from flows.cli import app\n"
+        "r = CliRunner().invoke(app, ['run', '--project', 'p', '--release', 'r1', '--source',\n"
+        "                            'folder:/nowhere'])\n"
+        "print(r.exit_code, 'prefect' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
