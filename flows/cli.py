@@ -29,6 +29,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ridl import __version__, settings
+from ridl.audit import EVENTS as AUDIT_EVENTS
 from ridl.errors import ConfigError, ReleaseError, RidlError, TransientError
 from ridl.sources.protect import (
     DEFAULT_MAX_ASSOCIATIONS,
@@ -97,6 +98,8 @@ def _whole_short_help(group: Any) -> None:
             command.short_help = sentence
         _whole_short_help(command)
 
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 HELP_WIDTH = 120
 """Columns ``ridl ... --help`` may use when the terminal is that wide (it wraps, never cuts)."""
@@ -269,11 +272,20 @@ def project_create(
 
 
 @project_app.command("show")
-def project_show(project_id: Annotated[str, typer.Argument(help="Project id.")]) -> None:
+def project_show(
+    project_id: Annotated[str, typer.Argument(help="Project id.")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
     """Show a project's approval and scope (never its secret)."""
     from ridl.projects import load_project
 
     project = load_project(project_id)
+    if json_out:
+        json.dump(project.to_toml(), sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+        return
     table = Table(show_header=False)
     for key, value in project.to_toml().items():
         if isinstance(value, dict):
@@ -385,16 +397,33 @@ def project_update(
 
 
 @project_app.command("list")
-def project_list() -> None:
+def project_list(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
     """List registered projects with their approval status."""
     from ridl.projects import list_projects
 
     projects = list_projects()
-    table = Table("id", "REB number", "title", "expires", "status")
     today = dt.date.today()
-    for p in projects:
-        status = "expired" if p.expires < today else "active"
-        table.add_row(p.id, p.reb_number, p.title, p.expires.isoformat(), status)
+    rows = [
+        {
+            "id": p.id,
+            "reb_number": p.reb_number,
+            "title": p.title,
+            "expires": p.expires.isoformat(),
+            "status": "expired" if p.expires < today else "active",
+        }
+        for p in projects
+    ]
+    if json_out:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table("id", "REB number", "title", "expires", "status")
+    for row in rows:
+        table.add_row(row["id"], row["reb_number"], row["title"], row["expires"], row["status"])
     console.print(table)
 
 
@@ -1120,14 +1149,30 @@ def audit_verify() -> None:
 @audit_app.command("show")
 def audit_show(
     last: Annotated[int, typer.Option(help="Show the last N entries (0 = all).")] = 20,
-    event: Annotated[str | None, typer.Option(help="Only entries of this event.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(
+            help="Only entries of this event, one of: " + ", ".join(AUDIT_EVENTS) + ".",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines (one entry each) instead of a table.")
+    ] = False,
 ) -> None:
     """Show audit entries (research IDs, counts and keys only; never PHI)."""
     from ridl.audit import read_entries
 
+    if event is not None and event not in AUDIT_EVENTS:
+        raise ConfigError(
+            f"--event {event!r} is not an audit event; use one of: " + ", ".join(AUDIT_EVENTS)
+        )
     entries = [e for e in read_entries() if event is None or e.get("event") == event]
     if last > 0:
         entries = entries[-last:]
+    if json_out:
+        for e in entries:
+            sys.stdout.write(json.dumps(e, sort_keys=True) + "\n")
+        return
     table = Table("seq", "time", "event", "who", "fields")
     for e in entries:
         fields = json.dumps(e.get("fields", {}), sort_keys=True)
