@@ -776,8 +776,10 @@ class IdentifierDictionary:
         """The dictionary as JSON-ready data, to rebuild it later without the source headers.
 
         ``{"terms": [[value, kinds, name_only, owners, anyone, coincident], ...], "encodings":
-        [...], "equipment": [...]}``, sorted; ``coincident`` are the research IDs for whom the
-        date is also one of their dates moved by their shift (R5). It holds PHI (every searched
+        [...], "equipment": [...], "shifted": {research ID: [dates moved by its shift]}}``,
+        sorted; ``coincident`` are the research IDs for whom the date is also one of their
+        dates moved by their shift (R5), ``shifted`` lets a merge of several studies' records
+        find the same across them. It holds PHI (every searched
         value): it is kept on premises only (``ridl.releases``), never exported.
         """
         self._mark_coincident()
@@ -800,6 +802,7 @@ class IdentifierDictionary:
             "terms": rows,
             "encodings": sorted(self.encodings),
             "equipment": sorted(self.equipment),
+            "shifted": {owner: sorted(dates) for owner, dates in sorted(self._shifted.items())},
         }
 
     def merge_record(self, record: dict[str, Any]) -> None:
@@ -826,6 +829,10 @@ class IdentifierDictionary:
                 term.date = True
         self.encodings.update(record.get("encodings", ()))
         self.equipment.update(record.get("equipment", ()))
+        # R5 across merged studies: a subject's date in one study that equals another of its
+        # dates, from another study, moved by its shift is a coincidence too.
+        for owner, dates in record.get("shifted", {}).items():
+            self._shifted.setdefault(owner, set()).update(dates)
         self._automata.clear()
 
     def _mark_coincident(self) -> None:

@@ -281,6 +281,21 @@ def test_date_coincidences_survive_the_element_memo_and_the_kept_record() -> Non
     assert term.date and term.owners == {"RID-B"} and term.coincident == {"RID-B"}
 
 
+def test_date_coincidences_across_two_studies_of_one_subject_survive_a_merge() -> None:
+    # The gate merges the kept records of every sampled study: study A's date moved by the
+    # subject's shift can equal an original date of the subject's study B. R5 calls that a
+    # coincidence in the subject's date attributes, as the stream (which saw A alone) did.
+    study_a, study_b = IdentifierDictionary(), IdentifierDictionary()
+    study_a.add_header(_dated_header("20200101", "20200101"), "RID-A", 10)  # moved: 20200111
+    study_b.add_header(_dated_header("20200111", "20200111"), "RID-A", 10)
+    merged = IdentifierDictionary()
+    for study in (study_a, study_b):
+        merged.merge_record(json.loads(json.dumps(study.to_record())))
+    merged.automaton()
+    term = merged.terms["20200111"]
+    assert term.owners == {"RID-A"} and term.coincident == {"RID-A"}
+
+
 def test_the_raw_prefilter_finds_a_date_held_in_a_dt_value() -> None:
     # The stream searches a fast-path object's header bytes raw first; a DT value holds the
     # date followed by its time (R3's exception), which that first look must not miss.
