@@ -8,6 +8,8 @@ synthetic DIR, and the DIR sources (:mod:`ridl.sources`). It imports no other pa
 project; the ``ridl`` command itself lives on the top floor, in ``flows.cli``.
 """
 
+import logging
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import pydicom.config
@@ -18,6 +20,11 @@ import pydicom.config
 # (curation.integrity) and quarantines what it cannot handle, with a reason and no value.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+# Its other reading warnings name the file read ("End of file reached ... in file <path>"), and
+# a DIR's folder names can carry accession numbers: they are kept off the console and the logs
+# too (an object that cannot be read is quarantined with its reason).
+logging.getLogger("pydicom").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 try:
     __version__ = version("ridl")

@@ -134,6 +134,14 @@ def test_pydicom_never_prints_a_source_value(tmp_path: Path) -> None:
         "ds = Dataset.from_json({'00080020': {'vr': 'DA', 'Value': ['2001.02.03']},\n"
         "                        '00081030': {'vr': 'LO', 'Value': ['x' * 122]}})\n"
         "print(ds.StudyDate, len(ds.StudyDescription))\n"
+        "open('"
+        + str(tmp_path / "cut.dcm")
+        + "', 'wb').write(b'\\0' * 128 + b'DICM' + b'\\2\\0')\n"
+        "from pydicom import dcmread\n"
+        "try:\n"
+        "    dcmread('" + str(tmp_path / "cut.dcm") + "')\n"
+        "except Exception:\n"
+        "    pass\n"
         "ds.save_as('" + str(tmp_path / "o.dcm") + "', implicit_vr=False, little_endian=True)\n"
     )
     proc = subprocess.run(
@@ -142,3 +150,4 @@ def test_pydicom_never_prints_a_source_value(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "2001.02.03" not in proc.stderr and "Invalid value" not in proc.stderr, proc.stderr
     assert "exceeds the maximum length" not in proc.stderr, proc.stderr
+    assert str(tmp_path) not in proc.stderr, "no file path either"
