@@ -20,13 +20,16 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from export.store import ObjectStore
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 MANIFEST_COLUMNS = [
     "key",
@@ -207,6 +210,13 @@ def release_files(prefix: str) -> ReleaseFiles:
 
 
 # --- manifest parts ------------------------------------------------------------------------------
+
+
+def object_path(research_id: str, ds: Dataset) -> str:
+    """An exported object's path in a release (its store key without ``<project>/<release>/``):
+    ``<research id>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``, from
+    the de-identified dataset ``ds``."""
+    return f"{research_id}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
 
 
 def part_key(prefix: str, study_key: str) -> str:

@@ -42,6 +42,7 @@ from deid_recipes.engine import DeidError, Engine, SubjectContext
 from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from deid_recipes.recipe import load_recipe
 from export.identifiers import ElementMemo, IdentifierDictionary
+from export.manifest import object_path
 from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
 from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, study_tokens
 from ridl import audit
@@ -297,10 +298,7 @@ class FolderDeidentifier:
             ds, data, subject, fast = self._deidentify(read, curated, tokens)
             if not all(ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
                 raise ObjectRejected(Reason.MISSING_UID)
-            relative = (
-                f"{subject.research_id}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/"
-                f"{ds.SOPInstanceUID}.dcm"
-            )
+            relative = object_path(subject.research_id, ds)
             # Verified before it is written: a hit keeps the object on premises only.
             checked = verifier.check_bytes(
                 relative,

@@ -48,6 +48,7 @@ from export.manifest import (
     FailedRetrieval,
     ObjectRow,
     VerificationRecord,
+    object_path,
     part_bytes,
     part_key,
     read_part,
@@ -621,10 +622,7 @@ def _process_files(
         if not all(getattr(ds, k, None) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
             _quarantine(worker, study, path, outcome, Reason.MISSING_UID)  # found by fuzzing
             continue
-        key = (
-            f"{ctx.prefix}/{subject.research_id}/{ds.StudyInstanceUID}/"
-            f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        )
+        key = f"{ctx.prefix}/{object_path(subject.research_id, ds)}"
         # Verified before it is stored: a hit keeps the object on premises, never in the store.
         checked = verifier.check_bytes(
             key,
