@@ -12,6 +12,12 @@ the pull is run with ``--partition`` over the fetched partitions' rows only).
     python -m benchmarks.release_scale            # 1e5 and 1e6 objects
     python -m benchmarks.release_scale --quick    # 1e4 and 1e5
 
+The anchor is one plain pass over the parts (list, read and parse every part file, nothing
+else): the least any one-pass end stage must do. Both sizes take the large-release path
+(``RIDL_SMALL_RELEASE_OBJECTS=0``: no single-file manifest.csv or object list) so the growth
+ratio compares the same work; ``--as-shipped`` keeps the default, under which 1e5 objects is a
+small release and also gets its single files.
+
 Results: ``benchmarks/results/release_scale.json``; the projection to 7 x 10^8 objects is in
 ``benchmarks/projection.md``. Partitions are capped at ``--rows`` rows (default 50,000 so both
 sizes have full partitions; a release uses 500,000).
@@ -24,6 +30,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import platform
 import random
 import resource
 import shutil
@@ -82,7 +89,12 @@ def _stage(name: str, root: str, prefix: str, out: Any) -> None:
     store = LocalStore(Path(root))
     project, release = prefix.split("/")
     t0 = time.perf_counter()
-    if name == "manifest":
+    if name == "anchor":
+        from export.manifest import parse_part
+
+        for info in store.list(f"{prefix}/parts/"):
+            parse_part(store.get_bytes(info.key))
+    elif name == "manifest":
         from export.manifest import build_manifest
 
         build_manifest(store, prefix, 0, project, release)
@@ -106,12 +118,17 @@ def _stage(name: str, root: str, prefix: str, out: Any) -> None:
     out.put({"stage": name, "seconds": round(seconds, 3), "peak_mib": round(peak, 1)})
 
 
-def run_size(objects: int, rows: int) -> dict[str, Any]:
+STAGES = ("anchor", "manifest", "publish", "report", "cohort")
+
+
+def run_size(objects: int, rows: int, as_shipped: bool = False) -> dict[str, Any]:
     """Generate a release of ``objects`` rows and time each end stage in a child process."""
     work = Path(tempfile.mkdtemp(prefix="ridl-scale-"))
     home = work / "home"
     os.environ["RIDL_HOME"] = str(home)
     os.environ["RIDL_MANIFEST_PARTITION_ROWS"] = str(rows)
+    if not as_shipped:
+        os.environ["RIDL_SMALL_RELEASE_OBJECTS"] = "0"
     from ridl.errors import ConfigError
     from ridl.projects import create_project
     from tests.conftest import make_project
@@ -123,7 +140,7 @@ def run_size(objects: int, rows: int) -> dict[str, Any]:
     written = generate(work / "store", prefix, objects)
     result: dict[str, Any] = {"objects": written, "generate_s": round(time.perf_counter() - t0, 1)}
     ctx = mp.get_context("spawn")
-    for name in ("manifest", "publish", "report", "cohort"):
+    for name in STAGES:
         queue = ctx.Queue()
         child = ctx.Process(target=_stage, args=(name, str(work / "store"), prefix, queue))
         child.start()
@@ -141,20 +158,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1e4 and 1e5 objects")
     parser.add_argument("--rows", type=int, default=50_000, help="rows per partition at most")
+    parser.add_argument(
+        "--as-shipped", action="store_true", help="keep small-release single files (see doc)"
+    )
     args = parser.parse_args()
     sizes = (10_000, 100_000) if args.quick else (100_000, 1_000_000)
-    results = [run_size(n, args.rows) for n in sizes]
+    results = [run_size(n, args.rows, args.as_shipped) for n in sizes]
     small, large = results
     growth = {
         stage: {
             "time": round(large[stage]["seconds"] / max(small[stage]["seconds"], 1e-6), 2),
             "peak_memory": round(large[stage]["peak_mib"] / small[stage]["peak_mib"], 2),
+            "x_anchor": round(large[stage]["seconds"] / max(large["anchor"]["seconds"], 1e-6), 2),
         }
-        for stage in ("manifest", "publish", "report", "cohort")
+        for stage in STAGES
     }
-    report = {"rows_per_partition": args.rows, "sizes": results, "growth": growth}
-    print(json.dumps(report, indent=2))
-    out = Path(__file__).parent / "results" / "release_scale.json"
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "rows_per_partition": args.rows,
+        "as_shipped": args.as_shipped,
+        "sizes": results,
+        "growth": growth,
+    }
+    head = f"{'stage':<10} {'s small':>9} {'s large':>9} {'time x':>7} {'MiB small':>10} "
+    print(head + f"{'MiB large':>10} {'mem x':>6} {'x anchor':>9}")
+    for stage in STAGES:
+        a, b, g = small[stage], large[stage], growth[stage]
+        print(
+            f"{stage:<10} {a['seconds']:>9.1f} {b['seconds']:>9.1f} {g['time']:>7.2f} "
+            f"{a['peak_mib']:>10.0f} {b['peak_mib']:>10.0f} {g['peak_memory']:>6.2f} "
+            f"{g['x_anchor']:>9.2f}"
+        )
+    print(f"objects {small['objects']:,} -> {large['objects']:,}; load {report['load_average']}")
+    out = (
+        Path(__file__).parent
+        / "results"
+        / ("release_scale-quick.json" if args.quick else "release_scale.json")
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -20,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -382,8 +382,7 @@ def build_manifest(
             digest.update(data)
             part = parse_part(data)
             site = str(part.get("site", ""))
-            for row in part["objects"]:
-                spill.add(cast(dict[str, Any], row), site)
+            spill.add_rows(part["objects"], site)
             excluded.update(part["excluded"])
             if part.get("study") is None:
                 excluded_studies.update(part["excluded"])

@@ -38,12 +38,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import operator
 import os
 import re
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -85,6 +86,7 @@ SCHEMA = pa.schema(
 )  # the manifest's columns (MANIFEST_COLUMNS of export.manifest)
 _SPILL_COLUMNS = [*COLUMNS, "site"]
 _FLUSH_ROWS = 50_000
+_ROW_VALUES = operator.itemgetter(*COLUMNS)
 
 
 def partition_rows() -> int:
@@ -203,19 +205,37 @@ class Spill:
         self.rows = 0
 
     def add(self, row: dict[str, Any], site: str) -> None:
-        """Buffer one manifest row (an :class:`export.manifest.ObjectRow`) with its site token."""
-        rid = str(row["research_id"])
-        h = self._hashes.get(rid)
+        """Buffer one manifest row (an :class:`export.manifest.ObjectRow`; a missing column is
+        spilled empty) with its site token."""
+        self.add_rows([row], site)
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]], site: str) -> None:
+        """Buffer the rows of one manifest part (usually one research ID) with its site token.
+
+        One hash per research ID and one ``join`` per row: the build's inner loop at 10^8 rows.
+        """
+        rid = h = None
+        for row in rows:
+            if row["research_id"] != rid:
+                rid = row["research_id"]
+                h = self._hash(str(rid)) % SHARDS
+            try:
+                values = _ROW_VALUES(row)
+            except KeyError:
+                values = tuple(row.get(c, "") for c in COLUMNS)
+            self._buffer[cast(int, h)].append("\t".join(map(str, values)) + "\t" + site)
+            self._buffered += 1
+            self.rows += 1
+        if self._buffered >= _FLUSH_ROWS:
+            self.flush()
+
+    def _hash(self, research_id: str) -> int:
+        h = self._hashes.get(research_id)
         if h is None:
             if len(self._hashes) > 100_000:
                 self._hashes.clear()
-            h = self._hashes[rid] = research_hash(rid)
-        values = [str(row.get(c, "")) for c in COLUMNS] + [site]
-        self._buffer[h % SHARDS].append("\t".join(values))
-        self._buffered += 1
-        self.rows += 1
-        if self._buffered >= _FLUSH_ROWS:
-            self.flush()
+            h = self._hashes[research_id] = research_hash(research_id)
+        return h
 
     def flush(self) -> None:
         """Append the buffered rows to their shard files."""
@@ -274,41 +294,58 @@ def partition_stats(
     table: pa.Table, bucket: int, buckets: int, digest: str, data: bytes
 ) -> PartitionStats:
     """Counts of one partition's rows (``table`` with ``site``; see :class:`PartitionStats`)."""
-    rids = table.column("research_id").to_pylist()
-    studies = table.column("study_uid").to_pylist()
-    modalities = table.column("modality").to_pylist()
-    years = [d[:4] or "unknown" for d in table.column("study_date").to_pylist()]
-    sites = table.column("site").to_pylist() if "site" in table.column_names else [""] * len(rids)
-    by_year: Counter[str] = Counter()
-    study_year: dict[str, str] = {}
-    study_modality: dict[str, str] = {}
-    subject_sites: dict[str, set[str]] = defaultdict(set)
-    for rid, study, mod, year, site in zip(rids, studies, modalities, years, sites, strict=True):
-        by_year[f"{year}|{mod}"] += 1
-        if study not in study_year:
-            study_year[study] = year
-            study_modality[study] = mod
-        if site:
-            subject_sites[rid].add(site)
-        else:
-            subject_sites.setdefault(rid, set())
-    studies_by_year = Counter(f"{study_year[s]}|{study_modality[s]}" for s in study_year)
-    sites_count = Counter(str(len(s)) for s in subject_sites.values() if s)
+    year = pc.utf8_slice_codeunits(table.column("study_date"), 0, 4)
+    year = pc.if_else(pc.equal(year, ""), "unknown", year)
+    cells = pa.table({"year": year, "modality": table.column("modality")})
+    by_year = _counted(cells.group_by(["year", "modality"]).aggregate([([], "count_all")]))
+    first = pa.table(
+        {"study": table.column("study_uid"), "year": year, "modality": table.column("modality")}
+    )  # a study's year and modality: those of its first row by key
+    per_study = first.group_by("study", use_threads=False).aggregate(
+        [("year", "first"), ("modality", "first")]
+    )
+    studies_by_year = _counted(
+        pa.table(
+            {"year": per_study.column("year_first"), "modality": per_study.column("modality_first")}
+        )
+        .group_by(["year", "modality"])
+        .aggregate([([], "count_all")])
+    )
+    sites = table.column("site") if "site" in table.column_names else None
+    sites_count: Counter[str] = Counter()
+    if sites is not None:
+        named = pa.table({"rid": table.column("research_id"), "site": sites}).filter(
+            pc.not_equal(sites, "")
+        )
+        per_subject = named.group_by("rid").aggregate([("site", "count_distinct")])
+        sites_count.update(str(n) for n in per_subject.column("site_count_distinct").to_pylist())
+    modalities = pc.value_counts(table.column("modality")).to_pylist()
     return PartitionStats(
         bucket=bucket,
         buckets=buckets,
         parts_digest=digest,
         rows=table.num_rows,
         bytes=int(pc.sum(table.column("size")).as_py() or 0),
-        subjects=len(subject_sites),
-        studies=len(study_year),
-        by_modality=dict(sorted(Counter(modalities).items())),
-        instances_by_year=dict(sorted(by_year.items())),
-        studies_by_year=dict(sorted(studies_by_year.items())),
+        subjects=int(pc.count_distinct(table.column("research_id")).as_py()),
+        studies=per_study.num_rows,
+        by_modality=dict(sorted((m["values"], m["counts"]) for m in modalities)),
+        instances_by_year=by_year,
+        studies_by_year=studies_by_year,
         sites_per_subject=dict(sorted(sites_count.items(), key=lambda kv: int(kv[0]))),
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
     )
+
+
+def _counted(groups: pa.Table) -> dict[str, int]:
+    """``{"YYYY|MOD": n}`` from a (year, modality, count_all) grouping, sorted by cell."""
+    cells = zip(
+        groups.column("year").to_pylist(),
+        groups.column("modality").to_pylist(),
+        groups.column("count_all").to_pylist(),
+        strict=True,
+    )
+    return dict(sorted((f"{y}|{m}", int(n)) for y, m, n in cells))
 
 
 def read_stats(store: ObjectStore, prefix: str, bucket: int, buckets: int) -> PartitionStats | None:

@@ -612,8 +612,7 @@ def audit_release(
             problem = _check_record(part, recipe)
             if problem is not None:
                 hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
-            for row in part["objects"]:
-                manifest.add(dict(row), str(part["study"]))
+            manifest.add_rows(part["objects"], str(part["study"]))
         n = sample_size(manifest.rows, sample)
         draw = random.Random(seed) if seed is not None else random.SystemRandom()
         wanted = set(draw.sample(range(manifest.rows), n)) if n else set()
