@@ -26,6 +26,8 @@ from ridl.errors import ConfigError
 class LocalStore:
     """A folder used as an object store: keys are relative paths under ``root``."""
 
+    read_ahead = 0  # export.store.read_in_order: a local read needs no reads in flight
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.url = f"file:{self.root}"

@@ -22,11 +22,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from export.store import ObjectStore
+from export.store import ObjectStore, read_in_order
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -299,7 +300,7 @@ def parse_part(data: bytes) -> ManifestPart:
     Raises:
         ValueError: the bytes are not JSON (a part being replaced, or not a part).
     """
-    return cast(ManifestPart, json.loads(data))
+    return cast(ManifestPart, orjson.loads(data))  # its error is a ValueError
 
 
 def write_part(store: ObjectStore, key: str, part: ManifestPart) -> None:
@@ -374,10 +375,8 @@ def build_manifest(
     digest = hashlib.sha256()
     spill = pt.Spill(pt.spill_folder(store, prefix))
     try:
-        for info in store.list(f"{prefix}/parts/"):
-            if not info.key.endswith(".json"):
-                continue
-            data = store.get_bytes(info.key)
+        listing = (i for i in store.list(f"{prefix}/parts/") if i.key.endswith(".json"))
+        for info, data in read_in_order(store, listing):
             digest.update(f"{info.key}\n{len(data)}\n".encode())
             digest.update(data)
             part = parse_part(data)

@@ -61,7 +61,7 @@ from export.manifest import (
 )
 from export.phi_scan import Hit, Verifier
 from export.release import DESCRIPTION, NOTES, PUBLIC_KEY, SIGNATURE
-from export.store import ObjectStore, open_store
+from export.store import ObjectStore, open_store, read_in_order
 from export.verification import VerificationFailed, VerificationReport
 from ridl import audit, settings
 from ridl.catalog import study_refs
@@ -602,11 +602,14 @@ def audit_release(
     try:
         manifest = pt.Spill(work / "manifest")  # every part's rows, the part's study as "site"
         parts = 0
-        for info in store.list(f"{prefix}/parts/"):
-            if not info.key.endswith(".json"):
-                continue
-            part = parse_part(store.get_bytes(info.key))
-            if is_source_part(info.key) or part.get("study") is None:
+        listing = (
+            info
+            for info in store.list(f"{prefix}/parts/")
+            if info.key.endswith(".json") and not is_source_part(info.key)
+        )
+        for info, data in read_in_order(store, listing):
+            part = parse_part(data)
+            if part.get("study") is None:
                 continue
             parts += 1
             problem = _check_record(part, recipe)

@@ -3,6 +3,7 @@ objects go through reading and de-identification, and object keys refuse escapes
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -112,7 +113,11 @@ def _run_folder(folder: Path, tmp_path: Path) -> tuple[RunContext, Counter[str],
     return ctx, outcome, LocalStore(tmp_path / "store"), len(studies)
 
 
-def test_every_shipped_test_file_is_exported_or_quarantined(tmp_path: Path) -> None:
+def test_every_shipped_test_file_is_exported_or_quarantined_the_same_both_ways(
+    tmp_path: Path,
+) -> None:
+    """Each file is exported, quarantined or excluded once, valid and verified clean; the fast
+    path (the run's default) and the dataset path give the same objects, parts and counts."""
     files = _hostile_files()
     assert len(files) > 150, "pydicom's and deid-data's test files are installed"
     folder = tmp_path / "dir"
@@ -159,6 +164,25 @@ def test_every_shipped_test_file_is_exported_or_quarantined(tmp_path: Path) -> N
         hits += verifier.check_bytes(info.key, store.get_bytes(info.key)).hits
     print(f"  dictionary terms: {len(dictionary)}, verification hits: {len(hits)}")
     assert hits == [], [str(h) for h in hits[:10]]
+
+    # The same selection through the dataset path: hand-offs, refusals and quarantines agree.
+    assert ctx.fast_path
+    studies = study_refs(
+        pq.read_table(catalog_dir_for(ctx.source_url) / "studies.parquet").to_pandas()
+    )
+    process_batch(
+        dataclasses.replace(ctx, store_url=f"file:{tmp_path / 'off'}", fast_path=False), studies
+    )
+    on, off = _store_bytes(tmp_path / "store"), _store_bytes(tmp_path / "off")
+    assert sum(key.endswith(".dcm") for key in on) > 50
+    assert sorted(on) == sorted(off)
+    differing = [key for key in on if on[key] != off[key]]
+    assert differing == [], f"{len(differing)} objects differ, e.g. {differing[:3]}"
+
+
+def _store_bytes(root: Path) -> dict[str, bytes]:
+    store = LocalStore(root)
+    return {info.key: store.get_bytes(info.key) for info in store.list("")}
 
 
 # --- fuzzing the read + de-identify path --------------------------------------------------------

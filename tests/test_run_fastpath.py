@@ -72,33 +72,3 @@ def test_fast_path_run_exports_the_dataset_paths_bytes(
     # most objects and the dataset path the rest (curation-blanked pixels, hand-offs).
     assert served.count("fast") > slow_counts.exported // 2
     assert served.count("fast") < slow_counts.exported
-
-
-def test_hostile_files_export_the_same_bytes_both_ways(tmp_path: Path) -> None:
-    """pydicom's and deid-data's odd files: hand-offs, refusals and quarantines agree too."""
-    import datetime as dt
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    from ridl.catalog import catalog_dir_for, study_refs
-    from ridl.sources.folder import FolderSource
-    from tests.test_hostile import _hostile_files, _run_folder
-
-    folder = tmp_path / "dir"
-    folder.mkdir()
-    for i, path in enumerate(_hostile_files()):
-        shutil.copyfile(path, folder / f"{i:04d}_{path.name}")
-    ctx, _, _, _ = _run_folder(folder, tmp_path)  # the default: fast path on
-    assert ctx.fast_path
-    catalog = catalog_dir_for(FolderSource(folder).url)
-    FolderSource(folder).build_catalog(catalog, dt.date.min, dt.date.max)
-    studies = study_refs(pq.read_table(catalog / "studies.parquet").to_pandas())
-    process_batch(
-        dataclasses.replace(ctx, store_url=f"file:{tmp_path / 'off'}", fast_path=False), studies
-    )
-    on, off = _store_bytes(tmp_path / "store"), _store_bytes(tmp_path / "off")
-    assert sum(key.endswith(".dcm") for key in on) > 50
-    assert sorted(on) == sorted(off)
-    differing = [key for key in on if on[key] != off[key]]
-    assert differing == [], f"{len(differing)} objects differ, e.g. {differing[:3]}"
