@@ -254,3 +254,27 @@ def test_where_queries_parse_to_the_rows_asked_for() -> None:
     for bad in ("modality = ", "modality == 'CT'", "x = 1", "modality = 'CT' extra"):
         with pytest.raises(ScopeError):
             pt.parse_where(bad)
+
+
+def test_parts_read_ahead_build_the_same_bytes_and_a_vanished_part_is_named(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    """The parts pass with reads in flight (as on S3) keeps the store's order: same digest,
+    same partitions, same counts as one read at a time; a part gone when read is an error."""
+    from export.store import ObjectInfo, read_in_order
+
+    serial, ahead = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    ahead.read_ahead = 4  # type: ignore[misc]
+    for store in (serial, ahead):
+        _fill(store, project.id)
+        build_manifest(store, f"{project.id}/r1", 24, project.id, "r1")
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert a == b and any(k.endswith("bucket=000.json") for k in a)
+
+    listing = list(ahead.list(f"{project.id}/r1/parts/"))
+    got = [info.key for info, _ in read_in_order(ahead, listing, read_ahead=3)]
+    assert got == [info.key for info in listing]
+    gone = [*listing[:5], ObjectInfo(f"{project.id}/r1/parts/gone.json", 1), *listing[5:]]
+    with pytest.raises(FileNotFoundError):
+        for _ in read_in_order(ahead, gone, read_ahead=3):
+            pass
