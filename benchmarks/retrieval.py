@@ -148,7 +148,7 @@ def main() -> None:
                     ("dimse C-GET", server.dimse_url("get")),
                 )
             ):
-                release = f"r{n}"
+                release = f"batch{n}"
                 plan = prepare_run("bench", release, url, f"file:{work / 'p2'}")
                 ctx = dataclasses.replace(plan.ctx, limits=limits)
                 store = work / f"store-{release}"

@@ -89,6 +89,14 @@ from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
 
 log = logging.getLogger(__name__)
 
+# pynetdicom's "standard" event handlers log every PDU and DIMSE message, C-FIND identifiers
+# (patient names, IDs) included, at DEBUG/INFO: nothing a source value may reach, and ~7 % of a
+# C-GET's CPU per instance (benchmarks/retrieval.py). ridl reports retrieval itself; its errors
+# and warnings (association refused, aborted) are still logged by pynetdicom.
+_config.LOG_HANDLER_LEVEL = "none"
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
 OPTIONS = {"calling", "retrieval", "move_aet", "move_port", "move_bind", "find_limit", "timeout"}
 # Every transfer syntax an archive may hold an object in: ridl stores the bytes as received and
 # decodes (or quarantines) later, so the archive never has to convert anything. The first two
