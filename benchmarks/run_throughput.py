@@ -9,8 +9,10 @@ de-identification, hashing and the store's atomic writes, made durable together 
 The fast path changes only the de-identification step; a separate line times a whole-object
 read (``read_whole``) alone, which both paths pay once.
 
-Usage: ``python benchmarks/run_throughput.py [--quick]``. Prints a table and writes
-``benchmarks/results/run_throughput[-quick].json``.
+Usage: ``python benchmarks/run_throughput.py [--quick] [--no-ocr]``. Prints a table and writes
+``benchmarks/results/run_throughput[-quick][-no-ocr].json``. ``--no-ocr`` runs the same with
+the curation's OCR off (``"ocr": false``: no screening, no reading of at-risk objects), which
+leaves ridl's own per-object work: the difference is what screening costs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer slices and rounds")
     parser.add_argument("--ct-slices", type=int, default=None, help="slices per CT series")
+    parser.add_argument("--no-ocr", action="store_true", help="curation without OCR screening")
     args = parser.parse_args()
     slices = args.ct_slices or (10 if args.quick else 40)
     rounds = 3 if args.quick else 5
@@ -114,6 +117,9 @@ def main() -> None:
     def one(fast: bool, n: int) -> tuple[float, float, Any]:
         root = work / f"store-{int(fast)}-{n}"
         ctx = dataclasses.replace(plan.ctx, store_url=f"file:{root}", fast_path=fast)
+        if args.no_ocr:
+            curation = {**json.loads(ctx.curation or "{}"), "ocr": False}
+            ctx = dataclasses.replace(ctx, curation=json.dumps(curation))
         step["s"] = 0.0
         per_study.clear()
         t0 = time.perf_counter()
@@ -193,6 +199,7 @@ def main() -> None:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "quick": args.quick,
+        "ocr": not args.no_ocr,
         "ct_slices": slices,
         "files": files,
         "megabytes": round(size_mb, 1),
@@ -202,7 +209,8 @@ def main() -> None:
         "deid_step_speedup": step_speedup,
         "curation_whole_read_ms_per_instance": whole_ms,
     }
-    name = "run_throughput-quick.json" if args.quick else "run_throughput.json"
+    name = "run_throughput" + ("-quick" if args.quick else "") + ("-no-ocr" if args.no_ocr else "")
+    name += ".json"
     out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
