@@ -33,6 +33,10 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/deid_throughput.py
 
+.PHONY: bench-deid-process
+bench-deid-process: $(STAMP)
+	$(BIN)/python benchmarks/deid_process.py
+
 .PHONY: bench-selection
 bench-selection: $(STAMP)
 	$(BIN)/python benchmarks/selection.py
