@@ -839,10 +839,16 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
             "(with the same --source: a release is frozen with its source)"
         )
     root = store_url[5:] if store_url.startswith("file:") else store_url.split("?", 1)[0]
-    console.print(f"manifest: {root}/{summary['manifest']}")
+    # soft_wrap: a long path stays on one line, so it can be copied
+    console.print(f"manifest: {root}/{summary['manifest']}", soft_wrap=True, highlight=False)
     if summary.get("report"):
-        console.print(f"report:   {root}/{summary['report']}")
-    console.print(f"summary:  {root}/{summary['manifest'].rsplit('/', 1)[0]}/summary.json")
+        console.print(f"report:   {root}/{summary['report']}", soft_wrap=True, highlight=False)
+    # summary.json is at the release's top (a large release's "manifest" is its dataset folder)
+    console.print(
+        f"summary:  {root}/{summary['project']}/{summary['release']}/summary.json",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @app.command("run")

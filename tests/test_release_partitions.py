@@ -278,3 +278,24 @@ def test_parts_read_ahead_build_the_same_bytes_and_a_vanished_part_is_named(
     with pytest.raises(FileNotFoundError):
         for _ in read_in_order(ahead, gone, read_ahead=3):
             pass
+
+
+def test_the_run_summary_names_files_that_exist_for_a_large_release(
+    small_partitions: None, project: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lines after a run's table point at the manifest and summary.json as stored (a large
+    release's manifest is its dataset folder; its summary.json is at the release's top)."""
+    from flows.cli import print_summary
+
+    store = LocalStore(tmp_path / "lib")
+    _fill(store, project.id)
+    summary = build_manifest(store, f"{project.id}/r1", 24, project.id, "r1")
+    print_summary(dict(summary), store.url)
+    lines = capsys.readouterr().out.splitlines()
+    paths = {
+        line.split(":", 1)[0]: Path(line.split(":", 1)[1].strip())
+        for line in lines
+        if line.startswith(("manifest:", "summary:"))
+    }
+    assert paths["manifest"].is_dir() and any(paths["manifest"].glob("bucket=*/part-0.parquet"))
+    assert paths["summary"].is_file(), paths["summary"]
