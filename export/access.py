@@ -343,7 +343,14 @@ def _grant(
     else:
         document = iam_policy(store, prefix, expires)
     document_kind = _kind(presign, principal)
-    _record(project_id, release, researcher, document_kind, now, expires)
+    scope = _scope(document, presign, partitions, where)
+    if (partitions is not None or where is not None) and not scope["objects"]:
+        raise ScopeError(
+            "--where" if where is not None else "--partition",
+            f"the cohort selects no object of release {prefix}: nothing to grant; check the "
+            "query (values are case-sensitive: modality = 'CT')",
+        )
+    _record(project_id, release, researcher, document_kind, now, expires, scope)
     audit.record(
         "access.granted",
         project=project_id,
@@ -352,8 +359,27 @@ def _grant(
         kind=document_kind,
         granted_at=now.isoformat(timespec="seconds"),
         expires_at=expires.isoformat(timespec="seconds"),
+        scope=scope,
     )
     return document
+
+
+def _scope(
+    document: dict[str, Any], presign: bool, partitions: list[int] | None, where: str | None
+) -> dict[str, Any]:
+    """What a grant covers, as recorded on premises and audited: the whole release (a policy,
+    or a presigned small release) or the partitions and query of a presigned cohort, with the
+    number of objects its URLs fetch (research IDs and counts only: no PHI)."""
+    if not presign:
+        return {"release": "whole", "partitions": None, "where": None, "objects": None}
+    objects = sum(1 for path in document.get("urls", {}) if path.endswith(".dcm"))
+    whole = partitions is None and where is None
+    return {
+        "release": "whole" if whole else "cohort",
+        "partitions": document.get("partitions"),
+        "where": where,
+        "objects": objects,
+    }
 
 
 def _record(
@@ -363,6 +389,7 @@ def _record(
     kind: str,
     now: dt.datetime,
     expires: dt.datetime,
+    scope: dict[str, Any],
 ) -> None:
     path = grants_path(project_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +400,7 @@ def _record(
         "kind": kind,
         "granted_at": now.isoformat(timespec="seconds"),
         "expires_at": expires.isoformat(timespec="seconds"),
+        "scope": scope,
     }
     with open(path, "a") as handle:
         handle.write(json.dumps(entry, sort_keys=True) + "\n")

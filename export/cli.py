@@ -284,7 +284,8 @@ def access_list(
     project: Annotated[str, typer.Option(help="REB project id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """List the access grants recorded for a project (researcher, release, kind, expiry)."""
+    """List the access grants recorded for a project (researcher, release, kind, what each
+    covers, expiry)."""
     from export.access import list_grants
     from ridl.projects import load_project
 
@@ -294,13 +295,29 @@ def access_list(
         json.dump(grants, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    table = Table("release", "researcher", "kind", "granted", "expires", "active")
+    table = Table("release", "researcher", "kind", "covers", "granted", "expires", "active")
     for g in grants:
         table.add_row(
-            g["release"], g["researcher"], g["kind"], g["granted_at"], g["expires_at"],
-            "yes" if g["active"] else "expired",
+            g["release"], g["researcher"], g["kind"], _covers(g.get("scope")), g["granted_at"],
+            g["expires_at"], "yes" if g["active"] else "expired",
         )  # fmt: skip
     console.print(table)
+
+
+def _covers(scope: dict[str, Any] | None) -> str:
+    """A grant's scope in a few words: the whole release, or a cohort's partitions, query
+    and object count (grants recorded before scopes were, say so)."""
+    if not scope:
+        return "(not recorded)"
+    if scope.get("release") == "whole":
+        return "whole release"
+    parts = []
+    if scope.get("partitions") is not None:
+        parts.append("partitions " + ",".join(str(b) for b in scope["partitions"]))
+    if scope.get("where"):
+        parts.append(f"where {scope['where']}")
+    parts.append(f"{scope.get('objects', 0):,} objects")
+    return "; ".join(parts)
 
 
 def pull_command(

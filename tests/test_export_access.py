@@ -91,8 +91,28 @@ def test_presigned_urls_end_with_the_reb_approval(
         assert abs(seconds - (end - now).total_seconds()) <= 2
     short = grant_access(url, project.id, "r1", "Researcher One", 1, presign=True, now=now)
     assert dt.datetime.fromisoformat(short["expires_at"]) <= now + dt.timedelta(days=1)
+    cohort = grant_access(
+        url, project.id, "r1", "Researcher One", 1, presign=True, now=now, where="modality = 'CT'"
+    )
+    ct = sum(1 for path in cohort["urls"] if path.endswith(".dcm"))
+    assert ct > 0
+    with pytest.raises(ScopeError, match="selects no object"):  # a typo grants nothing
+        grant_access(
+            url, project.id, "r1", "Researcher One", 1, presign=True, where="modality = 'ct'"
+        )
+    # What each grant covers is on record, on premises and in the audit log.
     log = (ridl_home / "grants" / f"{project.id}.jsonl").read_text().splitlines()
-    assert [json.loads(line)["kind"] for line in log] == ["presigned-manifest"] * 2
+    assert [json.loads(line)["kind"] for line in log] == ["presigned-manifest"] * 3
+    scopes = [json.loads(line)["scope"] for line in log]
+    assert [s["release"] for s in scopes] == ["whole", "whole", "cohort"]
+    assert scopes[2]["where"] == "modality = 'CT'" and scopes[2]["objects"] == ct
+    assert scopes[0]["objects"] == sum(1 for p in document["urls"] if p.endswith(".dcm")) > ct
+    from ridl.audit import read_entries
+
+    granted = [e for e in read_entries() if e["event"] == "access.granted"]
+    assert [e["fields"]["scope"] for e in granted] == scopes
+    refused = [e for e in read_entries() if e["event"] == "access.refused"]
+    assert refused and "selects no object" in refused[-1]["fields"]["reason"]
 
 
 def test_researcher_of_project_a_cannot_read_project_b(
