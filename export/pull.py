@@ -546,6 +546,7 @@ def pull(
             "research office for a new grant (`ridl access grant --presign`)"
         )
     report.retracted = len(loaded.retracted)
+    query = parse_where(where) if where is not None else None  # before any folder is made
     check_dest(dest, manifest)
     fetcher = _Fetcher(loaded, workers, endpoint_url)  # bad AWS settings fail before any folder
     made_dest = not dest.exists()
@@ -675,7 +676,6 @@ def pull(
             retract(manifest["objects"])
             transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
         else:
-            query = parse_where(where) if where is not None else None
             rows = _partition_rows(loaded, dest, layout, transfer, query, subjects, partitions)
             for table in rows:
                 objects = [_object_of(row, manifest) for row in table.to_pylist()]

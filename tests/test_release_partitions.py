@@ -278,3 +278,37 @@ def test_parts_read_ahead_build_the_same_bytes_and_a_vanished_part_is_named(
     with pytest.raises(FileNotFoundError):
         for _ in read_in_order(ahead, gone, read_ahead=3):
             pass
+
+
+def test_where_refuses_huge_numbers_deep_nesting_and_wrong_types_before_any_fetch(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    """A number outside 64 bits, thousands of nested parentheses and a value of the other
+    type are each one ScopeError from the parser, worded for a user; a pull refused so leaves
+    no --dest behind."""
+    with pytest.raises(ScopeError, match="too large"):
+        pt.parse_where("size > 99999999999999999999999")
+    with pytest.raises(ScopeError, match="too large"):
+        pt.parse_where("size IN (1, -99999999999999999999999)")
+    for deep in ("(" * 3000 + "size > 1" + ")" * 3000, "NOT " * 3000 + "size > 1"):
+        with pytest.raises(ScopeError, match="deep"):
+            pt.parse_where(deep)
+    pt.parse_where("(" * 50 + "size > 1" + ")" * 50)  # reasonable nesting still reads
+    for bad, words in (
+        ("study_year >= 'abc'", "study_year is a number column"),
+        ("size > 'big'", "size is a number column"),
+        ("modality = 5", "modality is a text column"),
+        ("bucket IN (1, 'x')", "bucket is a number column"),
+        ("modality BETWEEN 1 AND 2", "modality is a text column"),
+    ):
+        with pytest.raises(ScopeError, match=words) as caught:
+            pt.parse_where(bad)
+        assert "kernel" not in str(caught.value)
+    store = LocalStore(tmp_path / "store")
+    _fill(store, project.id)
+    _publish(store, project)
+    root = tmp_path / "store" / project.id / "r1"
+    for bad in ("study_year >= 'abc'", "size > 99999999999999999999999"):
+        with pytest.raises(ScopeError):
+            pull(root / "manifest.json", tmp_path / "typed", where=bad)
+        assert not (tmp_path / "typed").exists()
