@@ -660,21 +660,36 @@ def read_subjects(path: Path) -> set[str]:
     """Research IDs from a CSV file: its ``research_id`` column, else its first column.
 
     Raises:
-        ScopeError: the file lists no research ID (``--subjects``).
-        OSError: the file cannot be read.
+        ScopeError: the file does not exist, is a folder, cannot be read, is not UTF-8 text,
+            or lists no research ID (``--subjects``).
     """
     import csv
 
     found: set[str] = set()
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        column = header.index("research_id") if "research_id" in header else 0
-        if "research_id" not in header and header and header[0].strip():
-            found.add(header[0].strip())
-        for row in reader:
-            if len(row) > column and row[column].strip():
-                found.add(row[column].strip())
+    if not path.exists():
+        raise ScopeError("--subjects", f"{path} does not exist; give a CSV file that exists")
+    if path.is_dir():
+        raise ScopeError("--subjects", f"{path} is a folder; give a CSV file of research IDs")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            column = header.index("research_id") if "research_id" in header else 0
+            if "research_id" not in header and header and header[0].strip():
+                found.add(header[0].strip())
+            for row in reader:
+                if len(row) > column and row[column].strip():
+                    found.add(row[column].strip())
+    except UnicodeDecodeError:
+        raise ScopeError(
+            "--subjects",
+            f"{path} is not UTF-8 text; save it as a UTF-8 text CSV (one research ID a line, "
+            "or a research_id column)",
+        ) from None
+    except OSError as exc:
+        raise ScopeError(
+            "--subjects", f"cannot read {path} ({exc.strerror or 'read error'}); give a readable CSV"
+        ) from None
     if not found:
         raise ScopeError("--subjects", f"{path.name} lists no research ID")
     return found
