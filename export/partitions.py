@@ -688,7 +688,8 @@ def read_subjects(path: Path) -> set[str]:
         ) from None
     except OSError as exc:
         raise ScopeError(
-            "--subjects", f"cannot read {path} ({exc.strerror or 'read error'}); give a readable CSV"
+            "--subjects",
+            f"cannot read {path} ({exc.strerror or 'read error'}); give a readable CSV file",
         ) from None
     if not found:
         raise ScopeError("--subjects", f"{path.name} lists no research ID")
