@@ -403,12 +403,22 @@ def pull_command(
     except OSError as exc:
         raise ReleaseError(f"{type(exc).__name__}: {exc}") from exc
     rate = report.bytes_fetched / report.seconds / 1e6 if report.seconds else 0.0
+    cohort_counts: dict[str, object] = {}
+    if report.selected is not None:
+        cohort_counts["objects the cohort selects"] = report.selected
+    if report.subjects_listed:
+        cohort_counts["research IDs in --subjects not in the release"] = (
+            f"{report.subjects_missing} of {report.subjects_listed}"
+        )
     console.print(
         kv_table(
             f"pull {report.project}/{report.release}",
             {
                 "signing key": report.fingerprint,
-                "files in release": report.files,
+                **cohort_counts,
+                ("files in the cohort" if report.selected is not None else "files in release"): (
+                    report.files
+                ),
                 "fetched and verified": report.fetched,
                 "already there, verified": report.skipped_verified,
                 "retracted since publication (not fetched)": report.retracted,
@@ -421,6 +431,22 @@ def pull_command(
         )
     )
     print_retracted_on_disk(report.retracted_on_disk, report.retracted_deleted, dest)
+    if report.subjects_missing:
+        examples = ", ".join(report.subjects_missing_examples)
+        more = ", ..." if report.subjects_missing > len(report.subjects_missing_examples) else ""
+        err_console.print(
+            f"notice: {report.subjects_missing} of the {report.subjects_listed} research IDs in "
+            f"--subjects are not in this release ({examples}{more}); check the file",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.selected == 0:
+        err_console.print(
+            "notice: the query selected no object (--where, --subjects, --partition): nothing "
+            "of the cohort was pulled; check the query",
+            highlight=False,
+            soft_wrap=True,
+        )
     for reason in sorted(report.failed.values()):
         err_console.print(f"[red]failed:[/] {reason}", highlight=False)
     if report.failed:

@@ -432,6 +432,10 @@ _TOKEN = re.compile(
     r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
 )
 _KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "BETWEEN"}
+NUMBER_COLUMNS = frozenset({"size", "study_year", "bucket"})  # int64; the others are text
+MAX_NESTING = 100  # parentheses and NOTs inside one another
+_INT64 = (-(2**63), 2**63 - 1)
+_EXAMPLES = {"size": "size > 1000000", "study_year": "study_year >= 2018", "bucket": "bucket = 3"}
 
 
 def with_query_columns(table: pa.Table, bucket: int | None = None) -> pa.Table:
@@ -452,11 +456,16 @@ def parse_where(text: str) -> pc.Expression:
 
     The SQL subset: comparisons (``= != <> < <= > >=``) of a column with a number or a
     'quoted string', ``col [NOT] IN (v, ...)``, ``col BETWEEN a AND b``, ``col IS [NOT] NULL``,
-    joined with AND, OR, NOT and parentheses; keywords in any case. Example:
-    ``modality = 'CT' AND study_year >= 2018``.
+    joined with AND, OR, NOT and parentheses (at most :data:`MAX_NESTING` deep); keywords in
+    any case. Example: ``modality = 'CT' AND study_year >= 2018``. Numbers are 64-bit integers
+    (or decimals); ``size``, ``study_year`` and ``bucket`` are numbers, the other columns text,
+    and each value is checked against its column's type here (:func:`check_where`), before
+    anything is fetched.
 
     Raises:
-        ScopeError: the text is not in that subset or names an unknown column (``--where``).
+        ScopeError: the text is not in that subset, names an unknown column, nests too deep,
+            gives a number outside 64 bits, or compares a column with a value of the other
+            type (``--where``).
     """
     tokens: list[tuple[str, str]] = []
     pos = 0
@@ -475,13 +484,32 @@ def parse_where(text: str) -> pc.Expression:
     expr = parser.disjunction()
     if parser.i != len(tokens):
         raise ScopeError("--where", f"unexpected {tokens[parser.i][1]!r} in the query")
+    check_where(expr)
     return expr
+
+
+def check_where(expr: pc.Expression) -> None:
+    """Check a cohort query against the query columns' types by running it on an empty table
+    (:data:`SCHEMA` with ``study_year`` and ``bucket``): nothing is read or fetched.
+
+    Raises:
+        ScopeError: the query does not fit the columns' types (``--where``).
+    """
+    try:
+        with_query_columns(SCHEMA.empty_table(), 0).filter(expr)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise ScopeError(
+            "--where",
+            "the query compares a column with a value of the other type; size, study_year and "
+            "bucket are numbers, the other columns text ('quoted')",
+        ) from None
 
 
 class _Parser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens = tokens
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, str]:
         return self.tokens[self.i] if self.i < len(self.tokens) else ("end", "")
@@ -509,24 +537,54 @@ class _Parser:
         return expr
 
     def negation(self) -> pc.Expression:
-        if self.peek() == ("kw", "NOT"):
-            self.i += 1
-            return ~self.negation()
-        if self.peek() == ("op", "("):
-            self.i += 1
-            expr = self.disjunction()
-            self.take("op", ")")
-            return expr
+        if self.peek() in (("kw", "NOT"), ("op", "(")):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise ScopeError(
+                    "--where",
+                    f"the query nests parentheses or NOT more than {MAX_NESTING} deep; "
+                    "write it with fewer levels",
+                )
+            try:
+                if self.peek() == ("kw", "NOT"):
+                    self.i += 1
+                    return ~self.negation()
+                self.i += 1
+                expr = self.disjunction()
+                self.take("op", ")")
+                return expr
+            finally:
+                self.depth -= 1
         return self.comparison()
 
-    def literal(self) -> Any:
+    def literal(self, column: str = "") -> Any:
         kind, value = self.peek()
         if kind == "num":
             self.i += 1
-            return float(value) if "." in value else int(value)
+            number = float(value) if "." in value else int(value)
+            if isinstance(number, int) and not _INT64[0] <= number <= _INT64[1]:
+                raise ScopeError(
+                    "--where",
+                    f"the number {value} is too large (numbers go from {_INT64[0]:,} to "
+                    f"{_INT64[1]:,})",
+                )
+            if column and column not in NUMBER_COLUMNS:
+                raise ScopeError(
+                    "--where",
+                    f"{column} is a text column but the query compares it with the number "
+                    f"{value}; quote the value: {column} = '{value}'",
+                )
+            return number
         if kind == "str":
             self.i += 1
-            return value[1:-1].replace("''", "'")
+            text = value[1:-1].replace("''", "'")
+            if column in NUMBER_COLUMNS:
+                raise ScopeError(
+                    "--where",
+                    f"{column} is a number column but the query compares it with the text "
+                    f"{value}; give a number without quotes, e.g. {_EXAMPLES[column]}",
+                )
+            return text
         raise ScopeError("--where", f"expected a number or 'text' but found {value or 'the end'!r}")
 
     def comparison(self) -> pc.Expression:
@@ -550,24 +608,24 @@ class _Parser:
         if kind == "kw" and value == "IN":
             self.i += 1
             self.take("op", "(")
-            values = [self.literal()]
+            values = [self.literal(name)]
             while self.peek() == ("op", ","):
                 self.i += 1
-                values.append(self.literal())
+                values.append(self.literal(name))
             self.take("op", ")")
             expr = field.isin(values)
             return ~expr if negated else expr
         if kind == "kw" and value == "BETWEEN":
             self.i += 1
-            low = self.literal()
+            low = self.literal(name)
             self.take("kw", "AND")
-            high = self.literal()
+            high = self.literal(name)
             expr = (field >= low) & (field <= high)
             return ~expr if negated else expr
         if negated:
             raise ScopeError("--where", "NOT goes before IN or BETWEEN, or before a comparison")
         op = self.take("op")
-        right = self.literal()
+        right = self.literal(name)
         ops = {
             "=": field == right,
             "!=": field != right,
@@ -602,21 +660,37 @@ def read_subjects(path: Path) -> set[str]:
     """Research IDs from a CSV file: its ``research_id`` column, else its first column.
 
     Raises:
-        ScopeError: the file lists no research ID (``--subjects``).
-        OSError: the file cannot be read.
+        ScopeError: the file does not exist, is a folder, cannot be read, is not UTF-8 text,
+            or lists no research ID (``--subjects``).
     """
     import csv
 
     found: set[str] = set()
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        column = header.index("research_id") if "research_id" in header else 0
-        if "research_id" not in header and header and header[0].strip():
-            found.add(header[0].strip())
-        for row in reader:
-            if len(row) > column and row[column].strip():
-                found.add(row[column].strip())
+    if not path.exists():
+        raise ScopeError("--subjects", f"{path} does not exist; give a CSV file that exists")
+    if path.is_dir():
+        raise ScopeError("--subjects", f"{path} is a folder; give a CSV file of research IDs")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            column = header.index("research_id") if "research_id" in header else 0
+            if "research_id" not in header and header and header[0].strip():
+                found.add(header[0].strip())
+            for row in reader:
+                if len(row) > column and row[column].strip():
+                    found.add(row[column].strip())
+    except UnicodeDecodeError:
+        raise ScopeError(
+            "--subjects",
+            f"{path} is not UTF-8 text; save it as a UTF-8 text CSV (one research ID a line, "
+            "or a research_id column)",
+        ) from None
+    except OSError as exc:
+        raise ScopeError(
+            "--subjects",
+            f"cannot read {path} ({exc.strerror or 'read error'}); give a readable CSV file",
+        ) from None
     if not found:
         raise ScopeError("--subjects", f"{path.name} lists no research ID")
     return found

@@ -161,7 +161,10 @@ class PullReport:
     ``key_source`` says where the signing key came from; ``retracted_on_disk`` {path relative
     to DEST: reason} lists files retracted since publication (a subject withdrew, an IOCM
     rejection) that an earlier pull left in DEST; ``retracted_deleted`` those of them removed
-    (``delete_retracted``).
+    (``delete_retracted``). For a cohort (``--where``, ``--subjects``, ``--partition``):
+    ``selected`` the objects it selects (None for a whole pull), ``subjects_listed`` and
+    ``subjects_missing`` the research IDs given and how many of them are not in the release,
+    ``subjects_missing_examples`` up to five of those (research IDs, not PHI).
     """
 
     project: str
@@ -178,6 +181,10 @@ class PullReport:
     retried: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    selected: int | None = None
+    subjects_listed: int = 0
+    subjects_missing: int = 0
+    subjects_missing_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The report's fields as a plain dict (JSON-ready)."""
@@ -412,7 +419,10 @@ class _Fetcher:
                     "AWS_ENDPOINT_URL) to the address you were given"
                 ) from None
             return iter(response["Body"].iter_chunks(CHUNK))
-        return _file_chunks(Path(self.storage["root"]) / path)
+        local = Path(self.storage["root"]) / path
+        if not local.is_file():
+            raise PullError(f"{path} is not in storage (retracted?)")
+        return _file_chunks(local)
 
 
 REFUSED_CREDENTIALS = (
@@ -546,11 +556,27 @@ def pull(
             "research office for a new grant (`ridl access grant --presign`)"
         )
     report.retracted = len(loaded.retracted)
+    query = parse_where(where) if where is not None else None  # before any folder is made
     check_dest(dest, manifest)
     fetcher = _Fetcher(loaded, workers, endpoint_url)  # bad AWS settings fail before any folder
     made_dest = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     made_marker = _write_marker(dest, loaded)
+    lock = threading.Lock()
+    arrived: list[str] = []  # DEST-relative targets fetched by this run
+    index_files: set[str] = set()  # of them, the partitions' Parquet and SHA256SUMS
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=console is None,
+    )  # one files bar and one bytes bar for the whole pull: totals grow per partition
+    files_task = progress.add_task("files", total=0)
+    bytes_task = progress.add_task("bytes", total=0)
 
     def transfer(items: list[PullItem]) -> None:
         # Folders are made as files arrive, so a refused pull leaves none behind.
@@ -572,18 +598,12 @@ def pull(
                 f"not enough space in {dest}: {needed:,} bytes to fetch (+{keep_free:,} kept free) "
                 f"but {free:,} free; free some space or choose another --dest"
             )
-
-        lock = threading.Lock()
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console or Console(stderr=True),
-            disable=console is None,
-        )
+        with lock:
+            files_total = progress.tasks[0].total or 0
+            bytes_total = progress.tasks[1].total or 0
+            progress.update(files_task, total=files_total + len(items))
+            progress.advance(files_task, len(items) - len(todo))
+            progress.update(bytes_task, total=bytes_total + needed)
 
         def fetch(item: PullItem, files_task: TaskID, bytes_task: TaskID) -> None:
             for attempt in (1, 2):
@@ -608,6 +628,7 @@ def pull(
                     with lock:
                         report.fetched += 1
                         report.bytes_fetched += received
+                        arrived.append(item.target)
                     progress.advance(files_task)
                     if on_file_done is not None:
                         on_file_done(item.path)
@@ -629,35 +650,30 @@ def pull(
                 fetch(item, files_task, bytes_task)
 
         fatal: BaseException | None = None
-        with progress:
-            files_task = progress.add_task(
-                "files", total=len(items), completed=len(items) - len(todo)
-            )
-            bytes_task = progress.add_task("bytes", total=needed)
-            if todo:  # the first file alone: a server that refuses it is not asked again
-                try:
-                    fetch(todo[0], files_task, bytes_task)
-                except (AccessRefused, ExpiredGrant, DiskFull):
-                    raise  # the caller leaves DEST as it found it when nothing arrived
-                except PullError as first_failure:
-                    report.failed[todo[0].path] = str(first_failure)
-            pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        if todo:  # the first file alone: a server that refuses it is not asked again
             try:
-                futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo[1:]}
-                for future in as_completed(futures):
-                    exc = future.exception()
-                    if exc is None:
-                        continue
-                    if isinstance(exc, PullError) and not isinstance(exc, ExpiredGrant | DiskFull):
-                        report.failed[futures[future].path] = str(exc)
-                    elif fatal is None:
-                        fatal = exc
-                        stop.set()  # an expired grant, an interrupt, a disk error: stop all
-            except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
-                stop.set()
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+                fetch(todo[0], files_task, bytes_task)
+            except (AccessRefused, ExpiredGrant, DiskFull):
+                raise  # the caller leaves DEST as it found it when nothing arrived
+            except PullError as first_failure:
+                report.failed[todo[0].path] = str(first_failure)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            futures = {pool.submit(guarded, i, files_task, bytes_task): i for i in todo[1:]}
+            for future in as_completed(futures):
+                exc = future.exception()
+                if exc is None:
+                    continue
+                if isinstance(exc, PullError) and not isinstance(exc, ExpiredGrant | DiskFull):
+                    report.failed[futures[future].path] = str(exc)
+                elif fatal is None:
+                    fatal = exc
+                    stop.set()  # an expired grant, an interrupt, a disk error: stop all
+        except BaseException:  # Ctrl-C in the main thread: stop queued downloads, keep files
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         if fatal is not None:
             raise fatal
 
@@ -670,23 +686,31 @@ def pull(
                 report.retracted_deleted.append(target)
 
     selecting = where is not None or subjects is not None or partitions is not None
+    if selecting:
+        report.selected = 0
     try:
-        if "objects" in manifest and not selecting and loaded.partitions is None:
-            retract(manifest["objects"])
-            transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
-        else:
-            query = parse_where(where) if where is not None else None
-            rows = _partition_rows(loaded, dest, layout, transfer, query, subjects, partitions)
-            for table in rows:
-                objects = [_object_of(row, manifest) for row in table.to_pylist()]
-                retract(objects)
-                if loaded.urls is not None:  # a grant for a cohort or partition: its objects
-                    objects = [o for o in objects if o["path"] in loaded.urls]
-                plan = {"objects": objects, "files": {}}
-                transfer(plan_items(plan, layout, skip=set(loaded.retracted)))
-            transfer(plan_items({"objects": [], "files": manifest.get("files", {})}, layout))
+        with progress:
+            if "objects" in manifest and not selecting and loaded.partitions is None:
+                retract(manifest["objects"])
+                transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
+            else:
+                rows = _partition_rows(
+                    loaded, dest, layout, transfer, query, subjects, partitions, report, index_files
+                )
+                for table in rows:
+                    objects = [_object_of(row, manifest) for row in table.to_pylist()]
+                    retract(objects)
+                    if loaded.urls is not None:  # a grant for a cohort or partition: its objects
+                        objects = [o for o in objects if o["path"] in loaded.urls]
+                    if report.selected is not None:
+                        report.selected += len(objects)
+                    plan = {"objects": objects, "files": {}}
+                    transfer(plan_items(plan, layout, skip=set(loaded.retracted)))
+                transfer(plan_items({"objects": [], "files": manifest.get("files", {})}, layout))
     except BaseException:
-        if report.fetched == 0 and not report.retracted_deleted:
+        if not report.retracted_deleted and set(arrived) <= index_files:
+            for target in arrived:  # only partition files arrived: DEST as it was found
+                _delete_with_empty_parents(dest, target)
             _undo_start(dest, made_dest, made_marker)
         raise
     _save_release_files(dest, loaded)
@@ -821,13 +845,23 @@ def _partition_rows(
     query: Any,
     subjects: set[str] | None,
     partitions: list[int] | None,
+    report: PullReport,
+    index_files: set[str],
 ) -> Iterator[pa.Table]:
     """The selected rows of each needed partition, one partition at a time.
 
     Each partition's Parquet file is fetched first (verified against the signed index, kept
     under DEST: at its release path for the ``release`` layout, with the partition's
-    SHA256SUMS; under ``.ridl-pull/`` otherwise) and then read; only the buckets of
-    ``subjects`` and the ``partitions`` asked for (and those a grant covers) are fetched.
+    SHA256SUMS; under ``.ridl-pull/`` otherwise; their DEST paths are added to
+    ``index_files``) and then read; only the buckets of ``subjects`` and the ``partitions``
+    asked for (and those a grant covers) are fetched. A partition whose Parquet file cannot be
+    fetched is recorded in ``report.failed`` under its name and skipped. With ``subjects``,
+    every needed partition is fetched before any object, and the research IDs not in the
+    release are counted in ``report``.
+
+    Raises:
+        PullError: the release has no partitioned manifest or no such partition, or none of
+            ``subjects`` is in the release.
     """
     info = loaded.manifest.get("partitions")
     if not info:
@@ -849,20 +883,60 @@ def _partition_rows(
     if subjects is not None:
         needed = subject_buckets(subjects, buckets)
         chosen = [b for b in chosen if b in needed]
-    for bucket in chosen:
+    inside = "" if layout == "release" else f"{STATE_DIR}/"
+
+    def fetch_partition(bucket: int) -> Path | None:
         keys = partition_keys(bucket, buckets)
         files = entries[bucket]["files"]
-        inside = "" if layout == "release" else f"{STATE_DIR}/"
         names = [keys.parquet, keys.sums] if layout == "release" else [keys.parquet]
+        index_files.update(inside + n for n in names)
         transfer(
             [PullItem(n, int(files[n]["size"]), str(files[n]["sha256"]), inside + n) for n in names]
         )
         local = dest / f"{inside}{keys.parquet}"
-        if not local.is_file():  # its checksum failed (recorded in the report): skip its rows
+        failure = report.failed.pop(keys.parquet, None)
+        if failure is not None or not local.is_file():  # not fetched: skip its rows
+            why = (
+                "its manifest file is not in storage"
+                if failure is None or "not in storage" in failure
+                else failure
+            )
+            report.failed[keys.parquet] = (
+                f"partition {keys.name}: {why}; none of its objects were pulled (tell the "
+                "research office)"
+            )
+            return None
+        return local
+
+    ids = pa.array(sorted(subjects), pa.string()) if subjects is not None else None
+    if subjects is not None and ids is not None:  # every partition first: which IDs are there
+        found: set[str] = set()
+        failed_before = len(report.failed)
+        for bucket in chosen:
+            local = fetch_partition(bucket)
+            if local is not None:
+                column = pq.read_table(local, columns=["research_id"]).column("research_id")
+                found.update(pc.unique(column.filter(pc.is_in(column, ids))).to_pylist())
+        missing = sorted(subjects - found)
+        report.subjects_listed = len(subjects)
+        report.subjects_missing = len(missing)
+        report.subjects_missing_examples = missing[:5]
+        if not found and len(report.failed) == failed_before:
+            raise PullError(
+                f"none of the {len(subjects)} research IDs in --subjects is in this release "
+                f"(e.g. {', '.join(missing[:5])}); check the file: one research ID a line, "
+                "as the release writes them (RS-...)"
+            )
+    for bucket in chosen:
+        local = dest / f"{inside}{partition_keys(bucket, buckets).parquet}"
+        if subjects is None:
+            fetched = fetch_partition(bucket)
+            if fetched is None:
+                continue
+        elif not local.is_file():  # failed in the first pass (recorded in the report)
             continue
         table = pq.read_table(local)
-        if subjects is not None:
-            ids = pa.array(sorted(subjects), pa.string())
+        if ids is not None:
             table = table.filter(pc.is_in(table.column("research_id"), ids))
         yield select_rows(table, query, bucket)
 

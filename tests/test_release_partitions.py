@@ -299,3 +299,136 @@ def test_the_run_summary_names_files_that_exist_for_a_large_release(
     }
     assert paths["manifest"].is_dir() and any(paths["manifest"].glob("bucket=*/part-0.parquet"))
     assert paths["summary"].is_file(), paths["summary"]
+
+
+def test_where_refuses_huge_numbers_deep_nesting_and_wrong_types_before_any_fetch(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    """A number outside 64 bits, thousands of nested parentheses and a value of the other
+    type are each one ScopeError from the parser, worded for a user; a pull refused so leaves
+    no --dest behind."""
+    with pytest.raises(ScopeError, match="too large"):
+        pt.parse_where("size > 99999999999999999999999")
+    with pytest.raises(ScopeError, match="too large"):
+        pt.parse_where("size IN (1, -99999999999999999999999)")
+    for deep in ("(" * 3000 + "size > 1" + ")" * 3000, "NOT " * 3000 + "size > 1"):
+        with pytest.raises(ScopeError, match="deep"):
+            pt.parse_where(deep)
+    pt.parse_where("(" * 50 + "size > 1" + ")" * 50)  # reasonable nesting still reads
+    for bad, words in (
+        ("study_year >= 'abc'", "study_year is a number column"),
+        ("size > 'big'", "size is a number column"),
+        ("modality = 5", "modality is a text column"),
+        ("bucket IN (1, 'x')", "bucket is a number column"),
+        ("modality BETWEEN 1 AND 2", "modality is a text column"),
+    ):
+        with pytest.raises(ScopeError, match=words) as caught:
+            pt.parse_where(bad)
+        assert "kernel" not in str(caught.value)
+    store = LocalStore(tmp_path / "store")
+    _fill(store, project.id)
+    _publish(store, project)
+    root = tmp_path / "store" / project.id / "r1"
+    for bad in ("study_year >= 'abc'", "size > 99999999999999999999999"):
+        with pytest.raises(ScopeError):
+            pull(root / "manifest.json", tmp_path / "typed", where=bad)
+        assert not (tmp_path / "typed").exists()
+
+
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_cohort_that_selects_nothing_or_unknown_subjects_is_said(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    """A cohort of no object is a notice and the summary counts the cohort's objects and files;
+    research IDs not in the release are counted, and when none is, the pull stops before any
+    object with DEST as it was."""
+    store = LocalStore(tmp_path / "store")
+    rows = _fill(store, project.id)
+    _publish(store, project)
+    manifest = str(tmp_path / "store" / project.id / "r1" / "manifest.json")
+
+    report = pull(Path(manifest), tmp_path / "none", where="study_year BETWEEN 2018 AND 2016")
+    assert report.selected == 0 and not report.failed
+    result = _cli("pull", manifest, "--dest", str(tmp_path / "none2"), "--where", "bucket = 99")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "the query selected no object" in flat and "objects the cohort selects │ 0" in flat
+    assert "files in the cohort" in flat and "files in release" not in flat
+
+    ct = _cli("pull", manifest, "--dest", str(tmp_path / "ct"), "--where", "modality = 'CT'")
+    want = sum(r["modality"] == "CT" for r in rows)
+    assert f"objects the cohort selects │ {want}" in " ".join(ct.output.split())
+    assert "selected no object" not in ct.output
+
+    listed = tmp_path / "some.csv"
+    listed.write_text(f"research_id\n{rows[0]['research_id']}\nRS-NOPE000000\n")
+    some = pull(Path(manifest), tmp_path / "some", subjects=pt.read_subjects(listed))
+    assert (some.subjects_listed, some.subjects_missing) == (2, 1)
+    assert some.subjects_missing_examples == ["RS-NOPE000000"] and some.selected == 6
+    result = _cli("pull", manifest, "--dest", str(tmp_path / "some2"), "--subjects", str(listed))
+    assert result.exit_code == 0 and "1 of the 2 research IDs" in " ".join(result.output.split())
+
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("RS-NOPE000000\n rs-nope1 \n")
+    result = _cli("pull", manifest, "--dest", str(tmp_path / "nobody"), "--subjects", str(unknown))
+    assert result.exit_code != 0 and "none of the 2 research IDs" in result.output
+    assert not (tmp_path / "nobody").exists(), "DEST as it was found"
+    assert "Traceback" not in result.output
+
+
+def test_subjects_files_that_cannot_be_read_are_one_error_line(tmp_path: Path) -> None:
+    """A --subjects file that is missing, a folder or not UTF-8 is a ScopeError naming it and
+    what to change, never a Python exception's name."""
+    (tmp_path / "utf16.csv").write_bytes(b"\xff\xfe\x00R\x00S")
+    for path, words in (
+        (tmp_path / "nonexist.csv", "does not exist"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "utf16.csv", "UTF-8"),
+    ):
+        with pytest.raises(ScopeError, match=words) as caught:
+            pt.read_subjects(path)
+        assert "Error" not in str(caught.value) and "--subjects" in str(caught.value)
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfresearch_id\r\nRS-0001\r\n")
+    assert pt.read_subjects(tmp_path / "excel.csv") == {"RS-0001"}
+
+
+def test_a_partition_missing_from_storage_fails_alone_and_bars_are_one_pair(
+    small_partitions: None, project: Project, tmp_path: Path
+) -> None:
+    """A partition's Parquet gone from the store is that partition failing (named, no server
+    path), the other partitions are pulled and the CLI exits 1; progress is one files bar and
+    one bytes bar for the whole pull."""
+    import io
+
+    from rich.console import Console
+
+    store = LocalStore(tmp_path / "store")
+    rows = _fill(store, project.id)
+    _publish(store, project)
+    root = tmp_path / "store" / project.id / "r1"
+    gone = root / "manifest" / "bucket=000" / "part-0.parquet"
+    gone.unlink()
+    lost = {r["key"] for r in rows if pt.bucket_of(r["research_id"], 4) == 0}
+    assert lost and len(lost) < len(rows)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=False, width=120)
+    report = pull(root / "manifest.json", tmp_path / "most", where="size > 0", console=console)
+    assert list(report.failed) == ["manifest/bucket=000/part-0.parquet"]
+    message = report.failed["manifest/bucket=000/part-0.parquet"]
+    assert message.startswith("partition bucket=000: its manifest file is not in storage")
+    assert str(tmp_path) not in message
+    assert report.selected == len(rows) - len(lost)
+    got = {p.name for p in (tmp_path / "most").rglob("*.dcm")}
+    assert got == {r["key"].rsplit("/", 1)[1] for r in rows if r["key"] not in lost}
+    bars = [line.split()[0] for line in screen.getvalue().splitlines() if line.strip()]
+    assert bars.count("files") == 1 and bars.count("bytes") == 1, screen.getvalue()
+    result = _cli("pull", str(root / "manifest.json"), "--dest", str(tmp_path / "cli"))
+    assert result.exit_code == 1 and "partition bucket=000" in result.output
+    assert "FileNotFoundError" not in result.output and str(tmp_path) not in result.output
