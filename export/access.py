@@ -188,6 +188,10 @@ def presigned_manifest(
                 "partition (--partition N) or cohort (--where ...), never as one file",
             )
         paths = [o["path"] for o in manifest["objects"]] + sorted(manifest["files"])
+        info = manifest.get("partitions") or {}
+        for entry in info.get("list", []):  # the dataset too: the pulled folder reads as stored
+            keys = pt.partition_keys(int(entry["bucket"]), int(info["buckets"]))
+            paths += [keys.parquet, keys.sums]
     else:
         covered, paths = _cohort_paths(store, prefix, manifest, partitions, where)
         paths += sorted(manifest["files"])

@@ -319,6 +319,27 @@ def plan_items(
     return items
 
 
+def _dataset_items(
+    manifest: dict[str, Any], layout: str, urls: dict[str, str] | None
+) -> list[PullItem]:
+    """The partitioned dataset's files of a small release pulled whole in the ``release``
+    layout (each partition's Parquet and SHA256SUMS, as the signed index lists them), so the
+    pulled folder reads as the store does (``pd.read_parquet("manifest")``, ``sha256sum -c
+    partitions/bucket=000/SHA256SUMS``); under a presigned grant, those it has URLs for."""
+    info = manifest.get("partitions") or {}
+    if layout != "release" or not info.get("list"):
+        return []
+    buckets = int(info["buckets"])
+    items = []
+    for entry in info["list"]:
+        keys = partition_keys(int(entry["bucket"]), buckets)
+        for name in (keys.parquet, keys.sums):
+            described = entry["files"].get(name)
+            if described is not None and (urls is None or name in urls):
+                items.append(PullItem(name, int(described["size"]), str(described["sha256"]), name))
+    return items
+
+
 # --- fetching -------------------------------------------------------------------------------
 
 
@@ -693,6 +714,7 @@ def pull(
             if "objects" in manifest and not selecting and loaded.partitions is None:
                 retract(manifest["objects"])
                 transfer(plan_items(manifest, layout, skip=set(loaded.retracted)))
+                transfer(_dataset_items(manifest, layout, loaded.urls))
             else:
                 rows = _partition_rows(
                     loaded, dest, layout, transfer, query, subjects, partitions, report, index_files

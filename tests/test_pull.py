@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -73,7 +75,12 @@ def test_presigned_pull_is_byte_identical_and_verified(
     report = pull(grant, dest, workers=4)
     objects = published["manifest"]["objects"]
     assert report.failed == {}
-    assert report.fetched == report.files == len(objects) + len(published["manifest"]["files"])
+    dataset = 2 * len(published["manifest"]["partitions"]["list"])  # Parquet and SHA256SUMS each
+    assert (
+        report.fetched
+        == report.files
+        == len(objects) + len(published["manifest"]["files"]) + dataset
+    )
     assert s3_proxy.gets("/") == report.files, "one GET per file"
     _check_tree(dest, published)
     assert (dest / "SHA256SUMS").exists() and (dest / "dataset_description.json").exists()
@@ -240,6 +247,15 @@ def test_pull_with_credentials_and_cli_summary(published: dict[str, Any], tmp_pa
     assert result.exit_code == 0, result.output
     assert "fetched and verified" in result.output and "ed25519:" in result.output
     _check_tree(tmp_path / "data", published)
+    # The pulled folder reads as the store does: the dataset and its per-partition checks.
+    assert len(pd.read_parquet(tmp_path / "data" / "manifest")) == len(
+        published["manifest"]["objects"]
+    )
+    checked = subprocess.run(
+        ["sha256sum", "-c", "partitions/bucket=000/SHA256SUMS"],
+        cwd=tmp_path / "data", capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     signature = (folder / "manifest.json.sig").read_text()
     raw = bytearray(base64.b64decode(signature))
     raw[0] ^= 1
