@@ -236,7 +236,8 @@ def test_second_release_retracts_withdrawn_subjects_and_late_iocm_rejections(
     grant.write_text(json.dumps(document))
     pulled = pull(grant, tmp_path / "r1")
     assert pulled.failed == {} and pulled.retracted == len(withdrawn_in_r1 + rejected_objects)
-    assert pulled.fetched == len(kept) + len(m1["files"])
+    dataset = 2 * len(m1["partitions"]["list"])  # each partition's Parquet and SHA256SUMS
+    assert pulled.fetched == len(kept) + len(m1["files"]) + dataset
     for obj in withdrawn_in_r1 + rejected_objects:
         assert not (tmp_path / "r1" / obj["path"]).exists()
 
