@@ -432,6 +432,12 @@ _TOKEN = re.compile(
     r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*))"
 )
 _KEYWORDS = {"AND", "OR", "NOT", "IN", "IS", "NULL", "BETWEEN"}
+_KIND_WORDS = {  # what the parser wanted, in a user's words
+    "word": "a column name or keyword",
+    "op": "an operator (= != <> < <= > >=) or a parenthesis",
+    "num": "a number",
+    "str": "a 'quoted' text",
+}
 NUMBER_COLUMNS = frozenset({"size", "study_year", "bucket"})  # int64; the others are text
 MAX_NESTING = 100  # parentheses and NOTs inside one another
 _INT64 = (-(2**63), 2**63 - 1)
@@ -517,8 +523,9 @@ class _Parser:
     def take(self, kind: str, value: str | None = None) -> str:
         tok = self.peek()
         if tok[0] != kind or (value is not None and tok[1] != value):
-            want = value or kind
-            raise ScopeError("--where", f"expected {want} but found {tok[1] or 'the end'!r}")
+            want = repr(value) if value else _KIND_WORDS.get(kind, kind)
+            found = repr(tok[1]) if tok[1] else "the end of the query"
+            raise ScopeError("--where", f"expected {want} but found {found}")
         self.i += 1
         return tok[1]
 
@@ -585,7 +592,8 @@ class _Parser:
                     f"{value}; give a number without quotes, e.g. {_EXAMPLES[column]}",
                 )
             return text
-        raise ScopeError("--where", f"expected a number or 'text' but found {value or 'the end'!r}")
+        found = repr(value) if value else "the end of the query"
+        raise ScopeError("--where", f"expected a number or a 'quoted' text but found {found}")
 
     def comparison(self) -> pc.Expression:
         name = self.take("word")

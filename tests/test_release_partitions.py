@@ -432,3 +432,19 @@ def test_a_partition_missing_from_storage_fails_alone_and_bars_are_one_pair(
     result = _cli("pull", str(root / "manifest.json"), "--dest", str(tmp_path / "cli"))
     assert result.exit_code == 1 and "partition bucket=000" in result.output
     assert "FileNotFoundError" not in result.output and str(tmp_path) not in result.output
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("1 = modality", "expected a column name"),
+        ("modality LIKE 'C%'", "expected an operator"),
+        ("modality =", "found the end of the query"),
+        ("(modality = 'CT'", "expected ')'"),
+    ],
+)
+def test_where_syntax_errors_say_what_was_expected_in_plain_words(query: str, said: str) -> None:
+    with pytest.raises(ScopeError) as caught:
+        pt.parse_where(query)
+    message = str(caught.value)
+    assert said in message and "expected word" not in message and "expected op" not in message
