@@ -157,28 +157,3 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-# The longest test files first: `--dist loadfile` hands files to the two workers in collection
-# order, so a long file collected last kept one worker busy minutes after the other was done.
-# Sorting is stable (the other files and every file's tests keep their order) and the same in
-# every worker, as xdist requires.
-HEAVY_FIRST = (
-    "tests/test_crash_safety.py",
-    "tests/test_sources_network.py",
-    "tests/test_flow_dask.py",
-    "tests/test_run_control.py",
-    "tests/test_hostile.py",
-    "tests/test_retrieval_real.py",
-    "tests/test_extract_flow.py",
-    "tests/test_verify.py",
-    "tests/test_run_fastpath.py",
-    "tests/test_verify_stream.py",
-    "tests/test_verify_flow.py",
-    "tests/test_real_corpus.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
