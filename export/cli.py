@@ -440,10 +440,18 @@ def pull_command(
             highlight=False,
             soft_wrap=True,
         )
-    if report.selected == 0:
+    unread = sum(1 for reason in report.failed.values() if reason.startswith("partition "))
+    if report.selected == 0 and not unread:
         err_console.print(
             "notice: the query selected no object (--where, --subjects, --partition): nothing "
             "of the cohort was pulled; check the query",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif report.selected is not None and unread:
+        err_console.print(
+            f"notice: {unread} partition(s) could not be read (below): the cohort's count "
+            "covers only the partitions read, and their objects were not pulled",
             highlight=False,
             soft_wrap=True,
         )

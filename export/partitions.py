@@ -572,7 +572,7 @@ class _Parser:
             if isinstance(number, int) and not _INT64[0] <= number <= _INT64[1]:
                 raise ScopeError(
                     "--where",
-                    f"the number {value} is too large (numbers go from {_INT64[0]:,} to "
+                    f"the number {value} is out of range (numbers go from {_INT64[0]:,} to "
                     f"{_INT64[1]:,})",
                 )
             if column and column not in NUMBER_COLUMNS:

@@ -307,9 +307,9 @@ def test_where_refuses_huge_numbers_deep_nesting_and_wrong_types_before_any_fetc
     """A number outside 64 bits, thousands of nested parentheses and a value of the other
     type are each one ScopeError from the parser, worded for a user; a pull refused so leaves
     no --dest behind."""
-    with pytest.raises(ScopeError, match="too large"):
+    with pytest.raises(ScopeError, match="out of range"):
         pt.parse_where("size > 99999999999999999999999")
-    with pytest.raises(ScopeError, match="too large"):
+    with pytest.raises(ScopeError, match="out of range"):
         pt.parse_where("size IN (1, -99999999999999999999999)")
     for deep in ("(" * 3000 + "size > 1" + ")" * 3000, "NOT " * 3000 + "size > 1"):
         with pytest.raises(ScopeError, match="deep"):
@@ -432,6 +432,12 @@ def test_a_partition_missing_from_storage_fails_alone_and_bars_are_one_pair(
     result = _cli("pull", str(root / "manifest.json"), "--dest", str(tmp_path / "cli"))
     assert result.exit_code == 1 and "partition bucket=000" in result.output
     assert "FileNotFoundError" not in result.output and str(tmp_path) not in result.output
+    # The only partition asked for cannot be read: that is said, not "check the query".
+    alone = _cli(
+        "pull", str(root / "manifest.json"), "--dest", str(tmp_path / "p0"), "--partition", "0"
+    )
+    assert alone.exit_code == 1 and "could not be read" in alone.output, alone.output
+    assert "check the query" not in alone.output
 
 
 @pytest.mark.parametrize(
