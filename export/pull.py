@@ -707,7 +707,7 @@ def pull(
                 report.retracted_deleted.append(target)
 
     selecting = where is not None or subjects is not None or partitions is not None
-    if selecting:
+    if selecting or loaded.partitions is not None:  # a cohort: a selection or a cohort grant
         report.selected = 0
     try:
         with progress:
@@ -900,6 +900,13 @@ def _partition_rows(
             raise PullError(
                 f"the release has no partition {unknown[0]} (it has 0 to {buckets - 1}); "
                 "change --partition"
+            )
+        outside = sorted(set(partitions) - set(chosen))
+        if loaded.partitions is not None and outside:
+            covered = ", ".join(str(b) for b in sorted(loaded.partitions))
+            raise PullError(
+                f"this grant covers partition(s) {covered} only, not {outside[0]}; change "
+                "--partition, or ask the research office for a grant of that partition"
             )
         chosen = [b for b in chosen if b in set(partitions)]
     if subjects is not None:

@@ -277,3 +277,39 @@ def test_pull_retries_server_errors_and_dropped_connections(
     assert report.fetched == report.files
     _check_tree(tmp_path / "data", published)
     s3_proxy.reset_counts()
+
+
+def test_a_cohort_grant_is_pulled_as_a_cohort_and_refuses_partitions_it_lacks(
+    s3_env: MotoServer,
+    small_dir: SynthReport,
+    project: Project,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A grant of one partition: pulled whole, the summary counts the cohort (not the
+    release); asked for another partition, one error names what the grant covers."""
+    monkeypatch.setenv("RIDL_MANIFEST_PARTITION_ROWS", "10")
+    monkeypatch.setenv("RIDL_SMALL_RELEASE_OBJECTS", "0")
+    url = s3_url(s3_env.url)
+    make_bucket(url)
+    run_and_publish(project.id, "r1", f"folder:{small_dir.root}", url)
+    index = json.loads(open_store(url).get_bytes(f"{project.id}/r1/manifest.json"))
+    filled = [e["bucket"] for e in index["partitions"]["list"] if e["rows"]]
+    assert len(index["partitions"]["list"]) > 1 and filled  # research IDs are keyed: any bucket
+    granted = filled[0]
+    other = next(e["bucket"] for e in index["partitions"]["list"] if e["bucket"] != granted)
+    document = grant_access(
+        url, project.id, "r1", project.recipients[0], 2, presign=True, partitions=[granted]
+    )
+    grant = tmp_path / "grant.json"
+    grant.write_text(json.dumps(document))
+    objects = sum(1 for path in document["urls"] if path.endswith(".dcm"))
+    assert objects > 0
+    report = pull(grant, tmp_path / "p1")
+    assert report.failed == {} and report.selected == objects
+    result = runner.invoke(app, ["pull", str(grant), "--dest", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "files in the cohort" in result.output and "files in release" not in result.output
+    with pytest.raises(PullError, match=rf"covers partition\(s\) {granted} only"):
+        pull(grant, tmp_path / "p0", partitions=[other])
+    assert not (tmp_path / "p0").exists(), "--dest left as it was found"
