@@ -8,8 +8,9 @@ and ``MaximumPduLength`` 131072 (tests/orthanc.py). ``getscu`` runs as a whole p
 study (``TCP_NODELAY=1``, ``--max-pdu 131072``, to a temp folder); ridl's sources fetch the
 whole selection through their fetch API inside one retrieval session (one association);
 "folder read" reads every file's bytes. The run part times ``process_batch`` (the batch's work,
-retrieval included) for a ``dimse://`` C-GET source and for a ``folder:`` source on the same
-studies, each into a fresh local store.
+retrieval included) for a ``folder:`` source and for a ``dimse://`` C-GET source on the same
+studies, each into a fresh local store; the DIMSE batch twice, retrieving in the worker's
+retrieval process (``flows.retrieval``, as a run does) and in its prefetch thread (before).
 
 Usage: ``python benchmarks/retrieval.py [--quick]``. Prints a table of instances/s and ratios
 to ``getscu``, and writes ``benchmarks/results/retrieval[-quick].json``.
@@ -83,6 +84,7 @@ def main() -> None:
     from flows.runplan import prepare_run
     from flows.work import process_batch
     from ridl.projects import Project, Scope, create_project
+    from ridl.sources.dimse import DimseSource
     from ridl.sources.protect import ArchiveLimits
     from ridl.synth import synthesize
     from tests.orthanc import Orthanc, dicom_files
@@ -137,9 +139,13 @@ def main() -> None:
                 (
                     ("warm-up", f"folder:{report.root}"),
                     ("folder", f"folder:{report.root}"),
+                    ("dimse C-GET, prefetch thread", server.dimse_url("get")),
                     ("dimse C-GET", server.dimse_url("get")),
                 )
             ):
+                # Before: the prefetch thread retrieved in the worker's own process; now the
+                # worker's retrieval process does (flows.retrieval). Both are timed.
+                DimseSource.retrieves_in_process = label != "dimse C-GET, prefetch thread"
                 release = f"batch{n}"
                 plan = prepare_run("bench", release, url, f"file:{work / 'p2'}")
                 ctx = dataclasses.replace(plan.ctx, limits=limits)
@@ -162,8 +168,11 @@ def main() -> None:
         print(f"{r['method']:14} {r['seconds']:>8.2f} {r['instances_per_s']:>8.1f} "
               f"{r['vs_getscu']:>9.2f}")  # fmt: skip
     ratio = runs["dimse C-GET"] / runs["folder"]
+    thread = runs["dimse C-GET, prefetch thread"] / runs["folder"]
     print(f"\nbatch: folder {runs['folder']:.2f} s, dimse C-GET {runs['dimse C-GET']:.2f} s "
-          f"({ratio:.2f}x the folder run; target <= 1.25x)")  # fmt: skip
+          f"({ratio:.2f}x the folder run; target <= 1.25x); retrieving in the prefetch thread "
+          f"instead of a retrieval process: {runs['dimse C-GET, prefetch thread']:.2f} s "
+          f"({thread:.2f}x)")  # fmt: skip
     out = (
         ROOT
         / "benchmarks"
@@ -181,6 +190,7 @@ def main() -> None:
                 "ct_slices": slices, "retrieval": rows,
                 "batch_seconds": {k: round(v, 3) for k, v in runs.items()},
                 "batch_ratio_dimse_to_folder": round(ratio, 3),
+                "batch_ratio_dimse_thread_to_folder": round(thread, 3),
             },
             indent=2,
         )

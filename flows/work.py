@@ -233,9 +233,26 @@ class Worker:
         self._cross: IdentifierDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
+        self._retriever: Any = None
         self.optout = load_optout(ctx.project, ctx.optout_tokens)
         curation = json.loads(ctx.curation) if ctx.curation else None
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
+
+    @property
+    def retriever(self) -> Any:
+        """What retrieves this worker's studies ahead (``session()`` and ``fetch_study()``): a
+        :class:`flows.retrieval.RetrievalProcess` for a source whose retrievals are CPU work in
+        Python (``retrieves_in_process``: DIMSE), started on first use; else the source itself,
+        in the prefetch thread (DICOMweb's retrieval waits on the network, not the CPU)."""
+        if not getattr(self.source, "retrieves_in_process", False):
+            return self.source
+        if self._retriever is None:
+            from flows.retrieval import RetrievalProcess
+
+            self._retriever = RetrievalProcess(
+                self.ctx.source_url, self.ctx.limits, self.ctx.hn_issuer
+            )
+        return self._retriever
 
     def study_key(self, study: StudyRef) -> str:
         """The study's de-identified Study Instance UID (names its manifest part)."""
@@ -311,9 +328,13 @@ def process_batch(
     return counts
 
 
-# Studies retrieved ahead of the one being worked on, per worker: each is on local disk until
-# its work ends, so a worker holds at most PREFETCH_DEPTH + 1 studies' files.
-PREFETCH_DEPTH = 1
+# Studies retrieved ahead of the one being worked on, per worker: up to PREFETCH_DEPTH of them,
+# and no more once those waiting hold PREFETCH_BYTES (one study may always wait, whatever its
+# size). Retrieval goes on through a run of small studies while a big one is worked on, instead
+# of stopping one study ahead; each study is on local disk until its work ends, so a worker holds
+# about PREFETCH_BYTES plus the study it works on and the one it is retrieving.
+PREFETCH_DEPTH = 8
+PREFETCH_BYTES = 512 * 1024 * 1024
 # How long the prefetch thread keeps its association (and retrieval slot) open, idle, waiting
 # for the worker to take the study it retrieved ahead; past this it lets both go (seconds).
 PREFETCH_HOLD_S = 5.0
@@ -322,7 +343,8 @@ PREFETCH_HOLD_S = 5.0
 @dataclass
 class Fetched:
     """One study's retrieval, done ahead: its files (or why not), in ``workdir``; the
-    ``started``/``finished`` monotonic times of the retrieval (seconds)."""
+    ``started``/``finished`` monotonic times of the retrieval (seconds); ``nbytes``, the size of
+    its files on disk."""
 
     study: StudyRef
     workdir: Path
@@ -330,20 +352,25 @@ class Fetched:
     error: BaseException | None
     started: float
     finished: float
+    nbytes: int = 0
 
 
 class Prefetcher:
-    """Retrieves a batch's studies in a background thread, at most :data:`PREFETCH_DEPTH`
-    ahead of the worker, over one reused association while it keeps up.
+    """Retrieves a batch's studies in a background thread, ahead of the worker, over one reused
+    association while it keeps up: at most ``depth`` studies (:data:`PREFETCH_DEPTH`) wait to
+    be worked on, and no more once they hold ``budget`` bytes (:data:`PREFETCH_BYTES`; one
+    study may always wait).
 
     The thread takes the run's retrieval slot and then the source's session (one slot of the
     archive's association cap, one association) and keeps both while the worker wants more;
-    when ``depth`` studies have waited for the worker :data:`PREFETCH_HOLD_S` seconds, it
-    lets both go (closing the association) and waits. A retrieval error is handed to the
+    when the waiting studies have filled ``depth`` or ``budget`` for :data:`PREFETCH_HOLD_S`
+    seconds, it lets both go (closing the association) and waits. A retrieval error is handed to the
     worker at that study's turn, as if it had been raised there; after one that is not
     :class:`~ridl.errors.StudyUndeliverable` nothing more
     is retrieved (the batch fails there). ``history`` keeps every :class:`Fetched` (timing
-    only), for tests and benchmarks.
+    only), for tests and benchmarks. The thread drives ``retriever`` (default: the worker's,
+    :attr:`Worker.retriever`): for a DIMSE source the retrieval itself runs in the worker's
+    retrieval process (:mod:`flows.retrieval`) and this thread only waits for it.
     """
 
     def __init__(
@@ -352,11 +379,18 @@ class Prefetcher:
         studies: list[StudyRef],
         retrieval_slot: RetrievalSlot,
         depth: int = PREFETCH_DEPTH,
+        retriever: Any = None,
+        budget: int = PREFETCH_BYTES,
     ) -> None:
         self.worker = worker
+        # session() and fetch_study(): the worker's (a retrieval process for DIMSE) unless given.
+        self.retriever = retriever if retriever is not None else worker.retriever
         self.studies = list(studies)
         self.retrieval_slot = retrieval_slot
-        self._space = threading.Semaphore(depth)
+        self.depth, self.budget = max(1, depth), budget
+        self._room = threading.Condition()
+        self._ahead = 0  # studies retrieved and not yet taken by the worker, and their bytes
+        self._ahead_bytes = 0
         self._ready: queue.Queue[Fetched | None] = queue.Queue()
         self._stop = threading.Event()
         self.history: list[Fetched] = []
@@ -369,7 +403,8 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._space.release()  # wake a thread waiting for room
+        with self._room:
+            self._room.notify_all()  # wake a thread waiting for room
         if self._thread.is_alive():
             self._thread.join()
         while True:  # what was fetched and never worked on (the batch failed)
@@ -388,26 +423,48 @@ class Prefetcher:
         workdir = settings.private_dir(study_workdir(self.worker, study))
         started = time.monotonic()
         try:
-            files: list[Path] | None = self.worker.source.fetch_study(study, workdir)
+            files: list[Path] | None = self.retriever.fetch_study(study, workdir)
             error: BaseException | None = None
         except BaseException as exc:  # handed to the worker, raised at this study's turn
             files, error = None, exc
-        item = Fetched(study, workdir, files, error, started, time.monotonic())
+        finished = time.monotonic()
+        nbytes = 0
+        for path in files or ():
+            with contextlib.suppress(OSError):
+                nbytes += path.stat().st_size
+        item = Fetched(study, workdir, files, error, started, finished, nbytes)
         self.history.append(item)
         return item
 
+    def _has_room(self) -> bool:
+        return self._stop.is_set() or (
+            self._ahead == 0 or (self._ahead < self.depth and self._ahead_bytes < self.budget)
+        )
+
+    def _wait_for_room(self, timeout: float | None = None) -> bool:
+        """Wait until another study may be retrieved ahead (or the batch is over); False when
+        ``timeout`` seconds passed first."""
+        with self._room:
+            return self._room.wait_for(self._has_room, timeout)
+
+    def _hand_over(self, item: Fetched) -> None:
+        with self._room:
+            self._ahead += 1
+            self._ahead_bytes += item.nbytes
+        self._ready.put(item)
+
     def _run(self) -> None:
         pending = list(self.studies)
-        session = self.worker.source.session  # type: ignore[attr-defined]
+        session = self.retriever.session
         try:
             while pending and not self._stop.is_set():
-                self._space.acquire()
+                self._wait_for_room()
                 if self._stop.is_set():
                     return
                 with self.retrieval_slot(), session():
                     while True:
                         item = self._fetch(pending.pop(0))
-                        self._ready.put(item)
+                        self._hand_over(item)
                         fatal = item.error is not None and not isinstance(
                             item.error, StudyUndeliverable
                         )
@@ -416,7 +473,7 @@ class Prefetcher:
                         if not pending or self._stop.is_set():
                             break
                         # Room for one more soon: keep the association; else let it go, wait.
-                        if not self._space.acquire(timeout=PREFETCH_HOLD_S):
+                        if not self._wait_for_room(timeout=PREFETCH_HOLD_S):
                             break
                         if self._stop.is_set():  # woken by __exit__: the batch is over
                             return
@@ -439,7 +496,10 @@ class Prefetcher:
         item = self._ready.get()
         if item is None or item.study.study_uid != study.study_uid:
             raise RuntimeError("prefetched studies out of order")
-        self._space.release()
+        with self._room:
+            self._ahead -= 1
+            self._ahead_bytes -= item.nbytes
+            self._room.notify_all()
         return item
 
 

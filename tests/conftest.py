@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.orthanc import free_fixed_port
+
 # Prefect keeps its database under PREFECT_HOME; give the test session its own, and never talk to
-# a server configured in the developer's environment.
+# a server configured in the developer's environment. Every flow of the session reports to one
+# Prefect server per test process (started by the session fixture prefect_server, before the
+# first test), as a deployment's runs report to the site's server: a run under the ephemeral API
+# would start and stop a temporary server of its own (about 20 s a run here). Prefect reads the
+# setting when it is imported, so it is set here, before any test module imports it. The
+# ephemeral path `ridl run` takes on a fresh machine is tested where it matters, in subprocesses
+# without PREFECT_API_URL (tests/test_run_control.py: SIGTERM; tests/test_cli_before_work.py).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ridl-prefect-")
-os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{free_fixed_port()}/api"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from ridl.projects import Project, Scope, create_project
@@ -105,22 +113,23 @@ def project(ridl_home: Path) -> Iterator[Project]:
     yield make_project()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server on a free loopback port for the session; yields its API URL.
+    """The session's real Prefect server, on the loopback port PREFECT_API_URL names (chosen
+    when this file was imported); yields its API URL.
 
-    Tests that run flows in other processes (``ridl run`` subprocesses, Dask workers) point them
-    here, as a deployment points its workers at the site's server.
+    Flows run in this process report to it, and so do those of ``ridl run`` subprocesses and
+    Dask workers, which inherit PREFECT_API_URL, as a deployment points its workers at the
+    site's server.
     """
-    import socket
     import subprocess
     import sys
     import time
+    import urllib.parse
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    url = os.environ["PREFECT_API_URL"]
+    port = urllib.parse.urlsplit(url).port
     env = dict(os.environ)
     env.update(
         PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-server")),
@@ -137,8 +146,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     try:
         while True:
             try:

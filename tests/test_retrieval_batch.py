@@ -6,9 +6,13 @@ benchmarks/retrieval.py, never asserted here.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,12 +20,16 @@ import requests
 from pynetdicom import AE
 
 import flows.work
+from flows.retrieval import RetrievalProcess, RetrievalProcessEnded
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.catalog import study_refs
+from ridl.errors import StudyUndeliverable
 from ridl.projects import Project
+from ridl.settings import private_dir
 from ridl.sources import dicomweb
 from ridl.sources.base import open_source
+from ridl.sources.dimse import DimseSource
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import synthesize
 from tests.orthanc import Orthanc, dicom_files, require_orthanc
@@ -45,6 +53,8 @@ def test_a_batch_of_studies_uses_one_association(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AE, "associate", counted)
+    # The source's session logic, counted in this process: the prefetch thread runs it itself.
+    monkeypatch.setattr(DimseSource, "retrieves_in_process", False)
     plan = prepare_run(
         project.id, f"r-{kind}", orthanc.dimse_url(kind), f"file:{tmp_path / 'store'}", limits=FAST
     )
@@ -94,6 +104,60 @@ def test_study_k_plus_1_is_retrieved_while_study_k_is_worked_on(
         fetched[nxt].started < end for (_, _, end), (nxt, _, _) in zip(work, work[1:], strict=False)
     ]
     assert all(overlaps), "each next study's retrieval starts before this study's work ends"
+
+
+def test_dimse_retrieval_runs_in_a_process_of_its_own(
+    orthanc: Orthanc, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's C-GETs and C-MOVEs are made by the worker's retrieval process: this process
+    opens no association, and the files it works on were written by another process."""
+    opened: list[int] = []
+    real = AE.associate
+
+    def counted(self: AE, *args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AE, "associate", counted)
+    plan = prepare_run(
+        project.id, "r-process", orthanc.dimse_url("get"), f"file:{tmp_path / 'st'}", limits=FAST
+    )
+    opened.clear()
+    worker = flows.work.worker_for(plan.ctx)
+    retriever = worker.retriever
+    assert isinstance(retriever, RetrievalProcess)
+    counts = process_batch(plan.ctx, plan.studies[:3])
+    assert counts.studies == 3 and counts.exported > 0 and not counts.failed
+    assert not opened, "no association is opened by the worker's own process"
+    child = retriever._proc
+    assert child is not None and child.poll() is None and child.pid != os.getpid()
+    retriever.close()
+    assert child.poll() is not None, "closing its input ends the retrieval process"
+
+
+def test_a_killed_retrieval_process_is_a_transient_error_and_is_started_again(
+    orthanc: Orthanc, project: Project, tmp_path: Path
+) -> None:
+    plan = prepare_run(
+        project.id, "r-killed", orthanc.dimse_url("get"), f"file:{tmp_path / 'st'}", limits=FAST
+    )
+    retriever = flows.work.worker_for(plan.ctx).retriever
+    assert isinstance(retriever, RetrievalProcess)
+    study = plan.studies[0]
+    first = retriever.fetch_study(study, private_dir(tmp_path / "w1"))
+    assert first and all(p.is_file() for p in first)
+    assert retriever._proc is not None
+    retriever._proc.kill()
+    retriever._proc.wait()
+    with pytest.raises(RetrievalProcessEnded):
+        retriever.fetch_study(study, private_dir(tmp_path / "w2"))
+    again = retriever.fetch_study(study, private_dir(tmp_path / "w3"))
+    assert [p.name for p in again] == [p.name for p in first]
+    with pytest.raises(StudyUndeliverable):  # the source's own errors cross as themselves
+        retriever.fetch_study(
+            replace(study, study_uid="1.2.3.4.5.6.7"), private_dir(tmp_path / "w4")
+        )
+    retriever.close()
 
 
 @pytest.fixture
@@ -151,3 +215,56 @@ def _window() -> tuple[Any, Any]:
     import datetime as dt
 
     return dt.date(2000, 1, 1), dt.date(2030, 12, 31)
+
+
+class _SizedRetriever:
+    """Writes each study as one file of a set size, recording when each retrieval started."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.order: list[str] = []
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        yield
+
+    def fetch_study(self, study: Any, workdir: Path) -> list[Path]:
+        self.order.append(study.study_uid)
+        path = workdir / "000000.dcm"
+        path.write_bytes(b"\0" * self.sizes[study.study_uid])
+        return [path]
+
+
+def _ahead_when_taken(sizes: dict[str, int], depth: int, budget: int, tmp_path: Path) -> list[int]:
+    """For each study the worker takes (slowly), how many retrievals had started by then."""
+    worker = SimpleNamespace(
+        ctx=SimpleNamespace(project="p", release="r"),
+        study_key=lambda study: study.study_uid,
+        source=SimpleNamespace(release_study=lambda study, workdir: None),
+    )
+    studies = [SimpleNamespace(study_uid=uid) for uid in sizes]
+    retriever = _SizedRetriever(sizes)
+    seen = []
+    with flows.work.Prefetcher(
+        worker, studies, contextlib.nullcontext, depth=depth, retriever=retriever, budget=budget
+    ) as prefetcher:
+        for study in studies:
+            time.sleep(0.3)  # the work on the study before: the thread runs ahead meanwhile
+            item = prefetcher.take(study)
+            seen.append(len(retriever.order))
+            assert item.files and item.nbytes == sizes[study.study_uid]
+    return seen
+
+
+def test_prefetch_runs_ahead_through_small_studies_up_to_its_depth_and_bytes(
+    tmp_path: Path,
+) -> None:
+    sizes = {f"s{i}": 10 for i in range(6)}
+    # Before: one study ahead. Now small studies are retrieved up to the depth ahead.
+    assert _ahead_when_taken(sizes, depth=3, budget=10_000, tmp_path=tmp_path)[0] == 3
+    # Studies that fill the byte budget stop it: one waits, the next is not retrieved.
+    big = {f"b{i}": 1000 for i in range(4)}
+    assert _ahead_when_taken(big, depth=3, budget=1000, tmp_path=tmp_path)[0] == 1
+    # One study may always wait, whatever its size.
+    huge = {"h0": 5000, "h1": 10}
+    assert _ahead_when_taken(huge, depth=3, budget=1000, tmp_path=tmp_path) == [1, 2]

@@ -111,8 +111,10 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
             "r1", "--source", f"folder:{big.root}", "--dest", f"file:{lib}",
             "--workers", "2", "--batch-size", "2"]  # fmt: skip
     env = dict(os.environ, RIDL_HOME=str(ridl_home), PYTHONPATH=os.getcwd())
+    # Stopped on the ephemeral API, as on a fresh machine: its temporary server must stop too.
+    fresh = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        args, env=fresh, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     # Mid-run: the selection is frozen and the first objects are written.

@@ -485,6 +485,10 @@ class DimseSource:
             an AE title not 1 to 16 characters (PS3.5 6.2, AE value representation).
     """
 
+    # Retrievals are CPU work in pynetdicom: a worker runs them in a process of its own
+    # (flows.retrieval), beside its de-identification instead of under the same interpreter lock.
+    retrieves_in_process = True
+
     def __init__(
         self, address: SourceAddress, limits: ArchiveLimits, hn_issuer: str = DEFAULT_HN_ISSUER
     ) -> None:
