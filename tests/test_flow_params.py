@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,9 +66,18 @@ def test_cli_refuses_bad_scale_options_before_any_work(project) -> None:  # type
     result = runner.invoke(app, [*common, "--cluster", "not-an-address"])
     assert result.exit_code == 2 and "parameter 'cluster'" in result.output
     assert "Traceback" not in result.output
-    # A cluster without a Prefect server its workers can reach is refused before any work.
-    result = runner.invoke(app, [*common, "--cluster", "tcp://127.0.0.1:8786"])
-    assert result.exit_code == 2 and "PREFECT_API_URL" in result.output
+    # A cluster without a Prefect server its workers can reach is refused before any work (in a
+    # process of its own: this session's flows report to the session's server).
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *common, "--cluster", "tcp://127.0.0.1:8786"],
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "PREFECT_API_URL" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
 
 
 def _study(uid: str, date: str) -> StudyRef:
