@@ -51,3 +51,7 @@ bench-export: $(STAMP)
 .PHONY: bench-screening
 bench-screening: $(STAMP)
 	$(BIN)/python benchmarks/screening.py
+
+.PHONY: bench-header-kernel
+bench-header-kernel: $(STAMP)
+	$(BIN)/python benchmarks/header_kernel.py
