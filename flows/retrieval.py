@@ -17,8 +17,10 @@ The protocol is pickled frames over the child's standard input and output (the c
 prints and logs go to its standard error): first ``(source_url, limits, hn_issuer)``, then
 commands ``("open",)``, ``("fetch", StudyRef, workdir)``, ``("close",)``, each answered with
 ``("ok", result)`` or ``("error", exception)``. The child ends when its input closes (the
-worker ended or closed it), so a killed worker leaves no retrieval behind; it is in the
-worker's process group, so a signal to the run's group reaches it too.
+worker ended or closed it), so a killed worker leaves no retrieval behind (after the request
+in flight, if any); it runs in a process group of its own, so Ctrl-C at the terminal reaches
+the run, whose stop ends it with the run's other descendants (:mod:`flows.stopping`), and never
+prints a traceback from it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +81,9 @@ class RetrievalProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=_child_env(),
+                # A group of its own: Ctrl-C at the terminal goes to the run's group, whose stop
+                # ends this process (flows.stopping kills every descendant) or closes its input.
+                process_group=0,
             )
         except OSError as exc:
             raise RetrievalProcessEnded(f"the retrieval process could not start ({exc})") from None
@@ -198,14 +204,19 @@ def serve(commands: IO[bytes], answers: IO[bytes]) -> None:
                 answer = ("error", RuntimeError("unknown retrieval command"))
         except Exception as exc:
             answer = ("error", _portable(exc))
-        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
-        answers.flush()
+        try:
+            pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+        except (BrokenPipeError, OSError):
+            break  # the worker is gone: nobody to answer
     if session is not None:
         session.close()
 
 
 def main() -> None:
     """``python -m flows.retrieval``: serve a worker over standard input and output."""
+    # An interrupt is the run's to act on (it stops this process or closes its input).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     commands = os.fdopen(os.dup(0), "rb")
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to standard error, never into the answers

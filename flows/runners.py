@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import resource
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,6 +73,10 @@ class FileSlots:
 def _init_local_worker(slots: FileSlots) -> None:
     global _local_slots
     _local_slots = slots
+    # Ctrl-C at the terminal reaches every process of the run's group: the run itself acts on it
+    # (flows.stopping kills its workers and prints the resume line); a worker interrupted in the
+    # middle of a batch would only print a KeyboardInterrupt traceback first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_task_runner(workers: int, retrieval_limit: int, cluster: str | None) -> TaskRunner[Any]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -268,3 +271,52 @@ def test_prefetch_runs_ahead_through_small_studies_up_to_its_depth_and_bytes(
     # One study may always wait, whatever its size.
     huge = {"h0": 5000, "h1": 10}
     assert _ahead_when_taken(huge, depth=3, budget=1000, tmp_path=tmp_path) == [1, 2]
+
+
+def _retrieval_processes() -> set[int]:
+    """Live ``python -m flows.retrieval`` processes on this machine (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"flows.retrieval" in cmdline and state != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.prefect
+def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
+    orthanc: Orthanc, project: Project, tmp_path: Path, ridl_home: Path
+) -> None:
+    before = _retrieval_processes()
+    args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release", "r1",
+            "--source", orthanc.dimse_url("get"), "--dest", f"file:{tmp_path / 'lib'}",
+            "--workers", "2", "--batch-size", "2"]  # fmt: skip
+    env = dict(os.environ, RIDL_HOME=str(ridl_home), PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _retrieval_processes() - before:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and _retrieval_processes() - before, "retrieving"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: the whole group
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert "to resume: ridl run --project" in " ".join(output.split()), output[-3000:]
+    deadline = time.monotonic() + 15
+    while _retrieval_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _retrieval_processes() - before, "no retrieval process outlives its run"
