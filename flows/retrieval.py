@@ -50,10 +50,11 @@ class RetrievalProcess:
     """A worker's retrievals, in a child process: ``session()`` and ``fetch_study()`` as the
     source's own (:class:`ridl.sources.base.StudySource`), run there.
 
-    One caller thread at a time (the worker's :class:`flows.work.Prefetcher`). The child is
-    started on first use. A child that ended (killed, out of memory) is reported once, by the
-    command that finds it gone (:class:`RetrievalProcessEnded`, transient: the batch is retried),
-    and the next command starts another.
+    One session at a time: a second caller's ``session()`` waits for the first to end (a worker
+    runs one batch at a time; see :func:`retrieval_process`). The child is started on first
+    use. A child that ended (killed, out of memory) is reported once, by the command that finds
+    it gone (:class:`RetrievalProcessEnded`, transient: the batch is retried), and the next
+    command starts another.
 
     Raises:
         RetrievalProcessEnded: the child ended, or could not be started.
@@ -62,7 +63,8 @@ class RetrievalProcess:
     def __init__(self, source_url: str, limits: ArchiveLimits, hn_issuer: str) -> None:
         self.config = (source_url, limits, hn_issuer)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one command at a time on the pipes
+        self._session = threading.Lock()  # one session at a time in the child
         # No atexit hook: when the worker ends or drops this object (its run is over), the
         # pipes close with it and the child, reading end of input, exits by itself.
 
@@ -118,12 +120,13 @@ class RetrievalProcess:
             RetrievalProcessEnded: the child ended.
             ArchiveUnavailable: as the source's session.
         """
-        self._ask("open")
-        try:
-            yield
-        finally:
-            if self._proc is not None and self._proc.poll() is None:
-                self._ask("close")
+        with self._session:
+            self._ask("open")
+            try:
+                yield
+            finally:
+                if self._proc is not None and self._proc.poll() is None:
+                    self._ask("close")
 
     def fetch_study(self, study: StudyRef, workdir: Path) -> list[Path]:
         """The source's ``fetch_study``, run in the child: the paths of the files it wrote into
@@ -152,6 +155,33 @@ class RetrievalProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# This process's retrieval processes, one per source setting: shared by the runs a long-lived
+# worker (a Dask worker) takes one after another, so that a C-MOVE receiver's port, which the
+# retrieval process holds while it lives, is held once.
+_PROCESSES: dict[tuple[str, ArchiveLimits, str], RetrievalProcess] = {}
+_PROCESSES_LOCK = threading.Lock()
+
+
+def retrieval_process(source_url: str, limits: ArchiveLimits, hn_issuer: str) -> RetrievalProcess:
+    """This process's :class:`RetrievalProcess` for a source setting (made on first use; its
+    child starts on its first command)."""
+    key = (source_url, limits, hn_issuer)
+    with _PROCESSES_LOCK:
+        found = _PROCESSES.get(key)
+        if found is None:
+            found = _PROCESSES[key] = RetrievalProcess(source_url, limits, hn_issuer)
+        return found
+
+
+def close_all() -> None:
+    """End every retrieval process this process started (their sources' ports are let go)."""
+    with _PROCESSES_LOCK:
+        processes = list(_PROCESSES.values())
+        _PROCESSES.clear()
+    for process in processes:
+        process.close()
 
 
 def _child_env() -> dict[str, str]:

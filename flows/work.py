@@ -242,14 +242,15 @@ class Worker:
     def retriever(self) -> Any:
         """What retrieves this worker's studies ahead (``session()`` and ``fetch_study()``): a
         :class:`flows.retrieval.RetrievalProcess` for a source whose retrievals are CPU work in
-        Python (``retrieves_in_process``: DIMSE), started on first use; else the source itself,
+        Python (``retrieves_in_process``: DIMSE), the process's one for that source setting
+        (:func:`flows.retrieval.retrieval_process`); else the source itself,
         in the prefetch thread (DICOMweb's retrieval waits on the network, not the CPU)."""
         if not getattr(self.source, "retrieves_in_process", False):
             return self.source
         if self._retriever is None:
-            from flows.retrieval import RetrievalProcess
+            from flows.retrieval import retrieval_process
 
-            self._retriever = RetrievalProcess(
+            self._retriever = retrieval_process(
                 self.ctx.source_url, self.ctx.limits, self.ctx.hn_issuer
             )
         return self._retriever

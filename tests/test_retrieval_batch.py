@@ -23,7 +23,7 @@ import requests
 from pynetdicom import AE
 
 import flows.work
-from flows.retrieval import RetrievalProcess, RetrievalProcessEnded
+from flows.retrieval import RetrievalProcess, RetrievalProcessEnded, close_all
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.catalog import study_refs
@@ -32,7 +32,7 @@ from ridl.projects import Project
 from ridl.settings import private_dir
 from ridl.sources import dicomweb
 from ridl.sources.base import open_source
-from ridl.sources.dimse import DimseSource
+from ridl.sources.dimse import DimseSource, stop_move_receivers
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import synthesize
 from tests.orthanc import Orthanc, dicom_files, require_orthanc
@@ -46,6 +46,7 @@ def test_a_batch_of_studies_uses_one_association(
     project: Project,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     kind: str,
 ) -> None:
     opened: list[int] = []
@@ -56,8 +57,11 @@ def test_a_batch_of_studies_uses_one_association(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AE, "associate", counted)
-    # The source's session logic, counted in this process: the prefetch thread runs it itself.
+    # The source's session logic, counted in this process: the prefetch thread runs it itself
+    # (and listens for C-MOVE here: the retrieval processes of earlier tests are ended first).
+    close_all()
     monkeypatch.setattr(DimseSource, "retrieves_in_process", False)
+    request.addfinalizer(stop_move_receivers)  # this process's C-MOVE port, for later tests
     plan = prepare_run(
         project.id, f"r-{kind}", orthanc.dimse_url(kind), f"file:{tmp_path / 'store'}", limits=FAST
     )

@@ -450,6 +450,17 @@ def move_receiver(aet: str, bind: str, port: int) -> MoveReceiver:
         return _RECEIVERS[key]
 
 
+def stop_move_receivers() -> None:
+    """Stop this process's C-MOVE storage SCPs and let their ports go (a process that is done
+    retrieving in its own threads, so that a retrieval process may listen there instead)."""
+    with _RECEIVERS_LOCK:
+        receivers = list(_RECEIVERS.values())
+        _RECEIVERS.clear()
+    for receiver in receivers:
+        if receiver.server is not None:
+            receiver.server.shutdown()
+
+
 class _Router:
     """A reused C-GET association's C-STORE handler: writes into the current study's writer."""
 
