@@ -324,3 +324,21 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
     while _retrieval_processes() - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _retrieval_processes() - before, "no retrieval process outlives its run"
+
+
+def test_runs_one_after_another_in_a_worker_share_its_c_move_retrieval_process(
+    orthanc: Orthanc, project: Project, tmp_path: Path
+) -> None:
+    """A long-lived worker (a Dask worker) takes the batches of one run, then of another: both
+    retrieve through one retrieval process, which holds the C-MOVE receiver's port once."""
+    contexts = []
+    for release in ("r-first", "r-second"):
+        plan = prepare_run(
+            project.id, release, orthanc.dimse_url("move"), f"file:{tmp_path / release}",
+            limits=FAST,
+        )  # fmt: skip
+        counts = process_batch(plan.ctx, plan.studies[:2])
+        assert counts.studies == 2 and counts.exported > 0 and not counts.failed, release
+        contexts.append(plan.ctx)
+    first, second = (flows.work.worker_for(ctx) for ctx in contexts)
+    assert first is not second and first.retriever is second.retriever
