@@ -243,7 +243,7 @@ class _SizedRetriever:
 
 
 def _ahead_when_taken(sizes: dict[str, int], depth: int, budget: int, tmp_path: Path) -> list[int]:
-    """For each study the worker takes (slowly), how many retrievals had started by then."""
+    """For each study the worker takes (slowly), how many retrievals had started just before."""
     worker = SimpleNamespace(
         ctx=SimpleNamespace(project="p", release="r"),
         study_key=lambda study: study.study_uid,
@@ -257,8 +257,8 @@ def _ahead_when_taken(sizes: dict[str, int], depth: int, budget: int, tmp_path: 
     ) as prefetcher:
         for study in studies:
             time.sleep(0.3)  # the work on the study before: the thread runs ahead meanwhile
+            seen.append(len(retriever.order))  # before taking: taking makes room for one more
             item = prefetcher.take(study)
-            seen.append(len(retriever.order))
             assert item.files and item.nbytes == sizes[study.study_uid]
     return seen
 
