@@ -277,26 +277,43 @@ def test_prefetch_runs_ahead_through_small_studies_up_to_its_depth_and_bytes(
     assert _ahead_when_taken(huge, depth=3, budget=1000, tmp_path=tmp_path) == [1, 2]
 
 
-def _retrieval_processes() -> set[int]:
-    """Live ``python -m flows.retrieval`` processes on this machine (from /proc)."""
-    found = set()
+def _retrieval_processes(root: int) -> set[int]:
+    """Live ``python -m flows.retrieval`` processes descended from process ``root`` (/proc)."""
+    parents: dict[int, int] = {}
+    retrieval: set[int] = set()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if b"flows.retrieval" in cmdline and state != "Z":
-                found.add(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+            if b"flows.retrieval" in cmdline:
+                retrieval.add(int(entry.name))
+    found = set()
+    for pid in retrieval:
+        up = pid
+        while up in parents and up != root:
+            up = parents[up]
+        if up == root:
+            found.add(pid)
     return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.prefect
 def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
     orthanc: Orthanc, project: Project, tmp_path: Path, ridl_home: Path
 ) -> None:
-    before = _retrieval_processes()
     args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release", "r1",
             "--source", orthanc.dimse_url("get"), "--dest", f"file:{tmp_path / 'lib'}",
             "--workers", "2", "--batch-size", "2"]  # fmt: skip
@@ -306,12 +323,12 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
         start_new_session=True,
     )  # fmt: skip
     try:
+        retrieving: set[int] = set()
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _retrieval_processes() - before:
-                break
+        while not retrieving and time.monotonic() < deadline and proc.poll() is None:
+            retrieving = _retrieval_processes(proc.pid)
             time.sleep(0.1)
-        assert proc.poll() is None and _retrieval_processes() - before, "retrieving"
+        assert proc.poll() is None and retrieving, "the run's workers are retrieving"
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal: the whole group
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -321,9 +338,9 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert "to resume: ridl run --project" in " ".join(output.split()), output[-3000:]
     deadline = time.monotonic() + 15
-    while _retrieval_processes() - before and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in retrieving) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _retrieval_processes() - before, "no retrieval process outlives its run"
+    assert not any(_alive(pid) for pid in retrieving), "no retrieval process outlives its run"
 
 
 def test_runs_one_after_another_in_a_worker_share_its_c_move_retrieval_process(
