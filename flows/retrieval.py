@@ -104,6 +104,7 @@ class RetrievalProcess:
                 proc.stdin.flush()
                 status, result = pickle.load(proc.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
+                self._proc = None  # said here, once: the next command starts another
                 self._end(proc)
                 raise RetrievalProcessEnded(
                     f"the retrieval process ended (exit status {proc.returncode})"
