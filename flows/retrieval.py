@@ -72,11 +72,7 @@ class RetrievalProcess:
         if self._proc is not None:
             if self._proc.poll() is None:
                 return self._proc
-            ended, self._proc = self._proc, None  # killed between commands: say so once
-            self._end(ended)
-            raise RetrievalProcessEnded(
-                f"the retrieval process ended (exit status {ended.returncode})"
-            )
+            raise self._gone()  # killed between commands
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "flows.retrieval"],
@@ -104,11 +100,7 @@ class RetrievalProcess:
                 proc.stdin.flush()
                 status, result = pickle.load(proc.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
-                self._proc = None  # said here, once: the next command starts another
-                self._end(proc)
-                raise RetrievalProcessEnded(
-                    f"the retrieval process ended (exit status {proc.returncode})"
-                ) from None
+                raise self._gone() from None  # died in the middle of the command
         if status == "error":
             raise result
         return result
@@ -144,6 +136,14 @@ class RetrievalProcess:
         proc, self._proc = self._proc, None
         if proc is not None:
             self._end(proc)
+
+    def _gone(self) -> RetrievalProcessEnded:
+        """Forget the child that ended (said once: the next command starts another)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._end(proc)
+        status = None if proc is None else proc.returncode
+        return RetrievalProcessEnded(f"the retrieval process ended (exit status {status})")
 
     @staticmethod
     def _end(proc: subprocess.Popen[bytes]) -> None:

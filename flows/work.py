@@ -233,7 +233,6 @@ class Worker:
         self._cross: IdentifierDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
-        self._retriever: Any = None
         self.optout = load_optout(ctx.project, ctx.optout_tokens)
         curation = json.loads(ctx.curation) if ctx.curation else None
         self.curator = Curator.for_project(ctx.project, ctx.release, curation)
@@ -247,13 +246,9 @@ class Worker:
         in the prefetch thread (DICOMweb's retrieval waits on the network, not the CPU)."""
         if not getattr(self.source, "retrieves_in_process", False):
             return self.source
-        if self._retriever is None:
-            from flows.retrieval import retrieval_process
+        from flows.retrieval import retrieval_process
 
-            self._retriever = retrieval_process(
-                self.ctx.source_url, self.ctx.limits, self.ctx.hn_issuer
-            )
-        return self._retriever
+        return retrieval_process(self.ctx.source_url, self.ctx.limits, self.ctx.hn_issuer)
 
     def study_key(self, study: StudyRef) -> str:
         """The study's de-identified Study Instance UID (names its manifest part)."""

@@ -36,8 +36,23 @@ from ridl.sources.dimse import DimseSource, stop_move_receivers
 from ridl.sources.protect import ArchiveLimits
 from ridl.synth import synthesize
 from tests.orthanc import Orthanc, dicom_files, require_orthanc
+from tests.processes import alive, command_line, descendants
 
 FAST = ArchiveLimits(rate_limit=0, retries=1, backoff_s=0.01)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per association this process opens (pynetdicom's AE.associate, counted)."""
+    calls: list[int] = []
+    real = AE.associate
+
+    def counted(self: AE, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(AE, "associate", counted)
+    return calls
 
 
 @pytest.mark.parametrize("kind", ["get", "move"])
@@ -47,16 +62,9 @@ def test_a_batch_of_studies_uses_one_association(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
+    opened: list[int],
     kind: str,
 ) -> None:
-    opened: list[int] = []
-    real = AE.associate
-
-    def counted(self: AE, *args: Any, **kwargs: Any) -> Any:
-        opened.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(AE, "associate", counted)
     # The source's session logic, counted in this process: the prefetch thread runs it itself
     # (and listens for C-MOVE here: the retrieval processes of earlier tests are ended first).
     close_all()
@@ -114,18 +122,10 @@ def test_study_k_plus_1_is_retrieved_while_study_k_is_worked_on(
 
 
 def test_dimse_retrieval_runs_in_a_process_of_its_own(
-    orthanc: Orthanc, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    orthanc: Orthanc, project: Project, tmp_path: Path, opened: list[int]
 ) -> None:
     """The batch's C-GETs and C-MOVEs are made by the worker's retrieval process: this process
     opens no association, and the files it works on were written by another process."""
-    opened: list[int] = []
-    real = AE.associate
-
-    def counted(self: AE, *args: Any, **kwargs: Any) -> Any:
-        opened.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(AE, "associate", counted)
     plan = prepare_run(
         project.id, "r-process", orthanc.dimse_url("get"), f"file:{tmp_path / 'st'}", limits=FAST
     )
@@ -278,36 +278,8 @@ def test_prefetch_runs_ahead_through_small_studies_up_to_its_depth_and_bytes(
 
 
 def _retrieval_processes(root: int) -> set[int]:
-    """Live ``python -m flows.retrieval`` processes descended from process ``root`` (/proc)."""
-    parents: dict[int, int] = {}
-    retrieval: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(entry.name)] = int(fields[1])
-            if b"flows.retrieval" in cmdline:
-                retrieval.add(int(entry.name))
-    found = set()
-    for pid in retrieval:
-        up = pid
-        while up in parents and up != root:
-            up = parents[up]
-        if up == root:
-            found.add(pid)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
-    except OSError:
-        return False
+    """Live ``python -m flows.retrieval`` processes descended from process ``root``."""
+    return {pid for pid in descendants(root) if b"flows.retrieval" in command_line(pid)}
 
 
 @pytest.mark.prefect
@@ -338,9 +310,9 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert "to resume: ridl run --project" in " ".join(output.split()), output[-3000:]
     deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in retrieving) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in retrieving) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(pid) for pid in retrieving), "no retrieval process outlives its run"
+    assert not any(alive(pid) for pid in retrieving), "no retrieval process outlives its run"
 
 
 def test_runs_one_after_another_in_a_worker_share_its_c_move_retrieval_process(

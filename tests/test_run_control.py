@@ -19,6 +19,7 @@ from flows.cli import app
 from ridl.projects import Project
 from ridl.releases import load_frozen, lock_holder
 from ridl.synth import SynthReport, synthesize
+from tests.processes import alive, descendants
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +52,6 @@ def test_dry_run_shows_the_selection_and_touches_nothing(
     # A request outside the approval is refused the same way, in one line.
     bad = CliRunner().invoke(app, [*args, "--modality", "MR"])
     assert bad.exit_code == 2 and bad.stderr.strip().startswith("error:")
-
-
-def _children(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def test_dry_run_says_why_studies_and_objects_are_left_out(
@@ -124,7 +104,7 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
-    workers = _children(proc.pid)
+    workers = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     try:
@@ -136,7 +116,7 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     assert took < 12, f"stopped after {took:.1f} s"
     assert proc.returncode != 0
     time.sleep(0.5)
-    left = {p for p in workers if _alive(p)}
+    left = {p for p in workers if alive(p)}
     assert not left, f"child processes left: {sorted(left)}"
     assert "ridl run --project" in output and "to resume" in output, output[-2000:]
     assert lock_holder(project.id, "r1") is None, "the lock is released"
@@ -146,14 +126,6 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     manifest = json.loads((lib / project.id / "r1" / "manifest.json").read_text())
     assert manifest["objects"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.prefect
