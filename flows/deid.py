@@ -44,6 +44,7 @@ from deid_recipes.recipe import load_recipe
 from export.identifiers import ElementMemo, IdentifierDictionary
 from export.manifest import object_path
 from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
+from flows import heap
 from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, study_tokens
 from ridl import audit
 from ridl.crossterms import load_terms
@@ -149,6 +150,7 @@ class FolderDeidentifier:
         self.cross = IdentifierDictionary(retained=project.scope.retain)
         for kind, value in load_terms(project.id):  # read only: a request teaches nothing
             self.cross.add_shared(kind, value)
+        heap.settle()  # what a request keeps is not scanned by every full collection
 
     def exclusion(self, path: Path) -> Reason | None:
         """Why the object is outside the project's approval, or None when it is inside.

@@ -43,7 +43,12 @@ from curation.review import read_held, write_held
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.engine import identifying_tokens
 from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
-from export.identifiers import RULES_VERSION, ElementMemo, IdentifierDictionary
+from export.identifiers import (
+    RULES_VERSION,
+    CrossStudyDictionary,
+    ElementMemo,
+    IdentifierDictionary,
+)
 from export.manifest import (
     FailedRetrieval,
     ObjectRow,
@@ -57,6 +62,7 @@ from export.manifest import (
 )
 from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
 from export.store import ObjectStore, durable_together, open_store, sha256_hex
+from flows import heap
 from ridl import __version__, settings
 from ridl.catalog import StudyRef
 from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
@@ -230,7 +236,7 @@ class Worker:
         self.known = KnownTerms(ctx.project, ctx.cross_terms)
         # Header elements met in earlier studies are not parsed again for the dictionary.
         self.memo = ElementMemo()
-        self._cross: IdentifierDictionary | None = None
+        self._cross: CrossStudyDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
         self.optout = load_optout(ctx.project, ctx.optout_tokens)
@@ -263,23 +269,27 @@ class Worker:
         key = SubjectKey(study.health_number, study.issuer, study.patient_id)
         return key, SubjectContext(self.keys.research_id(key), self.keys.date_shift_days(key))
 
-    def cross_dictionary(self) -> IdentifierDictionary:
+    def cross_dictionary(self) -> CrossStudyDictionary:
         """The cross-study terms this worker knows, compiled once and grown in place."""
         if self._cross is None:
-            self._cross = IdentifierDictionary(retained=self.ctx.retain)
-            for kind, value in self.known.pairs():
-                self._cross.add_shared(kind, value)
+            self._cross = CrossStudyDictionary(self.ctx.retain, self.known.pairs())
         return self._cross
 
     def learn(self, site: str, dictionary: IdentifierDictionary) -> None:
-        """Grow the cross-study terms with what one study's headers named (staff, places)."""
-        before = len(self.known)
+        """Grow the cross-study terms with what one study's headers named (staff, places).
+
+        The worker's copy (:class:`ridl.crossterms.KnownTerms`) stays within
+        ``MAX_TERMS_PER_RUN``; the searched terms may hold a quarter more (terms the copy has
+        evicted since the last rebuild: searched a while longer, never fewer), then are rebuilt
+        from the copy, so a worker at the cap rebuilds them once per few thousand new names,
+        not in every study.
+        """
         fresh = [pair for pair in sorted(dictionary.shared) if pair not in self.known]
         self.known.learn(site, sorted(dictionary.shared))
         cross = self.cross_dictionary()
         cross.add_equipment(dictionary.equipment)  # R6 holds across studies too
-        if fresh and before + len(fresh) > MAX_TERMS_PER_RUN:
-            self._cross = None  # evicted: rebuilt from the bounded copy on next use
+        if fresh and cross.pairs + len(fresh) > MAX_TERMS_PER_RUN + MAX_TERMS_PER_RUN // 4:
+            self._cross = None  # rebuilt from the bounded copy on next use
             return
         for kind, value in fresh:
             cross.add_shared(kind, value)
@@ -287,8 +297,14 @@ class Worker:
 
 @lru_cache(maxsize=4)
 def worker_for(ctx: RunContext) -> Worker:
-    """The process's :class:`Worker` for a run (built once per run context, then reused)."""
-    return Worker(ctx)
+    """The process's :class:`Worker` for a run (built once per run context, then reused).
+
+    What the process holds once the worker is built is frozen out of the garbage collector's
+    full collections (:func:`flows.heap.settle`).
+    """
+    worker = Worker(ctx)
+    heap.settle()
+    return worker
 
 
 def process_batch(
@@ -635,7 +651,7 @@ def _process_files(
     # R6 across studies: a place learned elsewhere that names this study's own vendor or model
     # ("TOSHIBA" as an institution, "TOSHIBA_MEC" as this study's Manufacturer) is not a hit.
     cross.add_equipment(dictionary.equipment)
-    verifier = Verifier(dictionary, ocr=None, also=[cross])
+    verifier = Verifier(dictionary, ocr=None, also=cross.dictionaries)
     scanned = scanned_bytes = hits = ocr_objects = 0
     rejected = rejected_instances(headers.values())
     eligible: dict[Path, Dataset] = {}
@@ -773,7 +789,7 @@ def _record(
     nbytes: int = 0,
     hits: int = 0,
     ocr_objects: int = 0,
-    cross: IdentifierDictionary | None = None,
+    cross: CrossStudyDictionary | None = None,
 ) -> VerificationRecord:
     """The study's verification record: what was searched, with which terms and rules."""
     terms = Counter(dictionary.kinds())

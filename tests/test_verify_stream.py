@@ -24,7 +24,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from curation.quarantine import list_quarantine
-from export.identifiers import ElementMemo, IdentifierDictionary
+from export.identifiers import (
+    TIER_TERMS,
+    CrossStudyDictionary,
+    ElementMemo,
+    IdentifierDictionary,
+)
 from export.local import LocalStore
 from export.manifest import build_manifest, read_part
 from export.phi_scan import Verifier, pixel_data_start
@@ -192,6 +197,57 @@ def test_cross_study_terms_are_bounded_least_recently_seen_first(ridl_home: Path
     assert len(terms) == MAX_TERMS_PER_SITE
     assert ("staff", "Name00001^X") not in terms, "the least recently seen is evicted"
     assert terms[-2:] == (("staff", "Name00000^X"), ("place", "Hopital Neuf"))
+
+
+def _found(dictionaries: list[IdentifierDictionary], text: str) -> set[str]:
+    """The kinds of the terms of ``dictionaries`` found in ``text`` (a retained description)."""
+    verifier = Verifier(dictionaries[0], also=dictionaries[1:])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.StudyDescription = text
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return {hit.kind for hit in verifier.check_bytes("k.dcm", buf.getvalue()).hits}
+
+
+def test_cross_study_terms_grow_in_tiers_and_are_all_searched() -> None:
+    known = [("staff", f"Known{i:04d}^Person") for i in range(300)]
+    cross = CrossStudyDictionary(pairs=known)
+    big = cross.dictionaries[-1]
+    compiled = big.automaton(())
+    # A name learned in a study goes into the smallest tier: the big automaton is not rebuilt.
+    cross.add_shared("staff", "Welby^Marcus")
+    assert big.automaton(()) is compiled
+    assert "Welby" in cross.dictionaries[0].terms and "Welby" not in big.terms
+    # Enough names fold the smallest tier into the next; every term is still searched.
+    learned = [f"Learned{i:04d}^Doctor" for i in range(TIER_TERMS[0])]
+    for name in learned:
+        cross.add_shared("staff", name)
+    assert len(cross.dictionaries[0]) <= TIER_TERMS[0] < len(cross.dictionaries[1])
+    assert cross.pairs == len(known) + 1 + len(learned)
+    assert big.automaton(()) is compiled, "the last tier is folded into only past its share"
+    empty = IdentifierDictionary()
+    for text in ("seen by Dr Welby", f"seen by {learned[-1]}", "seen by Known0042^Person"):
+        assert _found([empty, *cross.dictionaries], text) == {"staff"}, text
+    assert _found([empty, *cross.dictionaries], "seen by Dr Nobody") == set()
+    # The record's counts are the tiers' together, kept until a tier changes.
+    assert cross.kinds() == {"staff": len(cross)}
+    # Equipment names reach every tier (R6). A vendor's names that are none of the terms keep
+    # the compiled automata; a learned place equal to a model, or inside one, is dropped.
+    cross.add_shared("place", "Aquilion Suite")
+    cross.add_shared("place", "Radiology East")
+    assert _found([empty, *cross.dictionaries], "room Aquilion Suite") == {"institution-or-station"}
+    compiled = [d.automaton(()) for d in cross.dictionaries]
+    cross.add_equipment({"acme scanner 9", "acme"})
+    assert all(d.automaton(()) is a for d, a in zip(cross.dictionaries, compiled, strict=True))
+    cross.add_equipment({"aquilion suite", "radiology east wing console"})
+    assert all("aquilion suite" in d.equipment for d in cross.dictionaries)
+    assert _found([empty, *cross.dictionaries], "room Aquilion Suite") == set()
+    assert _found([empty, *cross.dictionaries], "Radiology East") == set()
+    assert _found([empty, *cross.dictionaries], "seen by Dr Welby") == {"staff"}
 
 
 def _build(project_id: str, source: str, store_root: Path) -> tuple[LocalStore, str]:
