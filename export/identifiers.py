@@ -299,22 +299,44 @@ def _norm(value: str) -> str:
     return " ".join(value.replace("\x00", " ").split()).strip()
 
 
+_WORD_SPLIT = re.compile(r"[\s^,\-_]+")
+_DUMMY_SPLIT = re.compile(r"[\s^=,.\-_]+")
+
+
 def _is_common(value: str) -> bool:
-    words = re.split(r"[\s^,\-_]+", value.lower())
-    words = [w for w in words if w]
+    words = [w for w in _WORD_SPLIT.split(value.lower()) if w]
     return bool(words) and all(w in COMMON_WORDS or w in OWN_WORDS for w in words)
 
 
 def _only_dummies(value: str) -> bool:
-    words = [w for w in re.split(r"[\s^=,.\-_]+", value.lower()) if w]
+    words = [w for w in _DUMMY_SPLIT.split(value.lower()) if w]
     return bool(words) and all(w in OWN_VALUES for w in words)
 
 
 def is_own_vocabulary(value: str) -> bool:
     """Whether every word of ``value`` is one ridl writes itself (R11, R12): a dummy, a word of
     a reason code or of a field name of the derived files (case ignored)."""
-    words = [w for w in re.split(r"[\s^,\-_]+", value.lower()) if w]
+    words = [w for w in _WORD_SPLIT.split(value.lower()) if w]
     return bool(words) and all(w in OWN_WORDS for w in words)
+
+
+# {value as read: (normalized, not searched under R11, made of ridl's own words under R12)}:
+# the written forms of one date, names and places recur across the studies of a worker.
+_VERDICTS: dict[str, tuple[str, bool, bool]] = {}
+
+
+def _verdict(value: str) -> tuple[str, bool, bool]:
+    """(``value`` whitespace normalized, whether R11 drops it, whether R12 holds for it),
+    remembered per process (at most :data:`MEMO_CAP` values, then started again)."""
+    found = _VERDICTS.get(value)
+    if found is None:
+        norm = _norm(value)
+        dropped = not norm or norm.lower() in OWN_VALUES or _only_dummies(norm)
+        found = (norm, dropped, not dropped and is_own_vocabulary(norm))
+        if len(_VERDICTS) >= MEMO_CAP:
+            _VERDICTS.clear()
+        _VERDICTS[value] = found
+    return found
 
 
 def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
@@ -614,14 +636,14 @@ class IdentifierDictionary:
 
         ``owner`` is the research ID of a birth date (R5). The compiled automata are dropped.
         """
-        value = _norm(value)
-        if not value or value.lower() in OWN_VALUES:  # R11
+        # R11 drops a dummy, or a value made of them ("Anonymous^Anonymous"); R12: ridl's own
+        # words are never an identifier, and a name made of them blocks in PN only.
+        value, dropped, own = _verdict(value)
+        if dropped:
             return
-        if _only_dummies(value):  # R11: "Anonymous^Anonymous" is made of dummies too
-            return
-        if kind not in NAME_KINDS and is_own_vocabulary(value):
-            return  # R12: ridl's own words are never an identifier; a name blocks in PN only
-        if is_own_vocabulary(value):
+        if own:
+            if kind not in NAME_KINDS:
+                return
             name_only = True
         if self._recording is not None:
             who = _SUBJECT if owner is not None and owner == self._subject else (owner or "")
@@ -1148,9 +1170,7 @@ class IdentifierDictionary:
         for value, term in self.terms.items():
             low = value.lower()
             if low in equipment or (
-                equipment
-                and term.kinds <= _PLACE_OR_PRIVATE
-                and any(low in e for e in equipment)
+                equipment and term.kinds <= _PLACE_OR_PRIVATE and any(low in e for e in equipment)
             ):
                 continue  # R6
             if value.isascii():
