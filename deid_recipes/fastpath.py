@@ -786,7 +786,7 @@ def deidentify_file(
 
 def deidentify_to_bytes(
     engine: Engine, subject_for: SubjectFor, src: Path
-) -> tuple[Dataset, SubjectContext, bytes] | None:
+) -> tuple[Dataset, SubjectContext, bytes, int] | None:
     """The fast path for a caller that needs the object's bytes.
 
     An extraction run hashes them and hands them to its object store: the de-identified header
@@ -798,9 +798,10 @@ def deidentify_to_bytes(
         src: the source file.
 
     Returns:
-        ``(dataset, subject, data)``: dataset and subject as for :func:`deidentify_file`, and
-        the whole de-identified file (the bytes it would write). None when the layout needs
-        the whole-object path.
+        ``(dataset, subject, data, pixel_start)``: dataset and subject as for
+        :func:`deidentify_file`, the whole de-identified file (the bytes it would write), and
+        the byte offset in it where the Pixel Data element (7FE0,0010), its last element,
+        begins (its tag). None when the layout needs the whole-object path.
 
     Raises:
         DeidError: as for :func:`deidentify_file`.
@@ -816,12 +817,12 @@ def deidentify_to_bytes(
         pixels = os.pread(fp.fileno(), count, done.pixel_offset)
         if len(pixels) != count:
             raise ObjectRejected(Reason.TRUNCATED, "pixel data changed while read")
-        return done.result, done.subject, done.head + pixels
+        return done.result, done.subject, done.head + pixels, len(done.head)
 
 
 def deidentify_bytes(
     engine: Engine, subject_for: SubjectFor, data: bytes
-) -> tuple[Dataset, SubjectContext, bytes] | None:
+) -> tuple[Dataset, SubjectContext, bytes, int] | None:
     """The fast path of :func:`deidentify_to_bytes` for a file already read into memory.
 
     A run reads each object once (``curation.integrity.ObjectRead``) and hands the same bytes
@@ -835,8 +836,8 @@ def deidentify_bytes(
         data: the whole source file (PS3.10 bytes).
 
     Returns:
-        ``(dataset, subject, data)`` as for :func:`deidentify_to_bytes`, or None when the
-        layout needs the whole-object path.
+        ``(dataset, subject, data, pixel_start)`` as for :func:`deidentify_to_bytes`, or None
+        when the layout needs the whole-object path.
 
     Raises:
         DeidError: as for :func:`deidentify_file`.
@@ -845,4 +846,5 @@ def deidentify_bytes(
     done = _deidentify_header(engine, subject_for, io.BytesIO(data), len(data))
     if done is None:
         return None
-    return done.result, done.subject, done.head + memoryview(data)[done.pixel_offset :]
+    out = done.head + memoryview(data)[done.pixel_offset :]
+    return done.result, done.subject, out, len(done.head)

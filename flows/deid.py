@@ -43,7 +43,7 @@ from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from deid_recipes.recipe import load_recipe
 from export.identifiers import ElementMemo, IdentifierDictionary
 from export.manifest import object_path
-from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
+from export.phi_scan import UNVERIFIABLE, Verifier
 from flows import heap
 from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, study_tokens
 from ridl import audit
@@ -297,7 +297,7 @@ class FolderDeidentifier:
         """De-identify, verify and write one curated object; quarantine it when any step
         refuses it (never let one object stop the request)."""
         try:
-            ds, data, subject, fast = self._deidentify(read, curated, tokens)
+            ds, data, subject, pixel_start = self._deidentify(read, curated, tokens)
             if not all(ds.get(k) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
                 raise ObjectRejected(Reason.MISSING_UID)
             relative = object_path(subject.research_id, ds)
@@ -305,7 +305,7 @@ class FolderDeidentifier:
             checked = verifier.check_bytes(
                 relative,
                 data,
-                text_end=pixel_data_start(data) if fast else None,
+                text_end=pixel_start,
                 pixel_text=curated.pixel_text if curated.ocr_ran else None,
             )
             summary.verified += 1
@@ -334,9 +334,9 @@ class FolderDeidentifier:
 
     def _deidentify(
         self, read: ObjectRead, curated: Curated, tokens: frozenset[str] | None
-    ) -> tuple[Dataset, bytes, SubjectContext, bool]:
-        """The de-identified object: a dataset naming it, its bytes, its subject, and whether
-        the fast path wrote them (then the pixel data is the object's last element).
+    ) -> tuple[Dataset, bytes, SubjectContext, int | None]:
+        """The de-identified object: a dataset naming it, its bytes, its subject, and, when the
+        fast path wrote them, where its Pixel Data element, the last one, begins (else None).
 
         As :func:`flows.work._deidentify`: an object curation did not change goes by the fast
         path from the bytes already read; what it does not take, and an object curation changed,
@@ -355,11 +355,11 @@ class FolderDeidentifier:
                 else deidentify_to_bytes(self.engine, lambda _header: subject, read.path)
             )
             if done is not None:
-                return done[0], done[2], subject, True
+                return done[0], done[2], subject, done[3]
         ds = curated.dataset
         assert ds is not None  # the caller quarantines an export without a dataset
         self.engine.apply(ds, subject)
-        return ds, to_bytes(ds), subject, False
+        return ds, to_bytes(ds), subject, None
 
     def _exclude(
         self, reason: str, summary: DeidSummary, on_file: Callable[[], None] | None

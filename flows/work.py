@@ -60,7 +60,7 @@ from export.manifest import (
     study_part,
     write_part,
 )
-from export.phi_scan import UNVERIFIABLE, Verifier, pixel_data_start
+from export.phi_scan import UNVERIFIABLE, Verifier
 from export.store import ObjectStore, durable_together, open_store, sha256_hex
 from flows import heap
 from ridl import __version__, settings
@@ -684,7 +684,7 @@ def _process_files(
             _quarantine(worker, study, path, outcome, curated.reason, curated.detail)
             continue
         try:
-            ds, data, fast = _deidentify(worker, read, curated, subject)
+            ds, data, pixel_start = _deidentify(worker, read, curated, subject)
         except ObjectRejected as rej:
             _quarantine(worker, study, path, outcome, rej.reason, rej.detail)
             continue
@@ -699,7 +699,7 @@ def _process_files(
         checked = verifier.check_bytes(
             key,
             data,
-            text_end=pixel_data_start(data) if fast else None,
+            text_end=pixel_start,
             pixel_text=curated.pixel_text if curated.ocr_ran else None,
         )
         scanned += 1
@@ -811,9 +811,9 @@ def _record(
 
 def _deidentify(
     worker: Worker, read: ObjectRead, curated: Curated, subject: SubjectContext
-) -> tuple[Dataset, bytes, bool]:
-    """The de-identified object: a dataset naming it, its bytes, and whether the fast path
-    wrote them (then the pixel data is the object's last element).
+) -> tuple[Dataset, bytes, int | None]:
+    """The de-identified object: a dataset naming it, its bytes, and, when the fast path wrote
+    them, the byte offset where its Pixel Data element, the last one, begins (else None).
 
     An object curation did not change goes by the fast path when the run allows it, from the
     bytes already read (the file itself when a big study's read was released); the fast
@@ -827,11 +827,11 @@ def _deidentify(
             else deidentify_to_bytes(worker.engine, lambda _header: subject, read.path)
         )
         if done is not None:
-            return done[0], done[2], True
+            return done[0], done[2], done[3]
     ds = curated.dataset
     assert ds is not None  # the caller quarantines an export without a dataset
     worker.engine.apply(ds, subject)
-    return ds, to_bytes(ds), False
+    return ds, to_bytes(ds), None
 
 
 def _quarantine(

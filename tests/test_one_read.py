@@ -17,6 +17,7 @@ from curation.integrity import ObjectRead, read_whole
 from deid_recipes import Engine, SubjectContext, load_recipe
 from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from export.local import LocalStore
+from export.phi_scan import pixel_data_start
 from export.store import durable_together
 from ridl.dicomfile import read_file
 from ridl.errors import ObjectRejected
@@ -75,6 +76,9 @@ def test_the_fast_path_from_bytes_writes_what_it_writes_from_the_file(synth_dir)
         assert (from_file is None) == (from_bytes is None)
         if from_file is not None and from_bytes is not None:
             assert from_bytes[2] == from_file[2] and from_bytes[0] == from_file[0]
+            # Where the pixel data begins comes with the bytes (the verifier's raw prefilter
+            # stops there): the same as found by reading the bytes back.
+            assert from_bytes[3] == from_file[3] == pixel_data_start(from_file[2])
             served += 1
     assert served > 10
 
