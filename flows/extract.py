@@ -61,7 +61,6 @@ from flows.stopping import deferred, stop_on_termination
 from flows.transient import retry_if_transient
 from flows.work import BatchTally, RunContext
 from ridl import audit, settings
-from ridl.catalog import StudyRef
 from ridl.errors import EmptyRelease, ReleaseError
 from ridl.releases import release_lock
 from ridl.sources.protect import (
@@ -69,6 +68,7 @@ from ridl.sources.protect import (
     DEFAULT_RATE_LIMIT,
     DEFAULT_RETRIES,
 )
+from ridl.studies import StudyRef
 
 # A user error reaches the console once, as ridl's own error line (flows.prefect_console).
 quiet_user_errors()

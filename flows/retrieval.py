@@ -36,9 +36,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ridl.catalog import StudyRef
 from ridl.errors import TransientError
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 
 
 class RetrievalProcessEnded(TransientError):

@@ -28,8 +28,8 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from flows.work import BatchTally, RunContext, process_batch, worker_for
 from ridl import settings
-from ridl.catalog import StudyRef
 from ridl.errors import ConfigError
+from ridl.studies import StudyRef
 
 RETRIEVAL_SEMAPHORE = "ridl-dir-retrieval"
 

@@ -64,7 +64,6 @@ from export.phi_scan import UNVERIFIABLE, Verifier
 from export.store import ObjectStore, durable_together, open_store, sha256_hex
 from flows import heap
 from ridl import __version__, settings
-from ridl.catalog import StudyRef
 from ridl.crossterms import MAX_TERMS_PER_RUN, KnownTerms
 from ridl.dicomfile import to_bytes
 from ridl.errors import ObjectRejected, StudyUndeliverable
@@ -76,6 +75,7 @@ from ridl.secrets import load_secret
 from ridl.sources.base import StudySource, open_source
 from ridl.sources.hn import subject_from_headers
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 
 # What the run itself reads from every header (IOCM, scope, object keys).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")

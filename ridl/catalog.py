@@ -1,4 +1,4 @@
-"""The study catalog, selection from it, and :class:`StudyRef`, the study the per-study work gets.
+"""The study catalog and selection from it, as :class:`ridl.studies.StudyRef` rows.
 
 The catalog is what the DIR holds, at study level, as Parquet (on-premises: it carries the patient
 couplet). Selecting applies the REB scope, the opt-out list and de-duplication to it. Freezing the
@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +32,7 @@ from ridl.errors import ReleaseError
 from ridl.optout import OptOutList
 from ridl.projects import Scope
 from ridl.reasons import Reason
-
-
-@dataclass(frozen=True)
-class StudyRef:
-    """One selected study, as the per-study work needs it (on-premises only: holds PHI).
-
-    ``study_date`` is DICOM ``YYYYMMDD``; ``issuer`` is the Issuer of Patient ID (0010,0021);
-    ``locations`` are source-specific (file paths for a folder source, empty for network ones).
-    """
-
-    study_uid: str
-    issuer: str
-    patient_id: str
-    health_number: str | None
-    study_date: str
-    locations: tuple[str, ...] = field(default_factory=tuple)
-    # False when the catalog could not see Other Patient IDs Sequence (QIDO-RS, or an archive
-    # whose C-FIND leaves it out): the per-study work then reads the subject key from the
-    # retrieved headers, so research IDs and date shifts match the other sources.
-    hn_known: bool = True
+from ridl.studies import StudyRef
 
 
 def catalog_dir_for(source_url: str) -> Path:

@@ -17,8 +17,8 @@ from flows.cli import app
 from flows.params import validate_params
 from flows.runners import FileSlots
 from flows.transient import is_transient
-from ridl.catalog import StudyRef
 from ridl.errors import ConfigError, TransientError
+from ridl.studies import StudyRef
 
 BASE = {"project": "p", "release": "r1", "source": "folder:/x"}
 

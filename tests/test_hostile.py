@@ -21,8 +21,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from export.local import LocalStore
 from export.store import check_key
 from flows.work import RunContext, Worker, process_batch, process_study
-from ridl.catalog import StudyRef, catalog_dir_for, study_refs
+from ridl.catalog import catalog_dir_for, study_refs
 from ridl.sources.folder import FolderSource
+from ridl.studies import StudyRef
 from tests.conftest import make_project
 
 ALL_MODALITIES = tuple(

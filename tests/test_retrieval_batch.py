@@ -142,6 +142,19 @@ def test_dimse_retrieval_runs_in_a_process_of_its_own(
     assert child.poll() is not None, "closing its input ends the retrieval process"
 
 
+def test_the_retrieval_process_starts_without_the_catalogs_arrow_and_pandas() -> None:
+    # What a retrieval process imports (flows.retrieval's child: the module and its DIMSE
+    # source); the catalog's Arrow and pandas were half a second of every start.
+    code = (
+        "import sys, flows.retrieval, ridl.sources.dimse;"
+        "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_killed_retrieval_process_is_a_transient_error_and_is_started_again(
     orthanc: Orthanc, project: Project, tmp_path: Path
 ) -> None:

@@ -25,13 +25,14 @@ from export.store import open_store
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl import settings
-from ridl.catalog import StudyRef, study_refs
+from ridl.catalog import study_refs
 from ridl.errors import StudyUndeliverable
 from ridl.projects import Project
 from ridl.reasons import Reason
 from ridl.releases import release_is_published
 from ridl.sources.base import open_source
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 from ridl.synth import SynthReport
 from tests.conftest import require_program
 from tests.orthanc import ORTHANC_AET, RIDL_AET, Orthanc, dicom_files, require_orthanc

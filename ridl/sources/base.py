@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ridl.backends import import_backend
-from ridl.catalog import StudyRef
 from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 
 
 class StudySource(Protocol):

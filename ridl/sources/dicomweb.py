@@ -28,13 +28,13 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from ridl.catalog import StudyRef, write_study_rows
 from ridl.errors import ConfigError, RidlError, StudyUndeliverable
 from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.dimse import clear_folder, dicom_date, settle_hn_known, study_row
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
+from ridl.studies import StudyRef
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,8 @@ class DicomwebSource:
                     seen.add(key)
                     rows.append(row)
         log.info("QIDO-RS: %d studies", len(rows))
+        from ridl.catalog import write_study_rows  # Arrow: only when a catalog is written
+
         write_study_rows(settle_hn_known(rows), catalog_dir, date_from, date_to)
 
     # --- retrieval --------------------------------------------------------------------------

@@ -79,13 +79,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from ridl.catalog import StudyRef, write_study_rows
 from ridl.errors import ConfigError, RidlError, StudyUndeliverable
 from ridl.projects import DEFAULT_HN_ISSUER
 from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.hn import health_number
 from ridl.sources.protect import ArchiveGuard, ArchiveLimits, ArchiveUnavailable
+from ridl.studies import StudyRef
 
 log = logging.getLogger(__name__)
 
@@ -661,6 +661,8 @@ class DimseSource:
                     "minute of one day; ask the archive to raise its limit"
                 )
         log.info("C-FIND: %d studies in %d windows", len(rows), self.windows_queried)
+        from ridl.catalog import write_study_rows  # Arrow: only when a catalog is written
+
         write_study_rows(settle_hn_known(rows), catalog_dir, date_from, date_to)
 
     # --- retrieval --------------------------------------------------------------------------

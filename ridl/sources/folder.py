@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 from pydicom.errors import InvalidDicomError
 
 from ridl import settings
-from ridl.catalog import StudyRef
 from ridl.dicomfile import read_file
 from ridl.errors import ConfigError
 from ridl.projects import DEFAULT_HN_ISSUER
@@ -23,6 +22,7 @@ from ridl.reasons import Reason
 from ridl.sources.base import SourceAddress
 from ridl.sources.hn import health_number
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 
 HEADER_TAGS = [
     "StudyInstanceUID",

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from ridl.catalog import StudyRef
+from ridl.studies import StudyRef
 
 
 def health_number(ds: Any, hn_issuer: str) -> str | None:
