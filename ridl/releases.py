@@ -35,14 +35,15 @@ import socket
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from ridl import audit, settings
 from ridl.errors import ReleaseError
+
+# Arrow and pandas only where the frozen selection is written or read: the per-study work uses
+# the rest of this module (a study's terms, the withdrawn list) and starts without them.
+if TYPE_CHECKING:
+    import pandas as pd
 
 RELEASE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MARKER = "published.json"
@@ -111,6 +112,9 @@ def freeze_selection(record: RunRecord, selection: pd.DataFrame) -> Path:
     Raises:
         ReleaseError: the release name is not valid (see :func:`release_dir`).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder = settings.private_dir(release_dir(record.project, record.release))
     table = pa.Table.from_pandas(selection, preserve_index=False)
     tmp = folder / "selection.parquet.tmp"
@@ -149,6 +153,8 @@ def load_frozen(project: str, release: str) -> tuple[RunRecord, pd.DataFrame] | 
     if not sel.exists():
         return None
     record = RunRecord(**json.loads((folder / "run.json").read_text()))
+    import pyarrow.parquet as pq
+
     return record, pq.read_table(sel).to_pandas()
 
 
