@@ -19,19 +19,59 @@ from typing import Any
 
 from ridl.studies import StudyRef
 
+# {(the sequence's raw bytes and encoding, the header's Specific Character Set, hn_issuer):
+# health number}: the objects of a series carry the same Other Patient IDs Sequence byte for
+# byte, and parsing it is most of the cost of reading it.
+_READ: dict[tuple[Any, ...], str | None] = {}
+_READ_CAP = 65_536
+
 
 def health_number(ds: Any, hn_issuer: str) -> str | None:
     """The health number of a header (a pydicom Dataset or any object with the same attributes).
 
     Returns the Patient ID of the first Other Patient IDs Sequence item whose Issuer of Patient ID
-    is ``hn_issuer`` (surrounding spaces removed), or None when no such item has a value.
+    is ``hn_issuer`` (surrounding spaces removed), or None when no such item has a value. A
+    sequence still unparsed in a pydicom Dataset whose bytes were read before is not parsed
+    again (the answer is remembered per process, bounded).
     """
+    key = _raw_key(ds, hn_issuer)
+    if key is not None and key in _READ:
+        return _READ[key]
+    found = None
     for item in getattr(ds, "OtherPatientIDsSequence", None) or []:
         if str(getattr(item, "IssuerOfPatientID", "")).strip() == hn_issuer:
             value = str(getattr(item, "PatientID", "")).strip()
             if value:
-                return value
-    return None
+                found = value
+                break
+    if key is not None:
+        if len(_READ) >= _READ_CAP:
+            _READ.clear()
+        _READ[key] = found
+    return found
+
+
+def _raw_key(ds: Any, hn_issuer: str) -> tuple[Any, ...] | None:
+    """What decides the health number of ``ds`` when its Other Patient IDs Sequence
+    (0010,1002) is still raw bytes in a pydicom Dataset (``get_item`` gives them unparsed),
+    else None."""
+    get_item = getattr(ds, "get_item", None)
+    if get_item is None:
+        return None
+    try:
+        raw = get_item(0x00101002)
+        charset = get_item(0x00080005)
+    except Exception:  # noqa: BLE001 - read the usual way, which says what is wrong
+        return None
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes) or not hasattr(raw, "is_little_endian"):
+        return None
+    codes = getattr(charset, "value", None)
+    if isinstance(codes, list):
+        codes = tuple(codes)
+    if not isinstance(codes, str | bytes | tuple | type(None)):
+        return None
+    return (value, raw.is_little_endian, raw.is_implicit_VR, codes, hn_issuer)
 
 
 def subject_from_headers(study: StudyRef, headers: Iterable[Any], hn_issuer: str) -> StudyRef:
