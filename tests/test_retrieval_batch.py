@@ -7,10 +7,12 @@ benchmarks/retrieval.py, never asserted here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +22,8 @@ from typing import Any
 
 import pytest
 import requests
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 import flows.work
@@ -34,6 +38,7 @@ from ridl.sources import dicomweb
 from ridl.sources.base import open_source
 from ridl.sources.dimse import DimseSource, stop_move_receivers
 from ridl.sources.protect import ArchiveLimits
+from ridl.studies import StudyRef
 from ridl.synth import synthesize
 from tests.orthanc import Orthanc, dicom_files, require_orthanc
 from tests.processes import alive, command_line, descendants
@@ -212,7 +217,7 @@ def test_wado_rs_writes_each_instance_to_disk_as_it_arrives(
 
     def watched(self: requests.Response, *args: Any, **kwargs: Any) -> Iterator[bytes]:
         for chunk in real_iter(self, *args, **kwargs):
-            on_disk = sum(p.stat().st_size for p in workdir.glob("*.dcm"))
+            on_disk = sum(p.stat().st_size for p in workdir.rglob("*.dcm"))
             behind.append(received[0] - on_disk)
             received[0] += len(chunk)
             yield chunk
@@ -229,6 +234,67 @@ def test_wado_rs_writes_each_instance_to_disk_as_it_arrives(
     assert max(behind) < part // 2, f"{max(behind)} bytes held back, an instance is {part}"
     for path in paths:
         assert path.read_bytes()[128:132] == b"DICM"
+
+
+def test_wado_rs_fetches_a_studys_series_at_once_within_the_archive_cap(
+    tmp_path: Path, ridl_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One study of four series (a CT series and three copies under new UIDs).
+    report = synthesize(tmp_path / "dir", patients=2, sites=2, seed=5, ct_slices=6, ct_size=256)
+    first = next(p for p in report.files if p.name == "ct_001.dcm")
+    files = sorted(p for p in first.parent.iterdir() if p.name.startswith("ct_"))
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for n in range(3):
+        series_uid = generate_uid()
+        for path in files:
+            ds = dcmread(path)
+            ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, 10 + n
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(copies / f"{n}_{path.name}")
+    head = dcmread(first, stop_before_pixels=True)
+    ref = StudyRef(
+        str(head.StudyInstanceUID), str(head.IssuerOfPatientID), str(head.PatientID), None, ""
+    )
+
+    def fetch(server: Orthanc, cap: int, whole: bool = False) -> tuple[list[str], int]:
+        """(SHA-256 of every instance fetched, most WADO-RS requests in flight at once)."""
+        source = open_source(server.dicomweb_url(), replace(FAST, max_associations=cap))
+        assert isinstance(source, dicomweb.DicomwebSource)
+        flight, peak, lock = [0], [0], threading.Lock()
+        real = source._retrieve
+
+        def watched(path: str, folder: Path) -> list[Path]:
+            with lock:
+                flight[0] += 1
+                peak[0] = max(peak[0], flight[0])
+            try:
+                time.sleep(0.05)  # a remote archive's latency: requests overlap when they can
+                return real(path, folder)
+            finally:
+                with lock:
+                    flight[0] -= 1
+
+        monkeypatch.setattr(source, "_retrieve", watched)
+        if whole:  # the reference: the study in one request
+            monkeypatch.setattr(source, "_series_of", lambda study: [])
+        try:
+            with source.session():
+                paths = source.fetch_study(ref, tmp_path / f"w{cap}{whole}")
+        finally:
+            source.close()
+        return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths), peak[0]
+
+    server = Orthanc(require_orthanc(), tmp_path / "orthanc")
+    with server:
+        server.upload(dicom_files(files + sorted(copies.iterdir())))
+        whole, one_request = fetch(server, 4, whole=True)
+        together, at_once = fetch(server, 4)
+        alone, in_turn = fetch(server, 1)
+    assert len(whole) == 4 * len(files) and one_request == 1
+    assert together == whole and alone == whole, "the same instances, byte for byte"
+    assert at_once >= 2, "series fetched at once when the archive's cap has room"
+    assert in_turn == 1, "never more requests at once than the cap (--max-associations 1)"
 
 
 def _window() -> tuple[Any, Any]:

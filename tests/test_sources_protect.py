@@ -127,6 +127,46 @@ def test_guard_retries_with_backoff_then_gives_up(ridl_home: Path) -> None:
     assert slept == [1.0, 2.0, 4.0]
 
 
+def test_a_spare_slot_is_taken_only_when_free_and_its_attempt_never_waits(
+    ridl_home: Path,
+) -> None:
+    now = [dt.datetime(2026, 1, 5, 20, 0)]
+    guard = ArchiveGuard(
+        ArchiveLimits(max_associations=2, rate_limit=0, allowed_hours="19:00-07:00"),
+        "host:spare",
+        clock=lambda: now[0],
+    )
+    got: list[bool] = []
+
+    def helper() -> None:
+        with guard.spare_slot() as held:
+            got.append(held)
+            if held:
+                got.append(guard.attempt(lambda: True, "WADO-RS"))
+
+    with guard.session():  # one slot of two: a helper gets the other
+        thread = threading.Thread(target=helper)
+        thread.start()
+        thread.join()
+        assert got == [True, True]
+        with guard.slot():  # the session's own slot: no second one taken
+            pass
+        other = ArchiveGuard(ArchiveLimits(max_associations=2, rate_limit=0), "host:spare")
+        with other.session():  # both slots taken (as by another process): no spare, no wait
+            got.clear()
+            started = time.monotonic()
+            thread = threading.Thread(target=helper)
+            thread.start()
+            thread.join()
+            assert got == [False] and time.monotonic() - started < 1.0
+        # Outside the allowed hours an attempt is refused at once, for the session to wait.
+        now[0] = dt.datetime(2026, 1, 5, 12, 0)
+        with pytest.raises(ArchiveUnavailable, match="allowed hours"):
+            guard.attempt(lambda: True, "WADO-RS")
+    with pytest.raises(RuntimeError):
+        guard.attempt(lambda: True, "WADO-RS")  # no slot held by this thread
+
+
 def test_rate_limit_spaces_requests(ridl_home: Path) -> None:
     guard = ArchiveGuard(ArchiveLimits(rate_limit=20), "host:c")
     start = time.monotonic()

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ RETRIEVE_BUSY = BUSY | {408}
 AS_STORED = (("application/dicom", "*"),)
 ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CHUNK = 1 << 20  # bytes read from the HTTP stream at a time
+# Series of one study fetched at once (each request holding a slot of the archive's cap).
+SERIES_AT_ONCE = 4
 
 
 def write_multipart(reply: requests.Response, folder: Path) -> list[Path]:
@@ -273,7 +277,17 @@ class DicomwebSource:
         ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` so each
         instance arrives in the transfer syntax the server holds it in.
 
-        Returns the paths (``NNNNNN.dcm``, in the order received).
+        The study's series are listed first (QIDO-RS ``/studies/{uid}/series``). A study of
+        several series is fetched series by series (PS3.18 10.4, ``/studies/{uid}/series/{uid}``),
+        up to :data:`SERIES_AT_ONCE` at once: this thread (holding its session's slot) and
+        helper threads, each only while it holds a further slot of the archive's request cap
+        that was free (:meth:`ridl.sources.protect.ArchiveGuard.spare_slot`: a helper never
+        waits for one), under the same rate limit and allowed hours. A helper whose request is
+        refused hands that series back to this thread, which retries it with back-off. A study
+        of one series, or whose series the server will not list, is fetched in one request.
+
+        Returns the paths (``NNNNNN.dcm`` in the order received; under ``series-NNNN/`` folders,
+        in the listed order of the series, when fetched series by series).
 
         Raises:
             StudyUndeliverable: the server answered 404 or delivered nothing
@@ -283,36 +297,121 @@ class DicomwebSource:
             ArchiveUnavailable: the server stayed busy (HTTP 408, 429, 502, 503, 504) or
                 unreachable, or cut the transfer off, past the retries of the archive limits.
         """
+        series = self._series_of(study)
+        study_path = f"/studies/{study.study_uid}"
+        if len(series) <= 1:
+            result: list[Path] = self._request(
+                "WADO-RS", lambda: self._retrieve(study_path, workdir)
+            )
+            return result
+        clear_folder(workdir)
+        folders = {uid: workdir / f"series-{i:04d}" for i, uid in enumerate(series)}
+        todo = list(reversed(series))  # popped from the end: the listed order
+        done: dict[str, list[Path]] = {}
+        failed: list[BaseException] = []
+        lock = threading.Lock()
 
-        def retrieve() -> list[Path]:
-            clear_folder(workdir)
-            try:
-                reply = self.client._session.get(
-                    f"{self.base_url}/studies/{study.study_uid}",
-                    headers={"Accept": ACCEPT_AS_STORED},
-                    stream=True,
-                    timeout=self.timeout,
-                )
-                with reply:
-                    reply.raise_for_status()
-                    paths = write_multipart(reply, workdir)
-            except requests.HTTPError as exc:
-                code = exc.response.status_code if exc.response is not None else 0
-                if code in RETRIEVE_BUSY:
-                    raise ArchiveUnavailable(f"HTTP {code}") from None
-                if code == 404:
-                    # Gone since selection (an IOCM deletion), or its UID is held under two
-                    # patients and the server will not choose (Orthanc's DICOMweb plugin).
-                    raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS HTTP 404") from None
-                raise StudyUndeliverable(Reason.RETRIEVAL_FAILED, f"WADO-RS HTTP {code}") from None
-            except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError):
-                raise ArchiveUnavailable("WADO-RS transfer cut off") from None
-            if not paths:
-                raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS delivered nothing")
-            return paths
+        def take() -> str | None:
+            with lock:
+                return todo.pop() if todo and not failed else None
 
-        result: list[Path] = self._request("WADO-RS", retrieve)
-        return result
+        def fetch(uid: str) -> list[Path]:
+            return self._retrieve(f"{study_path}/series/{uid}", folders[uid])
+
+        def helper() -> None:
+            with self.guard.spare_slot() as held:
+                while held and (uid := take()) is not None:
+                    self.requests_made += 1
+                    try:
+                        done[uid] = self.guard.attempt(functools.partial(fetch, uid), "WADO-RS")
+                    except ArchiveUnavailable:
+                        with lock:
+                            todo.append(uid)  # this thread retries it, with back-off
+                        return
+                    except BaseException as exc:  # noqa: BLE001 - raised by this thread below
+                        with lock:
+                            failed.append(exc)
+                        return
+
+        helpers = [
+            threading.Thread(target=helper, name="ridl-wado-series", daemon=True)
+            for _ in range(min(SERIES_AT_ONCE, len(series)) - 1)
+        ]
+        for thread in helpers:
+            thread.start()
+        try:
+            while True:
+                while (uid := take()) is not None:
+                    done[uid] = self._request("WADO-RS", functools.partial(fetch, uid))
+                alive = any(thread.is_alive() for thread in helpers)
+                with lock:
+                    handed_back = bool(todo) and not failed
+                if not alive and not handed_back:
+                    break
+                for thread in helpers:
+                    thread.join(timeout=0.05)
+        finally:
+            with lock:
+                todo.clear()  # a helper still fetching stops after its current series
+            for thread in helpers:
+                thread.join()
+        if failed:
+            raise failed[0]
+        return [path for uid in series for path in done.get(uid, [])]
+
+    def _series_of(self, study: StudyRef) -> list[str]:
+        """The study's Series Instance UIDs (QIDO-RS), in the server's order; [] when the
+        server will not list them (the study is then fetched in one request, which says why).
+
+        Raises:
+            ArchiveUnavailable: the server stayed busy or unreachable past the retries.
+        """
+        try:
+            found = self._request(
+                "QIDO-RS",
+                lambda: self.client.search_for_series(
+                    study_instance_uid=study.study_uid, fields=["SeriesInstanceUID"]
+                ),
+            )
+        except ArchiveUnavailable:
+            raise
+        except RidlError:  # refused (a 4xx): the study-level request answers for the study
+            return []
+        uids: list[str] = []
+        for item in found or []:
+            value = (item.get("0020000E") or {}).get("Value") or []
+            if value and str(value[0]) not in uids:
+                uids.append(str(value[0]))
+        return uids
+
+    def _retrieve(self, path: str, folder: Path) -> list[Path]:
+        """One WADO-RS request of ``path`` (under the base URL) written into ``folder``, emptied
+        first; see :meth:`fetch_study` for what it raises."""
+        clear_folder(folder)
+        try:
+            reply = self.client._session.get(
+                f"{self.base_url}{path}",
+                headers={"Accept": ACCEPT_AS_STORED},
+                stream=True,
+                timeout=self.timeout,
+            )
+            with reply:
+                reply.raise_for_status()
+                paths = write_multipart(reply, folder)
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code in RETRIEVE_BUSY:
+                raise ArchiveUnavailable(f"HTTP {code}") from None
+            if code == 404:
+                # Gone since selection (an IOCM deletion), or its UID is held under two
+                # patients and the server will not choose (Orthanc's DICOMweb plugin).
+                raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS HTTP 404") from None
+            raise StudyUndeliverable(Reason.RETRIEVAL_FAILED, f"WADO-RS HTTP {code}") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError):
+            raise ArchiveUnavailable("WADO-RS transfer cut off") from None
+        if not paths:
+            raise StudyUndeliverable(Reason.STUDY_NOT_FOUND, "WADO-RS delivered nothing")
+        return paths
 
     def release_study(self, study: StudyRef, workdir: Path) -> None:
         """Remove the study's working folder and what was retrieved into it."""

@@ -174,19 +174,26 @@ class ArchiveGuard:
 
     def _acquire(self) -> IO[bytes]:
         """Lock one of the ``max_associations`` slot files (polling 10 to 250 ms apart)."""
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
         delay = 0.01
         while True:
-            for i in range(self.limits.max_associations):
-                candidate = open(self.lock_dir / f"slot-{i}.lock", "ab")  # noqa: SIM115
-                try:
-                    fcntl.flock(candidate.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    candidate.close()
-                    continue
-                return candidate
+            handle = self._try_acquire()
+            if handle is not None:
+                return handle
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
+
+    def _try_acquire(self) -> IO[bytes] | None:
+        """Lock a free one of the ``max_associations`` slot files now, or None (no waiting)."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(self.limits.max_associations):
+            candidate = open(self.lock_dir / f"slot-{i}.lock", "ab")  # noqa: SIM115
+            try:
+                fcntl.flock(candidate.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                candidate.close()
+                continue
+            return candidate
+        return None
 
     @staticmethod
     def _release(handle: IO[bytes]) -> None:
@@ -234,6 +241,51 @@ class ArchiveGuard:
             finally:
                 if held is not None:
                     self._release(held)
+
+    @contextmanager
+    def spare_slot(self) -> Iterator[bool]:
+        """A further slot for this thread (not in a session) if one is free now: yields True
+        while holding it, or False at once when every slot is taken (it never waits, so a
+        thread helping a session's work cannot hold up another process's session). Requests
+        of this thread inside it go through :meth:`attempt`.
+        """
+        if getattr(self._local, "held", None) is not None:
+            raise RuntimeError("a spare slot is for a thread without a session")
+        handle = self._try_acquire()
+        if handle is None:
+            yield False
+            return
+        self._local.held = handle
+        try:
+            yield True
+        finally:
+            self._local.held = None
+            self._release(handle)
+
+    def attempt(self, request: Callable[[], T], what: str) -> T:
+        """Run ``request`` once, inside the limits, in this thread's slot (:meth:`session` or
+        :meth:`spare_slot`): inside the allowed hours, after the rate limit's wait, never
+        retried. For a helper thread that hands a refused request back to the session's thread
+        (whose :meth:`call` retries and backs off) instead of waiting for a slot again.
+
+        Raises:
+            ArchiveUnavailable: outside the allowed hours, or ``request`` raised it.
+            RuntimeError: this thread holds no slot.
+            ConfigError: the allowed window is malformed.
+
+        Anything else ``request`` raises passes through.
+        """
+        if getattr(self._local, "held", None) is None:
+            raise RuntimeError("ArchiveGuard.attempt needs this thread's slot")
+        if seconds_until_allowed(self.limits.allowed_hours, self.clock()) > 0:
+            raise ArchiveUnavailable(f"{what}: outside the allowed hours")
+        self._throttle()
+        self.attempts += 1
+        try:
+            return request()
+        except ArchiveUnavailable:
+            self.refusals += 1
+            raise
 
     def _back_off(self, seconds: float) -> None:
         """Sleep ``seconds`` outside any slot (a session's slot is let go and taken again)."""
