@@ -299,10 +299,11 @@ class Worker:
 def worker_for(ctx: RunContext) -> Worker:
     """The process's :class:`Worker` for a run (built once per run context, then reused).
 
-    What the process holds once the worker is built is frozen out of the garbage collector's
-    full collections (:func:`flows.heap.settle`).
+    What the process holds once the worker is built, its cross-study terms included, is frozen
+    out of the garbage collector's full collections (:func:`flows.heap.settle`).
     """
     worker = Worker(ctx)
+    worker.cross_dictionary()
     heap.settle()
     return worker
 
