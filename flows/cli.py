@@ -36,6 +36,7 @@ from ridl.sources.protect import (
     DEFAULT_RATE_LIMIT,
     DEFAULT_RETRIES,
     ArchiveLimits,
+    seconds_until_allowed,
 )
 
 ERROR_EXIT_CODE = 2
@@ -663,11 +664,15 @@ def launch_run(
     from ridl.sources.base import open_source
 
     store = open_store(destination)
+    opened = open_source(source, limits)
+    _check_move_workers(opened, params.resolved_cluster(), params.resolved_workers())
     # The source as frozen (a folder's absolute path), so the line works from any folder.
-    source_url = open_source(source, limits).url
+    source_url = opened.url
     resume = resume_command(
-        project, release, source_url, store.url, date_from, date_to, modalities, sites
-    )
+        project, release, source_url, store.url, date_from, date_to, modalities, sites,
+        limits=limits, batch_size=batch_size, scale=scale,
+    )  # fmt: skip
+    _say_when_allowed(source, limits)
     with handle_stops(project, release, resume), release_lock(project, release):
         # Index and select now, so an empty selection is refused in one line before Prefect
         # starts; the flow then resumes the frozen selection.
@@ -700,6 +705,42 @@ def launch_run(
     return summary
 
 
+def _check_move_workers(source: Any, cluster: str | None, workers: int) -> None:
+    """Refuse local worker processes that would compete for one C-MOVE receiver.
+
+    The archive delivers a C-MOVE to the AE title and port it knows for ``move_aet``: one
+    listening socket on this machine, which one worker process holds (its retrieval process).
+
+    Raises:
+        ConfigError: retrieval by C-MOVE with more than one local worker process.
+    """
+    if cluster is None and workers > 1 and getattr(source, "retrieval", None) == "move":
+        raise ConfigError(
+            f"retrieval=move delivers every study to one receiver (move_port "
+            f"{source.move_port} on this machine), which one worker process can hold, and this "
+            f"run would start {workers}: give --workers 1, or retrieve by C-GET (retrieval=get "
+            "in --source)"
+        )
+
+
+def _say_when_allowed(source: str, limits: ArchiveLimits) -> None:
+    """One line when a network DIR may not be asked now (``--allowed-hours``): the run waits
+    for the window before its first request, and says until when (local time)."""
+    if not source.startswith(("dimse", "dicomweb")):
+        return
+    now = dt.datetime.now()
+    wait = seconds_until_allowed(limits.allowed_hours, now)
+    if wait <= 0:
+        return
+    opens = (now + dt.timedelta(seconds=wait)).strftime("%H:%M")
+    hours, minutes = divmod(round(wait / 60), 60)
+    console.print(
+        f"outside the allowed hours ({limits.allowed_hours}): nothing is asked of the archive "
+        f"before {opens} (in {hours} h {minutes:02d} min); the run waits (Ctrl-C stops it)",
+        highlight=False,
+    )
+
+
 @contextlib.contextmanager
 def _stopped_by(resume: str) -> Iterator[None]:
     """Turn a DIR or store that kept failing after every retry (a TransientError or an
@@ -729,10 +770,24 @@ def resume_command(
     date_to: dt.date | None = None,
     modalities: list[str] | None = None,
     sites: list[str] | None = None,
+    *,
+    limits: ArchiveLimits | None = None,
+    batch_size: int | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> str:
-    """The ``ridl run`` command line that resumes a release (the parameters it was frozen with;
-    each value quoted for a POSIX shell)."""
+    """The ``ridl run`` command line that resumes a release: the parameters it was frozen with,
+    then how the run was told to press on the archive and to scale (``limits``: the archive
+    protection options; ``batch_size``; ``scale``: ``workers``, ``cluster``,
+    ``retrieval_limit``, ``max_batches_per_flow``, ``audit_sample``, ``retry_failed``), each
+    given only when it is not the default, so a resumed run keeps the research office's
+    protection of the DIR (its allowed hours above all). Values quoted for a POSIX shell."""
     import shlex
+
+    from flows.params import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_MAX_BATCHES_PER_FLOW,
+        DEFAULT_RETRIEVAL_LIMIT,
+    )
 
     words = ["ridl", "run", "--project", project, "--release", release, "--source", source]
     words += ["--dest", store_url]
@@ -744,6 +799,26 @@ def resume_command(
         words += ["--modality", modality]
     for site in sites or []:
         words += ["--site", site]
+    if limits is not None:
+        if limits.max_associations != DEFAULT_MAX_ASSOCIATIONS:
+            words += ["--max-associations", str(limits.max_associations)]
+        if limits.rate_limit != DEFAULT_RATE_LIMIT:
+            words += ["--rate-limit", f"{limits.rate_limit:g}"]
+        if limits.allowed_hours:
+            words += ["--allowed-hours", limits.allowed_hours]
+        if limits.retries != DEFAULT_RETRIES:
+            words += ["--retries", str(limits.retries)]
+    if batch_size is not None and batch_size != DEFAULT_BATCH_SIZE:
+        words += ["--batch-size", str(batch_size)]
+    defaults = {
+        "retrieval_limit": DEFAULT_RETRIEVAL_LIMIT,
+        "max_batches_per_flow": DEFAULT_MAX_BATCHES_PER_FLOW,
+    }
+    for name, value in (scale or {}).items():
+        if value is None or value is False or defaults.get(name) == value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -149,3 +149,56 @@ def test_retrieval_slots_limit_processes_and_survive_a_kill(tmp_path: Path) -> N
     assert "out" not in killed_log.read_text(), "killed while holding the slot"
     with FileSlots(tmp_path / "k", 1).slot():
         pass
+
+
+def test_the_resume_line_keeps_the_archive_protection_and_scale_options() -> None:
+    import datetime as dt
+    import shlex
+
+    from flows.cli import resume_command
+    from ridl.sources.protect import ArchiveLimits
+
+    limits = ArchiveLimits(max_associations=1, rate_limit=2.5, allowed_hours="19:00-07:00")
+    line = resume_command(
+        "p", "r1", "dimse://QR@pacs:104?calling=RIDL", "file:/lib", dt.date(2016, 1, 1),
+        modalities=["CT"], limits=limits, batch_size=50,
+        scale={"workers": 4, "retrieval_limit": 4, "retry_failed": True, "audit_sample": None},
+    )  # fmt: skip
+    words = shlex.split(line)
+    assert words[:2] == ["ridl", "run"]
+    pairs = dict(zip(words[2::2], words[3::2], strict=False))
+    assert (
+        pairs["--source"] == "dimse://QR@pacs:104?calling=RIDL" and pairs["--from"] == "2016-01-01"
+    )
+    assert pairs["--allowed-hours"] == "19:00-07:00" and pairs["--max-associations"] == "1"
+    assert pairs["--rate-limit"] == "2.5" and pairs["--batch-size"] == "50"
+    assert pairs["--workers"] == "4" and words[-1] == "--retry-failed"
+    # Defaults are left out: the line is the shortest that runs the same.
+    assert "--retrieval-limit" not in words and "--retries" not in words
+    assert "--audit-sample" not in words
+    plain = resume_command("p", "r1", "folder:/dir", "file:/lib", limits=ArchiveLimits())
+    assert shlex.split(plain) == [
+        "ridl", "run", "--project", "p", "--release", "r1", "--source", "folder:/dir",
+        "--dest", "file:/lib",
+    ]  # fmt: skip
+
+
+def test_a_run_outside_the_allowed_hours_says_until_when_it_waits() -> None:
+    import datetime as dt
+
+    from flows import cli
+    from ridl.sources.protect import ArchiveLimits
+
+    now = dt.datetime.now()
+    start, end = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    window = f"{start:%H:%M}-{end:%H:%M}"
+    with cli.console.capture() as captured:
+        cli._say_when_allowed(
+            "dimse://QR@pacs:104?calling=RIDL", ArchiveLimits(allowed_hours=window)
+        )
+        cli._say_when_allowed("folder:/dir", ArchiveLimits(allowed_hours=window))
+        cli._say_when_allowed("dicomweb://pacs:80/dicom-web", ArchiveLimits())
+    said = " ".join(captured.get().split())
+    assert said.count("outside the allowed hours") == 1, said  # a folder is no archive
+    assert f"before {start:%H:%M}" in said, said
+    assert "(in 1 h 59 min)" in said or "(in 2 h 00 min)" in said, said

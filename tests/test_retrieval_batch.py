@@ -367,7 +367,7 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
 ) -> None:
     args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release", "r1",
             "--source", orthanc.dimse_url("get"), "--dest", f"file:{tmp_path / 'lib'}",
-            "--workers", "2", "--batch-size", "2"]  # fmt: skip
+            "--workers", "2", "--batch-size", "2", "--max-associations", "3"]  # fmt: skip
     env = dict(os.environ, RIDL_HOME=str(ridl_home), PYTHONPATH=os.getcwd())
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -387,7 +387,12 @@ def test_ctrl_c_stops_a_dimse_run_with_its_retrieval_processes_and_no_traceback(
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
-    assert "to resume: ridl run --project" in " ".join(output.split()), output[-3000:]
+    said = " ".join(output.split())
+    assert "to resume: ridl run --project" in said, output[-3000:]
+    # The resume line keeps how the run was told to press on the archive and to scale.
+    resume = said.split("to resume: ", 1)[1]
+    for option in ("--max-associations 3", "--workers 2", "--batch-size 2"):
+        assert option in resume, resume
     deadline = time.monotonic() + 15
     while any(alive(pid) for pid in retrieving) and time.monotonic() < deadline:
         time.sleep(0.2)

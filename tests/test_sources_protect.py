@@ -232,3 +232,20 @@ def test_run_refuses_a_bad_source_before_prefect(project, ridl_home: Path) -> No
     assert result.exit_code == 2
     assert "must name the archive's AE" in result.output
     assert not (ridl_home / "prefect").exists(), "refused before Prefect started"
+
+
+def test_run_refuses_c_move_with_several_local_workers_before_prefect(
+    project,  # type: ignore[no-untyped-def]
+    ridl_home: Path,
+) -> None:
+    move = "dimse://QR@127.0.0.1:1?calling=RIDL&retrieval=move&move_aet=RIDL&move_port=11999"
+    result = runner.invoke(
+        app,
+        ["run", "--project", project.id, "--release", "r1", "--source", move, "--workers", "2"],
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert said.startswith("error:") and "--workers 1" in said and "move_port 11999" in said
+    assert "Traceback" not in result.output
+    assert not (ridl_home / "prefect").exists(), "refused before Prefect started"
+    assert not (ridl_home / "releases" / project.id / "r1").exists(), "nothing selected"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from ridl import settings
 from ridl.errors import ConfigError, RidlError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ASSOCIATIONS = 2
 DEFAULT_RATE_LIMIT = 10.0
@@ -155,10 +158,18 @@ class ArchiveGuard:
         Raises:
             ConfigError: the window is malformed (see :func:`parse_window`).
         """
+        said = False
         while True:
             wait = seconds_until_allowed(self.limits.allowed_hours, self.clock())
             if wait <= 0:
                 return
+            if not said:
+                log.warning(
+                    "outside the allowed hours (%s): waiting %.0f min before asking the archive",
+                    self.limits.allowed_hours,
+                    wait / 60,
+                )
+                said = True
             self.sleep(min(wait, 600.0))
 
     def _throttle(self) -> None:
