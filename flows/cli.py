@@ -933,8 +933,9 @@ def run(
     source: Annotated[
         str,
         typer.Option(
-            help="DIR source: folder:PATH, dimse://CALLED_AET@host:port?calling=AET"
-            "[&retrieval=get|move&move_aet=AET&move_port=N] or dicomweb[s]://host:port/path."
+            help="DIR source: folder:PATH; dimse://CALLED_AET@host:port?calling=AET (C-GET; "
+            "for C-MOVE add &retrieval=move&move_aet=AET&move_port=N); or "
+            "dicomweb[s]://host:port/path (see README)."
         ),
     ],
     dest: Annotated[

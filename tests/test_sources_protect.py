@@ -222,6 +222,13 @@ def test_run_help_shows_archive_protection_and_sources() -> None:
     for option in ("--max-associations", "--rate-limit", "--allowed-hours", "--retries"):
         assert option in result.output
     assert "dimse://" in result.output and "dicomweb" in result.output
+    # On an 80-column terminal the source templates wrap between words, never inside one.
+    narrow = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    words = narrow.output.split()
+    for template in ("dimse://CALLED_AET@host:port?calling=AET",
+                     "&retrieval=move&move_aet=AET&move_port=N);",
+                     "dicomweb[s]://host:port/path"):  # fmt: skip
+        assert template in words, narrow.output
 
 
 def test_run_refuses_a_bad_source_before_prefect(project, ridl_home: Path) -> None:  # type: ignore[no-untyped-def]

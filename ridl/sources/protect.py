@@ -342,7 +342,9 @@ class ArchiveGuard:
                     if failures > self.limits.retries:
                         raise ArchiveUnavailable(
                             f"{what}: the archive refused or dropped {failures} attempts in a "
-                            f"row ({exc}); try later, or lower --max-associations/--rate-limit"
+                            f"row ({exc}); check that --source names the archive's host, port "
+                            "and AE title and that it is running, then try later, or lower "
+                            "--max-associations/--rate-limit"
                         ) from exc
             # Back off outside the slot, so other workers are not held up by this one.
             self._back_off(min(self.limits.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))
