@@ -360,25 +360,40 @@ class DicomwebSource:
         return [path for uid in series for path in done.get(uid, [])]
 
     def _series_of(self, study: StudyRef) -> list[str]:
-        """The study's Series Instance UIDs (QIDO-RS), in the server's order; [] when the
-        server will not list them (the study is then fetched in one request, which says why).
+        """The study's Series Instance UIDs (QIDO-RS ``/studies/{uid}/series``, asked as is:
+        archives hold UIDs that do not conform, which a client's own checks would refuse), in
+        the server's order; [] when the server will not list them (the study is then fetched in
+        one request, which says why).
 
         Raises:
             ArchiveUnavailable: the server stayed busy or unreachable past the retries.
         """
-        try:
-            found = self._request(
-                "QIDO-RS",
-                lambda: self.client.search_for_series(
-                    study_instance_uid=study.study_uid, fields=["SeriesInstanceUID"]
-                ),
-            )
-        except ArchiveUnavailable:
-            raise
-        except RidlError:  # refused (a 4xx): the study-level request answers for the study
-            return []
+
+        def search() -> list[dict[str, Any]]:
+            try:
+                reply = self.client._session.get(
+                    f"{self.base_url}/studies/{study.study_uid}/series",
+                    params={"includefield": "0020000E"},
+                    headers={"Accept": "application/dicom+json"},
+                    timeout=self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise ArchiveUnavailable(type(exc).__name__) from None
+            if reply.status_code in BUSY or reply.status_code >= 500:
+                raise ArchiveUnavailable(f"HTTP {reply.status_code}")
+            if reply.status_code != 200 or not reply.content:
+                return []  # refused or nothing (204): the study-level request answers for it
+            try:
+                found = reply.json()
+            except ValueError:
+                return []
+            return found if isinstance(found, list) else []
+
+        found: list[dict[str, Any]] = self._request("QIDO-RS", search)
         uids: list[str] = []
-        for item in found or []:
+        for item in found:
+            if not isinstance(item, dict):
+                continue
             value = (item.get("0020000E") or {}).get("Value") or []
             if value and str(value[0]) not in uids:
                 uids.append(str(value[0]))
