@@ -625,6 +625,12 @@ def launch_run(
         batch_size=batch_size,
         **scale,
     )
+    from ridl.sources.base import open_source
+
+    limits = limits or ArchiveLimits()
+    if source.lower().startswith("dimse"):  # a dry run is refused what its run would be
+        workers = params.resolved_workers()
+        _check_move_workers(open_source(source, limits), params.resolved_cluster(), workers)
     if dry_run:
         from flows.runplan import preview_run
 
@@ -642,7 +648,6 @@ def launch_run(
         from flows.runners import require_server_for_cluster
 
         require_server_for_cluster(params.resolved_cluster())
-    limits = limits or ArchiveLimits()
     # Everything that needs no DICOM work fails here, in one line, before Prefect is even
     # imported (importing it alone takes seconds).
     done = check_run(
@@ -661,13 +666,10 @@ def launch_run(
     from flows.extract import extract_run
     from flows.progress import RunProgress
     from flows.stopping import handle_stops
-    from ridl.sources.base import open_source
 
     store = open_store(destination)
-    opened = open_source(source, limits)
-    _check_move_workers(opened, params.resolved_cluster(), params.resolved_workers())
     # The source as frozen (a folder's absolute path), so the line works from any folder.
-    source_url = opened.url
+    source_url = open_source(source, limits).url
     resume = resume_command(
         project, release, source_url, store.url, date_from, date_to, modalities, sites,
         limits=limits, batch_size=batch_size, scale=scale,
@@ -738,6 +740,7 @@ def _say_when_allowed(source: str, limits: ArchiveLimits) -> None:
         f"outside the allowed hours ({limits.allowed_hours}): nothing is asked of the archive "
         f"before {opens} (in {hours} h {minutes:02d} min); the run waits (Ctrl-C stops it)",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -256,3 +256,10 @@ def test_run_refuses_c_move_with_several_local_workers_before_prefect(
     assert "Traceback" not in result.output
     assert not (ridl_home / "prefect").exists(), "refused before Prefect started"
     assert not (ridl_home / "releases" / project.id / "r1").exists(), "nothing selected"
+    # A dry run says so too: the run it previews would be refused.
+    dry = runner.invoke(
+        app,
+        ["run", "--project", project.id, "--release", "r1", "--source", move, "--workers", "2",
+         "--dry-run"],
+    )  # fmt: skip
+    assert dry.exit_code == 2 and "--workers 1" in " ".join(dry.output.split()), dry.output
