@@ -1,7 +1,10 @@
-"""Processes seen from /proc, for tests that stop runs: descendants, liveness, command lines."""
+"""Processes seen from /proc, for tests that stop runs: descendants, liveness, command lines;
+and what a fresh interpreter imports, for tests of a process's start."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -40,3 +43,14 @@ def command_line(pid: int) -> list[bytes]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return []
+
+
+def loaded_by(modules: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has imported once it imports ``modules`` (a
+    comma-separated list, as in an ``import`` statement), sorted."""
+    found = f"sorted(m for m in {watched!r} if m in sys.modules)"
+    code = f"import sys, {modules}; print(','.join({found}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return [m for m in done.stdout.strip().split(",") if m]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from ridl.projects import project_path
 from tests.conftest import accept_test_edit
+from tests.processes import loaded_by
 
 from .conftest import make_project, require_program
 
@@ -140,11 +140,4 @@ def test_dciodvfy_reports_no_new_errors(synth_dir, tmp_path: Path) -> None:  # t
 def test_the_per_study_work_starts_without_arrow_and_pandas() -> None:
     # ridl deid and a run's batches import these modules; Arrow and pandas (half a second of a
     # process's start) are only for tables: the catalog, the frozen selection, the manifest.
-    code = (
-        "import sys, flows.deid, flows.work;"
-        "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "[]"
+    assert loaded_by("flows.deid, flows.work", ("pandas", "pyarrow")) == []

@@ -41,7 +41,7 @@ from ridl.sources.protect import ArchiveLimits
 from ridl.studies import StudyRef
 from ridl.synth import synthesize
 from tests.orthanc import Orthanc, dicom_files, require_orthanc
-from tests.processes import alive, command_line, descendants
+from tests.processes import alive, command_line, descendants, loaded_by
 
 FAST = ArchiveLimits(rate_limit=0, retries=1, backoff_s=0.01)
 
@@ -150,14 +150,7 @@ def test_dimse_retrieval_runs_in_a_process_of_its_own(
 def test_the_retrieval_process_starts_without_the_catalogs_arrow_and_pandas() -> None:
     # What a retrieval process imports (flows.retrieval's child: the module and its DIMSE
     # source); the catalog's Arrow and pandas were half a second of every start.
-    code = (
-        "import sys, flows.retrieval, ridl.sources.dimse;"
-        "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "[]"
+    assert loaded_by("flows.retrieval, ridl.sources.dimse", ("pandas", "pyarrow")) == []
 
 
 def test_a_killed_retrieval_process_is_a_transient_error_and_is_started_again(
