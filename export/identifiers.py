@@ -1419,9 +1419,13 @@ def declared_charsets(ds: Dataset) -> list[str]:
     """
     try:
         value = ds.get("SpecificCharacterSet")
-        raw = value.value if value is not None else None
-        if isinstance(raw, bytes):
-            raw = raw.decode("ascii", "replace")
-        return [e for e in convert_encodings(raw) if e]
+        if isinstance(value, DataElement):
+            value = value.value
+        if value is None:
+            return []
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        names = [value] if isinstance(value, str) else [str(v) for v in value]
+        return [e for e in convert_encodings([n.strip() for n in names]) if e]
     except Exception:
         return []

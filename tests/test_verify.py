@@ -308,6 +308,28 @@ def test_rule_case_is_ignored_and_every_declared_encoding_is_searched() -> None:
     assert _hits(v, latin) == [("StudyDescription", "name")]
 
 
+@pytest.mark.parametrize(
+    ("charset", "name", "written"),
+    [
+        ("ISO_IR 144", "Иванов^Пётр", "Иванов"),  # Cyrillic, ISO 8859-5: one byte a letter
+        (["", "ISO 2022 IR 87"], "佐々木^健太郎", "健太郎"),  # JIS X 0208 after an escape
+        ("GB18030", "欧阳^小明明", "小明明"),
+    ],
+)
+def test_rule_a_name_written_in_a_declared_non_latin_character_set_is_found(
+    charset: str | list[str], name: str, written: str
+) -> None:
+    # PS3.3 C.12.1.1.2: a header declaring one of these writes its names in that encoding, not
+    # in Latin-1 or UTF-8; the source's declared character sets are searched too, both by the
+    # parsed search and by the stream's raw look at the header before the pixel data.
+    v = _verifier(_source(SpecificCharacterSet=charset, PatientName=name))
+    data = _output(SpecificCharacterSet=charset, StudyDescription=f"{written} follow-up")
+    assert written.encode("utf-8") not in data  # really written in the declared encoding
+    assert _hits(v, data) == [("StudyDescription", "name")]
+    raw = v.check_bytes("k.dcm", data, text_end=len(data)).hits
+    assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "name")]
+
+
 def test_rule_lone_city_names_in_addresses_are_not_searched() -> None:
     v = _verifier(_source(PatientAddress="1234 Rue Sherbrooke, Montreal"))
     assert _hits(v, _output(InstitutionName="Hopital de Montreal")) == []
