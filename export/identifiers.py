@@ -331,12 +331,26 @@ def _verdict(value: str) -> tuple[str, bool, bool]:
     found = _VERDICTS.get(value)
     if found is None:
         norm = _norm(value)
-        dropped = not norm or norm.lower() in OWN_VALUES or _only_dummies(norm)
-        found = (norm, dropped, not dropped and is_own_vocabulary(norm))
+        low = norm.lower()
+        # As _only_dummies and is_own_vocabulary, lower-casing once and stopping at the first
+        # word outside the vocabulary (most values: a name, a date).
+        dropped = not norm or low in OWN_VALUES or _all_in(_DUMMY_SPLIT.split(low), OWN_VALUES)
+        found = (norm, dropped, not dropped and _all_in(_WORD_SPLIT.split(low), OWN_WORDS))
         if len(_VERDICTS) >= MEMO_CAP:
             _VERDICTS.clear()
         _VERDICTS[value] = found
     return found
+
+
+def _all_in(words: list[str], vocabulary: frozenset[str]) -> bool:
+    """Whether the non-empty ``words`` are at least one, and each in ``vocabulary``."""
+    some = False
+    for word in words:
+        if word:
+            if word not in vocabulary:
+                return False
+            some = True
+    return some
 
 
 def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
@@ -595,6 +609,7 @@ class IdentifierDictionary:
         self.retained = set(retained)
         self.terms: dict[str, Term] = {}
         self.encodings: set[str] = {"latin_1", "utf_8"}
+        self._own_encodings = frozenset(self.encodings)
         self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
         self._charset_key = ""
@@ -615,6 +630,9 @@ class IdentifierDictionary:
         # of a plain public element, or of a costly one, whose text equalled it (R6)}: a
         # header holding that element rejects it again at once.
         self._rejected: dict[str, tuple[int, bytes, str]] = {}
+        # Private and place candidates (kind, value) that :meth:`_holds` found held: terms are
+        # never removed nor made more lenient, so they stay held (add_header skips them).
+        self._settled: set[tuple[str, str]] = set()
         self._subject: str | None = None
         # (kind, value) of staff names ("staff") and institution, department and station names
         # ("place") met in the headers read: the caller searches them in other studies.
@@ -703,25 +721,26 @@ class IdentifierDictionary:
         public_values: set[str] = set()  # from elements read element by element
         pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]] = []  # costly elements
         private: list[tuple[str, str]] = []
+        converted: list[DataElement] = []  # plain public elements already converted
         plain = _PLAIN
         for tag, raw in ds.items():
-            if raw is None:
-                continue
             if type(raw) is RawDataElement:
                 data = raw.value
-                if isinstance(data, bytes):
-                    undefined = raw.length == 0xFFFFFFFF
-                    # Keyed by the plain int: a BaseTag compares in Python, an int in C.
-                    plain_key = (int(tag), raw.VR, undefined)
-                    how = plain.get(plain_key)
-                    if how is None:
-                        how = plain[plain_key] = _kind_of(tag, raw)
-                    if how == _PUBLIC:
-                        continue  # its texts are read below, only if R6 needs them
-                    if how == _OTHER:
-                        continue  # a public value without text: nothing to collect
-                    if len(data) <= MEMO_MAX_VALUE:  # costly
-                        key = (int(tag), data, charset_key)
+                if type(data) is bytes:
+                    # A plain int (``tag + 0``): a BaseTag compares in Python, an int in C.
+                    itag = tag + 0
+                    if raw.length == 0xFFFFFFFF:
+                        how = _COSTLY
+                    else:
+                        known = plain.get(raw.VR)
+                        found = known.get(itag) if known is not None else None
+                        how = found if found is not None else _plain_kind(itag, raw)
+                    if how != _COSTLY:
+                        # _PUBLIC: its texts are read below, only if R6 needs them;
+                        # _OTHER: a public value without text, nothing to collect.
+                        continue
+                    if len(data) <= MEMO_MAX_VALUE:
+                        key = (itag, data, charset_key)
                         seen = done.get(key)
                         if seen is None:
                             seen = self._read_costly(ds, Tag(tag), raw, research_id, charset_key)
@@ -732,13 +751,30 @@ class IdentifierDictionary:
                         if seen[1]:
                             private.extend(seen[1])
                         continue
+            elif type(raw) is DataElement:
+                # Converted already (pydicom's reader converts the Specific Character Set):
+                # a plain public one is read below, only if R6 needs its texts, as raw ones.
+                converted_key = (int(tag), raw.VR)
+                plain_text = _CONVERTED_PLAIN.get(converted_key)
+                if plain_text is None:
+                    plain_text = _CONVERTED_PLAIN[converted_key] = _plain_converted(Tag(tag), raw)
+                if plain_text:
+                    converted.append(raw)
+                    continue
+            elif raw is None:
+                continue
             # Elements already converted, large ones, and public ones with no text.
             self._collect_one(ds, Tag(tag), raw, research_id, public_values, private, charset_key)
         public: dict[str, tuple[int, bytes, str] | None] | None = None
-        for kind, value in private:
+        settled = self._settled
+        for pair in private:
+            if pair in settled:
+                continue  # held already: a dictionary only grows, so it stays held
+            kind, value = pair
             if _UIDLIKE.match(value) or not _long_enough(value):
                 continue  # R6, R1, R2
             if self._holds(kind, value):
+                settled.add(pair)
                 continue  # adding it again would change nothing, whatever R6 says
             low = value.lower()
             witness = self._rejected.get(low)
@@ -749,14 +785,16 @@ class IdentifierDictionary:
                 for key, texts in pubs:
                     for text in texts:
                         public.setdefault(text, key)
+                for elem in converted:
+                    public_values.update(v.lower() for v in _raw_texts(elem, elem.VR))
                 for text in public_values:
                     public.setdefault(text, None)
             if low in public:
-                found = public.get(low)
-                if found is not None:
+                equal = public.get(low)
+                if equal is not None:
                     if len(self._rejected) >= MEMO_CAP:
                         self._rejected.clear()
-                    self._rejected[low] = found
+                    self._rejected[low] = equal
                 continue  # R6
             self.add(value, kind, name_only=_is_common(value))
             if kind == "institution-or-station":
@@ -1157,7 +1195,14 @@ class IdentifierDictionary:
         and read as Latin-1 text; each value is (key length in bytes, list of :class:`Term`).
         Cached per set of encodings until a term is added.
         """
-        encs = frozenset(self.encodings | set(encodings))
+        extra = set(encodings)
+        if extra <= self.encodings:  # most calls: the dictionary's own encodings
+            own = self._own_encodings
+            if len(own) != len(self.encodings):  # encodings are only ever added
+                own = self._own_encodings = frozenset(self.encodings)
+            encs = own
+        else:
+            encs = frozenset(self.encodings | extra)
         cached = self._automata.get(encs)
         if cached is not None:
             return cached
@@ -1249,10 +1294,41 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
 
 _PUBLIC, _COSTLY, _OTHER = 0, 1, 2
 # {(tag, VR read, undefined length): how add_header reads a raw top-level element}
-_PLAIN: dict[tuple[int, str | None, bool], int] = {}
+# {VR read (None: implicit VR): {tag as int: how add_header reads a defined-length raw
+# top-level element of that VR}} (two levels: no tuple key built per element)
+_PLAIN: dict[str | None, dict[int, int]] = {}
 DONE_CAP_BYTES = 32 * 1024 * 1024  # bytes of element values a dictionary's skip list holds
-_CHARSETS: dict[tuple[str, str], tuple[str, list[str]]] = {}
+_CHARSETS: dict[tuple[str, Any], tuple[str, list[str]]] = {}
 _ABSENT = object()
+_CHARSET_TAG = BaseTag(0x00080005)  # Specific Character Set
+
+
+# {(tag, VR): whether a converted top-level element is a plain public value (R6 only)}
+_CONVERTED_PLAIN: dict[tuple[int, str], bool] = {}
+
+
+def _plain_converted(tag: BaseTag, elem: DataElement) -> bool:
+    """Whether :meth:`IdentifierDictionary._element` reads a converted top-level element for
+    its texts only (R6): public, not a sequence, person name or bulk tag, and of a keyword
+    the dictionary does not collect."""
+    if tag.is_private or elem.VR in ("SQ", "PN") or tag in BULK_TAGS:
+        return False
+    keyword = keyword_for_tag(tag) or ""
+    return keyword not in INTERESTING_KEYWORDS and keyword not in EQUIPMENT_KEYWORDS
+
+
+def _plain_kind(tag: int, raw: RawDataElement) -> int:
+    """:func:`_kind_of` of a raw top-level element, remembered in :data:`_PLAIN` by VR and
+    tag (an undefined length is always ``_COSTLY``: a sequence to read)."""
+    if raw.length == 0xFFFFFFFF:
+        return _COSTLY
+    known = _PLAIN.get(raw.VR)
+    if known is None:
+        known = _PLAIN[raw.VR] = {}
+    how = known.get(tag)
+    if how is None:
+        how = known[tag] = _kind_of(BaseTag(tag), raw)
+    return how
 
 
 def _kind_of(tag: BaseTag, raw: RawDataElement) -> int:
@@ -1278,7 +1354,7 @@ def _plain_texts(ds: Dataset) -> dict[str, tuple[int, bytes, str] | None]:
         if (
             type(raw) is RawDataElement
             and isinstance(raw.value, bytes)
-            and _PLAIN.get((int(tag), raw.VR, raw.length == 0xFFFFFFFF)) == _PUBLIC
+            and _plain_kind(tag + 0, raw) == _PUBLIC
         ):
             vr = raw.VR or _tag_info(Tag(tag))[1]
             for text in _raw_texts(raw, vr):
@@ -1294,7 +1370,7 @@ def _holds_bytes(ds: Dataset, witness: tuple[int, bytes, str], charset_key: str)
     raw = ds._dict.get(BaseTag(tag))
     if type(raw) is not RawDataElement or raw.value != value:
         return False
-    kind = _PLAIN.get((int(raw.tag), raw.VR, raw.length == 0xFFFFFFFF))
+    kind = _plain_kind(int(raw.tag), raw)
     if charset:
         return kind == _COSTLY and charset == charset_key and len(value) <= MEMO_MAX_VALUE
     return kind == _PUBLIC
@@ -1303,12 +1379,20 @@ def _holds_bytes(ds: Dataset, witness: tuple[int, bytes, str], charset_key: str)
 def _charsets_of(ds: Dataset) -> tuple[str, list[str]]:
     """(the header's Specific Character Set as text, its codecs: :func:`declared_charsets`),
     cached by value."""
-    value = ds.get("SpecificCharacterSet", _ABSENT)
-    key = (type(value).__name__, repr(value))
+    raw = ds._dict.get(_CHARSET_TAG)
+    # Keyed by the raw bytes as read (a worker's headers are raw): no conversion per header.
+    key: tuple[str, Any]
+    if type(raw) is RawDataElement:
+        key = ("raw", raw.value)
+    elif type(raw) is DataElement and isinstance(raw.value, str):
+        key = ("str", raw.value)  # as pydicom's reader leaves it: converted at once
+    else:
+        key = (type(raw).__name__, repr(raw))
     found = _CHARSETS.get(key)
     if found is None:
         if len(_CHARSETS) > 1000:
             _CHARSETS.clear()
+        value = ds.get("SpecificCharacterSet", _ABSENT)
         text = "" if value is _ABSENT else str(value)
         found = _CHARSETS[key] = (text, declared_charsets(ds))
     return found

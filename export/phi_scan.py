@@ -11,7 +11,7 @@ searched too. Rules R3, R4, R5, R7, R10, R13 and R14 of :mod:`export.identifiers
 Engines floor (``export/``): the search half of the PHI gate; the dictionary comes from
 :mod:`export.identifiers` and the report types from :mod:`export.verification`. The OCR function
 and the at-risk rule are passed in (``flows.gate`` passes curation's OCR), so this module imports
-no OCR engine and holds no module state.
+no OCR engine; its only module state is a small cache of character set codecs.
 """
 
 from __future__ import annotations
@@ -265,11 +265,12 @@ class Verifier:
             and DEFLATED_UID not in data[: min(text_end, 4096)]
         ):
             head = _hay(data[:text_end])
-            known = set().union(*(d.encodings for d in self.dictionaries))
+            searched = [d for d in self.dictionaries if d.terms]  # an empty one finds nothing
+            known = set().union(*(d.encodings for d in searched))
             if not any(
-                next(iter(scan(head, auto, text=False, dates=True)), None) is not None
-                for auto in self._automata(())
-            ) and not _declares_other_charset(data[:text_end], known):
+                next(iter(scan(head, d.automaton(()), text=False, dates=True)), None) is not None
+                for d in searched
+            ) and not _declares_other_charset(data, text_end, known):
                 # No term in any encoding the dictionaries know (an object declaring another
                 # character set is searched the long way).
                 return ObjectResult()
@@ -463,22 +464,39 @@ def pixel_data_start(data: bytes) -> int | None:
             return at
 
 
-def _declares_other_charset(head: bytes, known: set[str]) -> bool:
-    """Whether the object's Specific Character Set (0008,0005) names codecs the dictionary's
-    automaton does not cover (then the prefilter is not enough). Read from raw bytes: the
-    element's tag in Explicit VR Little Endian, PS3.5 7.1.2."""
-    at = head.find(b"\x08\x00\x05\x00CS")
+def _declares_other_charset(data: bytes, end: int, known: set[str]) -> bool:
+    """Whether the object's Specific Character Set (0008,0005), in ``data[:end]``, names
+    codecs the dictionary's automaton does not cover (then the prefilter is not enough). Read
+    from raw bytes: the element's tag in Explicit VR Little Endian, PS3.5 7.1.2."""
+    at = data.find(b"\x08\x00\x05\x00CS", 0, end)
     if at < 0:  # none, or not written as Explicit VR: only the first case is known clean
-        return head.find(b"\x08\x00\x05\x00") >= 0
-    length = int.from_bytes(head[at + 6 : at + 8], "little")
-    value = head[at + 8 : at + 8 + length].decode("ascii", "replace")
+        return data.find(b"\x08\x00\x05\x00", 0, end) >= 0
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    codecs = _codecs_of(data[at + 8 : min(at + 8 + length, end)])
+    return codecs is None or not codecs <= known
+
+
+# {Specific Character Set value bytes: its codecs, or None when pydicom knows none of them}
+_CODECS: dict[bytes, frozenset[str] | None] = {}
+
+
+def _codecs_of(value: bytes) -> frozenset[str] | None:
+    """The Python codecs of a raw Specific Character Set value (PS3.3 C.12.1.1.2), remembered
+    per value (a worker meets a handful); None when it cannot be mapped."""
+    if value in _CODECS:
+        return _CODECS[value]
+    text = value.decode("ascii", "replace")
+    codecs: frozenset[str] | None
     try:
         from pydicom.charset import convert_encodings
 
-        codecs = {c for c in convert_encodings([v.strip() for v in value.split("\\")]) if c}
+        codecs = frozenset(c for c in convert_encodings([v.strip() for v in text.split("\\")]) if c)
     except Exception:
-        return True
-    return not codecs <= known
+        codecs = None
+    if len(_CODECS) >= 256:
+        _CODECS.clear()
+    _CODECS[value] = codecs
+    return codecs
 
 
 def _outside(buf: bytes, bulk: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:

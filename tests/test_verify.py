@@ -454,6 +454,34 @@ def test_ridls_own_dummies_are_never_searched() -> None:
     assert Verifier(dictionary).check_bytes("p/r/x.dcm", buffer.getvalue()).hits == []
 
 
+def _own_words_sample() -> list[str]:
+    from export.identifiers import OWN_VALUES, OWN_WORDS
+
+    return sorted(OWN_VALUES) + sorted(OWN_WORDS)[:40]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_own_words_sample()),
+            st.text(alphabet="aAn0o1 ^=,.-_\t\x00é", max_size=8),
+        ),
+        max_size=5,
+    ).map("".join)
+)
+def test_rule_verdicts_follow_r11_and_r12_for_any_value(value: str) -> None:
+    """R11 (a dummy, or a value made of dummies, is not searched) and R12 (a value made of
+    ridl's own words blocks in names only), as the dictionary decides them per value, agree
+    with the two rules' own definitions on any text: values built of those words, separators,
+    NULs and other letters."""
+    from export.identifiers import OWN_VALUES, _norm, _only_dummies, _verdict, is_own_vocabulary
+
+    norm = _norm(value)
+    dropped = not norm or norm.lower() in OWN_VALUES or _only_dummies(norm)
+    assert _verdict(value) == (norm, dropped, not dropped and is_own_vocabulary(norm))
+
+
 @pytest.mark.parametrize(
     "name",
     ["Anonymous", "Anonymous^Anonymous", "^Anonymous", "Modality", "Perfusion", "Sop^Class"],
