@@ -62,7 +62,7 @@ def test_sigkill_several_times_then_resume_gives_the_uninterrupted_release(
     prefect_server: str,  # type: ignore[no-untyped-def]
 ) -> None:
     source = tmp_path / "dir"
-    synthesize(source, patients=10, sites=3, seed=11, ct_slices=10)
+    synthesize(source, patients=6, sites=3, seed=11, ct_slices=6)  # 15 studies
     # A second RIDL_HOME with the same project and secret, for the uninterrupted reference run.
     reference_home = tmp_path / "reference-home"
     shutil.copytree(ridl_home, reference_home)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ridl.secrets import load_secret
+from ridl.synth import synthesize
 
 pytestmark = pytest.mark.prefect
 RIDL = str(Path(sys.executable).with_name("ridl"))
@@ -32,7 +33,7 @@ def _ridl_run(home: Path, api: str, source: str, store: Path, *extra: str) -> st
     env.pop("RIDL_DASK_ADDRESS", None)
     done = subprocess.run(
         [RIDL, "run", "--project", "study-a", "--release", "r1", "--source", source,
-         "--dest", f"file:{store}", "--batch-size", "4", *extra],
+         "--dest", f"file:{store}", "--batch-size", "2", *extra],
         env=env, capture_output=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-3000:]
@@ -40,7 +41,6 @@ def _ridl_run(home: Path, api: str, source: str, store: Path, *extra: str) -> st
 
 
 def test_dask_cluster_run_gives_the_same_release_as_a_local_run(
-    synth_dir,
     project,
     ridl_home: Path,
     tmp_path: Path,
@@ -48,7 +48,9 @@ def test_dask_cluster_run_gives_the_same_release_as_a_local_run(
 ) -> None:
     from distributed import LocalCluster
 
-    source = f"folder:{synth_dir.root}"
+    # 6 patients (about 15 studies, a truncated file and one that is not DICOM), in batches of
+    # 2: several batches per child flow run, and several child flow runs.
+    source = f"folder:{synthesize(tmp_path / 'dir', patients=6, sites=3, seed=5).root}"
     local_store, dask_store = tmp_path / "local", tmp_path / "dask"
     # The Dask run's flow gets its own on-premises home with the same project and secret, so
     # both runs select and freeze the release from scratch.

@@ -85,7 +85,7 @@ def test_dry_run_says_why_studies_and_objects_are_left_out(
 def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     project: Project, tmp_path: Path, ridl_home: Path
 ) -> None:
-    big = synthesize(tmp_path / "dir", patients=5, sites=3, seed=9, ct_slices=15)
+    big = synthesize(tmp_path / "dir", patients=5, sites=3, seed=9, ct_slices=8)
     lib = tmp_path / "lib"
     args = [sys.executable, "-m", "flows.cli", "run", "--project", project.id, "--release",
             "r1", "--source", f"folder:{big.root}", "--dest", f"file:{lib}",
