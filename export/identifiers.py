@@ -13,7 +13,8 @@ runs the search and locates each hit.
 The tuning rules (documented in the README and tested one by one) keep common words and short
 numbers from blocking a release without reason:
 
-R1  terms shorter than 4 characters are not searched alone (name components: 3);
+R1  terms shorter than 4 characters are not searched alone (name components: 3, or 2 of Han,
+    kana or Hangul, whose name groups are also searched written without spaces);
 R2  terms made only of digits (and separators) need at least 6 digits;
 R3  a term matches only as a whole word: the characters on both sides are not letters or digits
     (one exception: a date term may be followed by the digits of a time inside a DT value);
@@ -84,7 +85,7 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/7"  # 7: declared character sets searched (were not)
+RULES_VERSION = "ridl-identifiers/7"  # 7: declared character sets searched; CJK names (R1)
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -96,6 +97,13 @@ TIER_TERMS = (256, 8192)
 MEMO_MAX_VALUE = 65_536  # bytes: larger elements are read every time, never remembered
 _SUBJECT = "\x00subject"  # stands for the reading header's research ID in a remembered element
 MIN_NAME = 3
+# Han ideographs, kana and Hangul (and their half-width forms): a name component of two of them
+# is as specific as a Latin one of three letters or more (R1), and names in them are written
+# without spaces.
+_CJK_ONLY = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\u3005]+"
+)
 MIN_DIGITS = 6
 
 ID_KEYWORDS = {
@@ -372,11 +380,18 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
     if _long_enough(whole.replace("^", " ").strip(), MIN_TERM):
         yield whole.rstrip("^"), _is_common(whole)
     for group in whole.split("="):
-        for component in group.split("^"):
-            component = _norm(component)
+        components = [c for c in (_norm(c) for c in group.split("^")) if c]
+        if len(components) > 1 and _CJK_ONLY.fullmatch("".join(components)):
+            # An ideographic or phonetic group (PS3.5 6.2.1.2) is written without spaces
+            # ("山田太郎") as often as with them.
+            yield "".join(components), False
+            yield " ".join(components), False
+        for component in components:
             for part in {component, *component.split(" ")}:
                 part = part.strip(" ,.")
-                if len(part) >= MIN_NAME and not _DIGITS.match(part):
+                if _DIGITS.match(part):
+                    continue
+                if len(part) >= MIN_NAME or (len(part) >= 2 and _CJK_ONLY.fullmatch(part)):
                     yield part, _is_common(part)
 
 
@@ -1228,6 +1243,11 @@ class IdentifierDictionary:
                     keys.append(value.encode(enc).lower().decode("latin-1"))
                 except (UnicodeEncodeError, LookupError):
                     continue
+            for key in list(keys):
+                if key.endswith(_ISO2022_RESET) and key.startswith("\x1b"):
+                    # ISO 2022 (PS3.5 6.1.2.5.3): a name followed by more of the same script
+                    # ("佐々木健太郎") has no return to ASCII after it; searched without it.
+                    keys.append(key[: -len(_ISO2022_RESET)])
             for key in keys:
                 found = auto.get(key, None)
                 if found is None:
@@ -1239,6 +1259,9 @@ class IdentifierDictionary:
         auto.make_automaton()
         self._automata[encs] = auto
         return auto
+
+
+_ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are lowered
 
 
 def _drops_terms(auto: ahocorasick.Automaton, name: str) -> bool:
