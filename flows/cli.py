@@ -685,7 +685,14 @@ def launch_run(
         if plan.catalog_note:
             report_warning(plan.catalog_note)
         console.print(f"[bold]ridl[/] run {project}/{release} -> {store.url}")
-        console.print("starting Prefect (a local ephemeral API; the first start takes a while)...")
+        from flows.runners import configured_api_url
+
+        if os.environ.get("PREFECT_API_URL") or configured_api_url():
+            console.print("starting Prefect (the flow reports to the server in PREFECT_API_URL)...")
+        else:
+            console.print(
+                "starting Prefect (a local ephemeral API; the first start takes a while)..."
+            )
         with RunProgress(project, release, store, console), _stopped_by(resume):
             summary: dict[str, Any] = extract_run(
                 project=project,

@@ -119,11 +119,14 @@ def test_sigterm_stops_a_run_promptly_and_a_rerun_resumes(
     left = {p for p in workers if alive(p)}
     assert not left, f"child processes left: {sorted(left)}"
     assert "ridl run --project" in output and "to resume" in output, output[-2000:]
+    assert "a local ephemeral API" in output, "no PREFECT_API_URL: the console says so"
     assert lock_holder(project.id, "r1") is None, "the lock is released"
     assert not (lib / project.id / "r1" / "manifest.json").exists(), "nothing published"
 
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    # With PREFECT_API_URL set, the run does not claim to start a temporary API.
+    assert "server in PREFECT_API_URL" in rerun.stdout and "ephemeral" not in rerun.stdout
     manifest = json.loads((lib / project.id / "r1" / "manifest.json").read_text())
     assert manifest["objects"]
 
