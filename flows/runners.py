@@ -104,7 +104,8 @@ class PreloadedProcessPool(ProcessPoolTaskRunner):
 
     Importing Prefect and the flow's modules takes about 4 s of CPU a process on the development
     VM: with spawn, every worker of every run paid it (a 16-worker run, about a minute of CPU
-    before its first batch); here it is paid once a run. The workers are the same otherwise:
+    before its first batch); here it is paid once a run (once a process, for a process that
+    runs several flows: its server is kept and reused). The workers are the same otherwise:
     fresh processes (no thread, lock or connection of the flow's process is inherited: the
     server never starts one), the same initializer, tasks and messages as Prefect's.
     """
