@@ -1316,7 +1316,6 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
 
 
 _PUBLIC, _COSTLY, _OTHER = 0, 1, 2
-# {(tag, VR read, undefined length): how add_header reads a raw top-level element}
 # {VR read (None: implicit VR): {tag as int: how add_header reads a defined-length raw
 # top-level element of that VR}} (two levels: no tuple key built per element)
 _PLAIN: dict[str | None, dict[int, int]] = {}
@@ -1532,7 +1531,16 @@ def declared_charsets(ds: Dataset) -> list[str]:
             return []
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
-        names = [value] if isinstance(value, str) else [str(v) for v in value]
-        return [e for e in convert_encodings([n.strip() for n in names]) if e]
+        return charset_codecs([value] if isinstance(value, str) else [str(v) for v in value])
     except Exception:
         return []
+
+
+def charset_codecs(terms: list[str]) -> list[str]:
+    """The Python codecs of Specific Character Set defined terms (PS3.3 C.12.1.1.2), as
+    pydicom maps them; surrounding spaces ignored, terms without a codec dropped.
+
+    Raises:
+        What ``pydicom.charset.convert_encodings`` raises for a term it cannot map.
+    """
+    return [e for e in convert_encodings([t.strip() for t in terms]) if e]

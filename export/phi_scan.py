@@ -38,6 +38,7 @@ from export.identifiers import (
     NAME_KINDS,
     IdentifierDictionary,
     Term,
+    charset_codecs,
     declared_charsets,
     is_own_vocabulary,
     text_values,
@@ -488,9 +489,7 @@ def _codecs_of(value: bytes) -> frozenset[str] | None:
     text = value.decode("ascii", "replace")
     codecs: frozenset[str] | None
     try:
-        from pydicom.charset import convert_encodings
-
-        codecs = frozenset(c for c in convert_encodings([v.strip() for v in text.split("\\")]) if c)
+        codecs = frozenset(charset_codecs(text.split("\\")))
     except Exception:
         codecs = None
     if len(_CODECS) >= 256:
