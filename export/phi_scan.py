@@ -265,16 +265,18 @@ class Verifier:
             and 132 <= text_end <= len(data)
             and DEFLATED_UID not in data[: min(text_end, 4096)]
         ):
-            head = _hay(data[:text_end])
-            searched = [d for d in self.dictionaries if d.terms]  # an empty one finds nothing
-            known = set().union(*(d.encodings for d in searched))
-            if not any(
-                next(iter(scan(head, d.automaton(()), text=False, dates=True)), None) is not None
-                for d in searched
-            ) and not _declares_other_charset(data, text_end, known):
-                # No term in any encoding the dictionaries know (an object declaring another
-                # character set is searched the long way).
-                return ObjectResult()
+            codecs = _declared_codecs(data, text_end)
+            if codecs is not None:
+                head = _hay(data[:text_end])
+                # No term in the object's character sets (each dictionary's keys written in
+                # them too): clean. An empty dictionary finds nothing.
+                if not any(
+                    next(iter(scan(head, d.automaton(codecs), text=False, dates=True)), None)
+                    is not None
+                    for d in self.dictionaries
+                    if d.terms
+                ):
+                    return ObjectResult()
         if not is_dicom:
             result = self._check_file(key, data)
             if key.endswith(".dcm"):
@@ -465,16 +467,16 @@ def pixel_data_start(data: bytes) -> int | None:
             return at
 
 
-def _declares_other_charset(data: bytes, end: int, known: set[str]) -> bool:
-    """Whether the object's Specific Character Set (0008,0005), in ``data[:end]``, names
-    codecs the dictionary's automaton does not cover (then the prefilter is not enough). Read
-    from raw bytes: the element's tag in Explicit VR Little Endian, PS3.5 7.1.2."""
+def _declared_codecs(data: bytes, end: int) -> frozenset[str] | None:
+    """The Python codecs of the object's Specific Character Set (0008,0005), read in
+    ``data[:end]`` from raw bytes (the element's tag in Explicit VR Little Endian, PS3.5
+    7.1.2; PS3.3 C.12.1.1.2): empty when there is none; None when it is there but not written
+    so, or names a character set without a codec (the object is then searched the long way)."""
     at = data.find(b"\x08\x00\x05\x00CS", 0, end)
-    if at < 0:  # none, or not written as Explicit VR: only the first case is known clean
-        return data.find(b"\x08\x00\x05\x00", 0, end) >= 0
+    if at < 0:  # none, or not written as Explicit VR: only the first case is known
+        return None if data.find(b"\x08\x00\x05\x00", 0, end) >= 0 else frozenset()
     length = int.from_bytes(data[at + 6 : at + 8], "little")
-    codecs = _codecs_of(data[at + 8 : min(at + 8 + length, end)])
-    return codecs is None or not codecs <= known
+    return _codecs_of(data[at + 8 : min(at + 8 + length, end)])
 
 
 # {Specific Character Set value bytes: its codecs, or None when pydicom knows none of them}

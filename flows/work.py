@@ -83,6 +83,10 @@ HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
 # from the header stage to its de-identification, up to this many bytes per study; the objects
 # of a bigger study past it keep their header only and are read again when their turn comes.
 STUDY_READ_BYTES = 256 * 1024 * 1024
+# De-identified objects are verified a window at a time, then stored (_verify_and_store): up
+# to this many objects, or bytes, are held between their de-identification and their store.
+VERIFY_WINDOW = 16
+VERIFY_WINDOW_BYTES = 64 * 1024 * 1024
 
 # Fetching a study from the DIR takes a slot of the run's retrieval limit, so a production archive
 # never sees more than N retrievals at once whatever the number of CPU workers: the caller passes
@@ -653,7 +657,6 @@ def _process_files(
     # ("TOSHIBA" as an institution, "TOSHIBA_MEC" as this study's Manufacturer) is not a hit.
     cross.add_equipment(dictionary.equipment)
     verifier = Verifier(dictionary, ocr=None, also=cross.dictionaries)
-    scanned = scanned_bytes = hits = ocr_objects = 0
     rejected = rejected_instances(headers.values())
     eligible: dict[Path, Dataset] = {}
     for path, header in headers.items():
@@ -672,6 +675,9 @@ def _process_files(
     # Curation: checks -> header triage -> known-region cleaning -> text detection.
     view = worker.curator.study(list(eligible.values()))
     rows: list[ObjectRow] = []
+    window: list[_Written] = []
+    window_bytes = 0
+    tally = _Tally()
     for path, header in eligible.items():
         modality = str(getattr(header, "Modality", "")).upper()
         read = reads.pop(path)
@@ -692,61 +698,114 @@ def _process_files(
         except Exception as exc:  # never let one object stop the run
             _quarantine(worker, study, path, outcome, Reason.WRITE_FAILED, type(exc).__name__)
             continue
+        del read
         if not all(getattr(ds, k, None) for k in ("StudyInstanceUID", "SeriesInstanceUID")):
             _quarantine(worker, study, path, outcome, Reason.MISSING_UID)  # found by fuzzing
             continue
         key = f"{ctx.prefix}/{object_path(subject.research_id, ds)}"
-        # Verified before it is stored: a hit keeps the object on premises, never in the store.
-        checked = verifier.check_bytes(
-            key,
-            data,
-            text_end=pixel_start,
-            pixel_text=curated.pixel_text if curated.ocr_ran else None,
+        row = ObjectRow(
+            key=key,
+            size=len(data),
+            sha256="",  # of the bytes stored, once verified
+            research_id=subject.research_id,
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            modality=modality,
+            study_date=str(getattr(ds, "StudyDate", "")),
+            study_description=str(getattr(ds, "StudyDescription", "")),
         )
-        scanned += 1
-        scanned_bytes += len(data)
-        ocr_objects += int(curated.ocr_ran)
+        pixel_text = curated.pixel_text if curated.ocr_ran else None
+        window.append(_Written(path, row, data, pixel_start, pixel_text))
+        window_bytes += len(data)
+        if len(window) >= VERIFY_WINDOW or window_bytes >= VERIFY_WINDOW_BYTES:
+            _verify_and_store(worker, study, verifier, window, outcome, rows, tally)
+            window, window_bytes = [], 0
+    _verify_and_store(worker, study, verifier, window, outcome, rows, tally)
+    rows.sort(key=lambda r: r["key"])
+    outcome.verification = _record(
+        worker,
+        dictionary,
+        len(cross),
+        objects=tally.objects,
+        nbytes=tally.bytes,
+        hits=tally.hits,
+        ocr_objects=tally.ocr_objects,
+        cross=cross,
+    )
+    worker.learn(study.issuer, dictionary)
+    return rows
+
+
+@dataclass
+class _Written:
+    """A de-identified object not yet verified: its source path (for quarantine), manifest row
+    (its ``sha256`` not yet filled), bytes, Pixel Data offset (None: not known) and the text
+    curation read in its pixels (None when OCR did not run)."""
+
+    path: Path
+    row: ObjectRow
+    data: bytes
+    pixel_start: int | None
+    pixel_text: tuple[str, ...] | None
+
+
+@dataclass
+class _Tally:
+    """What a study's verification searched: objects, bytes, hits, objects read by OCR."""
+
+    objects: int = 0
+    bytes: int = 0
+    hits: int = 0
+    ocr_objects: int = 0
+
+
+def _verify_and_store(
+    worker: Worker,
+    study: StudyRef,
+    verifier: Verifier,
+    window: list[_Written],
+    outcome: StudyOutcome,
+    rows: list[ObjectRow],
+    tally: _Tally,
+) -> None:
+    """Verify a window of a study's de-identified objects one after the other, then store the
+    clean ones and quarantine the others (issue 13: nothing reaches the store unverified).
+
+    Searched together, the objects share the search's working set (the dictionaries' automata)
+    in the processor's caches; searched between two objects' pixel copies, each paid for
+    fetching it again (``benchmarks/end_stage.py``).
+
+    Raises:
+        StoreError: the store refused an object (the batch fails and is retried).
+    """
+    checks = [
+        verifier.check_bytes(
+            item.row["key"], item.data, text_end=item.pixel_start, pixel_text=item.pixel_text
+        )
+        for item in window
+    ]
+    for item, checked in zip(window, checks, strict=True):
+        tally.objects += 1
+        tally.bytes += len(item.data)
+        tally.ocr_objects += int(item.pixel_text is not None)
         if checked.hits:
-            hits += 1
+            tally.hits += 1
             reason = (
                 Reason.UNVERIFIABLE_OBJECT
                 if any(h.kind == UNVERIFIABLE for h in checked.hits)
                 else Reason.VERIFICATION_HIT
             )
             where = "; ".join(sorted({f"{h.path} holds a {h.kind}" for h in checked.hits}))
-            _quarantine(worker, study, path, outcome, reason, where[:500])
+            _quarantine(worker, study, item.path, outcome, reason, where[:500])
             continue
-        worker.store.put_bytes(key, data)
-        rows.append(
-            ObjectRow(
-                key=key,
-                size=len(data),
-                sha256=sha256_hex(data),
-                research_id=subject.research_id,
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                sop_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                modality=modality,
-                study_date=str(getattr(ds, "StudyDate", "")),
-                study_description=str(getattr(ds, "StudyDescription", "")),
-            )
-        )
+        data, row = item.data, item.row
+        worker.store.put_bytes(row["key"], data)
+        row["sha256"] = sha256_hex(data)
+        rows.append(row)
         outcome.exported += 1
         outcome.bytes += len(data)
-    rows.sort(key=lambda r: r["key"])
-    outcome.verification = _record(
-        worker,
-        dictionary,
-        len(cross),
-        objects=scanned,
-        nbytes=scanned_bytes,
-        hits=hits,
-        ocr_objects=ocr_objects,
-        cross=cross,
-    )
-    worker.learn(study.issuer, dictionary)
-    return rows
 
 
 def keep_study_terms(

@@ -334,6 +334,24 @@ def test_rule_a_name_written_in_a_declared_non_latin_character_set_is_found(
     assert {h.kind for h in raw} == {"name"}
 
 
+def test_a_name_learned_in_another_study_is_found_in_a_declared_non_latin_character_set() -> None:
+    # The stream's raw look searches each dictionary's keys written in the character sets the
+    # object declares: the cross-study terms (compiled for Latin-1 and UTF-8 only) too, not
+    # only the study's own dictionary, whose headers declared that set.
+    study = IdentifierDictionary()
+    study.add_header(
+        _source(SpecificCharacterSet="ISO_IR 144", PatientName="Иванов^Пётр"), research_id="RS-0"
+    )
+    cross = IdentifierDictionary()
+    cross.add_shared("staff", "Петров^Иван")
+    verifier = Verifier(study, ocr=None, also=[cross])
+    data = _output(SpecificCharacterSet="ISO_IR 144", StudyDescription="Петров follow-up")
+    assert "Петров".encode("iso8859_5") in data
+    assert _hits(verifier, data) == [("StudyDescription", "staff")]
+    raw = verifier.check_bytes("k.dcm", data, text_end=len(data)).hits
+    assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "staff")]
+
+
 def test_rule_lone_city_names_in_addresses_are_not_searched() -> None:
     v = _verifier(_source(PatientAddress="1234 Rue Sherbrooke, Montreal"))
     assert _hits(v, _output(InstitutionName="Hopital de Montreal")) == []

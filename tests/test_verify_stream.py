@@ -8,6 +8,7 @@ nothing from the DIR.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -41,6 +42,8 @@ from ridl.projects import Project, Scope, create_project
 from ridl.releases import read_study_terms, release_is_published
 from ridl.synth import SynthReport
 from tests.conftest import SITES
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _retaining_project(project_id: str) -> Project:
@@ -125,6 +128,47 @@ def test_a_staff_name_learned_in_one_study_is_caught_in_another(
     path = site_file(project.id, synth_dir.registrations[0].issuer)
     files = list(path.parent.glob("*.jsonl"))
     assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
+
+
+def test_objects_verified_in_windows_are_each_stored_or_held_on_their_own_verdict(
+    synth_dir: SynthReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream verifies a study's de-identified objects a window at a time before storing
+    # them: here windows of 3 over 7 objects (two full, one partial), the fourth leaking its
+    # subject's name. Only that one is held; every other is stored with its own bytes' hash.
+    import flows.work
+
+    monkeypatch.setattr(flows.work, "VERIFY_WINDOW", 3)
+    project = _retaining_project("windows")
+    uid, files = next(iter(_ct_studies(synth_dir).items()))
+    root = tmp_path / "dir"
+    root.mkdir()
+    first = next(ds for ds in map(dcmread, files) if ds.SOPClassUID == CT_IMAGE_STORAGE)
+    family = str(first.PatientName).split("^")[0]
+    for i in range(7):  # one series of 7 slices, 2 mm apart
+        ds = first.copy()
+        ds.SOPInstanceUID = f"{first.SeriesInstanceUID}.{i + 1}"
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 2.0 * i]
+        ds.StudyDescription = f"CT follow-up for {family}" if i == 3 else "CT follow-up"
+        ds.save_as(root / f"{i}.dcm")
+    plan = prepare_run(project.id, "r1", f"folder:{root}", f"file:{tmp_path / 'store'}")
+    assert [s.study_uid for s in plan.studies] == [uid]
+    counts = process_batch(plan.ctx, plan.studies)
+    assert counts.exported == 6
+    assert counts.quarantined == {"verification-hit": 1}
+    store = LocalStore(tmp_path / "store")
+    part = read_part(store, worker_for(plan.ctx).part_key(plan.studies[0]))
+    assert part is not None
+    assert part["verification"]["objects"] == 7 and part["verification"]["hits"] == 1
+    stored = [i.key for i in store.list(f"{plan.ctx.prefix}/") if i.key.endswith(".dcm")]
+    assert sorted(stored) == sorted(row["key"] for row in part["objects"])
+    for row in part["objects"]:
+        data = store.get_bytes(row["key"])
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["size"]
+        assert family.encode() not in data
+    held = [r for r in list_quarantine(project.id, "r1") if r.reason == "verification-hit"]
+    assert len(held) == 1 and "StudyDescription holds a name" in held[0].detail
 
 
 def test_a_vendor_name_used_as_an_institution_in_one_study_is_no_hit_in_anothers_manufacturer(
