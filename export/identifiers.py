@@ -30,7 +30,8 @@ R5  a date of birth or of the encounter (study, series, acquisition, procedure s
 R6  private-tag, institution and station values that are UIDs, or equal to a public
     non-identifying attribute of the same header, are not searched, nor any term equal to a
     manufacturer, model or software version of any selected header; private creators are not;
-R7  matching ignores ASCII case;
+R7  matching ignores ASCII case; a term with other letters is also searched in its lower-case,
+    upper-case and capitalized forms (``CÔTÉ`` written ``Côté``; Cyrillic, Greek);
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
@@ -85,7 +86,7 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/7"  # 7: declared character sets searched; CJK names (R1)
+RULES_VERSION = "ridl-identifiers/8"  # 8: non-ASCII case forms (R7); 7: declared charsets
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -1236,13 +1237,18 @@ class IdentifierDictionary:
             if value.isascii():
                 keys = [low] if ascii_same else []
                 encodings_left = others
+                forms: tuple[str, ...] = (value,)
             else:
                 keys, encodings_left = [], list(encs)
+                forms = _case_forms(value)  # R7: ASCII-lowered bytes keep other letters' case
             for enc in encodings_left:
-                try:
-                    keys.append(value.encode(enc).lower().decode("latin-1"))
-                except (UnicodeEncodeError, LookupError):
-                    continue
+                for form in forms:
+                    try:
+                        key = form.encode(enc).lower().decode("latin-1")
+                    except (UnicodeEncodeError, LookupError):
+                        continue
+                    if key not in keys:
+                        keys.append(key)
             for key in list(keys):
                 if key.endswith(_ISO2022_RESET) and key.startswith("\x1b"):
                     # ISO 2022 (PS3.5 6.1.2.5.3): a name followed by more of the same script
@@ -1262,6 +1268,27 @@ class IdentifierDictionary:
 
 
 _ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are lowered
+
+
+@lru_cache(maxsize=4096)
+def _case_forms(value: str) -> tuple[str, ...]:
+    """A term with letters outside ASCII as it may be written (R7): as read, lower case, upper
+    case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), each once.
+    The automaton's keys are lowered for ASCII only (byte by byte, whatever the encoding), so
+    each form whose other letters differ is a key of its own."""
+    forms: list[str] = []
+    for form in (value, value.lower(), value.upper(), _capitalized(value)):
+        if form not in forms:
+            forms.append(form)
+    return tuple(forms)
+
+
+_WORD_START = re.compile(r"(?<![^\W\d_])([^\W\d_])([^\W\d_]*)")
+
+
+def _capitalized(value: str) -> str:
+    """``value`` with each word's first letter upper case and the rest lower case."""
+    return _WORD_START.sub(lambda m: m[1].upper() + m[2].lower(), value)
 
 
 def _drops_terms(auto: ahocorasick.Automaton, name: str) -> bool:

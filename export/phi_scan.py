@@ -120,7 +120,14 @@ class Hit:
     def __str__(self) -> str:
         if self.kind in _OBJECT_CODES:
             return f"{self.key}: {self.path} [{self.kind}]"
-        return f"{self.key}: {self.path} holds a {self.kind}"
+        return f"{self.key}: {self.where}"
+
+    @property
+    def where(self) -> str:
+        """``<path> holds a <kind>`` (``an`` before a vowel): the attribute and the kind of
+        identifier, never the value."""
+        article = "an" if self.kind[:1] in "aeiou" else "a"
+        return f"{self.path} holds {article} {self.kind}"
 
 
 @dataclass(frozen=True)

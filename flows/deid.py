@@ -315,7 +315,7 @@ class FolderDeidentifier:
                     if any(h.kind == UNVERIFIABLE for h in checked.hits)
                     else Reason.VERIFICATION_HIT
                 )
-                where = "; ".join(sorted({f"{h.path} holds a {h.kind}" for h in checked.hits}))
+                where = "; ".join(sorted({h.where for h in checked.hits}))
                 raise ObjectRejected(reason, where[:500])
             out = target(dst, ds, subject)
             tmp = out.with_name(out.name + ".tmp")

@@ -797,7 +797,7 @@ def _verify_and_store(
                 if any(h.kind == UNVERIFIABLE for h in checked.hits)
                 else Reason.VERIFICATION_HIT
             )
-            where = "; ".join(sorted({f"{h.path} holds a {h.kind}" for h in checked.hits}))
+            where = "; ".join(sorted({h.where for h in checked.hits}))
             _quarantine(worker, study, item.path, outcome, reason, where[:500])
             continue
         data, row = item.data, item.row

@@ -334,6 +334,30 @@ def test_rule_a_name_written_in_a_declared_non_latin_character_set_is_found(
     assert {h.kind for h in raw} == {"name"}
 
 
+@pytest.mark.parametrize(
+    ("charset", "name", "written"),
+    [
+        ("ISO_IR 100", "CÔTÉ^HÉLÈNE", "Côté"),  # capitals in the header, capitalized in text
+        ("ISO_IR 100", "CÔTÉ^HÉLÈNE", "hélène"),
+        ("ISO_IR 100", "Côté^Hélène", "CÔTÉ"),
+        ("ISO_IR 192", "Öztürk^Çağla", "ÖZTÜRK"),
+        ("ISO_IR 144", "Иванов^Пётр", "ИВАНОВ"),
+        ("ISO_IR 126", "ΠΑΠΑΔΟΠΟΥΛΟΣ^ΝΙΚΟΣ", "Παπαδοπουλος"),
+    ],
+)
+def test_rule_letters_outside_ascii_match_in_any_case(
+    charset: str, name: str, written: str
+) -> None:
+    # R7: the search lowers ASCII only (bytes of any encoding), so a term with other letters is
+    # also searched lower-case, upper-case and capitalized: a name written in capitals in the
+    # header and capitalized in a retained description is found, by both searches.
+    v = _verifier(_source(SpecificCharacterSet=charset, PatientName=name))
+    data = _output(SpecificCharacterSet=charset, StudyDescription=f"CT for {written}")
+    assert _hits(v, data) == [("StudyDescription", "name")]
+    raw = v.check_bytes("k.dcm", data, text_end=len(data)).hits
+    assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "name")]
+
+
 def test_a_name_learned_in_another_study_is_found_in_a_declared_non_latin_character_set() -> None:
     # The stream's raw look searches each dictionary's keys written in the character sets the
     # object declares: the cross-study terms (compiled for Latin-1 and UTF-8 only) too, not
@@ -345,11 +369,12 @@ def test_a_name_learned_in_another_study_is_found_in_a_declared_non_latin_charac
     cross = IdentifierDictionary()
     cross.add_shared("staff", "Петров^Иван")
     verifier = Verifier(study, ocr=None, also=[cross])
-    data = _output(SpecificCharacterSet="ISO_IR 144", StudyDescription="Петров follow-up")
-    assert "Петров".encode("iso8859_5") in data
-    assert _hits(verifier, data) == [("StudyDescription", "staff")]
-    raw = verifier.check_bytes("k.dcm", data, text_end=len(data)).hits
-    assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "staff")]
+    for written in ("Петров follow-up", "КТ, ПЕТРОВ И."):
+        data = _output(SpecificCharacterSet="ISO_IR 144", StudyDescription=written)
+        assert written.encode("iso8859_5") in data
+        assert _hits(verifier, data) == [("StudyDescription", "staff")]
+        raw = verifier.check_bytes("k.dcm", data, text_end=len(data)).hits
+        assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "staff")]
 
 
 def test_rule_lone_city_names_in_addresses_are_not_searched() -> None:
