@@ -224,9 +224,13 @@ _COMMON = """
     text burned annotation truncated duplicate instance rejected note approved failed check
     pixel decode missing header consistency orientation size gap spacing localizer capture
     known regions blanked review quarantined excluded
+    côté léger légère petit petite grand grande blanc blanche gauche droit droite parent plante
+    pointe fort haut bas simple clair
 """
-# The last lines are ridl's own vocabulary (reason codes, column names of parts and manifests):
-# a patient named "Text" must not block every release whose parts say "burned-in-text".
+# The lines after "anonymized" are ridl's own vocabulary (reason codes, column names of parts and
+# manifests): a patient named "Text" must not block every release whose parts say
+# "burned-in-text". The last two are French words that are also surnames common in Quebec and
+# that clinical descriptions use ("côté gauche", "épanchement léger").
 # OWN_WORDS (R12) completes it from the sources themselves, so a new field or code is covered.
 COMMON_WORDS = frozenset(_COMMON.split())
 # R11: the dummy values de-identification writes (deid_recipes.engine.DUMMY_BY_VR and the text
@@ -1276,8 +1280,14 @@ def _case_forms(value: str) -> tuple[str, ...]:
     case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), each once.
     The automaton's keys are lowered for ASCII only (byte by byte, whatever the encoding), so
     each form whose other letters differ is a key of its own."""
+    candidates = [value, value.lower(), value.upper(), _capitalized(value)]
+    if any(c in value for c in "İıIi"):
+        # Turkish pairs dotted and dotless i (İ/i, I/ı): ÖZTÜRK^İLKER is "ilker", IŞIK "ışık".
+        lower = value.replace("İ", "i").replace("I", "ı").lower()
+        upper = value.replace("i", "İ").replace("ı", "I").upper()
+        candidates += [lower, upper, _capitalized(lower, upper_i="İ")]
     forms: list[str] = []
-    for form in (value, value.lower(), value.upper(), _capitalized(value)):
+    for form in candidates:
         if form not in forms:
             forms.append(form)
     return tuple(forms)
@@ -1286,9 +1296,15 @@ def _case_forms(value: str) -> tuple[str, ...]:
 _WORD_START = re.compile(r"(?<![^\W\d_])([^\W\d_])([^\W\d_]*)")
 
 
-def _capitalized(value: str) -> str:
-    """``value`` with each word's first letter upper case and the rest lower case."""
-    return _WORD_START.sub(lambda m: m[1].upper() + m[2].lower(), value)
+def _capitalized(value: str, upper_i: str = "I") -> str:
+    """``value`` with each word's first letter upper case and the rest lower case
+    (``upper_i``: the capital of ``i``, ``İ`` in Turkish)."""
+
+    def word(match: re.Match[str]) -> str:
+        first = upper_i if match[1] == "i" else match[1].upper()
+        return first + match[2].lower()
+
+    return _WORD_START.sub(word, value)
 
 
 def _drops_terms(auto: ahocorasick.Automaton, name: str) -> bool:

@@ -69,7 +69,12 @@ def _is_ascii_word_char(ch: str) -> bool:
 
 
 def scan(
-    hay: str, auto: ahocorasick.Automaton, *, text: bool = True, dates: bool = False
+    hay: str,
+    auto: ahocorasick.Automaton,
+    *,
+    text: bool = True,
+    dates: bool = False,
+    ends: bool = True,
 ) -> Iterator[tuple[int, int, list[Term]]]:
     """Whole-word matches (R3) in a lowered latin-1 haystack: (start, end, terms).
 
@@ -84,6 +89,10 @@ def scan(
     ``dates=True`` where a DT value may hold a date followed by its time of day: a ``YYYYMMDD``
     date term (:attr:`Term.date`) also matches when digits follow it (R3's one exception); such
     a match yields the date terms only.
+
+    ``ends=False`` skips the check after a match (a lenient look at raw bytes: the byte after
+    a value that fills its even length is the next element's tag, whose group may be written
+    ``2``, ``P``, ``T``, ``p``... as for groups 0032, 0050, 0054, 0070; PS3.5 7.1.2).
     """
     word = _is_word_char if text else _is_ascii_word_char
     n = len(hay)
@@ -91,7 +100,7 @@ def scan(
         start = end - length + 1
         if start > 0 and word(hay[start - 1]) and word(hay[start]):
             continue
-        if end + 1 < n and word(hay[end + 1]) and word(hay[end]):
+        if ends and end + 1 < n and word(hay[end + 1]) and word(hay[end]):
             if not (dates and hay[end + 1].isdigit()):
                 continue
             terms = [term for term in terms if term.date]
@@ -278,7 +287,7 @@ class Verifier:
                 # No term in the object's character sets (each dictionary's keys written in
                 # them too): clean. An empty dictionary finds nothing.
                 if not any(
-                    next(iter(scan(head, d.automaton(codecs), text=False, dates=True)), None)
+                    next(iter(scan(head, d.automaton(codecs), text=False, ends=False)), None)
                     is not None
                     for d in self.dictionaries
                     if d.terms
@@ -341,8 +350,8 @@ class Verifier:
 
         for label, buf, bulk, spans_of in segments:
             candidates: list[tuple[int, int, list[Term], bool]] = []
-            for offset, piece in _outside(buf, bulk):  # R10: image bytes are not scanned
-                hay = _hay(piece)
+            pieces = [(offset, _hay(piece)) for offset, piece in _outside(buf, bulk)]  # R10
+            for offset, hay in pieces:
                 matches = (m for a in automata for m in scan(hay, a, text=False, dates=True))
                 for start, end, terms in matches:
                     # A date followed by digits: only a DT attribute, once located, can hold it.
@@ -350,12 +359,19 @@ class Verifier:
                     start, end = start + offset, end + offset
                     if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
                         candidates.append((start, end, terms, dt_only))
-            if not candidates:
-                continue
+            if not candidates and not any(
+                next(iter(scan(hay, a, text=False, ends=False)), None) is not None
+                for _offset, hay in pieces
+                for a in automata
+            ):
+                continue  # not even a term followed by the next element's tag: see scan()
             located: set[int] = set()
+            searched: list[tuple[int, int]] = []  # raw top-level values searched as text
             for span in spans_of():
                 if span.path in _BULK_NAMES or not span.hay:
                     continue
+                if label == "file" and span.start >= 0:
+                    searched.append((span.start, span.end))
                 dates = span.vr == "DT"
                 spans = (m for a in automata for m in scan(span.hay, a, dates=dates))
                 own = ridl_written(span.path)
@@ -367,6 +383,8 @@ class Verifier:
             for start, end, terms, dt_only in candidates:
                 if dt_only:
                     continue  # a date that only a DT value can hold, and none did
+                if any(s0 <= start and end <= s1 for s0, s1 in searched):
+                    continue  # R3: inside a value whose own text was searched ("RENÉ" in "RENÉE")
                 for term in terms:
                     if id(term) in located or not _blocks(term, "UN", owner, located=False):
                         continue
