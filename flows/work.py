@@ -240,6 +240,8 @@ class Worker:
         self.known = KnownTerms(ctx.project, ctx.cross_terms)
         # Header elements met in earlier studies are not parsed again for the dictionary.
         self.memo = ElementMemo()
+        # {study key: store keys its earlier part listed}, for studies verified again
+        self.redone: dict[str, set[str]] = {}
         self._cross: CrossStudyDictionary | None = None
         self.store: ObjectStore = open_store(ctx.store_url)
         self.source: StudySource = open_source(ctx.source_url, ctx.limits, ctx.hn_issuer)
@@ -529,11 +531,18 @@ def study_workdir(worker: Worker, study: StudyRef) -> Path:
 
 def _already_done(worker: Worker, study: StudyRef) -> StudyOutcome | None:
     """The outcome of a study an earlier run finished (counted from its part), or None when it
-    is to be worked now (no part; a failed part and ``--retry-failed``; a held object decided)."""
+    is to be worked now (no part; a failed part and ``--retry-failed``; a held object decided;
+    a part verified under other dictionary rules or another recipe, which the release gate
+    would not count: its stored objects are noted in ``worker.redone``, and those the new part
+    no longer lists are deleted once it is written)."""
     ctx = worker.ctx
     done = read_part(worker.store, worker.part_key(study))
     retry = done is not None and "failed" in done and ctx.retry_failed
     if done is None or retry:
+        return None
+    record: dict[str, Any] = dict(done.get("verification") or {})
+    if record.get("rules") != RULES_VERSION or record.get("recipe") != worker.recipe_digest:
+        worker.redone[worker.study_key(study)] = {row["key"] for row in done["objects"]}
         return None
     # A study that waits on review is redone once a reviewer has decided about its objects (their
     # review IDs are kept on premises: a published part never names an original file).
@@ -611,6 +620,11 @@ def process_study(
     )
     write_held(worker.ctx.project, worker.ctx.release, outcome.study_key, outcome.review)
     write_part(worker.store, part_key, part)
+    # A study verified again (new rules or recipe): what the earlier part listed and this one
+    # does not (held now) leaves the store; a crash before this leaves them unlisted, and the
+    # release gate removes unlisted objects.
+    for key in sorted(worker.redone.pop(outcome.study_key, set()) - {r["key"] for r in rows}):
+        worker.store.delete(key)
     return outcome
 
 

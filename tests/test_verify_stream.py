@@ -26,13 +26,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from curation.quarantine import list_quarantine
 from export.identifiers import (
+    RULES_VERSION,
     TIER_TERMS,
     CrossStudyDictionary,
     ElementMemo,
     IdentifierDictionary,
 )
 from export.local import LocalStore
-from export.manifest import build_manifest, read_part
+from export.manifest import build_manifest, read_part, write_part
 from export.phi_scan import Verifier, pixel_data_start
 from flows.gate import VerificationFailed, audit_release, gate_release, sample_size
 from flows.runplan import prepare_run
@@ -169,6 +170,45 @@ def test_objects_verified_in_windows_are_each_stored_or_held_on_their_own_verdic
         assert family.encode() not in data
     held = [r for r in list_quarantine(project.id, "r1") if r.reason == "verification-hit"]
     assert len(held) == 1 and "StudyDescription holds a name" in held[0].detail
+
+
+def test_a_resumed_release_verifies_again_the_studies_verified_under_other_rules(
+    synth_dir: SynthReport, tmp_path: Path
+) -> None:
+    # A part whose verification record the gate would not count (older dictionary rules) is
+    # worked again by the next run, in one go: its objects verified under the current rules,
+    # and what the old part listed that the new one does not (an object the old rules let
+    # through) deleted from the store. The gate then passes.
+    project = _retaining_project("rules")
+    uid, files = next(iter(_ct_studies(synth_dir).items()))
+    root = tmp_path / "dir"
+    root.mkdir()
+    for i, path in enumerate(files):
+        ds = dcmread(path)
+        ds.StudyDescription = "CT exam"  # retained; the synthetic one names the patient
+        ds.save_as(root / f"{i}.dcm")
+    plan = prepare_run(project.id, "r1", f"folder:{root}", f"file:{tmp_path / 'store'}")
+    first = process_batch(plan.ctx, plan.studies)
+    store = LocalStore(tmp_path / "store")
+    key = worker_for(plan.ctx).part_key(plan.studies[0])
+    part = read_part(store, key)
+    assert part is not None and first.exported == len(part["objects"]) > 0
+    # As an older release would have it: rules 7, and one more object those rules passed.
+    stale = dict(part["objects"][0], key=part["objects"][0]["key"].replace(".dcm", "-old.dcm"))
+    store.put_bytes(stale["key"], store.get_bytes(part["objects"][0]["key"]))
+    part["objects"].append(stale)  # type: ignore[arg-type]
+    part["verification"]["rules"] = "ridl-identifiers/7"
+    write_part(store, key, part)
+    again = process_batch(plan.ctx, plan.studies)
+    assert again.skipped == 0 and again.exported == first.exported
+    redone = read_part(store, key)
+    assert redone is not None and redone["verification"]["rules"] == RULES_VERSION
+    assert stale["key"] not in {row["key"] for row in redone["objects"]}
+    assert not store.exists(stale["key"])
+    assert all(store.exists(row["key"]) for row in redone["objects"])
+    assert process_batch(plan.ctx, plan.studies).skipped == 1  # current now: done
+    build_manifest(store, plan.ctx.prefix, 1, project.id, "r1")
+    assert gate_release(project.id, "r1", store.url).passed
 
 
 def test_a_vendor_name_used_as_an_institution_in_one_study_is_no_hit_in_anothers_manufacturer(
