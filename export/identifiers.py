@@ -31,7 +31,8 @@ R6  private-tag, institution and station values that are UIDs, or equal to a pub
     non-identifying attribute of the same header, are not searched, nor any term equal to a
     manufacturer, model or software version of any selected header; private creators are not;
 R7  matching ignores ASCII case; a term with other letters is also searched in its lower-case,
-    upper-case and capitalized forms (``CÔTÉ`` written ``Côté``; Cyrillic, Greek);
+    upper-case and capitalized forms (``CÔTÉ`` written ``Côté``; Cyrillic, Greek, Turkish),
+    and in each of them without accents (``Gélinas`` written ``GELINAS``);
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
@@ -70,6 +71,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -1277,7 +1279,8 @@ _ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are
 @lru_cache(maxsize=4096)
 def _case_forms(value: str) -> tuple[str, ...]:
     """A term with letters outside ASCII as it may be written (R7): as read, lower case, upper
-    case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), each once.
+    case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), and each
+    of those without accents (``COTE^HELENE``), each once.
     The automaton's keys are lowered for ASCII only (byte by byte, whatever the encoding), so
     each form whose other letters differ is a key of its own."""
     candidates = [value, value.lower(), value.upper(), _capitalized(value)]
@@ -1286,11 +1289,22 @@ def _case_forms(value: str) -> tuple[str, ...]:
         lower = value.replace("İ", "i").replace("I", "ı").lower()
         upper = value.replace("i", "İ").replace("ı", "I").upper()
         candidates += [lower, upper, _capitalized(lower, upper_i="İ")]
+    candidates += [_without_accents(form) for form in candidates]
     forms: list[str] = []
     for form in candidates:
         if form not in forms:
             forms.append(form)
     return tuple(forms)
+
+
+_ACCENTS = re.compile("[\u0300-\u036f]")  # Combining Diacritical Marks (not kana's voicing)
+
+
+def _without_accents(value: str) -> str:
+    """``value`` with the accents of Latin, Greek and Cyrillic letters dropped (``Gélinas``:
+    ``Gelinas``; ``Пётр``: ``Петр``; ``Ελένη``: ``Ελενη``), as records and capitals often
+    write names; other scripts unchanged."""
+    return unicodedata.normalize("NFC", _ACCENTS.sub("", unicodedata.normalize("NFD", value)))
 
 
 _WORD_START = re.compile(r"(?<![^\W\d_])([^\W\d_])([^\W\d_]*)")

@@ -362,6 +362,27 @@ def test_rule_letters_outside_ascii_match_in_any_case(
     assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "name")]
 
 
+@pytest.mark.parametrize(
+    ("charset", "name", "written"),
+    [
+        ("ISO_IR 100", "GÉLINAS^HÉLÈNE", "GELINAS"),  # capitals often drop the accents
+        ("ISO_IR 100", "Gélinas^Hélène", "helene"),
+        ("ISO_IR 144", "Иванов^Пётр", "Петр"),  # ё written е
+        ("ISO_IR 126", "Παπαδοπούλου^Ελένη", "ΕΛΕΝΗ"),  # Greek capitals without tonos
+    ],
+)
+def test_rule_a_name_is_found_written_without_its_accents(
+    charset: str, name: str, written: str
+) -> None:
+    # R7: each case form is also searched without accents (the other way, a header without
+    # them and a text with them, is not: README).
+    v = _verifier(_source(SpecificCharacterSet=charset, PatientName=name))
+    data = _output(SpecificCharacterSet=charset, StudyDescription=f"CT for {written}")
+    assert _hits(v, data) == [("StudyDescription", "name")]
+    raw = v.check_bytes("k.dcm", data, text_end=len(data)).hits
+    assert [(h.path, h.kind) for h in raw] == [("StudyDescription", "name")]
+
+
 def test_rule_a_name_ending_a_value_before_a_group_written_as_a_letter_is_found() -> None:
     # The raw look must not take the next element's tag for the rest of a word: a value of
     # even length ends right before it, and groups 0032, 0050, 0054, 0070... are written "2",
