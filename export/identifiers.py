@@ -72,7 +72,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
@@ -281,8 +281,9 @@ class Term:
     ``encounter-date``, ``address``, ``telephone``, ``private-tag``,
     ``institution-or-station``); ``name_only``: it blocks only in a PN attribute (R4);
     ``owners``: research IDs whose birth or encounter date it is (R5); ``date``: the term is a
-    ``YYYYMMDD`` date, which may also match as the start of a DT value (digits follow: R3's
-    exception for dates).
+    ``YYYYMMDD`` date, searched in every written form (:func:`written_dates`, one term for all
+    of them), which as written in DICOM may also match as the start of a DT value (digits
+    follow: R3's exception for dates).
     """
 
     kinds: set[str] = field(default_factory=set)
@@ -492,9 +493,12 @@ def _written_dates(date: str) -> Iterator[str]:
 
 
 def birth_terms(value: str) -> Iterator[str]:
-    """A DA date of birth (``YYYYMMDD``) in every form of :func:`written_dates`; nothing for a
-    value that is not 8 digits."""
-    yield from written_dates(_norm(value))
+    """A DA date of birth: the ``YYYYMMDD`` date it names (its written forms,
+    :func:`written_dates`, are searched with it: :meth:`IdentifierDictionary.automaton`);
+    nothing for a value that is not 8 digits or a placeholder (:data:`PLACEHOLDER_DATES`)."""
+    date = _norm(value)
+    if len(date) == 8 and date.isdigit() and date not in PLACEHOLDER_DATES:
+        yield date
 
 
 _DATE_IN_VALUE = re.compile(r"(?:^|(?<=[-\\\s]))(\d{4})\.?(\d{2})\.?(\d{2})")
@@ -530,12 +534,12 @@ def _moved(date: str, days: int) -> str:
 
 
 def date_terms(value: str) -> Iterator[str]:
-    """Every date a DA or DT value names (:func:`dates_in`), in every form of
-    :func:`written_dates`; placeholders (:data:`PLACEHOLDER_DATES`) give nothing."""
+    """Every date (``YYYYMMDD``) a DA or DT value names (:func:`dates_in`), each searched in
+    every form of :func:`written_dates` (:meth:`IdentifierDictionary.automaton`); placeholders
+    (:data:`PLACEHOLDER_DATES`) give nothing."""
     for date in dates_in(value):
-        if date in PLACEHOLDER_DATES:
-            continue
-        yield from written_dates(date)
+        if date not in PLACEHOLDER_DATES:
+            yield date
 
 
 def _raw_texts(raw: DataElement | RawDataElement, vr: str) -> list[str]:
@@ -1233,6 +1237,7 @@ class IdentifierDictionary:
         # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
         ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
         others = [enc for enc in encs if enc not in ascii_same]
+        ascii_key, others_key = tuple(sorted(ascii_same)), tuple(sorted(others))
         equipment = self.equipment
         for value, term in self.terms.items():
             low = value.lower()
@@ -1240,26 +1245,11 @@ class IdentifierDictionary:
                 equipment and term.kinds <= _PLACE_OR_PRIVATE and any(low in e for e in equipment)
             ):
                 continue  # R6
-            if value.isascii():
-                keys = [low] if ascii_same else []
-                encodings_left = others
-                forms: tuple[str, ...] = (value,)
+            keys: Sequence[str]
+            if term.date:  # R5: one term for every written form of the date
+                keys = _date_keys(value, ascii_key, others_key)
             else:
-                keys, encodings_left = [], list(encs)
-                forms = _case_forms(value)  # R7: ASCII-lowered bytes keep other letters' case
-            for enc in encodings_left:
-                for form in forms:
-                    try:
-                        key = form.encode(enc).lower().decode("latin-1")
-                    except (UnicodeEncodeError, LookupError):
-                        continue
-                    if key not in keys:
-                        keys.append(key)
-            for key in list(keys):
-                if key.endswith(_ISO2022_RESET) and key.startswith("\x1b"):
-                    # ISO 2022 (PS3.5 6.1.2.5.3): a name followed by more of the same script
-                    # ("佐々木健太郎") has no return to ASCII after it; searched without it.
-                    keys.append(key[: -len(_ISO2022_RESET)])
+                keys = _keys(value, ascii_same, others)
             for key in keys:
                 found = auto.get(key, None)
                 if found is None:
@@ -1274,6 +1264,46 @@ class IdentifierDictionary:
 
 
 _ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are lowered
+
+
+def _keys(value: str, ascii_same: Sequence[str], others: Sequence[str]) -> list[str]:
+    """The automaton keys of one searched text: its bytes in each encoding (Python codec names),
+    ASCII-lowered and read as Latin-1, each once. ``ascii_same``: the searched encodings that
+    write ASCII as ASCII (an ASCII text has one key for all of them); ``others``: those that do
+    not (ISO 2022, for instance; PS3.5 6.1.2.5.3).
+    """
+    if value.isascii():
+        keys = [value.lower()] if ascii_same else []
+        forms: tuple[str, ...] = (value,)
+        encodings = others
+    else:
+        keys, forms = [], _case_forms(value)  # R7: ASCII-lowered bytes keep other letters' case
+        encodings = [*ascii_same, *others]
+    for enc in encodings:
+        for form in forms:
+            try:
+                key = form.encode(enc).lower().decode("latin-1")
+            except (UnicodeEncodeError, LookupError):
+                continue
+            if key not in keys:
+                keys.append(key)
+    for key in list(keys):
+        if key.endswith(_ISO2022_RESET) and key.startswith("\x1b"):
+            # ISO 2022 (PS3.5 6.1.2.5.3): a name followed by more of the same script
+            # ("佐々木健太郎") has no return to ASCII after it; searched without it.
+            keys.append(key[: -len(_ISO2022_RESET)])
+    return keys
+
+
+@lru_cache(maxsize=8192)
+def _date_keys(date: str, ascii_same: tuple[str, ...], others: tuple[str, ...]) -> tuple[str, ...]:
+    """The automaton keys of a ``YYYYMMDD`` date term: :func:`_keys` of each of its written
+    forms (:func:`written_dates`, R5), each once; cached (the same dates recur in every study
+    of a day)."""
+    keys: dict[str, None] = {}
+    for form in written_dates(date):
+        keys.update(dict.fromkeys(_keys(form, ascii_same, others)))
+    return tuple(keys)
 
 
 @lru_cache(maxsize=4096)

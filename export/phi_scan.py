@@ -101,9 +101,10 @@ def scan(
         if start > 0 and word(hay[start - 1]) and word(hay[start]):
             continue
         if ends and end + 1 < n and word(hay[end + 1]) and word(hay[end]):
-            if not (dates and hay[end + 1].isdigit()):
+            if not (dates and hay[end + 1].isdigit() and length == 8):
                 continue
-            terms = [term for term in terms if term.date]
+            # Only as written in DICOM (YYYYMMDD), not in a written form (R5) of the date.
+            terms = [term for term in terms if term.date and hay[start : end + 1].isdigit()]
             if not terms:
                 continue
         yield start, end + 1, terms

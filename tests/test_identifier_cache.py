@@ -76,7 +76,7 @@ def test_synthetic_dir_studies_give_the_same_dictionary(synth_dir: SynthReport) 
         fast, walk = _both(paths, f"R{n % 7}", 3 + n % 5, memo)
         assert fast == walk, uid
         terms += len(fast["terms"])
-    assert terms > 1000  # the comparison is about real dictionaries
+    assert terms > 500  # the comparison is about real dictionaries
 
 
 def test_hostile_and_iod_corpora_give_the_same_dictionary(tmp_path: Path) -> None:

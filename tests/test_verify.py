@@ -288,6 +288,37 @@ def test_rule_birth_dates_of_another_subject_in_date_fields_are_coincidence() ->
     assert _hits(v, _output(ImageComments="born 2015-03-12")) == [("ImageComments", "birth-date")]
 
 
+def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record_is_merged() -> (
+    None
+):
+    # The study's record (kept on premises, merged by the release gate) holds each date once,
+    # as DICOM writes it; the gate's dictionary searches its written forms all the same (R5).
+    source = _source(PatientBirthDate="19800312", StudyDate="20200115")
+    study = IdentifierDictionary()
+    study.add_header(source, research_id="RS-0")
+    record = json.loads(json.dumps(study.to_record()))
+    dates = sorted(
+        row[0] for row in record["terms"] if {"birth-date", "encounter-date"} & set(row[1])
+    )
+    assert dates == ["19800312", "20200115"]
+    merged = IdentifierDictionary()
+    merged.merge_record(record)
+    v = Verifier(merged)
+    for text, kind in [
+        ("born 12 March 1980", "birth-date"),
+        ("DOB 03/12/1980", "birth-date"),
+        ("seen 15-janvier-2020", "encounter-date"),
+        ("seen Jan 15, 2020", "encounter-date"),
+        ("prior 2020.01.15", "encounter-date"),
+    ]:
+        assert _hits(v, _output(ImageComments=text)) == [("ImageComments", kind)], text
+    # R3's exception: digits may follow the date in a DT value, not in text.
+    assert _hits(v, _output(AcquisitionDateTime="20200115093000")) == [
+        ("AcquisitionDateTime", "encounter-date")
+    ]
+    assert _hits(v, _output(ImageComments="ref 20200115093000")) == []
+
+
 def test_rule_private_values_that_are_uids_or_public_values_are_not_searched() -> None:
     src = _source(Manufacturer="ACME Imaging")
     block = src.private_block(0x0011, "ACME", create=True)
