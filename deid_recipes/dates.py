@@ -36,12 +36,13 @@ _DT = re.compile(
 _TM = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?")
 TEMPORAL_VRS = frozenset({"DA", "DT", "TM"})
 
-# Month names and abbreviations, English and French (a trailing dot allowed).
+# Month names and abbreviations, English and French (a trailing dot allowed; accents composed
+# or written apart, Unicode NFD: "e" then U+0301).
 _MONTH = (
-    r"(?:jan(?:uary|vier|v)?|f(?:e|\u00e9)(?:b(?:ruary)?|vr(?:ier)?)|mar(?:ch|s)?|"
-    r"apr(?:il)?|avr(?:il)?|may|mai|june?|juin|july?|juil(?:let)?|aug(?:ust)?|ao(?:u|\u00fb)t|"
-    r"sept?(?:ember|embre)?|oct(?:ober|obre)?|nov(?:ember|embre)?|"
-    r"d(?:e|\u00e9)c(?:ember|embre)?)\.?"
+    r"(?:jan(?:uary|vier|v)?|f(?:e\u0301?|\u00e9)(?:b(?:ruary)?|vr(?:ier)?)|mar(?:ch|s)?|"
+    r"apr(?:il)?|avr(?:il)?|may|mai|june?|juin|july?|juil(?:let)?|aug(?:ust)?|"
+    r"ao(?:u\u0302?|\u00fb)t|sept?(?:ember|embre)?|oct(?:ober|obre)?|nov(?:ember|embre)?|"
+    r"d(?:e\u0301?|\u00e9)c(?:ember|embre)?)\.?"
 )
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th|er)?"
 _EDGE_BEFORE = r"(?<![^\W_])"

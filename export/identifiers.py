@@ -17,22 +17,26 @@ R1  terms shorter than 4 characters are not searched alone (name components: 3, 
     kana or Hangul, whose name groups are also searched written without spaces);
 R2  terms made only of digits (and separators) need at least 6 digits;
 R3  a term matches only as a whole word: the characters on both sides are not letters or digits
-    (one exception: a date term may be followed by the digits of a time inside a DT value);
+    (exceptions for dates: a date may be followed by the digits of a time inside a DT value,
+    and anywhere by ``T`` and a time, as ISO 8601 writes a date and time);
 R4  name components and private-tag values that are common words (``COMMON_WORDS``) block only
     when they are found in a person-name (PN) attribute;
 R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
     every DA / DT form: ranges, several values, DT, and written for people: with ``-``, ``/`` or
-    ``.``, day or month first, 2-digit years, month names; see :func:`written_dates`) blocks
-    when found in an object of the same research subject, or in a non-date attribute; the same
-    date in a date attribute of another subject is a coincidence, and so is, in the
-    subject's own date attributes, an original date that equals another of its dates moved by
-    its date shift;
+    ``.``, day or month first, 2-digit years, English and French month names and abbreviations,
+    ordinal days; see :func:`written_dates`) blocks
+    when found in an object of the same research subject; in another subject's object it is a
+    coincidence (a date alone names nobody else; the stream, which knows only the study's own
+    subject, and the release gate's sample, which merges several studies, then agree), and so
+    is, in the subject's own date attributes, an original date that equals another of its
+    dates moved by its date shift; a date of no known subject blocks in a non-date attribute;
 R6  private-tag, institution and station values that are UIDs, or equal to a public
     non-identifying attribute of the same header, are not searched, nor any term equal to a
     manufacturer, model or software version of any selected header; private creators are not;
 R7  matching ignores ASCII case; a term with other letters is also searched in its lower-case,
     upper-case and capitalized forms (``CÔTÉ`` written ``Côté``; Cyrillic, Greek, Turkish),
-    and in each of them without accents (``Gélinas`` written ``GELINAS``);
+    and in each of them without accents (``Gélinas`` written ``GELINAS``) and with its accents
+    written apart (Unicode NFD);
 R8  address parts are searched when they hold a digit or several words (a lone city name is not);
 R9  values of attributes that the project's approved scope retains are not searched;
 R10 pixel data, overlay bitmaps and waveform samples are image bytes, not text: hits inside them
@@ -88,7 +92,7 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/8"  # 8: non-ASCII case forms (R7); 7: declared charsets
+RULES_VERSION = "ridl-identifiers/9"  # 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -430,20 +434,21 @@ def phone_terms(value: str) -> Iterator[str]:
             yield digits
 
 
-# Month names as people write them (English and French, as :mod:`deid_recipes.dates` reads).
+# Month names as people write them (English and French, as :mod:`deid_recipes.dates` reads):
+# (English abbreviation, English name, French name, French abbreviation).
 _MONTHS = (
-    ("Jan", "January", "janvier"),
-    ("Feb", "February", "février"),
-    ("Mar", "March", "mars"),
-    ("Apr", "April", "avril"),
-    ("May", "May", "mai"),
-    ("Jun", "June", "juin"),
-    ("Jul", "July", "juillet"),
-    ("Aug", "August", "août"),
-    ("Sep", "September", "septembre"),
-    ("Oct", "October", "octobre"),
-    ("Nov", "November", "novembre"),
-    ("Dec", "December", "décembre"),
+    ("Jan", "January", "janvier", "janv"),
+    ("Feb", "February", "février", "févr"),
+    ("Mar", "March", "mars", "mars"),
+    ("Apr", "April", "avril", "avr"),
+    ("May", "May", "mai", "mai"),
+    ("Jun", "June", "juin", "juin"),
+    ("Jul", "July", "juillet", "juil"),
+    ("Aug", "August", "août", "août"),
+    ("Sep", "September", "septembre", "sept"),
+    ("Oct", "October", "octobre", "oct"),
+    ("Nov", "November", "novembre", "nov"),
+    ("Dec", "December", "décembre", "déc"),
 )
 
 
@@ -458,33 +463,57 @@ def _written_forms(date: str) -> tuple[str, ...]:
     return tuple(_written_dates(date))
 
 
+def _ordinal(day: int) -> str:
+    """The English ordinal suffix of a day of the month (1st, 2nd, 3rd, 4th, 11th, 21st)."""
+    if day in (11, 12, 13):
+        return "th"
+    return {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+
+
 def _written_dates(date: str) -> Iterator[str]:
     """A ``YYYYMMDD`` date in the forms people write it, each once (R5).
 
-    ``YYYYMMDD``; ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``; ``DD/MM/YYYY``,
-    ``MM/DD/YYYY``, ``DD.MM.YYYY``, ``DD-MM-YYYY``, the same without leading zeros and with a
-    2-digit year (zero-padded only: 6 digits, R2); ``D Mon YYYY``, ``D-Mon-YYYY``,
-    ``DDMonYYYY``, ``D Month YYYY``, ``Mon D YYYY``, ``Mon D, YYYY``, ``Month D, YYYY`` with
-    English abbreviations and names and French names (case is ignored when matching, R7).
-    Nothing for a value that is not 8 digits.
+    ``YYYYMMDD``; ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, the same without leading
+    zeros; ``DD/MM/YYYY``, ``MM/DD/YYYY``, ``DD.MM.YYYY``, ``DD-MM-YYYY``, the same without
+    leading zeros and with a 2-digit year (zero-padded only: 6 digits, R2); ``D Mon YYYY``,
+    ``D-Mon-YYYY``, ``DDMonYYYY``, ``D Mon YY``, ``D-Mon-YY``, ``D Mon 'YY``, ``D Month YYYY``,
+    ``Mon D YYYY``, ``Mon D, YYYY``, ``Mon. D, YYYY``, ``Month D, YYYY``, ordinal days
+    (``12th February 1947``, ``February 12th, 1947``, ``1er août 2019``) with English
+    abbreviations and names and French names and abbreviations (``12 févr. 1947``); case is
+    ignored when matching and accents may be left out or written apart (R7). A date followed
+    by ``T`` and a time (ISO 8601) matches too (R3). Nothing for a value that is not 8 digits.
+    The forms :func:`deid_recipes.dates.remove_written_dates` takes out of free text are among
+    them.
     """
     if len(date) != 8 or not date.isdigit():
         return
     y, m, d = date[:4], date[4:6], date[6:]
     yy, mi, di = y[2:], str(int(m)), str(int(d))
     forms = [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}"]
+    forms += [f"{y}-{mi}-{di}", f"{y}/{mi}/{di}", f"{y}.{mi}.{di}"]
     for sep in "/.-":
         forms += [f"{d}{sep}{m}{sep}{y}", f"{m}{sep}{d}{sep}{y}"]
         forms += [f"{di}{sep}{mi}{sep}{y}", f"{mi}{sep}{di}{sep}{y}"]
         forms += [f"{d}{sep}{m}{sep}{yy}", f"{m}{sep}{d}{sep}{yy}"]
     if 1 <= int(m) <= 12:
-        abbreviation, english, french = _MONTHS[int(m) - 1]
-        for name in (abbreviation, english, french):
-            forms += [f"{di} {name} {y}", f"{d} {name} {y}", f"{di}-{name}-{y}", f"{d}-{name}-{y}"]
-        forms += [f"{d}{abbreviation}{y}"]
-        for name in (abbreviation, english):
+        abbreviation, english, french, short = _MONTHS[int(m) - 1]
+        nth = di + _ordinal(int(d))
+        days = (di, d) if di != d else (di,)
+        for name in (abbreviation, english, french, f"{abbreviation}.", short, f"{short}."):
+            for day in days:
+                forms += [f"{day} {name} {y}"]
+                forms += [] if name.endswith(".") else [f"{day}-{name}-{y}"]
+        forms += [f"{d}{abbreviation}{y}", f"{di}{abbreviation}{y}"]
+        for name in (abbreviation, short):  # a 2-digit year needs the month's name
+            for day in days:
+                forms += [f"{day} {name} {yy}", f"{day}-{name}-{yy}", f"{day} {name} '{yy}"]
+        for name in (abbreviation, english, f"{abbreviation}."):
             forms += [f"{name} {di} {y}", f"{name} {di}, {y}", f"{name} {d}, {y}"]
-            forms += [f"{name} {d} {y}"]
+            forms += [f"{name} {d} {y}", f"{name} {nth}, {y}", f"{name} {nth} {y}"]
+        for name in (abbreviation, english):
+            forms += [f"{nth} {name} {y}", f"{nth} of {name} {y}", f"{nth} of {name}, {y}"]
+        if di == "1":
+            forms += [f"1er {french} {y}", f"1er {short} {y}", f"1er {short}. {y}"]
     seen: set[str] = set()
     for form in forms:
         if form not in seen:
@@ -1309,8 +1338,9 @@ def _date_keys(date: str, ascii_same: tuple[str, ...], others: tuple[str, ...]) 
 @lru_cache(maxsize=4096)
 def _case_forms(value: str) -> tuple[str, ...]:
     """A term with letters outside ASCII as it may be written (R7): as read, lower case, upper
-    case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), and each
-    of those without accents (``COTE^HELENE``), each once.
+    case and each word capitalized (``CÔTÉ^HÉLÈNE``, ``côté^hélène``, ``Côté^Hélène``), each of
+    those without accents (``COTE^HELENE``) and with its accents written apart (NFD, PS3.5
+    6.1.2.2 leaves normalization to the writer), each once.
     The automaton's keys are lowered for ASCII only (byte by byte, whatever the encoding), so
     each form whose other letters differ is a key of its own."""
     candidates = [value, value.lower(), value.upper(), _capitalized(value)]
@@ -1320,6 +1350,8 @@ def _case_forms(value: str) -> tuple[str, ...]:
         upper = value.replace("i", "İ").replace("ı", "I").upper()
         candidates += [lower, upper, _capitalized(lower, upper_i="İ")]
     candidates += [_without_accents(form) for form in candidates]
+    # Accents written apart (NFD, as some systems store text: "e" then U+0301).
+    candidates += [unicodedata.normalize("NFD", form) for form in candidates]
     forms: list[str] = []
     for form in candidates:
         if form not in forms:

@@ -87,8 +87,9 @@ def scan(
     ASCII letters and digits count as word characters (a lenient pre-filter).
 
     ``dates=True`` where a DT value may hold a date followed by its time of day: a ``YYYYMMDD``
-    date term (:attr:`Term.date`) also matches when digits follow it (R3's one exception); such
-    a match yields the date terms only.
+    date term (:attr:`Term.date`) also matches when digits follow it (R3's exception for dates);
+    anywhere, a date in any written form matches when ``T`` and a digit follow it (an ISO 8601
+    date and time). Such matches yield the date terms only.
 
     ``ends=False`` skips the check after a match (a lenient look at raw bytes: the byte after
     a value that fills its even length is the next element's tag, whose group may be written
@@ -101,10 +102,14 @@ def scan(
         if start > 0 and word(hay[start - 1]) and word(hay[start]):
             continue
         if ends and end + 1 < n and word(hay[end + 1]) and word(hay[end]):
-            if not (dates and hay[end + 1].isdigit() and length == 8):
+            if hay[end + 1] == "t" and end + 2 < n and hay[end + 2].isdigit():
+                # ISO 8601: a date, then T and its time ("2019-08-05T10:15", "20190805T1015").
+                terms = [term for term in terms if term.date]
+            elif dates and hay[end + 1].isdigit() and length == 8:
+                # A DT value: the date as DICOM writes it (YYYYMMDD), then the time's digits.
+                terms = [term for term in terms if term.date and hay[start : end + 1].isdigit()]
+            else:
                 continue
-            # Only as written in DICOM (YYYYMMDD), not in a written form (R5) of the date.
-            terms = [term for term in terms if term.date and hay[start : end + 1].isdigit()]
             if not terms:
                 continue
         yield start, end + 1, terms
@@ -566,6 +571,8 @@ def _blocks(term: Term, vr: str, owner: str | None, located: bool) -> bool:
         return False  # R4
     if vr == "CS" and term.kinds <= NAME_KINDS:
         return False  # R13: a coded value is a defined term, not a name
+    if term.scoped and term.owners and owner not in term.owners:
+        return False  # R5: another subject's date names nobody in this subject's object
     if term.scoped and vr in DATE_VRS and (owner not in term.owners or owner in term.coincident):
         return False  # R5
     return not (term.name_only and not located)

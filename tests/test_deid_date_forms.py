@@ -242,8 +242,10 @@ def test_encounter_dates_follow_r5_and_r3() -> None:
     # Another subject's date attribute holding the same day is a coincidence...
     assert _hits(v, _output("RS-9", StudyDate="20200115")) == []
     assert _hits(v, _output("RS-9", AcquisitionDateTime="20200115093000")) == []
-    # ...but not in text, and not for the subject whose date it is.
-    assert _hits(v, _output("RS-9", ImageComments="20200115")) == [
+    # ...and so is the same day in its text (rules version 9: a date alone names nobody else);
+    # for the subject whose date it is, it blocks anywhere.
+    assert _hits(v, _output("RS-9", ImageComments="20200115")) == []
+    assert _hits(v, _output("RS-0", ImageComments="20200115")) == [
         ("ImageComments", "encounter-date")
     ]
     assert _hits(v, _output("RS-0", SeriesDate="20200115")) == [("SeriesDate", "encounter-date")]

@@ -260,6 +260,7 @@ def test_the_gate_searches_institution_code_meanings_and_organisations() -> None
         ("23 Jul 2019, 23-Jul-19 and 23Jul2019", ", and"),
         ("July 23, 2019 and July 23rd 2019", "and"),
         ("vu le 23 juillet 2019 et le 1er août 2019", "vu le et le"),
+        ("né le 12 fe\u0301vrier 1947, vu le 1er aou\u0302t", "né le , vu le"),
         ("since Jul 2019 and 2019-07", "since and"),
         ("Jul 23 follow-up", "follow-up"),
         ("lesion may 2 cm, 3/4 of 12.5 mm, v2.1.12", "lesion may 2 cm, 3/4 of 12.5 mm, v2.1.12"),

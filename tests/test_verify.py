@@ -319,6 +319,57 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
     assert _hits(v, _output(ImageComments="ref 20200115093000")) == []
 
 
+def test_rule_another_subjects_date_is_a_coincidence_in_text_too() -> None:
+    # The release gate merges the records of the studies it samples: subject A's birth date in
+    # subject B's comment must get the verdict the stream gave it (which knew only B's study),
+    # whichever studies the sample drew.
+    v = _verifier(_source(PatientBirthDate="19470212"), _source(PatientBirthDate="19520630"))
+    assert _hits(v, _output(PatientID="RS-1", ImageComments="compare 12/02/1947")) == []
+    assert _hits(v, _output(PatientID="RS-1", ImageComments="born 30 June 1952")) == [
+        ("ImageComments", "birth-date")
+    ]
+    assert _hits(v, _output(ImageComments="DOB 12-Feb-47")) == [("ImageComments", "birth-date")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DOB 12-Feb-47",
+        "born 12 Feb '47",
+        "DOB 12 févr. 1947",
+        "DOB 12-févr-1947",
+        "né le 12 FÉVR. 1947",
+        "born February 12th, 1947",
+        "born 12th February 1947",
+        "born the 12th of February, 1947",
+        "born Feb. 12, 1947",
+        "born 1947-2-12",
+        "ne le 12 fe\u0301vrier 1947",
+        "acquired 2019-08-01T10:15:00",
+        "acq 20190801T101500",
+        "acq 1er août 2019",
+        "exam 1 Aug 19",
+    ],
+)
+def test_rule_dates_written_as_people_and_systems_write_them_are_found(text: str) -> None:
+    # Found by a fresh-user check: each of these went through the stream (rules version 8).
+    v = _verifier(_source(PatientBirthDate="19470212", StudyDate="20190801"))
+    out = Dataset()
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    out.SOPInstanceUID = "2.25.7"
+    out.PatientID = "RS-0"
+    out.SpecificCharacterSet = "ISO_IR 192"
+    out.ImageComments = text
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    assert [kind for _path, kind in _hits(v, buffer.getvalue())] in (
+        ["birth-date"],
+        ["encounter-date"],
+    ), text
+
+
 def test_rule_private_values_that_are_uids_or_public_values_are_not_searched() -> None:
     src = _source(Manufacturer="ACME Imaging")
     block = src.private_block(0x0011, "ACME", create=True)
