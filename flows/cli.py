@@ -1284,8 +1284,9 @@ def verify(
     full: Annotated[
         bool,
         typer.Option(
-            help="Auditor's mode: read every source header from the DIR again and search every "
-            "stored object (slow; loads the DIR)."
+            help="Auditor's mode: read every source header from the DIR again, search every "
+            "stored object and check each against its manifest part's hash, every part's "
+            "verification record and the listing, as the sample mode does (slow; loads the DIR)."
         ),
     ] = False,
     sample: Annotated[

@@ -235,17 +235,20 @@ def _init_search(
     _search = (open_store(store_url), verifier)
 
 
-def _search_chunk(keys: list[str]) -> tuple[list[Hit], int, int, int]:
+_Searched = tuple[list[Hit], int, int, int, list[tuple[str, str]]]
+
+
+def _search_chunk(keys: list[str]) -> _Searched:
     """Search ``keys`` in this worker process (state from :func:`_init_search`)."""
     assert _search is not None, "_init_search runs first"
     return _search_keys(*_search, keys)
 
 
-def _search_keys(
-    store: ObjectStore, verifier: Verifier, keys: list[str]
-) -> tuple[list[Hit], int, int, int]:
-    """Search ``keys`` in order: (hits, objects, bytes, objects whose pixels OCR read)."""
+def _search_keys(store: ObjectStore, verifier: Verifier, keys: list[str]) -> _Searched:
+    """Search ``keys`` in order: (hits, objects, bytes, objects whose pixels OCR read,
+    [(key, SHA-256 of its bytes, hex)] of the de-identified objects, ``.dcm``)."""
     hits: list[Hit] = []
+    digests: list[tuple[str, str]] = []
     nbytes = ocr_objects = 0
     for key in keys:
         data = store.get_bytes(key)
@@ -253,7 +256,9 @@ def _search_keys(
         hits.extend(result.hits)
         ocr_objects += int(result.ocr_checked)
         nbytes += len(data)
-    return hits, len(keys), nbytes, ocr_objects
+        if key.endswith(".dcm"):
+            digests.append((key, hashlib.sha256(data).hexdigest()))
+    return hits, len(keys), nbytes, ocr_objects, digests
 
 
 def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -291,10 +296,15 @@ def verify_release(
 
     Reads every source header of the frozen selection again through the source (a full
     retrieval from the DIR, once, in this process) into one dictionary, then searches every
-    object under the release in the store. With ``workers`` > 1 the search runs in that many
-    processes (spawned; each gets the dictionary once and reads its objects from the store
-    itself), on chunks of :data:`VERIFY_CHUNK` consecutive keys of the listing, at most
-    ``2 * workers`` chunks in flight, so memory does not grow with the release. Results are
+    object under the release in the store. It also runs the sample mode's other checks over
+    everything: each part's verification record, and each stored ``.dcm`` object against the
+    parts' rows (in no part, listed but missing, bytes whose SHA-256 differs from the row's),
+    compared one bucket at a time (:func:`_compare_stored`).
+
+    With ``workers`` > 1 the search runs in that many processes (spawned; each gets the
+    dictionary once and reads its objects from the store itself), on chunks of
+    :data:`VERIFY_CHUNK` consecutive keys of the listing, at most ``2 * workers`` chunks in
+    flight, so memory does not grow with the release. Results are
     merged in listing order and the hits sorted by key (stable), so the report is the same
     whatever ``workers`` (its timings and ``checked_at`` aside). The run's own gate is
     :func:`audit_release`, which needs neither the DIR nor a full download.
@@ -329,30 +339,44 @@ def verify_release(
     keys = (k for k in release_objects(store, prefix) if is_gated(prefix, k))
     hits: list[Hit] = []
     objects = nbytes = ocr_objects = 0
-    results: Iterator[tuple[list[Hit], int, int, int]]
-    if workers == 1:
-        verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=risk)
-        results = (_search_keys(store, verifier, c) for c in _chunks(keys, VERIFY_CHUNK))
-        pool = None
-    else:
+    # The checks of the sample mode, over everything: each part's verification record, and
+    # every stored object against the parts' rows (listed, in the store, same bytes).
+    if workers > 1:
         _picklable(ocr_func, "OCR")
         _picklable(risk, "at-risk")
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_search,
-            initargs=(store.url, dictionary, ocr_func, risk),
-        )
-        results = _in_order(pool, _chunks(keys, VERIFY_CHUNK), 2 * workers)
+    recipe = _recipe_digest(project, release)
+    work = Path(tempfile.mkdtemp(prefix="ridl-verify-"))
+    pool = None
     try:
-        for chunk_hits, n, size, read in results:
+        manifest, parts, record_hits = _read_parts(store, prefix, recipe, work / "manifest")
+        hits.extend(record_hits)
+        stored = pt.Spill(work / "stored")
+        results: Iterator[_Searched]
+        if workers == 1:
+            verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=risk)
+            results = (_search_keys(store, verifier, c) for c in _chunks(keys, VERIFY_CHUNK))
+        else:
+            pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_search,
+                initargs=(store.url, dictionary, ocr_func, risk),
+            )
+            results = _in_order(pool, _chunks(keys, VERIFY_CHUNK), 2 * workers)
+        for chunk_hits, n, size, read, digests in results:
             hits.extend(chunk_hits)
             objects += n
             nbytes += size
             ocr_objects += read
+            for key, sha in digests:
+                research_id = key[len(prefix) + 1 :].split("/", 1)[0]
+                stored.add({"key": key, "sha256": sha, "research_id": research_id}, "")
+        hits.extend(_compare_stored(manifest, stored))
+        listed = stored.rows
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        shutil.rmtree(work, ignore_errors=True)
     # A study the DIR no longer delivers, with objects in the release: those objects were
     # searched without its own identifiers, so the release cannot pass as fully verified.
     for study_key, reason in sorted(undelivered.items()):
@@ -380,7 +404,8 @@ def verify_release(
         seconds_search=round(t2 - t1, 3),
         checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         mode="full",
-        objects_listed=objects,
+        parts_checked=parts,
+        objects_listed=listed,
     )
     _write_report(report, record_audit)
     return report
@@ -388,9 +413,9 @@ def verify_release(
 
 def _in_order(
     pool: ProcessPoolExecutor, chunks: Iterator[list[str]], window: int
-) -> Iterator[tuple[list[Hit], int, int, int]]:
+) -> Iterator[_Searched]:
     """The pool's results of ``chunks`` in submission order, at most ``window`` in flight."""
-    pending: deque[Future[tuple[list[Hit], int, int, int]]] = deque()
+    pending: deque[Future[_Searched]] = deque()
     for chunk in chunks:
         pending.append(pool.submit(_search_chunk, chunk))
         if len(pending) >= window:
@@ -509,6 +534,61 @@ class Listing:
     sampled: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
+def _read_parts(
+    store: ObjectStore, prefix: str, recipe: str, folder: Path
+) -> tuple[pt.Spill, int, list[Hit]]:
+    """Read every manifest part of the release once: (their rows spilled under ``folder``,
+    each with its part's study key as ``site``; the number of parts; a hit for each part whose
+    verification record is missing or was made under other rules or another recipe)."""
+    manifest = pt.Spill(folder)
+    parts = 0
+    hits: list[Hit] = []
+    listing = (
+        info
+        for info in store.list(f"{prefix}/parts/")
+        if info.key.endswith(".json") and not is_source_part(info.key)
+    )
+    for info, data in read_in_order(store, listing):
+        part = parse_part(data)
+        if part.get("study") is None:
+            continue
+        parts += 1
+        problem = _check_record(part, recipe)
+        if problem is not None:
+            hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
+        manifest.add_rows(part["objects"], str(part["study"]))
+    return manifest, parts, hits
+
+
+def _compare_stored(manifest: pt.Spill, stored: pt.Spill) -> list[Hit]:
+    """The full mode's listing: every stored ``.dcm`` object (``stored``: key, SHA-256 of the
+    bytes read) against the parts' rows (``manifest``), one bucket of each in memory at a
+    time. Hits: an object in no part, an object whose bytes differ from its row's hash, a
+    listed object not in the store."""
+    hits: list[Hit] = []
+    buckets = pt.bucket_count(max(manifest.rows, stored.rows))
+    for bucket in range(buckets):
+        rows = manifest.table(bucket, buckets)
+        expected: dict[str, set[str]] = {}
+        for key, sha in zip(
+            rows.column("key").to_pylist(), rows.column("sha256").to_pylist(), strict=True
+        ):
+            expected.setdefault(key, set()).add(sha)
+        found = stored.table(bucket, buckets)
+        for key, sha in zip(
+            found.column("key").to_pylist(), found.column("sha256").to_pylist(), strict=True
+        ):
+            shas = expected.pop(key, None)
+            if shas is None:
+                hits.append(Hit(key, "(not in any manifest part)", Reason.OBJECT_NOT_IN_MANIFEST))
+            elif sha not in shas:
+                where = "(bytes differ from the manifest part)"
+                hits.append(Hit(key, where, Reason.OBJECT_CHANGED))
+        for key in sorted(expected):
+            hits.append(Hit(key, "(listed but not in the store)", Reason.OBJECT_CHANGED))
+    return hits
+
+
 def compare_listing(
     store: ObjectStore, prefix: str, manifest: pt.Spill, folder: Path, wanted: set[int]
 ) -> Listing:
@@ -600,22 +680,8 @@ def audit_release(
     hits: list[Hit] = []
     work = Path(tempfile.mkdtemp(prefix="ridl-gate-"))
     try:
-        manifest = pt.Spill(work / "manifest")  # every part's rows, the part's study as "site"
-        parts = 0
-        listing = (
-            info
-            for info in store.list(f"{prefix}/parts/")
-            if info.key.endswith(".json") and not is_source_part(info.key)
-        )
-        for info, data in read_in_order(store, listing):
-            part = parse_part(data)
-            if part.get("study") is None:
-                continue
-            parts += 1
-            problem = _check_record(part, recipe)
-            if problem is not None:
-                hits.append(Hit(info.key, problem, Reason.UNVERIFIED_STUDY))
-            manifest.add_rows(part["objects"], str(part["study"]))
+        manifest, parts, record_hits = _read_parts(store, prefix, recipe, work / "manifest")
+        hits.extend(record_hits)
         n = sample_size(manifest.rows, sample)
         draw = random.Random(seed) if seed is not None else random.SystemRandom()
         wanted = set(draw.sample(range(manifest.rows), n)) if n else set()

@@ -187,7 +187,10 @@ def test_ocr_text_of_at_risk_objects_is_searched(synth_dir, project, tmp_path: P
     assert seen and set(seen) == {"US"}, "only at-risk objects are read"
     assert report.ocr_objects == len(seen)
     assert not report.passed
-    assert [(h.key, h.path) for h in report.hits] == [(key, "PixelData (OCR text)")]
+    assert [(h.key, h.path) for h in report.hits] == [
+        (key, "PixelData (OCR text)"),
+        (key, "(bytes differ from the manifest part)"),  # the test changed it after the run
+    ]
 
 
 # --- the tuning rules, one by one ---------------------------------------------------------------
@@ -758,6 +761,36 @@ def test_the_full_mode_in_two_workers_reports_what_one_does(
     assert _without_timings(one) == _without_timings(two)
     assert json.dumps(_without_timings(one), sort_keys=True) == json.dumps(
         _without_timings(two), sort_keys=True
+    )
+
+
+def test_the_full_mode_checks_the_listing_hashes_and_records_as_the_sample_mode_does(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Found by a fresh-user check: the auditor's thorough mode searched every object but did
+    # not compare the store with the manifest parts, which the default sample mode does.
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    (changed, ds), (removed, _other) = _objects_of_two_studies(store, prefix)
+    ds.ImageComments = "routine"  # no identifier: only its bytes differ from its part's hash
+    _put(store, changed, ds)
+    planted = changed.rsplit("/", 1)[0] + "/planted.dcm"
+    _put(store, planted, ds)  # in the store, in no part
+    store.delete(removed)  # in a part, not in the store
+    part = next(i.key for i in store.list(f"{prefix}/parts/") if i.key.endswith(".json"))
+    record = json.loads(store.get_bytes(part))
+    record["verification"]["rules"] = "ridl-identifiers/0"
+    store.put_bytes(part, json.dumps(record).encode())
+    report = verify_release(project.id, "r1", store.url, ocr=False, record_audit=False)
+    found = {(h.key, h.path) for h in report.hits}
+    assert (changed, "(bytes differ from the manifest part)") in found, report.render()
+    assert (planted, "(not in any manifest part)") in found
+    assert (removed, "(listed but not in the store)") in found
+    assert [h.key for h in report.hits if h.kind == "unverified-study"] == [part]
+    assert not report.passed and report.parts_checked > 0
+    assert report.objects_listed == report.objects_checked - sum(
+        1 for i in store.list(prefix + "/") if not i.key.endswith(".dcm")
     )
 
 
