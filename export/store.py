@@ -134,6 +134,9 @@ def store_class(scheme: str) -> type:
     return import_backend(STORES, scheme, "object store")
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters or more: not a drive letter
+
+
 def open_store(url: str | None) -> ObjectStore:
     """An object store from a URL-like setting: ``file:PATH``, a folder path or ``s3://...``.
 
@@ -151,6 +154,8 @@ def open_store(url: str | None) -> ObjectStore:
         scheme = url.split("://", 1)[0]
     elif url.startswith("file:"):
         scheme = "file"
+    elif _SCHEME.match(url):  # "bogus:/x" is a mistyped setting, not a folder named so
+        scheme = url.split(":", 1)[0]
     else:
         url, scheme = "file:" + url, "file"
     store: ObjectStore = store_class(scheme).from_url(url)  # type: ignore[attr-defined]

@@ -1309,6 +1309,13 @@ def verify(
     from flows.gate import audit_release, verify_release, verify_workers
 
     processes = verify_workers(workers) if workers is not None else None  # checked first
+    if full and sample is not None:
+        raise ConfigError("--sample reads a sample back; --full reads every object: give one")
+    if workers is not None and not full:
+        raise ConfigError("--workers sets the processes of --full; add --full or drop --workers")
+    from ridl.projects import load_project
+
+    load_project(project)  # a project that does not exist is named as such, before the store
     store = open_store(dest)
     url = store.url
     if next(iter(store.list(f"{project}/{release}/")), None) is None:

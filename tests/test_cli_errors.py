@@ -151,3 +151,32 @@ def test_pydicom_never_prints_a_source_value(tmp_path: Path) -> None:
     assert "2001.02.03" not in proc.stderr and "Invalid value" not in proc.stderr, proc.stderr
     assert "exceeds the maximum length" not in proc.stderr, proc.stderr
     assert str(tmp_path) not in proc.stderr, "no file path either"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--full", "--sample", "3"], "--sample reads a sample back; --full reads every object"),
+        (["--workers", "2"], "--workers sets the processes of --full; add --full or drop"),
+        (["--dest", "bogus:/x"], "object store scheme 'bogus' is not supported; use file:PATH"),
+    ],
+)
+def test_verify_refuses_options_it_would_ignore_in_one_line(
+    extra: list[str],
+    message: str,
+    project,  # type: ignore[no-untyped-def]
+) -> None:
+    # Found by a fresh-user check: each was silently ignored (or, for a mistyped scheme, read
+    # as a folder named "bogus:").
+    result = CliRunner().invoke(app, ["verify", "--project", project.id, "--release", "r1", *extra])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"error: {message}")
+
+
+def test_verify_names_a_project_that_does_not_exist(ridl_home: Path) -> None:
+    result = CliRunner().invoke(app, ["verify", "--project", "nope", "--release", "r1"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: no project 'nope' in {ridl_home / 'projects'}; create it with "
+        "`ridl project create` or set RIDL_HOME"
+    ]
