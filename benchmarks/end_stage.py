@@ -16,12 +16,18 @@ Prints a table and writes JSON to ``benchmarks/results/end_stage.json``.
     python benchmarks/end_stage.py --quick    # 100 patients
     python benchmarks/end_stage.py --mix 2    # realistic study sizes, 2 patients
     python benchmarks/end_stage.py --mix 8 --cross-terms 20000   # a worker at the terms cap
+    python benchmarks/end_stage.py --ct-slices 100   # 2,500 studies of archive-like sizes
 
 The synthetic DIR's images are tiny (64 x 64 CT slices, 128 x 128 radiographs, 3 objects a study),
 so its per-object de-identification is unrealistically cheap. ``--mix N`` replaces it with N
 patients of realistic studies (each: a CT series of 100 slices 512 x 512, a CR study of 2 images
 2,000 x 2,500, a US study of 3 images 640 x 480 RGB; same identifying headers as ``ridl.synth``)
 and writes ``benchmarks/results/end_stage-mix.json``.
+
+``--ct-slices N`` gives each synthetic CT series N slices (``ridl.synth``'s default is 4): with
+100, the synthetic release has about 35 objects a study, as a hospital archive has (hundreds of
+millions of objects in 7 million studies), its images still tiny (``-ctN`` is added to the JSON
+file's name).
 
 ``--cross-terms N`` starts the run with N cross-study staff names already known (as a worker
 of a project that has run for years starts: ``ridl.crossterms`` keeps up to
@@ -173,6 +179,13 @@ def main() -> None:
     parser.add_argument(
         "--cross-terms", type=int, default=0, metavar="N", help="N staff names known at the start"
     )
+    parser.add_argument(
+        "--ct-slices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N slices per synthetic CT series (ridl.synth's default: 4)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.patients = 100
@@ -214,7 +227,7 @@ def main() -> None:
         args.patients = args.mix
         realistic_dir(source, args.mix)
     else:
-        synthesize(source, patients=args.patients, sites=3, seed=1)
+        synthesize(source, patients=args.patients, sites=3, seed=1, ct_slices=args.ct_slices or 4)
     synth_s = time.perf_counter() - t0
     today = dt.date.today()
     create_project(
@@ -334,6 +347,7 @@ def main() -> None:
         "patients": args.patients,
         "dir": "realistic mix" if args.mix else "ridl.synth",
         "cross_terms_at_start": args.cross_terms,
+        "ct_slices": args.ct_slices or (None if args.mix else 4),
         "worker_start_seconds": start_s,
         "studies": studies,
         "objects": objects,
@@ -358,6 +372,8 @@ def main() -> None:
     name = "end_stage-quick.json" if args.quick else name
     if args.cross_terms:
         name = name.replace(".json", "-cross.json")
+    if args.ct_slices:
+        name = name.replace(".json", f"-ct{args.ct_slices}.json")
     (out / name).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out / name}")
     shutil.rmtree(home, ignore_errors=True)
