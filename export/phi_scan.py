@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +62,54 @@ _OBJECT_CODES = {
 # --- searching -----------------------------------------------------------------------------------
 
 
-def _is_word_char(ch: str) -> bool:
-    return ch.isalnum() or ord(ch) >= 0x80
+# Bytes above 0x7F that are punctuation or spaces in ISO 8859-1 (no-break space, inverted
+# marks, guillemets, middle dot), written alone: not letters, so a term beside one is a word.
+_HIGH_NON_WORD = frozenset("\xa0\xa1\xab\xb7\xbb\xbf")
+
+
+def _unicode_word(text: str) -> bool:
+    """Whether one decoded character is part of a word: a letter, a digit or a combining mark
+    (an accent written apart, NFD, belongs to the letter before it)."""
+    return len(text) == 1 and unicodedata.category(text)[0] in "LNM"
+
+
+def _word_at(hay: str, i: int) -> bool:
+    """Whether the character whose bytes start at ``hay[i]`` is part of a word (R3).
+
+    ``hay`` is bytes read as Latin-1 (:func:`_hay`), in whatever character set the value was
+    written. A byte below 0x80 is ASCII. A UTF-8 sequence starting there is decoded: a
+    no-break space, a quotation mark, a guillemet or an ellipsis is no letter, whatever its
+    bytes. Any other byte above 0x7F is a letter (ISO 8859 letters, multi-byte scripts), except
+    the ISO 8859-1 spaces and punctuation of :data:`_HIGH_NON_WORD`.
+    """
+    ch = hay[i]
+    if ch < "\x80":
+        return ch.isalnum()
+    lead = ord(ch)
+    size = 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead < 0xF5 else 0
+    if size and i + size <= len(hay):
+        try:
+            return _unicode_word(hay[i : i + size].encode("latin-1").decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    return ch not in _HIGH_NON_WORD
+
+
+def _word_before(hay: str, i: int) -> bool:
+    """Whether the character whose bytes end at ``hay[i]`` is part of a word (see
+    :func:`_word_at`; a UTF-8 sequence ending there is decoded from its first byte)."""
+    ch = hay[i]
+    if ch < "\x80":
+        return ch.isalnum()
+    j = i
+    while j > max(0, i - 3) and 0x80 <= ord(hay[j]) < 0xC0:
+        j -= 1  # back over UTF-8 continuation bytes to a lead byte
+    if j < i and ord(hay[j]) >= 0xC2:
+        try:
+            return _unicode_word(hay[j : i + 1].encode("latin-1").decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    return ch not in _HIGH_NON_WORD
 
 
 def _is_ascii_word_char(ch: str) -> bool:
@@ -82,7 +130,9 @@ def scan(
     are byte offsets; ``end`` is exclusive); ``auto`` is
     :meth:`export.identifiers.IdentifierDictionary.automaton`.
 
-    ``text=True`` for a value's own text, where non-ASCII neighbours are letters; ``text=False``
+    ``text=True`` for a value's own text, where a neighbour above 0x7F is a letter unless it is
+    a space or punctuation (a no-break space, quotation marks, guillemets: :func:`_word_at`);
+    ``text=False``
     for a whole object's bytes, where a value's neighbours are binary tags and lengths, so only
     ASCII letters and digits count as word characters (a lenient pre-filter).
 
@@ -95,13 +145,23 @@ def scan(
     a value that fills its even length is the next element's tag, whose group may be written
     ``2``, ``P``, ``T``, ``p``... as for groups 0032, 0050, 0054, 0070; PS3.5 7.1.2).
     """
-    word = _is_word_char if text else _is_ascii_word_char
     n = len(hay)
     for end, (length, terms) in auto.iter(hay):
         start = end - length + 1
-        if start > 0 and word(hay[start - 1]) and word(hay[start]):
-            continue
-        if ends and end + 1 < n and word(hay[end + 1]) and word(hay[end]):
+        if text:
+            if start > 0 and _word_before(hay, start - 1) and _word_at(hay, start):
+                continue
+            after = ends and end + 1 < n and _word_at(hay, end + 1) and _word_before(hay, end)
+        else:
+            if (
+                start > 0
+                and _is_ascii_word_char(hay[start - 1])
+                and _is_ascii_word_char(hay[start])
+            ):
+                continue
+            after = ends and end + 1 < n and _is_ascii_word_char(hay[end + 1])
+            after = after and _is_ascii_word_char(hay[end])
+        if after:
             if hay[end + 1] == "t" and end + 2 < n and hay[end + 2].isdigit():
                 # ISO 8601: a date, then T and its time ("2019-08-05T10:15", "20190805T1015").
                 terms = [term for term in terms if term.date]
@@ -113,6 +173,21 @@ def scan(
             if not terms:
                 continue
         yield start, end + 1, terms
+
+
+# No-break and narrow spaces between the words of a value (French typography: "30\u00a0juin",
+# "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+202F, U+2009, U+2007, and the ISO 8859
+# byte A0 when no UTF-8 lead byte comes before it ("à" in UTF-8 is C3 A0).
+_SPACES = re.compile("\xc2\xa0|\xe2\x80[\xaf\x89\x87]|(?<![\xc2-\xf4])\xa0")
+
+
+def _spaced(hay: str) -> str:
+    """``hay`` (:func:`_hay`) with each no-break or narrow space written as a space, so a term
+    written with spaces matches a value written with them (offsets move: for a search whose
+    offsets are not used, or that only asks whether a term is there)."""
+    if "\xa0" in hay or "\xe2\x80" in hay:
+        return _SPACES.sub(" ", hay)
+    return hay
 
 
 def _hay(data: bytes) -> str:
@@ -289,7 +364,7 @@ class Verifier:
         ):
             codecs = _declared_codecs(data, text_end)
             if codecs is not None:
-                head = _hay(data[:text_end])
+                head = _spaced(_hay(data[:text_end]))
                 # No term in the object's character sets (each dictionary's keys written in
                 # them too): clean. An empty dictionary finds nothing.
                 if not any(
@@ -328,7 +403,7 @@ class Verifier:
         elif key.endswith(".json"):
             data = _json_values(data)
         seen: set[tuple[str, str]] = set()
-        hay = _hay(data)
+        hay = _spaced(_hay(data))
         matches = (m for auto in self._automata(()) for m in scan(hay, auto, text=False))
         for _s, _e, terms in matches:
             for term in terms:
@@ -366,7 +441,7 @@ class Verifier:
                     if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
                         candidates.append((start, end, terms, dt_only))
             if not candidates and not any(
-                next(iter(scan(hay, a, text=False, ends=False)), None) is not None
+                next(iter(scan(_spaced(hay), a, text=False, ends=False)), None) is not None
                 for _offset, hay in pieces
                 for a in automata
             ):
@@ -379,7 +454,8 @@ class Verifier:
                 if label == "file" and span.start >= 0:
                     searched.append((span.start, span.end))
                 dates = span.vr == "DT"
-                spans = (m for a in automata for m in scan(span.hay, a, dates=dates))
+                spaced = _spaced(span.hay)
+                spans = (m for a in automata for m in scan(spaced, a, dates=dates))
                 own = ridl_written(span.path)
                 for _s, _e, terms in spans:
                     for term in terms:
@@ -408,7 +484,7 @@ class Verifier:
             texts = _ocr_texts(self.ocr, ds)
         if texts:
             for text in texts:
-                hay = _hay(text.encode("utf-8", "replace"))
+                hay = _spaced(_hay(text.encode("utf-8", "replace")))
                 for _s, _e, terms in (m for a in automata for m in scan(hay, a)):
                     for term in terms:
                         if term.scoped and owner in term.owners:

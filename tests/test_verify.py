@@ -373,6 +373,48 @@ def test_rule_dates_written_as_people_and_systems_write_them_are_found(text: str
     ), text
 
 
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "ISO_IR 100"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DOB \u201c30/06/1942\u201d",
+        "DOB:\u00a030/06/1942",
+        "DDN \u00ab30/06/1942\u00bb",
+        "DDN : 30\u00a0juin\u00a01942",
+        "patiente \u00abGagnon\u00bb",
+        "Mme\u00a0Gagnon, vue",
+        "vu par Gagnon\u2026",
+        "id \u2018MRN346236\u2019",
+        "Chlo\u00e9\u202fGagnon",
+        "\u00b7Gagnon\u00b7",
+        "\u00bfGagnon?",
+    ],
+)
+def test_rule_a_no_break_space_or_quotation_mark_beside_an_identifier_is_no_letter(
+    text: str, charset: str
+) -> None:
+    # Found by a fresh-user check: the search took every byte above 0x7F beside a match for a
+    # letter (R3), so a no-break space, guillemets or curly quotes hid a name, an ID or a date.
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        if charset == "ISO_IR 100":
+            pytest.skip("not written in ISO 8859-1")
+    source = _source(PatientName="Gagnon^Chloe", PatientID="MRN346236", PatientBirthDate="19420630")
+    v = _verifier(source)
+    out = Dataset()
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    out.SOPInstanceUID = "2.25.8"
+    out.PatientID = "RS-0"
+    out.SpecificCharacterSet = charset
+    out.StudyDescription = text
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    assert [path for path, _kind in _hits(v, buffer.getvalue())] == ["StudyDescription"], text
+
+
 def test_rule_private_values_that_are_uids_or_public_values_are_not_searched() -> None:
     src = _source(Manufacturer="ACME Imaging")
     block = src.private_block(0x0011, "ACME", create=True)
