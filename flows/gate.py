@@ -69,7 +69,7 @@ from ridl.crossterms import load_terms
 from ridl.dicomfile import read_file
 from ridl.errors import ConfigError, ReleaseError, StudyUndeliverable
 from ridl.projects import load_project
-from ridl.pseudonyms import Pseudonymizer, SubjectKey
+from ridl.pseudonyms import RESEARCH_ID_PREFIX, Pseudonymizer, SubjectKey
 from ridl.reasons import Reason
 from ridl.releases import (
     MARKER,
@@ -189,6 +189,14 @@ OFFICE_FILES = frozenset(
 )
 
 
+def is_object_key(prefix: str, key: str) -> bool:
+    """Whether ``key`` of the release at ``prefix`` is in the place of a de-identified object,
+    which a manifest part must list: under a research subject's folder (``<prefix>/RS-.../``),
+    or a DICOM file name (``.dcm`` in any case) anywhere in the release."""
+    name = key[len(prefix) + 1 :] if key.startswith(prefix + "/") else key
+    return name.startswith(RESEARCH_ID_PREFIX) or name.lower().endswith(".dcm")
+
+
 def is_gated(prefix: str, key: str) -> bool:
     """Whether the gate searches ``key`` of the release at ``prefix``: every de-identified
     object and every file ridl derives from them (parts, manifests, summary, report, sums),
@@ -246,7 +254,7 @@ def _search_chunk(keys: list[str]) -> _Searched:
 
 def _search_keys(store: ObjectStore, verifier: Verifier, keys: list[str]) -> _Searched:
     """Search ``keys`` in order: (hits, objects, bytes, objects whose pixels OCR read,
-    [(key, SHA-256 of its bytes, hex)] of the de-identified objects, ``.dcm``)."""
+    [(key, SHA-256 of its bytes, hex)])."""
     hits: list[Hit] = []
     digests: list[tuple[str, str]] = []
     nbytes = ocr_objects = 0
@@ -256,8 +264,7 @@ def _search_keys(store: ObjectStore, verifier: Verifier, keys: list[str]) -> _Se
         hits.extend(result.hits)
         ocr_objects += int(result.ocr_checked)
         nbytes += len(data)
-        if key.endswith(".dcm"):
-            digests.append((key, hashlib.sha256(data).hexdigest()))
+        digests.append((key, hashlib.sha256(data).hexdigest()))
     return hits, len(keys), nbytes, ocr_objects, digests
 
 
@@ -369,6 +376,8 @@ def verify_release(
             nbytes += size
             ocr_objects += read
             for key, sha in digests:
+                if not is_object_key(prefix, key):
+                    continue  # parts, manifests, summary: the release's own files
                 research_id = key[len(prefix) + 1 :].split("/", 1)[0]
                 stored.add({"key": key, "sha256": sha, "research_id": research_id}, "")
         hits.extend(_compare_stored(manifest, stored))
@@ -607,7 +616,7 @@ def compare_listing(
     found = Listing()
     start = len(prefix) + 1
     for info in store.list(prefix + "/"):
-        if not info.key.endswith(".dcm"):
+        if not is_object_key(prefix, info.key):
             continue
         found.stored += 1
         if any(c in info.key for c in "\t\r\n"):  # no manifest key has one (check_key)

@@ -39,6 +39,9 @@ class SubjectKey:
         return "pid:" + self.issuer.strip() + "\x1f" + self.patient_id.strip()
 
 
+RESEARCH_ID_PREFIX = "RS-"  # every research subject ID starts so; the store keys its objects by it
+
+
 class Pseudonymizer:
     """All keyed derivations of one project (HMAC-SHA-256 keyed with its secret, bytes)."""
 
@@ -55,7 +58,7 @@ class Pseudonymizer:
         ``RS-`` and 10 base32 characters (50 bits of the subject key's HMAC).
         """
         digest = self._mac("subject", subject.canonical())
-        return "RS-" + base64.b32encode(digest[:10]).decode().rstrip("=")[:10]
+        return RESEARCH_ID_PREFIX + base64.b32encode(digest[:10]).decode().rstrip("=")[:10]
 
     def date_shift_days(self, subject: SubjectKey) -> int:
         """Days to move every date of this subject back; the same for all their studies.

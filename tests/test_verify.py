@@ -20,6 +20,7 @@ from flows.gate import (
     IdentifierDictionary,
     VerificationFailed,
     Verifier,
+    audit_release,
     gate_release,
     verify_release,
 )
@@ -819,6 +820,10 @@ def test_the_full_mode_checks_the_listing_hashes_and_records_as_the_sample_mode_
     _put(store, changed, ds)
     planted = changed.rsplit("/", 1)[0] + "/planted.dcm"
     _put(store, planted, ds)  # in the store, in no part
+    # Under a subject's folder whatever its name: .DCM, or no extension at all.
+    odd = [changed.rsplit("/", 1)[0] + "/upper.DCM", changed.rsplit("/", 2)[0] + "/noext"]
+    for key in odd:
+        _put(store, key, ds)
     store.delete(removed)  # in a part, not in the store
     part = next(i.key for i in store.list(f"{prefix}/parts/") if i.key.endswith(".json"))
     record = json.loads(store.get_bytes(part))
@@ -828,11 +833,16 @@ def test_the_full_mode_checks_the_listing_hashes_and_records_as_the_sample_mode_
     found = {(h.key, h.path) for h in report.hits}
     assert (changed, "(bytes differ from the manifest part)") in found, report.render()
     assert (planted, "(not in any manifest part)") in found
+    assert {(key, "(not in any manifest part)") for key in odd} <= found
     assert (removed, "(listed but not in the store)") in found
+    sample = audit_release(project.id, "r1", store.url, record_audit=False)
+    assert {(key, "(not in any manifest part)") for key in odd} <= {
+        (h.key, h.path) for h in sample.hits
+    }
     assert [h.key for h in report.hits if h.kind == "unverified-study"] == [part]
     assert not report.passed and report.parts_checked > 0
-    assert report.objects_listed == report.objects_checked - sum(
-        1 for i in store.list(prefix + "/") if not i.key.endswith(".dcm")
+    assert report.objects_listed == sum(
+        1 for i in store.list(prefix + "/") if i.key.endswith(".dcm") or i.key in odd
     )
 
 
