@@ -474,10 +474,13 @@ def _written_dates(date: str) -> Iterator[str]:
     """A ``YYYYMMDD`` date in the forms people write it, each once (R5).
 
     ``YYYYMMDD``; ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, the same without leading
-    zeros; ``DD/MM/YYYY``, ``MM/DD/YYYY``, ``DD.MM.YYYY``, ``DD-MM-YYYY``, the same without
-    leading zeros and with a 2-digit year (zero-padded only: 6 digits, R2); ``D Mon YYYY``,
-    ``D-Mon-YYYY``, ``DDMonYYYY``, ``D Mon YY``, ``D-Mon-YY``, ``D Mon 'YY``, ``D Month YYYY``,
-    ``Mon D YYYY``, ``Mon D, YYYY``, ``Mon. D, YYYY``, ``Month D, YYYY``, ordinal days
+    zeros, ``YY-MM-DD``, ``DD MM YYYY``; ``DD/MM/YYYY``, ``MM/DD/YYYY``, ``DD.MM.YYYY``,
+    ``DD-MM-YYYY``, the same without leading zeros and with a 2-digit year (zero-padded, and
+    ``D/M/YY`` and ``M/D/YY`` with slashes only); ``D Mon YYYY``, ``D Mon, YYYY``,
+    ``D-Mon-YYYY``, ``DDMonYYYY``, ``DDMONYY``, ``D/Mon/YYYY``, ``D.Mon.YYYY``,
+    ``YYYY-Mon-D``, ``Mon-D-YYYY``, ``D Mon YY``, ``D-Mon-YY``, ``D Mon 'YY``,
+    ``D Month YYYY``, ``Mon D YYYY``, ``Mon D, YYYY``, ``Mon D,YYYY``, ``Mon D, 'YY``,
+    ``Mon. D, YYYY``, ``Month D, YYYY``, ordinal days
     (``12th February 1947``, ``February 12th, 1947``, ``1er août 2019``) with English
     abbreviations and names and French names and abbreviations (``12 févr. 1947``); case is
     ignored when matching and accents may be left out or written apart (R7). A date followed
@@ -489,29 +492,35 @@ def _written_dates(date: str) -> Iterator[str]:
         return
     y, m, d = date[:4], date[4:6], date[6:]
     yy, mi, di = y[2:], str(int(m)), str(int(d))
-    forms = [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}"]
-    forms += [f"{y}-{mi}-{di}", f"{y}/{mi}/{di}", f"{y}.{mi}.{di}"]
+    forms = [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d} {m} {y}"]
+    forms += [f"{y}-{mi}-{di}", f"{y}/{mi}/{di}", f"{y}.{mi}.{di}", f"{yy}-{m}-{d}"]
     for sep in "/.-":
         forms += [f"{d}{sep}{m}{sep}{y}", f"{m}{sep}{d}{sep}{y}"]
         forms += [f"{di}{sep}{mi}{sep}{y}", f"{mi}{sep}{di}{sep}{y}"]
         forms += [f"{d}{sep}{m}{sep}{yy}", f"{m}{sep}{d}{sep}{yy}"]
+    forms += [f"{di}/{mi}/{yy}", f"{mi}/{di}/{yy}"]  # US and UK short forms: slashes only
     if 1 <= int(m) <= 12:
         abbreviation, english, french, short = _MONTHS[int(m) - 1]
         nth = di + _ordinal(int(d))
         days = (di, d) if di != d else (di,)
         for name in (abbreviation, english, french, f"{abbreviation}.", short, f"{short}."):
             for day in days:
-                forms += [f"{day} {name} {y}"]
+                forms += [f"{day} {name} {y}", f"{day} {name}, {y}"]
                 forms += [] if name.endswith(".") else [f"{day}-{name}-{y}"]
-        forms += [f"{d}{abbreviation}{y}", f"{di}{abbreviation}{y}"]
-        for name in (abbreviation, short):  # a 2-digit year needs the month's name
+        for day in days:
+            forms += [f"{day}{abbreviation}{y}", f"{day}{abbreviation}{yy}"]
+            forms += [f"{day}/{abbreviation}/{y}", f"{day}.{abbreviation}.{y}"]
+            forms += [f"{y}-{abbreviation}-{day}", f"{abbreviation}-{day}-{y}"]
+        for name in (abbreviation, english, short):  # a 2-digit year needs the month's name
             for day in days:
                 forms += [f"{day} {name} {yy}", f"{day}-{name}-{yy}", f"{day} {name} '{yy}"]
         for name in (abbreviation, english, f"{abbreviation}."):
             forms += [f"{name} {di} {y}", f"{name} {di}, {y}", f"{name} {d}, {y}"]
             forms += [f"{name} {d} {y}", f"{name} {nth}, {y}", f"{name} {nth} {y}"]
+            forms += [f"{name} {di},{y}", f"{name} {di}, '{yy}", f"{name} {di} '{yy}"]
         for name in (abbreviation, english):
-            forms += [f"{nth} {name} {y}", f"{nth} of {name} {y}", f"{nth} of {name}, {y}"]
+            forms += [f"{nth} {name} {y}", f"{nth} {name}, {y}", f"{nth} of {name} {y}"]
+            forms += [f"{nth} of {name}, {y}"]
         if di == "1":
             forms += [f"1er {french} {y}", f"1er {short} {y}", f"1er {short}. {y}"]
     seen: set[str] = set()

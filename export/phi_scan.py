@@ -139,7 +139,8 @@ def scan(
     ``dates=True`` where a DT value may hold a date followed by its time of day: a ``YYYYMMDD``
     date term (:attr:`Term.date`) also matches when digits follow it (R3's exception for dates);
     anywhere, a date in any written form matches when ``T`` and a digit follow it (an ISO 8601
-    date and time). Such matches yield the date terms only.
+    date and time), and a ``YYYYMMDD`` date when letters come before it (``IMG20190805``).
+    Such matches yield the date terms only.
 
     ``ends=False`` skips the check after a match (a lenient look at raw bytes: the byte after
     a value that fills its even length is the next element's tag, whose group may be written
@@ -150,7 +151,12 @@ def scan(
         start = end - length + 1
         if text:
             if start > 0 and _word_before(hay, start - 1) and _word_at(hay, start):
-                continue
+                if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
+                    continue
+                # A date as DICOM writes it after letters ("IMG20190805", "DOB19420630").
+                terms = [t for t in terms if t.date and hay[start : end + 1].isdigit()]
+                if not terms:
+                    continue
             after = ends and end + 1 < n and _word_at(hay, end + 1) and _word_before(hay, end)
         else:
             if (
@@ -158,7 +164,11 @@ def scan(
                 and _is_ascii_word_char(hay[start - 1])
                 and _is_ascii_word_char(hay[start])
             ):
-                continue
+                if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
+                    continue
+                terms = [t for t in terms if t.date and hay[start : end + 1].isdigit()]
+                if not terms:
+                    continue
             after = ends and end + 1 < n and _is_ascii_word_char(hay[end + 1])
             after = after and _is_ascii_word_char(hay[end])
         if after:
@@ -179,14 +189,20 @@ def scan(
 # "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+202F, U+2009, U+2007, and the ISO 8859
 # byte A0 when no UTF-8 lead byte comes before it ("à" in UTF-8 is C3 A0).
 _SPACES = re.compile("\xc2\xa0|\xe2\x80[\xaf\x89\x87]|(?<![\xc2-\xf4])\xa0")
+# Hyphens and dashes of UTF-8 text between a date's parts ("2017\u201312\u201302"): U+2010,
+# U+2011 (no-break hyphen), U+2013 (en dash), U+2212 (minus sign).
+_DASHES = re.compile("\xe2\x80[\x90\x91\x93]|\xe2\x88\x92")
 
 
 def _spaced(hay: str) -> str:
-    """``hay`` (:func:`_hay`) with each no-break or narrow space written as a space, so a term
-    written with spaces matches a value written with them (offsets move: for a search whose
-    offsets are not used, or that only asks whether a term is there)."""
+    """``hay`` (:func:`_hay`) with each no-break or narrow space written as a space and each
+    UTF-8 hyphen or dash as ``-``, so a term written with those matches a value written with
+    these (offsets move: for a search whose offsets are not used, or that only asks whether a
+    term is there)."""
     if "\xa0" in hay or "\xe2\x80" in hay:
-        return _SPACES.sub(" ", hay)
+        hay = _SPACES.sub(" ", hay)
+    if "\xe2\x80" in hay or "\xe2\x88" in hay:
+        hay = _DASHES.sub("-", hay)
     return hay
 
 
