@@ -206,6 +206,9 @@ def _spaced(hay: str) -> str:
     return hay
 
 
+FILE_CONTENTS = "(file contents)"  # a hit's path in a file that is not DICOM (a part, a manifest)
+
+
 def _hay(data: bytes) -> str:
     return data.lower().decode("latin-1")
 
@@ -428,7 +431,7 @@ class Verifier:
                 kind = sorted(term.kinds)[0]
                 if (kind, "file") not in seen:
                     seen.add((kind, "file"))
-                    result.hits.append(Hit(key, "(file contents)", kind))
+                    result.hits.append(Hit(key, FILE_CONTENTS, kind))
         return result
 
     def _check_dicom(

@@ -59,7 +59,7 @@ from export.manifest import (
     read_part,
     release_files,
 )
-from export.phi_scan import Hit, Verifier
+from export.phi_scan import FILE_CONTENTS, Hit, Verifier
 from export.release import DESCRIPTION, NOTES, PUBLIC_KEY, SIGNATURE
 from export.store import ObjectStore, open_store, read_in_order
 from export.verification import VerificationFailed, VerificationReport
@@ -789,22 +789,33 @@ def require_verified(
 def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
     """What a failed gate does to the store: nothing found wanting stays readable.
 
-    Every ``.dcm`` object the report names (unlisted, changed, or holding an identifier) is
-    deleted, and the release's manifest tables (single and partitioned) and summary are
-    withdrawn, so no researcher or
-    pull client sees a release to fetch (it was never signed or marked published). The other
+    Every object the report names (unlisted, changed, or holding an identifier; see
+    :func:`is_object_key`), and every object listed by a manifest part found holding an
+    identifier, is deleted, and the release's manifest tables (single and partitioned) and
+    summary are withdrawn, so no researcher or pull client sees a release to fetch (it was
+    never signed or marked published). The other
     objects were each verified in the stream before they were stored; they stay for the rerun
     that resumes the release. The manifest part of every study whose object was removed is
     deleted, so that rerun works those studies again. Returns the deleted object keys, sorted.
     """
-    removed = sorted({h.key for h in report.hits if h.key.endswith(".dcm")})
     prefix = f"{report.project}/{report.release}"
+    doomed = {h.key for h in report.hits if is_object_key(prefix, h.key)}
+    # A part found holding an identifier (a value it repeats from its objects' headers, such
+    # as a study description) goes with every object it lists: the rerun works that study
+    # again, instead of finding the same part and failing the same way for good.
+    leaking = {h.key for h in report.hits if h.path == FILE_CONTENTS and _is_part(prefix, h.key)}
+    for key in sorted(leaking):
+        part = read_part(store, key)
+        if part is not None:
+            doomed.update(row["key"] for row in part["objects"])
+    removed = sorted(k for k in doomed if store.exists(k))
     for key in removed:
         store.delete(key)
     # The part of each study whose object was removed goes too, so the rerun works that study
     # again (its stream verification then knows every term learned since) instead of finding
     # an object listed but gone, and blocking the release for good.
     studies = {_study_of(prefix, key) for key in removed}
+    studies |= {key[len(prefix) + len("/parts/") : -len(".json")] for key in leaking}
     for study in sorted(s for s in studies if s is not None):
         store.delete(part_key(prefix, study))
     files = release_files(prefix)
@@ -814,6 +825,15 @@ def block_release(store: ObjectStore, report: VerificationReport) -> list[str]:
         for info in list(store.list(f"{prefix}/{folder}/")):
             store.delete(info.key)
     return removed
+
+
+def _is_part(prefix: str, key: str) -> bool:
+    """Whether ``key`` is a study's manifest part of the release at ``prefix``."""
+    return (
+        key.startswith(f"{prefix}/parts/")
+        and key.endswith(".json")
+        and key.count("/") == (prefix.count("/") + 2)
+    )
 
 
 def _study_of(prefix: str, key: str) -> str | None:

@@ -132,6 +132,34 @@ def test_a_planted_identifier_blocks_publishing_and_names_where(
     assert last["event"] == "verification.result" and last["fields"]["passed"] is False
 
 
+def test_a_part_holding_an_identifier_is_removed_with_its_objects_and_the_rerun_recovers(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Found by a fresh-user check: the gate named only the part (its study_description repeats
+    # the object's), removed nothing, and every rerun found the same part and failed the same way.
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    _, family, _ = _phi(synth_dir)
+    part_key = next(
+        i.key
+        for i in store.list(f"{prefix}/parts/")
+        if i.key.endswith(".json") and json.loads(store.get_bytes(i.key))["objects"]
+    )
+    part = json.loads(store.get_bytes(part_key))
+    listed = sorted(row["key"] for row in part["objects"])
+    part["objects"][0]["study_description"] = f"seen by {family}"
+    store.put_bytes(part_key, json.dumps(part).encode())
+    with pytest.raises(VerificationFailed) as failed:
+        gate_release(project.id, "r1", store.url)
+    assert (part_key, "(file contents)") in [(h.key, h.path) for h in failed.value.report.hits]
+    assert failed.value.report.removed == listed
+    assert not store.exists(part_key) and not any(store.exists(k) for k in listed)
+    _build(project.id, synth_dir, tmp_path / "store")  # the rerun resumes the release
+    assert gate_release(project.id, "r1", store.url).passed
+    assert all(store.exists(k) for k in listed)
+
+
 def test_a_descriptor_the_project_retains_leaks_a_name_and_is_stopped_before_the_store(
     synth_dir,
     tmp_path: Path,  # type: ignore[no-untyped-def]
