@@ -235,11 +235,14 @@ _search: tuple[ObjectStore, Verifier] | None = None
 def _init_search(
     store_url: str,
     dictionary: IdentifierDictionary,
+    cross: IdentifierDictionary,
     ocr: Callable[[Dataset], Any] | None,
     at_risk: Callable[[Dataset], bool] | None,
 ) -> None:
     global _search
-    verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr, at_risk=at_risk)
+    verifier = Verifier(
+        dictionary, owners_of=_research_id_of, ocr=ocr, at_risk=at_risk, also=[cross]
+    )
     _search = (open_store(store_url), verifier)
 
 
@@ -351,6 +354,12 @@ def verify_release(
     if workers > 1:
         _picklable(ocr_func, "OCR")
         _picklable(risk, "at-risk")
+    # The project's cross-study terms (staff and places learned in its runs), as the stream
+    # and the sample mode search them: the auditor's mode searches no less.
+    cross = IdentifierDictionary()
+    for kind, value in load_terms(project):
+        cross.add_shared(kind, value)
+    cross.add_equipment(dictionary.equipment)  # R6 across studies, as the stream applies it
     recipe = _recipe_digest(project, release)
     work = Path(tempfile.mkdtemp(prefix="ridl-verify-"))
     pool = None
@@ -360,14 +369,16 @@ def verify_release(
         stored = pt.Spill(work / "stored")
         results: Iterator[_Searched]
         if workers == 1:
-            verifier = Verifier(dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=risk)
+            verifier = Verifier(
+                dictionary, owners_of=_research_id_of, ocr=ocr_func, at_risk=risk, also=[cross]
+            )
             results = (_search_keys(store, verifier, c) for c in _chunks(keys, VERIFY_CHUNK))
         else:
             pool = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_search,
-                initargs=(store.url, dictionary, ocr_func, risk),
+                initargs=(store.url, dictionary, cross, ocr_func, risk),
             )
             results = _in_order(pool, _chunks(keys, VERIFY_CHUNK), 2 * workers)
         for chunk_hits, n, size, read, digests in results:
@@ -402,8 +413,8 @@ def verify_release(
         passed=not hits,
         objects_checked=objects,
         bytes_checked=nbytes,
-        dictionary_terms=len(dictionary),
-        dictionary_kinds=dictionary.kinds(),
+        dictionary_terms=len(dictionary) + len(cross),
+        dictionary_kinds=_summed_kinds(dictionary, cross),
         studies_read=studies,
         headers_read=headers,
         ocr="used" if ocr_func is not None else "not available (skipped)",
@@ -418,6 +429,16 @@ def verify_release(
     )
     _write_report(report, record_audit)
     return report
+
+
+def _summed_kinds(*dictionaries: IdentifierDictionary) -> dict[str, int]:
+    """{kind: number of terms} over ``dictionaries`` (the study's and the cross-study terms),
+    sorted by kind, as a verification report gives them."""
+    kinds: dict[str, int] = {}
+    for dictionary in dictionaries:
+        for kind, count in dictionary.kinds().items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return dict(sorted(kinds.items()))
 
 
 def _in_order(
@@ -738,9 +759,6 @@ def audit_release(
             nbytes += len(data)
             hits.extend(verifier.check_bytes(key, data).hits)
     t2 = time.perf_counter()
-    kinds = dict(dictionary.kinds())
-    for kind, count in cross.kinds().items():
-        kinds[kind] = kinds.get(kind, 0) + count
     report = VerificationReport(
         project=project,
         release=release,
@@ -749,7 +767,7 @@ def audit_release(
         objects_checked=len(chosen),
         bytes_checked=nbytes,
         dictionary_terms=len(dictionary) + len(cross),
-        dictionary_kinds=dict(sorted(kinds.items())),
+        dictionary_kinds=_summed_kinds(dictionary, cross),
         studies_read=len(studies),
         headers_read=0,
         ocr="read once by curation in the stream (not read again)",

@@ -893,6 +893,26 @@ def test_the_full_mode_checks_the_listing_hashes_and_records_as_the_sample_mode_
     )
 
 
+def test_the_full_mode_searches_the_projects_cross_study_terms(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # Found by a fresh-user check: the auditor's mode searched the source headers' identifiers
+    # only, not the staff and place names the project learned in its other runs, which the
+    # stream and the sample mode search.
+    from ridl.crossterms import record_terms
+
+    store, prefix = _build(project.id, synth_dir, tmp_path / "store")
+    record_terms(project.id, SITES[0], [("staff", "Vachon-Leclerc^Marguerite")])
+    key, ds = _first_ct(store, prefix)
+    ds.ImageComments = "read by Vachon-Leclerc"
+    _put(store, key, ds)
+    report = verify_release(project.id, "r1", store.url, ocr=False, record_audit=False)
+    assert (key, "ImageComments") in [(h.key, h.path) for h in report.hits], report.render()
+    assert report.dictionary_kinds.get("staff", 0) >= 1
+
+
 def test_verify_refuses_a_bad_worker_count_in_one_line(project) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
