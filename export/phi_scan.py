@@ -150,27 +150,27 @@ def scan(
     for end, (length, terms) in auto.iter(hay):
         start = end - length + 1
         if text:
-            if start > 0 and _word_before(hay, start - 1) and _word_at(hay, start):
-                if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
-                    continue
-                # A date as DICOM writes it after letters ("IMG20190805", "DOB19420630").
-                terms = [t for t in terms if t.date and hay[start : end + 1].isdigit()]
-                if not terms:
-                    continue
+            before = start > 0 and _word_before(hay, start - 1) and _word_at(hay, start)
             after = ends and end + 1 < n and _word_at(hay, end + 1) and _word_before(hay, end)
         else:
-            if (
+            before = (
                 start > 0
                 and _is_ascii_word_char(hay[start - 1])
                 and _is_ascii_word_char(hay[start])
-            ):
-                if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
-                    continue
-                terms = [t for t in terms if t.date and hay[start : end + 1].isdigit()]
-                if not terms:
-                    continue
-            after = ends and end + 1 < n and _is_ascii_word_char(hay[end + 1])
-            after = after and _is_ascii_word_char(hay[end])
+            )
+            after = (
+                ends
+                and end + 1 < n
+                and _is_ascii_word_char(hay[end + 1])
+                and _is_ascii_word_char(hay[end])
+            )
+        if before:
+            if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
+                continue
+            # A date as DICOM writes it after letters ("IMG20190805", "DOB19420630").
+            terms = [t for t in terms if t.date and hay[start : end + 1].isdigit()]
+            if not terms:
+                continue
         if after:
             if hay[end + 1] == "t" and end + 2 < n and hay[end + 2].isdigit():
                 # ISO 8601: a date, then T and its time ("2019-08-05T10:15", "20190805T1015").
@@ -460,8 +460,8 @@ class Verifier:
                     if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
                         candidates.append((start, end, terms, dt_only))
             if not candidates and not any(
-                next(iter(scan(_spaced(hay), a, text=False, ends=False)), None) is not None
-                for _offset, hay in pieces
+                next(iter(scan(spaced, a, text=False, ends=False)), None) is not None
+                for spaced in (_spaced(hay) for _offset, hay in pieces)
                 for a in automata
             ):
                 continue  # not even a term followed by the next element's tag: see scan()
