@@ -490,8 +490,15 @@ def _written_dates(date: str) -> Iterator[str]:
     """
     if len(date) != 8 or not date.isdigit():
         return
-    y, m, d = date[:4], date[4:6], date[6:]
-    yy, mi, di = y[2:], str(int(m)), str(int(d))
+    yield from _forms_of(date[:4], date[2:4], date[4:6], date[6:])
+
+
+def _forms_of(y: str, yy: str, m: str, d: str) -> Iterator[str]:
+    """:func:`_written_dates` of the date whose year is written ``y`` (4 digits) or ``yy``
+    (2), month ``m`` and day ``d`` (2 digits each); each form once. The year may be a
+    placeholder (:func:`_date_templates`): no form depends on its digits."""
+    date = f"{y}{m}{d}"
+    mi, di = str(int(m)), str(int(d))
     forms = [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d} {m} {y}"]
     forms += [f"{y}-{mi}-{di}", f"{y}/{mi}/{di}", f"{y}.{mi}.{di}", f"{yy}-{m}-{d}"]
     for sep in "/.-":
@@ -1337,10 +1344,35 @@ def _keys(value: str, ascii_same: Sequence[str], others: Sequence[str]) -> list[
 def _date_keys(date: str, ascii_same: tuple[str, ...], others: tuple[str, ...]) -> tuple[str, ...]:
     """The automaton keys of a ``YYYYMMDD`` date term: :func:`_keys` of each of its written
     forms (:func:`written_dates`, R5), each once; cached (the same dates recur in every study
-    of a day)."""
+    of a day). Where every encoding writes ASCII as ASCII, made from the keys of its month and
+    day (:func:`_date_templates`) with its year written in: the same keys, without encoding
+    ~100 forms again for each new date. Nothing for a value that is not 8 digits."""
+    if len(date) != 8 or not date.isdigit():
+        return ()
+    if others:  # ISO 2022 and the like: each form's keys made in full
+        keys: dict[str, None] = {}
+        for form in written_dates(date):
+            keys.update(dict.fromkeys(_keys(form, ascii_same, others)))
+        return tuple(keys)
+    y, yy = date[:4], date[2:4]
+    templates = _date_templates(date[4:], ascii_same)
+    return tuple(dict.fromkeys(t.replace(_YEAR4, y).replace(_YEAR2, yy) for t in templates))
+
+
+# Stand-ins for a date's year in its key templates: ASCII control characters, which every
+# encoding that writes ASCII as ASCII writes as themselves, and which no case, accent or word
+# rule of :func:`_case_forms` changes or reads as a letter.
+_YEAR4, _YEAR2 = "\x01", "\x02"
+
+
+@lru_cache(maxsize=1024)
+def _date_templates(month_day: str, ascii_same: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys (:func:`_keys` in the encodings ``ascii_same``) of every written form of the
+    day ``month_day`` (``MMDD``) of any year, the year written :data:`_YEAR4` (4 digits) and
+    :data:`_YEAR2` (2): no form's spelling depends on the year's digits (:func:`_forms_of`)."""
     keys: dict[str, None] = {}
-    for form in written_dates(date):
-        keys.update(dict.fromkeys(_keys(form, ascii_same, others)))
+    for form in _forms_of(_YEAR4, _YEAR2, month_day[:2], month_day[2:]):
+        keys.update(dict.fromkeys(_keys(form, ascii_same, ())))
     return tuple(keys)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -349,6 +350,27 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
         ("AcquisitionDateTime", "encounter-date")
     ]
     assert _hits(v, _output(ImageComments="ref 20200115093000")) == []
+
+
+def test_a_dates_keys_made_from_its_month_and_days_templates_are_those_of_its_forms() -> None:
+    # _date_keys writes the year into keys made once per day of the year: the keys must be
+    # exactly those of the date's written forms, each encoded (every day of a leap year, a
+    # 20th- and a 21st-century year, the character sets that write ASCII as ASCII).
+    from export.identifiers import _date_keys, _keys, written_dates
+
+    day = dt.date(1948, 1, 1)
+    while day.year == 1948:
+        for year in ("1948", "2004"):
+            date = year + day.strftime("%m%d")
+            for encodings in (("latin_1", "utf_8"), ("cp1251", "latin_1", "utf_8")):
+                expected: set[str] = set()
+                for form in written_dates(date):
+                    expected.update(_keys(form, encodings, ()))
+                keys = _date_keys(date, encodings, ())
+                assert len(keys) == len(set(keys)), date
+                assert set(keys) == expected, date
+        day += dt.timedelta(days=1)
+    assert _date_keys("2020011", ("latin_1",), ()) == ()
 
 
 def test_rule_another_subjects_date_is_a_coincidence_in_text_too() -> None:
