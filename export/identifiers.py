@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
-import ahocorasick
+import ahocorasick_rs
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -684,7 +684,7 @@ class IdentifierDictionary:
         self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
         self._charset_key = ""
-        self._automata: dict[frozenset[str], ahocorasick.Automaton] = {}
+        self._automata: dict[frozenset[str], Automaton] = {}
         self._shift: int | None = None
         self._shifted: dict[str, set[str]] = {}  # research ID -> its dates, moved by its shift
         # What each distinct top-level element contributed; shared between the dictionaries of
@@ -1258,7 +1258,7 @@ class IdentifierDictionary:
             else:
                 private.append(("institution-or-station", _norm(v)))
 
-    def automaton(self, encodings: Iterable[str] = ()) -> ahocorasick.Automaton:
+    def automaton(self, encodings: Iterable[str] = ()) -> Automaton:
         """The automaton over every term in every encoding, keyed by ASCII-lowered bytes.
 
         ``encodings`` are Python codec names added to the dictionary's own (Latin-1, UTF-8 and
@@ -1278,7 +1278,7 @@ class IdentifierDictionary:
         if cached is not None:
             return cached
         self._mark_coincident()
-        auto = ahocorasick.Automaton()
+        entries: dict[str, list[Term]] = {}
         # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
         ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
         others = [enc for enc in encs if enc not in ascii_same]
@@ -1296,16 +1296,58 @@ class IdentifierDictionary:
             else:
                 keys = _keys(value, ascii_same, others)
             for key in keys:
-                found = auto.get(key, None)
+                found = entries.get(key)
                 if found is None:
-                    auto.add_word(key, (len(key), [term]))
-                elif term not in found[1]:
-                    found[1].append(term)
-        if len(auto) == 0:
-            auto.add_word("\x00\x00never\x00\x00", (9, []))
-        auto.make_automaton()
+                    entries[key] = [term]
+                elif term not in found:
+                    found.append(term)
+        auto = Automaton(entries)
         self._automata[encs] = auto
         return auto
+
+
+_NEVER = "\x00\x00never\x00\x00"  # the one key of an automaton without terms
+
+
+class Automaton:
+    """A dictionary's compiled keys (:meth:`IdentifierDictionary.automaton`): each key is a
+    text's bytes, ASCII-lowered and read as Latin-1 (one character per byte), with the terms
+    it stands for.
+
+    Searched with the Rust ``aho-corasick`` crate (``ahocorasick_rs``, contiguous NFA): every
+    match, overlapping. It scans a header about twice as fast as ``pyahocorasick`` for the
+    same build cost (``benchmarks/end_stage.py``, README "Cost of verification").
+    """
+
+    __slots__ = ("_search", "values")
+
+    def __init__(self, entries: dict[str, list[Term]]) -> None:
+        """``entries``: {key: its terms}; keys hold characters up to U+00FF only.
+
+        Raises:
+            UnicodeEncodeError: a key holds a character above U+00FF.
+        """
+        if not entries:
+            entries = {_NEVER: []}
+        # (key length in bytes, terms) by pattern index.
+        self.values: list[tuple[int, list[Term]]] = [(len(k), t) for k, t in entries.items()]
+        self._search = ahocorasick_rs.BytesAhoCorasick(
+            [key.encode("latin-1") for key in entries],
+            implementation=ahocorasick_rs.Implementation.ContiguousNFA,
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def matches(self, hay: str) -> list[tuple[int, int, int]]:
+        """Every match in ``hay`` (characters up to U+00FF, as :func:`export.phi_scan.scan`
+        searches): (pattern index into :attr:`values`, start, end exclusive), overlapping, in
+        order of their end.
+
+        Raises:
+            UnicodeEncodeError: ``hay`` holds a character above U+00FF.
+        """
+        return self._search.find_matches_as_indexes(hay.encode("latin-1"), overlapping=True)
 
 
 _ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are lowered
@@ -1424,14 +1466,15 @@ def _capitalized(value: str, upper_i: str = "I") -> str:
     return _WORD_START.sub(word, value)
 
 
-def _drops_terms(auto: ahocorasick.Automaton, name: str) -> bool:
+def _drops_terms(auto: Automaton, name: str) -> bool:
     """Whether the equipment name ``name`` (lower-cased) removes a term compiled in ``auto``
     (:meth:`IdentifierDictionary.automaton`) under R6: a term equal to it, or an institution,
     station or private term inside it. A name that is not ASCII is assumed to (its terms' keys
     may be written in another encoding)."""
     if not name.isascii():
         return True
-    for _end, (length, terms) in auto.iter(name):
+    for index, _start, _end in auto.matches(name):
+        length, terms = auto.values[index]
         if terms and (length == len(name) or any(t.kinds <= _PLACE_OR_PRIVATE for t in terms)):
             return True  # the whole name is a term, or a place or private term is inside it
     return False

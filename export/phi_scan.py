@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ahocorasick
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -38,6 +37,7 @@ from export.identifiers import (
     BULK_TAGS,
     DATE_VRS,
     NAME_KINDS,
+    Automaton,
     IdentifierDictionary,
     Term,
     charset_codecs,
@@ -118,7 +118,7 @@ def _is_ascii_word_char(ch: str) -> bool:
 
 def scan(
     hay: str,
-    auto: ahocorasick.Automaton,
+    auto: Automaton,
     *,
     text: bool = True,
     dates: bool = False,
@@ -147,8 +147,10 @@ def scan(
     ``2``, ``P``, ``T``, ``p``... as for groups 0032, 0050, 0054, 0070; PS3.5 7.1.2).
     """
     n = len(hay)
-    for end, (length, terms) in auto.iter(hay):
-        start = end - length + 1
+    values = auto.values
+    for index, start, stop in auto.matches(hay):
+        length, terms = values[index]
+        end = stop - 1  # the match's last character
         if text:
             before = start > 0 and _word_before(hay, start - 1) and _word_at(hay, start)
             after = ends and end + 1 < n and _word_at(hay, end + 1) and _word_before(hay, end)
@@ -513,7 +515,7 @@ class Verifier:
                         hit("PixelData (OCR text)", sorted(term.kinds)[0])
         return result
 
-    def _automata(self, encodings: Iterable[str]) -> list[ahocorasick.Automaton]:
+    def _automata(self, encodings: Iterable[str]) -> list[Automaton]:
         """One compiled automaton per dictionary, for the object's declared encodings."""
         encodings = list(encodings)
         return [d.automaton(encodings) for d in self.dictionaries]
