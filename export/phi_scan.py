@@ -200,12 +200,34 @@ def _spaced(hay: str) -> str:
     """``hay`` (:func:`_hay`) with each no-break or narrow space written as a space and each
     UTF-8 hyphen or dash as ``-``, so a term written with those matches a value written with
     these (offsets move: for a search whose offsets are not used, or that only asks whether a
-    term is there)."""
-    if "\xa0" in hay or "\xe2\x80" in hay:
+    term is there). The result is ``_SPACES.sub(" ", hay)`` then ``_DASHES.sub("-", ...)``;
+    a lone byte A0 (often a length in the binary parts of a header) is replaced without the
+    regular expression, which tries every position of the header."""
+    if "\xe2" not in hay:  # one byte looked for (memchr): most headers have neither
+        if "\xa0" in hay:
+            hay = _lone_a0_spaced(hay.replace("\xc2\xa0", " "))
+        return hay
+    if "\xe2\x80" in hay:
         hay = _SPACES.sub(" ", hay)
+    elif "\xa0" in hay:
+        hay = _lone_a0_spaced(hay.replace("\xc2\xa0", " "))
     if "\xe2\x80" in hay or "\xe2\x88" in hay:
         hay = _DASHES.sub("-", hay)
     return hay
+
+
+def _lone_a0_spaced(hay: str) -> str:
+    """``hay`` with each byte A0 that no UTF-8 lead byte (C2-F4) comes before written as a
+    space (the third branch of :data:`_SPACES`, after its first was applied: no byte that
+    branch writes is a lead byte, so each A0's neighbour is as it was)."""
+    if "\xa0" not in hay:
+        return hay
+    parts = hay.split("\xa0")
+    out = [parts[0]]
+    for part in parts[1:]:
+        before = out[-1][-1:] if out[-1] else ""
+        out.append(("\xa0" if before and "\xc2" <= before <= "\xf4" else " ") + part)
+    return "".join(out)
 
 
 FILE_CONTENTS = "(file contents)"  # a hit's path in a file that is not DICOM (a part, a manifest)
@@ -381,7 +403,7 @@ class Verifier:
             and text_end is not None
             and not pixel_text
             and 132 <= text_end <= len(data)
-            and DEFLATED_UID not in data[: min(text_end, 4096)]
+            and data.find(DEFLATED_UID, 0, min(text_end, 4096)) < 0
         ):
             codecs = _declared_codecs(data, text_end)
             if codecs is not None:

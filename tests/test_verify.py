@@ -352,6 +352,16 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
     assert _hits(v, _output(ImageComments="ref 20200115093000")) == []
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="a -\xa0\xc2\xc3\xe2\x80\x88\x92\x93\xaf\xf4\xf5", max_size=24))
+def test_spaces_and_dashes_are_written_as_the_regular_expressions_write_them(hay: str) -> None:
+    # _spaced replaces a lone byte A0 without the regular expression (a header's lengths hold
+    # A0 bytes): the result must be what the two expressions give.
+    from export.phi_scan import _DASHES, _SPACES, _spaced
+
+    assert _spaced(hay) == _DASHES.sub("-", _SPACES.sub(" ", hay))
+
+
 def test_a_dates_keys_made_from_its_month_and_days_templates_are_those_of_its_forms() -> None:
     # _date_keys writes the year into keys made once per day of the year: the keys must be
     # exactly those of the date's written forms, each encoded (every day of a leap year, a
