@@ -18,7 +18,11 @@ R1  terms shorter than 4 characters are not searched alone (name components: 3, 
 R2  terms made only of digits (and separators) need at least 6 digits;
 R3  a term matches only as a whole word: the characters on both sides are not letters or digits
     (exceptions for dates: a date may be followed by the digits of a time inside a DT value,
-    and anywhere by ``T`` and a time, as ISO 8601 writes a date and time);
+    and anywhere by ``T`` and a time, as ISO 8601 writes a date and time; a term that starts
+    or ends with Han, kana or Hangul needs no boundary on that side, as Chinese and Japanese
+    write no spaces between words and Korean writes particles and titles after a name:
+    ``患者山田花子様``, ``홍길동님``; the final byte of an ISO 2022 escape sequence before a
+    term is no letter);
 R4  name components and private-tag values that are common words (``COMMON_WORDS``) block only
     when they are found in a person-name (PN) attribute;
 R5  a date of birth or of the encounter (study, series, acquisition, procedure step dates, in
@@ -92,7 +96,8 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/9"  # 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
+RULES_VERSION = "ridl-identifiers/10"  # 10: Han/kana/Hangul ends, ISO 2022 escapes (R3), dashes
+# and spaces; 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -1279,6 +1284,7 @@ class IdentifierDictionary:
             return cached
         self._mark_coincident()
         entries: dict[str, list[Term]] = {}
+        unspaced: dict[str, tuple[bool, bool]] = {}  # keys whose term starts or ends in CJK (R3)
         # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
         ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
         others = [enc for enc in encs if enc not in ascii_same]
@@ -1295,18 +1301,40 @@ class IdentifierDictionary:
                 keys = _date_keys(value, ascii_key, others_key)
             else:
                 keys = _keys(value, ascii_same, others)
+            ends = _unspaced_ends(value)
             for key in keys:
                 found = entries.get(key)
                 if found is None:
                     entries[key] = [term]
+                    if ends != (False, False):
+                        unspaced[key] = ends
                 elif term not in found:
                     found.append(term)
-        auto = Automaton(entries)
+                    if ends != (False, False):
+                        start, end = unspaced.get(key, (False, False))
+                        unspaced[key] = (start or ends[0], end or ends[1])
+        auto = Automaton(entries, unspaced)
         self._automata[encs] = auto
         return auto
 
 
 _NEVER = "\x00\x00never\x00\x00"  # the one key of an automaton without terms
+
+# Scripts written without spaces between words (Han, Hiragana, Katakana, half-width Katakana,
+# the ideographic iteration mark) and Hangul, whose particles and titles follow a name: a term
+# that starts or ends with one needs no word boundary on that side (R3).
+_UNSPACED = re.compile(
+    "[\u3005\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+    "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002ffff]"
+)
+
+
+def _unspaced_ends(value: str) -> tuple[bool, bool]:
+    """Whether the term ``value`` starts, and ends, with a character of :data:`_UNSPACED`
+    (R3: no word boundary needed on that side)."""
+    if value.isascii():
+        return False, False
+    return bool(_UNSPACED.match(value[0])), bool(_UNSPACED.match(value[-1]))
 
 
 class Automaton:
@@ -1321,16 +1349,25 @@ class Automaton:
 
     __slots__ = ("_search", "values")
 
-    def __init__(self, entries: dict[str, list[Term]]) -> None:
+    def __init__(
+        self,
+        entries: dict[str, list[Term]],
+        unspaced: dict[str, tuple[bool, bool]] | None = None,
+    ) -> None:
         """``entries``: {key: its terms}; keys hold characters up to U+00FF only.
+        ``unspaced``: {key: (its text starts, ends with Han, kana or Hangul)}, R3 (absent:
+        neither).
 
         Raises:
             UnicodeEncodeError: a key holds a character above U+00FF.
         """
         if not entries:
             entries = {_NEVER: []}
-        # (key length in bytes, terms) by pattern index.
-        self.values: list[tuple[int, list[Term]]] = [(len(k), t) for k, t in entries.items()]
+        unspaced = unspaced or {}
+        # (key length in bytes, terms, no boundary needed before, after) by pattern index.
+        self.values: list[tuple[int, list[Term], bool, bool]] = [
+            (len(k), t, *unspaced.get(k, (False, False))) for k, t in entries.items()
+        ]
         self._search = ahocorasick_rs.BytesAhoCorasick(
             [key.encode("latin-1") for key in entries],
             implementation=ahocorasick_rs.Implementation.ContiguousNFA,
@@ -1474,7 +1511,7 @@ def _drops_terms(auto: Automaton, name: str) -> bool:
     if not name.isascii():
         return True
     for index, _start, _end in auto.matches(name):
-        length, terms = auto.values[index]
+        length, terms, _, _ = auto.values[index]
         if terms and (length == len(name) or any(t.kinds <= _PLACE_OR_PRIVATE for t in terms)):
             return True  # the whole name is a term, or a place or private term is inside it
     return False

@@ -100,7 +100,7 @@ def _word_before(hay: str, i: int) -> bool:
     :func:`_word_at`; a UTF-8 sequence ending there is decoded from its first byte)."""
     ch = hay[i]
     if ch < "\x80":
-        return ch.isalnum()
+        return ch.isalnum() and not _escape_final(hay, i)
     j = i
     while j > max(0, i - 3) and 0x80 <= ord(hay[j]) < 0xC0:
         j -= 1  # back over UTF-8 continuation bytes to a lead byte
@@ -110,6 +110,16 @@ def _word_before(hay: str, i: int) -> bool:
         except UnicodeDecodeError:
             pass
     return ch not in _HIGH_NON_WORD
+
+
+def _escape_final(hay: str, i: int) -> bool:
+    """Whether ``hay[i]`` is the final byte of an ISO 2022 escape sequence (ESC, up to three
+    intermediate bytes 0x20-0x2F, a final byte: ``ESC $ ) C`` before Korean, ``ESC ) I``
+    before half-width Katakana; PS3.5 6.1.2.5.3): the text's next character starts a word."""
+    j = i - 1
+    while j >= max(0, i - 3) and "\x20" <= hay[j] <= "\x2f":
+        j -= 1
+    return j >= 0 and hay[j] == "\x1b"
 
 
 def _is_ascii_word_char(ch: str) -> bool:
@@ -149,11 +159,22 @@ def scan(
     n = len(hay)
     values = auto.values
     for index, start, stop in auto.matches(hay):
-        length, terms = values[index]
+        length, terms, free_start, free_end = values[index]
         end = stop - 1  # the match's last character
         if text:
-            before = start > 0 and _word_before(hay, start - 1) and _word_at(hay, start)
-            after = ends and end + 1 < n and _word_at(hay, end + 1) and _word_before(hay, end)
+            before = (
+                not free_start
+                and start > 0
+                and _word_before(hay, start - 1)
+                and _word_at(hay, start)
+            )
+            after = (
+                not free_end
+                and ends
+                and end + 1 < n
+                and _word_at(hay, end + 1)
+                and _word_before(hay, end)
+            )
         else:
             before = (
                 start > 0
@@ -187,47 +208,44 @@ def scan(
         yield start, end + 1, terms
 
 
-# No-break and narrow spaces between the words of a value (French typography: "30\u00a0juin",
-# "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+202F, U+2009, U+2007, and the ISO 8859
-# byte A0 when no UTF-8 lead byte comes before it ("à" in UTF-8 is C3 A0).
-_SPACES = re.compile("\xc2\xa0|\xe2\x80[\xaf\x89\x87]|(?<![\xc2-\xf4])\xa0")
-# Hyphens and dashes of UTF-8 text between a date's parts ("2017\u201312\u201302"): U+2010,
-# U+2011 (no-break hyphen), U+2013 (en dash), U+2212 (minus sign).
-_DASHES = re.compile("\xe2\x80[\x90\x91\x93]|\xe2\x88\x92")
+# No-break, narrow and other Unicode spaces between the words of a value (French typography:
+# "30\u00a0juin", "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+2000-U+200A (en and
+# em spaces, figure, punctuation, thin and hair spaces), U+202F, U+205F, U+3000 (ideographic),
+# and the ISO 8859 byte A0 alone (:func:`_space_for`).
+_SPACES = re.compile("\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa0")
+# Hyphens and dashes of UTF-8 text between a date's or a number's parts ("2017\u201312\u201302"):
+# U+2010-U+2015 (hyphen, no-break hyphen, figure dash, en and em dashes, horizontal bar),
+# U+2212 (minus sign), U+FE58 (small em dash), U+FE63 (small hyphen-minus), U+FF0D (full-width).
+_DASHES = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
+
+
+def _space_for(match: re.Match[str]) -> str:
+    """A space for one match of :data:`_SPACES`; a byte A0 right after a UTF-8 lead byte
+    (C2-F4: ``à`` in UTF-8 is C3 A0) is left as it is."""
+    at = match.start()
+    if match.group() == "\xa0" and at and "\xc2" <= match.string[at - 1] <= "\xf4":
+        return "\xa0"
+    return " "
 
 
 def _spaced(hay: str) -> str:
-    """``hay`` (:func:`_hay`) with each no-break or narrow space written as a space and each
-    UTF-8 hyphen or dash as ``-``, so a term written with those matches a value written with
-    these (offsets move: for a search whose offsets are not used, or that only asks whether a
-    term is there). The result is ``_SPACES.sub(" ", hay)`` then ``_DASHES.sub("-", ...)``;
-    a lone byte A0 (often a length in the binary parts of a header) is replaced without the
-    regular expression, which tries every position of the header."""
-    if "\xe2" not in hay:  # one byte looked for (memchr): most headers have neither
-        if "\xa0" in hay:
-            hay = _lone_a0_spaced(hay.replace("\xc2\xa0", " "))
-        return hay
-    if "\xe2\x80" in hay:
-        hay = _SPACES.sub(" ", hay)
-    elif "\xa0" in hay:
-        hay = _lone_a0_spaced(hay.replace("\xc2\xa0", " "))
-    if "\xe2\x80" in hay or "\xe2\x88" in hay:
+    """``hay`` (:func:`_hay`) with each no-break or other Unicode space written as a space and
+    each UTF-8 hyphen or dash as ``-``, so a term written with those matches a value written
+    with these (offsets move). A byte A0 or a UTF-8 dash may also be part of a character of
+    another set (``张`` is E5 BC A0 in UTF-8, ``範`` B9 A0 in GB18030), which this rewrites:
+    the text is always searched as it is as well (:func:`_hays`)."""
+    if "\xa0" in hay or "\xe2" in hay or "\xe3" in hay:  # one byte looked for each (memchr)
+        hay = _SPACES.sub(_space_for, hay)
+    if "\xe2" in hay or "\xef" in hay:
         hay = _DASHES.sub("-", hay)
     return hay
 
 
-def _lone_a0_spaced(hay: str) -> str:
-    """``hay`` with each byte A0 that no UTF-8 lead byte (C2-F4) comes before written as a
-    space (the third branch of :data:`_SPACES`, after its first was applied: no byte that
-    branch writes is a lead byte, so each A0's neighbour is as it was)."""
-    if "\xa0" not in hay:
-        return hay
-    parts = hay.split("\xa0")
-    out = [parts[0]]
-    for part in parts[1:]:
-        before = out[-1][-1:] if out[-1] else ""
-        out.append(("\xa0" if before and "\xc2" <= before <= "\xf4" else " ") + part)
-    return "".join(out)
+def _hays(hay: str) -> tuple[str, ...]:
+    """The texts to search for ``hay``: itself, and :func:`_spaced` of it when that differs
+    (for a search whose offsets are not used, or that only asks whether a term is there)."""
+    spaced = _spaced(hay)
+    return (hay,) if spaced == hay else (hay, spaced)
 
 
 FILE_CONTENTS = "(file contents)"  # a hit's path in a file that is not DICOM (a part, a manifest)
@@ -407,7 +425,7 @@ class Verifier:
         ):
             codecs = _declared_codecs(data, text_end)
             if codecs is not None:
-                head = _spaced(_hay(data[:text_end]))
+                heads = _hays(_hay(data[:text_end]))
                 # No term in the object's character sets (each dictionary's keys written in
                 # them too): clean. An empty dictionary finds nothing.
                 if not any(
@@ -415,6 +433,7 @@ class Verifier:
                     is not None
                     for d in self.dictionaries
                     if d.terms
+                    for head in heads
                 ):
                     return ObjectResult()
         if not is_dicom:
@@ -446,8 +465,10 @@ class Verifier:
         elif key.endswith(".json"):
             data = _json_values(data)
         seen: set[tuple[str, str]] = set()
-        hay = _spaced(_hay(data))
-        matches = (m for auto in self._automata(()) for m in scan(hay, auto, text=False))
+        hays = _hays(_hay(data))
+        matches = (
+            m for auto in self._automata(()) for hay in hays for m in scan(hay, auto, text=False)
+        )
         for _s, _e, terms in matches:
             for term in terms:
                 if term.name_only or term.scoped:
@@ -484,8 +505,9 @@ class Verifier:
                     if not any(b0 <= start and end <= b1 for b0, b1 in bulk):
                         candidates.append((start, end, terms, dt_only))
             if not candidates and not any(
-                next(iter(scan(spaced, a, text=False, ends=False)), None) is not None
-                for spaced in (_spaced(hay) for _offset, hay in pieces)
+                next(iter(scan(each, a, text=False, ends=False)), None) is not None
+                for _offset, hay in pieces
+                for each in _hays(hay)
                 for a in automata
             ):
                 continue  # not even a term followed by the next element's tag: see scan()
@@ -497,8 +519,12 @@ class Verifier:
                 if label == "file" and span.start >= 0:
                     searched.append((span.start, span.end))
                 dates = span.vr == "DT"
-                spaced = _spaced(span.hay)
-                spans = (m for a in automata for m in scan(spaced, a, dates=dates))
+                spans = (
+                    m
+                    for a in automata
+                    for each in _hays(span.hay)
+                    for m in scan(each, a, dates=dates)
+                )
                 own = ridl_written(span.path)
                 for _s, _e, terms in spans:
                     for term in terms:
@@ -527,8 +553,8 @@ class Verifier:
             texts = _ocr_texts(self.ocr, ds)
         if texts:
             for text in texts:
-                hay = _spaced(_hay(text.encode("utf-8", "replace")))
-                for _s, _e, terms in (m for a in automata for m in scan(hay, a)):
+                hays = _hays(_hay(text.encode("utf-8", "replace")))
+                for _s, _e, terms in (m for a in automata for h in hays for m in scan(h, a)):
                     for term in terms:
                         if term.scoped and owner in term.owners:
                             pass

@@ -353,13 +353,25 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet="a -\xa0\xc2\xc3\xe2\x80\x88\x92\x93\xaf\xf4\xf5", max_size=24))
-def test_spaces_and_dashes_are_written_as_the_regular_expressions_write_them(hay: str) -> None:
-    # _spaced replaces a lone byte A0 without the regular expression (a header's lengths hold
-    # A0 bytes): the result must be what the two expressions give.
-    from export.phi_scan import _DASHES, _SPACES, _spaced
+@given(
+    st.text(
+        alphabet="a -\xa0\xc2\xc3\xe2\xe3\xef\x80\x81\x88\x92\x93\x9f\xaf\xb9\xbc\x8d\xf4\xf5",
+        max_size=24,
+    )
+)
+def test_spaces_and_dashes_are_written_as_the_reference_expressions_write_them(hay: str) -> None:
+    # _spaced finds a lone byte A0 with a callback (a regular expression that begins with a
+    # look-behind tries every position of a header): the result must be what the plain
+    # look-behind expression gives, spaces first, then dashes.
+    import re
 
-    assert _spaced(hay) == _DASHES.sub("-", _SPACES.sub(" ", hay))
+    from export.phi_scan import _spaced
+
+    spaces = re.compile(
+        "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|(?<![\xc2-\xf4])\xa0"
+    )
+    dashes = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
+    assert _spaced(hay) == dashes.sub("-", spaces.sub(" ", hay))
 
 
 def test_a_dates_keys_made_from_its_month_and_days_templates_are_those_of_its_forms() -> None:
@@ -491,6 +503,85 @@ def test_rule_a_no_break_space_or_quotation_mark_beside_an_identifier_is_no_lett
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     assert [path for path, _kind in _hits(v, buffer.getvalue())] == ["StudyDescription"], text
+
+
+_CJK_NAMES = {
+    "zh": ("Zhang^Wei=张^伟", "ISO_IR 192"),
+    "gb": ("Fan^Leng=範^稜", "GB18030"),
+    "ja": ("Yamada^Hanako=山田^花子=やまだ^はなこ", "ISO_IR 192"),
+    "kana": ("Murakami^Ken=ムラカミ^ケン", "ISO_IR 192"),
+    "ko": ("Hong^Gildong=洪^吉洞=홍^길동", "ISO_IR 192"),
+    "ko2022": ("Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("who", "charset", "text", "kind"),
+    [
+        # A byte A0 inside a character ("张" is E5 BC A0 in UTF-8, "範" B9 A0 in GB18030, "ム"
+        # E3 83 A0) is no no-break space: the text is searched as written too.
+        ("zh", "ISO_IR 192", "张伟", "name"),
+        ("gb", "GB18030", "範稜", "name"),
+        ("kana", "ISO_IR 192", "ムラカミ", "name"),
+        # Han, kana and Hangul need no word boundary (R3): no spaces, particles and titles.
+        ("zh", "ISO_IR 192", "患者张伟复查", "name"),
+        ("ja", "ISO_IR 192", "患者山田花子様", "name"),
+        ("ja", "ISO_IR 192", "やまだはなこさん", "name"),
+        ("ko", "ISO_IR 192", "홍길동님 CT", "name"),
+        # The final byte of an ISO 2022 escape sequence ("ESC $ ) C") is no letter.
+        ("ko2022", ["", "ISO 2022 IR 149"], "홍길동 CT", "name"),
+        ("ko2022", ["", "ISO 2022 IR 149"], "길동", "name"),
+    ],
+)
+def test_rule_han_kana_and_hangul_names_are_found_inside_running_text(
+    who: str, charset: object, text: str, kind: str
+) -> None:
+    # Found by a fresh-user check: each of these was stored by the stream and passed the gate.
+    name, source_charset = _CJK_NAMES[who]
+    source = Dataset()
+    source.SpecificCharacterSet = source_charset
+    source.PatientName = name
+    v = _verifier(source)
+    data = _charset_output(charset, StudyDescription=text)
+    assert _hits(v, data) == [("StudyDescription", kind)], text
+    # The stream's look at the raw header finds it too (it alone decides most objects).
+    assert v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DOB 12\u201402\u20141947",  # em dash
+        "DOB 12\u201202\u20121947",  # figure dash
+        "DOB 1947\u201502\u201512",  # horizontal bar
+        "DOB 1947\uff0d02\uff0d12",  # full-width hyphen-minus
+        "DOB 12\u2003Feb\u20031947",  # em space
+        "DOB 12\u3000Feb\u30001947",  # ideographic space
+        "tel 514\u2014555\u20148863",
+        "tel 514\u2012555\u20128863",
+    ],
+)
+def test_rule_other_dashes_and_spaces_inside_a_value_are_hyphens_and_spaces(text: str) -> None:
+    source = _source(PatientBirthDate="19470212", PatientTelephoneNumbers="514-555-8863")
+    v = _verifier(source)
+    data = _charset_output("ISO_IR 192", StudyDescription=text)
+    assert [p for p, _k in _hits(v, data)] == ["StudyDescription"], text
+    assert v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
+
+
+def _charset_output(charset: object, **attrs: object) -> bytes:
+    out = Dataset()
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    out.SOPInstanceUID = "2.25.8"
+    out.PatientID = "RS-0"
+    out.SpecificCharacterSet = charset
+    for name, value in attrs.items():
+        setattr(out, name, value)
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def test_rule_private_values_that_are_uids_or_public_values_are_not_searched() -> None:
