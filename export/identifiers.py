@@ -1285,6 +1285,7 @@ class IdentifierDictionary:
         self._mark_coincident()
         entries: dict[str, list[Term]] = {}
         unspaced: dict[str, tuple[bool, bool]] = {}  # keys whose term starts or ends in CJK (R3)
+        cores: set[str] = set()  # ISO 2022 keys' bytes without their escape (R3, _run_of)
         # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
         ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
         others = [enc for enc in encs if enc not in ascii_same]
@@ -1302,6 +1303,12 @@ class IdentifierDictionary:
             else:
                 keys = _keys(value, ascii_same, others)
             ends = _unspaced_ends(value)
+            if not value.isascii():
+                for key in keys:
+                    core = _ISO2022_G0.match(key)
+                    if core is not None:
+                        cores.add(key[core.end() :].removesuffix(_ISO2022_RESET))
+                        cores.add(key[core.end() :])
             for key in keys:
                 found = entries.get(key)
                 if found is None:
@@ -1313,28 +1320,49 @@ class IdentifierDictionary:
                     if ends != (False, False):
                         start, end = unspaced.get(key, (False, False))
                         unspaced[key] = (start or ends[0], end or ends[1])
-        auto = Automaton(entries, unspaced)
+        auto = Automaton(entries, unspaced, cores)
         self._automata[encs] = auto
         return auto
 
 
 _NEVER = "\x00\x00never\x00\x00"  # the one key of an automaton without terms
 
+
+def _run_of(key: str, cores: set[str]) -> int:
+    """1 when ``key`` is in ``cores``, the bytes of a name in a multi-byte ISO 2022 set without
+    its escape sequence (:func:`_keys`), which match only inside a run of that set; -1 when it
+    is other ASCII text, which never does (the bytes of ``腫瘤`` in JIS X 0208 are ``<paN``:
+    not the name ``Pan``); else 0 (:func:`export.phi_scan.scan`)."""
+    if key in cores:
+        return 1
+    return -1 if key.isascii() and "\x1b" not in key else 0
+
+
 # Scripts written without spaces between words (Han, Hiragana, Katakana, half-width Katakana,
 # the ideographic iteration mark) and Hangul, whose particles and titles follow a name: a term
 # that starts or ends with one needs no word boundary on that side (R3).
-_UNSPACED = re.compile(
+UNSPACED_SCRIPTS = re.compile(
     "[\u3005\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
     "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002ffff]"
 )
 
 
+_HAN = re.compile("[\u3005\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
+
+
 def _unspaced_ends(value: str) -> tuple[bool, bool]:
-    """Whether the term ``value`` starts, and ends, with a character of :data:`_UNSPACED`
-    (R3: no word boundary needed on that side)."""
+    """Whether the term ``value`` needs no word boundary at its start, and at its end (R3): it
+    starts (ends) with Han, or with kana or Hangul in a term of 3 such characters or more. A
+    short kana or Hangul name (``リン``, ``アキ``, ``영상``) is part of too many words
+    (``リンパ節``, ``アキシャル``, ``자기공명영상``) to be searched inside them."""
     if value.isascii():
         return False, False
-    return bool(_UNSPACED.match(value[0])), bool(_UNSPACED.match(value[-1]))
+    long = len(UNSPACED_SCRIPTS.findall(value)) >= 3
+
+    def free(ch: str) -> bool:
+        return bool(_HAN.match(ch)) or (long and bool(UNSPACED_SCRIPTS.match(ch)))
+
+    return free(value[0]), free(value[-1])
 
 
 class Automaton:
@@ -1353,10 +1381,12 @@ class Automaton:
         self,
         entries: dict[str, list[Term]],
         unspaced: dict[str, tuple[bool, bool]] | None = None,
+        cores: set[str] | None = None,
     ) -> None:
         """``entries``: {key: its terms}; keys hold characters up to U+00FF only.
-        ``unspaced``: {key: (its text starts, ends with Han, kana or Hangul)}, R3 (absent:
-        neither).
+        ``unspaced``: {key: (no word boundary needed before it, after it)}, R3 (absent:
+        both needed); ``cores``: keys that are a multi-byte ISO 2022 set's bytes without
+        their escape sequence (:func:`_run_of`).
 
         Raises:
             UnicodeEncodeError: a key holds a character above U+00FF.
@@ -1364,9 +1394,12 @@ class Automaton:
         if not entries:
             entries = {_NEVER: []}
         unspaced = unspaced or {}
-        # (key length in bytes, terms, no boundary needed before, after) by pattern index.
-        self.values: list[tuple[int, list[Term], bool, bool]] = [
-            (len(k), t, *unspaced.get(k, (False, False))) for k, t in entries.items()
+        # (key length in bytes, terms, no boundary needed before, after, run) by pattern
+        # index; run (:func:`_run_of`): 1 for the bytes of a multi-byte ISO 2022 set that
+        # match only inside a run of it, -1 for an ASCII key that never does, else 0.
+        self.values: list[tuple[int, list[Term], bool, bool, int]] = [
+            (len(k), t, *unspaced.get(k, (False, False)), _run_of(k, cores or set()))
+            for k, t in entries.items()
         ]
         self._search = ahocorasick_rs.BytesAhoCorasick(
             [key.encode("latin-1") for key in entries],
@@ -1416,7 +1449,18 @@ def _keys(value: str, ascii_same: Sequence[str], others: Sequence[str]) -> list[
             # ISO 2022 (PS3.5 6.1.2.5.3): a name followed by more of the same script
             # ("佐々木健太郎") has no return to ASCII after it; searched without it.
             keys.append(key[: -len(_ISO2022_RESET)])
+    for key in list(keys):
+        core = _ISO2022_G0.match(key)
+        if core is not None and len(key) > core.end():
+            # ...and a name after more of the same script ("患者山田花子") has no escape
+            # before it: its bytes alone, searched inside a run of that set only (R3).
+            keys.append(key[core.end() :])
     return keys
+
+
+# The escape sequence that starts a key written in a multi-byte set designated to G0 (ESC $ B,
+# ESC $ @, ESC $ A, ESC $ ( D; lowered as keys are): PS3.5 6.1.2.5.3, ISO/IEC 2022.
+_ISO2022_G0 = re.compile("\x1b\\$\\(?[\x30-\x7e]")
 
 
 @lru_cache(maxsize=8192)
@@ -1511,7 +1555,7 @@ def _drops_terms(auto: Automaton, name: str) -> bool:
     if not name.isascii():
         return True
     for index, _start, _end in auto.matches(name):
-        length, terms, _, _ = auto.values[index]
+        length, terms, _, _, _ = auto.values[index]
         if terms and (length == len(name) or any(t.kinds <= _PLACE_OR_PRIVATE for t in terms)):
             return True  # the whole name is a term, or a place or private term is inside it
     return False

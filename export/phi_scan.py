@@ -37,6 +37,7 @@ from export.identifiers import (
     BULK_TAGS,
     DATE_VRS,
     NAME_KINDS,
+    UNSPACED_SCRIPTS,
     Automaton,
     IdentifierDictionary,
     Term,
@@ -122,6 +123,39 @@ def _escape_final(hay: str, i: int) -> bool:
     return j >= 0 and hay[j] == "\x1b"
 
 
+def _in_multibyte_run(hay: str, i: int, aligned: bool) -> bool:
+    """Whether ``hay[i]`` is inside a run of a multi-byte ISO 2022 set designated to G0
+    (``ESC $ B`` JIS X 0208, ``ESC $ ( D`` JIS X 0212...; PS3.5 6.1.2.5.3): the last escape
+    sequence before it designates one; with ``aligned``, also a whole number of 2-byte
+    characters after it (``hay[i]`` starts a character)."""
+    at = hay.rfind("\x1b", 0, i)
+    if at < 0 or not hay.startswith("\x1b$", at):
+        return False
+    first = at + 2
+    if first < len(hay) and hay[first] in ")*+-./":
+        return False  # designated to G1-G3: its bytes are above 0x7F, ASCII stays ASCII
+    if first < len(hay) and hay[first] == "(":
+        first += 1
+    return not aligned or (i - (first + 1)) % 2 == 0
+
+
+def _unspaced_at(hay: str, i: int) -> bool:
+    """Whether the UTF-8 character whose bytes start at ``hay[i]`` is Han, kana or Hangul
+    (``患者Smith``: a Latin name beside them is a word of its own, R3)."""
+    size = 3 if "\xe0" <= hay[i] < "\xf0" else 4 if "\xf0" <= hay[i] < "\xf5" else 0
+    if not size or i + size > len(hay):
+        return False
+    try:
+        return bool(UNSPACED_SCRIPTS.match(hay[i : i + size].encode("latin-1").decode("utf-8")))
+    except UnicodeDecodeError:
+        return False
+
+
+def _unspaced_before(hay: str, i: int) -> bool:
+    """:func:`_unspaced_at` for the UTF-8 character whose bytes end at ``hay[i]``."""
+    return any(i - size + 1 >= 0 and _unspaced_at(hay, i - size + 1) for size in (3, 4))
+
+
 def _is_ascii_word_char(ch: str) -> bool:
     return ch.isascii() and ch.isalnum()
 
@@ -158,15 +192,21 @@ def scan(
     """
     n = len(hay)
     values = auto.values
+    multibyte = "\x1b$" in hay  # an ISO 2022 multi-byte set may be designated to G0
     for index, start, stop in auto.matches(hay):
-        length, terms, free_start, free_end = values[index]
+        length, terms, free_start, free_end, run = values[index]
         end = stop - 1  # the match's last character
+        if run == 1 and not _in_multibyte_run(hay, start, aligned=True):
+            continue  # an ISO 2022 set's bytes outside its run, or between two characters
+        if run == -1 and multibyte and _in_multibyte_run(hay, start, aligned=False):
+            continue  # ASCII text inside a run of a multi-byte set: its bytes, not letters
         if text:
             before = (
                 not free_start
                 and start > 0
                 and _word_before(hay, start - 1)
                 and _word_at(hay, start)
+                and not (hay[start] < "\x80" and _unspaced_before(hay, start - 1))
             )
             after = (
                 not free_end
@@ -174,12 +214,14 @@ def scan(
                 and end + 1 < n
                 and _word_at(hay, end + 1)
                 and _word_before(hay, end)
+                and not (hay[end] < "\x80" and _unspaced_at(hay, end + 1))
             )
         else:
             before = (
                 start > 0
                 and _is_ascii_word_char(hay[start - 1])
                 and _is_ascii_word_char(hay[start])
+                and not _escape_final(hay, start - 1)
             )
             after = (
                 ends
@@ -212,7 +254,7 @@ def scan(
 # "30\u00a0juin", "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+2000-U+200A (en and
 # em spaces, figure, punctuation, thin and hair spaces), U+202F, U+205F, U+3000 (ideographic),
 # and the ISO 8859 byte A0 alone (:func:`_space_for`).
-_SPACES = re.compile("\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa0")
+_SPACES = re.compile("\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|\xa0")
 # Hyphens and dashes of UTF-8 text between a date's or a number's parts ("2017\u201312\u201302"):
 # U+2010-U+2015 (hyphen, no-break hyphen, figure dash, en and em dashes, horizontal bar),
 # U+2212 (minus sign), U+FE58 (small em dash), U+FE63 (small hyphen-minus), U+FF0D (full-width).
@@ -220,10 +262,11 @@ _DASHES = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\x
 
 
 def _space_for(match: re.Match[str]) -> str:
-    """A space for one match of :data:`_SPACES`; a byte A0 right after a UTF-8 lead byte
-    (C2-F4: ``à`` in UTF-8 is C3 A0) is left as it is."""
+    """A space for one match of :data:`_SPACES`; a byte A0 alone only after an ASCII byte
+    (``30\xa0juin``): after any other byte it may end a character (``à`` is C3 A0 in UTF-8,
+    ``张`` E5 BC A0, ``範`` B9 A0 in GB18030) and is left as it is."""
     at = match.start()
-    if match.group() == "\xa0" and at and "\xc2" <= match.string[at - 1] <= "\xf4":
+    if match.group() == "\xa0" and at and match.string[at - 1] >= "\x80":
         return "\xa0"
     return " "
 
@@ -234,7 +277,7 @@ def _spaced(hay: str) -> str:
     with these (offsets move). A byte A0 or a UTF-8 dash may also be part of a character of
     another set (``张`` is E5 BC A0 in UTF-8, ``範`` B9 A0 in GB18030), which this rewrites:
     the text is always searched as it is as well (:func:`_hays`)."""
-    if "\xa0" in hay or "\xe2" in hay or "\xe3" in hay:  # one byte looked for each (memchr)
+    if "\xa0" in hay or "\xa1" in hay or "\xe2" in hay or "\xe3" in hay:  # memchr each
         hay = _SPACES.sub(_space_for, hay)
     if "\xe2" in hay or "\xef" in hay:
         hay = _DASHES.sub("-", hay)

@@ -355,7 +355,7 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
 @settings(max_examples=400, deadline=None)
 @given(
     st.text(
-        alphabet="a -\xa0\xc2\xc3\xe2\xe3\xef\x80\x81\x88\x92\x93\x9f\xaf\xb9\xbc\x8d\xf4\xf5",
+        alphabet="a -\xa0\xa1\xc2\xc3\xe2\xe3\xef\x80\x81\x88\x92\x93\x9f\xaf\xb9\xbc\x8d\xf4",
         max_size=24,
     )
 )
@@ -368,7 +368,7 @@ def test_spaces_and_dashes_are_written_as_the_reference_expressions_write_them(h
     from export.phi_scan import _spaced
 
     spaces = re.compile(
-        "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|(?<![\xc2-\xf4])\xa0"
+        "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|(?<![\x80-\xff])\xa0"
     )
     dashes = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
     assert _spaced(hay) == dashes.sub("-", spaces.sub(" ", hay))
@@ -512,7 +512,36 @@ _CJK_NAMES = {
     "kana": ("Murakami^Ken=ムラカミ^ケン", "ISO_IR 192"),
     "ko": ("Hong^Gildong=洪^吉洞=홍^길동", "ISO_IR 192"),
     "ko2022": ("Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"]),
+    "ja2022": ("Yamada^Hanako=山田^花子=やまだ^はなこ", ["", "ISO 2022 IR 87"]),
+    "smith2022": ("Smith^John=スミス^ジョン", ["", "ISO 2022 IR 87"]),
+    "smith": ("Smith^John", "ISO_IR 192"),
+    "pan2022": ("Pan^Wei", ["", "ISO 2022 IR 87"]),
+    "rin": ("Sato^Rin=佐藤^凛=さとう^リン", "ISO_IR 192"),
+    "ko-short": ("Jo^Young=조^영", "ISO_IR 192"),
 }
+
+
+@pytest.mark.parametrize(
+    ("who", "charset", "text"),
+    [
+        # JIS X 0208 bytes of "腫瘤" (mass) are "<paN": not the name Pan (second check).
+        ("pan2022", ["", "ISO 2022 IR 87"], "右肺腫瘤を認める"),
+        # A short kana or Hangul name is part of too many words to be searched inside them.
+        ("rin", "ISO_IR 192", "リンパ節腫大"),
+        ("ko-short", "ISO_IR 192", "조영증강 CT"),
+    ],
+)
+def test_rule_a_short_kana_or_hangul_name_or_a_jis_byte_pair_is_not_found_inside_a_word(
+    who: str, charset: object, text: str
+) -> None:
+    name, source_charset = _CJK_NAMES[who]
+    source = Dataset()
+    source.SpecificCharacterSet = source_charset
+    source.PatientName = name
+    v = _verifier(source)
+    data = _charset_output(charset, StudyDescription=text)
+    assert _hits(v, data) == [], text
+    assert not v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
 
 
 @pytest.mark.parametrize(
@@ -531,6 +560,17 @@ _CJK_NAMES = {
         # The final byte of an ISO 2022 escape sequence ("ESC $ ) C") is no letter.
         ("ko2022", ["", "ISO 2022 IR 149"], "홍길동 CT", "name"),
         ("ko2022", ["", "ISO 2022 IR 149"], "길동", "name"),
+        # Inside a run of JIS X 0208 the name has no escape of its own (second check).
+        ("ja2022", ["", "ISO 2022 IR 87"], "患者山田花子様", "name"),
+        ("ja2022", ["", "ISO 2022 IR 87"], "患者\u3000山田花子", "name"),
+        ("ja2022", ["", "ISO 2022 IR 87"], "患者やまだはなこさん", "name"),
+        # A Latin name beside Han or kana is a word of its own.
+        ("smith2022", ["", "ISO 2022 IR 87"], "患者Smith", "name"),
+        ("smith", "ISO_IR 192", "患者Smith様", "name"),
+        # Spaces between a one-character family and given name.
+        ("zh", "ISO_IR 192", "张\u3000伟", "name"),
+        ("zh", "ISO_IR 192", "张\u00a0伟", "name"),
+        ("gb", "GB18030", "範\u3000稜", "name"),
     ],
 )
 def test_rule_han_kana_and_hangul_names_are_found_inside_running_text(
