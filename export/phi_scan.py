@@ -192,13 +192,12 @@ def scan(
     """
     n = len(hay)
     values = auto.values
-    multibyte = "\x1b$" in hay  # an ISO 2022 multi-byte set may be designated to G0
     for index, start, stop in auto.matches(hay):
         length, terms, free_start, free_end, run = values[index]
         end = stop - 1  # the match's last character
         if run == 1 and not _in_multibyte_run(hay, start, aligned=True):
             continue  # an ISO 2022 set's bytes outside its run, or between two characters
-        if run == -1 and multibyte and _in_multibyte_run(hay, start, aligned=False):
+        if run == -1 and "\x1b$" in hay and _in_multibyte_run(hay, start, aligned=False):
             continue  # ASCII text inside a run of a multi-byte set: its bytes, not letters
         if text:
             before = (
