@@ -1286,6 +1286,8 @@ class IdentifierDictionary:
         entries: dict[str, list[Term]] = {}
         unspaced: dict[str, tuple[bool, bool]] = {}  # keys whose term starts or ends in CJK (R3)
         cores: set[str] = set()  # ISO 2022 keys' bytes without their escape (R3, _run_of)
+        # Whole ideographic or phonetic names written without spaces (name_terms keeps both).
+        groups = {v.replace(" ", "") for v in self.terms if " " in v and not v.isascii()}
         # Encodings that write every ASCII text as ASCII: an ASCII term has one key in all.
         ascii_same = [enc for enc in encs if _ascii_transparent(enc)]
         others = [enc for enc in encs if enc not in ascii_same]
@@ -1302,7 +1304,7 @@ class IdentifierDictionary:
                 keys = _date_keys(value, ascii_key, others_key)
             else:
                 keys = _keys(value, ascii_same, others)
-            ends = _unspaced_ends(value)
+            ends = _unspaced_ends(value, value in groups)
             if not value.isascii():
                 for key in keys:
                     core = _ISO2022_G0.match(key)
@@ -1350,14 +1352,15 @@ UNSPACED_SCRIPTS = re.compile(
 _HAN = re.compile("[\u3005\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 
 
-def _unspaced_ends(value: str) -> tuple[bool, bool]:
+def _unspaced_ends(value: str, group: bool = False) -> tuple[bool, bool]:
     """Whether the term ``value`` needs no word boundary at its start, and at its end (R3): it
-    starts (ends) with Han, or with kana or Hangul in a term of 3 such characters or more. A
-    short kana or Hangul name (``リン``, ``アキ``, ``영상``) is part of too many words
-    (``リンパ節``, ``アキシャル``, ``자기공명영상``) to be searched inside them."""
+    starts (ends) with Han, or with kana or Hangul in a whole name written without spaces
+    (``group``: ``김구``) or a term of 3 such characters or more. A short kana or Hangul name
+    component (``リン``, ``アキ``, ``영상``) is part of too many words (``リンパ節``,
+    ``アキシャル``, ``자기공명영상``) to be searched inside them."""
     if value.isascii():
         return False, False
-    long = len(UNSPACED_SCRIPTS.findall(value)) >= 3
+    long = group or len(UNSPACED_SCRIPTS.findall(value)) >= 3
 
     def free(ch: str) -> bool:
         return bool(_HAN.match(ch)) or (long and bool(UNSPACED_SCRIPTS.match(ch)))

@@ -139,6 +139,23 @@ def _in_multibyte_run(hay: str, i: int, aligned: bool) -> bool:
     return not aligned or (i - (first + 1)) % 2 == 0
 
 
+# First bytes (rows) of 2-byte ISO 2022 characters that are no letters: JIS X 0208 row 1
+# (spaces, punctuation: "!!" is the ideographic space), row 2 (symbols), row 8 (box drawing).
+_JIS_NON_LETTER_ROWS = frozenset('!"(')
+
+
+def _jis_letter_at(hay: str, i: int) -> bool:
+    """Whether the 2-byte character at ``hay[i]`` (inside a run, :func:`_in_multibyte_run`)
+    is a letter: kana, Han, full-width Latin, Greek, Cyrillic; an escape sequence ends it."""
+    return i < len(hay) and hay[i] != "\x1b" and hay[i] not in _JIS_NON_LETTER_ROWS
+
+
+def _jis_letter_before(hay: str, i: int) -> bool:
+    """:func:`_jis_letter_at` for the 2-byte character before ``hay[i]`` (no letter when the
+    run's escape sequence is right before)."""
+    return i >= 2 and not _escape_final(hay, i - 1) and _jis_letter_at(hay, i - 2)
+
+
 def _unspaced_at(hay: str, i: int) -> bool:
     """Whether the UTF-8 character whose bytes start at ``hay[i]`` is Han, kana or Hangul
     (``患者Smith``: a Latin name beside them is a word of its own, R3)."""
@@ -228,6 +245,12 @@ def scan(
                 and _is_ascii_word_char(hay[end + 1])
                 and _is_ascii_word_char(hay[end])
             )
+        # Inside a run of 2-byte characters the rows of the characters beside the match tell
+        # letters apart, whatever their bytes look like in ASCII.
+        if run == 1:
+            before = not free_start and _jis_letter_before(hay, start)
+        if run != -1 and "\x1b$" in hay and _in_multibyte_run(hay, end + 1, aligned=False):
+            after = not free_end and ends and _jis_letter_at(hay, end + 1)
         if before:
             if not (hay[start - 1].isalpha() and length == 8 and hay[start].isdigit()):
                 continue
@@ -251,13 +274,19 @@ def scan(
 
 # No-break, narrow and other Unicode spaces between the words of a value (French typography:
 # "30\u00a0juin", "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+2000-U+200A (en and
-# em spaces, figure, punctuation, thin and hair spaces), U+202F, U+205F, U+3000 (ideographic),
-# and the ISO 8859 byte A0 alone (:func:`_space_for`).
-_SPACES = re.compile("\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|\xa0")
+# em spaces, figure, punctuation, thin and hair spaces), U+202F, U+205F, U+3000 (ideographic;
+# A1 A1 in GB18030, GBK and the EUC sets), the middle dots between the parts of a name (U+00B7,
+# U+30FB: "张·伟", "ジョン・スミス"), and the ISO 8859 byte A0 alone (:func:`_space_for`).
+_SPACES = re.compile(
+    "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|\xc2\xb7|\xe3\x83\xbb|\xa0"
+)
 # Hyphens and dashes of UTF-8 text between a date's or a number's parts ("2017\u201312\u201302"):
 # U+2010-U+2015 (hyphen, no-break hyphen, figure dash, en and em dashes, horizontal bar),
 # U+2212 (minus sign), U+FE58 (small em dash), U+FE63 (small hyphen-minus), U+FF0D (full-width).
 _DASHES = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
+
+
+_SPACE_BYTES = ("\xa0", "\xa1", "\xb7", "\xe2", "\xe3")  # a byte of every _SPACES match
 
 
 def _space_for(match: re.Match[str]) -> str:
@@ -276,7 +305,7 @@ def _spaced(hay: str) -> str:
     with these (offsets move). A byte A0 or a UTF-8 dash may also be part of a character of
     another set (``张`` is E5 BC A0 in UTF-8, ``範`` B9 A0 in GB18030), which this rewrites:
     the text is always searched as it is as well (:func:`_hays`)."""
-    if "\xa0" in hay or "\xa1" in hay or "\xe2" in hay or "\xe3" in hay:  # memchr each
+    if any(byte in hay for byte in _SPACE_BYTES):  # one byte looked for each (memchr)
         hay = _SPACES.sub(_space_for, hay)
     if "\xe2" in hay or "\xef" in hay:
         hay = _DASHES.sub("-", hay)

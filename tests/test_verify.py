@@ -355,7 +355,7 @@ def test_rule_a_date_is_one_term_searched_in_every_written_form_after_its_record
 @settings(max_examples=400, deadline=None)
 @given(
     st.text(
-        alphabet="a -\xa0\xa1\xc2\xc3\xe2\xe3\xef\x80\x81\x88\x92\x93\x9f\xaf\xb9\xbc\x8d\xf4",
+        alphabet="a -\xa0\xa1\xb7\xbb\xc2\xe2\xe3\xef\x80\x81\x83\x88\x92\x93\x9f\xaf\xb9\xbc\x8d",
         max_size=24,
     )
 )
@@ -368,7 +368,8 @@ def test_spaces_and_dashes_are_written_as_the_reference_expressions_write_them(h
     from export.phi_scan import _spaced
 
     spaces = re.compile(
-        "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|(?<![\x80-\xff])\xa0"
+        "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|\xc2\xb7"
+        "|\xe3\x83\xbb|(?<![\x80-\xff])\xa0"
     )
     dashes = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
     assert _spaced(hay) == dashes.sub("-", spaces.sub(" ", hay))
@@ -517,7 +518,9 @@ _CJK_NAMES = {
     "smith": ("Smith^John", "ISO_IR 192"),
     "pan2022": ("Pan^Wei", ["", "ISO 2022 IR 87"]),
     "rin": ("Sato^Rin=佐藤^凛=さとう^リン", "ISO_IR 192"),
-    "ko-short": ("Jo^Young=조^영", "ISO_IR 192"),
+    "ko-short": ("Lee^Youngsang=이^영상", "ISO_IR 192"),
+    "ko-gu": ("Kim^Gu=金^九=김^구", "ISO_IR 192"),
+    "aki2022": ("Sato^Aki=佐藤^亜紀=さとう^アキ", ["", "ISO 2022 IR 87"]),
 }
 
 
@@ -528,7 +531,10 @@ _CJK_NAMES = {
         ("pan2022", ["", "ISO 2022 IR 87"], "右肺腫瘤を認める"),
         # A short kana or Hangul name is part of too many words to be searched inside them.
         ("rin", "ISO_IR 192", "リンパ節腫大"),
-        ("ko-short", "ISO_IR 192", "조영증강 CT"),
+        ("ko-short", "ISO_IR 192", "자기공명영상 검사"),
+        # The same inside a JIS X 0208 run: its characters' rows tell letters (third check).
+        ("rin", ["", "ISO 2022 IR 87"], "リンパ節腫大"),
+        ("aki2022", ["", "ISO 2022 IR 87"], "アキシャル 5mm"),
     ],
 )
 def test_rule_a_short_kana_or_hangul_name_or_a_jis_byte_pair_is_not_found_inside_a_word(
@@ -571,6 +577,10 @@ def test_rule_a_short_kana_or_hangul_name_or_a_jis_byte_pair_is_not_found_inside
         ("zh", "ISO_IR 192", "张\u3000伟", "name"),
         ("zh", "ISO_IR 192", "张\u00a0伟", "name"),
         ("gb", "GB18030", "範\u3000稜", "name"),
+        ("zh", "ISO_IR 192", "张·伟", "name"),  # a middle dot between the parts (third check)
+        # A whole Hangul name of two syllables, then a title or a particle (third check).
+        ("ko-gu", "ISO_IR 192", "환자김구님", "name"),
+        ("ko-gu", "ISO_IR 192", "김구의 검사", "name"),
     ],
 )
 def test_rule_han_kana_and_hangul_names_are_found_inside_running_text(
