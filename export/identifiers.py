@@ -1374,8 +1374,8 @@ class Automaton:
     it stands for.
 
     Searched with the Rust ``aho-corasick`` crate (``ahocorasick_rs``, contiguous NFA): every
-    match, overlapping. It scans a header about twice as fast as ``pyahocorasick`` for the
-    same build cost (``benchmarks/end_stage.py``, README "Cost of verification").
+    match, overlapping. It scans a header about twice as fast as ``pyahocorasick`` and builds
+    somewhat slower (README "Cost of verification", seventh pass; ``benchmarks/end_stage.py``).
     """
 
     __slots__ = ("_search", "values")
