@@ -1306,11 +1306,7 @@ class IdentifierDictionary:
                 keys = _keys(value, ascii_same, others)
             ends = _unspaced_ends(value, value in groups)
             if not value.isascii():
-                for key in keys:
-                    core = _ISO2022_G0.match(key)
-                    if core is not None:
-                        cores.add(key[core.end() :].removesuffix(_ISO2022_RESET))
-                        cores.add(key[core.end() :])
+                cores.update(core for core in map(_iso2022_core, keys) if core)
             for key in keys:
                 found = entries.get(key)
                 if found is None:
@@ -1453,12 +1449,20 @@ def _keys(value: str, ascii_same: Sequence[str], others: Sequence[str]) -> list[
             # ("佐々木健太郎") has no return to ASCII after it; searched without it.
             keys.append(key[: -len(_ISO2022_RESET)])
     for key in list(keys):
-        core = _ISO2022_G0.match(key)
-        if core is not None and len(key) > core.end():
+        core = _iso2022_core(key)
+        if core:
             # ...and a name after more of the same script ("患者山田花子") has no escape
             # before it: its bytes alone, searched inside a run of that set only (R3).
-            keys.append(key[core.end() :])
+            keys.append(core)
     return keys
+
+
+def _iso2022_core(key: str) -> str | None:
+    """``key`` without the escape sequence of a multi-byte set designated to G0 that starts it
+    (:data:`_ISO2022_G0`), or None when it starts with none or is nothing else. :func:`_keys`
+    adds these keys; :class:`Automaton` searches them inside a run of that set only."""
+    core = _ISO2022_G0.match(key)
+    return key[core.end() :] if core is not None and len(key) > core.end() else None
 
 
 # The escape sequence that starts a key written in a multi-byte set designated to G0 (ESC $ B,

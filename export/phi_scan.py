@@ -276,7 +276,8 @@ def scan(
 # "30\u00a0juin", "DDN\u00a0:"), as bytes read as Latin-1: UTF-8 U+00A0, U+2000-U+200A (en and
 # em spaces, figure, punctuation, thin and hair spaces), U+202F, U+205F, U+3000 (ideographic;
 # A1 A1 in GB18030, GBK and the EUC sets), the middle dots between the parts of a name (U+00B7,
-# U+30FB: "张·伟", "ジョン・スミス"), and the ISO 8859 byte A0 alone (:func:`_space_for`).
+# U+30FB: "张·伟", "ジョン・スミス"), and the ISO 8859 byte A0 alone (:func:`_space_for`). Each
+# match holds one of the bytes A0, A1, B7, E2, E3, which :func:`_spaced` looks for first.
 _SPACES = re.compile(
     "\xc2\xa0|\xe2\x80[\x80-\x8a\xaf]|\xe2\x81\x9f|\xe3\x80\x80|\xa1\xa1|\xc2\xb7|\xe3\x83\xbb|\xa0"
 )
@@ -284,9 +285,6 @@ _SPACES = re.compile(
 # U+2010-U+2015 (hyphen, no-break hyphen, figure dash, en and em dashes, horizontal bar),
 # U+2212 (minus sign), U+FE58 (small em dash), U+FE63 (small hyphen-minus), U+FF0D (full-width).
 _DASHES = re.compile("\xe2\x80[\x90-\x95]|\xe2\x88\x92|\xef\xb9[\x98\xa3]|\xef\xbc\x8d")
-
-
-_SPACE_BYTES = ("\xa0", "\xa1", "\xb7", "\xe2", "\xe3")  # a byte of every _SPACES match
 
 
 def _space_for(match: re.Match[str]) -> str:
@@ -305,7 +303,8 @@ def _spaced(hay: str) -> str:
     with these (offsets move). A byte A0 or a UTF-8 dash may also be part of a character of
     another set (``张`` is E5 BC A0 in UTF-8, ``範`` B9 A0 in GB18030), which this rewrites:
     the text is always searched as it is as well (:func:`_hays`)."""
-    if any(byte in hay for byte in _SPACE_BYTES):  # one byte looked for each (memchr)
+    # One byte looked for each (memchr), without a generator: this runs for every object.
+    if "\xa0" in hay or "\xa1" in hay or "\xb7" in hay or "\xe2" in hay or "\xe3" in hay:
         hay = _SPACES.sub(_space_for, hay)
     if "\xe2" in hay or "\xef" in hay:
         hay = _DASHES.sub("-", hay)

@@ -493,17 +493,8 @@ def test_rule_a_no_break_space_or_quotation_mark_beside_an_identifier_is_no_lett
     # letter (R3), so a no-break space, guillemets or curly quotes hid a name, an ID or a date.
     source = _source(PatientName="Gagnon^Chloe", PatientID="MRN346236", PatientBirthDate="19420630")
     v = _verifier(source)
-    out = Dataset()
-    out.file_meta = FileMetaDataset()
-    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    out.SOPInstanceUID = "2.25.8"
-    out.PatientID = "RS-0"
-    out.SpecificCharacterSet = charset
-    out.StudyDescription = text
-    buffer = io.BytesIO()
-    out.save_as(buffer, enforce_file_format=True)
-    assert [path for path, _kind in _hits(v, buffer.getvalue())] == ["StudyDescription"], text
+    data = _charset_output(charset, StudyDescription=text)
+    assert [path for path, _kind in _hits(v, data)] == ["StudyDescription"], text
 
 
 _CJK_NAMES = {
@@ -540,12 +531,7 @@ _CJK_NAMES = {
 def test_rule_a_short_kana_or_hangul_name_or_a_jis_byte_pair_is_not_found_inside_a_word(
     who: str, charset: object, text: str
 ) -> None:
-    name, source_charset = _CJK_NAMES[who]
-    source = Dataset()
-    source.SpecificCharacterSet = source_charset
-    source.PatientName = name
-    v = _verifier(source)
-    data = _charset_output(charset, StudyDescription=text)
+    v, data = _cjk_case(who, charset, text)
     assert _hits(v, data) == [], text
     assert not v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
 
@@ -587,12 +573,7 @@ def test_rule_han_kana_and_hangul_names_are_found_inside_running_text(
     who: str, charset: object, text: str, kind: str
 ) -> None:
     # Found by a fresh-user check: each of these was stored by the stream and passed the gate.
-    name, source_charset = _CJK_NAMES[who]
-    source = Dataset()
-    source.SpecificCharacterSet = source_charset
-    source.PatientName = name
-    v = _verifier(source)
-    data = _charset_output(charset, StudyDescription=text)
+    v, data = _cjk_case(who, charset, text)
     assert _hits(v, data) == [("StudyDescription", kind)], text
     # The stream's look at the raw header finds it too (it alone decides most objects).
     assert v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
@@ -617,6 +598,16 @@ def test_rule_other_dashes_and_spaces_inside_a_value_are_hyphens_and_spaces(text
     data = _charset_output("ISO_IR 192", StudyDescription=text)
     assert [p for p, _k in _hits(v, data)] == ["StudyDescription"], text
     assert v.check_bytes("k.dcm", data, text_end=len(data)).hits, text
+
+
+def _cjk_case(who: str, charset: object, text: str) -> tuple[Verifier, bytes]:
+    """A verifier for the subject ``who`` of :data:`_CJK_NAMES` and an object holding ``text``
+    in its Study Description, written in ``charset``."""
+    name, source_charset = _CJK_NAMES[who]
+    source = Dataset()
+    source.SpecificCharacterSet = source_charset
+    source.PatientName = name
+    return _verifier(source), _charset_output(charset, StudyDescription=text)
 
 
 def _charset_output(charset: object, **attrs: object) -> bytes:
