@@ -186,6 +186,18 @@ class Orthanc:
         self.stop()
         raise RuntimeError("Orthanc did not answer /system in time")
 
+    def problems(self) -> list[str]:
+        """The error lines of Orthanc's log (``E...``) and its DICOM warnings, for a failing
+        test's message (synthetic data only)."""
+        lines: list[str] = []
+        for log in sorted(self.folder.glob("Orthanc.log.*")):
+            for line in log.read_text(errors="replace").splitlines():
+                if "MIME" in line:
+                    continue  # DICOMweb's Accept negotiation, on every QIDO-RS request
+                if line.startswith("E") or (line.startswith("W") and "Dicom" in line):
+                    lines.append(line[:300])
+        return lines[-20:]
+
     def stop(self) -> None:
         if self.process is None:
             return
