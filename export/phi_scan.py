@@ -678,7 +678,22 @@ class Verifier:
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
+_PIXEL_DATA = BaseTag(0x7FE00010)
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def written_pixel_start(ds: Dataset, data: bytes) -> int | None:
+    """Where the Pixel Data element begins in ``data``, the bytes written from ``ds`` (data set
+    elements in ascending tag order, PS3.5 7.1), when Pixel Data (7FE0,0010) is the last
+    top-level element of ``ds``: :func:`pixel_data_start` of ``data``; else None (an element
+    after the pixel data, such as Data Set Trailing Padding (FFFC,FFFC), or no pixel data).
+
+    Lets an object de-identified element by element, its pixels redacted, be searched as the
+    byte-level fast path's objects are (``text_end`` of :meth:`Verifier.check_bytes`).
+    """
+    if _PIXEL_DATA not in ds or max(ds.keys()) != _PIXEL_DATA:
+        return None
+    return pixel_data_start(data)
 
 
 def pixel_data_start(data: bytes) -> int | None:

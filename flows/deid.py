@@ -43,7 +43,7 @@ from deid_recipes.fastpath import deidentify_bytes, deidentify_to_bytes
 from deid_recipes.recipe import load_recipe
 from export.identifiers import ElementMemo, IdentifierDictionary
 from export.manifest import object_path
-from export.phi_scan import UNVERIFIABLE, Verifier
+from export.phi_scan import UNVERIFIABLE, Verifier, written_pixel_start
 from flows import heap
 from flows.work import HEADER_KEYWORDS, STUDY_READ_BYTES, study_tokens
 from ridl import audit
@@ -359,7 +359,8 @@ class FolderDeidentifier:
         ds = curated.dataset
         assert ds is not None  # the caller quarantines an export without a dataset
         self.engine.apply(ds, subject)
-        return ds, to_bytes(ds), subject, None
+        data = to_bytes(ds)
+        return ds, data, subject, written_pixel_start(ds, data)
 
     def _exclude(
         self, reason: str, summary: DeidSummary, on_file: Callable[[], None] | None

@@ -60,7 +60,7 @@ from export.manifest import (
     study_part,
     write_part,
 )
-from export.phi_scan import UNVERIFIABLE, Verifier
+from export.phi_scan import UNVERIFIABLE, Verifier, written_pixel_start
 from export.store import ObjectStore, durable_together, open_store, sha256_hex
 from flows import heap
 from ridl import __version__, settings
@@ -887,7 +887,8 @@ def _deidentify(
     worker: Worker, read: ObjectRead, curated: Curated, subject: SubjectContext
 ) -> tuple[Dataset, bytes, int | None]:
     """The de-identified object: a dataset naming it, its bytes, and, when the fast path wrote
-    them, the byte offset where its Pixel Data element, the last one, begins (else None).
+    them or when Pixel Data is the data set's last element, the byte offset where that element
+    begins (else None).
 
     An object curation did not change goes by the fast path when the run allows it, from the
     bytes already read (the file itself when a big study's read was released); the fast
@@ -905,7 +906,8 @@ def _deidentify(
     ds = curated.dataset
     assert ds is not None  # the caller quarantines an export without a dataset
     worker.engine.apply(ds, subject)
-    return ds, to_bytes(ds), None
+    data = to_bytes(ds)
+    return ds, data, written_pixel_start(ds, data)
 
 
 def _quarantine(

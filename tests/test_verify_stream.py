@@ -34,7 +34,7 @@ from export.identifiers import (
 )
 from export.local import LocalStore
 from export.manifest import build_manifest, read_part, write_part
-from export.phi_scan import Verifier, pixel_data_start
+from export.phi_scan import Verifier, pixel_data_start, written_pixel_start
 from flows.gate import VerificationFailed, audit_release, gate_release, sample_size
 from flows.runplan import prepare_run
 from flows.work import process_batch, worker_for
@@ -460,6 +460,68 @@ def test_the_raw_prefilter_finds_a_date_held_in_a_dt_value() -> None:
     data = buffer.getvalue()
     checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=pixel_data_start(data))
     assert [(h.path, h.kind) for h in checked.hits] == [("AcquisitionDateTime", "encounter-date")]
+
+
+def _written(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_an_object_written_element_by_element_is_searched_as_the_fast_paths_are() -> None:
+    # Pixel Data last: searched raw up to it (R10), a name in its header still found.
+    source = _dated_header("20200101", "20200111")
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(source, "RID-A", 10)
+    out = _dated_header("20200101", "20200111")
+    del out.StudyDate, out.AcquisitionDate
+    out.SOPClassUID, out.SOPInstanceUID, out.PatientID = "1.2.840.10008.5.1.4.1.1.7", "2.25.1", "X"
+    out.Rows = out.Columns = 4
+    out.BitsAllocated, out.BitsStored, out.HighBit = 8, 8, 7
+    out.SamplesPerPixel, out.PixelRepresentation = 1, 0
+    out.PhotometricInterpretation = "MONOCHROME2"
+    out.add_new(0x7FE00010, "OB", b"doe^jane" + bytes(8))  # samples spelling it: no hit (R10)
+    data = _written(out)
+    start = written_pixel_start(out, data)
+    assert start is not None and data[start : start + 4] == b"\xe0\x7f\x10\x00"
+    assert start == pixel_data_start(data)
+    checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=start)
+    assert [(h.path, h.kind) for h in checked.hits] == [("PatientName", "name")]
+    del out.PatientName
+    data = _written(out)
+    clean = Verifier(dictionary).check_bytes("k.dcm", data, text_end=written_pixel_start(out, data))
+    assert not clean.hits
+    # An element after the pixel data: no offset, the object is read whole and the name found.
+    out.add_new(0x7FE10010, "LO", "ACME 1.0")
+    out.add_new(0x7FE11001, "LO", "Doe^Jane")
+    data = _written(out)
+    assert written_pixel_start(out, data) is None
+    assert written_pixel_start(Dataset(), b"") is None
+    checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=None)
+    assert [h.kind for h in checked.hits] == ["name"]
+
+
+def test_objects_whose_pixels_curation_changed_are_searched_without_a_parse(
+    synth_dir,
+    project,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import flows.work
+
+    written: list[int] = []
+    parsed: list[str] = []
+    to_bytes, check_dicom = flows.work.to_bytes, Verifier._check_dicom
+    monkeypatch.setattr(flows.work, "to_bytes", lambda ds: written.append(1) or to_bytes(ds))
+    monkeypatch.setattr(
+        Verifier,
+        "_check_dicom",
+        lambda self, key, *a, **k: parsed.append(key) or check_dicom(self, key, *a, **k),
+    )
+    store, prefix = _build(project.id, f"folder:{synth_dir.root}", tmp_path / "store")
+    assert written, "the synthetic DIR has objects whose pixels curation cleaned"
+    assert not parsed, "each was searched on its header bytes, the fast path's way"
+    assert any(i.key.endswith(".dcm") for i in store.list(prefix + "/"))
 
 
 def test_sample_size_default_and_bounds() -> None:
