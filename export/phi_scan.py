@@ -207,9 +207,12 @@ def scan(
     a value that fills its even length is the next element's tag, whose group may be written
     ``2``, ``P``, ``T``, ``p``... as for groups 0032, 0050, 0054, 0070; PS3.5 7.1.2).
     """
+    found = auto.matches(hay)
+    if not found:
+        return
     n = len(hay)
-    values = auto.values
-    for index, start, stop in auto.matches(hay):
+    values = auto.values  # only now: made on first use (Automaton.values)
+    for index, start, stop in found:
         length, terms, free_start, free_end, run = values[index]
         end = stop - 1  # the match's last character
         if run == 1 and not _in_multibyte_run(hay, start, aligned=True):
