@@ -96,8 +96,9 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/10"  # 10: Han/kana/Hangul ends, ISO 2022 escapes (R3), dashes
-# and spaces; 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
+RULES_VERSION = "ridl-identifiers/11"  # 11: compressed frames' comments searched (R10); 10:
+# Han/kana/Hangul ends, ISO 2022 escapes (R3), dashes and spaces; 9: more date forms, ISO T (R5),
+# NFD (R7); 8: case forms
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers

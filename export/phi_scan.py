@@ -498,7 +498,10 @@ class Verifier:
         ):
             codecs = _declared_codecs(data, text_end)
             if codecs is not None:
+                # The header's bytes, and the text segments of compressed frames (not R10).
                 heads = _hays(_hay(data[:text_end]))
+                for text in _texts_after(data, text_end):
+                    heads += _hays(_hay(text))
                 # No term in the object's character sets (each dictionary's keys written in
                 # them too): clean. An empty dictionary finds nothing.
                 if not any(
@@ -617,6 +620,12 @@ class Verifier:
                     else:
                         where = f"(bytes {start}-{end} of the {label}, not inside one attribute)"
                         hit(where, sorted(term.kinds)[0])
+        for segment in _pixel_data_texts(ds):
+            hays = _hays(_hay(segment))
+            for _s, _e, terms in (m for a in automata for h in hays for m in scan(h, a)):
+                for term in terms:
+                    if _blocks_in_pixel_text(term, owner):
+                        hit("PixelData (codestream text)", sorted(term.kinds)[0])
         texts: list[str] = []
         if pixel_text is not None:
             result.ocr_checked = True
@@ -629,11 +638,8 @@ class Verifier:
                 hays = _hays(_hay(text.encode("utf-8", "replace")))
                 for _s, _e, terms in (m for a in automata for h in hays for m in scan(h, a)):
                     for term in terms:
-                        if term.scoped and owner in term.owners:
-                            pass
-                        elif term.name_only or term.scoped:
-                            continue
-                        hit("PixelData (OCR text)", sorted(term.kinds)[0])
+                        if _blocks_in_pixel_text(term, owner):
+                            hit("PixelData (OCR text)", sorted(term.kinds)[0])
         return result
 
     def _automata(self, encodings: Iterable[str]) -> list[Automaton]:
@@ -680,9 +686,130 @@ class Verifier:
         return [("file", data, bulk, lambda: meta_spans() + body_spans())]
 
 
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+MAX_CODESTREAM_TEXTS = 256  # text segments read per object (a hostile object may hold more)
+
+
+def codestream_texts(value: bytes | memoryview) -> list[bytes]:
+    """The text a compressed frame's codestream carries beside its image: the payloads of the
+    comment and application segments of each fragment of encapsulated Pixel Data.
+
+    ``value`` is the Pixel Data value of undefined length from its first item on (the Basic
+    Offset Table item, then one item per fragment, PS3.5 A.4). A fragment that begins a JPEG or
+    JPEG-LS codestream (SOI, ISO/IEC 10918-1 B.2, 14495-1) gives its COM (FFFE) and APPn
+    (FFE0-FFEF) segments up to its first scan (SOS); one that begins a JPEG 2000 or HTJ2K
+    codestream (SOC, ISO/IEC 15444-1 A.4) gives the COM (FF64) segments of its main header and
+    of each tile-part header. These are text (a vendor note, EXIF, a typed comment), not image
+    samples: R10 does not cover them. At most :data:`MAX_CODESTREAM_TEXTS` are returned; a
+    truncated or malformed codestream gives what was read before the damage.
+    """
+    texts: list[bytes | memoryview] = []
+    at, n, first = 0, len(value), True
+    while at + 8 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
+        if value[at : at + 4] != _ITEM_TAG:
+            break  # the Sequence Delimitation Item, or damage
+        length = int.from_bytes(value[at + 4 : at + 8], "little")
+        fragment = value[at + 8 : at + 8 + length]
+        at += 8 + length
+        if first:  # the Basic Offset Table
+            first = False
+            continue
+        if fragment[:2] == b"\xff\xd8":
+            texts += _jpeg_texts(fragment)
+        elif fragment[:2] == b"\xff\x4f":
+            texts += _j2k_texts(fragment)
+    return [bytes(text) for text in texts[:MAX_CODESTREAM_TEXTS]]
+
+
+def _jpeg_texts(stream: bytes | memoryview) -> list[bytes | memoryview]:
+    """COM and APPn payloads of a JPEG or JPEG-LS codestream's segments before its first SOS."""
+    texts: list[bytes | memoryview] = []
+    at, n = 2, len(stream)
+    while at + 4 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
+        if stream[at] != 0xFF:
+            break
+        marker = stream[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            at += 2
+            continue
+        if marker in (0xDA, 0xD9):  # SOS: entropy-coded data follows; EOI
+            break
+        length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        if length < 2:
+            break
+        if marker == 0xFE or 0xE0 <= marker <= 0xEF:
+            texts.append(stream[at + 4 : at + 2 + length])
+        at += 2 + length
+    return texts
+
+
+def _j2k_texts(stream: bytes | memoryview) -> list[bytes | memoryview]:
+    """COM payloads (after Rcom) of a JPEG 2000 codestream's main and tile-part headers."""
+    texts: list[bytes | memoryview] = []
+    at, n = 2, len(stream)
+    tile_end = n
+    while at + 4 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
+        if stream[at] != 0xFF:
+            break
+        marker = stream[at + 1]
+        if marker == 0xD9:  # EOC
+            break
+        if marker == 0x93:  # SOD: tile-part data to the end of the tile-part, then the next SOT
+            at = tile_end
+            continue
+        length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        if length < 2:
+            break
+        if marker == 0x90:  # SOT: Psot is the tile-part's length from this marker (0: to EOC)
+            psot = int.from_bytes(stream[at + 6 : at + 10], "big")
+            tile_end = at + psot if psot else n
+            if tile_end <= at:
+                break
+        elif marker == 0x64 and length >= 4:
+            texts.append(stream[at + 6 : at + 2 + length])
+        at += 2 + length
+    return texts
+
+
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA = BaseTag(0x7FE00010)
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _texts_after(data: bytes, text_end: int) -> list[bytes]:
+    """:func:`codestream_texts` of the Pixel Data element whose tag is at ``text_end`` in
+    ``data`` (Explicit VR OB/OW with a 4-byte length, PS3.5 7.1.2, or Implicit VR, 7.1.3),
+    when its length is undefined (encapsulated); else none."""
+    explicit = data[text_end + 4 : text_end + 6] in (b"OB", b"OW")
+    length_at = text_end + (8 if explicit else 4)
+    if data[length_at : length_at + 4] != b"\xff\xff\xff\xff":
+        return []
+    return codestream_texts(memoryview(data)[length_at + 4 :])
+
+
+def _blocks_in_pixel_text(term: Term, owner: str | None) -> bool:
+    """Whether ``term`` found in text read from the pixel data (OCR, a codestream's comment) is
+    a hit: a scoped term (a date, R5) only for its own subject, a common word never (R4)."""
+    if term.scoped:
+        return owner in term.owners
+    return not term.name_only
+
+
+def _pixel_data_texts(ds: Dataset) -> list[bytes]:
+    """:func:`codestream_texts` of a parsed object's encapsulated Pixel Data, if it has one."""
+    try:
+        raw = ds.get_item(_PIXEL_DATA)
+    except Exception:
+        return []
+    if raw is None:
+        return []
+    value = raw.value
+    if not isinstance(value, bytes) or value[:4] != _ITEM_TAG:
+        return []
+    return codestream_texts(value)
 
 
 def written_pixel_start(ds: Dataset, data: bytes) -> int | None:

@@ -1,0 +1,149 @@
+"""Text inside compressed frames: the comment and application segments of a JPEG or JPEG 2000
+codestream are text, not image samples (R10 does not cover them), and the stream searches them
+before an object is stored."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import JPEG2000Lossless
+from typer.testing import CliRunner
+
+from export.identifiers import IdentifierDictionary
+from export.phi_scan import Verifier, codestream_texts, pixel_data_start
+from flows.cli import app
+from flows.runplan import prepare_run
+from flows.work import process_batch
+from tests.deid_run_support import ct, project
+
+NOTE = b"PATIENT TREMBLAY JOSEE MRN00123"
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return struct.pack(">HH", 0xFF00 | marker, 2 + len(payload)) + payload
+
+
+def _jpeg(*segments: bytes) -> bytes:
+    """A JPEG codestream's frame: SOI, the given segments, then a scan whose data holds bytes
+    that look like a COM marker (entropy-coded data is never read)."""
+    scan = _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00") + b"\x12\xff\x00\xff\xfe\x00\x08junk"
+    return b"\xff\xd8" + b"".join(segments) + scan + b"\xff\xd9"
+
+
+def _ct() -> Dataset:
+    """A CT of :func:`ct` at 64 x 64 (JPEG 2000 needs more than 8 x 8 for its resolutions)."""
+    ds = ct(1)
+    ds.Rows = ds.Columns = 64
+    ds.PixelData = bytes(range(256)) * 32
+    return ds
+
+
+def _j2k_frame(ds: Dataset) -> bytes:
+    ds.compress(JPEG2000Lossless)
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _with_j2k_comments(frame: bytes, main: bytes, tile: bytes = b"") -> bytes:
+    """``frame`` with a COM (Rcom 1: Latin text) after SIZ in the main header and, when given,
+    one in the first tile-part header (its Psot grown to match)."""
+    assert frame[:2] == b"\xff\x4f" and frame[2:4] == b"\xff\x51"
+    after_siz = 4 + int.from_bytes(frame[4:6], "big")
+    frame = frame[:after_siz] + _segment(0x64, b"\x00\x01" + main) + frame[after_siz:]
+    if tile:
+        sot = frame.index(b"\xff\x90\x00\x0a")
+        com = _segment(0x64, b"\x00\x01" + tile)
+        psot = int.from_bytes(frame[sot + 6 : sot + 10], "big")
+        grown = frame[: sot + 6] + (psot + len(com)).to_bytes(4, "big") + frame[sot + 10 :]
+        frame = grown[: sot + 12] + com + grown[sot + 12 :]
+    return frame
+
+
+def test_codestream_texts_are_the_comment_and_application_segments_of_each_frame() -> None:
+    app0 = b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00"
+    jpeg = _jpeg(_segment(0xE0, app0), _segment(0xFE, b"Dr Smith"), _segment(0xDB, b"\0" * 65))
+    assert codestream_texts(encapsulate([jpeg])) == [app0, b"Dr Smith"]
+    frame = _j2k_frame(_ct())
+    own = codestream_texts(encapsulate([frame]))  # the encoder's own note ("Created by ...")
+    assert all(b"note" not in text for text in own)
+    j2k = _with_j2k_comments(frame, b"main header note", b"tile-part note")
+    assert codestream_texts(encapsulate([jpeg, j2k])) == [
+        app0,
+        b"Dr Smith",
+        b"main header note",
+        *own,
+        b"tile-part note",
+    ]
+    # Damaged: what was read up to the damage (a cut segment's text too), no error.
+    cut = j2k[: j2k.index(b"main header") + 4]
+    assert [text.rstrip(b"\0") for text in codestream_texts(encapsulate([cut]))] == [b"main"]
+    assert codestream_texts(encapsulate([b"\xff\xd8\xff\xfe\x00"])) == []
+    assert codestream_texts(b"not an item") == []
+
+
+def _compressed_ct(note: bytes) -> Dataset:
+    ds = _ct()
+    ds.PixelData = encapsulate([_with_j2k_comments(_j2k_frame(ds), note)])
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    return ds
+
+
+def _bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_name_in_a_frames_comment_is_found_by_both_searches() -> None:
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(ct(1), "RID-A", 10)
+    out = _compressed_ct(NOTE)
+    out.PatientName, out.PatientID, out.PatientBirthDate = "RID-A", "RID-A", ""
+    out.AccessionNumber, out.IssuerOfPatientID = "", ""
+    data = _bytes(out)
+    start = pixel_data_start(data)
+    assert start is not None
+    for text_end in (start, None):  # the stream's raw look first, and the whole parse
+        hits = Verifier(dictionary).check_bytes("k.dcm", data, text_end=text_end).hits
+        assert {(h.path, h.kind) for h in hits if h.path.startswith("PixelData")} == {
+            ("PixelData (codestream text)", "name"),
+            ("PixelData (codestream text)", "identifier"),
+        }
+    clean = _bytes(_compressed_ct(b"Lossless J2K"))
+    out_clean = dcmread(io.BytesIO(clean))
+    out_clean.PatientName, out_clean.PatientID, out_clean.PatientBirthDate = "RID-A", "RID-A", ""
+    out_clean.AccessionNumber, out_clean.IssuerOfPatientID = "", ""
+    data = _bytes(out_clean)
+    hits = Verifier(dictionary).check_bytes("k.dcm", data, text_end=None).hits
+    assert hits and not [h for h in hits if h.path.startswith("PixelData")]
+
+
+@pytest.mark.parametrize("way", ["ridl deid", "run"])
+def test_an_object_whose_frame_comments_name_its_subject_never_reaches_the_output(
+    ridl_home: Path, tmp_path: Path, way: str
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _compressed_ct(NOTE).save_as(src / "ct1.dcm", enforce_file_format=True)
+    project_id = project("codestream")
+    if way == "ridl deid":
+        out = tmp_path / "out"
+        result = CliRunner().invoke(app, ["deid", str(src), str(out), "--project", project_id])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout[result.stdout.index("{") :])
+        assert summary["quarantined"] == {"verification-hit": 1}, summary
+        assert not list(out.rglob("*.dcm"))
+        assert b"TREMBLAY" not in result.stdout.encode()
+    else:
+        plan = prepare_run(project_id, "r1", f"folder:{src}", f"file:{tmp_path / 'store'}")
+        counts = process_batch(plan.ctx, plan.studies)
+        assert counts.quarantined == {"verification-hit": 1}, counts.as_dict()
+        assert counts.exported == 0
+        stored = [p for p in (tmp_path / "store").rglob("*.dcm")]
+        assert not stored
