@@ -687,91 +687,160 @@ class Verifier:
 
 
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
-MAX_CODESTREAM_TEXTS = 256  # text segments read per object (a hostile object may hold more)
+# A JPEG marker inside entropy-coded data: FF then neither 00 (a stuffed FF), RSTn (D0-D7) nor FF
+# (fill) (ISO/IEC 10918-1 B.1.1.2, B.1.1.5); in JPEG-LS scan data an FF is followed by a byte
+# below 80 unless it begins a marker (ISO/IEC 14495-1 A.1).
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_JPEG_LS_MARKER = re.compile(rb"\xff[\x80-\xcf\xd8-\xfe]")
+_SOI, _SOC, _JP2 = b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "
 
 
 def codestream_texts(value: bytes | memoryview) -> list[bytes]:
-    """The text a compressed frame's codestream carries beside its image: the payloads of the
-    comment and application segments of each fragment of encapsulated Pixel Data.
+    """The text a compressed frame carries beside its image samples: what of encapsulated Pixel
+    Data is not entropy-coded data nor a codestream's structure.
 
     ``value`` is the Pixel Data value of undefined length from its first item on (the Basic
-    Offset Table item, then one item per fragment, PS3.5 A.4). A fragment that begins a JPEG or
-    JPEG-LS codestream (SOI, ISO/IEC 10918-1 B.2, 14495-1) gives its COM (FFFE) and APPn
-    (FFE0-FFEF) segments up to its first scan (SOS); one that begins a JPEG 2000 or HTJ2K
-    codestream (SOC, ISO/IEC 15444-1 A.4) gives the COM (FF64) segments of its main header and
-    of each tile-part header. These are text (a vendor note, EXIF, a typed comment), not image
-    samples: R10 does not cover them. At most :data:`MAX_CODESTREAM_TEXTS` are returned; a
-    truncated or malformed codestream gives what was read before the damage.
+    Offset Table item, then the fragments, PS3.5 A.4). The fragments are read joined (a frame
+    may span several). When they begin a JPEG or JPEG-LS codestream (SOI, ISO/IEC 10918-1 B.2,
+    14495-1), a JPEG 2000 or HTJ2K codestream (SOC, ISO/IEC 15444-1 A.4) or a JP2 file (15444-1
+    I.5), each codestream is walked to its end (EOI, EOC), one frame after another, and the
+    text is: JPEG COM (FFFE) and APPn (FFE0-FFEF) segments, anywhere between scans; JPEG 2000
+    COM (FF64) segments of the main and tile-part headers (after Rcom); every JP2 box but the
+    codestream; bytes where a marker should be (stray bytes), after a codestream's end, or
+    between codestreams. A text holding NUL bytes is also given decoded as UTF-16 (both byte
+    orders) and written in UTF-8. Fragments of another codec (RLE, MPEG) give no text: their
+    bytes are samples (R10). Never raises; a truncated codestream gives what was read.
     """
-    texts: list[bytes | memoryview] = []
+    fragments: list[bytes | memoryview] = []
     at, n, first = 0, len(value), True
-    while at + 8 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
+    while at + 8 <= n:
         if value[at : at + 4] != _ITEM_TAG:
             break  # the Sequence Delimitation Item, or damage
         length = int.from_bytes(value[at + 4 : at + 8], "little")
-        fragment = value[at + 8 : at + 8 + length]
+        if not first:  # the first item is the Basic Offset Table
+            fragments.append(value[at + 8 : at + 8 + length])
+        first = False
         at += 8 + length
-        if first:  # the Basic Offset Table
-            first = False
+    data = b"".join(fragments)
+    texts: list[bytes] = []
+    at, n = 0, len(data)
+    if not data.startswith((_SOI[:2], _SOC, _JP2)):
+        return []
+    while at < n:
+        if data.startswith(_SOI[:2], at):
+            at = _jpeg_texts(data, at, texts)
+        elif data.startswith(_SOC, at):
+            at = _j2k_texts(data, at, n, texts)
+        elif data.startswith(_JP2, at):
+            at = _jp2_texts(data, at, texts)
+        else:  # after a codestream's end: text up to the next codestream
+            found = [i for i in (data.find(m, at) for m in (_SOI, _SOC, _JP2)) if i > at]
+            end = min(found, default=n)
+            texts.append(data[at:end])
+            at = end
+    out: list[bytes] = []
+    for text in texts:
+        stripped = text.strip(b"\0")  # padding to an even length, between codestreams
+        if not stripped:
             continue
-        if fragment[:2] == b"\xff\xd8":
-            texts += _jpeg_texts(fragment)
-        elif fragment[:2] == b"\xff\x4f":
-            texts += _j2k_texts(fragment)
-    return [bytes(text) for text in texts[:MAX_CODESTREAM_TEXTS]]
+        out.append(stripped)
+        if b"\0" in stripped:  # UTF-16 (a JPEG 2000 COM of Rcom 0, EXIF XP tags), either offset
+            for start in (0, 1):
+                for encoding in ("utf-16-le", "utf-16-be"):
+                    out.append(text[start:].decode(encoding, "ignore").encode("utf-8"))
+    return out
 
 
-def _jpeg_texts(stream: bytes | memoryview) -> list[bytes | memoryview]:
-    """COM and APPn payloads of a JPEG or JPEG-LS codestream's segments before its first SOS."""
-    texts: list[bytes | memoryview] = []
-    at, n = 2, len(stream)
-    while at + 4 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
-        if stream[at] != 0xFF:
-            break
-        marker = stream[at + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            at += 1
+def _jpeg_texts(data: bytes, at: int, texts: list[bytes]) -> int:
+    """The JPEG or JPEG-LS codestream at ``at`` (its SOI): its text into ``texts``; returns
+    where it ends (after EOI, or the end of ``data``)."""
+    n, p = len(data), at + 2
+    marker_in_scan = _JPEG_MARKER
+    while p + 1 < n:
+        if data[p] != 0xFF:  # stray bytes where a marker should be: text, to the next marker
+            found = marker_in_scan.search(data, p)
+            end = found.start() if found else n
+            texts.append(data[p:end])
+            p = end
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
-            at += 2
+        marker = data[p + 1]
+        if marker == 0xFF:  # fill byte
+            p += 1
             continue
-        if marker in (0xDA, 0xD9):  # SOS: entropy-coded data follows; EOI
-            break
-        length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: TEM, RSTn
+            p += 2
+            continue
+        if marker == 0xD9:  # EOI
+            return p + 2
+        length = int.from_bytes(data[p + 2 : p + 4], "big")
         if length < 2:
-            break
+            texts.append(data[p:])
+            return n
         if marker == 0xFE or 0xE0 <= marker <= 0xEF:
-            texts.append(stream[at + 4 : at + 2 + length])
-        at += 2 + length
-    return texts
+            texts.append(data[p + 4 : p + 2 + length])
+        elif marker == 0xF7:  # SOF55: a JPEG-LS frame
+            marker_in_scan = _JPEG_LS_MARKER
+        p += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker
+            found = marker_in_scan.search(data, p)
+            p = found.start() if found else n
+    return n
 
 
-def _j2k_texts(stream: bytes | memoryview) -> list[bytes | memoryview]:
-    """COM payloads (after Rcom) of a JPEG 2000 codestream's main and tile-part headers."""
-    texts: list[bytes | memoryview] = []
-    at, n = 2, len(stream)
-    tile_end = n
-    while at + 4 <= n and len(texts) < MAX_CODESTREAM_TEXTS:
-        if stream[at] != 0xFF:
-            break
-        marker = stream[at + 1]
-        if marker == 0xD9:  # EOC
-            break
-        if marker == 0x93:  # SOD: tile-part data to the end of the tile-part, then the next SOT
-            at = tile_end
+def _j2k_texts(data: bytes, at: int, end: int, texts: list[bytes]) -> int:
+    """The JPEG 2000 codestream at ``at`` (its SOC), within ``data[:end]``: its COM text into
+    ``texts``; returns where it ends (after EOC, or ``end``). Tile-part data (after SOD) is
+    skipped by the tile-part's length (Psot; 0: to the codestream's end)."""
+    p, tile_end = at + 2, end
+    while p + 1 < end:
+        if data[p] != 0xFF:  # stray bytes where a marker should be: text, to the next FF
+            found = data.find(b"\xff", p, end)
+            stop = found if found >= 0 else end
+            texts.append(data[p:stop])
+            p = stop
             continue
-        length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        marker = data[p + 1]
+        if marker == 0xD9:  # EOC
+            return p + 2
+        if marker == 0x93:  # SOD: this tile-part's data, then the next marker
+            if tile_end <= p:
+                return end
+            p = tile_end
+            continue
+        length = int.from_bytes(data[p + 2 : p + 4], "big")
         if length < 2:
-            break
-        if marker == 0x90:  # SOT: Psot is the tile-part's length from this marker (0: to EOC)
-            psot = int.from_bytes(stream[at + 6 : at + 10], "big")
-            tile_end = at + psot if psot else n
-            if tile_end <= at:
-                break
-        elif marker == 0x64 and length >= 4:
-            texts.append(stream[at + 6 : at + 2 + length])
-        at += 2 + length
-    return texts
+            texts.append(data[p:end])
+            return end
+        if marker == 0x90:  # SOT: Psot, the tile-part's length from this marker
+            psot = int.from_bytes(data[p + 6 : p + 10], "big")
+            eoc = data.rfind(b"\xff\xd9", p, end)
+            tile_end = p + psot if psot else (eoc if eoc > p else end)
+        elif marker == 0x64:
+            texts.append(data[p + 6 : p + 2 + length])
+        p += 2 + length
+    return end
+
+
+def _jp2_texts(data: bytes, at: int, texts: list[bytes]) -> int:
+    """The JP2 file at ``at`` (its signature box): every box but the codestream (``jp2c``) is
+    text; the codestream is walked as one (:func:`_j2k_texts`). Returns where it ends."""
+    n, p = len(data), at
+    while p + 8 <= n:
+        length = int.from_bytes(data[p : p + 4], "big")
+        kind = data[p + 4 : p + 8]
+        header = 8
+        if length == 1:
+            length, header = int.from_bytes(data[p + 8 : p + 16], "big"), 16
+        end = n if length == 0 else min(p + length, n)
+        if end <= p:
+            texts.append(data[p:])
+            return n
+        if kind == b"jp2c":
+            _j2k_texts(data, p + header, end, texts)
+        else:
+            texts.append(data[p + header : end])
+        p = end
+    return n
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"

@@ -30,11 +30,12 @@ def _segment(marker: int, payload: bytes) -> bytes:
     return struct.pack(">HH", 0xFF00 | marker, 2 + len(payload)) + payload
 
 
-def _jpeg(*segments: bytes) -> bytes:
-    """A JPEG codestream's frame: SOI, the given segments, then a scan whose data holds bytes
-    that look like a COM marker (entropy-coded data is never read)."""
-    scan = _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00") + b"\x12\xff\x00\xff\xfe\x00\x08junk"
-    return b"\xff\xd8" + b"".join(segments) + scan + b"\xff\xd9"
+def _jpeg(*segments: bytes, between: bytes = b"") -> bytes:
+    """A JPEG codestream: SOI, the given segments, a scan, ``between``, a second scan, EOI.
+    Each scan's entropy-coded data holds a stuffed FF (FF 00) followed by bytes that would
+    read as a COM segment if the data were taken for markers, and a restart marker."""
+    scan = _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00") + b"\x12\xff\x00\xfe\x00\x08junk\xff\xd3"
+    return b"\xff\xd8" + b"".join(segments) + scan + between + scan + b"\xff\xd9"
 
 
 def _ct() -> Dataset:
@@ -50,12 +51,13 @@ def _j2k_frame(ds: Dataset) -> bytes:
     return next(generate_frames(ds.PixelData, number_of_frames=1))
 
 
-def _with_j2k_comments(frame: bytes, main: bytes, tile: bytes = b"") -> bytes:
-    """``frame`` with a COM (Rcom 1: Latin text) after SIZ in the main header and, when given,
-    one in the first tile-part header (its Psot grown to match)."""
+def _with_j2k_comments(frame: bytes, main: bytes, tile: bytes = b"", rcom: int = 1) -> bytes:
+    """``frame`` with a COM (Rcom 1: Latin text, 0: binary) after SIZ in the main header and,
+    when given, one in the first tile-part header (its Psot grown to match)."""
     assert frame[:2] == b"\xff\x4f" and frame[2:4] == b"\xff\x51"
     after_siz = 4 + int.from_bytes(frame[4:6], "big")
-    frame = frame[:after_siz] + _segment(0x64, b"\x00\x01" + main) + frame[after_siz:]
+    com = _segment(0x64, rcom.to_bytes(2, "big") + main)
+    frame = frame[:after_siz] + com + frame[after_siz:]
     if tile:
         sot = frame.index(b"\xff\x90\x00\x0a")
         com = _segment(0x64, b"\x00\x01" + tile)
@@ -65,10 +67,21 @@ def _with_j2k_comments(frame: bytes, main: bytes, tile: bytes = b"") -> bytes:
     return frame
 
 
-def test_codestream_texts_are_the_comment_and_application_segments_of_each_frame() -> None:
-    app0 = b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00"
-    jpeg = _jpeg(_segment(0xE0, app0), _segment(0xFE, b"Dr Smith"), _segment(0xDB, b"\0" * 65))
+def test_codestream_texts_are_what_is_not_samples_nor_structure_in_each_frame() -> None:
+    app0 = b"ACME capture 1.2"  # an APPn payload (JFIF, EXIF) is read as text
+    jpeg = _jpeg(_segment(0xE0, app0), _segment(0xFE, b"Dr Smith"), _segment(0xDB, b"\1" * 65))
     assert codestream_texts(encapsulate([jpeg])) == [app0, b"Dr Smith"]
+    # Between scans, after a stray byte, after the codestream's end: all text.
+    later = _jpeg(_segment(0xFE, b"first"), between=_segment(0xFE, b"between scans"))
+    assert codestream_texts(encapsulate([later])) == [b"first", b"between scans"]
+    stray = b"\xff\xd8\x07" + _segment(0xFE, b"after a stray byte") + later[2:] + b"trailer"
+    assert codestream_texts(encapsulate([stray])) == [
+        b"\x07",
+        b"after a stray byte",
+        b"first",
+        b"between scans",
+        b"trailer",
+    ]
     frame = _j2k_frame(_ct())
     own = codestream_texts(encapsulate([frame]))  # the encoder's own note ("Created by ...")
     assert all(b"note" not in text for text in own)
@@ -80,11 +93,29 @@ def test_codestream_texts_are_the_comment_and_application_segments_of_each_frame
         *own,
         b"tile-part note",
     ]
+    # One frame over two fragments, cut inside its main header; bytes after EOC.
+    cut = (j2k.index(b"main header") - 2) & ~1  # fragments are of even length (PS3.5 A.4)
+    assert b"main header note" in codestream_texts(encapsulate([j2k[:cut], j2k[cut:]]))
+    assert b"after the end" in codestream_texts(encapsulate([frame + b"after the end"]))
+    # A J2K header with a stray byte before a COM; a JP2 file's boxes; UTF-16 text.
+    after_siz = 4 + int.from_bytes(frame[4:6], "big")
+    odd = frame[:after_siz] + b"\x07" + _segment(0x64, b"\x00\x01stray") + frame[after_siz:]
+    assert b"stray" in codestream_texts(encapsulate([odd]))
+    jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I", 8 + 8) + b"xml <a>x</a>"
+    jp2 += struct.pack(">I", 8 + len(j2k)) + b"jp2c" + j2k
+    texts = codestream_texts(encapsulate([jp2]))
+    assert b"<a>x</a>" in texts and b"main header note" in texts
+    wide = _with_j2k_comments(frame, "Dr Smith".encode("utf-16-le"), rcom=0)
+    assert b"Dr Smith" in codestream_texts(encapsulate([wide]))
+    # Many empty segments, then one that names someone: every segment is read.
+    many = _jpeg(*[_segment(0xEF, b"")] * 300, _segment(0xFE, b"the 301st"))
+    assert codestream_texts(encapsulate([many])) == [b"the 301st"]
     # Damaged: what was read up to the damage (a cut segment's text too), no error.
-    cut = j2k[: j2k.index(b"main header") + 4]
-    assert [text.rstrip(b"\0") for text in codestream_texts(encapsulate([cut]))] == [b"main"]
-    assert codestream_texts(encapsulate([b"\xff\xd8\xff\xfe\x00"])) == []
+    cut_text = j2k[: j2k.index(b"main header") + 4]
+    assert codestream_texts(encapsulate([cut_text])) == [b"main"]
     assert codestream_texts(b"not an item") == []
+    # Another codec's fragments (RLE: a 64-byte header of segment offsets) are samples (R10).
+    assert codestream_texts(encapsulate([b"\x01\x00\x00\x00@" + bytes(59) + b"Dr Smith"])) == []
 
 
 def _compressed_ct(note: bytes) -> Dataset:
