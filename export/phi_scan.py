@@ -693,6 +693,15 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _JPEG_LS_MARKER = re.compile(rb"\xff[\x80-\xcf\xd8-\xfe]")
 _SOI, _SOC, _JP2 = b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "
+# JPEG markers reserved for extensions (JPGn, ISO/IEC 10918-1 B.1.1.3) but the JPEG-LS ones (F7
+# SOF55, F8 LSE, 14495-1 C.1): a segment under one is read by no decoder, so it is text.
+_JPEG_RESERVED = frozenset(range(0xF0, 0xFE)) - {0xF7, 0xF8}
+# JPEG 2000 and HTJ2K marker segments a decoder reads (15444-1 A.2, 15444-15 A.2): CAP, SIZ,
+# COD, COC, TLM, PRF, PLM, PLT, CPF, QCD, QCC, RGN, POC, PPM, PPT, CRG (COM is text).
+_J2K_MARKERS = frozenset(
+    {0x50, 0x51, 0x52, 0x53, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5C, 0x5D, 0x5E, 0x5F, 0x60, 0x61}
+    | {0x63, 0x90}
+)
 
 
 def codestream_texts(value: bytes | memoryview) -> list[bytes]:
@@ -704,29 +713,35 @@ def codestream_texts(value: bytes | memoryview) -> list[bytes]:
     may span several). When they begin a JPEG or JPEG-LS codestream (SOI, ISO/IEC 10918-1 B.2,
     14495-1), a JPEG 2000 or HTJ2K codestream (SOC, ISO/IEC 15444-1 A.4) or a JP2 file (15444-1
     I.5), each codestream is walked to its end (EOI, EOC), one frame after another, and the
-    text is: JPEG COM (FFFE) and APPn (FFE0-FFEF) segments, anywhere between scans; JPEG 2000
-    COM (FF64) segments of the main and tile-part headers (after Rcom); every JP2 box but the
-    codestream; bytes where a marker should be (stray bytes), after a codestream's end, or
-    between codestreams. A text holding NUL bytes is also given decoded as UTF-16 (both byte
-    orders) and written in UTF-8. Fragments of another codec (RLE, MPEG) give no text: their
-    bytes are samples (R10). Never raises; a truncated codestream gives what was read.
+    text is: JPEG COM (FFFE), APPn (FFE0-FFEF) and reserved JPGn segments, anywhere between
+    scans; JPEG 2000 COM (FF64, after Rcom) and unknown marker segments of the main and
+    tile-part headers; every JP2 box but the codestream, and what follows the codestream in its
+    box; bytes where a marker should be (stray bytes), after a codestream's end, or between
+    codestreams; the Basic Offset Table's bytes when they are no table of offsets. A text
+    holding NUL bytes is also given decoded as UTF-16 (both byte orders) and written in UTF-8.
+    Fragments of another codec (RLE, MPEG) give no text: their bytes are samples (R10), as are
+    bytes hidden inside a scan's entropy-coded data or a tile-part's packets, which only
+    decoding could tell from samples.
+    Never raises; a truncated codestream gives what was read.
     """
     fragments: list[bytes | memoryview] = []
+    table = b""
     at, n, first = 0, len(value), True
     while at + 8 <= n:
         if value[at : at + 4] != _ITEM_TAG:
             break  # the Sequence Delimitation Item, or damage
         length = int.from_bytes(value[at + 4 : at + 8], "little")
-        if not first:  # the first item is the Basic Offset Table
+        if first:  # the Basic Offset Table: offsets, read as text as well (nothing else hides)
+            table = bytes(value[at + 8 : at + 8 + length])
+        else:
             fragments.append(value[at + 8 : at + 8 + length])
         first = False
         at += 8 + length
     data = b"".join(fragments)
-    texts: list[bytes] = []
+    texts: list[bytes] = [] if _is_offset_table(table, len(data)) else [table]
     at, n = 0, len(data)
-    if not data.startswith((_SOI[:2], _SOC, _JP2)):
-        return []
-    while at < n:
+    codec = data.startswith((_SOI[:2], _SOC, _JP2))  # else another codec's samples (R10)
+    while codec and at < n:
         if data.startswith(_SOI[:2], at):
             at = _jpeg_texts(data, at, texts)
         elif data.startswith(_SOC, at):
@@ -749,6 +764,18 @@ def codestream_texts(value: bytes | memoryview) -> list[bytes]:
                 for encoding in ("utf-16-le", "utf-16-be"):
                     out.append(text[start:].decode(encoding, "ignore").encode("utf-8"))
     return out
+
+
+def _is_offset_table(table: bytes, size: int) -> bool:
+    """Whether ``table`` is a Basic Offset Table of fragments holding ``size`` bytes: empty, or
+    32-bit little-endian offsets from 0, increasing, each within them (PS3.5 A.4)."""
+    if not table:
+        return True
+    if len(table) % 4:
+        return False
+    offsets = [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]
+    rising = all(a < b for a, b in zip(offsets, offsets[1:], strict=False))
+    return offsets[0] == 0 and rising and offsets[-1] < max(size, 1)
 
 
 def _jpeg_texts(data: bytes, at: int, texts: list[bytes]) -> int:
@@ -776,7 +803,7 @@ def _jpeg_texts(data: bytes, at: int, texts: list[bytes]) -> int:
         if length < 2:
             texts.append(data[p:])
             return n
-        if marker == 0xFE or 0xE0 <= marker <= 0xEF:
+        if marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED:
             texts.append(data[p + 4 : p + 2 + length])
         elif marker == 0xF7:  # SOF55: a JPEG-LS frame
             marker_in_scan = _JPEG_LS_MARKER
@@ -813,10 +840,14 @@ def _j2k_texts(data: bytes, at: int, end: int, texts: list[bytes]) -> int:
             return end
         if marker == 0x90:  # SOT: Psot, the tile-part's length from this marker
             psot = int.from_bytes(data[p + 6 : p + 10], "big")
-            eoc = data.rfind(b"\xff\xd9", p, end)
+            # Psot 0: to the codestream's EOC, the first FF D9 (no FF above 8F in packet data,
+            # 15444-1 B.10.1)
+            eoc = data.find(b"\xff\xd9", p, end)
             tile_end = p + psot if psot else (eoc if eoc > p else end)
         elif marker == 0x64:
             texts.append(data[p + 6 : p + 2 + length])
+        elif marker not in _J2K_MARKERS:  # a segment no decoder reads: its payload is text
+            texts.append(data[p + 4 : p + 2 + length])
         p += 2 + length
     return end
 
@@ -836,7 +867,10 @@ def _jp2_texts(data: bytes, at: int, texts: list[bytes]) -> int:
             texts.append(data[p:])
             return n
         if kind == b"jp2c":
-            _j2k_texts(data, p + header, end, texts)
+            codestream = data.startswith(b"\xff\x4f", p + header)
+            stop = _j2k_texts(data, p + header, end, texts) if codestream else p + header
+            if stop < end:
+                texts.append(data[stop:end])  # after EOC, or no codestream at all
         else:
             texts.append(data[p + header : end])
         p = end

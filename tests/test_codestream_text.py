@@ -178,3 +178,32 @@ def test_an_object_whose_frame_comments_name_its_subject_never_reaches_the_outpu
         assert counts.exported == 0
         stored = [p for p in (tmp_path / "store").rglob("*.dcm")]
         assert not stored
+
+
+def _found(text: bytes, value: bytes) -> bool:
+    return any(text in each for each in codestream_texts(value))
+
+
+def test_codestream_texts_read_a_false_offset_table_unknown_segments_and_text_after_eoc() -> None:
+    frame = _j2k_frame(_ct())
+    note = b"hidden note"
+    # The Basic Offset Table item holding text instead of offsets.
+    table = b"\xfe\xff\x00\xe0\x0c\x00\x00\x00" + note + b"\0"
+    assert _found(note, table + encapsulate([frame])[12:])  # its own table item replaced
+    assert codestream_texts(encapsulate([frame, frame], has_bot=True)).count(note) == 0
+    # Psot 0 (to EOC), then text and a second FF D9: the tile ends at the first EOC.
+    sot = frame.index(b"\xff\x90\x00\x0a")
+    zero = frame[: sot + 6] + bytes(4) + frame[sot + 10 :]
+    assert _found(note, encapsulate([zero + note + b"\xff\xd9"]))
+    second = _with_j2k_comments(frame, note)
+    assert _found(note, encapsulate([zero, second]))
+    # A marker segment no decoder reads (FF6F), in the main header.
+    after_siz = 4 + int.from_bytes(frame[4:6], "big")
+    unknown = frame[:after_siz] + _segment(0x6F, note) + frame[after_siz:]
+    assert _found(note, encapsulate([unknown]))
+    # In a JP2 file, text after the codestream's EOC inside its box (sized, or to the end).
+    for size in (8 + len(frame) + len(note), 0):
+        jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + struct.pack(">I", size) + b"jp2c"
+        assert _found(note, encapsulate([jp2 + frame + note]))
+    # A JPEG segment under a reserved marker (JPG0, FFF0).
+    assert _found(note, encapsulate([_jpeg(_segment(0xF0, note))]))
