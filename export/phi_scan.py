@@ -620,12 +620,18 @@ class Verifier:
                     else:
                         where = f"(bytes {start}-{end} of the {label}, not inside one attribute)"
                         hit(where, sorted(term.kinds)[0])
-        for segment in _pixel_data_texts(ds):
-            hays = _hays(_hay(segment))
+
+        def pixel_hits(text: bytes, path: str) -> None:
+            """Text read from the pixel data (a codestream's, OCR's): a scoped term (a date,
+            R5) is a hit only for its own subject, a common word never (R4)."""
+            hays = _hays(_hay(text))
             for _s, _e, terms in (m for a in automata for h in hays for m in scan(h, a)):
                 for term in terms:
-                    if _blocks_in_pixel_text(term, owner):
-                        hit("PixelData (codestream text)", sorted(term.kinds)[0])
+                    if (owner in term.owners) if term.scoped else not term.name_only:
+                        hit(path, sorted(term.kinds)[0])
+
+        for segment in _pixel_data_texts(ds):
+            pixel_hits(segment, "PixelData (codestream text)")
         texts: list[str] = []
         if pixel_text is not None:
             result.ocr_checked = True
@@ -633,13 +639,8 @@ class Verifier:
         elif self.ocr is not None and self.at_risk(ds):
             result.ocr_checked = True
             texts = _ocr_texts(self.ocr, ds)
-        if texts:
-            for text in texts:
-                hays = _hays(_hay(text.encode("utf-8", "replace")))
-                for _s, _e, terms in (m for a in automata for h in hays for m in scan(h, a)):
-                    for term in terms:
-                        if _blocks_in_pixel_text(term, owner):
-                            hit("PixelData (OCR text)", sorted(term.kinds)[0])
+        for text in texts:
+            pixel_hits(text.encode("utf-8", "replace"), "PixelData (OCR text)")
         return result
 
     def _automata(self, encodings: Iterable[str]) -> list[Automaton]:
@@ -891,14 +892,6 @@ def _texts_after(data: bytes, text_end: int) -> list[bytes]:
     if data[length_at : length_at + 4] != b"\xff\xff\xff\xff":
         return []
     return codestream_texts(memoryview(data)[length_at + 4 :])
-
-
-def _blocks_in_pixel_text(term: Term, owner: str | None) -> bool:
-    """Whether ``term`` found in text read from the pixel data (OCR, a codestream's comment) is
-    a hit: a scoped term (a date, R5) only for its own subject, a common word never (R4)."""
-    if term.scoped:
-        return owner in term.owners
-    return not term.name_only
 
 
 def _pixel_data_texts(ds: Dataset) -> list[bytes]:

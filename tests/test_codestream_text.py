@@ -21,6 +21,7 @@ from export.phi_scan import Verifier, codestream_texts, pixel_data_start
 from flows.cli import app
 from flows.runplan import prepare_run
 from flows.work import process_batch
+from ridl.dicomfile import to_bytes
 from tests.deid_run_support import ct, project
 
 NOTE = b"PATIENT TREMBLAY JOSEE MRN00123"
@@ -125,19 +126,13 @@ def _compressed_ct(note: bytes) -> Dataset:
     return ds
 
 
-def _bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_a_name_in_a_frames_comment_is_found_by_both_searches() -> None:
     dictionary = IdentifierDictionary()
     dictionary.add_header(ct(1), "RID-A", 10)
     out = _compressed_ct(NOTE)
     out.PatientName, out.PatientID, out.PatientBirthDate = "RID-A", "RID-A", ""
     out.AccessionNumber, out.IssuerOfPatientID = "", ""
-    data = _bytes(out)
+    data = to_bytes(out)
     start = pixel_data_start(data)
     assert start is not None
     for text_end in (start, None):  # the stream's raw look first, and the whole parse
@@ -146,11 +141,11 @@ def test_a_name_in_a_frames_comment_is_found_by_both_searches() -> None:
             ("PixelData (codestream text)", "name"),
             ("PixelData (codestream text)", "identifier"),
         }
-    clean = _bytes(_compressed_ct(b"Lossless J2K"))
+    clean = to_bytes(_compressed_ct(b"Lossless J2K"))
     out_clean = dcmread(io.BytesIO(clean))
     out_clean.PatientName, out_clean.PatientID, out_clean.PatientBirthDate = "RID-A", "RID-A", ""
     out_clean.AccessionNumber, out_clean.IssuerOfPatientID = "", ""
-    data = _bytes(out_clean)
+    data = to_bytes(out_clean)
     hits = Verifier(dictionary).check_bytes("k.dcm", data, text_end=None).hits
     assert hits and not [h for h in hits if h.path.startswith("PixelData")]
 

@@ -39,6 +39,7 @@ from flows.gate import VerificationFailed, audit_release, gate_release, sample_s
 from flows.runplan import prepare_run
 from flows.work import process_batch, worker_for
 from ridl.crossterms import MAX_TERMS_PER_SITE, load_terms, record_terms, site_file
+from ridl.dicomfile import to_bytes
 from ridl.projects import Project, Scope, create_project
 from ridl.releases import read_study_terms, release_is_published
 from ridl.synth import SynthReport
@@ -462,12 +463,6 @@ def test_the_raw_prefilter_finds_a_date_held_in_a_dt_value() -> None:
     assert [(h.path, h.kind) for h in checked.hits] == [("AcquisitionDateTime", "encounter-date")]
 
 
-def _written(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_an_object_written_element_by_element_is_searched_as_the_fast_paths_are() -> None:
     # Pixel Data last: searched raw up to it (R10), a name in its header still found.
     source = _dated_header("20200101", "20200111")
@@ -481,20 +476,20 @@ def test_an_object_written_element_by_element_is_searched_as_the_fast_paths_are(
     out.SamplesPerPixel, out.PixelRepresentation = 1, 0
     out.PhotometricInterpretation = "MONOCHROME2"
     out.add_new(0x7FE00010, "OB", b"doe^jane" + bytes(8))  # samples spelling it: no hit (R10)
-    data = _written(out)
+    data = to_bytes(out)
     start = written_pixel_start(out, data)
     assert start is not None and data[start : start + 4] == b"\xe0\x7f\x10\x00"
     assert start == pixel_data_start(data)
     checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=start)
     assert [(h.path, h.kind) for h in checked.hits] == [("PatientName", "name")]
     del out.PatientName
-    data = _written(out)
+    data = to_bytes(out)
     clean = Verifier(dictionary).check_bytes("k.dcm", data, text_end=written_pixel_start(out, data))
     assert not clean.hits
     # An element after the pixel data: no offset, the object is read whole and the name found.
     out.add_new(0x7FE10010, "LO", "ACME 1.0")
     out.add_new(0x7FE11001, "LO", "Doe^Jane")
-    data = _written(out)
+    data = to_bytes(out)
     assert written_pixel_start(out, data) is None
     assert written_pixel_start(Dataset(), b"") is None
     checked = Verifier(dictionary).check_bytes("k.dcm", data, text_end=None)
