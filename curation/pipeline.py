@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from curation.burned_in import Triage, TriageResult
 from curation.checks import CheckObject, Policy, StudyView, load_checks, run_checks
+from curation.decoding import failure_detail
 from curation.integrity import ObjectRead, has_pixel_data
 from curation.ocr import TextBox
 from curation.review import Decisions, ReviewRecord, record_object
@@ -244,7 +245,7 @@ class Curator:
         try:
             frames = frames_for_ocr(ds)
         except Exception as exc:  # a decoder crash must not stop the run
-            return Curated("quarantine", Reason.PIXEL_DECODE_FAILED, type(exc).__name__)
+            return Curated("quarantine", Reason.PIXEL_DECODE_FAILED, failure_detail(exc))
         boxes, text = self._read(frames)
         if not boxes:
             return Curated("export", dataset=ds, ocr_ran=True, pixel_text=text)
@@ -374,7 +375,7 @@ class Curator:
             record.status, record.reason = "quarantined", Reason.PIXEL_DECODE_FAILED
             record_object(self.project, self.release, record)
             return Curated(
-                "quarantine", Reason.PIXEL_DECODE_FAILED, type(exc).__name__, review_id=review_id
+                "quarantine", Reason.PIXEL_DECODE_FAILED, failure_detail(exc), review_id=review_id
             )
         if not self.policy.ocr:
             if triage.has_regions or decision == "approve":

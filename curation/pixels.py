@@ -32,8 +32,12 @@ from pydicom.uid import (
 )
 
 from curation.burned_in import quiet_deid
+from curation.decoding import failure_detail, isolate_gdcm
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
+
+# Every decode of this process goes through here first: GDCM only in a child process.
+isolate_gdcm()
 
 # Encapsulated syntaxes pydicom can write back as they were (with the encoders installed).
 REENCODABLE = (RLELossless, JPEG2000Lossless)
@@ -63,7 +67,7 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     try:
         cleaned = clean_pixel_data(ds, results)
     except Exception as exc:
-        raise CleaningError(Reason.PIXEL_DECODE_FAILED, type(exc).__name__) from None
+        raise CleaningError(Reason.PIXEL_DECODE_FAILED, failure_detail(exc)) from None
     if cleaned is None:
         raise CleaningError(Reason.PIXEL_SHAPE_UNSUPPORTED)
     try:
@@ -96,7 +100,7 @@ def blank_boxes(ds: Dataset, boxes: Sequence[Any], margin: int = 2) -> np.ndarra
     try:
         pixels = np.array(ds.pixel_array, copy=True)
     except Exception as exc:
-        raise CleaningError(Reason.PIXEL_DECODE_FAILED, type(exc).__name__) from None
+        raise CleaningError(Reason.PIXEL_DECODE_FAILED, failure_detail(exc)) from None
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     # Rows and columns are the last two axes, or the two before the samples axis.
