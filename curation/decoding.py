@@ -39,6 +39,8 @@ import threading
 import time
 from typing import Any, BinaryIO
 
+from ridl.codestream import codestream_end
+
 # pydicom's plugin protocol: a decoding plugin module has is_available(uid) and
 # DECODER_DEPENDENCIES; the label below names this module's frame decoder.
 PLUGIN = "gdcm-child"
@@ -132,6 +134,150 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
         return bytes(payload)
     error_type, message = payload
     raise RuntimeError(f"{error_type}: {message}")
+
+
+# JPEG start-of-frame markers (ISO/IEC 10918-1 B.1.1.3: SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS
+# SOF55 (14495-1 C.2.2): each is followed by its length, P, Y, X and Nf.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_RLE_TS = "1.2.840.10008.1.2.5"
+
+
+def frames_mismatch(ds: Any) -> str | None:
+    """Why the encapsulated frames of ``ds`` do not hold the image its header describes, or None.
+
+    Decoders follow the codestream and pydicom then cuts or pads to the header's size, so a frame
+    of 512 rows under a header of 256 decodes to the first 256 and the rest (burned-in text, a
+    second image) would go unscreened into the release; a JPEG 2000 SIZ of 40,000 x 40,000 under
+    a 128 x 128 header would have its decoder allocate gigabytes first. Checked, per PS3.5 A.4
+    and 8.2: the frames (Basic or Extended Offset Table, else pydicom's reading of the
+    fragments) are as many as Number of Frames; each JPEG or JPEG-LS frame's SOF (ISO/IEC
+    10918-1 B.2.2, 14495-1 C.2.2) and each JPEG 2000 frame's SIZ (15444-1 A.5.1) gives Rows,
+    Columns and Samples per Pixel and ends where its codestream ends (00 or FF padding aside:
+    :func:`ridl.codestream.codestream_end`, so no second codestream rides in a frame's
+    fragments); each RLE frame (PS3.5 G) has one segment per sample byte and
+    no segment decodes to a whole row more than Rows x Columns. Native pixel data and other
+    codecs: None. The detail names counts and sizes only (never a value of the header).
+
+    Raises:
+        Nothing: a frame that cannot be read is a mismatch, and said so.
+    """
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    jpeg = ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes
+    j2k = ts in JPEG2000TransferSyntaxes  # HTJ2K too
+    if not (jpeg or j2k or ts == _RLE_TS) or "PixelData" not in ds:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return "incomplete image pixel description"
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frames = list(
+            generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=offsets)
+        )
+    except Exception as exc:
+        return f"frames cannot be told apart ({type(exc).__name__})"
+    if len(frames) != count:
+        return f"{len(frames)} frames, header {count}"
+    want = (rows, columns, samples)
+    for number, frame in enumerate(frames, 1):
+        if ts == _RLE_TS:
+            found = _rle_mismatch(frame, rows * columns, columns, samples * ((bits + 7) // 8))
+            if found:
+                return f"frame {number}: {found}"
+            continue
+        size = _jpeg_size(frame) if jpeg else _j2k_size(frame)
+        if size is None:
+            return f"frame {number}: no {'SOF' if jpeg else 'SIZ'} segment"
+        end = codestream_end(frame)
+        if end is None or frame[end:].strip(b"\0\xff"):  # padding: 00 or FF (PS3.5 A.4)
+            return f"frame {number}: bytes after its codestream (a second image?)"
+        if size != want:
+            return "frame {}: codestream {} x {} x {}, header {} x {} x {}".format(
+                number, *size, *want
+            )
+    return None
+
+
+def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
+    """Y, X and Nf of the first SOF of a JPEG or JPEG-LS codestream, or None."""
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    p, n = 2, len(frame)
+    while p + 4 <= n:
+        if frame[p] != 0xFF:  # a stray byte where a marker should be: decoders skip it
+            p = frame.find(b"\xff", p)
+            if p < 0:
+                return None
+            continue
+        marker = frame[p + 1]
+        if marker == 0xFF:
+            p += 1
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or SOS before any SOF
+            return None
+        if marker in _JPEG_SOF:
+            if p + 10 > n:
+                return None
+            y, x = (
+                int.from_bytes(frame[p + 5 : p + 7], "big"),
+                int.from_bytes(frame[p + 7 : p + 9], "big"),
+            )
+            return y, x, frame[p + 9]
+        p += 2 + int.from_bytes(frame[p + 2 : p + 4], "big")
+    return None
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
+    """Ysiz - YOsiz, Xsiz - XOsiz and Csiz of a JPEG 2000 codestream's SIZ (also inside a JP2
+    file's codestream box), or None."""
+    p = 0 if frame.startswith(b"\xff\x4f\xff\x51") else frame.find(b"\xff\x4f\xff\x51")
+    if p < 0 or p + 42 > len(frame):
+        return None
+    q = p + 2  # the SIZ marker
+    x, y, xo, yo = (int.from_bytes(frame[q + i : q + i + 4], "big") for i in (6, 10, 14, 18))
+    return y - yo, x - xo, int.from_bytes(frame[q + 38 : q + 40], "big")
+
+
+def _rle_mismatch(frame: bytes, pixels: int, columns: int, segments: int) -> str | None:
+    """Why an RLE frame (PS3.5 G.3: a 64-byte header of 16 little-endian longs, then segments)
+    holds another image than ``segments`` segments of ``pixels`` bytes each, or None."""
+    if len(frame) < 64:
+        return "no RLE header"
+    header = [int.from_bytes(frame[i : i + 4], "little") for i in range(0, 64, 4)]
+    if header[0] != segments:
+        return f"{header[0]} RLE segments, header {segments}"
+    bounds = [*header[1 : 1 + segments], len(frame)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        if not 64 <= start <= end <= len(frame):
+            return "RLE segment offsets out of order"
+        if _packbits_length(frame, start, end) >= pixels + columns:
+            return "an RLE segment holds more rows than the header"
+    return None
+
+
+def _packbits_length(data: bytes, at: int, end: int) -> int:
+    """Bytes a PackBits segment ``data[at:end]`` decodes to (PS3.5 G.3.1), without decoding."""
+    total = 0
+    while at < end:
+        header = data[at]
+        if header < 128:  # a literal run of header + 1 bytes
+            total += header + 1
+            at += header + 2
+        elif header > 128:  # one byte repeated 257 - header times
+            total += 257 - header
+            at += 2
+        else:  # 128: no operation
+            at += 1
+    return total
 
 
 class _Child:

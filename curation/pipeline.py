@@ -240,10 +240,12 @@ class Curator:
         self, path: Path, ds: Dataset, scope: Reason, study_key: str, read: ObjectRead | None
     ) -> Curated:
         """Screen an object its header did not put at risk; act on text as the policy says."""
-        from curation.pixels import frames_for_ocr
+        from curation.pixels import FrameMismatch, frames_for_ocr
 
         try:
             frames = frames_for_ocr(ds)
+        except FrameMismatch as err:
+            return Curated("quarantine", err.reason, err.detail)
         except Exception as exc:  # a decoder crash must not stop the run
             return Curated("quarantine", Reason.PIXEL_DECODE_FAILED, failure_detail(exc))
         boxes, text = self._read(frames)
@@ -346,7 +348,7 @@ class Curator:
         study_key: str,
         read: ObjectRead | None,
     ) -> Curated:
-        from curation.pixels import CleaningError, clean_regions, frames_for_ocr
+        from curation.pixels import CleaningError, FrameMismatch, clean_regions, frames_for_ocr
 
         review_id = _review_id(path, read)
         decision = self.decisions.get(review_id)
@@ -363,7 +365,7 @@ class Curator:
                 self.stats.cleaned += 1
             frames = frames_for_ocr(ds, pixels) if self.policy.ocr or pixels is not None else []
         except CleaningError as err:
-            if decision == "approve":
+            if decision == "approve" and not isinstance(err, FrameMismatch):
                 # Cleaning failed part way: the dataset may hold half-blanked pixels.
                 return Curated(
                     "export", dataset=ds, review_id=review_id, at_risk=True, pixels_changed=True

@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 
 from curation.burned_in import quiet_deid
-from curation.decoding import failure_detail, isolate_gdcm
+from curation.decoding import failure_detail, frames_mismatch, isolate_gdcm
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
@@ -45,6 +45,26 @@ REENCODABLE = (RLELossless, JPEG2000Lossless)
 
 class CleaningError(ObjectRejected):
     """The pixels could not be decoded, cleaned or written back; reason is a short code."""
+
+
+class FrameMismatch(CleaningError):
+    """The compressed frames hold another image than the header says (``pixel-header-mismatch``,
+    :func:`curation.decoding.frames_mismatch`): never decoded, never exported, even approved."""
+
+
+def decoded_pixels(ds: Dataset) -> np.ndarray:
+    """The pixels of ``ds`` as pydicom decodes them (frames x rows x columns [x samples]), once
+    its compressed frames are known to hold the image its header describes.
+
+    Raises:
+        FrameMismatch: ``pixel-header-mismatch``, with what differs (sizes and counts only).
+        Exception: what the decoder raises (``RuntimeError`` when every plug-in failed, the
+            GDCM child's end included, see :mod:`curation.decoding`).
+    """
+    mismatch = frames_mismatch(ds)
+    if mismatch:
+        raise FrameMismatch(Reason.PIXEL_HEADER_MISMATCH, mismatch)
+    return ds.pixel_array
 
 
 def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.ndarray:
@@ -65,7 +85,10 @@ def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.nda
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     photometric = str(ds.get("PhotometricInterpretation", ""))
     try:
+        decoded_pixels(ds)  # checked and decoded once; deid's cleaning reuses pydicom's array
         cleaned = clean_pixel_data(ds, results)
+    except FrameMismatch:
+        raise
     except Exception as exc:
         raise CleaningError(Reason.PIXEL_DECODE_FAILED, failure_detail(exc)) from None
     if cleaned is None:
@@ -98,7 +121,9 @@ def blank_boxes(ds: Dataset, boxes: Sequence[Any], margin: int = 2) -> np.ndarra
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     photometric = str(ds.get("PhotometricInterpretation", ""))
     try:
-        pixels = np.array(ds.pixel_array, copy=True)
+        pixels = np.array(decoded_pixels(ds), copy=True)
+    except FrameMismatch:
+        raise
     except Exception as exc:
         raise CleaningError(Reason.PIXEL_DECODE_FAILED, failure_detail(exc)) from None
     rows, cols = int(ds.Rows), int(ds.Columns)
@@ -175,10 +200,13 @@ def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> Non
 def frames_for_ocr(ds: Dataset, arr: np.ndarray | None = None, max_frames: int = 3) -> list[Any]:
     """Up to ``max_frames`` frames (first, middle, last) as 8-bit images for text detection.
 
-    ``arr`` is pixels already decoded (else ``ds.pixel_array`` is decoded); a list of uint8
-    arrays (H x W or H x W x 3), MONOCHROME1 inverted so text is as displayed.
+    ``arr`` is pixels already decoded (else they are, by :func:`decoded_pixels`); a list of
+    uint8 arrays (H x W or H x W x 3), MONOCHROME1 inverted so text is as displayed.
+
+    Raises:
+        FrameMismatch: as :func:`decoded_pixels` raises it; decoders' errors as they are.
     """
-    pixels = arr if arr is not None else ds.pixel_array
+    pixels = arr if arr is not None else decoded_pixels(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     multi = pixels.ndim == 4 or (pixels.ndim == 3 and samples == 1)
     frames = [pixels[i] for i in _pick(len(pixels), max_frames)] if multi else [pixels]

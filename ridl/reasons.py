@@ -98,6 +98,12 @@ class Reason(enum.StrEnum):
         "quarantine",
         "the cleaned pixels could not be written back",
     )
+    PIXEL_HEADER_MISMATCH = (
+        "pixel-header-mismatch",
+        "quarantine",
+        "the compressed frames hold another image size, sample count or frame count than the "
+        "header says (rows a decoder would cut off, unscreened)",
+    )
     BURNED_IN_TEXT = (
         "burned-in-text",
         "quarantine",

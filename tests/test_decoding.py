@@ -8,6 +8,7 @@ radiograph (all values invented); only GDCM decodes that syntax here.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -17,10 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl.synth import SynthReport
@@ -117,3 +127,104 @@ def test_deid_quarantines_the_frame_that_ends_gdcm_and_exports_the_rest(
     )
     (held,) = list_quarantine("decode-cr", "r1")
     assert held.detail == "RuntimeError; GDCM decoder process ended (signal 6)", held.detail
+
+
+def _j2k_and_rle() -> dict[str, Dataset]:
+    """pydicom's CT_small (invented values) compressed as JPEG 2000 Lossless and RLE Lossless."""
+    from pydicom.data import get_testdata_file
+
+    out = {}
+    for ts in (JPEG2000Lossless, RLELossless):
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.compress(ts, generate_instance_uid=False)
+        out[ts.name] = ds
+    return out
+
+
+def test_frames_holding_another_image_than_the_header_are_never_decoded() -> None:
+    from curation.decoding import frames_mismatch
+    from curation.pixels import FrameMismatch, decoded_pixels
+
+    for name, ds in _j2k_and_rle().items():
+        assert frames_mismatch(ds) is None, name
+        (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+
+        fewer_rows = copy.deepcopy(ds)
+        fewer_rows.Rows = 64  # the codestream's lower half would be cut off, unscreened
+        found = frames_mismatch(fewer_rows)
+        assert found in (
+            "frame 1: codestream 128 x 128 x 1, header 64 x 128 x 1",
+            "frame 1: an RLE segment holds more rows than the header",
+        ), (name, found)
+        with pytest.raises(FrameMismatch, match="pixel-header-mismatch"):
+            decoded_pixels(fewer_rows)
+
+        more_frames = copy.deepcopy(ds)  # three frames under a header that says two
+        more_frames.PixelData = encapsulate([frame] * 3, has_bot=True)
+        more_frames.NumberOfFrames = 2
+        assert frames_mismatch(more_frames) == "3 frames, header 2", name
+
+    j2k = _j2k_and_rle()[JPEG2000Lossless.name]
+    (frame,) = generate_frames(j2k.PixelData, number_of_frames=1)
+    # A second codestream in the fragments of a one-frame object: decoders read the first only.
+    j2k.PixelData = encapsulate([frame, frame], has_bot=False)
+    assert frames_mismatch(j2k) == "frame 1: bytes after its codestream (a second image?)"
+    # A SIZ of 40,000 x 40,000 under a 128 x 128 header: refused before any decoder allocates.
+    siz = frame.index(b"\xff\x4f\xff\x51") + 2
+    big = (40000).to_bytes(4, "big")
+    bomb = frame[: siz + 6] + big + big + frame[siz + 14 :]
+    j2k.PixelData = encapsulate([bomb])
+    assert frames_mismatch(j2k) == "frame 1: codestream 40000 x 40000 x 1, header 128 x 128 x 1"
+
+
+def test_text_below_the_rows_a_header_declares_is_quarantined_not_exported(
+    synth_dir: SynthReport,
+    tmp_path: Path,
+) -> None:
+    """A radiograph whose RLE frame is 512 rows high, a name in its lower half, under a header
+    saying 256 rows: pydicom decodes the upper half (with a warning), which screening finds
+    clean; before, it was exported with the name in its pixel data (so were JPEG-LS frames).
+    The same object with its true header is held for its text, so the text is there to find."""
+    from tests.curation_data import burn_text
+
+    make_project("decode-rows", modalities=("CR",))
+    src = tmp_path / "src"
+    src.mkdir()
+    source = next(p for p in synth_dir.files if p.name == "cr_001.dcm")
+    for number, rows in ((1, 512), (2, 256)):
+        ds = dcmread(source)
+        ds.StudyDate, ds.IssuerOfPatientID = "20200115", SITES[0]
+        ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.8{number}"  # a series each
+        ds.SOPInstanceUID = f"{ds.SeriesInstanceUID}.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number
+        body = np.random.default_rng(number).integers(200, 600, size=(512, 512), dtype=np.uint16)
+        ds.Rows, ds.Columns = 512, 512
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        text = [(40, 330, "SMITH JOHN"), (40, 410, "MRN 4455667")]
+        ds.PixelData = burn_text(body, text, 48, 4000).tobytes()
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.Rows = rows
+        ds.save_as(src / f"cr_{number}.dcm", enforce_file_format=True)
+
+    result = CliRunner().invoke(
+        app, ["deid", str(src), str(tmp_path / "out"), "--project", "decode-rows"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["exported"] == 0 and not list((tmp_path / "out").rglob("*.dcm")), summary
+    assert summary["quarantined"] == {"burned-in-text": 1, "pixel-header-mismatch": 1}, summary
+
+    plan = prepare_run("decode-rows", "r1", f"folder:{src}", f"file:{tmp_path / 'store'}")
+    counts = process_batch(plan.ctx, plan.studies)
+    assert counts.exported == 0, counts.as_dict()
+    assert dict(counts.quarantined) == {"burned-in-text": 1, "pixel-header-mismatch": 1}
+    from curation.quarantine import list_quarantine
+
+    details = {
+        q.detail
+        for q in list_quarantine("decode-rows", "r1")
+        if q.reason == "pixel-header-mismatch"
+    }
+    assert details == {"frame 1: an RLE segment holds more rows than the header"}, details
