@@ -1,26 +1,28 @@
-"""Pixel decoding that one broken frame cannot crash: GDCM decodes in a child process.
+"""Pixel decoding a broken or forged frame cannot crash or fool: what ridl lets pydicom decode.
 
 GDCM's JPEG codecs (IJG libjpeg inside) turn a decoder warning, such as a stray byte before a
 marker, into a C++ exception thrown through C code: ``std::terminate`` ends the whole Python
 process (exit status 134) with no quarantine, no summary, and on a run every other study of the
-worker lost. pydicom's other decoders (Pillow, pylibjpeg-openjpeg, its own RLE) raise Python
-exceptions on bad data. :func:`isolate_gdcm` therefore takes pydicom's ``gdcm`` plugin out of
-every decoder and adds ``gdcm-child`` after the others: the same GDCM call
+worker lost. pydicom's other decoders (Pillow, pylibjpeg-openjpeg, its RLE) raise Python
+exceptions on bad data. :func:`install_decoders` therefore takes pydicom's ``gdcm`` plugin out
+of every decoder and adds ``gdcm-child`` after the others: the same GDCM call
 (``pydicom.pixels.decoders.gdcm._decode_frame``) made by a child Python process, one frame at a
 time, over a pipe. When the child dies or runs past :data:`FRAME_TIMEOUT`, the frame raises
 :class:`DecoderCrashed` (a ``RuntimeError``, as pydicom's decoders raise) and the caller
-quarantines the object (``pixel-decode-failed`` or ``check-failed-curation``); the next frame
-gets a new child.
+quarantines the object (``pixel-decode-failed``); the next frame gets a new child.
 
 So JPEG Baseline and Extended frames go to Pillow first and JPEG 2000 to pylibjpeg-openjpeg
 (GDCM only if those fail); JPEG Lossless (Process 14) and JPEG-LS, which only GDCM decodes here,
-always go through the child. Transfer syntaxes per PS3.5 Section 10 and Annex A.
+always go through the child. RLE Lossless is decoded by :func:`decode_rle_frame`, which refuses
+segments longer than the header's image (pydicom's decoder keeps their first Rows x Columns
+bytes). Before any decode, :func:`frames_mismatch` checks that the frames hold the image the
+header describes. Transfer syntaxes per PS3.5 Section 10 and Annex A.
 
-Cost: one child start per worker process (~0.3 s, importing pydicom and GDCM) and, per frame,
-the frame's bytes in and the decoded samples out through a pipe (about 10 ms for a 2,000 x 2,500
-16-bit radiograph), beside the decode itself.
+Cost (``benchmarks/decoding.py``): one child start per worker process (~0.5 s, importing pydicom
+and GDCM) and, per frame, the frame's bytes in and the decoded samples out through a pipe,
+beside the decode itself; the frame check reads markers and headers only.
 
-Curation floor (``curation/``): :mod:`curation.pixels` calls :func:`isolate_gdcm` when it is
+Curation floor (``curation/``): :mod:`curation.pixels` calls :func:`install_decoders` when it is
 imported, before any decode; this module is also the child's program
 (``python -m curation.decoding``).
 """
@@ -68,8 +70,9 @@ def failure_detail(exc: BaseException) -> str:
 
 
 def is_available(uid: str) -> bool:
-    """Whether GDCM is installed and decodes transfer syntax ``uid`` (pydicom's plugin test)."""
-    return uid in _gdcm_dependencies()
+    """Whether a plug-in of this module decodes transfer syntax ``uid`` (pydicom's plugin test):
+    RLE Lossless always, GDCM's syntaxes when GDCM is installed."""
+    return uid == _RLE_TS or uid in _gdcm_dependencies()
 
 
 def _gdcm_dependencies() -> dict[str, tuple[str, ...]]:
@@ -80,32 +83,110 @@ def _gdcm_dependencies() -> dict[str, tuple[str, ...]]:
     return {str(k): v for k, v in gdcm_plugin.DECODER_DEPENDENCIES.items()}
 
 
-_isolated = False
-_isolate_lock = threading.Lock()
+_installed = False
+_install_lock = threading.Lock()
 
 
-def isolate_gdcm() -> None:
-    """Make every pydicom decoder use GDCM only through a child process, after its other plugins.
+def install_decoders() -> None:
+    """Put ridl's decoders in pydicom's registry: GDCM only through a child process, after the
+    other plug-ins of each syntax (``gdcm-child``), and RLE Lossless by :func:`decode_rle_frame`
+    (``ridl-rle``) instead of pydicom's own.
 
     Idempotent and safe to call from any thread; changes pydicom's process-wide decoder
-    registry. A transfer syntax GDCM does not decode, or a machine without GDCM, is left as it is.
+    registry. A transfer syntax GDCM does not decode, or a machine without GDCM, keeps its
+    plug-ins.
     """
-    global _isolated
-    if _isolated:
+    global _installed
+    if _installed:
         return
-    with _isolate_lock:
-        if _isolated:
+    with _install_lock:
+        if _installed:
             return
         from pydicom.pixels import get_decoder
 
-        DECODER_DEPENDENCIES.update(_gdcm_dependencies())
-        for uid in DECODER_DEPENDENCIES:
+        gdcm = _gdcm_dependencies()
+        DECODER_DEPENDENCIES.update(gdcm)
+        DECODER_DEPENDENCIES[_RLE_TS] = ()
+        for uid in gdcm:
             decoder = get_decoder(uid)
             if "gdcm" in decoder.available_plugins:
                 decoder.remove_plugin("gdcm")
             if PLUGIN not in decoder.available_plugins:
                 decoder.add_plugin(PLUGIN, (__name__, "decode_frame"))
-        _isolated = True
+        rle = get_decoder(_RLE_TS)
+        if RLE_PLUGIN not in rle.available_plugins:
+            for label in rle.available_plugins:
+                rle.remove_plugin(label)
+            rle.add_plugin(RLE_PLUGIN, (__name__, "decode_rle_frame"))
+        _installed = True
+
+
+RLE_PLUGIN = "ridl-rle"
+RLE_EXTRA_ROWS = "an RLE segment holds more rows than the header"
+
+
+def decode_rle_frame(src: bytes, runner: Any) -> bytearray:
+    """pydicom plugin: decode one RLE Lossless frame (PS3.5 Annex G), as pydicom's own RLE
+    decoder does, refusing a segment that decodes to a whole row or more beyond Rows x Columns.
+
+    pydicom warns of such a segment and keeps its first Rows x Columns bytes, so a frame of 512
+    rows under a header of 256 decoded to its upper half and the lower half went unscreened.
+    Returns the frame as planar configuration 1 (each sample's plane in turn, little-endian
+    bytes), the option set on ``runner`` as pydicom's decoder sets it.
+
+    Raises:
+        ValueError: the segment count is not samples x bytes per sample, a segment decodes
+            short, or :data:`RLE_EXTRA_ROWS` (the message, which
+            :func:`curation.pixels.decoded_pixels` turns into ``pixel-header-mismatch``).
+        NotImplementedError: Bits Allocated is not a multiple of 8.
+    """
+    rows, columns = int(runner.rows), int(runner.columns)
+    samples, bits = int(runner.samples_per_pixel), int(runner.bits_allocated)
+    if bits % 8:
+        raise NotImplementedError(f"RLE with {bits} bits allocated")
+    per_sample, pixels = bits // 8, rows * columns
+    count = int.from_bytes(src[:4], "little")
+    if len(src) < 64 or count != samples * per_sample:
+        raise ValueError(f"{count} RLE segments, header {samples * per_sample}")
+    bounds = [int.from_bytes(src[4 + 4 * i : 8 + 4 * i], "little") for i in range(count)]
+    bounds.append(len(src))
+    most_significant_first = runner.get_option("rle_segment_order", ">") == ">"
+    frame = bytearray(pixels * samples * per_sample)
+    stride = per_sample * pixels
+    for sample in range(samples):
+        for j in range(per_sample):
+            segment = _packbits(
+                src, bounds[sample * per_sample + j], bounds[sample * per_sample + j + 1]
+            )
+            if len(segment) < pixels:
+                raise ValueError(f"an RLE segment decodes to {len(segment)} of {pixels} bytes")
+            if len(segment) >= pixels + columns:
+                raise ValueError(RLE_EXTRA_ROWS)
+            byte = per_sample - 1 - j if most_significant_first else j
+            start = sample * stride + byte
+            frame[start : start + stride : per_sample] = segment[:pixels]
+    runner.set_option("planar_configuration", 1)
+    return frame
+
+
+def _packbits(data: bytes, at: int, end: int) -> bytearray:
+    """The PackBits segment ``data[at:end]`` decoded (PS3.5 G.3.1): a header byte n below 128
+    copies the next n + 1 bytes, above 128 repeats the next byte 257 - n times, 128 is nothing.
+    A run cut by the segment's end gives what is there."""
+    out = bytearray()
+    extend = out.extend
+    while at < end:
+        header = data[at]
+        if header < 128:
+            extend(data[at + 1 : min(at + header + 2, end)])
+            at += header + 2
+        elif header > 128:
+            if at + 1 < end:
+                extend(data[at + 1 : at + 2] * (257 - header))
+            at += 2
+        else:
+            at += 1
+    return out
 
 
 def decode_frame(src: bytes, runner: Any) -> bytes:
@@ -154,8 +235,9 @@ def frames_mismatch(ds: Any) -> str | None:
     10918-1 B.2.2, 14495-1 C.2.2) and each JPEG 2000 frame's SIZ (15444-1 A.5.1) gives Rows,
     Columns and Samples per Pixel and ends where its codestream ends (00 or FF padding aside:
     :func:`ridl.codestream.codestream_end`, so no second codestream rides in a frame's
-    fragments); each RLE frame (PS3.5 G) has one segment per sample byte and
-    no segment decodes to a whole row more than Rows x Columns. Native pixel data and other
+    fragments); each RLE frame (PS3.5 G) has one segment per sample byte, in
+    order (that none decodes to a whole row more than Rows x Columns is checked while decoding,
+    :func:`decode_rle_frame`). Native pixel data and other
     codecs: None. The detail names counts and sizes only (never a value of the header).
 
     Raises:
@@ -190,7 +272,7 @@ def frames_mismatch(ds: Any) -> str | None:
     want = (rows, columns, samples)
     for number, frame in enumerate(frames, 1):
         if ts == _RLE_TS:
-            found = _rle_mismatch(frame, rows * columns, columns, samples * ((bits + 7) // 8))
+            found = _rle_mismatch(frame, samples * ((bits + 7) // 8))
             if found:
                 return f"frame {number}: {found}"
             continue
@@ -247,37 +329,19 @@ def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
     return y - yo, x - xo, int.from_bytes(frame[q + 38 : q + 40], "big")
 
 
-def _rle_mismatch(frame: bytes, pixels: int, columns: int, segments: int) -> str | None:
-    """Why an RLE frame (PS3.5 G.3: a 64-byte header of 16 little-endian longs, then segments)
-    holds another image than ``segments`` segments of ``pixels`` bytes each, or None."""
+def _rle_mismatch(frame: bytes, segments: int) -> str | None:
+    """Why an RLE frame's header (PS3.5 G.3: 16 little-endian longs, the segment count first)
+    does not describe ``segments`` segments in order, or None. Segment lengths are checked while
+    decoding (:func:`decode_rle_frame`): only decoding tells them."""
     if len(frame) < 64:
         return "no RLE header"
     header = [int.from_bytes(frame[i : i + 4], "little") for i in range(0, 64, 4)]
     if header[0] != segments:
         return f"{header[0]} RLE segments, header {segments}"
     bounds = [*header[1 : 1 + segments], len(frame)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        if not 64 <= start <= end <= len(frame):
-            return "RLE segment offsets out of order"
-        if _packbits_length(frame, start, end) >= pixels + columns:
-            return "an RLE segment holds more rows than the header"
+    if any(not 64 <= a <= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        return "RLE segment offsets out of order"
     return None
-
-
-def _packbits_length(data: bytes, at: int, end: int) -> int:
-    """Bytes a PackBits segment ``data[at:end]`` decodes to (PS3.5 G.3.1), without decoding."""
-    total = 0
-    while at < end:
-        header = data[at]
-        if header < 128:  # a literal run of header + 1 bytes
-            total += header + 1
-            at += header + 2
-        elif header > 128:  # one byte repeated 257 - header times
-            total += 257 - header
-            at += 2
-        else:  # 128: no operation
-            at += 1
-    return total
 
 
 class _Child:

@@ -32,12 +32,13 @@ from pydicom.uid import (
 )
 
 from curation.burned_in import quiet_deid
-from curation.decoding import failure_detail, frames_mismatch, isolate_gdcm
+from curation.decoding import RLE_EXTRA_ROWS, failure_detail, frames_mismatch, install_decoders
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
-# Every decode of this process goes through here first: GDCM only in a child process.
-isolate_gdcm()
+# Every decode of this process goes through here first: GDCM only in a child process, RLE
+# segments that decode longer than the header's image refused.
+install_decoders()
 
 # Encapsulated syntaxes pydicom can write back as they were (with the encoders installed).
 REENCODABLE = (RLELossless, JPEG2000Lossless)
@@ -64,7 +65,12 @@ def decoded_pixels(ds: Dataset) -> np.ndarray:
     mismatch = frames_mismatch(ds)
     if mismatch:
         raise FrameMismatch(Reason.PIXEL_HEADER_MISMATCH, mismatch)
-    return ds.pixel_array
+    try:
+        return ds.pixel_array
+    except RuntimeError as exc:  # pydicom's: every plug-in failed, their messages listed
+        if RLE_EXTRA_ROWS in str(exc):
+            raise FrameMismatch(Reason.PIXEL_HEADER_MISMATCH, RLE_EXTRA_ROWS) from None
+        raise
 
 
 def clean_regions(ds: Dataset, coordinates: Sequence[tuple[int, Any]]) -> np.ndarray:
