@@ -221,6 +221,7 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
 # SOF55 (14495-1 C.2.2): each is followed by its length, P, Y, X and Nf.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 _RLE_TS = "1.2.840.10008.1.2.5"
+_JP2 = b"\x00\x00\x00\x0cjP  "  # the JP2 signature box (15444-1 I.5.1)
 
 
 def frames_mismatch(ds: Any) -> str | None:
@@ -243,7 +244,7 @@ def frames_mismatch(ds: Any) -> str | None:
     Raises:
         Nothing: a frame that cannot be read is a mismatch, and said so.
     """
-    from pydicom.encaps import generate_frames
+    from pydicom.encaps import generate_fragments, generate_frames
     from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
     ts = str(ds.file_meta.TransferSyntaxUID)
@@ -265,10 +266,13 @@ def frames_mismatch(ds: Any) -> str | None:
         frames = list(
             generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=offsets)
         )
+        fragments = sum(len(f) for f in list(generate_fragments(ds.PixelData))[1:])
     except Exception as exc:
         return f"frames cannot be told apart ({type(exc).__name__})"
     if len(frames) != count:
         return f"{len(frames)} frames, header {count}"
+    if sum(len(frame) for frame in frames) != fragments:
+        return "fragments outside every frame (an offset table skips them)"
     want = (rows, columns, samples)
     for number, frame in enumerate(frames, 1):
         if ts == _RLE_TS:
@@ -276,21 +280,31 @@ def frames_mismatch(ds: Any) -> str | None:
             if found:
                 return f"frame {number}: {found}"
             continue
-        size = _jpeg_size(frame) if jpeg else _j2k_size(frame)
-        if size is None:
+        if j2k and frame.startswith(_JP2):  # not for DICOM (PS3.5 A.4.4), yet written
+            inner = _jp2_codestream(frame)
+            if inner is None:
+                return f"frame {number}: a JP2 file without exactly one codestream box"
+            frame = inner
+        info = _jpeg_size(frame) if jpeg else _j2k_size(frame)
+        if info is None:
             return f"frame {number}: no {'SOF' if jpeg else 'SIZ'} segment"
         end = codestream_end(frame)
-        if end is None or frame[end:].strip(b"\0\xff"):  # padding: 00 or FF (PS3.5 A.4)
+        rest = frame[end:] if end is not None else frame
+        if end is None or (len(rest) > 1 and rest.strip(b"\0\xff")):  # padding (PS3.5 A.4)
             return f"frame {number}: bytes after its codestream (a second image?)"
+        size, precision = info[:3], info[3]
         if size != want:
             return "frame {}: codestream {} x {} x {}, header {} x {} x {}".format(
                 number, *size, *want
             )
+        if precision > bits:
+            return f"frame {number}: codestream {precision}-bit samples, header {bits} allocated"
     return None
 
 
-def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
-    """Y, X and Nf of the first SOF of a JPEG or JPEG-LS codestream, or None."""
+def _jpeg_size(frame: bytes) -> tuple[int, int, int, int] | None:
+    """Y, X, Nf and P of the first SOF of a JPEG or JPEG-LS codestream (ISO/IEC 10918-1 B.2.2,
+    14495-1 C.2.2), walked as decoders walk it, or None."""
     if not frame.startswith(b"\xff\xd8"):
         return None
     p, n = 2, len(frame)
@@ -301,32 +315,57 @@ def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
                 return None
             continue
         marker = frame[p + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             p += 1
+            continue
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: TEM, RSTn (B.1.1.3)
+            p += 2
             continue
         if marker in (0xD9, 0xDA):  # EOI or SOS before any SOF
             return None
         if marker in _JPEG_SOF:
             if p + 10 > n:
                 return None
-            y, x = (
-                int.from_bytes(frame[p + 5 : p + 7], "big"),
-                int.from_bytes(frame[p + 7 : p + 9], "big"),
-            )
-            return y, x, frame[p + 9]
+            y = int.from_bytes(frame[p + 5 : p + 7], "big")
+            x = int.from_bytes(frame[p + 7 : p + 9], "big")
+            return y, x, frame[p + 9], frame[p + 4]
         p += 2 + int.from_bytes(frame[p + 2 : p + 4], "big")
     return None
 
 
-def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
-    """Ysiz - YOsiz, Xsiz - XOsiz and Csiz of a JPEG 2000 codestream's SIZ (also inside a JP2
-    file's codestream box), or None."""
-    p = 0 if frame.startswith(b"\xff\x4f\xff\x51") else frame.find(b"\xff\x4f\xff\x51")
-    if p < 0 or p + 42 > len(frame):
+def _jp2_codestream(frame: bytes) -> bytes | None:
+    """The codestream of a JP2 file (15444-1 I.4: boxes of length, type, contents) when it has
+    exactly one codestream box (``jp2c``) and its boxes fill the frame (padding aside), or None.
+    The other boxes' contents are text that stream verification searches."""
+    found: list[bytes] = []
+    p, n = 0, len(frame)
+    while p + 8 <= n:
+        length = int.from_bytes(frame[p : p + 4], "big")
+        header = 8
+        if length == 1:
+            length, header = int.from_bytes(frame[p + 8 : p + 16], "big"), 16
+        end = n if length == 0 else p + length
+        if end < p + header or end > n:
+            return None
+        if frame[p + 4 : p + 8] == b"jp2c":
+            found.append(frame[p + header : end])
+        p = end
+    if len(found) != 1 or (n - p > 1 and frame[p:].strip(b"\0\xff")):
         return None
-    q = p + 2  # the SIZ marker
+    return found[0]
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int, int, int] | None:
+    """Ysiz - YOsiz, Xsiz - XOsiz, Csiz and the largest component precision (Ssiz) of a bare
+    JPEG 2000 codestream, from the SIZ that must follow SOC (15444-1 A.5.1), or None."""
+    if not frame.startswith(b"\xff\x4f\xff\x51") or len(frame) < 42:
+        return None
+    q = 2  # the SIZ marker
     x, y, xo, yo = (int.from_bytes(frame[q + i : q + i + 4], "big") for i in (6, 10, 14, 18))
-    return y - yo, x - xo, int.from_bytes(frame[q + 38 : q + 40], "big")
+    components = int.from_bytes(frame[q + 38 : q + 40], "big")
+    ssiz = frame[q + 40 : q + 40 + 3 * components : 3]
+    precision = max(((b & 0x7F) + 1 for b in ssiz), default=0)
+    return y - yo, x - xo, components, precision
 
 
 def _rle_mismatch(frame: bytes, segments: int) -> str | None:

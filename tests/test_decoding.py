@@ -20,7 +20,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000Lossless,
@@ -175,6 +175,66 @@ def test_frames_holding_another_image_than_the_header_are_never_decoded() -> Non
     bomb = frame[: siz + 6] + big + big + frame[siz + 14 :]
     j2k.PixelData = encapsulate([bomb])
     assert frames_mismatch(j2k) == "frame 1: codestream 40000 x 40000 x 1, header 128 x 128 x 1"
+    # More bits a sample than the header allocates: pydicom keeps the first bytes.
+    j2k.PixelData = encapsulate([frame])
+    j2k.BitsAllocated, j2k.BitsStored, j2k.HighBit = 8, 8, 7
+    assert frames_mismatch(j2k) == "frame 1: codestream 16-bit samples, header 8 allocated"
+    j2k.BitsAllocated, j2k.BitsStored, j2k.HighBit = 16, 16, 15
+
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+    # A JP2 file (written by some encoders though PS3.5 A.4.4 excludes it): its codestream box's
+    # SIZ counts, not a SOC + SIZ hidden in another box; two codestream boxes are refused.
+    head = box(b"jP  ", b"\r\n\x87\n") + box(b"ftyp", b"jp2 \0\0\0\0jp2 ")
+    j2k.PixelData = encapsulate([head + box(b"jp2c", frame)])
+    assert frames_mismatch(j2k) is None
+    fake = box(b"xml ", b"\xff\x4f" + frame[2:44])  # the header's size, before the real one
+    j2k.PixelData = encapsulate([head + fake + box(b"jp2c", bomb)])
+    assert frames_mismatch(j2k) == "frame 1: codestream 40000 x 40000 x 1, header 128 x 128 x 1"
+    j2k.PixelData = encapsulate([head + box(b"jp2c", frame) + box(b"jp2c", frame)])
+    assert frames_mismatch(j2k) == "frame 1: a JP2 file without exactly one codestream box"
+
+    # An Extended Offset Table that skips a fragment: a whole image riding outside every frame.
+    data, table, lengths = encapsulate_extended([frame, frame, frame])
+    j2k.NumberOfFrames, j2k.PixelData = 2, data
+    j2k.ExtendedOffsetTable = table[:16]
+    j2k.ExtendedOffsetTableLengths = lengths[:16]
+    assert frames_mismatch(j2k) == "fragments outside every frame (an offset table skips them)"
+
+
+def test_a_jpeg_frame_is_walked_as_decoders_walk_it() -> None:
+    """RST0 right after SOI has no length (ISO/IEC 10918-1 B.1.1.3): read as one, it jumped to a
+    SOF of the header's size hidden in an APP2 segment, while decoders read the real one. A
+    last pad byte other than 00 (dcmtk writes them) is no second image."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from curation.decoding import frames_mismatch
+
+    pixels = np.random.default_rng(3).integers(0, 255, size=(64, 96), dtype=np.uint8)
+    out = BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    jpeg = out.getvalue()
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.Rows, ds.Columns = 64, 96
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([jpeg])
+    assert frames_mismatch(ds) is None
+    ds.PixelData = encapsulate([jpeg + b"\x85"])
+    assert frames_mismatch(ds) is None
+    ds.PixelData = encapsulate([jpeg + b"\x85\x85"])
+    assert frames_mismatch(ds) == "frame 1: bytes after its codestream (a second image?)"
+
+    ds.Rows, ds.Columns = 96, 64  # the header says 96 x 64; the SOF decoders use, 64 x 96
+    sof = jpeg.index(b"\xff\xc0")
+    fake = jpeg[sof : sof + 5] + (96).to_bytes(2, "big") + (64).to_bytes(2, "big")
+    fake += jpeg[sof + 9 : sof + 2 + int.from_bytes(jpeg[sof + 2 : sof + 4], "big")]
+    app2 = b"\xff\xe2" + (2 + len(fake)).to_bytes(2, "big") + fake
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd0" + app2 + jpeg[2:]])
+    assert frames_mismatch(ds) == "frame 1: codestream 64 x 96 x 1, header 96 x 64 x 1"
 
 
 def test_text_below_the_rows_a_header_declares_is_quarantined_not_exported(
