@@ -166,8 +166,8 @@ def main() -> None:
                 out = folder / "out.dcm"
                 row["dcmtk_tool"] = tool
                 row["dcmtk_process_s"] = _median(
-                    lambda p=path, t=tool: subprocess.run(
-                        [t, str(p), str(out)], check=True, capture_output=True
+                    lambda p=path, t=tool, o=out: subprocess.run(
+                        [t, str(p), str(o)], check=True, capture_output=True
                     ),
                     repeats,
                 )

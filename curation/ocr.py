@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -146,8 +146,6 @@ def read_lines(
     Raises:
         ConfigError: the OCR engine is not installed (see :func:`engine`).
     """
-    import cv2
-
     ocr = engine()
     lines: list[TextLine] = []
     for index, frame in enumerate(frames):
@@ -155,42 +153,85 @@ def read_lines(
         height, width = full.shape[:2]
         if not height or not width:
             continue
-        scale = min(1.0, max_side / max(height, width))
-        if min(height, width) * scale < ocr.min_side_len:  # a strip: as RapidOCR, scale it up
-            scale = ocr.min_side_len / min(height, width)
-        if scale != 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            method = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-            small = cv2.resize(full, size, interpolation=method)
+        for x0, y0, tile in _tiles(full):
+            for line in _read_tile(ocr, tile, index, max_side, floor):
+                lines.append(
+                    TextLine(
+                        index, line.x0 + x0, line.y0 + y0, line.x1 + x0, line.y1 + y0,
+                        line.text, line.score,
+                    )
+                )  # fmt: skip
+    return lines
+
+
+STRIP_ASPECT = 8
+"""A frame longer than this many times its width (or the other way) is read in tiles."""
+
+
+def _tiles(full: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(x0, y0, tile)`` of a frame: the frame itself, or for a strip (long side over
+    :data:`STRIP_ASPECT` times the short one) tiles of that aspect, each overlapping the next by
+    half, so a line of text up to half a tile long lies whole in one of them (a longer one is
+    read in parts, each still text). A 40,000 x 40 strip read whole was scaled to 30,000 x 30
+    for the detector, which took 20 GB."""
+    height, width = full.shape[:2]
+    short, long = min(height, width), max(height, width)
+    if long <= STRIP_ASPECT * short:
+        yield 0, 0, full
+        return
+    size = STRIP_ASPECT * short
+    step = size // 2
+    for start in range(0, long - step, step):
+        if width > height:
+            yield start, 0, full[:, start : start + size]
         else:
-            small = full
-        small, record = ocr.maybe_add_letterbox(small, {})
-        found, _ = ocr.text_det(small)
-        if found is None or len(found) == 0:
+            yield 0, start, full[start : start + size]
+
+
+def _read_tile(
+    ocr: Any, full: np.ndarray, index: int, max_side: int, floor: float
+) -> list[TextLine]:
+    """:func:`read_lines` of one frame or tile (coordinates within it)."""
+    import cv2
+
+    lines: list[TextLine] = []
+    height, width = full.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if min(height, width) * scale < ocr.min_side_len:  # a strip: as RapidOCR, scale it up
+        scale = ocr.min_side_len / min(height, width)
+    if scale != 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        method = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        small = cv2.resize(full, size, interpolation=method)
+    else:
+        small = full
+    small, record = ocr.maybe_add_letterbox(small, {})
+    found, _ = ocr.text_det(small)
+    if found is None or len(found) == 0:
+        return lines
+    boxes = np.asarray(found, dtype=np.float32).reshape(-1, 4, 2)
+    boxes[:, :, 1] -= record["padding_1"]["top"]
+    boxes /= scale
+    boxes[:, :, 0] = boxes[:, :, 0].clip(0, width - 1)
+    boxes[:, :, 1] = boxes[:, :, 1].clip(0, height - 1)
+    boxes = np.stack([b for b in boxes if _area(b) >= 1.0]) if len(boxes) else boxes
+    if not len(boxes):
+        return lines
+    crops = ocr.get_crop_img_list(full, list(boxes))
+    if ocr.use_cls:
+        crops, _, _ = ocr.text_cls(crops)
+    read, _ = ocr.text_rec(crops)
+    for box, result in zip(boxes, read, strict=True):
+        text, score = str(result[0]).strip(), float(result[1])
+        if not text or score < floor:
             continue
-        boxes = np.asarray(found, dtype=np.float32).reshape(-1, 4, 2)
-        boxes[:, :, 1] -= record["padding_1"]["top"]
-        boxes /= scale
-        boxes[:, :, 0] = boxes[:, :, 0].clip(0, width - 1)
-        boxes[:, :, 1] = boxes[:, :, 1].clip(0, height - 1)
-        boxes = np.stack([b for b in boxes if _area(b) >= 1.0]) if len(boxes) else boxes
-        if not len(boxes):
-            continue
-        crops = ocr.get_crop_img_list(full, list(boxes))
-        if ocr.use_cls:
-            crops, _, _ = ocr.text_cls(crops)
-        read, _ = ocr.text_rec(crops)
-        for box, result in zip(boxes, read, strict=True):
-            text, score = str(result[0]).strip(), float(result[1])
-            if not text or score < floor:
-                continue
-            xs, ys = box[:, 0], box[:, 1]
-            lines.append(
-                TextLine(
-                    index, int(xs.min()), int(ys.min()), int(np.ceil(xs.max())),
-                    int(np.ceil(ys.max())), text, score,
-                )
-            )  # fmt: skip
+        xs, ys = box[:, 0], box[:, 1]
+        lines.append(
+            TextLine(
+                index, int(xs.min()), int(ys.min()), int(np.ceil(xs.max())),
+                int(np.ceil(ys.max())), text, score,
+            )
+        )  # fmt: skip
     return lines
 
 

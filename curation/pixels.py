@@ -206,17 +206,36 @@ def write_pixels(ds: Dataset, arr: np.ndarray, ts: UID, photometric: str) -> Non
 def frames_for_ocr(ds: Dataset, arr: np.ndarray | None = None, max_frames: int = 3) -> list[Any]:
     """Up to ``max_frames`` frames (first, middle, last) as 8-bit images for text detection.
 
-    ``arr`` is pixels already decoded (else they are, by :func:`decoded_pixels`); a list of
-    uint8 arrays (H x W or H x W x 3), MONOCHROME1 inverted so text is as displayed.
+    ``arr`` is pixels already decoded; else only the frames picked are decoded (pydicom's
+    ``pixel_array(ds, index=i)``), after the check of :func:`decoded_pixels`: a 30-frame clip
+    costs three decodes, not thirty. A list of uint8 arrays (H x W or H x W x 3): PALETTE
+    COLOR through its palette (PS3.3 C.7.6.3.1.5), MONOCHROME1 inverted, so text is as a viewer
+    shows it; each stretched by :func:`to_uint8`.
 
     Raises:
         FrameMismatch: as :func:`decoded_pixels` raises it; decoders' errors as they are.
     """
-    pixels = arr if arr is not None else decoded_pixels(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    multi = pixels.ndim == 4 or (pixels.ndim == 3 and samples == 1)
-    frames = [pixels[i] for i in _pick(len(pixels), max_frames)] if multi else [pixels]
-    inverted = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    if arr is None:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        if count > max_frames:
+            mismatch = frames_mismatch(ds)
+            if mismatch:
+                raise FrameMismatch(Reason.PIXEL_HEADER_MISMATCH, mismatch)
+            from pydicom.pixels import pixel_array
+
+            frames = [pixel_array(ds, index=i) for i in _pick(count, max_frames)]
+        else:
+            arr = decoded_pixels(ds)
+    if arr is not None:
+        multi = arr.ndim == 4 or (arr.ndim == 3 and samples == 1)
+        frames = [arr[i] for i in _pick(len(arr), max_frames)] if multi else [arr]
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        frames = [apply_color_lut(frame, ds) for frame in frames]
+    inverted = photometric == "MONOCHROME1"
     return [to_uint8(f, inverted) for f in frames]
 
 
@@ -231,10 +250,20 @@ def _pick(count: int, most: int) -> list[int]:
 def to_uint8(frame: np.ndarray, inverted: bool = False) -> np.ndarray:
     """Stretch a frame to 0..255 (per frame: burned-in text is drawn at the extremes).
 
-    A uint8 array of the frame's shape; a flat frame becomes all zeros (255 when inverted).
+    From its lowest to its highest value; when a few outlying pixels (a hot or dead detector
+    pixel, fewer than 1 in 2,000) take more than half of that range, from the 0.05th to the
+    99.95th percentile instead, values beyond it clipped: one pixel at 65,535 would otherwise
+    leave a name drawn at 1,023 on 0 at grey 3. A uint8 array of the frame's shape; a flat frame
+    becomes all zeros (255 when inverted).
     """
     data = frame.astype(np.float32)
     low, high = float(data.min()), float(data.max())
+    if high > low:
+        sample = data[::4, ::4] if data.ndim >= 2 and data.size > 1 << 20 else data
+        p_low, p_high = (float(v) for v in np.percentile(sample, (0.05, 99.95)))
+        if p_high > p_low and (p_high - p_low) < (high - low) / 2:
+            low, high = p_low, p_high
+            data = np.clip(data, low, high)
     scaled = (data - low) * (255.0 / (high - low)) if high > low else np.zeros_like(data)
     if inverted:
         scaled = 255.0 - scaled
