@@ -11,12 +11,13 @@ time, over a pipe. When the child dies or runs past :data:`FRAME_TIMEOUT`, the f
 :class:`DecoderCrashed` (a ``RuntimeError``, as pydicom's decoders raise) and the caller
 quarantines the object (``pixel-decode-failed``); the next frame gets a new child.
 
-So JPEG Baseline and Extended frames go to Pillow first and JPEG 2000 to pylibjpeg-openjpeg
-(GDCM only if those fail); JPEG Lossless (Process 14) and JPEG-LS, which only GDCM decodes here,
-always go through the child. RLE Lossless is decoded by :func:`decode_rle_frame`, which refuses
-segments longer than the header's image (pydicom's decoder keeps their first Rows x Columns
-bytes). Before any decode, :func:`frames_mismatch` checks that the frames hold the image the
-header describes. Transfer syntaxes per PS3.5 Section 10 and Annex A.
+So JPEG Baseline and Extended frames go to Pillow first (GDCM only if it fails); JPEG 2000 to
+GDCM's child first (faster than pylibjpeg-openjpeg in-process, which follows); JPEG Lossless
+(Process 14) and JPEG-LS, which only GDCM decodes here, always go through the child. RLE
+Lossless is decoded by :func:`decode_rle_frame`, which refuses segments longer than the header's
+image (pydicom's decoder keeps their first Rows x Columns bytes). Before any decode,
+:func:`frames_mismatch` checks that the frames hold the image the header describes. Transfer
+syntaxes per PS3.5 Section 10 and Annex A.
 
 Cost (``benchmarks/decoding.py``): one child start per worker process (~0.5 s, importing pydicom
 and GDCM) and, per frame, the frame's bytes in and the decoded samples out through a pipe,
@@ -111,8 +112,19 @@ def install_decoders() -> None:
             decoder = get_decoder(uid)
             if "gdcm" in decoder.available_plugins:
                 decoder.remove_plugin("gdcm")
-            if PLUGIN not in decoder.available_plugins:
-                decoder.add_plugin(PLUGIN, (__name__, "decode_frame"))
+            if PLUGIN in decoder.available_plugins:
+                continue
+            # JPEG 2000: GDCM first (in its child: 0.47 s against openjpeg's 0.68 s in-process
+            # for a 2,000 x 2,500 lossless radiograph, benchmarks/decoding.py), then pydicom's
+            # others, re-added in their order; JPEG: Pillow (in-process, faster) before GDCM.
+            after = [p for p in ("pylibjpeg", "pillow") if p in decoder.available_plugins]
+            if uid not in _J2K_FIRST:
+                after = []
+            for label in after:
+                decoder.remove_plugin(label)
+            decoder.add_plugin(PLUGIN, (__name__, "decode_frame"))
+            for label in after:
+                decoder.add_plugin(label, (f"pydicom.pixels.decoders.{label}", "_decode_frame"))
         rle = get_decoder(_RLE_TS)
         if RLE_PLUGIN not in rle.available_plugins:
             for label in rle.available_plugins:
@@ -121,6 +133,7 @@ def install_decoders() -> None:
         _installed = True
 
 
+_J2K_FIRST = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")  # JPEG 2000 (Lossless)
 RLE_PLUGIN = "ridl-rle"
 RLE_EXTRA_ROWS = "an RLE segment holds more rows than the header"
 
@@ -155,9 +168,8 @@ def decode_rle_frame(src: bytes, runner: Any) -> bytearray:
     stride = per_sample * pixels
     for sample in range(samples):
         for j in range(per_sample):
-            segment = _packbits(
-                src, bounds[sample * per_sample + j], bounds[sample * per_sample + j + 1]
-            )
+            ii = sample * per_sample + j
+            segment = _packbits(src[bounds[ii] : bounds[ii + 1]])
             if len(segment) < pixels:
                 raise ValueError(f"an RLE segment decodes to {len(segment)} of {pixels} bytes")
             if len(segment) >= pixels + columns:
@@ -169,24 +181,26 @@ def decode_rle_frame(src: bytes, runner: Any) -> bytearray:
     return frame
 
 
-def _packbits(data: bytes, at: int, end: int) -> bytearray:
-    """The PackBits segment ``data[at:end]`` decoded (PS3.5 G.3.1): a header byte n below 128
-    copies the next n + 1 bytes, above 128 repeats the next byte 257 - n times, 128 is nothing.
-    A run cut by the segment's end gives what is there."""
+def _packbits(segment: bytes) -> bytearray:
+    """A PackBits segment decoded (PS3.5 G.3.1): a header byte n below 128 copies the next
+    n + 1 bytes, above 128 repeats the next byte 257 - n times, 128 is nothing. A run cut by
+    the segment's end gives what is there."""
     out = bytearray()
     extend = out.extend
-    while at < end:
-        header = data[at]
-        if header < 128:
-            extend(data[at + 1 : min(at + header + 2, end)])
-            at += header + 2
-        elif header > 128:
-            if at + 1 < end:
-                extend(data[at + 1 : at + 2] * (257 - header))
-            at += 2
-        else:
-            at += 1
-    return out
+    at = 0
+    try:
+        while True:  # ends at the segment's end (IndexError): one test a run, not two
+            header = segment[at]
+            if header < 128:
+                extend(segment[at + 1 : at + header + 2])
+                at += header + 2
+            elif header > 128:
+                extend(segment[at + 1 : at + 2] * (257 - header))
+                at += 2
+            else:
+                at += 1
+    except IndexError:
+        return out
 
 
 def decode_frame(src: bytes, runner: Any) -> bytes:
