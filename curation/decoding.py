@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-from ridl.codestream import codestream_end
+from ridl.codestream import codestream_end, jp2_codestream
 
 # pydicom's plugin protocol: a decoding plugin module has is_available(uid) and
 # DECODER_DEPENDENCIES; the label below names this module's frame decoder.
@@ -117,7 +117,9 @@ def install_decoders() -> None:
             # JPEG 2000: GDCM first (in its child: 0.47 s against openjpeg's 0.68 s in-process
             # for a 2,000 x 2,500 lossless radiograph, benchmarks/decoding.py), then pydicom's
             # others, re-added in their order; JPEG: Pillow (in-process, faster) before GDCM.
-            after = [p for p in ("pylibjpeg", "pillow") if p in decoder.available_plugins]
+            after: list[str] = [
+                p for p in ("pylibjpeg", "pillow") if p in decoder.available_plugins
+            ]
             if uid not in _J2K_FIRST:
                 after = []
             for label in after:
@@ -295,7 +297,7 @@ def frames_mismatch(ds: Any) -> str | None:
                 return f"frame {number}: {found}"
             continue
         if j2k and frame.startswith(_JP2):  # not for DICOM (PS3.5 A.4.4), yet written
-            inner = _jp2_codestream(frame)
+            inner = jp2_codestream(frame)
             if inner is None:
                 return f"frame {number}: a JP2 file without exactly one codestream box"
             frame = inner
@@ -345,28 +347,6 @@ def _jpeg_size(frame: bytes) -> tuple[int, int, int, int] | None:
             return y, x, frame[p + 9], frame[p + 4]
         p += 2 + int.from_bytes(frame[p + 2 : p + 4], "big")
     return None
-
-
-def _jp2_codestream(frame: bytes) -> bytes | None:
-    """The codestream of a JP2 file (15444-1 I.4: boxes of length, type, contents) when it has
-    exactly one codestream box (``jp2c``) and its boxes fill the frame (padding aside), or None.
-    The other boxes' contents are text that stream verification searches."""
-    found: list[bytes] = []
-    p, n = 0, len(frame)
-    while p + 8 <= n:
-        length = int.from_bytes(frame[p : p + 4], "big")
-        header = 8
-        if length == 1:
-            length, header = int.from_bytes(frame[p + 8 : p + 16], "big"), 16
-        end = n if length == 0 else p + length
-        if end < p + header or end > n:
-            return None
-        if frame[p + 4 : p + 8] == b"jp2c":
-            found.append(frame[p + header : end])
-        p = end
-    if len(found) != 1 or (n - p > 1 and frame[p:].strip(b"\0\xff")):
-        return None
-    return found[0]
 
 
 def _j2k_size(frame: bytes) -> tuple[int, int, int, int] | None:

@@ -63,6 +63,7 @@ from deid_recipes.iod import (
 )
 from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
+from ridl.codestream import strip_pixel_data_text
 from ridl.errors import ObjectRejected
 from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
@@ -230,8 +231,10 @@ class Engine:
         """De-identify ``ds`` in place and return it.
 
         Every element is kept, removed or changed by the recipe's plan (sequences at any depth);
-        then the recipe's ADDs, Patient Identity Removed, De-identification Method and its Code
-        Sequence (PS3.15 E.1.1, CID 7050) are set and File Meta is rebuilt (PS3.10 7.1).
+        the text of compressed frames (JPEG comments and application segments, JPEG 2000
+        comments: ``ridl.codestream.strip_pixel_data_text``) is stripped; then the recipe's
+        ADDs, Patient Identity Removed, De-identification Method and its Code Sequence (PS3.15
+        E.1.1, CID 7050) are set and File Meta is rebuilt (PS3.10 7.1).
 
         Args:
             ds: a whole object as read by pydicom, with File Meta holding Transfer Syntax UID.
@@ -256,6 +259,7 @@ class Engine:
         pointers = pointer_targets(ds)
         self._walk(ds, state, 0, mode="")
         drop_dangling_pointers(ds, pointers)  # PS3.3 C.7.6.6, C.7.6.17 (deid_recipes.iod)
+        strip_pixel_data_text(ds)  # comments, EXIF, thumbnails in JPEG / JPEG 2000 frames
         for tag, expr in self._adds:
             vr = dictionary_VR(tag)
             value = self._value(expr, vr, None, state)

@@ -11,6 +11,11 @@ writes the de-identified header and appends the pixel data element by ``os.copy_
 (``os.sendfile`` where that is missing) straight from the source file, so those bytes never pass
 through Python.
 
+Compressed frames (JPEG, JPEG-LS, JPEG 2000) are the exception: their pixel data element is read
+and written again without the text beside the samples (comments, application segments:
+``ridl.codestream.stripped_pixel_element``), as :meth:`Engine.apply` strips it; an object with an
+Extended Offset Table whose frames change takes the whole-object path.
+
 Anything else (implicit VR, big endian, deflate, elements after the pixel data, a header larger
 than ``MAX_HEADER``, elements read as UN or naming no VR) returns ``None``, and the caller uses
 the ordinary whole-object path; both give the same bytes (``tests/test_deid_fastpath.py`` and,
@@ -69,6 +74,7 @@ from deid_recipes.iod import (
     keeps_empty_sequence,
     pointers_at_risk,
 )
+from ridl.codestream import stripped_pixel_element
 from ridl.errors import ObjectRejected
 from ridl.reasons import Reason
 
@@ -610,7 +616,11 @@ class _Done:
     head: bytes
     pixel_offset: int
     size: int
+    pixels: bytes | None = None  # the Pixel Data element rewritten (frames' text stripped)
 
+
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+NUMBER_OF_FRAMES = 0x00280008
 
 # What callers read back from the written header without parsing it: the UIDs that name the
 # object, and the attributes a run's manifest row records (with the character set they need).
@@ -697,7 +707,25 @@ def _deidentify_header(
         if tag in parts:
             result.add_new(tag, "UI", element_value(parts[tag]).decode("ascii").rstrip("\x00 "))
     result.SOPInstanceUID = sop_instance.decode("ascii").rstrip("\x00 ")
-    return _Done(result, subject, head, header.pixel_offset, size)
+    pixels = None
+    if UID(header.syntax).is_encapsulated:  # compressed frames: their text is stripped
+        fp.seek(header.pixel_offset)
+        element = fp.read(size - header.pixel_offset)
+        pixels = stripped_pixel_element(element, header.syntax, _number_of_frames(data, elements))
+        if pixels is not None and any(t == EXTENDED_OFFSET_TABLE for t, _, _, _ in elements):
+            return None  # its offsets change: the dataset path writes the table again
+    return _Done(result, subject, head, header.pixel_offset, size, pixels)
+
+
+def _number_of_frames(data: bytes, elements: list[Element]) -> int:
+    """Number of Frames (0028,0008, IS) of a header's elements; 1 when absent or unreadable."""
+    for tag, begin, end, vr in elements:
+        if tag == NUMBER_OF_FRAMES:
+            try:
+                return int(data[begin + value_offset(vr.encode()) : end].strip(b"\0 ") or 1)
+            except ValueError:
+                return 1
+    return 1
 
 
 def _pointers_dangle(engine: Engine, data: bytes, elements: list[Element]) -> bool:
@@ -773,15 +801,17 @@ def deidentify_file(
         tmp = str(target) + ".tmp"
         out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(done.head)
+            view = memoryview(done.head if done.pixels is None else done.head + done.pixels)
             while view:
                 view = view[os.write(out_fd, view) :]
             count = done.size - done.pixel_offset
-            _copy_range(fp.fileno(), out_fd, done.pixel_offset, count)
+            if done.pixels is None:
+                _copy_range(fp.fileno(), out_fd, done.pixel_offset, count)
         finally:
             os.close(out_fd)
         os.replace(tmp, target)
-        return done.result, done.subject, len(done.head) + done.size - done.pixel_offset
+        written = count if done.pixels is None else len(done.pixels)
+        return done.result, done.subject, len(done.head) + written
 
 
 def deidentify_to_bytes(
@@ -813,6 +843,8 @@ def deidentify_to_bytes(
         done = _deidentify_header(engine, subject_for, fp)
         if done is None:
             return None
+        if done.pixels is not None:
+            return done.result, done.subject, done.head + done.pixels, len(done.head)
         count = done.size - done.pixel_offset
         pixels = os.pread(fp.fileno(), count, done.pixel_offset)
         if len(pixels) != count:
@@ -846,5 +878,5 @@ def deidentify_bytes(
     done = _deidentify_header(engine, subject_for, io.BytesIO(data), len(data))
     if done is None:
         return None
-    out = done.head + memoryview(data)[done.pixel_offset :]
-    return done.result, done.subject, out, len(done.head)
+    pixels = done.pixels if done.pixels is not None else memoryview(data)[done.pixel_offset :]
+    return done.result, done.subject, done.head + pixels, len(done.head)

@@ -15,6 +15,7 @@ Ground floor (``ridl/``): the DICOM byte path shared by verification and curatio
 from __future__ import annotations
 
 import re
+from typing import Any
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 # A JPEG marker inside entropy-coded data: FF then neither 00 (a stuffed FF), RSTn (D0-D7) nor FF
@@ -243,3 +244,243 @@ def _jp2_end(data: bytes) -> int:
             return n
         p = end
     return p
+
+
+# What of a JPEG application segment a decoder reads, kept when its text is stripped: JFIF's
+# version, units and densities with no thumbnail (JFIF 1.02: "JFIF\0", 2+1+2+2, then 0 x 0), the
+# Adobe transform flag (Adobe TN 5116: "Adobe", version, flags0, flags1, transform) and the
+# JPEG-LS colour transform (HP's "mrfx" and its one byte, as CharLS reads it).
+_KEPT_APP = {0xE0: (b"JFIF\0", 12), 0xEE: (b"Adobe", 12), 0xE8: (b"mrfx", 5)}
+
+
+def stripped_codestream(frame: bytes) -> bytes | None:
+    """``frame`` (one frame of encapsulated Pixel Data) without the text it carries beside its
+    samples, or None when it has none or is not one codestream this can rewrite safely.
+
+    JPEG and JPEG-LS (ISO/IEC 10918-1 B.2, 14495-1): COM segments, APPn segments (EXIF, XMP, ICC
+    profiles, thumbnails, vendors' notes) and reserved JPGn segments are dropped, but for what a
+    decoder reads of JFIF (APP0, thumbnail dropped), Adobe (APP14) and the JPEG-LS colour
+    transform (APP8 ``mrfx``), kept at their fixed lengths; stray bytes where a marker should be
+    and bytes after EOI are dropped. JPEG 2000 (15444-1 A): COM segments of the main header (no
+    length counts them; a tile-part's are kept, its Psot and TLM would change) and bytes after
+    EOC; a JP2 file (15444-1 I, excluded by PS3.5 A.4.4) becomes its one codestream. The
+    samples decode as before; frames of other codecs, a codestream cut short or a frame holding
+    more than one codestream give None (verification still searches their text, rules
+    version 11). Never raises.
+    """
+    if frame.startswith(_JP2):
+        inner = jp2_codestream(frame)
+        if inner is None:
+            return None
+        return stripped_codestream(inner) or inner
+    end = codestream_end(frame)
+    if end is None or frame[end:].strip(b"\0\xff") and len(frame) - end > 1:
+        return None  # cut short, or more than one codestream: left as it is
+    jpeg = frame.startswith(_SOI[:2])
+    out = _jpeg_stripped(frame, end) if jpeg else _j2k_stripped(frame, end)
+    return None if out is None or out == frame[:end] else out
+
+
+def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
+    """The JPEG codestream ``data[:end]`` without its text (see :func:`stripped_codestream`)."""
+    kept = [data[:2]]
+    p = 2
+    marker_in_scan = _JPEG_MARKER
+    while p + 1 < end:
+        if data[p] != 0xFF:  # stray bytes where a marker should be: dropped
+            found = marker_in_scan.search(data, p, end)
+            p = found.start() if found else end
+            continue
+        marker = data[p + 1]
+        if marker == 0xFF:  # fill byte
+            p += 1
+            continue
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: TEM, RSTn
+            kept.append(data[p : p + 2])
+            p += 2
+            continue
+        if marker == 0xD9:  # EOI
+            kept.append(data[p : p + 2])
+            return b"".join(kept)
+        length = int.from_bytes(data[p + 2 : p + 4], "big")
+        if length < 2 or p + 2 + length > end:
+            return None
+        segment = data[p : p + 2 + length]
+        if marker in _KEPT_APP:
+            name, size = _KEPT_APP[marker]
+            payload = segment[4 : 4 + size]
+            if payload.startswith(name) and len(payload) == size:
+                if marker == 0xE0:
+                    payload += b"\0\0"  # no thumbnail
+                kept.append(bytes([0xFF, marker]) + (2 + len(payload)).to_bytes(2, "big") + payload)
+        elif not (marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED):
+            kept.append(segment)
+            if marker == 0xF7:  # SOF55: a JPEG-LS frame
+                marker_in_scan = _JPEG_LS_MARKER
+        p += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker, as it is
+            found = marker_in_scan.search(data, p, end)
+            stop = found.start() if found else end
+            kept.append(data[p:stop])
+            p = stop
+    return None  # no EOI
+
+
+def _j2k_stripped(data: bytes, end: int) -> bytes | None:
+    """The JPEG 2000 codestream ``data[:end]`` without its main header's COM segments."""
+    kept = [data[:2]]
+    p = 2
+    while p + 4 <= end and data[p] == 0xFF:
+        marker = data[p + 1]
+        if marker == 0x90:  # the first SOT: the rest as it is
+            kept.append(data[p:end])
+            return b"".join(kept)
+        length = int.from_bytes(data[p + 2 : p + 4], "big")
+        if length < 2:
+            return None
+        if marker != 0x64:  # COM
+            kept.append(data[p : p + 2 + length])
+        p += 2 + length
+    return None  # a main header that is not whole
+
+
+def jp2_codestream(frame: bytes) -> bytes | None:
+    """The codestream of a JP2 file (15444-1 I.4: boxes of length, type, contents) when it has
+    exactly one codestream box (``jp2c``) and its boxes fill the frame (00 or FF padding aside),
+    else None. Never raises."""
+    found: list[bytes] = []
+    p, n = 0, len(frame)
+    while p + 8 <= n:
+        length = int.from_bytes(frame[p : p + 4], "big")
+        header = 8
+        if length == 1:
+            length, header = int.from_bytes(frame[p + 8 : p + 16], "big"), 16
+        end = n if length == 0 else p + length
+        if end < p + header or end > n:
+            return None
+        if frame[p + 4 : p + 8] == b"jp2c":
+            found.append(frame[p + header : end])
+        p = end
+    return found[0] if len(found) == 1 and frame[p:].strip(b"\0\xff") == b"" else None
+
+
+def stripped_frames(value: bytes, frames: int) -> tuple[list[bytes], bool] | None:
+    """The frames of encapsulated Pixel Data ``value`` (its items, PS3.5 A.4: the Basic Offset
+    Table, then the fragments; a Sequence Delimitation Item after them is ignored) with the
+    text of each stripped (:func:`stripped_codestream`), and whether the Basic Offset Table
+    held offsets; None when no frame changed or the frames cannot be told apart with certainty
+    (left as they are).
+
+    ``frames`` is Number of Frames. Frames are told apart by the Basic Offset Table, else one
+    fragment a frame, else (one frame) all fragments. A frame left as it was is given as it
+    was. The caller encapsulates them again (``pydicom.encaps.encapsulate``, one fragment a
+    frame; ``encapsulate_extended`` for an Extended Offset Table). Never raises.
+    """
+    table, fragments = _items(value)
+    if not fragments:
+        return None
+    if table:
+        offsets = [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]
+        starts, position = [], 0
+        for fragment in fragments:
+            starts.append(position)
+            position += 8 + len(fragment)
+        if len(offsets) != frames or offsets[0] != 0 or any(o not in starts for o in offsets):
+            return None
+        index = [starts.index(o) for o in offsets] + [len(fragments)]
+        split = [b"".join(fragments[a:b]) for a, b in zip(index, index[1:], strict=False)]
+    elif len(fragments) == frames:
+        split = list(fragments)
+    elif frames == 1:
+        split = [b"".join(fragments)]
+    else:
+        return None
+    out = [stripped_codestream(frame) for frame in split]
+    if all(frame is None for frame in out):
+        return None
+    return [o if o is not None else f for o, f in zip(out, split, strict=True)], bool(table)
+
+
+def _items(value: bytes) -> tuple[bytes, list[bytes]]:
+    """The Basic Offset Table and fragments of encapsulated Pixel Data, or ``(b"", [])`` when
+    an item is cut or something else than an item or the delimiter follows."""
+    fragments: list[bytes] = []
+    table: bytes | None = None
+    at, n = 0, len(value)
+    while at + 8 <= n:
+        tag = value[at : at + 4]
+        if tag == b"\xfe\xff\xdd\xe0":  # Sequence Delimitation Item
+            break
+        if tag != ITEM_TAG:
+            return b"", []
+        length = int.from_bytes(value[at + 4 : at + 8], "little")
+        if at + 8 + length > n:
+            return b"", []
+        item = bytes(value[at + 8 : at + 8 + length])
+        if table is None:
+            table = item
+        else:
+            fragments.append(item)
+        at += 8 + length
+    return table or b"", fragments
+
+
+def _strippable(transfer_syntax: str) -> bool:
+    """JPEG, JPEG-LS, JPEG 2000 and HTJ2K transfer syntaxes (PS3.5 A.4.1-A.4.4, A.4.11)."""
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    return transfer_syntax in (
+        *JPEGTransferSyntaxes,
+        *JPEGLSTransferSyntaxes,
+        *JPEG2000TransferSyntaxes,
+    )
+
+
+def strip_pixel_data_text(ds: Any) -> bool:
+    """Strip the text of each compressed frame of ``ds`` (a pydicom Dataset) in place
+    (:func:`stripped_frames`): Pixel Data encapsulated again, one fragment a frame, with a
+    Basic Offset Table when it had offsets, or a new Extended Offset Table and its lengths when
+    it had one (PS3.5 A.4). Returns whether anything changed. Other transfer syntaxes, native
+    pixel data and frames that cannot be told apart are left as they are.
+
+    Raises:
+        Nothing of its own; pydicom's errors reading Pixel Data or the header propagate.
+    """
+    from pydicom.encaps import encapsulate, encapsulate_extended
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not _strippable(syntax) or "PixelData" not in ds:
+        return False
+    value = ds.PixelData
+    if not isinstance(value, bytes):
+        return False
+    got = stripped_frames(value, int(ds.get("NumberOfFrames", 1) or 1))
+    if got is None:
+        return False
+    frames, table = got
+    if "ExtendedOffsetTable" in ds:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            frames
+        )
+    else:
+        ds.PixelData = encapsulate(frames, has_bot=table)
+    return True
+
+
+def stripped_pixel_element(element: bytes, transfer_syntax: str, frames: int) -> bytes | None:
+    """A Pixel Data element's bytes (tag, Explicit VR ``OB`` or ``OW``, undefined length, items,
+    Sequence Delimitation Item; PS3.5 7.1.2, A.4) with each frame's text stripped as
+    :func:`strip_pixel_data_text` strips it (no Extended Offset Table: the caller checks),
+    byte for byte what pydicom writes for the stripped dataset; None when nothing changes.
+    Never raises.
+    """
+    from pydicom.encaps import encapsulate
+
+    if not _strippable(transfer_syntax) or element[8:12] != b"\xff\xff\xff\xff":
+        return None
+    got = stripped_frames(element[12:], frames)
+    if got is None:
+        return None
+    value = encapsulate(got[0], has_bot=got[1])
+    return element[:12] + value + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"

@@ -22,6 +22,10 @@ Documented differences (deid 0.4.13):
 * ``dt-precision``: deid rewrites a jittered DT with microseconds it did not have
   (``.000000``), claiming a precision the source did not; the engine keeps the source's form.
 
+* ``codestream-text``: the engine strips the text compressed frames carry beside their samples
+  (JPEG comments and application segments, JPEG 2000 main-header comments:
+  ``ridl.codestream``); deid copies Pixel Data as it is, comments included. The samples decode
+  the same.
 Attributes the engine adds by design (Patient Identity Removed, De-identification Method and
 its Code Sequence) are not compared.
 """
@@ -171,6 +175,8 @@ def classify(
 ) -> str | None:
     """The documented class of one difference, or None when it is not documented."""
     tags = key[0::2]
+    if tags == (0x7FE00010,):
+        return "codestream-text"
     for parent in tags[:-1]:
         rule = _rule(recipe, parent)
         if rule and rule[0] == "REPLACE" and str(rule[1]).startswith("func:"):
@@ -236,6 +242,16 @@ def test_deid_leaves_text_in_a_sequence_replaced_by_a_function(corpus: list[Path
     ours, theirs = run_both("ps3.15-basic", report)
     assert str(theirs.ContentSequence[0].TextValue) == text  # deid: the report text leaks
     assert ours.ContentSequence[0].TextValue == "ANON"  # engine: structure kept, text dummied
+
+
+def test_deid_copies_the_comments_of_compressed_frames() -> None:
+    from ridl.codestream import codestream_texts
+
+    path = Path(get_testdata_file("JPEG2000.dcm"))
+    ours, theirs = run_both("ps3.15-basic", path)
+    assert codestream_texts(theirs.PixelData), "deid: the encoder's comment is still there"
+    assert codestream_texts(ours.PixelData) == []
+    assert (ours.pixel_array == theirs.pixel_array).all()
 
 
 def test_deid_keep_on_a_sequence_shields_nested_uids(corpus: list[Path]) -> None:

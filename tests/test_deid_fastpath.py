@@ -116,3 +116,78 @@ def test_recipe_with_a_computed_add_takes_the_dataset_path(tmp_path: Path) -> No
     path = _nested_file(tmp_path)
     assert deidentify_file(engine, lambda ds: SUBJECT, path, lambda ds, s: tmp_path / "o") is None
     assert _slow(engine, path).ClinicalTrialSubjectID == SUBJECT.research_id
+
+
+def _jpeg_with_text() -> bytes:
+    """A JPEG (Pillow) with a COM, an EXIF-like APP1 holding a whole JPEG (a thumbnail), an ICC
+    APP2 and a JFIF thumbnail: none of it is samples."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    pixels = bytes(range(256)) * 16
+    Image.frombytes("L", (64, 64), pixels).save(out, format="JPEG", quality=90)
+    jpeg = out.getvalue()
+    assert jpeg[2:4] == b"\xff\xe0"  # Pillow writes JFIF first
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (2 + len(payload)).to_bytes(2, "big") + payload
+
+    jfif_length = int.from_bytes(jpeg[4:6], "big")
+    jfif = jpeg[6 : 6 + 12] + b"\x02\x01" + bytes(6)  # a 2 x 1 RGB thumbnail
+    return b"".join(
+        [
+            b"\xff\xd8",
+            segment(0xE0, jfif),
+            segment(0xE1, b"Exif\0\0" + jpeg),
+            segment(0xE2, b"ICC_PROFILE\0" + b"desc Dr Smith's monitor"),
+            segment(0xFE, b"scanned by Dr Smith"),
+            jpeg[4 + jfif_length :],
+        ]
+    )
+
+
+@pytest.mark.parametrize("syntax", ["jpeg", "j2k", "j2k-extended-offsets"])
+def test_the_fast_path_strips_frame_text_as_the_dataset_path_does(
+    syntax: str, tmp_path: Path
+) -> None:
+    from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+    from ridl.codestream import codestream_texts
+
+    ds = dcmread(_nested_file(tmp_path))
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = bytes(range(256)) * 16
+    if syntax == "jpeg":
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([_jpeg_with_text()])
+    else:
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+        if syntax == "j2k-extended-offsets":
+            ds.NumberOfFrames = 2
+            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+            ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = (
+                encapsulate_extended([frame, frame])
+            )
+    source = tmp_path / "compressed.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    assert codestream_texts(dcmread(source).PixelData), "the source carries text"
+    spec = "ridl-safe-public+ps3.15-basic"  # keeps the Extended Offset Table
+    engine = Engine(load_recipe(spec), Pseudonymizer(b"f" * 64))
+    target = tmp_path / "fast.dcm"
+    done = deidentify_file(engine, lambda ds: SUBJECT, source, lambda ds, s, t=target: t)
+    slow = _slow_bytes(engine, source)
+    out = dcmread(io.BytesIO(slow))
+    texts = codestream_texts(out.PixelData)
+    if syntax == "jpeg":  # JFIF's version, units and densities only (UTF-16 readings aside)
+        assert texts[0] == b"JFIF\0\x01\x01\0\0\x01\0\x01", texts
+    else:
+        assert texts == [], texts
+    assert b"Smith" not in slow and b"Exif" not in slow and b"ICC_PROFILE" not in slow
+    assert (out.pixel_array == dcmread(source).pixel_array).all(), "the samples are the same"
+    if syntax == "j2k-extended-offsets":
+        assert done is None, "new offsets: the dataset path writes the table again"
+        assert out.ExtendedOffsetTableLengths != ds.ExtendedOffsetTableLengths
+        return
+    assert done is not None and target.read_bytes() == slow
