@@ -7,6 +7,8 @@ crossing a pipe. Per transfer syntax, for one 2,000 x 2,500 radiograph (12 bits 
 JPEG Baseline), in one process:
 
 - ``check``: the frame check alone;
+- ``strip``: what de-identification adds for the frame: the walk that finds its text to strip
+  (``ridl.codestream.stripped_frames``; this radiograph carries none but its encoder's);
 - ``ridl``: ``curation.pixels.decoded_pixels`` (check + decode through ridl's decoder set);
 - ``in-process``: the same decoder called directly in this process, as pydicom picks it when
   GDCM is not isolated (measured before ridl's modules are imported);
@@ -152,6 +154,7 @@ def main() -> None:
             )
         from curation.decoding import frames_mismatch
         from curation.pixels import decoded_pixels
+        from ridl.codestream import stripped_frames
 
         for row in rows:
             path = files[row["syntax"]]
@@ -160,6 +163,7 @@ def main() -> None:
             assert frames_mismatch(ds) is None, row["syntax"]
             decoded_pixels(dcmread(path))  # the GDCM child starts once per process
             row["check_s"] = _median(lambda d=ds: frames_mismatch(d), repeats)
+            row["strip_s"] = _median(lambda d=ds: stripped_frames(d.PixelData, 1), repeats)
             row["ridl_s"] = _median(lambda p=path: decoded_pixels(dcmread(p)), repeats)
             tool = SYNTAXES[row["syntax"]][1]
             if tool and shutil.which(tool):
@@ -177,14 +181,15 @@ def main() -> None:
             row["check_share_of_ridl"] = round(row["check_s"] / row["ridl_s"], 3)
     print(f"\nseconds per {COLUMNS} x {ROWS} radiograph (medians of {repeats}, one process)")
     print(
-        f"{'syntax':19} {'MB':>5} {'check':>7} {'ridl':>7} {'in-proc':>8} {'(plugin)':>10} "
-        f"{'dcmtk':>7} {'ridl/in':>8} {'ridl/dcmtk':>10}"
+        f"{'syntax':19} {'MB':>5} {'check':>7} {'strip':>7} {'ridl':>7} {'in-proc':>8} "
+        f"{'(plugin)':>10} {'dcmtk':>7} {'ridl/in':>8} {'ridl/dcmtk':>10}"
     )
     for r in rows:
         dcmtk = f"{r['dcmtk_process_s']:>7.3f}" if "dcmtk_process_s" in r else f"{'-':>7}"
         ratio = f"{r['ridl_vs_dcmtk']:>10}" if "ridl_vs_dcmtk" in r else f"{'-':>10}"
         print(
-            f"{r['syntax']:19} {r['file_mb']:>5} {r['check_s']:>7.4f} {r['ridl_s']:>7.3f} "
+            f"{r['syntax']:19} {r['file_mb']:>5} {r['check_s']:>7.4f} {r['strip_s']:>7.4f} "
+            f"{r['ridl_s']:>7.3f} "
             f"{r['in_process_s']:>8.3f} {r['in_process_plugin']:>10} {dcmtk} "
             f"{r['ridl_vs_in_process']:>8} {ratio}"
         )
