@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
 ITEM_TAG = b"\xfe\xff\x00\xe0"
 # A JPEG marker inside entropy-coded data: FF then neither 00 (a stuffed FF), RSTn (D0-D7) nor FF
 # (fill) (ISO/IEC 10918-1 B.1.1.2, B.1.1.5); in JPEG-LS scan data an FF is followed by a byte
@@ -427,13 +429,12 @@ def _items(value: bytes) -> tuple[bytes, list[bytes]]:
 
 def _strippable(transfer_syntax: str) -> bool:
     """JPEG, JPEG-LS, JPEG 2000 and HTJ2K transfer syntaxes (PS3.5 A.4.1-A.4.4, A.4.11)."""
-    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+    return transfer_syntax in _STRIPPABLE
 
-    return transfer_syntax in (
-        *JPEGTransferSyntaxes,
-        *JPEGLSTransferSyntaxes,
-        *JPEG2000TransferSyntaxes,
-    )
+
+_STRIPPABLE = frozenset(
+    str(uid) for uid in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes)
+)
 
 
 def strip_pixel_data_text(ds: Any) -> bool:
