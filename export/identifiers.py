@@ -96,7 +96,8 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 
-RULES_VERSION = "ridl-identifiers/11"  # 11: compressed frames' comments searched (R10); 10:
+RULES_VERSION = "ridl-identifiers/12"  # 12: JPEG RES and JPG segments are text; 11: compressed
+# frames' comments searched (R10); 10:
 # Han/kana/Hangul ends, ISO 2022 escapes (R3), dashes and spaces; 9: more date forms, ISO T (R5),
 # NFD (R7); 8: case forms
 

@@ -26,9 +26,13 @@ ITEM_TAG = b"\xfe\xff\x00\xe0"
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _JPEG_LS_MARKER = re.compile(rb"\xff[\x80-\xcf\xd8-\xfe]")
 _SOI, _SOC, _JP2 = b"\xff\xd8\xff", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  "
-# JPEG markers reserved for extensions (JPGn, ISO/IEC 10918-1 B.1.1.3) but the JPEG-LS ones (F7
-# SOF55, F8 LSE, 14495-1 C.1): a segment under one is read by no decoder, so it is text.
-_JPEG_RESERVED = frozenset(range(0xF0, 0xFE)) - {0xF7, 0xF8}
+# JPEG markers reserved (RES 02-BF, JPG C8, JPGn F0-FD; ISO/IEC 10918-1 B.1.1.3 Table B.1) but the
+# JPEG-LS ones (F7 SOF55, F8 LSE, 14495-1 C.1): a segment under one is read by no decoder, so it
+# is text (rules version 12 added RES and JPG).
+_JPEG_RESERVED = (frozenset(range(0x02, 0xC0)) | {0xC8} | frozenset(range(0xF0, 0xFE))) - {
+    0xF7,
+    0xF8,
+}
 # JPEG 2000 and HTJ2K marker segments a decoder reads (15444-1 A.2, 15444-15 A.2): CAP, SIZ,
 # COD, COC, TLM, PRF, PLM, PLT, CPF, QCD, QCC, RGN, POC, PPM, PPT, CRG (COM is text).
 _J2K_MARKERS = frozenset(
@@ -252,40 +256,42 @@ def _jp2_end(data: bytes) -> int:
 # version, units and densities with no thumbnail (JFIF 1.02: "JFIF\0", 2+1+2+2, then 0 x 0), the
 # Adobe transform flag (Adobe TN 5116: "Adobe", version, flags0, flags1, transform) and the
 # JPEG-LS colour transform (HP's "mrfx" and its one byte, as CharLS reads it).
-_KEPT_APP = {0xE0: (b"JFIF\0", 12), 0xEE: (b"Adobe", 12), 0xE8: (b"mrfx", 5)}
+_KEPT_APP = {0xE0: (b"JFIF\0", 14), 0xEE: (b"Adobe", 12), 0xE8: (b"mrfx", 5)}
 
 
 def stripped_codestream(frame: bytes) -> bytes | None:
     """``frame`` (one frame of encapsulated Pixel Data) without the text it carries beside its
-    samples, or None when it has none or is not one codestream this can rewrite safely.
+    samples, or None when it has none or is not a codestream this can rewrite safely.
 
     JPEG and JPEG-LS (ISO/IEC 10918-1 B.2, 14495-1): COM segments, APPn segments (EXIF, XMP, ICC
-    profiles, thumbnails, vendors' notes) and reserved JPGn segments are dropped, but for what a
-    decoder reads of JFIF (APP0, thumbnail dropped), Adobe (APP14) and the JPEG-LS colour
-    transform (APP8 ``mrfx``), kept at their fixed lengths; stray bytes where a marker should be
-    and bytes after EOI are dropped. JPEG 2000 (15444-1 A): COM segments of the main header (no
-    length counts them; a tile-part's are kept, its Psot and TLM would change) and bytes after
-    EOC; a JP2 file (15444-1 I, excluded by PS3.5 A.4.4) becomes its one codestream. The
-    samples decode as before; frames of other codecs, a codestream cut short or a frame holding
-    more than one codestream give None (verification still searches their text, rules
-    version 11). Never raises.
+    profiles, thumbnails, vendors' notes) and reserved segments (RES, JPG, JPGn) are dropped,
+    but for what a decoder reads of the first JFIF (APP0, its thumbnail dropped), Adobe (APP14)
+    and JPEG-LS colour transform (APP8 ``mrfx``) segments, kept at their fixed lengths (a shorter
+    one as it is); stray bytes where a marker should be are dropped. JPEG 2000 (15444-1 A): the
+    main header's COM segments and segments no decoder reads (no length counts them; a
+    tile-part's are kept, its Psot and any TLM would change). Whatever follows the codestream's
+    end (EOI, EOC: a trailer, a second codestream) is dropped. A JP2 file (15444-1 I, excluded
+    by PS3.5 A.4.4) keeps its signature, file type and header boxes (colour, channel
+    definitions, palette) and its one codestream box, stripped; other boxes (XML, UUID, IPR)
+    are dropped. The samples decode as before; frames of other codecs and codestreams cut
+    short give None (verification still searches their text). Never raises.
     """
     if frame.startswith(_JP2):
-        inner = jp2_codestream(frame)
-        if inner is None:
-            return None
-        return stripped_codestream(inner) or inner
+        return _jp2_stripped(frame)
     end = codestream_end(frame)
-    if end is None or frame[end:].strip(b"\0\xff") and len(frame) - end > 1:
-        return None  # cut short, or more than one codestream: left as it is
+    if end is None:
+        return None
     jpeg = frame.startswith(_SOI[:2])
     out = _jpeg_stripped(frame, end) if jpeg else _j2k_stripped(frame, end)
-    return None if out is None or out == frame[:end] else out
+    if out is None or (out == frame[:end] and not frame[end:].strip(b"\0")):
+        return None  # cut short, or nothing but padding to drop
+    return out
 
 
 def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
     """The JPEG codestream ``data[:end]`` without its text (see :func:`stripped_codestream`)."""
     kept = [data[:2]]
+    seen: set[int] = set()
     p = 2
     marker_in_scan = _JPEG_MARKER
     while p + 1 < end:
@@ -310,10 +316,13 @@ def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
         segment = data[p : p + 2 + length]
         if marker in _KEPT_APP:
             name, size = _KEPT_APP[marker]
-            payload = segment[4 : 4 + size]
-            if payload.startswith(name) and len(payload) == size:
-                if marker == 0xE0:
-                    payload += b"\0\0"  # no thumbnail
+            payload = segment[4:]
+            if payload.startswith(name) and marker not in seen:
+                seen.add(marker)  # the first one only: a decoder reads no other
+                if len(payload) >= size:  # shorter: as it is (libjpeg reads no JFIF then)
+                    payload = payload[:size]
+                    if marker == 0xE0:
+                        payload = payload[:12] + b"\0\0"  # no thumbnail
                 kept.append(bytes([0xFF, marker]) + (2 + len(payload)).to_bytes(2, "big") + payload)
         elif not (marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED):
             kept.append(segment)
@@ -329,28 +338,53 @@ def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
 
 
 def _j2k_stripped(data: bytes, end: int) -> bytes | None:
-    """The JPEG 2000 codestream ``data[:end]`` without its main header's COM segments."""
+    """The JPEG 2000 codestream ``data[:end]`` without its main header's text segments."""
     kept = [data[:2]]
     p = 2
     while p + 4 <= end and data[p] == 0xFF:
         marker = data[p + 1]
-        if marker == 0x90:  # the first SOT: the rest as it is
+        if marker == 0x90:  # the first SOT: the rest as it is, to the codestream's end
             kept.append(data[p:end])
             return b"".join(kept)
         length = int.from_bytes(data[p + 2 : p + 4], "big")
         if length < 2:
             return None
-        if marker != 0x64:  # COM
+        if marker in _J2K_MARKERS:  # COM (64) and segments no decoder reads are dropped
             kept.append(data[p : p + 2 + length])
         p += 2 + length
     return None  # a main header that is not whole
 
 
-def jp2_codestream(frame: bytes) -> bytes | None:
-    """The codestream of a JP2 file (15444-1 I.4: boxes of length, type, contents) when it has
-    exactly one codestream box (``jp2c``) and its boxes fill the frame (00 or FF padding aside),
-    else None. Never raises."""
-    found: list[bytes] = []
+# JP2 boxes a decoder reads (15444-1 I.5): signature, file type, header (image header, colour,
+# channel definitions, palette, component mapping, resolution) and the codestream.
+_JP2_KEPT = (b"jP  ", b"ftyp", b"jp2h")
+
+
+def _jp2_stripped(frame: bytes) -> bytes | None:
+    """A JP2 file with its kept boxes and its one codestream box stripped (see
+    :func:`stripped_codestream`), or None when it has not exactly one codestream box."""
+    boxes: list[bytes] = []
+    codestreams = 0
+    for kind, header, content in _jp2_boxes(frame) or []:
+        if kind == b"jp2c":
+            codestreams += 1
+            end = codestream_end(content) if content.startswith(_SOC) else None
+            if end is None:
+                return None
+            inner = _j2k_stripped(content, end) or content[:end]
+            boxes.append((8 + len(inner)).to_bytes(4, "big") + b"jp2c" + inner)
+        elif kind in _JP2_KEPT:
+            boxes.append(header + content)
+    if codestreams != 1:
+        return None
+    out = b"".join(boxes)
+    return None if out == frame else out
+
+
+def _jp2_boxes(frame: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
+    """A JP2 file's boxes as ``(type, header bytes, content)``, or None when they do not fill
+    the frame (00 or FF padding aside)."""
+    boxes = []
     p, n = 0, len(frame)
     while p + 8 <= n:
         length = int.from_bytes(frame[p : p + 4], "big")
@@ -360,10 +394,17 @@ def jp2_codestream(frame: bytes) -> bytes | None:
         end = n if length == 0 else p + length
         if end < p + header or end > n:
             return None
-        if frame[p + 4 : p + 8] == b"jp2c":
-            found.append(frame[p + header : end])
+        boxes.append((frame[p + 4 : p + 8], frame[p : p + header], frame[p + header : end]))
         p = end
-    return found[0] if len(found) == 1 and frame[p:].strip(b"\0\xff") == b"" else None
+    return boxes if frame[p:].strip(b"\0\xff") == b"" else None
+
+
+def jp2_codestream(frame: bytes) -> bytes | None:
+    """The codestream of a JP2 file (15444-1 I.4: boxes of length, type, contents) when it has
+    exactly one codestream box (``jp2c``) and its boxes fill the frame (00 or FF padding aside),
+    else None. Never raises."""
+    found = [content for kind, _, content in _jp2_boxes(frame) or [] if kind == b"jp2c"]
+    return found[0] if len(found) == 1 else None
 
 
 def stripped_frames(value: bytes, frames: int) -> tuple[list[bytes], bool] | None:
@@ -373,15 +414,18 @@ def stripped_frames(value: bytes, frames: int) -> tuple[list[bytes], bool] | Non
     held offsets; None when no frame changed or the frames cannot be told apart with certainty
     (left as they are).
 
-    ``frames`` is Number of Frames. Frames are told apart by the Basic Offset Table, else one
-    fragment a frame, else (one frame) all fragments. A frame left as it was is given as it
+    ``frames`` is Number of Frames. One frame is all the fragments; more are told apart by the
+    Basic Offset Table, else one fragment a frame, else by the fragments that begin a
+    codestream (as pydicom tells them). A frame left as it was is given as it
     was. The caller encapsulates them again (``pydicom.encaps.encapsulate``, one fragment a
     frame; ``encapsulate_extended`` for an Extended Offset Table). Never raises.
     """
     table, fragments = _items(value)
     if not fragments:
         return None
-    if table:
+    if frames == 1:  # every fragment, whatever the table says (it is written again)
+        split = [b"".join(fragments)]
+    elif table:
         offsets = [int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), 4)]
         starts, position = [], 0
         for fragment in fragments:
@@ -393,10 +437,12 @@ def stripped_frames(value: bytes, frames: int) -> tuple[list[bytes], bool] | Non
         split = [b"".join(fragments[a:b]) for a, b in zip(index, index[1:], strict=False)]
     elif len(fragments) == frames:
         split = list(fragments)
-    elif frames == 1:
-        split = [b"".join(fragments)]
-    else:
-        return None
+    else:  # no table, frames over several fragments: each frame begins a codestream
+        index = [i for i, f in enumerate(fragments) if f.startswith((_SOI[:2], _SOC, _JP2))]
+        if len(index) != frames or index[0] != 0:
+            return None
+        index.append(len(fragments))
+        split = [b"".join(fragments[a:b]) for a, b in zip(index, index[1:], strict=False)]
     out = [stripped_codestream(frame) for frame in split]
     if all(frame is None for frame in out):
         return None
@@ -428,13 +474,14 @@ def _items(value: bytes) -> tuple[bytes, list[bytes]]:
 
 
 def _strippable(transfer_syntax: str) -> bool:
-    """JPEG, JPEG-LS, JPEG 2000 and HTJ2K transfer syntaxes (PS3.5 A.4.1-A.4.4, A.4.11)."""
+    """JPEG, JPEG-LS, JPEG 2000 and HTJ2K transfer syntaxes (PS3.5 A.4.1-A.4.4, A.4.11), not
+    JPEG 2000 Part 2 Multi-component (its marker segments are not all known here)."""
     return transfer_syntax in _STRIPPABLE
 
 
 _STRIPPABLE = frozenset(
     str(uid) for uid in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes)
-)
+) - {"1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"}  # Part 2: its markers are left as written
 
 
 def strip_pixel_data_text(ds: Any) -> bool:

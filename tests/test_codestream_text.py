@@ -218,3 +218,63 @@ def test_codestream_texts_read_a_false_offset_table_unknown_segments_and_text_af
         assert _found(note, encapsulate([jp2 + frame + note]))
     # A JPEG segment under a reserved marker (JPG0, FFF0).
     assert _found(note, encapsulate([_jpeg(_segment(0xF0, note))]))
+
+
+def _pillow_jpeg(rgb: bool = False) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    mode, size = ("RGB", 3) if rgb else ("L", 1)
+    Image.frombytes(mode, (32, 16), bytes(range(256)) * 2 * size).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_stripping_drops_what_decoders_skip_and_keeps_what_they_read() -> None:
+    """From a fresh-user check of the ninth pass: text after EOI, under reserved markers (RES,
+    JPG), in an unknown JPEG 2000 main-header segment, in a JP2 XML box, in the second of two
+    JFIF segments, in the frames of a multi-frame object split over fragments, or behind a
+    Basic Offset Table of one bogus entry went out; a JP2 file's channel definitions were lost
+    (red and blue swapped); a short JFIF segment was padded into one libjpeg reads."""
+    from ridl.codestream import stripped_codestream, stripped_frames
+
+    jpeg = _pillow_jpeg()
+    sof = jpeg.index(b"\xff\xdb")
+    trailer = jpeg + b"Dr Xavier Quintal" + jpeg  # a trailer, then a second codestream
+    assert stripped_codestream(trailer) == jpeg
+    for marker in (0x02, 0xC8, 0xF0):  # RES, JPG, JPGn: read by no decoder
+        hidden = jpeg[:sof] + _segment(marker, NOTE) + jpeg[sof:]
+        assert NOTE in b"".join(codestream_texts(encapsulate([hidden]))), hex(marker)
+        assert stripped_codestream(hidden) == jpeg, hex(marker)
+    jfif = jpeg[2 : 4 + int.from_bytes(jpeg[4:6], "big")]
+    twice = jpeg[:2] + jfif + _segment(0xE0, b"JFIF\0" + b"Xavier Q") + jpeg[2 + len(jfif) :]
+    assert stripped_codestream(twice) == jpeg, "only the first JFIF segment is kept"
+    short = jpeg[:2] + _segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01"[:12]) + jpeg[2 + len(jfif) :]
+    assert stripped_codestream(short) is None, "a 12-byte JFIF stays 12 bytes: nothing to strip"
+
+    frame = _j2k_frame(_ct())
+    after_siz = 4 + int.from_bytes(frame[4:6], "big")
+    unknown = frame[:after_siz] + _segment(0x65, NOTE) + frame[after_siz:]
+    bare = stripped_codestream(frame)
+    assert bare is not None and stripped_codestream(unknown) == bare  # COM and FF65 dropped
+
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+    head = box(b"jP  ", b"\r\n\x87\n") + box(b"ftyp", b"jp2 \0\0\0\0jp2 ")
+    jp2h = box(b"jp2h", box(b"ihdr", bytes(14)) + box(b"cdef", b"\0\x01\0\0\0\0\0\x02"))
+    jp2 = head + box(b"xml ", NOTE) + jp2h + box(b"jp2c", frame)
+    assert stripped_codestream(jp2) == head + jp2h + box(b"jp2c", bare), "header kept, XML not"
+
+    ds = _ct()  # 3 frames, each over two fragments, no offset table
+    ds.NumberOfFrames = 3
+    noted = jpeg[:2] + _segment(0xFE, NOTE) + jpeg[2:]
+    halves = [part for _ in range(3) for part in (noted[:100], noted[100:])]
+    value = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"".join(
+        b"\xfe\xff\x00\xe0" + struct.pack("<I", len(h) + len(h) % 2) + h + b"\0" * (len(h) % 2)
+        for h in halves
+    )
+    got = stripped_frames(value, 3)
+    assert got is not None and got[0] == [jpeg] * 3 and got[1] is False
+    bogus = b"\xfe\xff\x00\xe0\x04\x00\x00\x00\x01\x00\x00\x00"  # a table of one wrong entry
+    one = bogus + encapsulate([noted], has_bot=False)[8:]
+    assert stripped_frames(one, 1) == ([jpeg], True)
