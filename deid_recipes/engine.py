@@ -68,6 +68,7 @@ from ridl.errors import ObjectRejected
 from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
 from ridl.reasons import Reason
+from ridl.written_forms import joined_name_forms
 
 # Every value representation of PS3.5 6.2 (and pydicom's ambiguous "US or SS"-style forms).
 VALID_VRS = frozenset(v.value for v in ValueRepresentation)
@@ -784,19 +785,25 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
         ds: the top-level data set.
 
     Returns:
-        Lower-cased tokens of two characters or more, split on anything but letters and digits.
+        Lower-cased tokens of two characters or more, split on anything but letters and digits;
+        with them, each person name's family and given names run together
+        (:func:`ridl.written_forms.joined_name_forms`). An identifier written apart
+        (``MRN 00123``) needs none: :func:`clean_text` removes every token of 4 digits or more.
 
     Raises:
         DeidError: ``deid-unparseable-element`` when one of those values cannot be read.
     """
     tokens: set[str] = set()
 
-    def add(value: object) -> None:
+    def add(value: object, vr: str | None) -> None:
         values = value if isinstance(value, MultiValue | list) else [value]
         for v in values:
-            for part in _TOKEN_SPLIT.split(str(v))[::2]:
+            text = str(v)
+            for part in _TOKEN_SPLIT.split(text)[::2]:
                 if len(part) >= 2:
                     tokens.add(part.lower())
+            if vr == "PN":  # written run together: "TremblayJosee", "jtremblay"
+                tokens.update(form.lower() for form, _ in joined_name_forms(text))
 
     def walk(level: Dataset, depth: int, institution: bool) -> None:
         if depth > MAX_DEPTH:
@@ -822,7 +829,7 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
             except Exception as exc:
                 raise DeidError(Reason.DEID_UNPARSEABLE_ELEMENT, type(exc).__name__) from None
             if value:
-                add(value)
+                add(value, vr)
 
     walk(ds, 0, False)
     return frozenset(tokens)

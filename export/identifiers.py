@@ -59,7 +59,14 @@ R14 a term found in an attribute ridl's de-identification writes in place of the
     (Patient Identity Removed, De-identification Method and its Code Sequence, Longitudinal
     Temporal Information Modified: PS3.15 E.1.1; the File Meta's Implementation Class UID and
     Version Name: PS3.10 7.1) is not a hit: a patient named "Basic" or "Clean" does not match
-    the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``).
+    the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``);
+R15 a person name is also searched written run together (family and given names joined either
+    way round, or the given name's initial and a family name of 4 letters or more:
+    ``TREMBLAYJOSEE``, ``JTREMBLAY``; forms of 5 letters or more; two common words, or an
+    initial and a common family name, run together block in PN only, R4), and an identifier
+    made of a letter prefix and 5 digits or more with its prefix apart or joined (``MRN 00123``
+    for ``MRN00123``): ``ridl.written_forms``, whose forms de-identification removes from free
+    text too.
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -95,11 +102,12 @@ from pydicom.tag import BaseTag, Tag
 
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
+from ridl.written_forms import joined_name_forms, split_identifier_forms
 
-RULES_VERSION = "ridl-identifiers/12"  # 12: JPEG RES and JPG segments are text; 11: compressed
-# frames' comments searched (R10); 10:
-# Han/kana/Hangul ends, ISO 2022 escapes (R3), dashes and spaces; 9: more date forms, ISO T (R5),
-# NFD (R7); 8: case forms
+RULES_VERSION = "ridl-identifiers/13"
+# 13: names run together, identifiers split (R15); 12: JPEG RES and JPG segments are text;
+# 11: compressed frames' comments searched (R10); 10: Han/kana/Hangul ends, ISO 2022 escapes
+# (R3), dashes and spaces; 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
 
 MIN_TERM = 4
 MEMO_CAP = 100_000  # distinct top-level elements an ElementMemo remembers
@@ -391,7 +399,9 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
 
     ``value`` is a PN value (component groups split by ``=``, components by ``^``, PS3.5
     6.2.1); each component and each of its words of 3 characters or more (not digits only) is
-    a term; ``name_only`` is True when the term is made of common words only.
+    a term, and so are the family and given names run together
+    (``ridl.written_forms.joined_name_forms``: ``TREMBLAYJOSEE``, ``JTREMBLAY``);
+    ``name_only`` is True when the term is made of common words only.
     """
     whole = _norm(value)
     if not whole:
@@ -412,6 +422,22 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
                     continue
                 if len(part) >= MIN_NAME or (len(part) >= 2 and _CJK_ONLY.fullmatch(part)):
                     yield part, _is_common(part)
+        family, _, rest = group.partition("^")
+        given = rest.partition("^")[0]
+        if not (is_own_vocabulary(family) or is_own_vocabulary(given)):
+            for form, initial in joined_name_forms(group):
+                # Run together, two common words can make a word (WOOD^ROSE: "ROSEWOOD"), an
+                # initial and a common family name too (LONG^ANNA: "ALONG"): PN only (R4).
+                yield form, _is_common(family) and (initial or _is_common(given))
+
+
+def identifier_terms(value: str) -> Iterator[str]:
+    """An identifier of 4 characters or more (R1, R2), and its other forms when it is a letter
+    prefix and digits (``ridl.written_forms.split_identifier_forms``: ``MRN00123`` is also
+    searched as ``MRN 00123`` and ``MRN-00123``)."""
+    if _long_enough(_norm(value)):
+        yield value
+        yield from split_identifier_forms(_norm(value))
 
 
 def address_terms(value: str) -> Iterator[str]:
@@ -1218,8 +1244,8 @@ class IdentifierDictionary:
                     self._share("staff", _norm(v))
         elif keyword in ID_KEYWORDS:
             for v in values:
-                if _long_enough(_norm(v)):
-                    self.add(v, "identifier")
+                for term in identifier_terms(v):
+                    self.add(term, "identifier")
         elif keyword in BIRTH_KEYWORDS:
             for v in values:
                 for term in birth_terms(v):
@@ -1260,8 +1286,8 @@ class IdentifierDictionary:
                 for term, name_only in name_terms(v):
                     self.add(term, "name", name_only=name_only)
             elif named is Named.IDENTIFIER:
-                if _long_enough(_norm(v)):
-                    self.add(v, "identifier")
+                for term in identifier_terms(v):
+                    self.add(term, "identifier")
             else:
                 private.append(("institution-or-station", _norm(v)))
 

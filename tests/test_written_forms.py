@@ -1,0 +1,133 @@
+"""Names written run together and identifiers written apart (ridl.written_forms, rule R15).
+
+A header holds ``Tremblay^Josee`` and ``MRN00123``; the text typed beside it writes
+``TremblayJosee``, ``jtremblay`` and ``MRN 00123``. De-identification removes those forms from
+free text, and the stream's verification searches them, so an object that still holds one
+(in an attribute the project retains) is stopped before the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from curation.quarantine import list_quarantine
+from export.local import LocalStore
+from flows.runplan import prepare_run
+from flows.work import process_batch
+from ridl.projects import Project, Scope, create_project
+from ridl.written_forms import joined_name_forms, split_identifier_forms
+from tests.conftest import SITES
+
+from .deid_run_support import ct, deid_cli, project, run_folder, save
+
+RUN_TOGETHER = ("TremblayJosee", "jtremblay", "JOSEETREMBLAY", "MRN 00123", "MRN-00123")
+KEPT = ("thorax", "tech", "ref")
+
+
+@pytest.mark.parametrize(
+    ("name", "forms"),
+    [
+        ("Tremblay^Josee", ["TremblayJosee", "JoseeTremblay", "JTremblay", "TremblayJ"]),
+        ("Saint-Pierre^Marie Ève", ["SaintPierreMarieÈve", "MarieÈveSaintPierre",
+                                    "MSaintPierre", "SaintPierreM"]),
+        ("Li^Wei", ["LiWei", "WeiLi"]),  # a family name of 2 letters: no initial forms
+        ("Wu^Li", []),  # run together, 4 letters: shorter than a searched name
+        ("^Josee", []),  # one component
+        ("山田^太郎", []),  # searched without spaces already
+        ("Tremblay^Josee=トレンブレー^ジョゼ", ["TremblayJosee", "JoseeTremblay", "JTremblay",
+                                              "TremblayJ"]),
+    ],
+)  # fmt: skip
+def test_a_names_run_together_forms(name: str, forms: list[str]) -> None:
+    assert [form for form, _ in joined_name_forms(name)] == forms
+
+
+@pytest.mark.parametrize(
+    ("value", "forms"),
+    [
+        ("MRN00123", ["MRN 00123", "MRN-00123"]),
+        ("MRN 00123", ["MRN00123", "MRN-00123"]),
+        ("ACC#778899", ["ACC778899", "ACC 778899", "ACC-778899"]),
+        ("MRN0123", []),  # 4 digits: "MRN 0123" would be too common a number apart
+        ("1234567", []),  # digits only: nothing to split
+        ("AB12CD345", []),
+    ],
+)
+def test_an_identifiers_split_forms(value: str, forms: list[str]) -> None:
+    assert split_identifier_forms(value) == forms
+
+
+def _inputs(src: Path) -> Path:
+    save(ct(1, SeriesDescription="CT thorax TremblayJosee"), src / "1.dcm")
+    save(ct(2, ImageComments="tech jtremblay, ref MRN 00123 / MRN-00123"), src / "2.dcm")
+    save(ct(3, ImageComments="JOSEETREMBLAY thorax"), src / "3.dcm")
+    return src
+
+
+def _assert_cleaned(data: bytes) -> None:
+    ds = dcmread(io.BytesIO(data))
+    text = " ".join(str(ds.get(k, "")) for k in ("SeriesDescription", "ImageComments"))
+    for form in RUN_TOGETHER:
+        assert form.lower() not in text.lower(), form
+        assert form.encode() not in data, form
+    assert b"00123" not in data
+    assert any(word in text for word in KEPT), text
+
+
+def test_names_run_together_and_identifiers_apart_are_cleaned_from_text(tmp_path: Path) -> None:
+    project_id = project("forms-a", options=("clean-descriptors",))
+    src = _inputs(tmp_path / "src")
+    # In a run (both byte paths); run_folder fails if the stream's verification held any.
+    stored = run_folder(src, tmp_path, project_id)
+    assert sorted(stored) == [1, 2, 3]
+    for data in stored.values():
+        _assert_cleaned(data)
+    # And one object at a time, from the CLI.
+    written = deid_cli(src, tmp_path / "out", project_id)
+    for path in written.values():
+        _assert_cleaned(path.read_bytes())
+
+
+def test_a_retained_description_holding_a_name_run_together_is_stopped_before_the_store(
+    tmp_path: Path,
+) -> None:
+    today = dt.date.today()
+    keeps = Project(
+        id="forms-keeps-descriptions",
+        reb_number="REB-1",
+        title="t",
+        pi="p",
+        approved=today - dt.timedelta(days=1),
+        expires=today + dt.timedelta(days=10),
+        scope=Scope(
+            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("SeriesDescription",)
+        ),
+    )
+    create_project(keeps)
+    src = tmp_path / "src"
+    save(ct(1, SeriesDescription="CT thorax TremblayJosee"), src / "1.dcm")
+    save(ct(2, SeriesDescription="CT thorax jtremblay"), src / "2.dcm")
+    save(ct(3, SeriesDescription="CT thorax MRN 00123"), src / "3.dcm")
+    save(ct(4, SeriesDescription="CT thorax"), src / "4.dcm")
+    plan = prepare_run(keeps.id, "r1", f"folder:{src}", f"file:{tmp_path / 'plan'}")
+    root = tmp_path / "store"
+    ctx = dataclasses.replace(plan.ctx, store_url=f"file:{root}")
+    counts = process_batch(ctx, plan.studies)
+    held = [r for r in list_quarantine(keeps.id, "r1") if r.reason == "verification-hit"]
+    details = sorted(r.detail for r in held)
+    assert len(held) == 3, details
+    assert sum(" holds a name" in d for d in details) == 2, details
+    assert sum(" holds an identifier" in d for d in details) == 1, details
+    for detail in details:
+        for form in ("Tremblay", "Josee", "00123"):
+            assert form.lower() not in detail.lower(), detail
+    stored = [i.key for i in LocalStore(root).list("") if i.key.endswith(".dcm")]
+    assert len(stored) == 1, (stored, counts.as_dict())
+    data = LocalStore(root).get_bytes(stored[0])
+    assert b"thorax" in data and b"remblay" not in data
