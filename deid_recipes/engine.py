@@ -786,7 +786,7 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
 
     Returns:
         Lower-cased tokens of two characters or more, split on anything but letters and digits;
-        with them, each person name's family and given names run together
+        with them, each person name's words run together
         (:func:`ridl.written_forms.joined_name_forms`). An identifier written apart
         (``MRN 00123``) needs none: :func:`clean_text` removes every token of 4 digits or more.
 
@@ -802,7 +802,7 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
             for part in _TOKEN_SPLIT.split(text)[::2]:
                 if len(part) >= 2:
                     tokens.add(part.lower())
-            if vr == "PN":  # written run together: "TremblayJosee", "jtremblay"
+            if vr == "PN":  # written run together: "TremblayJosee", "SaintPierre"
                 tokens.update(form.lower() for form, _ in joined_name_forms(text))
 
     def walk(level: Dataset, depth: int, institution: bool) -> None:

@@ -60,13 +60,14 @@ R14 a term found in an attribute ridl's de-identification writes in place of the
     Temporal Information Modified: PS3.15 E.1.1; the File Meta's Implementation Class UID and
     Version Name: PS3.10 7.1) is not a hit: a patient named "Basic" or "Clean" does not match
     the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``);
-R15 a person name is also searched written run together (family and given names joined either
-    way round, or the given name's initial and a family name of 4 letters or more:
-    ``TREMBLAYJOSEE``, ``JTREMBLAY``; forms of 5 letters or more; two common words, or an
-    initial and a common family name, run together block in PN only, R4), and an identifier
-    made of a letter prefix and 5 digits or more with its prefix apart or joined (``MRN 00123``
-    for ``MRN00123``): ``ridl.written_forms``, whose forms de-identification removes from free
-    text too.
+R15 a person name is also searched with its words run together, as typed text and login
+    names write it (family and given names joined either way round, the first given name with
+    the family name, a component of several words alone: ``TREMBLAYJOSEE``, ``MarieRoy``,
+    ``SaintPierre``; words of 2 letters or more, forms of 5 or more; no initials: ``S`` +
+    ``PINE`` is a word; common words run together block in PN only, R4), and an identifier
+    made of a letter prefix and 5 digits or more with its prefix joined or set apart
+    (``MRN 00123``, ``MRN-00123``, ``MRN#00123``… for ``MRN00123``): ``ridl.written_forms``,
+    whose name forms de-identification removes from free text too.
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -399,8 +400,8 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
 
     ``value`` is a PN value (component groups split by ``=``, components by ``^``, PS3.5
     6.2.1); each component and each of its words of 3 characters or more (not digits only) is
-    a term, and so are the family and given names run together
-    (``ridl.written_forms.joined_name_forms``: ``TREMBLAYJOSEE``, ``JTREMBLAY``);
+    a term, and so are the name's words run together (``ridl.written_forms.joined_name_forms``:
+    ``TREMBLAYJOSEE``, ``SaintPierre``);
     ``name_only`` is True when the term is made of common words only.
     """
     whole = _norm(value)
@@ -422,13 +423,9 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
                     continue
                 if len(part) >= MIN_NAME or (len(part) >= 2 and _CJK_ONLY.fullmatch(part)):
                     yield part, _is_common(part)
-        family, _, rest = group.partition("^")
-        given = rest.partition("^")[0]
-        if not (is_own_vocabulary(family) or is_own_vocabulary(given)):
-            for form, initial in joined_name_forms(group):
-                # Run together, two common words can make a word (WOOD^ROSE: "ROSEWOOD"), an
-                # initial and a common family name too (LONG^ANNA: "ALONG"): PN only (R4).
-                yield form, _is_common(family) and (initial or _is_common(given))
+        for form, words in joined_name_forms(group):
+            # Run together, common words can make a word (WOOD^ROSE: "ROSEWOOD"): PN only (R4).
+            yield form, all(_is_common(w) or is_own_vocabulary(w) for w in words)
 
 
 def identifier_terms(value: str) -> Iterator[str]:

@@ -731,24 +731,23 @@ def test_rule_a_name_inside_a_longer_word_is_no_hit_whatever_its_letters() -> No
 
 
 def test_rule_names_run_together_and_identifiers_written_apart_are_found() -> None:
-    # R15: login names and typed text join a name's parts; an ID's prefix is written apart.
-    v = _verifier(_source(PatientName="Tremblay^Josée", PatientID="MRN00123"))
-    for text in ("by TremblayJosee", "user jtremblay", "JOSEETREMBLAY", "TREMBLAYJ:", "jtremblay"):
+    # R15: typed text joins a name's words; an ID's prefix is written apart.
+    v = _verifier(_source(PatientName="Éthier^Josée", PatientID="MRN00123"))
+    for text in ("by EthierJosee", "JOSÉEÉTHIER", "JoséeÉthier:", "ethierjosee"):
         assert _hits(v, _output(StudyDescription=text)) == [("StudyDescription", "name")], text
-    for text in ("ref MRN 00123", "MRN-00123."):
+    for text in ("ref MRN 00123", "MRN-00123.", "MRN#00123", "MRN: 00123"):
         assert _hits(v, _output(StudyDescription=text)) == [("StudyDescription", "identifier")], (
             text
         )
-    for text in ("jtremblayx", "MRN 001234", "XMRN 00123", "JTREMBLAYS"):
-        assert _hits(v, _output(StudyDescription=text)) == [], text  # R3 still holds
-    # Two common words run together, or an initial and a common family name, make words:
-    # they block in a person name only (R4).
-    v = _verifier(_source(PatientName="Wood^Rose"), _source(OperatorsName="Long^Anna"))
-    assert _hits(v, _output(StudyDescription="rosewood, along the chest")) == []
+    for text in ("ethierjoseex", "MRN 001234", "XMRN 00123", "jethier"):
+        assert _hits(v, _output(StudyDescription=text)) == [], text  # R3; no initials
+    # Common words run together can make a word: they block in a person name only (R4);
+    # initials are never joined (S + PINE, F + LAIR, LOWE + R are words).
+    v = _verifier(
+        _source(PatientName="Wood^Rose"), _source(OperatorsName="Pine^S", PatientName="Lowe^R")
+    )
+    assert _hits(v, _output(StudyDescription="rosewood; L-SPINE, LOWER limb")) == []
     assert _hits(v, _output(OperatorsName="ROSEWOOD")) == [("OperatorsName", "name")]
-    assert _hits(v, _output(PerformingPhysicianName="Along")) == [
-        ("PerformingPhysicianName", "name")
-    ]
 
 
 def test_rule_french_words_that_are_surnames_block_only_in_person_names() -> None:

@@ -4,6 +4,11 @@ A header holds ``Tremblay^Josee`` and ``MRN00123``; the text typed beside it wri
 ``TremblayJosee``, ``jtremblay`` and ``MRN 00123``. De-identification removes those forms from
 free text, and the stream's verification searches them, so an object that still holds one
 (in an attribute the project retains) is stopped before the store.
+
+The forms are few on purpose: a fresh-user check of the first version found that an initial
+joined to a family name makes clinical words (a technologist ``Pine^Sarah`` made ``SPINE``, and
+``Lair^F...`` made ``FLAIR``, hits in every other study of the project); the last test keeps
+such words.
 """
 
 from __future__ import annotations
@@ -26,22 +31,29 @@ from tests.conftest import SITES
 
 from .deid_run_support import ct, deid_cli, project, run_folder, save
 
-RUN_TOGETHER = ("TremblayJosee", "jtremblay", "JOSEETREMBLAY", "MRN 00123", "MRN-00123")
+RUN_TOGETHER = ("TremblayJosee", "JoseeTremblay", "JOSEETREMBLAY", "MRN 00123", "MRN-00123")
 KEPT = ("thorax", "tech", "ref")
 
 
 @pytest.mark.parametrize(
     ("name", "forms"),
     [
-        ("Tremblay^Josee", ["TremblayJosee", "JoseeTremblay", "JTremblay", "TremblayJ"]),
+        ("Tremblay^Josee", ["TremblayJosee", "JoseeTremblay"]),
         ("Saint-Pierre^Marie Ève", ["SaintPierreMarieÈve", "MarieÈveSaintPierre",
-                                    "MSaintPierre", "SaintPierreM"]),
-        ("Li^Wei", ["LiWei", "WeiLi"]),  # a family name of 2 letters: no initial forms
+                                    "MarieSaintPierre", "SaintPierreMarie", "MarieÈve",
+                                    "SaintPierre"]),
+        ("ÉTHIER^JOSÉE", ["ÉTHIERJOSÉE", "ÉthierJosée", "JOSÉEÉTHIER", "JoséeÉthier"]),
+        ("Tremblay^Jose\u0301e", ["TremblayJosée", "JoséeTremblay"]),  # NFD: one form, NFC
+        ("Tremblay\u2013Roy, Jr^Josee (Jo)", ["TremblayRoyJosee", "JoseeTremblayRoy",
+                                                "TremblayRoy"]),
+        ("Gagnon, Luc", ["GagnonLuc", "LucGagnon"]),
+        ("Luc Gagnon", ["LucGagnon"]),
+        ("Li^Wei", ["LiWei", "WeiLi"]),
         ("Wu^Li", []),  # run together, 4 letters: shorter than a searched name
-        ("^Josee", []),  # one component
+        ("Hunt^S", []),  # no initials: S + HUNT, S + PINE, F + LAIR are words
+        ("^Josee", []),
         ("山田^太郎", []),  # searched without spaces already
-        ("Tremblay^Josee=トレンブレー^ジョゼ", ["TremblayJosee", "JoseeTremblay", "JTremblay",
-                                              "TremblayJ"]),
+        ("Tremblay^Josee=トレンブレー^ジョゼ", ["TremblayJosee", "JoseeTremblay"]),
     ],
 )  # fmt: skip
 def test_a_names_run_together_forms(name: str, forms: list[str]) -> None:
@@ -51,21 +63,22 @@ def test_a_names_run_together_forms(name: str, forms: list[str]) -> None:
 @pytest.mark.parametrize(
     ("value", "forms"),
     [
-        ("MRN00123", ["MRN 00123", "MRN-00123"]),
-        ("MRN 00123", ["MRN00123", "MRN-00123"]),
-        ("ACC#778899", ["ACC778899", "ACC 778899", "ACC-778899"]),
+        ("MRN00123", ["MRN 00123", "MRN-00123", "MRN_00123", "MRN#00123", "MRN:00123",
+                      "MRN: 00123"]),
+        ("ACC# 778899", ["ACC778899", "ACC 778899", "ACC-778899", "ACC_778899", "ACC#778899",
+                         "ACC:778899", "ACC: 778899"]),
         ("MRN0123", []),  # 4 digits: "MRN 0123" would be too common a number apart
         ("1234567", []),  # digits only: nothing to split
         ("AB12CD345", []),
     ],
-)
+)  # fmt: skip
 def test_an_identifiers_split_forms(value: str, forms: list[str]) -> None:
     assert split_identifier_forms(value) == forms
 
 
 def _inputs(src: Path) -> Path:
     save(ct(1, SeriesDescription="CT thorax TremblayJosee"), src / "1.dcm")
-    save(ct(2, ImageComments="tech jtremblay, ref MRN 00123 / MRN-00123"), src / "2.dcm")
+    save(ct(2, ImageComments="tech JoseeTremblay, ref MRN 00123 / MRN-00123"), src / "2.dcm")
     save(ct(3, ImageComments="JOSEETREMBLAY thorax"), src / "3.dcm")
     return src
 
@@ -112,18 +125,19 @@ def test_a_retained_description_holding_a_name_run_together_is_stopped_before_th
     create_project(keeps)
     src = tmp_path / "src"
     save(ct(1, SeriesDescription="CT thorax TremblayJosee"), src / "1.dcm")
-    save(ct(2, SeriesDescription="CT thorax jtremblay"), src / "2.dcm")
+    save(ct(2, SeriesDescription="CT thorax JOSEETREMBLAY"), src / "2.dcm")
     save(ct(3, SeriesDescription="CT thorax MRN 00123"), src / "3.dcm")
-    save(ct(4, SeriesDescription="CT thorax"), src / "4.dcm")
+    save(ct(4, SeriesDescription="CT thorax MRN#00123"), src / "4.dcm")
+    save(ct(5, SeriesDescription="CT thorax"), src / "5.dcm")
     plan = prepare_run(keeps.id, "r1", f"folder:{src}", f"file:{tmp_path / 'plan'}")
     root = tmp_path / "store"
     ctx = dataclasses.replace(plan.ctx, store_url=f"file:{root}")
     counts = process_batch(ctx, plan.studies)
     held = [r for r in list_quarantine(keeps.id, "r1") if r.reason == "verification-hit"]
     details = sorted(r.detail for r in held)
-    assert len(held) == 3, details
+    assert len(held) == 4, details
     assert sum(" holds a name" in d for d in details) == 2, details
-    assert sum(" holds an identifier" in d for d in details) == 1, details
+    assert sum(" holds an identifier" in d for d in details) == 2, details
     for detail in details:
         for form in ("Tremblay", "Josee", "00123"):
             assert form.lower() not in detail.lower(), detail
@@ -131,3 +145,36 @@ def test_a_retained_description_holding_a_name_run_together_is_stopped_before_th
     assert len(stored) == 1, (stored, counts.as_dict())
     data = LocalStore(root).get_bytes(stored[0])
     assert b"thorax" in data and b"remblay" not in data
+
+
+def test_words_an_initial_and_a_staff_name_would_make_are_kept_in_other_studies(
+    tmp_path: Path,
+) -> None:
+    project_id = project("forms-words", options=("clean-descriptors",))
+    src = tmp_path / "src"
+    # Study A names its technologists; study B (another patient) is an ordinary spine MR.
+    save(ct(1, OperatorsName="Pine^Sarah"), src / "a1.dcm")
+    save(ct(2, OperatorsName="Lair^Francois", ReferringPhysicianName="Hunt^S"), src / "a2.dcm")
+    other = "1.2.826.0.1.3680043.8.498.2"
+    descriptions = ("L-SPINE SAG", "AX T2 FLAIR", "VP SHUNT check", "SAG T2 SPACE")
+    for n, text in enumerate(descriptions, start=3):
+        save(
+            ct(
+                n,
+                PatientName="Lowe^Robert",
+                PatientID="MRN44556",
+                AccessionNumber="ACC445566",
+                StudyInstanceUID=other,
+                SeriesInstanceUID=f"{other}.2",
+                SOPInstanceUID=f"{other}.3.{n}",
+                FrameOfReferenceUID=f"{other}.4",
+                SeriesDescription=text,
+                OperatorsName="Earl^Yves",
+            ),
+            src / f"b{n}.dcm",
+        )
+    # Nothing held by the stream (run_folder fails on any quarantine), the words kept.
+    stored = run_folder(src, tmp_path, project_id)
+    kept = {n: str(dcmread(io.BytesIO(stored[n])).SeriesDescription) for n in range(3, 7)}
+    for n, text in enumerate(descriptions, start=3):
+        assert kept[n] == text, (kept[n], text)
