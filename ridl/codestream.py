@@ -268,13 +268,15 @@ def stripped_codestream(frame: bytes) -> bytes | None:
     but for what a decoder reads of the first JFIF (APP0, its thumbnail dropped), Adobe (APP14)
     and JPEG-LS colour transform (APP8 ``mrfx``) segments, kept at their fixed lengths (a shorter
     one as it is); stray bytes where a marker should be are dropped. JPEG 2000 (15444-1 A): the
-    main header's COM segments and segments no decoder reads (no length counts them; a
-    tile-part's are kept, its Psot and any TLM would change). Whatever follows the codestream's
-    end (EOI, EOC: a trailer, a second codestream) is dropped. A JP2 file (15444-1 I, excluded
-    by PS3.5 A.4.4) keeps its signature, file type and header boxes (colour, channel
-    definitions, palette) and its one codestream box, stripped; other boxes (XML, UUID, IPR)
-    are dropped. The samples decode as before; frames of other codecs and codestreams cut
-    short give None (verification still searches their text). Never raises.
+    COM segments and segments no decoder reads of the main header and of every tile-part
+    header (each tile-part's Psot made smaller to match; the main header's TLM, which an
+    encoder may write to index tile-parts, dropped then: it is optional, A.7.1); tile-parts
+    that do not follow one another exactly up to EOC are left as they are. Whatever follows
+    the codestream's end (EOI, EOC: a trailer, a second codestream) is dropped. A JP2 file
+    (15444-1 I, excluded by PS3.5 A.4.4) keeps its signature, file type and header boxes
+    (colour, channel definitions, palette) and its one codestream box, stripped; other boxes
+    (XML, UUID, IPR) are dropped. The samples decode as before; frames of other codecs and
+    codestreams cut short give None (verification still searches their text). Never raises.
     """
     if frame.startswith(_JP2):
         return _jp2_stripped(frame)
@@ -338,21 +340,67 @@ def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
 
 
 def _j2k_stripped(data: bytes, end: int) -> bytes | None:
-    """The JPEG 2000 codestream ``data[:end]`` without its main header's text segments."""
+    """The JPEG 2000 codestream ``data[:end]`` without its text segments (main header and
+    tile-part headers), or None when its main header is not whole."""
     kept = [data[:2]]
+    tlm: list[int] = []  # where the main header's TLM segments are in ``kept``
     p = 2
     while p + 4 <= end and data[p] == 0xFF:
         marker = data[p + 1]
-        if marker == 0x90:  # the first SOT: the rest as it is, to the codestream's end
-            kept.append(data[p:end])
+        if marker == 0x90:  # the first SOT: the tile-parts follow
+            tail, shrunk = _j2k_tile_parts(data, p, end)
+            if shrunk:  # TLM (A.7.1) gives tile-part lengths; optional, so dropped
+                kept = [segment for n, segment in enumerate(kept) if n not in tlm]
+            kept.extend(tail)
             return b"".join(kept)
         length = int.from_bytes(data[p + 2 : p + 4], "big")
         if length < 2:
             return None
         if marker in _J2K_MARKERS:  # COM (64) and segments no decoder reads are dropped
+            if marker == 0x55:
+                tlm.append(len(kept))
             kept.append(data[p : p + 2 + length])
         p += 2 + length
     return None  # a main header that is not whole
+
+
+def _j2k_tile_parts(data: bytes, at: int, end: int) -> tuple[list[bytes], bool]:
+    """The tile-parts from ``at`` (the first SOT) to EOC at ``end`` without the COM and unknown
+    segments of their headers, each Psot (A.4.2: its length from SOT, 0 for a last tile-part
+    running to EOC) made smaller by what went; and whether any went. Tile-parts that do not
+    follow one another exactly up to EOC are kept as they are (their text is still searched)."""
+    out: list[bytes] = []
+    shrunk = False
+    p = at
+    while p + 12 <= end and data[p : p + 4] == b"\xff\x90\x00\x0a":
+        psot = int.from_bytes(data[p + 6 : p + 10], "big")
+        tile_end = p + psot if psot else end - 2
+        if tile_end > end - 2 or (psot and psot < 14):
+            break
+        header: list[bytes] = []
+        dropped = 0
+        q = p + 12
+        while q + 2 <= tile_end and data[q] == 0xFF and data[q + 1] != 0x93:  # up to SOD
+            length = int.from_bytes(data[q + 2 : q + 4], "big")
+            if length < 2 or q + 2 + length > tile_end:
+                return [data[at:end]], False
+            if data[q + 1] in _J2K_MARKERS and data[q + 1] != 0x90:
+                header.append(data[q : q + 2 + length])
+            else:
+                dropped += 2 + length
+            q += 2 + length
+        if q + 2 > tile_end or data[q : q + 2] != b"\xff\x93":
+            return [data[at:end]], False
+        sot = data[p : p + 12]
+        if dropped and psot:
+            sot = sot[:6] + (psot - dropped).to_bytes(4, "big") + sot[10:]
+        shrunk = shrunk or dropped > 0
+        out += [sot, *header, data[q:tile_end]]
+        p = tile_end
+    if p != end - 2 or data[p:end] != b"\xff\xd9":
+        return [data[at:end]], False
+    out.append(data[p:end])
+    return out, shrunk
 
 
 # JP2 boxes a decoder reads (15444-1 I.5): signature, file type, header (image header, colour,
