@@ -464,6 +464,53 @@ def _close_children() -> None:
         _idle.clear()
 
 
+_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+
+
+def _decode_jpeg_12bit(src: bytes, runner: Any) -> bytes:
+    """One JPEG Extended (Process 4) frame of 12-bit samples decoded by GDCM, in the child.
+
+    pydicom's GDCM plug-in refuses 12-bit JPEG Extended and Pillow reads 8 bits, so these frames
+    (older CT and CR archives hold many) had no decoder and their objects were quarantined when
+    curation had to read them. GDCM decodes them (its 8-bit libjpeg rejects the precision, a
+    line on the child's stderr, which is dropped, and its 12-bit one reads the frame); the
+    result is checked against dcmtk's IJG 12-bit decoder (``dcmdjpeg``) and pydicom's reference
+    arrays in ``tests/test_decoding.py``. Returns the frame's samples, 16 bits each (PS3.5
+    8.2.1: Bits Allocated 16, Bits Stored 12), as pydicom's plug-ins return them.
+
+    Raises:
+        NotImplementedError: Bits Allocated is not 16.
+        RuntimeError: GDCM gave no samples of the expected size.
+    """
+    import gdcm
+
+    if runner.bits_allocated != 16:
+        raise NotImplementedError("12-bit JPEG Extended needs Bits Allocated 16")
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(src)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((runner.columns, runner.rows, 1))
+    image.SetDataElement(element)
+    kind = gdcm.PhotometricInterpretation.GetPIType(str(runner.photometric_interpretation))
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(kind))
+    if runner.samples_per_pixel > 1:
+        image.SetPlanarConfiguration(runner.planar_configuration)
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(_JPEG_EXTENDED)))
+    image.SetPixelFormat(
+        gdcm.PixelFormat(runner.samples_per_pixel, 16, 12, 11, runner.pixel_representation)
+    )
+    frame = image.GetBuffer().encode("utf-8", "surrogateescape")
+    expected = runner.rows * runner.columns * runner.samples_per_pixel * 2
+    if len(frame) != expected:
+        raise RuntimeError(f"GDCM gave {len(frame)} bytes for a frame of {expected}")
+    return bytes(frame)
+
+
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The child's loop: decode each request until the parent closes the pipe."""
     from pydicom.pixels.decoders import gdcm as gdcm_plugin
@@ -475,7 +522,10 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         runner = DecodeRunner(UID(tsyntax))
         runner.set_options(**options)
         try:
-            frame = gdcm_plugin._decode_frame(src, runner)
+            if tsyntax == _JPEG_EXTENDED and runner.bits_stored == 12:
+                frame = _decode_jpeg_12bit(src, runner)
+            else:
+                frame = gdcm_plugin._decode_frame(src, runner)
             changed = {k: v for k, v in runner.options.items() if options.get(k) != v}
             reply: Any = ("ok", frame, changed)
         except Exception as exc:  # reported to the parent, which raises it there

@@ -130,6 +130,47 @@ def test_deid_quarantines_the_frame_that_ends_gdcm_and_exports_the_rest(
     assert held.detail == "RuntimeError; GDCM decoder process ended (signal 6)", held.detail
 
 
+def test_12_bit_jpeg_extended_decodes_as_dcmtk_decodes_it_and_its_radiograph_is_exported(
+    synth_dir: SynthReport,
+    tmp_path: Path,
+    ridl_home: Path,
+) -> None:
+    """Older CT and CR archives hold JPEG Extended (Process 4) frames of 12-bit samples, which no
+    plug-in decoded here (pydicom's GDCM plug-in refuses them, Pillow reads 8 bits): a
+    radiograph of that syntax, screened like every radiograph, was quarantined as
+    ``pixel-decode-failed``. GDCM decodes them in its child, sample for sample as dcmtk's IJG
+    12-bit decoder does."""
+    import curation.pixels  # noqa: F401  (ridl's decoders)
+
+    dcmcjpeg, dcmdjpeg = require_program("dcmcjpeg"), require_program("dcmdjpeg")
+    source = next(p for p in synth_dir.files if p.name == "cr_001.dcm")
+    ds = dcmread(source)
+    assert (ds.BitsAllocated, ds.BitsStored) == (16, 12)
+    ds.StudyDate, ds.IssuerOfPatientID = "20200115", SITES[0]
+    src = tmp_path / "src"
+    src.mkdir()
+    native = tmp_path / "native.dcm"
+    ds.save_as(native, enforce_file_format=True)
+    lossy = src / "cr_12bit.dcm"
+    subprocess.run([dcmcjpeg, "+ee", str(native), str(lossy)], check=True, capture_output=True)
+    reference = tmp_path / "reference.dcm"
+    subprocess.run([dcmdjpeg, str(lossy), str(reference)], check=True, capture_output=True)
+    assert str(dcmread(lossy).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.51"
+    assert np.array_equal(dcmread(lossy).pixel_array, dcmread(reference).pixel_array)
+    jpg_extended = get_testdata_file("JPGExtended.dcm")  # pydicom's, 12 bits in 16
+    assert jpg_extended is not None
+    theirs = tmp_path / "theirs.dcm"
+    subprocess.run([dcmdjpeg, jpg_extended, str(theirs)], check=True, capture_output=True)
+    assert np.array_equal(dcmread(jpg_extended).pixel_array, dcmread(theirs).pixel_array)
+
+    make_project("decode-12", modalities=("CR",))
+    result = CliRunner().invoke(app, ["deid", str(src), str(tmp_path / "out"), "--project",
+                                      "decode-12"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["exported"] == 1 and summary["quarantined"] == {}, summary
+
+
 def _j2k_and_rle() -> dict[str, Dataset]:
     """pydicom's CT_small (invented values) compressed as JPEG 2000 Lossless and RLE Lossless."""
     out = {}
