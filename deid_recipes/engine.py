@@ -68,7 +68,7 @@ from ridl.errors import ObjectRejected
 from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
 from ridl.reasons import Reason
-from ridl.written_forms import joined_name_forms
+from ridl.written_forms import joined_name_forms, unaccented
 
 # Every value representation of PS3.5 6.2 (and pydicom's ambiguous "US or SS"-style forms).
 VALID_VRS = frozenset(v.value for v in ValueRepresentation)
@@ -787,8 +787,10 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
     Returns:
         Lower-cased tokens of two characters or more, split on anything but letters and digits;
         with them, each person name's words run together
-        (:func:`ridl.written_forms.joined_name_forms`). An identifier written apart
-        (``MRN 00123``) needs none: :func:`clean_text` removes every token of 4 digits or more.
+        (:func:`ridl.written_forms.joined_name_forms`), and a person name's tokens and forms
+        without accents (``josee`` for ``Josée``, as verification searches them, R7). An
+        identifier written apart (``MRN 00123``) needs none: :func:`clean_text` removes every
+        token of 4 digits or more.
 
     Raises:
         DeidError: ``deid-unparseable-element`` when one of those values cannot be read.
@@ -802,8 +804,11 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
             for part in _TOKEN_SPLIT.split(text)[::2]:
                 if len(part) >= 2:
                     tokens.add(part.lower())
-            if vr == "PN":  # written run together: "TremblayJosee", "SaintPierre"
-                tokens.update(form.lower() for form, _ in joined_name_forms(text))
+            if vr == "PN":  # run together ("TremblayJosee", "OConnor"), typed without accents
+                words = {part.lower() for part in _TOKEN_SPLIT.split(text)[::2] if len(part) >= 2}
+                words.update(form.lower() for form, _ in joined_name_forms(text))
+                tokens.update(words)
+                tokens.update(unaccented(word) for word in words if not word.isascii())
 
     def walk(level: Dataset, depth: int, institution: bool) -> None:
         if depth > MAX_DEPTH:

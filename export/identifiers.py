@@ -60,14 +60,15 @@ R14 a term found in an attribute ridl's de-identification writes in place of the
     Temporal Information Modified: PS3.15 E.1.1; the File Meta's Implementation Class UID and
     Version Name: PS3.10 7.1) is not a hit: a patient named "Basic" or "Clean" does not match
     the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``);
-R15 a person name is also searched with its words run together, as typed text and login
-    names write it (family and given names joined either way round, the first given name with
-    the family name, a component of several words alone: ``TREMBLAYJOSEE``, ``MarieRoy``,
-    ``SaintPierre``; words of 2 letters or more, forms of 5 or more; no initials: ``S`` +
-    ``PINE`` is a word; common words run together block in PN only, R4), and an identifier
-    made of a letter prefix and 5 digits or more with its prefix joined or set apart
-    (``MRN 00123``, ``MRN-00123``, ``MRN#00123``… for ``MRN00123``): ``ridl.written_forms``,
-    whose name forms de-identification removes from free text too.
+R15 a person name is also searched with its words run together, as typed text writes it
+    (family and given names joined either way round, the first given name with the family
+    name, a component of several words alone, a name without its apostrophe:
+    ``TREMBLAYJOSEE``, ``MarieRoy``, ``SaintPierre``, ``OConnor``; words of 3 letters or
+    particles, forms of 5 or more, no initials, no word of PS3.16's concept meanings:
+    ``S`` + ``PINE`` and ``Or^Don`` make words; common words run together block in PN only,
+    R4), and an identifier made of a letter prefix and 5 digits or more with its prefix joined
+    or set apart (``MRN 00123``, ``MRN-00123``, ``MRN#00123``… for ``MRN00123``):
+    ``ridl.written_forms``, whose name forms de-identification removes from free text too.
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or

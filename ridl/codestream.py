@@ -360,8 +360,24 @@ def _j2k_stripped(data: bytes, end: int) -> bytes | None:
             if marker == 0x55:
                 tlm.append(len(kept))
             kept.append(data[p : p + 2 + length])
+        elif marker != 0x64 and _hides_marker(data[p + 4 : p + 2 + length]):
+            return None
         p += 2 + length
     return None  # a main header that is not whole
+
+
+def _hides_marker(payload: bytes) -> bool:
+    """Whether the payload of an unknown JPEG 2000 segment holds a marker a decoder reads.
+    OpenJPEG does not skip such a segment by its length: it looks for the next marker it
+    knows, inside the payload too, so a COD hidden there is read (a fresh-user check of the
+    tenth pass: the same frame decoded otherwise once the segment was dropped). Such a frame is
+    left as it is (its text is still searched)."""
+    at = payload.find(b"\xff")
+    while at >= 0 and at + 1 < len(payload):
+        if payload[at + 1] in _J2K_MARKERS or payload[at + 1] in (0x64, 0x93, 0xD9):
+            return True
+        at = payload.find(b"\xff", at + 1)
+    return False
 
 
 def _j2k_tile_parts(data: bytes, at: int, end: int) -> tuple[list[bytes], bool]:
@@ -386,6 +402,8 @@ def _j2k_tile_parts(data: bytes, at: int, end: int) -> tuple[list[bytes], bool]:
                 return [data[at:end]], False
             if data[q + 1] in _J2K_MARKERS and data[q + 1] != 0x90:
                 header.append(data[q : q + 2 + length])
+            elif data[q + 1] != 0x64 and _hides_marker(data[q + 4 : q + 2 + length]):
+                return [data[at:end]], False
             else:
                 dropped += 2 + length
             q += 2 + length

@@ -3,26 +3,32 @@
 A header holds a person name as components (``TREMBLAY^JOSEE``, PS3.5 6.2.1) and a patient ID
 as one string (``MRN00123``), but the free text typed beside it (a series description, an
 image comment, text burned into the pixels) writes them the way people do: ``TremblayJosee``,
-``SaintPierre``, ``MRN 00123``. Matched as whole words, the components alone miss those
-forms. Two engines need the same forms and neither may import the other (floors:
+``SaintPierre``, ``OConnor``, ``MRN 00123``. Matched as whole words, the components alone miss
+those forms. Two engines need the same forms and neither may import the other (floors:
 ``deid_recipes`` and ``export`` are siblings): de-identification removes the name forms from
-free text (``deid_recipes.engine.identifying_tokens``; an identifier's digits set apart go as
-any token of 4 digits or more) and the stream's verification searches all of them
-(``export.identifiers.name_terms`` and ``identifier_terms``), so they live on the ground floor.
+free text, with and without accents (``deid_recipes.engine.identifying_tokens``; an
+identifier's digits set apart go as any token of 4 digits or more) and the stream's
+verification searches all of them (``export.identifiers.name_terms`` and
+``identifier_terms``), so they live on the ground floor.
 
 Rules (ridl's own, rule R15 of ``export.identifiers``):
 
-* a name's words are its letter runs (NFC; a hyphen, dash, apostrophe, dot or invisible
-  character splits them; a note in brackets and what follows a comma in a component, such as
-  ``(Jo)`` or ``, Jr``, are not words); a group without ``^`` is read as ``Family, Given`` or,
-  without a comma, as one component;
+* a name's words are its letter runs (NFC; a hyphen, dash, dot or invisible character splits
+  them, an apostrophe does not: ``O'Connor`` is ``OConnor``; a note in brackets and what
+  follows a comma in a component, such as ``(Jo)`` or ``, Jr``, are not words); a group without
+  ``^`` is read as ``Family, Given`` or, without a comma, as one component;
 * the family and given names are written joined either way round (``TremblayJosee``,
   ``JoseeTremblay``); a given name of several words also gives its first word with the family
   name (``MarieRoy``, ``RoyMarie``) and its words joined (``MarieEve``); a family name of
-  several words gives its words joined (``SaintPierre``);
-* every word joined has 2 letters or more and every form 5 or more; initials are not joined: an
-  initial and a family name make English words too often (``S`` + ``PINE``, ``F`` + ``LAIR``,
-  ``LOWE`` + ``R``), and a staff name's forms are searched in every study of the project;
+  several words gives its words joined (``SaintPierre``, ``LeBlanc``) and, when its first word
+  is a name of its own (4 letters or more, no particle, no saint), that word with the given
+  name (``AnneTremblay`` for ``Tremblay-Gagnon^Anne``); a family or given name written with an
+  apostrophe is also searched without it (``OConnor``);
+* every word joined has 3 letters or more or is a particle (:data:`PARTICLES`: ``de``, ``la``,
+  ``van``…), every form has 5 letters or more, and no form is a word of clinical vocabulary
+  (:func:`clinical_words`, PS3.16's concept meanings): ``Or^Don`` would make ``DONOR``,
+  ``De Lay`` ``DELAY``, ``Ten^Don`` ``TENDON``; initials are never joined (``S`` + ``PINE``,
+  ``F`` + ``LAIR``): a staff name's forms are searched in every study of the project;
 * a form with letters outside ASCII is also written with each word capitalized
   (``JoséeÉthier`` for ``ÉTHIER^JOSÉE``): verification ignores case only for ASCII letters
   otherwise;
@@ -37,12 +43,25 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
 
 MIN_JOINED = 5
-MIN_WORD = 2
+MIN_WORD = 3
 MIN_ID_DIGITS = 5
+# Short words that begin family names ("De La Cruz", "Le Blanc", "Van Der Berg", "Mc Neil"):
+# joined like longer words. Any other word of fewer than 3 letters is never joined.
+# fmt: off
+PARTICLES = frozenset({
+    "da", "de", "di", "do", "du", "el", "la", "le", "lo", "al", "ben", "bin", "dal", "del",
+    "dei", "della", "den", "der", "des", "dos", "mc", "mac", "san", "st", "ste", "ter", "van",
+    "von", "zu",
+})
+# fmt: on
+# Concept meanings whose words are clinical vocabulary: PS3.16's schemes as pydicom ships them.
+VOCABULARY_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
 
-_WORDS = re.compile(r"[^\W\d_]+")  # runs of letters: hyphens, dashes, dots, quotes split them
+_APOSTROPHES = re.compile("['\u2019\u02bc`\u00b4]")  # "O'Connor" is one word, "OConnor"
+_WORDS = re.compile(r"[^\W\d_]+")  # runs of letters: hyphens, dashes, dots split them
 _ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # a nickname or note: "Josee (Jo)"
 _CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -50,9 +69,46 @@ _PREFIXED_ID = re.compile(rf"([^\W\d_]+)(?:: |# |[ \-_/.#:])?(\d{{{MIN_ID_DIGITS
 ID_SEPARATORS = ("", " ", "-", "_", "#", ":", ": ")
 
 
+def unaccented(text: str) -> str:
+    """``text`` without its combining marks (Unicode NFKD, marks dropped, NFC again):
+    ``Josée`` gives ``Josee``, as people type a name on a keyboard without accents."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", kept)
+
+
+@cache
+def clinical_words() -> frozenset[str]:
+    """The words (letter runs, lower-cased, without accents) of every concept meaning of
+    :data:`VOCABULARY_SCHEMES` in pydicom's PS3.16 tables: about 8,800 words such as ``renal``,
+    ``donor``, ``lamina``, ``delay``, ``tendon``. Read once a process (about 0.3 s); empty
+    when pydicom has no tables."""
+    words: set[str] = set()
+    try:
+        from pydicom.sr.codedict import Collection
+
+        for scheme in VOCABULARY_SCHEMES:
+            for code in Collection(scheme).concepts.values():
+                words.update(_WORDS.findall(unaccented(str(code.meaning)).lower()))
+    except Exception:  # no tables: no word is known, every joined form is kept
+        return frozenset()
+    return frozenset(words)
+
+
 def _words(component: str) -> list[str]:
-    """The letter runs of a name component, before a comma (a suffix: "Tremblay, Jr")."""
-    return _WORDS.findall(component.partition(",")[0])
+    """The words of a name component: its letter runs, apostrophes inside a word dropped,
+    before a comma (a suffix: "Tremblay, Jr")."""
+    return _WORDS.findall(_APOSTROPHES.sub("", component.partition(",")[0]))
+
+
+def _joinable(word: str) -> bool:
+    return len(word) >= MIN_WORD or word.lower() in PARTICLES
+
+
+def _barrel(word: str) -> bool:
+    """Whether ``word``, first of a family name of several, is a name of its own ("Tremblay" of
+    "Tremblay-Gagnon"), not a particle or a saint ("De La Cruz", "Saint-Pierre")."""
+    return len(word) >= 4 and word.lower() not in PARTICLES | {"saint", "sainte"}
 
 
 def _capitalized(word: str) -> str:
@@ -64,19 +120,24 @@ def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
 
     ``value`` is a PN value (component groups split by ``=``, components by ``^``; PS3.5
     6.2.1); a group with no ``^`` is read as ``Family, Given`` or as words (``Luc Gagnon``).
-    Returns ``(form, words)`` pairs, each form once: the form in the value's own case (and, for
-    letters outside ASCII, also with each word capitalized: ``JoséeÉthier``), and the name
-    words it joins (for rule R4: common words). [] for a name written in Han, kana or Hangul,
-    or with nothing to join.
+    Returns ``(form, parts)`` pairs, each form once: the form in the value's own case (and, for
+    letters outside ASCII, also with each word capitalized: ``JoséeÉthier``), and the parts it
+    joins (for rule R4: common words). [] for a name written in Han, kana or Hangul, or with
+    nothing to join.
     """
     forms: list[tuple[str, tuple[str, ...]]] = []
 
-    def put(*parts: list[str]) -> None:
-        """Add the parts (each a list of words) joined, when each has 2 letters or more."""
+    def put(*parts: list[str], alone: bool = False) -> None:
+        """Add the parts (each a list of words) joined: two parts or more (one ``alone``),
+        every word joinable, 5 letters or more, and no clinical word."""
         joined = ["".join(part) for part in parts]
         plain = "".join(joined)
-        if len(parts) < 2 or len(plain) < MIN_JOINED or any(len(j) < MIN_WORD for j in joined):
+        if len(parts) < (1 if alone else 2) or len(plain) < MIN_JOINED:
             return
+        if not all(_joinable(word) for part in parts for word in part):
+            return
+        if unaccented(plain).lower() in clinical_words():
+            return  # "De Lay" is "DELAY", "La Mina" "LAMINA": words of every report
         camel = "".join(_capitalized(word) for part in parts for word in part)
         for form in (plain, camel):
             if all(form != f for f, _ in forms) and (form == plain or not form.isascii()):
@@ -94,11 +155,17 @@ def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
         if family and given:  # "TremblayJosee", "JoseeTremblay"
             put(family, given)
             put(given, family)
-        if len(given) > 1:  # "Roy^Marie Eve": "MarieRoy", "RoyMarie", "MarieEve"
+        if given and len(family) > 1 and _barrel(family[0]):  # "Tremblay-Gagnon^Anne":
+            put(family[:1], given)  # "TremblayAnne", "AnneTremblay"
+            put(given, family[:1])
+        if family and len(given) > 1:  # "Roy^Marie Eve": "MarieRoy", "RoyMarie"
             put(given[:1], family)
             put(family, given[:1])
-            put(*([word] for word in given))
-        put(*([word] for word in family))  # "SaintPierre"; one component "Luc Gagnon"
+        for words, component in ((family, parts[0]), (given, parts[1] if given else "")):
+            if len(words) > 1:  # "SaintPierre", "MarieEve"; one component "Luc Gagnon"
+                put(*([word] for word in words))
+            elif words and _APOSTROPHES.search(component):  # "O'Connor": "OConnor"
+                put(words, alone=True)
     return forms
 
 

@@ -334,3 +334,28 @@ def test_stripping_drops_text_from_every_tile_part_header_and_keeps_the_samples(
     broken = noted[: last + 6] + (10**6).to_bytes(4, "big") + noted[last + 10 :]
     kept = stripped_codestream(broken)
     assert kept is not None and kept.count(NOTE) == 4
+
+
+def test_a_segment_no_decoder_reads_that_hides_a_marker_is_left_as_it_is() -> None:
+    """From a fresh-user check of the tenth pass: OpenJPEG does not skip an unknown segment by
+    its length but looks for the next marker it knows, inside it too, so a COD hidden there is
+    read; dropping the segment made the frame decode otherwise. Such a frame (main header) or
+    such tile-parts are left as they are; their text is still searched."""
+    from ridl.codestream import stripped_codestream
+
+    frame = _j2k_frame(_ct())
+    after_siz = 4 + int.from_bytes(frame[4:6], "big")
+    cod_at = frame.index(b"\xff\x52")
+    cod = frame[cod_at : cod_at + 2 + int.from_bytes(frame[cod_at + 2 : cod_at + 4], "big")]
+    hiding = _segment(0x70, NOTE + cod)
+    main = frame[:after_siz] + hiding + frame[after_siz:]
+    assert stripped_codestream(main) is None
+    assert NOTE in b"".join(codestream_texts(encapsulate([main])))
+    harmless = frame[:after_siz] + _segment(0x70, NOTE + b"\xff\x00") + frame[after_siz:]
+    assert stripped_codestream(harmless) == stripped_codestream(frame), "dropped: no marker"
+    sot = frame.index(b"\xff\x90\x00\x0a")
+    psot = int.from_bytes(frame[sot + 6 : sot + 10], "big")
+    grown = frame[: sot + 6] + (psot + len(hiding)).to_bytes(4, "big") + frame[sot + 10 :]
+    tiled = grown[: sot + 12] + hiding + grown[sot + 12 :]
+    kept = stripped_codestream(tiled)
+    assert kept is not None and kept.endswith(tiled[sot:].rstrip(b"\0")), "the tile-part kept"
