@@ -76,6 +76,7 @@ from ridl.sources.base import StudySource, open_source
 from ridl.sources.hn import subject_from_headers
 from ridl.sources.protect import ArchiveLimits
 from ridl.studies import StudyRef
+from ridl.written_forms import clinical_words
 
 # What the run itself reads from every header (IOCM, scope, object keys).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality")
@@ -240,6 +241,7 @@ class Worker:
         self.known = KnownTerms(ctx.project, ctx.cross_terms)
         # Header elements met in earlier studies are not parsed again for the dictionary.
         self.memo = ElementMemo()
+        clinical_words()  # read once a process (~0.3 s): R15 keeps clinical words out of names
         # {study key: store keys its earlier part listed}, for studies verified again
         self.redone: dict[str, set[str]] = {}
         self._cross: CrossStudyDictionary | None = None
