@@ -65,7 +65,7 @@ from deid_recipes.recipe import Action, Recipe
 from ridl import __version__
 from ridl.codestream import strip_pixel_data_text
 from ridl.errors import ObjectRejected
-from ridl.identity import PERSON_NAME, TEXT_VALUE, content_item_names
+from ridl.identity import PERSON_NAME, STANDARD_SCHEMES, TEXT_VALUE, content_item_names
 from ridl.pseudonyms import Pseudonymizer
 from ridl.reasons import Reason
 from ridl.written_forms import joined_name_forms, unaccented
@@ -684,8 +684,6 @@ def _emptied(before: object, after: object) -> bool:
 
 
 _SEMANTIC_TAG = re.compile(r"\s+\([^()]*\)$")
-# Coding schemes whose concepts pydicom ships (PS3.16 Annex D and the resources it draws on).
-STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
 
 
 @cache
@@ -801,14 +799,11 @@ def identifying_tokens(ds: Dataset) -> frozenset[str]:
         values = value if isinstance(value, MultiValue | list) else [value]
         for v in values:
             text = str(v)
-            for part in _TOKEN_SPLIT.split(text)[::2]:
-                if len(part) >= 2:
-                    tokens.add(part.lower())
+            words = {part.lower() for part in _TOKEN_SPLIT.split(text)[::2] if len(part) >= 2}
             if vr == "PN":  # run together ("TremblayJosee", "OConnor"), typed without accents
-                words = {part.lower() for part in _TOKEN_SPLIT.split(text)[::2] if len(part) >= 2}
                 words.update(form.lower() for form, _ in joined_name_forms(text))
-                tokens.update(words)
-                tokens.update(unaccented(word) for word in words if not word.isascii())
+                words.update([unaccented(word) for word in words if not word.isascii()])
+            tokens.update(words)
 
     def walk(level: Dataset, depth: int, institution: bool) -> None:
         if depth > MAX_DEPTH:

@@ -27,6 +27,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+# Coding schemes whose concepts pydicom ships (PS3.16 Annex D and the resources it draws on):
+# standard vocabulary, for de-identification's Code Meanings and R15's clinical words.
+STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
 CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
 CODE_VALUE = 0x00080100
 CODING_SCHEME_DESIGNATOR = 0x00080102

@@ -45,6 +45,8 @@ import re
 import unicodedata
 from functools import cache
 
+from ridl.identity import STANDARD_SCHEMES
+
 MIN_JOINED = 5
 MIN_WORD = 3
 MIN_ID_DIGITS = 5
@@ -57,8 +59,6 @@ PARTICLES = frozenset({
     "von", "zu",
 })
 # fmt: on
-# Concept meanings whose words are clinical vocabulary: PS3.16's schemes as pydicom ships them.
-VOCABULARY_SCHEMES = ("DCM", "SCT", "LN", "UCUM", "RADLEX", "NCIt", "FMA", "MDC", "UMLS", "IBSI")
 
 _APOSTROPHES = re.compile("['\u2019\u02bc`\u00b4]")  # "O'Connor" is one word, "OConnor"
 _WORDS = re.compile(r"[^\W\d_]+")  # runs of letters: hyphens, dashes, dots split them
@@ -80,14 +80,14 @@ def unaccented(text: str) -> str:
 @cache
 def clinical_words() -> frozenset[str]:
     """The words (letter runs, lower-cased, without accents) of every concept meaning of
-    :data:`VOCABULARY_SCHEMES` in pydicom's PS3.16 tables: about 8,800 words such as ``renal``,
-    ``donor``, ``lamina``, ``delay``, ``tendon``. Read once a process (about 0.3 s); empty
-    when pydicom has no tables."""
+    :data:`ridl.identity.STANDARD_SCHEMES` in pydicom's PS3.16 tables: about 8,800 words such
+    as ``renal``, ``donor``, ``lamina``, ``delay``, ``tendon``. Read once a process (about
+    0.3 s); empty when pydicom has no tables."""
     words: set[str] = set()
     try:
         from pydicom.sr.codedict import Collection
 
-        for scheme in VOCABULARY_SCHEMES:
+        for scheme in STANDARD_SCHEMES:
             for code in Collection(scheme).concepts.values():
                 words.update(_WORDS.findall(unaccented(str(code.meaning)).lower()))
     except Exception:  # no tables: no word is known, every joined form is kept
