@@ -60,7 +60,8 @@ R14 a term found in an attribute ridl's de-identification writes in place of the
     Temporal Information Modified: PS3.15 E.1.1; the File Meta's Implementation Class UID and
     Version Name: PS3.10 7.1) is not a hit: a patient named "Basic" or "Clean" does not match
     the code meaning of the profile ridl applied (``export.phi_scan.RIDL_WRITTEN``);
-R15 a person name is also searched with its words run together, as typed text writes it
+R15 each word of a hyphenated name component is a term too (``Gagnon`` for ``Tremblay-Gagnon``);
+    a person name is also searched with its words run together, as typed text writes it
     (family and given names joined either way round, the first given name with the family
     name, a component of several words alone, a name without its apostrophe:
     ``TREMBLAYJOSEE``, ``MarieRoy``, ``SaintPierre``, ``OConnor``; words of 3 letters or
@@ -396,6 +397,9 @@ def _long_enough(value: str, minimum: int = MIN_TERM) -> bool:
     return len(value) >= minimum
 
 
+_NAME_WORD_SPLIT = re.compile("[ \\-\u2010-\u2015]")  # a space, a hyphen or a dash
+
+
 def name_terms(value: str) -> Iterator[tuple[str, bool]]:
     """(term, name_only) for a person name: the whole value and every component (R1, R4).
 
@@ -418,7 +422,9 @@ def name_terms(value: str) -> Iterator[tuple[str, bool]]:
             yield "".join(components), False
             yield " ".join(components), False
         for component in components:
-            for part in {component, *component.split(" ")}:
+            # Each word of a component is a term too, a hyphen splitting words as a space does:
+            # "Mme Gagnon" names Tremblay-Gagnon (de-identification's tokens split alike).
+            for part in {component, *_NAME_WORD_SPLIT.split(component)}:
                 part = part.strip(" ,.")
                 if _DIGITS.match(part):
                     continue

@@ -748,6 +748,11 @@ def test_rule_names_run_together_and_identifiers_written_apart_are_found() -> No
     )
     assert _hits(v, _output(StudyDescription="rosewood; L-SPINE, LOWER limb")) == []
     assert _hits(v, _output(OperatorsName="ROSEWOOD")) == [("OperatorsName", "name")]
+    # Each word of a hyphenated name is a term, as a space-separated one is; a common word
+    # among them blocks in a person name only (R4).
+    v = _verifier(_source(PatientName="Tremblay-Gagnon^Anne", ReferringPhysicianName="Saint-Roy"))
+    assert _hits(v, _output(StudyDescription="Mme Gagnon, suivi")) == [("StudyDescription", "name")]
+    assert _hits(v, _output(StudyDescription="CH Saint-Laurent")) == []
 
 
 def test_rule_french_words_that_are_surnames_block_only_in_person_names() -> None:
