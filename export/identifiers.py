@@ -105,7 +105,12 @@ from pydicom.tag import BaseTag, Tag
 
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
-from ridl.written_forms import joined_name_forms, split_identifier_forms
+from ridl.written_forms import (
+    capitalized,
+    joined_name_forms,
+    split_identifier_forms,
+    unaccented,
+)
 
 RULES_VERSION = "ridl-identifiers/13"
 # 13: names run together, identifiers split (R15); 12: JPEG RES and JPG segments are text;
@@ -1556,13 +1561,13 @@ def _case_forms(value: str) -> tuple[str, ...]:
     6.1.2.2 leaves normalization to the writer), each once.
     The automaton's keys are lowered for ASCII only (byte by byte, whatever the encoding), so
     each form whose other letters differ is a key of its own."""
-    candidates = [value, value.lower(), value.upper(), _capitalized(value)]
+    candidates = [value, value.lower(), value.upper(), capitalized(value)]
     if any(c in value for c in "İıIi"):
         # Turkish pairs dotted and dotless i (İ/i, I/ı): ÖZTÜRK^İLKER is "ilker", IŞIK "ışık".
         lower = value.replace("İ", "i").replace("I", "ı").lower()
         upper = value.replace("i", "İ").replace("ı", "I").upper()
-        candidates += [lower, upper, _capitalized(lower, upper_i="İ")]
-    candidates += [_without_accents(form) for form in candidates]
+        candidates += [lower, upper, capitalized(lower, upper_i="İ")]
+    candidates += [unaccented(form) for form in candidates]
     # Accents written apart (NFD, as some systems store text: "e" then U+0301).
     candidates += [unicodedata.normalize("NFD", form) for form in candidates]
     forms: list[str] = []
@@ -1570,30 +1575,6 @@ def _case_forms(value: str) -> tuple[str, ...]:
         if form not in forms:
             forms.append(form)
     return tuple(forms)
-
-
-_ACCENTS = re.compile("[\u0300-\u036f]")  # Combining Diacritical Marks (not kana's voicing)
-
-
-def _without_accents(value: str) -> str:
-    """``value`` with the accents of Latin, Greek and Cyrillic letters dropped (``Gélinas``:
-    ``Gelinas``; ``Пётр``: ``Петр``; ``Ελένη``: ``Ελενη``), as records and capitals often
-    write names; other scripts unchanged."""
-    return unicodedata.normalize("NFC", _ACCENTS.sub("", unicodedata.normalize("NFD", value)))
-
-
-_WORD_START = re.compile(r"(?<![^\W\d_])([^\W\d_])([^\W\d_]*)")
-
-
-def _capitalized(value: str, upper_i: str = "I") -> str:
-    """``value`` with each word's first letter upper case and the rest lower case
-    (``upper_i``: the capital of ``i``, ``İ`` in Turkish)."""
-
-    def word(match: re.Match[str]) -> str:
-        first = upper_i if match[1] == "i" else match[1].upper()
-        return first + match[2].lower()
-
-    return _WORD_START.sub(word, value)
 
 
 def _drops_terms(auto: Automaton, name: str) -> bool:

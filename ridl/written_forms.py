@@ -60,6 +60,7 @@ PARTICLES = frozenset({
 })
 # fmt: on
 
+_ACCENTS = re.compile("[\u0300-\u036f]")  # Combining Diacritical Marks (not kana's voicing)
 _APOSTROPHES = re.compile("['\u2019\u02bc`\u00b4]")  # "O'Connor" is one word, "OConnor"
 _WORDS = re.compile(r"[^\W\d_]+")  # runs of letters: hyphens, dashes, dots split them
 _ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # a nickname or note: "Josee (Jo)"
@@ -70,11 +71,12 @@ ID_SEPARATORS = ("", " ", "-", "_", "#", ":", ": ")
 
 
 def unaccented(text: str) -> str:
-    """``text`` without its combining marks (Unicode NFKD, marks dropped, NFC again):
-    ``Josée`` gives ``Josee``, as people type a name on a keyboard without accents."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return unicodedata.normalize("NFC", kept)
+    """``text`` with the accents of Latin, Greek and Cyrillic letters dropped (``Gélinas``:
+    ``Gelinas``; ``Пётр``: ``Петр``; ``Ελένη``: ``Ελενη``), as records and keyboards often
+    write names: Unicode NFD, Combining Diacritical Marks (U+0300-U+036F) dropped, NFC again;
+    other scripts unchanged (kana keep their voicing marks). Rule R7 of
+    ``export.identifiers`` searches these forms; de-identification cleans them."""
+    return unicodedata.normalize("NFC", _ACCENTS.sub("", unicodedata.normalize("NFD", text)))
 
 
 @cache
@@ -111,8 +113,19 @@ def _barrel(word: str) -> bool:
     return len(word) >= 4 and word.lower() not in PARTICLES | {"saint", "sainte"}
 
 
-def _capitalized(word: str) -> str:
-    return word[:1].upper() + word[1:].lower()
+_WORD_START = re.compile(r"(?<![^\W\d_])([^\W\d_])([^\W\d_]*)")
+
+
+def capitalized(value: str, upper_i: str = "I") -> str:
+    """``value`` with each word's first letter upper case and the rest lower case
+    (``upper_i``: the capital of ``i``, ``İ`` in Turkish). Rule R7 of ``export.identifiers``
+    searches these forms; R15 writes run-together names with them (``JoséeÉthier``)."""
+
+    def word(match: re.Match[str]) -> str:
+        first = upper_i if match[1] == "i" else match[1].upper()
+        return first + match[2].lower()
+
+    return _WORD_START.sub(word, value)
 
 
 def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -138,7 +151,7 @@ def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
             return
         if unaccented(plain).lower() in clinical_words():
             return  # "De Lay" is "DELAY", "La Mina" "LAMINA": words of every report
-        camel = "".join(_capitalized(word) for part in parts for word in part)
+        camel = "".join(capitalized(word) for part in parts for word in part)
         for form in (plain, camel):
             if all(form != f for f, _ in forms) and (form == plain or not form.isascii()):
                 forms.append((form, tuple(joined)))
