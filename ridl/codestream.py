@@ -15,6 +15,7 @@ Ground floor (``ridl/``): the DICOM byte path shared by verification and curatio
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
@@ -115,39 +116,74 @@ def _is_offset_table(table: bytes, size: int) -> bool:
     return offsets[0] == 0 and rising and offsets[-1] < max(size, 1)
 
 
-def _jpeg_texts(data: bytes, at: int, texts: list[bytes]) -> int:
-    """The JPEG or JPEG-LS codestream at ``at`` (its SOI): its text into ``texts``; returns
-    where it ends (after EOI, or the end of ``data``)."""
-    n, p = len(data), at + 2
+# What :func:`_jpeg_walk` yields besides marker segments (whose kind is their marker code).
+_STRAY, _FILL, _BARE, _SCAN, _BROKEN = -1, -2, -3, -4, -5
+
+
+def _jpeg_walk(data: bytes, at: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The parts of the JPEG or JPEG-LS codestream whose SOI is at ``at``, within ``data[:end]``,
+    as decoders walk it (ISO/IEC 10918-1 B.1.1, 14495-1 C.1): ``(kind, start, stop)`` in order,
+    from just after SOI. ``kind`` is the marker code of a marker segment (``stop`` is where its
+    length says it ends, which may pass ``end``), :data:`_STRAY` for bytes where a marker
+    should be (up to the next marker), :data:`_FILL` for a fill byte, :data:`_BARE` for a marker
+    without a length (TEM, RSTn), :data:`_SCAN` for the entropy-coded data after SOS (up to the
+    next marker; JPEG-LS markers once SOF55 is met), ``0xD9`` for EOI (the walk ends after it)
+    and :data:`_BROKEN` for a segment length under 2 (the walk ends there)."""
+    p = at + 2
     marker_in_scan = _JPEG_MARKER
-    while p + 1 < n:
-        if data[p] != 0xFF:  # stray bytes where a marker should be: text, to the next marker
-            found = marker_in_scan.search(data, p)
-            end = found.start() if found else n
-            texts.append(data[p:end])
-            p = end
+    while p + 1 < end:
+        if data[p] != 0xFF:
+            found = marker_in_scan.search(data, p, end)
+            stop = found.start() if found else end
+            yield _STRAY, p, stop
+            p = stop
             continue
         marker = data[p + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:
+            yield _FILL, p, p + 1
             p += 1
             continue
-        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: TEM, RSTn
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:
+            yield _BARE, p, p + 2
             p += 2
             continue
-        if marker == 0xD9:  # EOI
-            return p + 2
+        if marker == 0xD9:
+            yield 0xD9, p, p + 2
+            return
         length = int.from_bytes(data[p + 2 : p + 4], "big")
         if length < 2:
-            texts.append(data[p:])
-            return n
-        if marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED:
-            texts.append(data[p + 4 : p + 2 + length])
-        elif marker == 0xF7:  # SOF55: a JPEG-LS frame
+            yield _BROKEN, p, end
+            return
+        yield marker, p, p + 2 + length
+        if marker == 0xF7:  # SOF55: a JPEG-LS frame
             marker_in_scan = _JPEG_LS_MARKER
         p += 2 + length
         if marker == 0xDA:  # SOS: entropy-coded data up to the next marker
-            found = marker_in_scan.search(data, p)
-            p = found.start() if found else n
+            found = marker_in_scan.search(data, p, end)
+            stop = found.start() if found else end
+            yield _SCAN, p, stop
+            p = stop
+
+
+def _is_jpeg_text(marker: int) -> bool:
+    """COM, APPn and reserved segments: read by no decoder's sample path (R10)."""
+    return marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED
+
+
+def _jpeg_texts(data: bytes, at: int, texts: list[bytes]) -> int:
+    """The JPEG or JPEG-LS codestream at ``at`` (its SOI): its text into ``texts``; returns
+    where it ends (after EOI, or the end of ``data``)."""
+    n = len(data)
+    for kind, start, stop in _jpeg_walk(data, at, n):
+        if kind == _STRAY:  # stray bytes where a marker should be: text
+            texts.append(data[start:stop])
+        elif kind == _BROKEN:
+            texts.append(data[start:])
+            return n
+        elif kind == 0xD9:
+            return stop
+        elif kind >= 0 and _is_jpeg_text(kind):
+            texts.append(data[start + 4 : stop])
     return n
 
 
@@ -294,48 +330,28 @@ def _jpeg_stripped(data: bytes, end: int) -> bytes | None:
     """The JPEG codestream ``data[:end]`` without its text (see :func:`stripped_codestream`)."""
     kept = [data[:2]]
     seen: set[int] = set()
-    p = 2
-    marker_in_scan = _JPEG_MARKER
-    while p + 1 < end:
-        if data[p] != 0xFF:  # stray bytes where a marker should be: dropped
-            found = marker_in_scan.search(data, p, end)
-            p = found.start() if found else end
+    for kind, start, stop in _jpeg_walk(data, 0, end):
+        if kind in (_STRAY, _FILL):  # stray bytes where a marker should be, fill: dropped
             continue
-        marker = data[p + 1]
-        if marker == 0xFF:  # fill byte
-            p += 1
-            continue
-        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # no length: TEM, RSTn
-            kept.append(data[p : p + 2])
-            p += 2
-            continue
-        if marker == 0xD9:  # EOI
-            kept.append(data[p : p + 2])
-            return b"".join(kept)
-        length = int.from_bytes(data[p + 2 : p + 4], "big")
-        if length < 2 or p + 2 + length > end:
+        if kind == _BROKEN or stop > end:
             return None
-        segment = data[p : p + 2 + length]
-        if marker in _KEPT_APP:
-            name, size = _KEPT_APP[marker]
-            payload = segment[4:]
-            if payload.startswith(name) and marker not in seen:
-                seen.add(marker)  # the first one only: a decoder reads no other
+        if kind in (_BARE, _SCAN):  # TEM, RSTn; entropy-coded data, as it is
+            kept.append(data[start:stop])
+        elif kind == 0xD9:
+            kept.append(data[start:stop])
+            return b"".join(kept)
+        elif kind in _KEPT_APP:
+            name, size = _KEPT_APP[kind]
+            payload = data[start + 4 : stop]
+            if payload.startswith(name) and kind not in seen:
+                seen.add(kind)  # the first one only: a decoder reads no other
                 if len(payload) >= size:  # shorter: as it is (libjpeg reads no JFIF then)
                     payload = payload[:size]
-                    if marker == 0xE0:
+                    if kind == 0xE0:
                         payload = payload[:12] + b"\0\0"  # no thumbnail
-                kept.append(bytes([0xFF, marker]) + (2 + len(payload)).to_bytes(2, "big") + payload)
-        elif not (marker == 0xFE or 0xE0 <= marker <= 0xEF or marker in _JPEG_RESERVED):
-            kept.append(segment)
-            if marker == 0xF7:  # SOF55: a JPEG-LS frame
-                marker_in_scan = _JPEG_LS_MARKER
-        p += 2 + length
-        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker, as it is
-            found = marker_in_scan.search(data, p, end)
-            stop = found.start() if found else end
-            kept.append(data[p:stop])
-            p = stop
+                kept.append(bytes([0xFF, kind]) + (2 + len(payload)).to_bytes(2, "big") + payload)
+        elif not _is_jpeg_text(kind):
+            kept.append(data[start:stop])
     return None  # no EOI
 
 
