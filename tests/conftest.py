@@ -77,6 +77,7 @@ def make_project(
     modalities: tuple[str, ...] = ("CT", "CR", "US"),
     recipe: str = "ridl-basic",
     curation: dict[str, object] | None = None,
+    retain: tuple[str, ...] = (),
 ) -> Project:
     today = dt.date.today()
     project = Project(
@@ -86,7 +87,7 @@ def make_project(
         pi="Test PI",
         approved=today - dt.timedelta(days=30),
         expires=expires or today + dt.timedelta(days=365),
-        scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), modalities, SITES),
+        scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), modalities, SITES, retain),
         recipients=("Researcher One",),
         recipe=recipe,
         extra={"curation": curation} if curation is not None else {},

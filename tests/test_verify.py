@@ -29,7 +29,7 @@ from flows.runplan import prepare_run
 from flows.work import process_batch
 from ridl import audit
 from ridl.releases import release_is_published
-from tests.conftest import SITES
+from tests.conftest import SITES, make_project
 
 
 def _build(project_id: str, synth_dir, store_root: Path) -> tuple[LocalStore, str]:  # type: ignore[no-untyped-def]
@@ -165,24 +165,9 @@ def test_a_descriptor_the_project_retains_leaks_a_name_and_is_stopped_before_the
     synth_dir,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    import datetime as dt
-
     from curation.quarantine import list_quarantine
-    from ridl.projects import Project, Scope, create_project
 
-    today = dt.date.today()
-    project = Project(
-        id="keeps-descriptions",
-        reb_number="REB-1",
-        title="t",
-        pi="p",
-        approved=today - dt.timedelta(days=1),
-        expires=today + dt.timedelta(days=10),
-        scope=Scope(
-            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("StudyDescription",)
-        ),
-    )
-    create_project(project)
+    project = make_project("keeps-descriptions", modalities=("CT",), retain=("StudyDescription",))
     store, prefix = _build(project.id, synth_dir, tmp_path / "store")
     # The synthetic DIR writes the patient's family name into StudyDescription, which this
     # project retains: the stream stops each such object before the store.

@@ -4,7 +4,6 @@ output of either run."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -14,8 +13,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from ridl import audit
-from ridl.projects import Project, Scope, create_project
-from tests.conftest import SITES
+from tests.conftest import make_project
 
 pytestmark = pytest.mark.prefect
 runner = CliRunner()
@@ -23,18 +21,7 @@ SECRET = "s3cr3t-" + "9f2c" * 12
 
 
 def _project(project_id: str, retain: tuple[str, ...] = ()) -> None:
-    today = dt.date.today()
-    create_project(
-        Project(
-            id=project_id,
-            reb_number="REB-9",
-            title="t",
-            pi="p",
-            approved=today - dt.timedelta(days=1),
-            expires=today + dt.timedelta(days=30),
-            scope=Scope(dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, retain),
-        )
-    )
+    make_project(project_id, modalities=("CT",), retain=retain)
 
 
 def test_gate_in_the_flow_blocks_a_leak_and_publishes_a_clean_release(

@@ -7,7 +7,6 @@ nothing from the DIR.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -40,29 +39,16 @@ from flows.runplan import prepare_run
 from flows.work import process_batch, worker_for
 from ridl.crossterms import MAX_TERMS_PER_SITE, load_terms, record_terms, site_file
 from ridl.dicomfile import to_bytes
-from ridl.projects import Project, Scope, create_project
+from ridl.projects import Project
 from ridl.releases import read_study_terms, release_is_published
 from ridl.synth import SynthReport
-from tests.conftest import SITES
+from tests.conftest import make_project
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _retaining_project(project_id: str) -> Project:
-    today = dt.date.today()
-    project = Project(
-        id=project_id,
-        reb_number="REB-7",
-        title="t",
-        pi="p",
-        approved=today - dt.timedelta(days=1),
-        expires=today + dt.timedelta(days=10),
-        scope=Scope(
-            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("StudyDescription",)
-        ),
-    )
-    create_project(project)
-    return project
+    return make_project(project_id, modalities=("CT",), retain=("StudyDescription",))
 
 
 def _ct_studies(synth: SynthReport) -> dict[str, list[Path]]:

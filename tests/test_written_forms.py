@@ -14,7 +14,6 @@ such words.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import io
 from pathlib import Path
 
@@ -25,9 +24,8 @@ from curation.quarantine import list_quarantine
 from export.local import LocalStore
 from flows.runplan import prepare_run
 from flows.work import process_batch
-from ridl.projects import Project, Scope, create_project
 from ridl.written_forms import joined_name_forms, split_identifier_forms
-from tests.conftest import SITES
+from tests.conftest import make_project
 
 from .deid_run_support import ct, deid_cli, project, run_folder, save
 
@@ -115,19 +113,9 @@ def test_names_run_together_and_identifiers_apart_are_cleaned_from_text(tmp_path
 def test_a_retained_description_holding_a_name_run_together_is_stopped_before_the_store(
     tmp_path: Path,
 ) -> None:
-    today = dt.date.today()
-    keeps = Project(
-        id="forms-keeps-descriptions",
-        reb_number="REB-1",
-        title="t",
-        pi="p",
-        approved=today - dt.timedelta(days=1),
-        expires=today + dt.timedelta(days=10),
-        scope=Scope(
-            dt.date(2015, 1, 1), dt.date(2024, 12, 31), ("CT",), SITES, ("SeriesDescription",)
-        ),
+    keeps = make_project(
+        "forms-keeps-descriptions", modalities=("CT",), retain=("SeriesDescription",)
     )
-    create_project(keeps)
     src = tmp_path / "src"
     save(ct(1, SeriesDescription="CT thorax TremblayJosee"), src / "1.dcm")
     save(ct(2, SeriesDescription="CT thorax JOSEETREMBLAY"), src / "2.dcm")
