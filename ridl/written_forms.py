@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 
 from ridl.identity import STANDARD_SCHEMES
 
@@ -128,14 +128,16 @@ def capitalized(value: str, upper_i: str = "I") -> str:
     return _WORD_START.sub(word, value)
 
 
-def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
+@lru_cache(maxsize=4096)
+def joined_name_forms(value: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The forms of a person name written run together, as the module doc lists them.
 
     ``value`` is a PN value (component groups split by ``=``, components by ``^``; PS3.5
     6.2.1); a group with no ``^`` is read as ``Family, Given`` or as words (``Luc Gagnon``).
-    Returns ``(form, parts)`` pairs, each form once: the form in the value's own case (and, for
+    Returns ``(form, parts)`` pairs, each form once (remembered for the 4,096 names last asked:
+    a study's headers repeat the same names): the form in the value's own case (and, for
     letters outside ASCII, also with each word capitalized: ``JoséeÉthier``), and the parts it
-    joins (for rule R4: common words). [] for a name written in Han, kana or Hangul, or with
+    joins (for rule R4: common words). () for a name written in Han, kana or Hangul, or with
     nothing to join.
     """
     forms: list[tuple[str, tuple[str, ...]]] = []
@@ -179,7 +181,7 @@ def joined_name_forms(value: str) -> list[tuple[str, tuple[str, ...]]]:
                 put(*([word] for word in words))
             elif words and _APOSTROPHES.search(component):  # "O'Connor": "OConnor"
                 put(words, alone=True)
-    return forms
+    return tuple(forms)
 
 
 def split_identifier_forms(value: str) -> list[str]:
