@@ -106,6 +106,7 @@ from pydicom.tag import BaseTag, Tag
 from ridl.identity import TEXT_VALUE, Named, content_item_names
 from ridl.reasons import Reason
 from ridl.written_forms import (
+    CJK_LETTERS,
     capitalized,
     joined_name_forms,
     split_identifier_forms,
@@ -130,10 +131,7 @@ MIN_NAME = 3
 # Han ideographs, kana and Hangul (and their half-width forms): a name component of two of them
 # is as specific as a Latin one of three letters or more (R1), and names in them are written
 # without spaces.
-_CJK_ONLY = re.compile(
-    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
-    "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\u3005]+"
-)
+_CJK_ONLY = re.compile(CJK_LETTERS + "+")
 MIN_DIGITS = 6
 
 ID_KEYWORDS = {

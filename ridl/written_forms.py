@@ -64,7 +64,12 @@ _ACCENTS = re.compile("[\u0300-\u036f]")  # Combining Diacritical Marks (not kan
 _APOSTROPHES = re.compile("['\u2019\u02bc`\u00b4]")  # "O'Connor" is one word, "OConnor"
 _WORDS = re.compile(r"[^\W\d_]+")  # runs of letters: hyphens, dashes, dots split them
 _ASIDE = re.compile(r"\([^)]*\)|\[[^\]]*\]")  # a nickname or note: "Josee (Jo)"
-_CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# Han ideographs, kana and Hangul (and their half-width forms): names written without spaces.
+CJK_LETTERS = (
+    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\u3005]"
+)
+_CJK = re.compile(CJK_LETTERS)
 _CONTROL = re.compile(r"[\x00-\x1f]")
 _PREFIXED_ID = re.compile(rf"([^\W\d_]+)(?:: |# |[ \-_/.#:])?(\d{{{MIN_ID_DIGITS},}})")
 ID_SEPARATORS = ("", " ", "-", "_", "#", ":", ": ")
