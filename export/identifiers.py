@@ -93,6 +93,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, cast
 
 import ahocorasick_rs
@@ -1342,6 +1343,10 @@ class IdentifierDictionary:
             ends = _unspaced_ends(value, value in groups)
             if not value.isascii():
                 cores.update(core for core in map(_iso2022_core, keys) if core)
+            elif len(keys) > 8 and ends == (False, False) and not entries.keys() & keys:
+                # A date's ~100 keys, none met yet (most): each its own list of this term.
+                entries.update(zip(keys, map(list, repeat((term,), len(keys))), strict=True))
+                continue
             for key in keys:
                 found = entries.get(key)
                 if found is None:
@@ -1430,7 +1435,7 @@ class Automaton:
         self._entries, self._unspaced, self._cores = entries, unspaced or {}, cores or set()
         self._values: list[tuple[int, list[Term], bool, bool, int]] | None = None
         self._search = ahocorasick_rs.BytesAhoCorasick(
-            [key.encode("latin-1") for key in entries],
+            list(map(str.encode, entries, repeat("latin-1"))),
             implementation=ahocorasick_rs.Implementation.ContiguousNFA,
         )
 
@@ -1474,6 +1479,8 @@ def _keys(value: str, ascii_same: Sequence[str], others: Sequence[str]) -> list[
     not (ISO 2022, for instance; PS3.5 6.1.2.5.3).
     """
     if value.isascii():
+        if not others and "\x1b" not in value:  # most terms: one key, no ISO 2022 escape
+            return [value.lower()] if ascii_same else []
         keys = [value.lower()] if ascii_same else []
         forms: tuple[str, ...] = (value,)
         encodings = others
@@ -1529,26 +1536,30 @@ def _date_keys(date: str, ascii_same: tuple[str, ...], others: tuple[str, ...]) 
         for form in written_dates(date):
             keys.update(dict.fromkeys(_keys(form, ascii_same, others)))
         return tuple(keys)
-    y, yy = date[:4], date[2:4]
-    templates = _date_templates(date[4:], ascii_same)
-    return tuple(dict.fromkeys(t.replace(_YEAR4, y).replace(_YEAR2, yy) for t in templates))
+    # The month's and day's keys joined into one text: the year is written into all of them
+    # with two replacements, not two per key.
+    joined = _date_templates(date[4:], ascii_same)
+    written = joined.replace(_YEAR4, date[:4]).replace(_YEAR2, date[2:4])
+    return tuple(dict.fromkeys(written.split(_JOIN)))
 
 
 # Stand-ins for a date's year in its key templates: ASCII control characters, which every
 # encoding that writes ASCII as ASCII writes as themselves, and which no case, accent or word
 # rule of :func:`_case_forms` changes or reads as a letter.
 _YEAR4, _YEAR2 = "\x01", "\x02"
+_JOIN = "\x03"  # between two templates in :func:`_date_templates`' text: in no key either
 
 
 @lru_cache(maxsize=1024)
-def _date_templates(month_day: str, ascii_same: tuple[str, ...]) -> tuple[str, ...]:
+def _date_templates(month_day: str, ascii_same: tuple[str, ...]) -> str:
     """The keys (:func:`_keys` in the encodings ``ascii_same``) of every written form of the
     day ``month_day`` (``MMDD``) of any year, the year written :data:`_YEAR4` (4 digits) and
-    :data:`_YEAR2` (2): no form's spelling depends on the year's digits (:func:`_forms_of`)."""
+    :data:`_YEAR2` (2): no form's spelling depends on the year's digits (:func:`_forms_of`).
+    Each key once, joined by :data:`_JOIN` into one text."""
     keys: dict[str, None] = {}
     for form in _forms_of(_YEAR4, _YEAR2, month_day[:2], month_day[2:]):
         keys.update(dict.fromkeys(_keys(form, ascii_same, ())))
-    return tuple(keys)
+    return _JOIN.join(keys)
 
 
 @lru_cache(maxsize=4096)
