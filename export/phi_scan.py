@@ -504,14 +504,9 @@ class Verifier:
                 for text in _texts_after(data, text_end):
                     heads += _hays(_hay(text))
                 # No term in the object's character sets (each dictionary's keys written in
-                # them too): clean. An empty dictionary finds nothing.
-                if not any(
-                    next(iter(scan(head, d.automaton(codecs), text=False, ends=False)), None)
-                    is not None
-                    for d in self.dictionaries
-                    if d.terms
-                    for head in heads
-                ):
+                # them too): clean. An empty dictionary finds nothing. Most objects match no
+                # key at all: the word rules (scan) only run over a text that does.
+                if not self._found_in(heads, codecs):
                     return ObjectResult()
         if not is_dicom:
             result = self._check_file(key, data)
@@ -526,6 +521,19 @@ class Verifier:
             result = self._check_file(key, data)
             result.hits.append(Hit(key, "(object could not be parsed)", UNVERIFIABLE))
             return result
+
+    def _found_in(self, heads: tuple[str, ...], codecs: frozenset[str]) -> bool:
+        """Whether a term of any dictionary is in one of ``heads`` (:func:`_hays` texts of raw
+        bytes, searched as :func:`scan` with ``text=False, ends=False``)."""
+        for dictionary in self.dictionaries:
+            if not dictionary.terms:
+                continue
+            auto = dictionary.automaton(codecs)
+            for head in heads:
+                if auto.matches(head):
+                    for _ in scan(head, auto, text=False, ends=False):
+                        return True
+        return False
 
     def _check_file(self, key: str, data: bytes) -> ObjectResult:
         """A non-DICOM object (manifest, summary): its bytes as text; Parquet via its table."""
