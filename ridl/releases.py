@@ -299,6 +299,20 @@ def study_terms_path(project: str, release: str, study_key: str) -> Path:
     return release_dir(project, release) / "terms" / shard / f"{study_key}.json"
 
 
+# The terms folders (:func:`study_terms_path`) whose 256 shard folders this process has made.
+_SHARDS_MADE: set[Path] = set()
+
+
+def _make_shards(terms: Path) -> None:
+    """Make a release's terms folder and its 256 shard folders, owner-only (0700), once a
+    process: its studies' terms are then each one file created in a folder already there."""
+    terms.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the release's folder
+    terms.mkdir(exist_ok=True, mode=0o700)
+    for shard in range(256):
+        (terms / f"{shard:02x}").mkdir(exist_ok=True, mode=0o700)
+    _SHARDS_MADE.add(terms)
+
+
 def write_study_terms(project: str, release: str, study_key: str, record: dict[str, Any]) -> None:
     """Keep a study's identifiers (PHI) on premises, owner-only (file 0600, folders 0700).
 
@@ -313,9 +327,12 @@ def write_study_terms(project: str, release: str, study_key: str, record: dict[s
     path = study_terms_path(project, release, study_key)
     data = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    terms = path.parent.parent
+    if terms not in _SHARDS_MADE:
+        _make_shards(terms)
     try:
         fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:  # the first study of its shard: make the folders, owner-only
+    except FileNotFoundError:  # removed since this process made them: make them again
         try:
             path.parent.mkdir(mode=0o700)  # the shard's folder; "terms" is there after a study
         except FileNotFoundError:

@@ -145,3 +145,25 @@ def test_kept_terms_cut_short_read_as_absent(ridl_home: Path) -> None:
     write_study_terms("p", "r1", "1.2.3", record)  # a redone study's terms replace them whole
     assert read_study_terms("p", "r1", "1.2.3") == record
     assert not [p for p in path.parent.iterdir() if p.name != path.name]
+
+
+def test_kept_terms_folders_made_at_once_owner_only(ridl_home: Path) -> None:
+    """The first study a process keeps makes the release's 256 shard folders, owner-only; a
+    release folder removed while the process runs is made again by the next study."""
+    import shutil
+
+    from ridl.releases import read_study_terms, study_terms_path, write_study_terms
+
+    dictionary = IdentifierDictionary()
+    dictionary.add("Doe^Jane", "name")
+    record = {"site": "S", "research_id": "R1", **dictionary.to_record()}
+    write_study_terms("p", "r2", "1.2.3", record)
+    terms = study_terms_path("p", "r2", "1.2.3").parent.parent
+    shards = sorted(p.name for p in terms.iterdir())
+    assert shards == [f"{i:02x}" for i in range(256)]
+    for folder in [terms.parent, terms, *(terms / s for s in shards)]:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder.name
+    shutil.rmtree(terms.parent)
+    write_study_terms("p", "r2", "1.2.4", record)
+    assert read_study_terms("p", "r2", "1.2.4") == record
+    assert study_terms_path("p", "r2", "1.2.4").parent.stat().st_mode & 0o777 == 0o700
