@@ -12,7 +12,7 @@ release (:func:`audit_release`):
 3. a random sample of the listed objects (:func:`sample_size`: 1,000 or 0.1 %, whichever is
    larger, at most 20,000 by default) is read back, its SHA-256 compared with its part's, and
    searched again against identifiers re-derived for the sampled studies only, from what is on
-   premises (the terms each study was verified against, ``ridl.releases.read_study_terms``,
+   premises (the terms each study was verified against, ``ridl.releases.read_studies_terms``,
    else the frozen selection's patient ID and health number) plus the cross-study terms
    (``ridl.crossterms``): no retrieval from the DIR, no second OCR.
 
@@ -76,7 +76,7 @@ from ridl.releases import (
     REPORT_NAME,
     load_frozen,
     mark_published,
-    read_study_terms,
+    read_studies_terms,
     report_path,
 )
 from ridl.secrets import load_secret, secret_fingerprint
@@ -724,13 +724,11 @@ def audit_release(
     sampled = dict(merged.sampled)
     studies = sorted({study for _sha, study in sampled.values()})
     dictionary = IdentifierDictionary(retained=load_project(project).scope.retain)
-    missing: set[str] = set()
+    kept = read_studies_terms(project, release, studies)
+    missing = {study for study in studies if study not in kept}
     for study in studies:
-        record = read_study_terms(project, release, study)
-        if record is None:
-            missing.add(study)
-        else:
-            dictionary.merge_record(record)
+        if study in kept:
+            dictionary.merge_record(kept[study])
     for record in _fallback_terms(project, release, missing).values():
         dictionary.merge_record(record)
     cross = IdentifierDictionary()

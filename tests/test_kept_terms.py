@@ -1,0 +1,120 @@
+"""The identifiers each study was verified against, kept on premises for the release gate
+(``ridl.releases.write_study_terms``): one SQLite database per process, owner-only, a row a
+study written in one transaction, read back by study key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from export.identifiers import IdentifierDictionary
+from ridl.releases import (
+    read_studies_terms,
+    read_study_terms,
+    study_terms_path,
+    terms_folder,
+    write_study_terms,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _record(name: str = "Doe^Jane", research_id: str = "R1") -> dict[str, Any]:
+    dictionary = IdentifierDictionary()
+    dictionary.add(name, "name")
+    return {"site": "S", "research_id": research_id, **dictionary.to_record()}
+
+
+def test_kept_terms_read_back_owner_only(ridl_home: Path) -> None:
+    """What is kept reads back whole, by study key; the database, its write-ahead log and its
+    folder are owner-only whatever the umask; a study kept again replaces its terms."""
+    record = _record()
+    old = os.umask(0o022)
+    try:
+        write_study_terms("p", "r1", "1.2.3", record)
+        write_study_terms("p", "r1", "1.2.4", _record("Roe^John", "R2"))
+    finally:
+        os.umask(old)
+    assert read_study_terms("p", "r1", "1.2.3") == record
+    assert read_study_terms("p", "r1", "1.2.9") is None
+    folder = terms_folder("p", "r1")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files if f.suffix == ".sqlite"] == [
+        f"{os.uname().nodename}-{os.getpid()}.sqlite"
+    ]
+    for file in files:  # the database, and its -wal and -shm files while it is open
+        assert file.stat().st_mode & 0o777 == 0o600, file.name
+    redone = _record("Doe^Janet")
+    write_study_terms("p", "r1", "1.2.3", redone)
+    assert read_studies_terms("p", "r1", ["1.2.3", "1.2.4", "1.2.9"]) == {
+        "1.2.3": redone,
+        "1.2.4": _record("Roe^John", "R2"),
+    }
+
+
+_WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from ridl.releases import write_study_terms
+record = {record!r}
+print("ready", flush=True)
+i = 0
+while True:
+    write_study_terms("p", "r1", f"1.2.{{i % 50}}", {{**record, "n": i}})
+    i += 1
+"""
+
+
+def test_a_killed_writer_leaves_terms_whole_or_absent(ridl_home: Path) -> None:
+    """A process killed while it keeps terms leaves each study's terms whole or absent, never
+    fewer (the gate then falls back for that study); another process's later terms for the
+    same study replace them."""
+    record = _record()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER.format(root=str(ROOT), record=record)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "RIDL_HOME": str(ridl_home)},
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"ready\n"
+        time.sleep(0.5)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    kept = read_studies_terms("p", "r1", [f"1.2.{i}" for i in range(50)])
+    assert kept, "the writer kept nothing before it was killed"
+    for study, found in kept.items():
+        assert {k: v for k, v in found.items() if k != "n"} == record, study
+    # This process keeps one study again, later: its terms are the ones read.
+    write_study_terms("p", "r1", "1.2.0", _record("Doe^Janet"))
+    assert read_study_terms("p", "r1", "1.2.0") == _record("Doe^Janet")
+
+
+def test_terms_of_a_release_made_before_the_databases_still_read(ridl_home: Path) -> None:
+    """A release whose studies were kept one JSON file a study (earlier versions of ridl): the
+    gate reads those; a file cut short reads as absent, never as fewer terms."""
+    record = _record()
+    path = study_terms_path("p", "r0", "1.2.3")
+    path.parent.mkdir(parents=True)
+    path.write_text(__import__("json").dumps(record), encoding="utf-8")
+    assert read_study_terms("p", "r0", "1.2.3") == record
+    data = path.read_bytes()
+    for cut in range(1, len(data), 7):
+        path.write_bytes(data[:cut])
+        assert read_study_terms("p", "r0", "1.2.3") is None, cut
+
+
+def test_terms_kept_again_after_the_release_folder_was_removed(ridl_home: Path) -> None:
+    """A release's folder removed while the process runs (the release made again under the
+    same name): the next study kept makes a new database there, readable."""
+    write_study_terms("p", "r1", "1.2.3", _record())
+    shutil.rmtree(terms_folder("p", "r1").parent)
+    write_study_terms("p", "r1", "1.2.4", _record("Roe^John", "R2"))
+    assert read_studies_terms("p", "r1", ["1.2.3", "1.2.4"]) == {"1.2.4": _record("Roe^John", "R2")}
