@@ -48,6 +48,7 @@ from export.identifiers import (
     CrossStudyDictionary,
     ElementMemo,
     IdentifierDictionary,
+    prepare_date_keys,
 )
 from export.manifest import (
     FailedRetrieval,
@@ -242,6 +243,7 @@ class Worker:
         # Header elements met in earlier studies are not parsed again for the dictionary.
         self.memo = ElementMemo()
         clinical_words()  # read once a process (~0.3 s): R15 keeps clinical words out of names
+        prepare_date_keys()  # once a process (~45 ms): every day's written forms, R5
         # {study key: store keys its earlier part listed}, for studies verified again
         self.redone: dict[str, set[str]] = {}
         self._cross: CrossStudyDictionary | None = None

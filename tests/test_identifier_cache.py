@@ -125,45 +125,26 @@ def test_in_memory_datasets_give_the_same_dictionary() -> None:
         assert _state(fast) == _state(walk), name
 
 
-def test_kept_terms_cut_short_read_as_absent(ridl_home: Path) -> None:
-    """The study's terms are written straight to their file: a write cut short never reads
-    as a smaller dictionary, only as no record (the gate then falls back to the selection)."""
-    from ridl.releases import read_study_terms, study_terms_path, write_study_terms
+def test_every_day_of_the_year_prepared_once_a_process() -> None:
+    """A worker makes the written forms of every day of the year once, at its start: a study's
+    dates then make none again, and their keys are the ones made on demand (R5)."""
+    import export.identifiers as identifiers
 
-    dictionary = IdentifierDictionary()
-    dictionary.add("Doe^Jane", "name")
-    record = {"site": "S", "research_id": "R1", **dictionary.to_record()}
-    write_study_terms("p", "r1", "1.2.3", record)
-    path = study_terms_path("p", "r1", "1.2.3")
-    assert read_study_terms("p", "r1", "1.2.3") == record
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert path.parent.stat().st_mode & 0o777 == 0o700
-    data = path.read_bytes()
-    for cut in range(1, len(data)):
-        path.write_bytes(data[:cut])
-        assert read_study_terms("p", "r1", "1.2.3") is None, cut
-    write_study_terms("p", "r1", "1.2.3", record)  # a redone study's terms replace them whole
-    assert read_study_terms("p", "r1", "1.2.3") == record
-    assert not [p for p in path.parent.iterdir() if p.name != path.name]
+    def dictionary() -> IdentifierDictionary:
+        made = IdentifierDictionary()
+        made.add("19840229", "birth-date", owner="R1")
+        made.add("20191231", "encounter-date", owner="R1")
+        made.add("Doe^Jane", "name")
+        return made
 
-
-def test_kept_terms_folders_made_at_once_owner_only(ridl_home: Path) -> None:
-    """The first study a process keeps makes the release's 256 shard folders, owner-only; a
-    release folder removed while the process runs is made again by the next study."""
-    import shutil
-
-    from ridl.releases import read_study_terms, study_terms_path, write_study_terms
-
-    dictionary = IdentifierDictionary()
-    dictionary.add("Doe^Jane", "name")
-    record = {"site": "S", "research_id": "R1", **dictionary.to_record()}
-    write_study_terms("p", "r2", "1.2.3", record)
-    terms = study_terms_path("p", "r2", "1.2.3").parent.parent
-    shards = sorted(p.name for p in terms.iterdir())
-    assert shards == [f"{i:02x}" for i in range(256)]
-    for folder in [terms.parent, terms, *(terms / s for s in shards)]:
-        assert folder.stat().st_mode & 0o777 == 0o700, folder.name
-    shutil.rmtree(terms.parent)
-    write_study_terms("p", "r2", "1.2.4", record)
-    assert read_study_terms("p", "r2", "1.2.4") == record
-    assert study_terms_path("p", "r2", "1.2.4").parent.stat().st_mode & 0o777 == 0o700
+    identifiers._date_templates.cache_clear()
+    identifiers._date_keys.cache_clear()
+    on_demand = set(dictionary().automaton(())._entries)
+    identifiers._date_templates.cache_clear()
+    identifiers._date_keys.cache_clear()
+    identifiers.prepare_date_keys()
+    prepared = identifiers._date_templates.cache_info()
+    assert prepared.currsize == 366
+    assert set(dictionary().automaton(())._entries) == on_demand
+    assert identifiers._date_templates.cache_info().misses == prepared.misses
+    assert {"29 feb 1984", "february 29th, 1984", "31/12/2019", "dec 31, 2019"} <= on_demand
