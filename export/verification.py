@@ -72,7 +72,8 @@ class VerificationReport:
                 f"({self.bytes_checked:,} bytes)",
                 f"  dictionary: {self.dictionary_terms} terms of {self.studies_read} sampled "
                 f"studies and cross-study terms {self.dictionary_kinds} (no DIR retrieval; "
-                f"{self.studies_without_terms} studies from the frozen selection only)",
+                f"{self.studies_without_terms} sampled studies without kept terms, searched for "
+                "their patient ID and health number only)",
             ]
         else:
             lines += [

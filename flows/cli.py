@@ -900,6 +900,11 @@ def print_summary(summary: dict[str, Any], store_url: str) -> None:
         table.add_row(
             "verification", "passed: published" if summary["verification"]["passed"] else "failed"
         )
+        if summary["verification"].get("without_terms"):
+            table.add_row(
+                "sampled studies without kept terms (patient ID and health number searched only)",
+                str(summary["verification"]["without_terms"]),
+            )
     if summary.get("flow_runs", 0) > 1:
         table.add_row("child flow runs", str(summary["flow_runs"]))
     if summary.get("studies_skipped_as_done"):

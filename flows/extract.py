@@ -117,6 +117,7 @@ def verify_release_task(ctx: RunContext, sample: int | None = None) -> dict[str,
         "studies": report.parts_checked,
         "objects": report.objects_listed,
         "audited": report.objects_checked,
+        "without_terms": report.studies_without_terms,
         "seconds": round(report.seconds_dictionary + report.seconds_search, 3),
         "ocr": report.ocr,
     }

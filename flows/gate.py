@@ -78,6 +78,7 @@ from ridl.releases import (
     mark_published,
     read_studies_terms,
     report_path,
+    terms_folder,
 )
 from ridl.secrets import load_secret, secret_fingerprint
 from ridl.sources.base import open_source
@@ -725,10 +726,15 @@ def audit_release(
     studies = sorted({study for _sha, study in sampled.values()})
     dictionary = IdentifierDictionary(retained=load_project(project).scope.retain)
     kept = read_studies_terms(project, release, studies)
-    missing = {study for study in studies if study not in kept}
+    missing = {study for study in studies if study not in kept.records}
     for study in studies:
-        if study in kept:
-            dictionary.merge_record(kept[study])
+        if study in kept.records:
+            dictionary.merge_record(kept.records[study])
+    # A terms database that cannot be read may hold the sampled studies' terms: the sample
+    # cannot be shown clean against them, so the gate does not pass (nothing is removed).
+    for name, why in kept.unreadable:
+        where = f"(kept terms cannot be read: {why}; restore the file or RIDL_HOME's access)"
+        hits.append(Hit(str(terms_folder(project, release) / name), where, Reason.TERMS_UNREADABLE))
     for record in _fallback_terms(project, release, missing).values():
         dictionary.merge_record(record)
     cross = IdentifierDictionary()

@@ -301,6 +301,12 @@ class Reason(enum.StrEnum):
         "verification",
         "a sampled object's bytes differ from the SHA-256 its manifest part recorded; removed",
     )
+    TERMS_UNREADABLE = (
+        "terms-unreadable",
+        "verification",
+        "a database of the terms studies were verified against (on premises) cannot be read: "
+        "the sample is not searched for all their identifiers",
+    )
 
     # --- retraction: removed from an earlier, published release ---------------------------------
     SUBJECT_WITHDREW = (

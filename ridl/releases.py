@@ -338,13 +338,44 @@ def _terms_db(project: str, release: str) -> sqlite3.Connection:
         _TERMS_DBS.pop(next(iter(_TERMS_DBS)))[1].close()
     path = terms_folder(project, release) / f"{socket.gethostname()}-{key[3]}.sqlite"
     settings.private_dir(path.parent)
+    try:
+        db = _open_terms_db(path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # a full or read-only disk: the caller says so
+        # A damaged file at this process's name (an earlier process with the same host and
+        # pid): left as it is, for the gate to name, and this process keeps its own beside it.
+        path = path.with_name(f"{path.stem}-{time.time_ns()}.sqlite")
+        db = _open_terms_db(path)
+    _TERMS_DBS[key] = (str(path), db)
+    return db
+
+
+def close_terms_databases() -> None:
+    """Close this process's terms databases: each folds its write-ahead log in and removes it,
+    as when the process ends."""
+    with _TERMS_LOCK:
+        while _TERMS_DBS:
+            _TERMS_DBS.popitem()[1][1].close()
+
+
+def _open_terms_db(path: Path) -> sqlite3.Connection:
+    """Open (creating it owner-only) the terms database ``path`` for writing.
+
+    Raises:
+        sqlite3.DatabaseError: ``path`` is not a database; OperationalError: it cannot be
+            written.
+    """
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     settings.private_file(path)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # a committed study survives the process's end
-    db.execute(_TERMS_TABLE)
-    _TERMS_DBS[key] = (str(path), db)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # a committed study survives the process's end
+        db.execute(_TERMS_TABLE)
+    except sqlite3.Error:
+        db.close()
+        raise
     return db
 
 
@@ -360,63 +391,125 @@ def write_study_terms(project: str, release: str, study_key: str, record: dict[s
     files at the seed's scale).
 
     Raises:
-        ReleaseError: the release name is not valid (see :func:`release_dir`).
-        sqlite3.Error: the database cannot be written (a full or read-only disk).
+        ReleaseError: the release name is not valid (see :func:`release_dir`), or the terms
+            cannot be written (a full or read-only disk, a damaged database): the batch stops,
+            and the run resumes once that is fixed.
     """
     data = json.dumps(record, ensure_ascii=False, sort_keys=True)
-    with _TERMS_LOCK:  # one connection a process, whichever thread works the study
-        _terms_db(project, release).execute(
-            "INSERT OR REPLACE INTO study_terms VALUES (?, ?, ?)",
-            (study_key, time.time_ns(), data),
-        )
+    try:
+        with _TERMS_LOCK:  # one connection a process, whichever thread works the study
+            _terms_db(project, release).execute(
+                "INSERT OR REPLACE INTO study_terms VALUES (?, ?, ?)",
+                (study_key, time.time_ns(), data),
+            )
+    except (sqlite3.Error, OSError) as exc:
+        raise ReleaseError(
+            f"cannot keep the studies' terms on premises in {terms_folder(project, release)} "
+            f"({_why(exc)}): free disk space or make RIDL_HOME writable, then run the release "
+            "again (it resumes)"
+        ) from None
 
 
-def read_studies_terms(
-    project: str, release: str, study_keys: Iterable[str]
-) -> dict[str, dict[str, Any]]:
+def _why(exc: BaseException) -> str:
+    """What went wrong reading or writing a terms database, without a value: SQLite's and the
+    system's messages name files and conditions, never a row."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+@dataclass
+class KeptTerms:
+    """What :func:`read_studies_terms` found: ``records`` {study key: its kept terms} and
+    ``unreadable`` [(database file name, why)] for each terms database that could not be read
+    whole (damaged, unreadable, a row that is not JSON): the terms it holds are unknown, so a
+    gate that reads them must not pass."""
+
+    records: dict[str, dict[str, Any]]
+    unreadable: list[tuple[str, str]]
+
+
+def read_studies_terms(project: str, release: str, study_keys: Iterable[str]) -> KeptTerms:
     """The identifiers :func:`write_study_terms` kept for each of ``study_keys`` that has them,
     by study key: the latest kept when several processes kept one, else the file an earlier
-    version of ridl wrote (:func:`study_terms_path`). Each database is read once.
+    version of ridl wrote (:func:`study_terms_path`). Each database is read once: read-write
+    (a write-ahead log a killed writer left is read too), else read-only, else, when it has no
+    log, as an unchanging file (a read-only or full disk). A file with no terms table (empty,
+    or made by a process that kept nothing) holds no terms; any other that cannot be read, and
+    a row that is not JSON, is named in :attr:`KeptTerms.unreadable`.
 
     Raises:
         ReleaseError: the release name is not valid (see :func:`release_dir`).
     """
     wanted = sorted(set(study_keys))
-    found: dict[str, tuple[int, str]] = {}
+    found: dict[str, tuple[int, str, str]] = {}
+    unreadable: list[tuple[str, str]] = []
     folder = terms_folder(project, release)
     for path in sorted(folder.glob("*.sqlite")) if folder.is_dir() else []:
-        try:  # read-write: a database still in WAL (its writer alive, or killed) reads so
-            db = sqlite3.connect(path)
-        except sqlite3.Error:
+        try:
+            rows = _terms_rows(path, wanted)
+        except sqlite3.Error as exc:
+            unreadable.append((path.name, _why(exc)))
+            continue
+        for study, written, data in rows:
+            if study not in found or written > found[study][0]:
+                found[study] = (written, data, path.name)
+    records: dict[str, dict[str, Any]] = {}
+    for study in wanted:
+        if study in found:
+            _written, text, name = found[study]
+            try:
+                record = json.loads(text)
+            except (TypeError, ValueError):
+                record = None
+            if not isinstance(record, dict):
+                unreadable.append((name, "a study's row is not a JSON object"))
+                continue
+            records[study] = record
+            continue
+        try:  # kept by an earlier version of ridl: a file cut short reads as never kept
+            legacy = json.loads(study_terms_path(project, release, study).read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(legacy, dict):
+            records[study] = legacy
+    return KeptTerms(records, sorted(set(unreadable)))
+
+
+def _terms_rows(path: Path, wanted: list[str]) -> list[tuple[str, int, str]]:
+    """The rows of ``wanted`` studies in the terms database ``path`` (see
+    :func:`read_studies_terms` for how it is opened); none when it has no terms table.
+
+    Raises:
+        sqlite3.Error: no way of opening it reads it.
+    """
+    uris = [path.as_uri(), f"{path.as_uri()}?mode=ro"]
+    if not path.with_name(path.name + "-wal").exists():
+        uris.append(f"{path.as_uri()}?immutable=1")
+    failure: sqlite3.Error | None = None
+    for uri in uris:
+        try:
+            db = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            failure = exc
             continue
         try:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            if ("study_terms",) not in tables:
+                return []
+            rows: list[tuple[str, int, str]] = []
             for at in range(0, len(wanted), 500):
                 chunk = wanted[at : at + 500]
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT study, written, record FROM study_terms WHERE study IN ({marks})"
-                for study, written, data in db.execute(query, chunk):
-                    if study not in found or written > found[study][0]:
-                        found[study] = (written, data)
-        except sqlite3.Error:
-            continue  # not a terms database, or one without its table yet
+                rows.extend(db.execute(query, chunk))
+            return rows
+        except sqlite3.Error as exc:
+            failure = exc
         finally:
             db.close()
-    records: dict[str, dict[str, Any]] = {}
-    for study in wanted:
-        if study in found:
-            text: str | None = found[study][1]
-        else:
-            try:
-                text = study_terms_path(project, release, study).read_text(encoding="utf-8")
-            except OSError:
-                text = None
-        try:
-            record = json.loads(text) if text is not None else None
-        except ValueError:  # a file of an earlier release cut short: as if never kept
-            record = None
-        if isinstance(record, dict):
-            records[study] = record
-    return records
+    assert failure is not None
+    raise failure
 
 
 def read_study_terms(project: str, release: str, study_key: str) -> dict[str, Any] | None:
@@ -425,9 +518,16 @@ def read_study_terms(project: str, release: str, study_key: str) -> dict[str, An
     :func:`read_studies_terms`.
 
     Raises:
-        ReleaseError: the release name is not valid (see :func:`release_dir`).
+        ReleaseError: the release name is not valid (see :func:`release_dir`), or a terms
+            database of the release cannot be read (the study's terms may be there).
     """
-    return read_studies_terms(project, release, [study_key]).get(study_key)
+    kept = read_studies_terms(project, release, [study_key])
+    if kept.unreadable:
+        raise ReleaseError(
+            f"the kept terms in {terms_folder(project, release)} cannot be read "
+            f"({'; '.join(f'{name}: {why}' for name, why in kept.unreadable)})"
+        )
+    return kept.records.get(study_key)
 
 
 # --- published markers --------------------------------------------------------------------------

@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from export.identifiers import IdentifierDictionary
+from ridl.errors import ReleaseError
 from ridl.releases import (
     read_studies_terms,
     read_study_terms,
@@ -53,10 +56,9 @@ def test_kept_terms_read_back_owner_only(ridl_home: Path) -> None:
         assert file.stat().st_mode & 0o777 == 0o600, file.name
     redone = _record("Doe^Janet")
     write_study_terms("p", "r1", "1.2.3", redone)
-    assert read_studies_terms("p", "r1", ["1.2.3", "1.2.4", "1.2.9"]) == {
-        "1.2.3": redone,
-        "1.2.4": _record("Roe^John", "R2"),
-    }
+    kept = read_studies_terms("p", "r1", ["1.2.3", "1.2.4", "1.2.9"])
+    assert kept.records == {"1.2.3": redone, "1.2.4": _record("Roe^John", "R2")}
+    assert kept.unreadable == []
 
 
 _WRITER = """
@@ -89,8 +91,8 @@ def test_a_killed_writer_leaves_terms_whole_or_absent(ridl_home: Path) -> None:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
     kept = read_studies_terms("p", "r1", [f"1.2.{i}" for i in range(50)])
-    assert kept, "the writer kept nothing before it was killed"
-    for study, found in kept.items():
+    assert kept.records and not kept.unreadable, "the writer kept nothing before it was killed"
+    for study, found in kept.records.items():
         assert {k: v for k, v in found.items() if k != "n"} == record, study
     # This process keeps one study again, later: its terms are the ones read.
     write_study_terms("p", "r1", "1.2.0", _record("Doe^Janet"))
@@ -117,4 +119,50 @@ def test_terms_kept_again_after_the_release_folder_was_removed(ridl_home: Path) 
     write_study_terms("p", "r1", "1.2.3", _record())
     shutil.rmtree(terms_folder("p", "r1").parent)
     write_study_terms("p", "r1", "1.2.4", _record("Roe^John", "R2"))
-    assert read_studies_terms("p", "r1", ["1.2.3", "1.2.4"]) == {"1.2.4": _record("Roe^John", "R2")}
+    assert read_studies_terms("p", "r1", ["1.2.3", "1.2.4"]).records == {
+        "1.2.4": _record("Roe^John", "R2")
+    }
+
+
+def test_a_terms_database_that_cannot_be_read_is_named_never_skipped(ridl_home: Path) -> None:
+    """A damaged database, or a row that is not JSON, may hide a study's terms: it is named as
+    unreadable (the gate then blocks) and a single study's read refuses; an empty file, or a
+    database with no terms table, holds no terms and is no problem."""
+    import sqlite3
+
+    write_study_terms("p", "r1", "1.2.3", _record())
+    folder = terms_folder("p", "r1")
+    (folder / "empty.sqlite").touch()
+    sqlite3.connect(folder / "other.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    assert read_studies_terms("p", "r1", ["1.2.3"]).unreadable == []
+    foreign = sqlite3.connect(folder / "zz.sqlite", isolation_level=None)
+    foreign.execute("CREATE TABLE study_terms (study TEXT, written INTEGER, record TEXT)")
+    foreign.execute("INSERT INTO study_terms VALUES ('1.2.3', ?, '{\"cut')", (time.time_ns(),))
+    foreign.close()
+    kept = read_studies_terms("p", "r1", ["1.2.3"])
+    assert kept.unreadable == [("zz.sqlite", "a study's row is not a JSON object")]
+    assert kept.records == {}
+    (folder / "zz.sqlite").write_bytes(b"no database here" * 64)
+    kept = read_studies_terms("p", "r1", ["1.2.3"])
+    assert [name for name, _why in kept.unreadable] == ["zz.sqlite"]
+    assert kept.records == {"1.2.3": _record()}
+    with pytest.raises(ReleaseError, match="zz.sqlite"):
+        read_study_terms("p", "r1", "1.2.3")
+
+
+def test_a_damaged_file_at_the_process_name_is_left_and_another_kept(
+    ridl_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new process with the host and pid of an earlier one whose database is damaged keeps
+    its terms in a database of its own beside it (the damaged one stays, for the gate to
+    name)."""
+    monkeypatch.setattr(os, "getpid", lambda: 424242)
+    folder = terms_folder("p", "r1")
+    folder.mkdir(parents=True)
+    damaged = folder / f"{os.uname().nodename}-424242.sqlite"
+    damaged.write_bytes(b"no database here" * 64)
+    write_study_terms("p", "r1", "1.2.3", _record())
+    assert damaged.read_bytes() == b"no database here" * 64
+    kept = read_studies_terms("p", "r1", ["1.2.3"])
+    assert kept.records == {"1.2.3": _record()}
+    assert [name for name, _why in kept.unreadable] == [damaged.name]

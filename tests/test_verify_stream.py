@@ -379,6 +379,31 @@ def test_a_part_without_a_current_verification_record_blocks(
     assert [(h.key, h.kind) for h in report.hits] == [(key, "unverified-study")]
 
 
+def test_a_terms_database_the_gate_cannot_read_blocks(
+    synth_dir,
+    project,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The gate re-derives the sampled studies' identifiers from the kept terms: a database of
+    them it cannot read (here damaged) may hold a study's names, so the sample cannot be shown
+    clean: blocked, nothing removed, nothing published (it passed before it was damaged)."""
+    from ridl.releases import close_terms_databases, terms_folder
+
+    store, prefix = _build(project.id, f"folder:{synth_dir.root}", tmp_path / "store")
+    assert audit_release(project.id, "r1", store.url, sample=10_000, seed=1).passed
+    close_terms_databases()  # as the run's workers do when they end
+    (database,) = terms_folder(project.id, "r1").glob("*.sqlite")
+    with database.open("r+b") as damaged:
+        damaged.write(b"this is no SQLite file")
+    stored = sorted(i.key for i in store.list(prefix + "/"))
+    with pytest.raises(VerificationFailed) as failed:
+        gate_release(project.id, "r1", store.url)
+    hits = failed.value.report.hits
+    assert [(h.key, h.kind) for h in hits] == [(str(database), "terms-unreadable")]
+    assert not release_is_published(project.id, "r1")
+    assert all(store.exists(k) for k in stored if k.endswith(".dcm")), "nothing removed"
+
+
 def _dated_header(study_date: str, acquisition_date: str) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
