@@ -482,6 +482,27 @@ def test_rule_a_no_break_space_or_quotation_mark_beside_an_identifier_is_no_lett
     assert [path for path, _kind in _hits(v, data)] == ["StudyDescription"], text
 
 
+@pytest.mark.parametrize(
+    "text", [*_BESIDE, "seen 2019\u201308\u201301", "seen 2019\u201108\u201101", "Gagnon"]
+)
+def test_the_raw_first_look_of_the_stream_finds_what_the_whole_search_finds(text: str) -> None:
+    """The stream first looks at an object's raw bytes (``text_end``): a Unicode space or dash
+    between an identifier's parts (which only the spaced text matches) must not make that look
+    miss it, nor a plain name."""
+    source = _source(
+        PatientName="Gagnon^Chloe",
+        PatientID="MRN346236",
+        PatientBirthDate="19420630",
+        StudyDate="20190801",
+    )
+    v = _verifier(source)
+    data = _charset_output("ISO_IR 192", StudyDescription=text)
+    whole = v.check_bytes("k.dcm", data).hits
+    first = v.check_bytes("k.dcm", data, text_end=len(data)).hits
+    assert whole, text
+    assert [(h.path, h.kind) for h in first] == [(h.path, h.kind) for h in whole], text
+
+
 _CJK_NAMES = {
     "zh": ("Zhang^Wei=张^伟", "ISO_IR 192"),
     "gb": ("Fan^Leng=範^稜", "GB18030"),
