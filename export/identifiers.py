@@ -1468,10 +1468,6 @@ class Automaton:
         """
         return self._search.find_matches_as_indexes(hay.encode("latin-1"), overlapping=True)
 
-    def matches_bytes(self, hay: bytes) -> list[tuple[int, int, int]]:
-        """:meth:`matches` of a text already written as its bytes (ASCII-lowered)."""
-        return self._search.find_matches_as_indexes(hay, overlapping=True)
-
 
 _ISO2022_RESET = "\x1b(b"  # ESC ( B, back to ASCII, as the automaton's keys are lowered
 

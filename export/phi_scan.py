@@ -499,19 +499,13 @@ class Verifier:
         ):
             codecs = _declared_codecs(data, text_end)
             if codecs is not None:
-                # The header's bytes, and the text segments of compressed frames (not R10),
-                # ASCII-lowered as the keys are (:func:`_hay` without its reading as text).
-                raw = [data[:text_end].lower()]
-                raw += [text.lower() for text in _texts_after(data, text_end)]
+                # The header's bytes, and the text segments of compressed frames (not R10).
+                heads = _hays(_hay(data[:text_end]))
+                for text in _texts_after(data, text_end):
+                    heads += _hays(_hay(text))
                 # No term in the object's character sets (each dictionary's keys written in
                 # them too): clean. An empty dictionary finds nothing. Most objects match no
-                # key at all, in bytes no Unicode space or dash rewrites: those are searched
-                # as they are; the others, and the word rules (scan), as text.
-                if not self._may_hold(raw, codecs):
-                    return ObjectResult()
-                heads: tuple[str, ...] = ()
-                for text in raw:
-                    heads += _hays(text.decode("latin-1"))
+                # key at all: the word rules (scan) only run over a text that does.
                 if not self._found_in(heads, codecs):
                     return ObjectResult()
         if not is_dicom:
@@ -527,27 +521,6 @@ class Verifier:
             result = self._check_file(key, data)
             result.hits.append(Hit(key, "(object could not be parsed)", UNVERIFIABLE))
             return result
-
-    def _may_hold(self, raw: list[bytes], codecs: frozenset[str]) -> bool:
-        """False when no dictionary's key is in any of ``raw`` (lowered bytes) and none of
-        them holds a byte :func:`_spaced` looks for (A0, A1, B7, E2, E3, EF: then :func:`_hays`
-        of each is itself, and :meth:`_found_in` would find nothing either); True otherwise."""
-        for text in raw:  # one byte looked for each (memchr), as _spaced does
-            if (
-                b"\xa0" in text
-                or b"\xa1" in text
-                or b"\xb7" in text
-                or b"\xe2" in text
-                or b"\xe3" in text
-                or b"\xef" in text
-            ):
-                return True
-        for dictionary in self.dictionaries:
-            if dictionary.terms:
-                auto = dictionary.automaton(codecs)
-                if any(auto.matches_bytes(text) for text in raw):
-                    return True
-        return False
 
     def _found_in(self, heads: tuple[str, ...], codecs: frozenset[str]) -> bool:
         """Whether a term of any dictionary is in one of ``heads`` (:func:`_hays` texts of raw
