@@ -202,6 +202,17 @@ class FaultPlan:
     drop_after: set[int] = field(default_factory=set)  # n -> forwarded, then connection closed
 
 
+class _ProxyServer(ThreadingHTTPServer):
+    """The proxy's server: a connection that a fault, a client or the upstream dropped is part
+    of the test, not an error to print (socketserver prints its traceback on whatever
+    ``sys.stderr`` is then, which may be another test's captured CLI output)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
 class FaultyProxy:
     """An HTTP proxy on loopback in front of a server, with injected faults and counters."""
 
@@ -216,7 +227,7 @@ class FaultyProxy:
         self.faults = 0
         self.requests: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server = _ProxyServer(("127.0.0.1", self.port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
