@@ -115,6 +115,9 @@ from ridl.written_forms import (
 )
 
 RULES_VERSION = "ridl-identifiers/13"
+# The encodings every dictionary searches its terms in, beside those a header declares (Python
+# codec names): Latin-1 and UTF-8 write ASCII as ASCII.
+OWN_ENCODINGS = ("latin_1", "utf_8")
 # 13: names run together, identifiers split (R15); 12: JPEG RES and JPG segments are text;
 # 11: compressed frames' comments searched (R10); 10: Han/kana/Hangul ends, ISO 2022 escapes
 # (R3), dashes and spaces; 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
@@ -720,7 +723,7 @@ class IdentifierDictionary:
     def __init__(self, retained: Iterable[str] = (), memo: ElementMemo | None = None) -> None:
         self.retained = set(retained)
         self.terms: dict[str, Term] = {}
-        self.encodings: set[str] = {"latin_1", "utf_8"}
+        self.encodings: set[str] = set(OWN_ENCODINGS)
         self._own_encodings = frozenset(self.encodings)
         self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
         self._seen: set[tuple[int, bytes, str | None, str]] = set()
@@ -1562,7 +1565,7 @@ def _date_templates(month_day: str, ascii_same: tuple[str, ...]) -> str:
     return _JOIN.join(keys)
 
 
-def prepare_date_keys(encodings: Iterable[str] = ("latin_1", "utf_8")) -> None:
+def prepare_date_keys(encodings: Iterable[str] = OWN_ENCODINGS) -> None:
     """Make the automaton keys of every day of the year's written forms (:func:`_date_templates`)
     in ``encodings`` (Python codec names that write ASCII as ASCII; a dictionary's own by
     default), once a process (~45 ms): a worker meets every day of the year within its first

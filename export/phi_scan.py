@@ -37,6 +37,7 @@ from export.identifiers import (
     BULK_TAGS,
     DATE_VRS,
     NAME_KINDS,
+    OWN_ENCODINGS,
     UNSPACED_SCRIPTS,
     Automaton,
     IdentifierDictionary,
@@ -398,7 +399,7 @@ def element_spans(
     """
     if depth > 64:
         return
-    encodings = encodings or ["latin_1", "utf_8"]
+    encodings = encodings or list(OWN_ENCODINGS)
     for tag in list(ds.keys()):
         tag = Tag(tag)
         try:
@@ -678,7 +679,7 @@ class Verifier:
             ]
 
         def body_spans() -> list[_Span]:
-            encodings = sorted({"latin_1", "utf_8", *declared_charsets(ds)})
+            encodings = sorted({*OWN_ENCODINGS, *declared_charsets(ds)})
             return list(element_spans(ds, encodings=encodings))
 
         ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
