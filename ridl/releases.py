@@ -445,7 +445,14 @@ def read_studies_terms(project: str, release: str, study_keys: Iterable[str]) ->
     found: dict[str, tuple[int, str, str]] = {}
     unreadable: list[tuple[str, str]] = []
     folder = terms_folder(project, release)
-    for path in sorted(folder.glob("*.sqlite")) if folder.is_dir() else []:
+    try:  # os.listdir, not Path.glob: glob reads a folder it may not list as empty
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".sqlite"))
+    except (FileNotFoundError, NotADirectoryError):
+        names = []  # no study kept on this disk
+    except OSError as exc:
+        names = []
+        unreadable.append((folder.name, _why(exc)))
+    for path in (folder / name for name in names):
         try:
             rows = _terms_rows(path, wanted)
         except sqlite3.Error as exc:

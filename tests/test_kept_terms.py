@@ -166,3 +166,26 @@ def test_a_damaged_file_at_the_process_name_is_left_and_another_kept(
     kept = read_studies_terms("p", "r1", ["1.2.3"])
     assert kept.records == {"1.2.3": _record()}
     assert [name for name, _why in kept.unreadable] == [damaged.name]
+
+
+def test_a_terms_folder_that_cannot_be_listed_is_named_never_read_as_empty(
+    ridl_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Path.glob`` reads a folder it is not allowed to list as empty, which would make every
+    study's terms absent (the gate falling back to patient ID and health number): a folder
+    that cannot be listed is named as unreadable instead. (The tests run as root, whom no
+    folder mode stops: the refusal is the system's own error, raised for that folder.)"""
+    write_study_terms("p", "r1", "1.2.3", _record())
+    folder = terms_folder("p", "r1")
+    listdir = os.listdir
+
+    def refused(path: Any = ".") -> list[str]:
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    kept = read_studies_terms("p", "r1", ["1.2.3"])
+    assert kept.unreadable == [("terms", "Permission denied")]
+    with pytest.raises(ReleaseError, match="Permission denied"):
+        read_study_terms("p", "r1", "1.2.3")
