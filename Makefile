@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the one compiled part (export/_header_look.c, in place): a C compiler and
+# Python's headers; without them ridl runs the same look in Python, slower.
+$(STAMP): pyproject.toml setup.py export/_header_look.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"

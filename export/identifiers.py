@@ -90,9 +90,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import repeat
 from typing import Any, cast
 
@@ -837,49 +837,20 @@ class IdentifierDictionary:
         pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]] = []  # costly elements
         private: list[tuple[str, str]] = []
         converted: list[DataElement] = []  # plain public elements already converted
-        plain = _PLAIN
-        for tag, raw in ds.items():
-            if type(raw) is RawDataElement:
-                data = raw.value
-                if type(data) is bytes:
-                    # A plain int (``tag + 0``): a BaseTag compares in Python, an int in C.
-                    itag = tag + 0
-                    if raw.length == 0xFFFFFFFF:
-                        how = _COSTLY
-                    else:
-                        known = plain.get(raw.VR)
-                        found = known.get(itag) if known is not None else None
-                        how = found if found is not None else _plain_kind(itag, raw)
-                    if how != _COSTLY:
-                        # _PUBLIC: its texts are read below, only if R6 needs them;
-                        # _OTHER: a public value without text, nothing to collect.
-                        continue
-                    if len(data) <= MEMO_MAX_VALUE:
-                        key = (itag, data, charset_key)
-                        seen = done.get(key)
-                        if seen is None:
-                            seen = self._read_costly(ds, Tag(tag), raw, research_id, charset_key)
-                            done[key] = seen
-                            self._done_bytes += len(data) + 100
-                        if seen[0]:
-                            pubs.append((key, seen[0]))
-                        if seen[1]:
-                            private.extend(seen[1])
-                        continue
-            elif type(raw) is DataElement:
-                # Converted already (pydicom's reader converts the Specific Character Set):
-                # a plain public one is read below, only if R6 needs its texts, as raw ones.
-                converted_key = (int(tag), raw.VR)
-                plain_text = _CONVERTED_PLAIN.get(converted_key)
-                if plain_text is None:
-                    plain_text = _CONVERTED_PLAIN[converted_key] = _plain_converted(Tag(tag), raw)
-                if plain_text:
-                    converted.append(raw)
-                    continue
-            elif raw is None:
-                continue
-            # Elements already converted, large ones, and public ones with no text.
-            self._collect_one(ds, Tag(tag), raw, research_id, public_values, private, charset_key)
+        slow = partial(
+            self._look_element, ds, research_id, charset_key, pubs, private, converted,
+            public_values,
+        )  # fmt: skip
+        if _LOOK is not None:
+            # The same look in C: what the tables settle (plain values, costly ones already
+            # read) is settled there, anything else comes back to _look_element, in order.
+            _LOOK(
+                ds._dict, RawDataElement, DataElement, _PLAIN, _CONVERTED_PLAIN, done,
+                charset_key, MEMO_MAX_VALUE, pubs, private, converted, slow,
+            )  # fmt: skip
+        else:
+            for tag, raw in ds.items():
+                slow(tag, raw)
         public: dict[str, tuple[int, bytes, str] | None] | None = None
         settled = self._settled
         for pair in private:
@@ -914,6 +885,68 @@ class IdentifierDictionary:
             self.add(value, kind, name_only=_is_common(value))
             if kind == "institution-or-station":
                 self.shared.add(("place", value))
+
+    def _look_element(
+        self,
+        ds: Dataset,
+        research_id: str | None,
+        charset_key: str,
+        pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]],
+        private: list[tuple[str, str]],
+        converted: list[DataElement],
+        public_values: set[str],
+        tag: BaseTag,
+        raw: DataElement | RawDataElement | None,
+    ) -> None:
+        """:meth:`add_header`'s look at one top-level element ``raw`` of ``ds`` (``tag``):
+        a plain public value is left for R6 (its texts read only if a private or place
+        candidate needs them), a costly one (:func:`_costly`) is read through this
+        dictionary's skip list and the worker's :class:`ElementMemo`, a converted plain one
+        goes to ``converted``, anything else is read element by element. ``pubs``,
+        ``private``, ``converted`` and ``public_values`` are the header's, appended to.
+        ``export._header_look`` makes the same decisions in C and calls this for the rest."""
+        if type(raw) is RawDataElement:
+            data = raw.value
+            if type(data) is bytes:
+                # A plain int (``tag + 0``): a BaseTag compares in Python, an int in C.
+                itag = tag + 0
+                if raw.length == 0xFFFFFFFF:
+                    how = _COSTLY
+                else:
+                    known = _PLAIN.get(raw.VR)
+                    found = known.get(itag) if known is not None else None
+                    how = found if found is not None else _plain_kind(itag, raw)
+                if how != _COSTLY:
+                    # _PUBLIC: its texts are read later, only if R6 needs them;
+                    # _OTHER: a public value without text, nothing to collect.
+                    return
+                if len(data) <= MEMO_MAX_VALUE:
+                    key = (itag, data, charset_key)
+                    done = self._done
+                    seen = done.get(key)
+                    if seen is None:
+                        seen = self._read_costly(ds, Tag(tag), raw, research_id, charset_key)
+                        done[key] = seen
+                        self._done_bytes += len(data) + 100
+                    if seen[0]:
+                        pubs.append((key, seen[0]))
+                    if seen[1]:
+                        private.extend(seen[1])
+                    return
+        elif type(raw) is DataElement:
+            # Converted already (pydicom's reader converts the Specific Character Set):
+            # a plain public one is read later, only if R6 needs its texts, as raw ones.
+            converted_key = (int(tag), raw.VR)
+            plain_text = _CONVERTED_PLAIN.get(converted_key)
+            if plain_text is None:
+                plain_text = _CONVERTED_PLAIN[converted_key] = _plain_converted(Tag(tag), raw)
+            if plain_text:
+                converted.append(raw)
+                return
+        elif raw is None:
+            return
+        # Elements already converted, large ones, and public ones with no text.
+        self._collect_one(ds, Tag(tag), raw, research_id, public_values, private, charset_key)
 
     def add_header_walk(
         self, ds: Dataset, research_id: str | None = None, shift_days: int | None = None
@@ -1655,6 +1688,24 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
 
 
 _PUBLIC, _COSTLY, _OTHER = 0, 1, 2
+
+
+_ElementOf = Callable[[MutableMapping[Any, Any], int], Any]
+
+
+def _compiled() -> tuple[Callable[..., None] | None, _ElementOf | None]:
+    """``export._header_look``'s ``look`` and ``element_of``, or None where the extension was
+    not built (no C compiler where ridl was installed): :meth:`IdentifierDictionary.add_header`
+    then looks at each element in Python, with the same result (tests/test_identifier_cache.py).
+    """
+    try:
+        from export._header_look import element_of, look
+    except ImportError:
+        return None, None
+    return look, element_of
+
+
+_LOOK, _ELEMENT_OF = _compiled()
 # {VR read (None: implicit VR): {tag as int: how add_header reads a defined-length raw
 # top-level element of that VR}} (two levels: no tuple key built per element)
 _PLAIN: dict[str | None, dict[int, int]] = {}
@@ -1740,7 +1791,8 @@ def _holds_bytes(ds: Dataset, witness: tuple[int, bytes, str], charset_key: str)
 def _charsets_of(ds: Dataset) -> tuple[str, list[str]]:
     """(the header's Specific Character Set as text, its codecs: :func:`declared_charsets`),
     cached by value."""
-    raw = ds._dict.get(_CHARSET_TAG)
+    # The lookup by a BaseTag calls its __eq__ (Python) on the key found: the compiled one not.
+    raw = ds._dict.get(_CHARSET_TAG) if _ELEMENT_OF is None else _ELEMENT_OF(ds._dict, 0x00080005)
     # Keyed by the raw bytes as read (a worker's headers are raw): no conversion per header.
     key: tuple[str, Any]
     if type(raw) is RawDataElement:
