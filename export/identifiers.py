@@ -1355,7 +1355,10 @@ class IdentifierDictionary:
         if cached is not None:
             return cached
         self._mark_coincident()
-        entries: dict[str, list[Term]] = {}
+        # {key: its terms}: a tuple shared by every key of one term until another term joins it
+        # (no container made a key: a study's ~260 lists fed the garbage collector, whose
+        # passes over a worker's heap cost more than the lists themselves).
+        entries: dict[str, tuple[Term, ...]] = {}
         unspaced: dict[str, tuple[bool, bool]] = {}  # keys whose term starts or ends in CJK (R3)
         cores: set[str] = set()  # ISO 2022 keys' bytes without their escape (R3, _run_of)
         # Whole ideographic or phonetic names written without spaces (name_terms keeps both).
@@ -1377,20 +1380,21 @@ class IdentifierDictionary:
             else:
                 keys = _keys(value, ascii_same, others)
             ends = _unspaced_ends(value, value in groups)
+            alone = (term,)
             if not value.isascii():
                 cores.update(core for core in map(_iso2022_core, keys) if core)
             elif len(keys) > 8 and ends == (False, False) and not entries.keys() & keys:
-                # A date's ~100 keys, none met yet (most): each its own list of this term.
-                entries.update(zip(keys, map(list, repeat((term,), len(keys))), strict=True))
+                # A date's ~100 keys, none met yet (most): all of them this term alone.
+                entries.update(zip(keys, repeat(alone, len(keys)), strict=True))
                 continue
             for key in keys:
                 found = entries.get(key)
                 if found is None:
-                    entries[key] = [term]
+                    entries[key] = alone
                     if ends != (False, False):
                         unspaced[key] = ends
                 elif term not in found:
-                    found.append(term)
+                    entries[key] = (*found, term)
                     if ends != (False, False):
                         start, end = unspaced.get(key, (False, False))
                         unspaced[key] = (start or ends[0], end or ends[1])
@@ -1454,7 +1458,7 @@ class Automaton:
 
     def __init__(
         self,
-        entries: dict[str, list[Term]],
+        entries: dict[str, tuple[Term, ...]],
         unspaced: dict[str, tuple[bool, bool]] | None = None,
         cores: set[str] | None = None,
     ) -> None:
@@ -1467,16 +1471,16 @@ class Automaton:
             UnicodeEncodeError: a key holds a character above U+00FF.
         """
         if not entries:
-            entries = {_NEVER: []}
+            entries = {_NEVER: ()}
         self._entries, self._unspaced, self._cores = entries, unspaced or {}, cores or set()
-        self._values: list[tuple[int, list[Term], bool, bool, int]] | None = None
+        self._values: list[tuple[int, tuple[Term, ...], bool, bool, int]] | None = None
         self._search = ahocorasick_rs.BytesAhoCorasick(
             list(map(str.encode, entries, repeat("latin-1"))),
             implementation=ahocorasick_rs.Implementation.ContiguousNFA,
         )
 
     @property
-    def values(self) -> list[tuple[int, list[Term], bool, bool, int]]:
+    def values(self) -> list[tuple[int, tuple[Term, ...], bool, bool, int]]:
         """(key length in bytes, terms, no boundary needed before, after, run) by pattern
         index; run (:func:`_run_of`): 1 for the bytes of a multi-byte ISO 2022 set that match
         only inside a run of it, -1 for an ASCII key that never does, else 0. Made on first use:

@@ -186,7 +186,7 @@ def scan(
     text: bool = True,
     dates: bool = False,
     ends: bool = True,
-) -> Iterator[tuple[int, int, list[Term]]]:
+) -> Iterator[tuple[int, int, Sequence[Term]]]:
     """Whole-word matches (R3) in a lowered latin-1 haystack: (start, end, terms).
 
     ``hay`` is bytes ASCII-lowered and read as Latin-1 text (one character per byte, so offsets
@@ -215,7 +215,8 @@ def scan(
     n = len(hay)
     values = auto.values  # only now: made on first use (Automaton.values)
     for index, start, stop in found:
-        length, terms, free_start, free_end, run = values[index]
+        length, found_terms, free_start, free_end, run = values[index]
+        terms: Sequence[Term] = found_terms
         end = stop - 1  # the match's last character
         if run == 1 and not _in_multibyte_run(hay, start, aligned=True):
             continue  # an ISO 2022 set's bytes outside its run, or between two characters
@@ -580,7 +581,7 @@ class Verifier:
                 result.hits.append(Hit(key, path, kind))
 
         for label, buf, bulk, spans_of in segments:
-            candidates: list[tuple[int, int, list[Term], bool]] = []
+            candidates: list[tuple[int, int, Sequence[Term], bool]] = []
             pieces = [(offset, _hay(piece)) for offset, piece in _outside(buf, bulk)]  # R10
             for offset, hay in pieces:
                 matches = (m for a in automata for m in scan(hay, a, text=False, dates=True))
