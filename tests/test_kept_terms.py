@@ -189,3 +189,18 @@ def test_a_terms_folder_that_cannot_be_listed_is_named_never_read_as_empty(
     assert kept.unreadable == [("terms", "Permission denied")]
     with pytest.raises(ReleaseError, match="Permission denied"):
         read_study_terms("p", "r1", "1.2.3")
+
+
+def test_terms_in_any_script_and_a_lone_surrogate_read_back(ridl_home: Path) -> None:
+    """Terms are kept as they are (Latin, Han, Hangul, combining accents) and read back equal;
+    a value orjson refuses (a lone surrogate) is kept escaped, not lost nor a crash."""
+    record = {
+        **_record("Côté^Hélène"),
+        "extra": ["山田^太郎", "김^구", "e\u0301", "Ołowska"],
+    }
+    write_study_terms("p", "r1", "1.2.3", record)
+    odd = {**_record("Roe^John", "R2"), "extra": ["x\udc80y"]}
+    write_study_terms("p", "r1", "1.2.4", odd)
+    kept = read_studies_terms("p", "r1", ["1.2.3", "1.2.4"])
+    assert kept.records == {"1.2.3": record, "1.2.4": odd}
+    assert kept.unreadable == []
