@@ -25,9 +25,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 
 import export.identifiers as identifiers
 from export.identifiers import ElementMemo, IdentifierDictionary
@@ -168,63 +166,3 @@ def test_every_day_of_the_year_prepared_once_a_process() -> None:
     assert set(dictionary().automaton(())._entries) == on_demand
     assert identifiers._date_templates.cache_info().misses == prepared.misses
     assert {"29 feb 1984", "february 29th, 1984", "31/12/2019", "dec 31, 2019"} <= on_demand
-
-
-def test_the_compiled_look_settles_what_it_knows_and_hands_back_the_rest(look: str) -> None:
-    """The compiled look's contract, element by element: plain values and costly ones already
-    read stay in C; anything unknown, not raw, or too large goes to the callback, in order; a
-    callback's error comes back as raised; a header that changes size while read is an error."""
-    if look != "compiled":
-        pytest.skip("the compiled look's own contract")
-    from export._header_look import element_of
-    from export._header_look import look as compiled
-
-    def raw(tag: int, vr: str | None, value: bytes, length: int | None = None) -> RawDataElement:
-        n = len(value) if length is None else length
-        return RawDataElement(BaseTag(tag), vr, n, value, 0, False, True)
-
-    items: dict[BaseTag, Any] = {
-        BaseTag(0x00080005): DataElement(0x00080005, "CS", "ISO_IR 100"),
-        BaseTag(0x00080060): raw(0x00080060, "CS", b"CT"),  # plain: known below
-        BaseTag(0x00100010): raw(0x00100010, "PN", b"DOE^JANE"),  # costly, read before
-        BaseTag(0x00100020): raw(0x00100020, "LO", b"MRN1"),  # costly, not read yet
-        BaseTag(0x00191001): raw(0x00191001, None, b"x"),  # implicit VR: kind unknown
-        BaseTag(0x00200013): None,
-        BaseTag(0x0F0F1001): raw(0x0F0F1001, "LO", b"y" * 70_000),  # too large to remember
-    }
-    # As add_header's own table says of these (the compiled look keeps a copy a process).
-    plain = {"CS": {0x00080060: 2}, "PN": {0x00100010: 1}, "LO": {0x00100020: 1, 0x0F0F1001: 1}}
-    done = {(0x00100010, b"DOE^JANE", "ISO_IR 100"): (frozenset({"doe"}), (("x", "y"),), ())}
-    converted_plain = {(0x00080005, "CS"): False}
-    pubs: list[Any] = []
-    private: list[tuple[str, str]] = []
-    converted: list[Any] = []
-    handed: list[int] = []
-    compiled(
-        items, RawDataElement, DataElement, plain, converted_plain, done, "ISO_IR 100", 65_536,
-        pubs, private, converted, lambda tag, elem: handed.append(int(tag)),
-    )  # fmt: skip
-    assert handed == [0x00080005, 0x00100020, 0x00191001, 0x0F0F1001]
-    assert pubs == [((0x00100010, b"DOE^JANE", "ISO_IR 100"), frozenset({"doe"}))]
-    assert private == [("x", "y")]
-    assert converted == []
-    assert element_of(items, 0x00080060) is items[BaseTag(0x00080060)]
-    assert element_of(items, 0x00080061) is None
-
-    def fails(tag: BaseTag, elem: Any) -> None:
-        raise ValueError("from the callback")
-
-    with pytest.raises(ValueError, match="from the callback"):
-        compiled(
-            items, RawDataElement, DataElement, plain, converted_plain, done, "", 65_536,
-            [], [], [], fails,
-        )  # fmt: skip
-
-    def grows(tag: BaseTag, elem: Any) -> None:
-        items[BaseTag(0x7FE00010 + len(items))] = None
-
-    with pytest.raises(RuntimeError, match="changed while read"):
-        compiled(
-            items, RawDataElement, DataElement, plain, converted_plain, done, "", 65_536,
-            [], [], [], grows,
-        )  # fmt: skip
