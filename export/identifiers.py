@@ -841,16 +841,12 @@ class IdentifierDictionary:
             self._look_element, ds, research_id, charset_key, pubs, private, converted,
             public_values,
         )  # fmt: skip
-        if _LOOK is not None:
-            # The same look in C: what the tables settle (plain values, costly ones already
-            # read) is settled there, anything else comes back to _look_element, in order.
-            _LOOK(
-                ds._dict, RawDataElement, DataElement, _PLAIN, _CONVERTED_PLAIN, done,
-                charset_key, MEMO_MAX_VALUE, pubs, private, converted, slow,
-            )  # fmt: skip
-        else:
-            for tag, raw in ds.items():
-                slow(tag, raw)
+        # What the tables settle (plain values, costly ones already read) is settled by the
+        # look (compiled where it was built), anything else comes back to _look_element, in order.
+        (_LOOK or python_look)(
+            ds._dict, RawDataElement, DataElement, _PLAIN, _CONVERTED_PLAIN, done,
+            charset_key, MEMO_MAX_VALUE, pubs, private, converted, slow,
+        )  # fmt: skip
         public: dict[str, tuple[int, bytes, str] | None] | None = None
         settled = self._settled
         for pair in private:
@@ -904,7 +900,8 @@ class IdentifierDictionary:
         dictionary's skip list and the worker's :class:`ElementMemo`, a converted plain one
         goes to ``converted``, anything else is read element by element. ``pubs``,
         ``private``, ``converted`` and ``public_values`` are the header's, appended to.
-        ``export._header_look`` makes the same decisions in C and calls this for the rest."""
+        The look (:func:`python_look`, or ``export._header_look`` in C) settles what its
+        tables know and calls this for the rest."""
         if type(raw) is RawDataElement:
             data = raw.value
             if type(data) is bytes:
@@ -1694,14 +1691,74 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
 _PUBLIC, _COSTLY, _OTHER = 0, 1, 2
 
 
+def python_look(
+    items: MutableMapping[Any, Any],
+    raw_type: type[RawDataElement],
+    element_type: type[DataElement],
+    plain: dict[str | None, dict[int, int]],
+    converted_plain: dict[tuple[int, str], bool],
+    done: dict[tuple[int, bytes, str], Any],
+    charset_key: str,
+    memo_max: int,
+    pubs: list[Any],
+    private: list[tuple[str, str]],
+    converted: list[Any],
+    slow: Callable[[Any, Any], None],
+) -> None:
+    """The per-element look of :meth:`IdentifierDictionary.add_header` in Python, as
+    ``export._header_look.look`` makes it in C (where that is not built): over the header's
+    ``items`` ({tag: element}), a raw element whose kind ``plain`` ({VR: {tag: kind}}) gives as
+    plain is passed; a costly one found in ``done`` ({(tag, bytes, ``charset_key``): (public
+    values, private pairs, ...)}) adds its public values to ``pubs`` with its key and its
+    private pairs to ``private``; a converted one ``converted_plain`` ({(tag, VR): bool}) says is
+    plain goes to ``converted``; every other element (unknown kind, value over ``memo_max``
+    bytes or not bytes, not read yet) is handed to ``slow(tag, element)``, in order.
+
+    Raises:
+        RuntimeError: the header's elements changed in number while read.
+    """
+    for tag, raw in items.items():
+        if type(raw) is raw_type:
+            data = raw.value
+            if type(data) is bytes:
+                # A plain int (``tag + 0``): a BaseTag compares in Python, an int in C.
+                itag = tag + 0
+                if raw.length == 0xFFFFFFFF:
+                    how: int | None = _COSTLY
+                else:
+                    known = plain.get(raw.VR)
+                    how = known.get(itag) if known is not None else None
+                    if how is None:
+                        slow(tag, raw)  # a VR or tag not met yet
+                        continue
+                if how != _COSTLY:
+                    continue  # public or other: read later only if R6 needs its text
+                if len(data) <= memo_max:
+                    key = (itag, data, charset_key)
+                    seen = done.get(key)
+                    if seen is not None:
+                        if seen[0]:
+                            pubs.append((key, seen[0]))
+                        if seen[1]:
+                            private.extend(seen[1])
+                        continue
+            slow(tag, raw)
+        elif type(raw) is element_type:
+            if converted_plain.get((int(tag), raw.VR)):
+                converted.append(raw)
+            else:
+                slow(tag, raw)
+        elif raw is not None:
+            slow(tag, raw)
+
+
 _ElementOf = Callable[[MutableMapping[Any, Any], int], Any]
 
 
 def _compiled() -> tuple[Callable[..., None] | None, _ElementOf | None]:
     """``export._header_look``'s ``look`` and ``element_of``, or None where the extension was
     not built (no C compiler where ridl was installed): :meth:`IdentifierDictionary.add_header`
-    then looks at each element in Python, with the same result (tests/test_identifier_cache.py).
-    """
+    then uses :func:`python_look`, with the same result (tests/test_identifier_cache.py)."""
     try:
         from export._header_look import element_of, look
     except ImportError:
