@@ -64,6 +64,9 @@ typedef struct {
     int8_t kind; /* 0 empty slot, else the kind + 1 */
 } kind_slot;
 static kind_slot kinds[KIND_SLOTS];
+/* The `plain` table the copy was made from (held for the process): a call with another table
+ * (a test's) neither reads nor writes the copy. */
+static PyObject *kinds_owner = NULL;
 
 /* A two-letter VR as 16 bits, or 0 when the VR is not two ASCII letters (None: implicit). */
 static uint16_t vr_code(PyObject *vr) {
@@ -80,7 +83,10 @@ static size_t kind_slot_of(uint32_t tag, uint16_t vr) {
     return (size_t)(h >> 52) % KIND_SLOTS;
 }
 
-static long cached_kind(unsigned long tag, PyObject *vr) {
+static long cached_kind(PyObject *plain, unsigned long tag, PyObject *vr) {
+    if (plain != kinds_owner) {
+        return -1;
+    }
     uint16_t code = vr_code(vr);
     if (code == 0 || tag > 0xFFFFFFFFUL) {
         return -1;
@@ -98,7 +104,14 @@ static long cached_kind(unsigned long tag, PyObject *vr) {
     return -1;
 }
 
-static void remember_kind(unsigned long tag, PyObject *vr, long how) {
+static void remember_kind(PyObject *plain, unsigned long tag, PyObject *vr, long how) {
+    if (kinds_owner == NULL) {
+        Py_INCREF(plain);
+        kinds_owner = plain;
+    }
+    if (plain != kinds_owner) {
+        return;
+    }
     uint16_t code = vr_code(vr);
     if (code == 0 || tag > 0xFFFFFFFFUL || how < 0 || how > 100) {
         return;
@@ -149,7 +162,7 @@ static int look_raw(PyObject *tag, PyObject *raw, PyObject *plain, PyObject *don
     PyObject *vr = PyTuple_GET_ITEM(raw, RAW_VR);
     PyObject *itag = NULL; /* the tag as a plain int (a BaseTag compares in Python) */
     if (!costly) {
-        long how = cached_kind(tag_value, vr);
+        long how = cached_kind(plain, tag_value, vr);
         if (how < 0) {
             itag = PyLong_FromUnsignedLong(tag_value);
             if (itag == NULL) {
@@ -158,7 +171,10 @@ static int look_raw(PyObject *tag, PyObject *raw, PyObject *plain, PyObject *don
             PyObject *known = PyDict_GetItemWithError(plain, vr);
             PyObject *found = NULL;
             if (known != NULL && PyDict_Check(known)) {
+                Py_INCREF(known);
                 found = PyDict_GetItemWithError(known, itag);
+                Py_XINCREF(found);
+                Py_DECREF(known);
             }
             if (found == NULL) {
                 Py_DECREF(itag);
@@ -168,11 +184,12 @@ static int look_raw(PyObject *tag, PyObject *raw, PyObject *plain, PyObject *don
                 return call_slow(slow, tag, raw); /* a VR or tag not met yet */
             }
             how = PyLong_AsLong(found);
+            Py_DECREF(found);
             if (how == -1 && PyErr_Occurred()) {
                 Py_DECREF(itag);
                 return -1;
             }
-            remember_kind(tag_value, vr, how);
+            remember_kind(plain, tag_value, vr, how);
         }
         if (how != COSTLY) {
             Py_XDECREF(itag); /* public or other: read later only if R6 needs its text */
@@ -207,34 +224,40 @@ static int look_raw(PyObject *tag, PyObject *raw, PyObject *plain, PyObject *don
         PyErr_SetString(PyExc_TypeError, "done: each value must be a tuple of 2 or more");
         return -1;
     }
+    /* Held while used: their truth may run Python code that changes `done`. */
     PyObject *public_values = PyTuple_GET_ITEM(seen, 0);
     PyObject *pairs = PyTuple_GET_ITEM(seen, 1);
+    Py_INCREF(public_values);
+    Py_INCREF(pairs);
+    int status = -1;
     int has = PyObject_IsTrue(public_values);
     if (has < 0) {
-        Py_DECREF(key);
-        return -1;
+        goto done;
     }
     if (has) {
         PyObject *entry = PyTuple_Pack(2, key, public_values);
         if (entry == NULL || PyList_Append(pubs, entry) < 0) {
             Py_XDECREF(entry);
-            Py_DECREF(key);
-            return -1;
+            goto done;
         }
         Py_DECREF(entry);
     }
-    Py_DECREF(key);
     has = PyObject_IsTrue(pairs);
     if (has < 0) {
-        return -1;
+        goto done;
     }
     if (has) {
         Py_ssize_t end = PyList_GET_SIZE(private_);
         if (PyList_SetSlice(private_, end, end, pairs) < 0) {
-            return -1;
+            goto done;
         }
     }
-    return 0;
+    status = 0;
+done:
+    Py_DECREF(key);
+    Py_DECREF(public_values);
+    Py_DECREF(pairs);
+    return status;
 }
 
 static int look_converted(PyObject *tag, PyObject *elem, PyObject *converted_plain,
@@ -290,6 +313,15 @@ static PyObject *look(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "look: slow must be callable");
         return NULL;
     }
+    /* Raw elements are read as tuples by position: raw_type must be a tuple type. */
+    if (!PyType_Check(raw_type) || !PyType_IsSubtype((PyTypeObject *)raw_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "look: raw_type must be a tuple type");
+        return NULL;
+    }
+    if (!PyType_Check(element_type)) {
+        PyErr_SetString(PyExc_TypeError, "look: element_type must be a type");
+        return NULL;
+    }
     Py_ssize_t pos = 0;
     Py_ssize_t size = PyDict_Size(items);
     PyObject *tag, *elem;
@@ -322,10 +354,15 @@ static PyObject *look(PyObject *Py_UNUSED(self), PyObject *args) {
 /* element_of(items, tag) -> the element of `tag` (an int) in the header's {tag: element} dict,
  * or None: the same as items.get(tag) without calling BaseTag.__eq__ (Python) on the key. */
 static PyObject *element_of(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *items;
-    unsigned long wanted;
-    if (!PyArg_ParseTuple(args, "O!k:element_of", &PyDict_Type, &items, &wanted)) {
+    PyObject *items, *tag_object;
+    if (!PyArg_ParseTuple(args, "O!O!:element_of", &PyDict_Type, &items, &PyLong_Type,
+                          &tag_object)) {
         return NULL;
+    }
+    unsigned long wanted = PyLong_AsUnsignedLong(tag_object);
+    if (wanted == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or too large: no element has that tag */
+        Py_RETURN_NONE;
     }
     Py_ssize_t pos = 0;
     PyObject *tag, *elem;

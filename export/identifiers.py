@@ -1759,6 +1759,8 @@ def _compiled() -> tuple[Callable[..., None] | None, _ElementOf | None]:
     """``export._header_look``'s ``look`` and ``element_of``, or None where the extension was
     not built (no C compiler where ridl was installed): :meth:`IdentifierDictionary.add_header`
     then uses :func:`python_look`, with the same result (tests/test_identifier_cache.py)."""
+    if RawDataElement._fields[:4] != ("tag", "VR", "length", "value"):
+        return None, None  # the compiled look reads a raw element's fields by position
     try:
         from export._header_look import element_of, look
     except ImportError:
