@@ -18,8 +18,8 @@
  *   element_type     pydicom DataElement
  *   plain            {VR: {tag as int: 0 public text, 1 costly, 2 other}}
  *   converted_plain  {(tag as int, VR): whether a converted element is a plain public value}
- *   done             {(tag as int, value bytes, charset_key): (public values, private pairs,
- *                    ...)}: costly elements this dictionary already read
+ *   done             {(tag as int, VR as written, value bytes, charset_key): (public values,
+ *                    private pairs, ...)}: costly elements this dictionary already read
  *   charset_key      the header's Specific Character Set, as text
  *   memo_max         the largest value (bytes) remembered in `done`
  *   pubs             list: (key, public values) appended for each costly element seen before
@@ -206,7 +206,7 @@ static int look_raw(PyObject *tag, PyObject *raw, PyObject *plain, PyObject *don
             return -1;
         }
     }
-    PyObject *key = PyTuple_Pack(3, itag, data, charset_key);
+    PyObject *key = PyTuple_Pack(4, itag, vr, data, charset_key); /* as ElementKey */
     Py_DECREF(itag);
     if (key == NULL) {
         return -1;

@@ -10,7 +10,7 @@ def look(
     element_type: type,
     plain: dict[str | None, dict[int, int]],
     converted_plain: dict[tuple[int, str], bool],
-    done: dict[tuple[int, bytes, str], Any],
+    done: dict[tuple[int, str | None, bytes, str], Any],
     charset_key: str,
     memo_max: int,
     pubs: list[Any],

@@ -70,6 +70,11 @@ R15 each word of a hyphenated name component is a term too (``Gagnon`` for ``Tre
     R4), and an identifier made of a letter prefix and 5 digits or more with its prefix joined
     or set apart (``MRN 00123``, ``MRN-00123``, ``MRN#00123``… for ``MRN00123``):
     ``ridl.written_forms``, whose name forms de-identification removes from free text too.
+R16 a public element is read with the VR of the data dictionary (PS3.6) when that is one VR
+    whose value is text or a person name and the header wrote another (PS3.5 6.2, 7.1.2: a
+    Patient Name written LO, UN or US is still a name; a Patient ID written US still an ID);
+    what a top-level element contributed is remembered by its tag, written VR, bytes and
+    character set, so the same bytes written with another VR are read again (:func:`read_as`).
 
 :data:`RULES_VERSION` names this set of rules; a study's verification record carries it, and the
 release gate refuses a record made under other rules. Bump it whenever a rule, a keyword set or
@@ -99,7 +104,7 @@ from typing import Any, cast
 import ahocorasick_rs
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.tag import BaseTag, Tag
@@ -114,10 +119,11 @@ from ridl.written_forms import (
     unaccented,
 )
 
-RULES_VERSION = "ridl-identifiers/13"
+RULES_VERSION = "ridl-identifiers/14"
 # The encodings every dictionary searches its terms in, beside those a header declares (Python
 # codec names): Latin-1 and UTF-8 write ASCII as ASCII.
 OWN_ENCODINGS = ("latin_1", "utf_8")
+# 14: the dictionary's VR for a public element written with another (R16);
 # 13: names run together, identifiers split (R15); 12: JPEG RES and JPG segments are text;
 # 11: compressed frames' comments searched (R10); 10: Han/kana/Hangul ends, ISO 2022 escapes
 # (R3), dashes and spaces; 9: more date forms, ISO T (R5), NFD (R7); 8: case forms
@@ -130,6 +136,9 @@ _PLACE_OR_PRIVATE = frozenset({"institution-or-station", "private-tag"})
 # tier is unbounded): a new term recompiles the smallest automaton, the big one rarely.
 TIER_TERMS = (256, 8192)
 MEMO_MAX_VALUE = 65_536  # bytes: larger elements are read every time, never remembered
+# A top-level element as its bytes were read: (tag, VR as written or None, value bytes, Specific
+# Character Set). The VR is part of it: the same bytes written as US and as LO read differently.
+ElementKey = tuple[int, str | None, bytes, str]
 _SUBJECT = "\x00subject"  # stands for the reading header's research ID in a remembered element
 MIN_NAME = 3
 # Han ideographs, kana and Hangul (and their half-width forms): a name component of two of them
@@ -712,6 +721,28 @@ def vr_of(elem: DataElement | RawDataElement, tag: BaseTag) -> str:
         return "UN"
 
 
+# The VRs whose value is text (PS3.5 6.2), read as such whatever VR a header wrote for them.
+_TEXT_OR_NAME = frozenset(TEXT_VRS | {"PN", "UC", "UR", "UI"})
+_READ_AS: dict[tuple[int, str | None], str] = {}
+
+
+def read_as(tag: BaseTag, vr: str | None) -> str:
+    """The VR an element of public ``tag`` written with ``vr`` is read with (R16): the data
+    dictionary's (PS3.6) when that is one VR whose value is text or a person name and the
+    header wrote another (a Patient Name written LO, UN or US is a name; a Patient ID written
+    US is an ID), else ``vr`` (``UN`` when none and the dictionary has none). A sequence (SQ)
+    is read as one whatever its tag. Private tags keep their written VR."""
+    key = (int(tag), vr)
+    found = _READ_AS.get(key)
+    if found is None:
+        written = vr or "UN"
+        known = "UN" if tag.is_private else _tag_info(tag)[1]
+        found = known if known in _TEXT_OR_NAME and written not in (known, "SQ") else written
+        if len(_READ_AS) < 100_000:
+            _READ_AS[key] = found
+    return found
+
+
 class IdentifierDictionary:
     """The identifying values of the selected studies, compiled into one automaton per encoding set.
 
@@ -726,7 +757,7 @@ class IdentifierDictionary:
         self.encodings: set[str] = set(OWN_ENCODINGS)
         self._own_encodings = frozenset(self.encodings)
         self.equipment: set[str] = set()  # vendor and model names: never identifiers (R6)
-        self._seen: set[tuple[int, bytes, str | None, str]] = set()
+        self._seen: set[tuple[int, str | None, bytes, str | None, str]] = set()
         self._charset_key = ""
         self._automata: dict[frozenset[str], Automaton] = {}
         self._shift: int | None = None
@@ -738,13 +769,13 @@ class IdentifierDictionary:
         self._recording: list[tuple[str, ...]] | None = None
         # Costly top-level elements this dictionary read for one subject and shift:
         # {(tag, bytes, charset): what they contributed} (add_header skips them after).
-        self._done: dict[tuple[int, bytes, str], Any] = {}
+        self._done: dict[ElementKey, Any] = {}
         self._done_for: tuple[str | None, int | None] | None = None
         self._done_bytes = 0
         # {lower-cased private or place value: (tag, bytes, "" or the Specific Character Set)
         # of a plain public element, or of a costly one, whose text equalled it (R6)}: a
         # header holding that element rejects it again at once.
-        self._rejected: dict[str, tuple[int, bytes, str]] = {}
+        self._rejected: dict[str, ElementKey] = {}
         # Private and place candidates (kind, value) that :meth:`_holds` found held: terms are
         # never removed nor made more lenient, so they stay held (add_header skips them).
         self._settled: set[tuple[str, str]] = set()
@@ -834,7 +865,7 @@ class IdentifierDictionary:
             self._done, self._done_for, self._done_bytes = {}, subject, 0
         done = self._done
         public_values: set[str] = set()  # from elements read element by element
-        pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]] = []  # costly elements
+        pubs: list[tuple[ElementKey, frozenset[str]]] = []  # costly elements
         private: list[tuple[str, str]] = []
         converted: list[DataElement] = []  # plain public elements already converted
         slow = partial(
@@ -847,7 +878,7 @@ class IdentifierDictionary:
             ds._dict, RawDataElement, DataElement, _PLAIN, _CONVERTED_PLAIN, done,
             charset_key, MEMO_MAX_VALUE, pubs, private, converted, slow,
         )  # fmt: skip
-        public: dict[str, tuple[int, bytes, str] | None] | None = None
+        public: dict[str, ElementKey | None] | None = None
         settled = self._settled
         for pair in private:
             if pair in settled:
@@ -887,7 +918,7 @@ class IdentifierDictionary:
         ds: Dataset,
         research_id: str | None,
         charset_key: str,
-        pubs: list[tuple[tuple[int, bytes, str], frozenset[str]]],
+        pubs: list[tuple[ElementKey, frozenset[str]]],
         private: list[tuple[str, str]],
         converted: list[DataElement],
         public_values: set[str],
@@ -918,7 +949,7 @@ class IdentifierDictionary:
                     # _OTHER: a public value without text, nothing to collect.
                     return
                 if len(data) <= MEMO_MAX_VALUE:
-                    key = (itag, data, charset_key)
+                    key = (itag, raw.VR, data, charset_key)
                     done = self._done
                     seen = done.get(key)
                     if seen is None:
@@ -1083,7 +1114,7 @@ class IdentifierDictionary:
                 continue
             if depth == 0 and isinstance(raw, RawDataElement) and not tag.is_private:
                 keyword, vr = _tag_info(tag)
-                vr = raw.VR or vr
+                vr = read_as(tag, raw.VR or vr)  # R16
                 if (
                     vr not in ("SQ", "PN")
                     and raw.length != 0xFFFFFFFF
@@ -1127,7 +1158,7 @@ class IdentifierDictionary:
         large or text-less elements)."""  # fmt: skip
         if isinstance(raw, RawDataElement) and not tag.is_private:
             keyword, vr = _tag_info(tag)
-            vr = raw.VR or vr
+            vr = read_as(tag, raw.VR or vr)  # R16
             if (
                 vr not in ("SQ", "PN")
                 and raw.length != 0xFFFFFFFF
@@ -1152,7 +1183,7 @@ class IdentifierDictionary:
 
         Returns what it contributed: (public values, private candidates, recorded additions).
         """  # fmt: skip
-        memo_key = (int(tag), cast(bytes, raw.value), charset_key)
+        memo_key = (int(tag), raw.VR, cast(bytes, raw.value), charset_key)
         seen = self._memo.get(memo_key)
         if seen is None:
             pub: set[str] = set()
@@ -1221,7 +1252,8 @@ class IdentifierDictionary:
         ``institution``: ``ds`` is an item of Institution Code Sequence (its Code Meaning names
         an organisation).
         """
-        vr = vr_of(raw, tag)
+        written = vr_of(raw, tag)
+        vr = written if tag.is_private else read_as(tag, written)  # R16
         keyword = "" if tag.is_private else (keyword_for_tag(tag) or "")
         undefined = isinstance(raw, RawDataElement) and raw.length == 0xFFFFFFFF
         if vr == "SQ" or (undefined and tag not in BULK_TAGS):
@@ -1260,21 +1292,27 @@ class IdentifierDictionary:
         if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
             # The objects of a series repeat most values: convert each distinct one once.
             owner = research_id if keyword in BIRTH_KEYWORDS | DATE_KEYWORDS else None
-            signature = (int(tag), raw.value, owner, charset_key)
+            signature = (int(tag), raw.VR, raw.value, owner, charset_key)
             if signature in self._seen and not tag.is_private and self._recording is None:
                 return
             self._seen.add(signature)
         values = None if tag.is_private else _plain_text_values(raw, vr, charset_key)
         if values is None:
             try:
-                elem = ds[tag]
+                if vr != written and type(raw) is RawDataElement:
+                    # R16: converted as the VR it is read with, not the one it was written with
+                    elem = convert_raw_data_element(
+                        raw._replace(VR=vr), encoding=ds._character_set, ds=ds
+                    )
+                else:
+                    elem = ds[tag]
             except Exception:  # an unparseable value holds nothing we can search for
                 return
             if tag.is_private:
                 private.extend(("private-tag", _norm(v)) for v in text_values(elem.value))
                 return
             values = text_values(elem.value)
-            vr = "PN" if elem.VR == "PN" else vr
+            vr = "PN" if read_as(tag, elem.VR) == "PN" else vr
         if keyword in self.retained:
             return  # R9
         if vr == "PN":
@@ -1681,7 +1719,7 @@ def _costly(raw: RawDataElement, tag: BaseTag) -> bool:
     person names, identifying and equipment keywords), so remembering it pays."""
     if tag.is_private or raw.length == 0xFFFFFFFF:
         return True
-    vr = vr_of(raw, tag)
+    vr = read_as(tag, vr_of(raw, tag))  # R16
     if vr in ("SQ", "PN"):
         return True
     keyword = keyword_for_tag(tag) or ""
@@ -1697,7 +1735,7 @@ def python_look(
     element_type: type[DataElement],
     plain: dict[str | None, dict[int, int]],
     converted_plain: dict[tuple[int, str], bool],
-    done: dict[tuple[int, bytes, str], Any],
+    done: dict[ElementKey, Any],
     charset_key: str,
     memo_max: int,
     pubs: list[Any],
@@ -1734,7 +1772,7 @@ def python_look(
                 if how != _COSTLY:
                     continue  # public or other: read later only if R6 needs its text
                 if len(data) <= memo_max:
-                    key = (itag, data, charset_key)
+                    key = (itag, raw.VR, data, charset_key)
                     seen = done.get(key)
                     if seen is not None:
                         if seen[0]:
@@ -1786,7 +1824,7 @@ def _plain_converted(tag: BaseTag, elem: DataElement) -> bool:
     """Whether :meth:`IdentifierDictionary._element` reads a converted top-level element for
     its texts only (R6): public, not a sequence, person name or bulk tag, and of a keyword
     the dictionary does not collect."""
-    if tag.is_private or elem.VR in ("SQ", "PN") or tag in BULK_TAGS:
+    if tag.is_private or read_as(tag, elem.VR) in ("SQ", "PN") or tag in BULK_TAGS:
         return False
     keyword = keyword_for_tag(tag) or ""
     return keyword not in INTERESTING_KEYWORDS and keyword not in EQUIPMENT_KEYWORDS
@@ -1814,36 +1852,36 @@ def _kind_of(tag: BaseTag, raw: RawDataElement) -> int:
     if _costly(raw, tag):
         return _COSTLY
     keyword, vr = _tag_info(tag)
-    vr = raw.VR or vr
+    vr = read_as(tag, raw.VR or vr)  # R16
     if vr in TEXT_VRS and tag not in BULK_TAGS:
         return _PUBLIC
     return _OTHER
 
 
-def _plain_texts(ds: Dataset) -> dict[str, tuple[int, bytes, str] | None]:
+def _plain_texts(ds: Dataset) -> dict[str, ElementKey | None]:
     """The lower-cased texts of the plain public top-level elements of a header (R6), as
     :meth:`IdentifierDictionary._collect` reads them: {text: (tag, bytes) of an element
     holding it, ""}."""
-    texts: dict[str, tuple[int, bytes, str] | None] = {}
+    texts: dict[str, ElementKey | None] = {}
     for tag, raw in ds.items():
         if (
             type(raw) is RawDataElement
             and isinstance(raw.value, bytes)
             and _plain_kind(tag + 0, raw) == _PUBLIC
         ):
-            vr = raw.VR or _tag_info(Tag(tag))[1]
+            vr = read_as(Tag(tag), raw.VR or _tag_info(Tag(tag))[1])  # R16
             for text in _raw_texts(raw, vr):
-                texts.setdefault(text.lower(), (int(tag), raw.value, ""))
+                texts.setdefault(text.lower(), (int(tag), raw.VR, raw.value, ""))
     return texts
 
 
-def _holds_bytes(ds: Dataset, witness: tuple[int, bytes, str], charset_key: str) -> bool:
+def _holds_bytes(ds: Dataset, witness: ElementKey, charset_key: str) -> bool:
     """Whether ``ds`` (of Specific Character Set ``charset_key``) has, unconverted, the
-    element of ``witness``: (tag, bytes, "") of a plain public element, or (tag, bytes,
-    character set) of a costly one read in that character set."""
-    tag, value, charset = witness
+    element of ``witness``: (tag, VR, bytes, "") of a plain public element, or (tag, VR,
+    bytes, character set) of a costly one read in that character set."""
+    tag, vr, value, charset = witness
     raw = ds._dict.get(BaseTag(tag))
-    if type(raw) is not RawDataElement or raw.value != value:
+    if type(raw) is not RawDataElement or vr != raw.VR or raw.value != value:
         return False
     kind = _plain_kind(int(raw.tag), raw)
     if charset:
@@ -1956,16 +1994,16 @@ class ElementMemo:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, bytes, str], Any] = {}
+        self._entries: dict[ElementKey, Any] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[int, bytes, str]) -> Any:
+    def get(self, key: ElementKey) -> Any:
         """The remembered contribution of an element, or None."""
         return self._entries.get(key)
 
-    def put(self, key: tuple[int, bytes, str], value: Any) -> None:
+    def put(self, key: ElementKey, value: Any) -> None:
         """Remember a contribution (the memo is emptied first when it is full)."""
         if len(self._entries) >= MEMO_CAP:
             self._entries.clear()

@@ -50,7 +50,7 @@ def test_the_look_settles_what_it_knows_and_hands_back_the_rest(compiled: Any) -
     }
     # As add_header's own table says of these (the compiled look keeps a copy a process).
     plain = {"CS": {0x00080060: 2}, "PN": {0x00100010: 1}, "LO": {0x00100020: 1, 0x0F0F1001: 1}}
-    done = {(0x00100010, b"DOE^JANE", "ISO_IR 100"): (frozenset({"doe"}), (("x", "y"),), ())}
+    done = {(0x00100010, "PN", b"DOE^JANE", "ISO_IR 100"): (frozenset({"doe"}), (("x", "y"),), ())}
     converted_plain = {(0x00080005, "CS"): False}
     pubs: list[Any] = []
     private: list[tuple[str, str]] = []
@@ -61,7 +61,7 @@ def test_the_look_settles_what_it_knows_and_hands_back_the_rest(compiled: Any) -
         pubs, private, converted, lambda tag, elem: handed.append(int(tag)),
     )  # fmt: skip
     assert handed == [0x00080005, 0x00100020, 0x00191001, 0x0F0F1001]
-    assert pubs == [((0x00100010, b"DOE^JANE", "ISO_IR 100"), frozenset({"doe"}))]
+    assert pubs == [((0x00100010, "PN", b"DOE^JANE", "ISO_IR 100"), frozenset({"doe"}))]
     assert private == [("x", "y")]
     assert converted == []
     if compiled is not identifiers.python_look:
@@ -125,7 +125,7 @@ def test_the_compiled_look_refuses_what_it_cannot_read_and_survives_hostile_valu
             return True
 
     for look in (compiled, identifiers.python_look):
-        key = (0x00100010, b"DOE^JANE", "")
+        key = (0x00100010, "PN", b"DOE^JANE", "")
         pubs: list[Any] = []
         private: list[tuple[str, str]] = []
         for n in range(3):

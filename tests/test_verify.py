@@ -761,6 +761,58 @@ def test_rule_names_run_together_and_identifiers_written_apart_are_found() -> No
     assert _hits(v, _output(StudyDescription="CH Saint-Laurent")) == []
 
 
+def _written(*elements: tuple[int, str, bytes]) -> Dataset:
+    """A source header read back from Explicit VR Little Endian bytes written by hand, each
+    element (tag, VR as written, value) whatever the data dictionary says of its tag."""
+    from pydicom.filereader import read_dataset
+
+    data = b""
+    for tag, vr, value in elements:
+        value += b" " * (len(value) % 2)
+        data += (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        if vr in ("OB", "OW", "UN", "UT", "UC", "SQ"):
+            data += vr.encode() + b"\0\0" + len(value).to_bytes(4, "little")
+        else:
+            data += vr.encode() + len(value).to_bytes(2, "little")
+        data += value
+    return read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+
+
+@pytest.mark.parametrize("vr", ["LO", "SH", "UN", "UT", "CS", "US", "OB"])
+def test_rule_a_public_element_written_with_another_vr_is_read_with_its_own(vr: str) -> None:
+    # R16: a Patient Name written with VR LO, UN or US is still a name, a Patient ID written
+    # US still an ID (a fresh-user check published a name typed into a retained description
+    # because Patient Name came with VR UN).
+    source = _written(
+        (0x00080005, "CS", b"ISO_IR 100"),
+        (0x00100010, vr, b"TREMBLAY^JOSEE"),
+        (0x00100020, vr, b"MRN00123"),
+    )
+    v = _verifier(source)
+    assert _hits(v, _output(StudyDescription="Suivi Josee Tremblay")) == [
+        ("StudyDescription", "name")
+    ]
+    assert _hits(v, _output(StudyDescription="ref MRN00123")) == [
+        ("StudyDescription", "identifier")
+    ]
+
+
+def test_rule_the_same_bytes_written_with_another_vr_are_read_again() -> None:
+    # R16: what an element contributed is remembered by its written VR too: a Patient ID
+    # written US in one object (no text read) no longer hides the same bytes written LO in the
+    # next, in one study or across a worker's studies.
+    first = _written((0x00080005, "CS", b"ISO_IR 100"), (0x00100020, "FD", b"88812345"))
+    second = _written((0x00080005, "CS", b"ISO_IR 100"), (0x00100020, "LO", b"88812345"))
+    dictionary = IdentifierDictionary()
+    dictionary.add_header(first, "RS-1", 3)
+    dictionary.add_header(second, "RS-1", 3)
+    assert "88812345" in dictionary.terms
+    verifier = Verifier(dictionary, ocr=None)
+    assert _hits(verifier, _output(StudyDescription="no 88812345")) == [
+        ("StudyDescription", "identifier")
+    ]
+
+
 def test_rule_french_words_that_are_surnames_block_only_in_person_names() -> None:
     # R4 for Quebec: "côté" (side) and "léger" (slight) are common surnames and common words.
     v = _verifier(_source(SpecificCharacterSet="ISO_IR 100", PatientName="CÔTÉ^HÉLÈNE"))
