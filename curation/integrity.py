@@ -1,7 +1,8 @@
 """Is the object whole? Checks that decide between reading it and quarantining it.
 
 pydicom reads a file whose pixel data was cut short without complaint, so the length of native
-pixel data and the framing of encapsulated pixel data are checked here explicitly.
+pixel data and the framing of encapsulated pixel data are checked here explicitly; it also
+keeps only the last of a top-level element written twice, which is checked here too.
 
 Curation floor (``curation/``): the ``integrity`` and ``no-pixel-data`` checks and
 :meth:`curation.checks.CheckObject.whole` read objects through :func:`read_whole`.
@@ -67,6 +68,7 @@ def _checked(ds: Dataset) -> Dataset:
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise ObjectRejected(Reason.UNREADABLE, "no transfer syntax")
     check_value_lengths(ds)
+    check_element_order(ds)
     check_pixel_data(ds)
     return ds
 
@@ -191,6 +193,43 @@ def check_value_lengths(ds: Dataset) -> None:
         value = raw.value
         if isinstance(value, bytes) and len(value) < raw.length:
             raise ObjectRejected(Reason.TRUNCATED, f"value of {tag} is cut short")
+
+
+# VRs whose Explicit VR element header is 12 bytes (PS3.5 7.1.2): the others' is 8.
+_LONG_HEADER_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def check_element_order(ds: Dataset) -> None:
+    """Raise ``ObjectRejected('duplicate-element')`` when a top-level element's tag appears
+    twice in the file (PS3.5 7.1: the elements of a data set each once, in ascending order).
+
+    pydicom keeps the last value of a repeated tag in the place of the first, so the first
+    value is in no dataset: the study's identifier dictionary never sees it (a second Patient
+    Name would hide the first from verification) while the object still holds it. Seen from
+    the raw elements' file offsets, in the order read: a value found before the one ahead of
+    it (the tag came again further on), or bytes left between one value's end and the next
+    element's header, as many as an element's (the tag came again right after). Elements
+    already converted and undefined lengths are not checked against their neighbours.
+
+    Raises:
+        ObjectRejected: ``duplicate-element``, naming the tag (never a value).
+    """
+    implicit = getattr(ds, "original_encoding", (None, None))[0]
+    last_tell = -1
+    end: int | None = None  # where the element before ends, when known
+    for tag, raw in ds.items():
+        if type(raw) is not RawDataElement:
+            end = None
+            continue
+        if raw.value_tell <= last_tell:
+            raise ObjectRejected(Reason.DUPLICATE_ELEMENT, f"{tag} appears again further on")
+        header = 8 if implicit or raw.VR not in _LONG_HEADER_VRS else 12
+        if end is not None and raw.value_tell - header - end >= 8:
+            raise ObjectRejected(Reason.DUPLICATE_ELEMENT, f"bytes left before {tag}")
+        last_tell = raw.value_tell
+        end = None if raw.length == 0xFFFFFFFF else raw.value_tell + raw.length
 
 
 def expected_native_length(ds: Dataset) -> int:

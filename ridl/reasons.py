@@ -63,6 +63,11 @@ class Reason(enum.StrEnum):
         "indexing a folder: the header or its study / SOP Instance UID cannot be read",
     )
     TRUNCATED = "truncated", "quarantine", "the pixel data is shorter than the header says"
+    DUPLICATE_ELEMENT = (
+        "duplicate-element",
+        "quarantine",
+        "a top-level element appears twice in the file (PS3.5 7.1: each once, in ascending order)",
+    )
     WRITE_FAILED = (
         "write-failed",
         "quarantine",

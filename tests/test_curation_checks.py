@@ -227,3 +227,31 @@ def test_unknown_check_in_a_project_fails_before_any_work(project) -> None:  # t
     set_section(project.id, "curation", {"filters": ["/nonexistent/site.dicom"]})
     with pytest.raises(ConfigError, match="curation.filters"):
         check_request(project.id, "r1")
+
+
+def test_an_element_written_twice_is_quarantined_wherever_the_second_is(tmp_path: Path) -> None:
+    """pydicom keeps the last value of a repeated tag: a first Patient Name followed by another,
+    right after it or further on, reaches no dataset, so the study's identifier dictionary never
+    sees it while the object still holds it (a fresh-user check). PS3.5 7.1 allows each element
+    once: the object is quarantined, naming the tag, never its value."""
+    slice_ = ct_slice("1.2.9", 1, rows=64, cols=64)
+    slice_.PatientName = "DOE^JANE"
+    good = save(slice_, tmp_path / "good.dcm")
+    data = good.read_bytes()
+    at = data.index(b"\x10\x00\x10\x00PN")
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    element = data[at : at + 8 + length]
+    other = b"\x10\x00\x10\x00PN" + (10).to_bytes(2, "little") + b"QUESNEL^A "
+    pixels = data.index(b"\xe0\x7f\x10\x00")
+    for name, forged in (
+        ("adjacent", data[: at + len(element)] + other + data[at + len(element) :]),
+        ("further on", data[:pixels] + other + data[pixels:]),
+        ("first kept", data[:at] + other + data[at:]),
+    ):
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(forged)
+        verdict = run_one("integrity", path)
+        assert (verdict.action, verdict.reason) == ("quarantine", "duplicate-element"), name
+        assert "(0010,0010)" in str(verdict.detail), name
+        assert "QUESNEL" not in str(verdict.detail)
+    assert run_one("integrity", good).passed
