@@ -72,7 +72,8 @@ R15 each word of a hyphenated name component is a term too (``Gagnon`` for ``Tre
     ``ridl.written_forms``, whose name forms de-identification removes from free text too.
 R16 a public element is read with the VR of the data dictionary (PS3.6) when that is one VR
     whose value is text or a person name and the header wrote another (PS3.5 6.2, 7.1.2: a
-    Patient Name written LO, UN or US is still a name; a Patient ID written US still an ID);
+    Patient Name written LO, UN or US is still a name; a Patient ID written US still an ID; a
+    sequence written UN is read as a sequence);
     what a top-level element contributed is remembered by its tag, written VR, bytes and
     character set, so the same bytes written with another VR are read again (:func:`read_as`).
 
@@ -730,14 +731,18 @@ def read_as(tag: BaseTag, vr: str | None) -> str:
     """The VR an element of public ``tag`` written with ``vr`` is read with (R16): the data
     dictionary's (PS3.6) when that is one VR whose value is text or a person name and the
     header wrote another (a Patient Name written LO, UN or US is a name; a Patient ID written
-    US is an ID), else ``vr`` (``UN`` when none and the dictionary has none). A sequence (SQ)
-    is read as one whatever its tag. Private tags keep their written VR."""
+    US is an ID), or a sequence when the dictionary's VR is SQ and the header wrote UN (as a
+    node that did not know the tag leaves it, PS3.5 6.2.2), else ``vr`` (``UN`` when none and
+    the dictionary has none). A sequence (SQ) is read as one whatever its tag. Private tags
+    keep their written VR."""
     key = (int(tag), vr)
     found = _READ_AS.get(key)
     if found is None:
         written = vr or "UN"
         known = "UN" if tag.is_private else _tag_info(tag)[1]
         found = known if known in _TEXT_OR_NAME and written not in (known, "SQ") else written
+        if known == "SQ" and written == "UN":
+            found = "SQ"
         if len(_READ_AS) < 100_000:
             _READ_AS[key] = found
     return found

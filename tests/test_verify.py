@@ -797,6 +797,26 @@ def test_rule_a_public_element_written_with_another_vr_is_read_with_its_own(vr: 
     ]
 
 
+def test_rule_a_sequence_written_un_is_read_as_a_sequence() -> None:
+    # R16: a node that did not know a sequence's tag writes it UN (PS3.5 6.2.2), its items
+    # implicit VR; the names inside are still the subject's (a second fresh-user check).
+    item_name = (
+        (0x0010).to_bytes(2, "little") + (0x0010).to_bytes(2, "little")
+        + (14).to_bytes(4, "little") + b"ZORBAX^QUILLON"
+    )  # fmt: skip
+    item = b"\xfe\xff\x00\xe0" + len(item_name).to_bytes(4, "little") + item_name
+    fast, walk = IdentifierDictionary(), IdentifierDictionary()
+    fast.add_header(_written((0x00080005, "CS", b"ISO_IR 100"), (0x00101002, "UN", item)), "RS-1")
+    walk.add_header_walk(
+        _written((0x00080005, "CS", b"ISO_IR 100"), (0x00101002, "UN", item)), "RS-1"
+    )
+    assert "ZORBAX" in fast.terms
+    assert fast.to_record() == walk.to_record()
+    assert _hits(Verifier(fast, ocr=None), _output(StudyDescription="for Zorbax")) == [
+        ("StudyDescription", "name")
+    ]
+
+
 def test_rule_the_same_bytes_written_with_another_vr_are_read_again() -> None:
     # R16: what an element contributed is remembered by its written VR too: a Patient ID
     # written US in one object (no text read) no longer hides the same bytes written LO in the
