@@ -723,7 +723,7 @@ def vr_of(elem: DataElement | RawDataElement, tag: BaseTag) -> str:
 
 
 # The VRs whose value is text (PS3.5 6.2), read as such whatever VR a header wrote for them.
-_TEXT_OR_NAME = frozenset(TEXT_VRS | {"PN", "UC", "UR", "UI"})
+_TEXT_OR_NAME = frozenset(TEXT_VRS | {"PN", "UR", "UI"})
 _READ_AS: dict[tuple[int, str | None], str] = {}
 
 
@@ -773,12 +773,12 @@ class IdentifierDictionary:
         self._memo = memo if memo is not None else ElementMemo()
         self._recording: list[tuple[str, ...]] | None = None
         # Costly top-level elements this dictionary read for one subject and shift:
-        # {(tag, bytes, charset): what they contributed} (add_header skips them after).
+        # {ElementKey: what they contributed} (add_header skips them after).
         self._done: dict[ElementKey, Any] = {}
         self._done_for: tuple[str | None, int | None] | None = None
         self._done_bytes = 0
-        # {lower-cased private or place value: (tag, bytes, "" or the Specific Character Set)
-        # of a plain public element, or of a costly one, whose text equalled it (R6)}: a
+        # {lower-cased private or place value: (tag, VR, bytes, "" or the Specific Character
+        # Set) of a plain public element, or of a costly one, whose text equalled it (R6)}: a
         # header holding that element rejects it again at once.
         self._rejected: dict[str, ElementKey] = {}
         # Private and place candidates (kind, value) that :meth:`_holds` found held: terms are
@@ -943,13 +943,7 @@ class IdentifierDictionary:
             if type(data) is bytes:
                 # A plain int (``tag + 0``): a BaseTag compares in Python, an int in C.
                 itag = tag + 0
-                if raw.length == 0xFFFFFFFF:
-                    how = _COSTLY
-                else:
-                    known = _PLAIN.get(raw.VR)
-                    found = known.get(itag) if known is not None else None
-                    how = found if found is not None else _plain_kind(itag, raw)
-                if how != _COSTLY:
+                if _plain_kind(itag, raw) != _COSTLY:
                     # _PUBLIC: its texts are read later, only if R6 needs them;
                     # _OTHER: a public value without text, nothing to collect.
                     return
@@ -1751,8 +1745,8 @@ def python_look(
     """The per-element look of :meth:`IdentifierDictionary.add_header` in Python, as
     ``export._header_look.look`` makes it in C (where that is not built): over the header's
     ``items`` ({tag: element}), a raw element whose kind ``plain`` ({VR: {tag: kind}}) gives as
-    plain is passed; a costly one found in ``done`` ({(tag, bytes, ``charset_key``): (public
-    values, private pairs, ...)}) adds its public values to ``pubs`` with its key and its
+    plain is passed; a costly one found in ``done`` ({(tag, VR, bytes, ``charset_key``):
+    (public values, private pairs, ...)}) adds its public values to ``pubs`` with its key and its
     private pairs to ``private``; a converted one ``converted_plain`` ({(tag, VR): bool}) says is
     plain goes to ``converted``; every other element (unknown kind, value over ``memo_max``
     bytes or not bytes, not read yet) is handed to ``slow(tag, element)``, in order.
@@ -1865,8 +1859,8 @@ def _kind_of(tag: BaseTag, raw: RawDataElement) -> int:
 
 def _plain_texts(ds: Dataset) -> dict[str, ElementKey | None]:
     """The lower-cased texts of the plain public top-level elements of a header (R6), as
-    :meth:`IdentifierDictionary._collect` reads them: {text: (tag, bytes) of an element
-    holding it, ""}."""
+    :meth:`IdentifierDictionary._collect` reads them: {text: (tag, VR, bytes, "") of an
+    element holding it}."""
     texts: dict[str, ElementKey | None] = {}
     for tag, raw in ds.items():
         if (
